@@ -1,0 +1,36 @@
+"""refine_core: the pure library behind refine-eval.
+
+Arrays in, arrays out: no Prefect, no MLflow. The entry point is :func:`refine`.
+"""
+
+from __future__ import annotations
+
+from refine_core.baselines import rerank_only_scores, rocchio
+from refine_core.feedback import FeedbackStrategy, TopK, TopKPlusRandom, select_feedback
+from refine_core.metrics import MetricsResult, cosine_scores, evaluate_rankings
+from refine_core.refinement import PAPER, REFIT, RefineConfig, RefineResult, refine
+from refine_core.rounds import RoundsResult, refine_rounds
+from refine_core.statistics import PairedTest, benjamini_hochberg, bootstrap_delta_ci, paired_ttest
+
+__all__ = [
+    "PAPER",
+    "REFIT",
+    "FeedbackStrategy",
+    "MetricsResult",
+    "PairedTest",
+    "RefineConfig",
+    "RefineResult",
+    "RoundsResult",
+    "TopK",
+    "TopKPlusRandom",
+    "benjamini_hochberg",
+    "bootstrap_delta_ci",
+    "cosine_scores",
+    "evaluate_rankings",
+    "paired_ttest",
+    "refine",
+    "refine_rounds",
+    "rerank_only_scores",
+    "rocchio",
+    "select_feedback",
+]

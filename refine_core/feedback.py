@@ -1,0 +1,134 @@
+"""Choosing which documents the judge sees.
+
+A strategy turns a similarity matrix ``(n, N)`` into ``(n, k)`` document indices. Documents
+outside a query's pool carry ``-inf`` similarity (or are masked out by ``pool``) and are
+never selected; neither are documents in ``exclude`` (already judged in an earlier round).
+When a query has fewer than ``k`` selectable documents its row is padded with ``-1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from refine_core._validation import check_positive_int
+
+
+@runtime_checkable
+class FeedbackStrategy(Protocol):
+    """Anything that picks the documents to be judged for each query."""
+
+    name: str
+
+    def select(
+        self,
+        similarities: np.ndarray,
+        *,
+        k: int,
+        exclude: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Return ``(n, k)`` int64 indices (``-1`` pads rows with too few candidates)."""
+        ...
+
+
+def _candidate_scores(similarities: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    sims = np.asarray(similarities, dtype=np.float32)
+    if sims.ndim != 2:
+        raise ValueError(f"similarities must be 2-D (queries, documents), got shape {sims.shape}")
+    if np.isnan(sims).any():
+        raise ValueError("similarities contains NaN")
+    if exclude is None:
+        return sims
+    ex = np.asarray(exclude)
+    if ex.shape != sims.shape or ex.dtype != np.bool_:
+        raise ValueError(f"exclude must be a boolean array of shape {sims.shape}, got {ex.dtype} {ex.shape}")
+    return np.where(ex, -np.inf, sims)
+
+
+def top_k_indices(scores: np.ndarray, k: int, *, block_rows: int = 256) -> np.ndarray:
+    """Indices of the ``k`` largest finite entries per row, best first; ties go to the lower index.
+
+    Rows are processed in blocks so memory stays bounded for large similarity matrices.
+    """
+    n, total = scores.shape
+    out = np.full((n, k), -1, dtype=np.int64)
+    take = min(k, total)
+    for start in range(0, n, block_rows):
+        block = scores[start : start + block_rows]
+        order = np.argsort(-block, axis=1, kind="stable")[:, :take]
+        finite = np.isfinite(np.take_along_axis(block, order, axis=1))
+        out[start : start + block_rows, :take] = np.where(finite, order, -1)
+    return out
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The paper's choice: the ``k`` documents the current vector ranks highest."""
+
+    name: str = "top-k"
+
+    def select(self, similarities: np.ndarray, *, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        check_positive_int(k, "k")
+        return top_k_indices(_candidate_scores(similarities, exclude), k)
+
+
+@dataclass(frozen=True)
+class TopKPlusRandom:
+    """``k - extra`` top documents plus ``extra`` drawn uniformly from the rest of the pool.
+
+    The random tail shows the judge some clear negatives (the paper's code supports this).
+    Seeded: the same inputs give the same selection.
+    """
+
+    extra: int
+    seed: int = 0
+    name: str = "top-k+random"
+
+    def select(self, similarities: np.ndarray, *, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+        check_positive_int(k, "k")
+        check_positive_int(self.extra, "extra", minimum=0)
+        if self.extra >= k:
+            raise ValueError(f"extra must be smaller than k={k}, got {self.extra}")
+        scores = _candidate_scores(similarities, exclude)
+        top = top_k_indices(scores, k - self.extra)
+        rng = np.random.default_rng(self.seed)
+        n = scores.shape[0]
+        out = np.full((n, k), -1, dtype=np.int64)
+        out[:, : k - self.extra] = top
+        for row in range(n):
+            available = np.isfinite(scores[row])
+            available[top[row][top[row] >= 0]] = False
+            candidates = np.flatnonzero(available)
+            take = min(self.extra, candidates.size)
+            if take:
+                out[row, k - self.extra : k - self.extra + take] = rng.choice(candidates, size=take, replace=False)
+        return out
+
+
+def select_feedback(
+    similarities: np.ndarray,
+    *,
+    k: int = 20,
+    strategy: FeedbackStrategy | None = None,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Pick the documents to judge for each query.
+
+    Args:
+        similarities: ``(n, N)`` current query-document similarities; ``-inf`` marks
+            documents outside a query's pool.
+        k: documents per query (paper: 20).
+        strategy: a :class:`FeedbackStrategy`; default :class:`TopK`.
+        exclude: ``(n, N)`` bool, documents never to select (already judged).
+
+    Returns:
+        ``(n, k)`` int64 document indices, ``-1`` where a pool has fewer than ``k`` candidates.
+
+    Example:
+        >>> import numpy as np
+        >>> select_feedback(np.array([[0.1, 0.9, 0.5]]), k=2).tolist()
+        [[1, 2]]
+    """
+    return (strategy or TopK()).select(similarities, k=k, exclude=exclude)

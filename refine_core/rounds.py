@@ -1,0 +1,125 @@
+"""Multi-round refinement: judge, refine, look again, judge more.
+
+Round 1 is exactly the paper: the top-K documents of the original vector are judged and the
+vector is refined from the original. Round r >= 2 ranks the pool with the current refined
+vector, judges the K best documents not judged yet, and refines from the previous round's
+vector using every score gathered so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from refine_core._validation import as_float_array, check_positive_int
+from refine_core.feedback import FeedbackStrategy, TopK
+from refine_core.metrics import cosine_scores
+from refine_core.refinement import RefineConfig, refine
+
+JudgeFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""``judge(query_rows, doc_idx)`` -> ``(scores, mask)``, all ``(n, k)``.
+
+``query_rows`` are the query positions (n,), ``doc_idx`` the documents to judge (``-1`` is
+padding and must come back with mask False). ``mask`` is False for failed judgments.
+"""
+
+
+@dataclass(frozen=True)
+class RoundsResult:
+    """Outcome of :func:`refine_rounds`.
+
+    Attributes:
+        vectors: final refined vectors ``(n, d)``.
+        feedback_idx: every judged document ``(n, rounds*k)``, in the order judged (-1 = none).
+        scores: their judge scores ``(n, rounds*k)`` (NaN where missing).
+        mask: True where a judgment exists.
+        round_vectors: the vector after each round, ``(rounds, n, d)``.
+        losses: per round, the ``(n, steps)`` loss curve.
+    """
+
+    vectors: np.ndarray
+    feedback_idx: np.ndarray
+    scores: np.ndarray
+    mask: np.ndarray
+    round_vectors: np.ndarray
+    losses: list[np.ndarray]
+
+
+def refine_rounds(
+    queries: np.ndarray,
+    documents: np.ndarray,
+    judge: JudgeFn,
+    *,
+    rounds: int = 1,
+    k: int = 20,
+    pool: np.ndarray | None = None,
+    strategy: FeedbackStrategy | None = None,
+    config: RefineConfig | None = None,
+) -> RoundsResult:
+    """Run ``rounds`` rounds of select → judge → refine.
+
+    Args:
+        queries: ``(n, d)`` original query vectors.
+        documents: ``(N, d)`` document matrix.
+        judge: callback returning scores for chosen documents (see :data:`JudgeFn`).
+        rounds: number of rounds (1 = the paper).
+        k: documents judged per query per round.
+        pool: ``(n, N)`` bool, each query's candidate pool (all documents if None).
+        strategy: feedback selection (default top-K).
+        config: refinement hyperparameters (default the paper's).
+
+    Returns:
+        A :class:`RoundsResult`.
+    """
+    check_positive_int(rounds, "rounds")
+    check_positive_int(k, "k")
+    q0 = as_float_array(queries, "queries", ndim=2)
+    docs = as_float_array(documents, "documents", ndim=2)
+    n = q0.shape[0]
+    if pool is not None and np.asarray(pool).shape != (n, docs.shape[0]):
+        raise ValueError(f"pool must have shape {(n, docs.shape[0])}, got {np.asarray(pool).shape}")
+    strategy = strategy or TopK()
+    config = config or RefineConfig()
+    rows = np.arange(n)
+    judged = np.zeros((n, docs.shape[0]), dtype=bool)
+    all_idx = np.empty((n, 0), dtype=np.int64)
+    all_scores = np.empty((n, 0), dtype=np.float32)
+    all_mask = np.empty((n, 0), dtype=bool)
+    current = q0
+    history: list[np.ndarray] = []
+    losses: list[np.ndarray] = []
+    for _ in range(rounds):
+        sims = cosine_scores(current, docs)
+        if pool is not None:
+            sims = np.where(pool, sims, -np.inf)
+        idx = strategy.select(sims, k=k, exclude=judged)
+        scores, mask = judge(rows, idx)
+        scores = np.asarray(scores, dtype=np.float32)
+        mask = np.asarray(mask, dtype=bool) & (idx >= 0)
+        if scores.shape != idx.shape or mask.shape != idx.shape:
+            raise ValueError(f"judge returned scores {scores.shape} / mask {mask.shape}, expected {idx.shape}")
+        judged[rows[:, None].repeat(idx.shape[1], 1)[idx >= 0], idx[idx >= 0]] = True
+        all_idx = np.concatenate([all_idx, idx], axis=1)
+        all_scores = np.concatenate([all_scores, np.where(mask, scores, np.nan)], axis=1)
+        all_mask = np.concatenate([all_mask, mask], axis=1)
+        result = refine(
+            current,
+            np.maximum(all_idx, 0),
+            np.where(all_mask, all_scores, 0.0),
+            mask=all_mask,
+            documents=docs,
+            config=config,
+        )
+        current = result.vectors
+        history.append(current)
+        losses.append(result.losses)
+    return RoundsResult(
+        vectors=current,
+        feedback_idx=all_idx,
+        scores=all_scores,
+        mask=all_mask,
+        round_vectors=np.stack(history),
+        losses=losses,
+    )

@@ -1,0 +1,142 @@
+"""Feedback selection, rerank-only, Rocchio, multi-round refinement and statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from refine_core import (
+    TopK,
+    TopKPlusRandom,
+    benjamini_hochberg,
+    bootstrap_delta_ci,
+    cosine_scores,
+    paired_ttest,
+    refine,
+    refine_rounds,
+    rerank_only_scores,
+    rocchio,
+    select_feedback,
+)
+
+
+def test_top_k_orders_best_first_and_respects_pool_and_exclude() -> None:
+    sims = np.array([[0.1, 0.9, 0.5, 0.7, -np.inf], [0.3, 0.3, 0.3, 0.2, 0.1]])
+    assert select_feedback(sims, k=3).tolist() == [[1, 3, 2], [0, 1, 2]]  # ties by index
+    exclude = np.zeros(sims.shape, bool)
+    exclude[0, 1] = True
+    assert select_feedback(sims, k=2, exclude=exclude)[0].tolist() == [3, 2]
+    assert select_feedback(sims, k=6)[0].tolist() == [1, 3, 2, 0, -1, -1]  # pool smaller than k
+
+
+def test_top_k_plus_random_is_seeded_and_draws_from_the_tail() -> None:
+    rng = np.random.default_rng(0)
+    sims = rng.random((4, 50))
+    strat = TopKPlusRandom(extra=3, seed=7)
+    a, b = strat.select(sims, k=8), strat.select(sims, k=8)
+    np.testing.assert_array_equal(a, b)
+    top5 = TopK().select(sims, k=5)
+    np.testing.assert_array_equal(a[:, :5], top5)
+    for row in range(4):
+        assert len(set(a[row])) == 8 and not set(a[row, 5:]) & set(top5[row])
+    assert not np.array_equal(a, TopKPlusRandom(extra=3, seed=8).select(sims, k=8))
+    with pytest.raises(ValueError, match="extra must be smaller than k"):
+        TopKPlusRandom(extra=8).select(sims, k=8)
+
+
+def test_rerank_only_keeps_unjudged_documents_in_place() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.random((3, 30))
+    fb = select_feedback(base, k=5)
+    judge = rng.random((3, 5))
+    new = rerank_only_scores(base, fb, judge)
+    for i in range(3):
+        before = np.argsort(-base[i], kind="stable")
+        after = np.argsort(-new[i], kind="stable")
+        assert set(after[:5]) == set(fb[i])
+        np.testing.assert_array_equal(after[5:], before[5:])  # the rest did not move
+        np.testing.assert_array_equal(after[:5], fb[i][np.argsort(-judge[i], kind="stable")])
+
+
+def test_rerank_only_drops_failed_judgments_out_of_the_block() -> None:
+    base = np.array([[0.9, 0.8, 0.7, 0.1]])
+    new = rerank_only_scores(base, np.array([[0, 1, 2]]), np.array([[0.1, 0.0, 0.9]]), mask=np.array([[True, False, True]]))
+    assert np.argsort(-new[0], kind="stable").tolist() == [2, 0, 1, 3]
+
+
+def test_rocchio_moves_toward_positives_and_away_from_negatives() -> None:
+    q = np.array([[1.0, 0.0, 0.0]])
+    fb = np.array([[[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    out = rocchio(q, fb, np.array([[0.9, 0.1]]), alpha=1.0, beta=0.5, gamma=0.25)
+    np.testing.assert_allclose(out, [[1.0, 0.5, -0.25]])
+    masked = rocchio(q, fb, np.array([[0.9, 0.1]]), mask=np.array([[True, False]]), beta=0.5, gamma=0.25)
+    np.testing.assert_allclose(masked, [[1.0, 0.5, 0.0]])
+
+
+def _toy_problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    docs = rng.normal(size=(200, 16)).astype(np.float32)
+    queries = rng.normal(size=(6, 16)).astype(np.float32)
+    truth = rng.normal(size=(6, 16))
+    gold = cosine_scores(truth, docs)
+
+    def judge(rows: np.ndarray, idx: np.ndarray):
+        scores = np.take_along_axis(gold[rows], np.maximum(idx, 0), axis=1)
+        return (scores > 0).astype(np.float32), idx >= 0
+
+    return queries, docs, judge, gold
+
+
+def test_one_round_equals_single_shot() -> None:
+    queries, docs, judge, _ = _toy_problem()
+    multi = refine_rounds(queries, docs, judge, rounds=1, k=10)
+    sims = cosine_scores(queries, docs)
+    idx = select_feedback(sims, k=10)
+    scores, mask = judge(np.arange(6), idx)
+    single = refine(queries, docs[idx], scores, mask=mask)
+    np.testing.assert_array_equal(multi.vectors, single.vectors)
+    np.testing.assert_array_equal(multi.feedback_idx, idx)
+
+
+def test_later_rounds_judge_new_documents_and_refine_from_previous_vector() -> None:
+    queries, docs, judge, _ = _toy_problem(2)
+    res = refine_rounds(queries, docs, judge, rounds=3, k=5)
+    assert res.feedback_idx.shape == (6, 15) and res.round_vectors.shape == (3, 6, 16)
+    for row in res.feedback_idx:
+        assert len(set(row.tolist())) == 15  # never the same document twice
+    assert not np.array_equal(res.round_vectors[1], res.round_vectors[0])
+    assert len(res.losses) == 3
+
+
+def test_paired_ttest_matches_scipy_and_handles_nan() -> None:
+    rng = np.random.default_rng(4)
+    a = rng.random(30)
+    b = a + rng.normal(0.05, 0.1, 30)
+    res = paired_ttest(a, b)
+    assert res.pvalue == pytest.approx(stats.ttest_rel(b, a, alternative="greater").pvalue)
+    assert res.delta == pytest.approx((b - a).mean())
+    a_nan = a.copy()
+    a_nan[0] = np.nan
+    assert paired_ttest(a_nan, b).n == 29
+    assert paired_ttest(a, a).pvalue == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        paired_ttest(a, b[:-1])
+
+
+def test_benjamini_hochberg_by_hand() -> None:
+    # sorted p: 0.01, 0.03, 0.04 (m=3): 0.03, 0.045, 0.04 -> monotone from the top: 0.03, 0.04, 0.04
+    np.testing.assert_allclose(benjamini_hochberg([0.01, 0.04, 0.03]), [0.03, 0.04, 0.04])
+    out = benjamini_hochberg([0.5, np.nan])
+    assert out[0] == 0.5 and np.isnan(out[1])
+    with pytest.raises(ValueError, match=r"pvalues must lie in \[0, 1\]"):
+        benjamini_hochberg([1.5])
+
+
+def test_bootstrap_ci_contains_the_mean_difference() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.random(40)
+    b = a + 0.1 + rng.normal(0, 0.05, 40)
+    lo, hi = bootstrap_delta_ci(a, b, seed=1)
+    assert lo < (b - a).mean() < hi and lo > 0
+    assert bootstrap_delta_ci(a, b, seed=1) == (lo, hi)
