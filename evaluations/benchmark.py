@@ -1,0 +1,266 @@
+"""The benchmark data model: queries, documents, relevance labels and a pool definition.
+
+Tables are polars DataFrames with fixed columns:
+
+* ``queries``:   ``query_id`` (str), ``text`` (str)
+* ``documents``: ``doc_id`` (str), ``text`` (str)
+* ``labels``:    ``query_id``, ``doc_id``, ``label`` (0/1), ``score`` (graded, float)
+
+Two pool kinds:
+
+* ``"corpus"``: every document is a candidate for every query; ``labels`` lists the
+  relevant pairs (others are negatives).
+* ``"per-query"``: each query's pool is exactly the documents it has a ``labels`` row for,
+  with label 0 or 1 (ArgKP-21, FollowIR).
+
+A benchmark's identity is its content hash (documents, queries, labels, instructions, pool
+kind); subsetting produces a new benchmark with a new hash and records what was done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from evaluations.errors import DatasetError
+
+PoolKind = Literal["corpus", "per-query"]
+
+QUERY_SCHEMA = {"query_id": pl.String, "text": pl.String}
+DOCUMENT_SCHEMA = {"doc_id": pl.String, "text": pl.String}
+LABEL_SCHEMA = {"query_id": pl.String, "doc_id": pl.String, "label": pl.Int8, "score": pl.Float64}
+
+
+def _hash_frame(hasher: "hashlib._Hash", frame: pl.DataFrame) -> None:
+    for column in frame.columns:
+        hasher.update(column.encode())
+        for value in frame[column].cast(pl.String).to_list():
+            hasher.update(b"\x1f" + (value.encode("utf-8") if value is not None else b"\x00"))
+        hasher.update(b"\x1e")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One evaluation dataset, ready for embedding, judging and scoring.
+
+    Attributes:
+        name: registry name (``clinc150``, ``beir:/path``, ...).
+        version: loader version; bump when a loader's construction changes.
+        queries, documents, labels: the tables described in the module docstring.
+        embed_instruction: instruction put in the embedding model's query template.
+        judge_instruction: task instruction for the judge (classification datasets only).
+        pool: ``"corpus"`` or ``"per-query"``.
+        subset: what subsetting was applied (empty for the full benchmark).
+        source: where the data came from (files or Hub ids), for provenance.
+    """
+
+    name: str
+    version: str
+    queries: pl.DataFrame
+    documents: pl.DataFrame
+    labels: pl.DataFrame
+    embed_instruction: str
+    judge_instruction: str | None
+    pool: PoolKind
+    subset: dict[str, object] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        validate_tables(self.queries, self.documents, self.labels, name=self.name, pool=self.pool)
+
+    # ---- identity -------------------------------------------------------------------
+    @cached_property
+    def content_hash(self) -> str:
+        """sha256 (hex, 16 chars) over documents, queries, labels, instructions and pool kind."""
+        h = hashlib.sha256()
+        for frame in (self.documents, self.queries, self.labels):
+            _hash_frame(h, frame)
+        for part in (self.embed_instruction, self.judge_instruction or "", self.pool):
+            h.update(b"\x1d" + part.encode())
+        return h.hexdigest()[:16]
+
+    @cached_property
+    def documents_hash(self) -> str:
+        """Hash of the documents alone: the identity of a corpus embedding."""
+        h = hashlib.sha256()
+        _hash_frame(h, self.documents)
+        return h.hexdigest()[:16]
+
+    # ---- counts -----------------------------------------------------------------------
+    @property
+    def n_queries(self) -> int:
+        return self.queries.height
+
+    @property
+    def n_documents(self) -> int:
+        return self.documents.height
+
+    def counts(self) -> dict[str, object]:
+        """Summary used by ``refine datasets show`` and logged to MLflow."""
+        positives = int((self.labels["label"] == 1).sum())
+        pairs = self.n_queries * self.n_documents if self.pool == "corpus" else self.labels.height
+        per_query = (
+            self.labels.filter(pl.col("label") == 1).group_by("query_id").len()["len"].to_numpy()
+            if positives
+            else np.zeros(0)
+        )
+        return {
+            "name": self.name,
+            "version": self.version,
+            "queries": self.n_queries,
+            "documents": self.n_documents,
+            "pairs": pairs,
+            "positives": positives,
+            "mean_positives_per_query": round(positives / self.n_queries, 4) if self.n_queries else 0.0,
+            "queries_without_positives": self.n_queries - int(per_query.size),
+            "pool": self.pool,
+            "hash": self.content_hash,
+            "subset": dict(self.subset),
+        }
+
+    # ---- dense views for refine_core -------------------------------------------------
+    def label_matrix(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(labels (n, N) float32 graded, pool (n, N) bool or None)`` in table order.
+
+        Graded scores feed nDCG; binary measures use ``label > 0``. For ``"corpus"``
+        benchmarks the pool is None (everything).
+        """
+        q_index = {qid: i for i, qid in enumerate(self.queries["query_id"].to_list())}
+        d_index = {did: j for j, did in enumerate(self.documents["doc_id"].to_list())}
+        rows = np.array([q_index[q] for q in self.labels["query_id"].to_list()], dtype=np.int64)
+        cols = np.array([d_index[d] for d in self.labels["doc_id"].to_list()], dtype=np.int64)
+        gains = np.where(
+            self.labels["label"].to_numpy() > 0,
+            np.maximum(self.labels["score"].fill_null(1.0).to_numpy(), 1.0),
+            0.0,
+        ).astype(np.float32)
+        matrix = np.zeros((self.n_queries, self.n_documents), dtype=np.float32)
+        matrix[rows, cols] = gains
+        if self.pool == "corpus":
+            return matrix, None
+        pool = np.zeros(matrix.shape, dtype=bool)
+        pool[rows, cols] = True
+        return matrix, pool
+
+    # ---- subsetting -------------------------------------------------------------------
+    def subset_queries(self, n: int, *, seed: int | None = None) -> Benchmark:
+        """The first ``n`` queries (``seed=None``) or ``n`` drawn at random (seeded).
+
+        For per-query pools the documents no remaining query uses are dropped.
+        """
+        if n < 1:
+            raise DatasetError(f"{self.name}: query subset size must be >= 1, got {n}")
+        if n >= self.n_queries:
+            return self
+        if seed is None:
+            chosen = self.queries.head(n)
+            how: dict[str, object] = {"queries": n, "query_selection": "first"}
+        else:
+            idx = np.sort(np.random.default_rng(seed).choice(self.n_queries, size=n, replace=False))
+            chosen = self.queries[idx.tolist()]
+            how = {"queries": n, "query_selection": "random", "query_seed": seed}
+        labels = self.labels.join(chosen.select("query_id"), on="query_id", how="semi")
+        documents = self.documents
+        if self.pool == "per-query":
+            documents = documents.join(labels.select("doc_id").unique(), on="doc_id", how="semi")
+        return replace(self, queries=chosen, labels=labels, documents=documents, subset={**self.subset, **how})
+
+    def subsample_corpus(self, max_documents: int, *, seed: int = 42) -> Benchmark:
+        """Keep at most ``max_documents`` documents, always including every positive.
+
+        The paper does this for RealScholarQuery's corpus (25,000 papers, seed 42). Only for
+        ``"corpus"`` pools; document order is preserved.
+        """
+        if self.pool != "corpus":
+            raise DatasetError(f"{self.name}: corpus subsampling applies to shared-corpus benchmarks only")
+        if max_documents >= self.n_documents:
+            return self
+        positives = set(self.labels.filter(pl.col("label") == 1)["doc_id"].to_list())
+        if len(positives) > max_documents:
+            raise DatasetError(
+                f"{self.name}: cannot subsample to {max_documents} documents while keeping all "
+                f"{len(positives)} positive documents"
+            )
+        doc_ids = self.documents["doc_id"].to_list()
+        others = np.array([i for i, d in enumerate(doc_ids) if d not in positives], dtype=np.int64)
+        keep_others = np.random.default_rng(seed).choice(others, size=max_documents - len(positives), replace=False)
+        keep = np.zeros(len(doc_ids), dtype=bool)
+        keep[keep_others] = True
+        keep[[i for i, d in enumerate(doc_ids) if d in positives]] = True
+        documents = self.documents.filter(pl.Series(keep))
+        labels = self.labels.join(documents.select("doc_id"), on="doc_id", how="semi")
+        how = {"max_documents": max_documents, "corpus_seed": seed}
+        return replace(self, documents=documents, labels=labels, subset={**self.subset, **how})
+
+    def query_texts(self) -> list[str]:
+        return self.queries["text"].to_list()
+
+    def document_texts(self) -> list[str]:
+        return self.documents["text"].to_list()
+
+
+def _first_duplicate(values: list[str]) -> tuple[int, str] | None:
+    seen: set[str] = set()
+    for row, value in enumerate(values):
+        if value in seen:
+            return row, value
+        seen.add(value)
+    return None
+
+
+def validate_tables(
+    queries: pl.DataFrame,
+    documents: pl.DataFrame,
+    labels: pl.DataFrame,
+    *,
+    name: str,
+    pool: PoolKind,
+) -> None:
+    """Check columns, emptiness, duplicate ids, empty texts and dangling label ids."""
+    if pool not in ("corpus", "per-query"):
+        raise DatasetError(f"{name}: pool must be 'corpus' or 'per-query', got {pool!r}")
+    for table, schema, label in ((queries, QUERY_SCHEMA, "queries"), (documents, DOCUMENT_SCHEMA, "documents"),
+                                 (labels, LABEL_SCHEMA, "labels")):
+        if list(table.columns) != list(schema):
+            raise DatasetError(f"{name}: {label} table must have columns {list(schema)}, got {table.columns}")
+        if table.height == 0:
+            raise DatasetError(f"{name}: {label} table is empty")
+    for table, id_col, label in ((queries, "query_id", "queries"), (documents, "doc_id", "documents")):
+        dup = _first_duplicate(table[id_col].to_list())
+        if dup is not None:
+            raise DatasetError(f"{name}: duplicate {id_col} {dup[1]!r} in {label} (row {dup[0]})")
+        empty = table.with_row_index().filter(pl.col("text").is_null() | (pl.col("text").str.strip_chars() == ""))
+        if empty.height:
+            row = empty.row(0, named=True)
+            raise DatasetError(f"{name}: empty text for {id_col} {row[id_col]!r} in {label} (row {row['index']})")
+    for id_col, table, label in (("query_id", queries, "queries"), ("doc_id", documents, "documents")):
+        dangling = labels.with_row_index().join(table.select(id_col), on=id_col, how="anti")
+        if dangling.height:
+            row = dangling.row(0, named=True)
+            raise DatasetError(f"{name}: labels row {row['index']} points at unknown {id_col} {row[id_col]!r} (not in {label})")
+    bad = labels.with_row_index().filter(~pl.col("label").is_in([0, 1]))
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise DatasetError(f"{name}: labels row {row['index']} has label {row['label']!r}; labels must be 0 or 1")
+    dup_pairs = labels.select("query_id", "doc_id").is_duplicated()
+    if dup_pairs.any():
+        row = labels.row(int(np.flatnonzero(dup_pairs.to_numpy())[1]), named=True)
+        raise DatasetError(f"{name}: duplicate label pair ({row['query_id']!r}, {row['doc_id']!r})")
+
+
+def make_tables(
+    queries: list[tuple[str, str]],
+    documents: list[tuple[str, str]],
+    labels: list[tuple[str, str, int, float]],
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Build the three tables from plain rows (used by the loaders)."""
+    return (
+        pl.DataFrame(queries, schema=QUERY_SCHEMA, orient="row"),
+        pl.DataFrame(documents, schema=DOCUMENT_SCHEMA, orient="row"),
+        pl.DataFrame(labels, schema=LABEL_SCHEMA, orient="row"),
+    )
