@@ -1,0 +1,34 @@
+"""Shared fixtures. Tests never download anything: the Hub is switched off for the session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The raw datasets (REFINE_DATA_DIR); data-backed tests skip only when it is unset."""
+    configured = os.environ.get("REFINE_DATA_DIR")
+    if not configured:
+        pytest.skip("REFINE_DATA_DIR is not set: data-backed tests need the raw datasets (see README)")
+    root = Path(configured)
+    assert root.is_dir(), f"REFINE_DATA_DIR={root} is not a folder"
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The bundled all-MiniLM-L6-v2 (offline)."""
+    from refine_core.embedders import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder("all-MiniLM-L6-v2", threads=2)

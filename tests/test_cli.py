@@ -1,0 +1,76 @@
+"""The refine CLI as a user runs it: a subprocess, exit codes, one-line errors, JSON shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES
+
+REFINE = [sys.executable, "-m", "flows.cli"]
+
+
+def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "REFINE_HOME": str(tmp_path / ".refine"), "COLUMNS": "200", **env}
+    return subprocess.run([*REFINE, *args], capture_output=True, text=True, env=environ, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.data
+def test_datasets_show_json(tmp_path: Path, data_root: Path) -> None:
+    res = run(["datasets", "show", "clinc150", "--json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"name", "queries", "documents", "pairs", "positives", "mean_positives_per_query", "hash"} <= out.keys()
+    assert (out["queries"], out["documents"], out["positives"], out["pairs"]) == (150, 15000, 15000, 2250000)
+    assert out["mean_positives_per_query"] == 100.0
+
+
+@pytest.mark.data
+def test_datasets_list_reports_presence(tmp_path: Path, data_root: Path) -> None:
+    res = run(["datasets", "--json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    rows = {r["name"]: r for r in json.loads(res.stdout)["datasets"]}
+    assert rows["clinc150"]["present"] and rows["banking77"]["present"] and not rows["argkp21"]["present"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["datasets", "show", "nope"], "unknown dataset 'nope'"),
+        (["demo", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--lr", "-1"], "lr must be a positive finite number"),
+        (["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--steps", "0"], "steps must be an integer >= 1"),
+        (["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--k", "30"], "exceeds the smallest query pool"),
+        (["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--model", "/no/such/model"], "no such folder"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, args: list[str], message: str) -> None:
+    res = run(args, tmp_path)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_missing_files_exit_2_and_say_where(tmp_path: Path) -> None:
+    res = run(["datasets", "show", "banking77"], tmp_path, REFINE_DATA_DIR=str(tmp_path / "empty"), HF_HUB_OFFLINE="1")
+    assert res.returncode == 2
+    assert str(tmp_path / "empty" / "banking77") in res.stderr and "Traceback" not in res.stderr
+
+
+def test_demo_runs_end_to_end_on_a_user_dataset(tmp_path: Path) -> None:
+    res = run(["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--k", "5", "--lr", "0.01", "--json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(out["metrics"]) == {"baseline", "rerank_only", "rocchio", "refined"}
+    assert out["params"]["lr"] == 0.01 and out["params"]["k"] == 5
+    for method in out["metrics"].values():
+        assert 0.0 < method["map"] <= 1.0
+    # the oracle can only help on this toy set
+    assert out["metrics"]["refined"]["map"] >= out["metrics"]["baseline"]["map"]
+    assert (tmp_path / ".refine" / "embeddings").is_dir()

@@ -1,0 +1,113 @@
+"""The bundled model, the query template and the content-addressed embedding cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refine_core.embedders import EmbeddingModelError, SentenceTransformerEmbedder, resolve_model
+from refine_core.embedding_cache import EmbeddingCache
+
+
+def test_default_alias_resolves_offline_to_the_bundled_copy() -> None:
+    model_id, path = resolve_model("all-MiniLM-L6-v2")
+    assert model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert path is not None and (path / "config.json").is_file()
+
+
+def test_query_template_and_plain_documents(minilm: SentenceTransformerEmbedder) -> None:
+    assert minilm.format_query("cancel my card", "Find the intent") == "Instruct: Find the intent\nQuery: cancel my card"
+    assert minilm.format_query("cancel my card", None) == "cancel my card"
+    q = minilm.embed_queries(["cancel my card"], instruction="Find the intent")
+    direct = minilm.encode(["Instruct: Find the intent\nQuery: cancel my card"])
+    np.testing.assert_allclose(q, direct, atol=1e-6)
+    d = minilm.embed_documents(["cancel my card"])
+    assert q.dtype == np.float32 and q.shape == (1, 384)
+    assert not np.allclose(q, d)  # the template changes the query vector
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+
+
+def test_related_texts_are_closer(minilm: SentenceTransformerEmbedder) -> None:
+    v = minilm.embed_documents(["I lost my bank card", "my credit card is missing", "the weather is sunny"])
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+def test_cache_hit_does_no_forward_pass(tmp_path: Path) -> None:
+    emb = SentenceTransformerEmbedder(threads=2)
+    cache = EmbeddingCache(tmp_path, chunk_size=3)
+    texts = [f"document number {i}" for i in range(7)]
+    first = emb.embed_documents(texts, cache=cache)
+    assert emb.forward_calls == 7
+    again = emb.embed_documents(texts, cache=cache)
+    assert emb.forward_calls == 7  # nothing re-embedded
+    np.testing.assert_array_equal(first, again)
+    subset = emb.embed_documents(texts[2:5] + ["a new text"], cache=cache)
+    assert emb.forward_calls == 8  # only the new text
+    np.testing.assert_array_equal(subset[:3], first[2:5])
+    fresh = SentenceTransformerEmbedder(threads=2)  # another process would build its own embedder
+    fresh.embed_documents(texts, cache=cache)
+    assert fresh.forward_calls == 0 and cache.count(emb.cache_key) == 8
+    # duplicates within one call are embedded once
+    emb.embed_documents(["dup", "dup", "dup"], cache=cache)
+    assert emb.forward_calls == 9
+
+
+def test_queries_and_documents_with_the_same_text_are_different_entries(tmp_path: Path) -> None:
+    emb = SentenceTransformerEmbedder(threads=2)
+    cache = EmbeddingCache(tmp_path)
+    d = emb.embed_documents(["lost card"], cache=cache)
+    q = emb.embed_queries(["lost card"], instruction="Find the intent", cache=cache)
+    assert not np.allclose(d, q) and cache.count(emb.cache_key) == 2
+
+
+def test_a_crash_mid_run_keeps_completed_chunks_and_no_partial_entries(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path, chunk_size=2)
+    calls: list[list[str]] = []
+
+    def flaky(texts: list[str]) -> np.ndarray:
+        calls.append(texts)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return np.full((len(texts), 4), float(len(calls)), dtype=np.float32)
+
+    texts = [f"t{i}" for i in range(8)]
+    with pytest.raises(RuntimeError, match="killed"):
+        cache.get_or_compute("model-x", texts, flaky)
+    assert cache.count("model-x") == 4  # two chunks committed, the failed one absent
+    assert not list((tmp_path / "model-x").glob("*.tmp"))
+    calls.clear()
+    out = cache.get_or_compute("model-x", texts, lambda t: np.zeros((len(t), 4), np.float32))
+    assert out[:4].tolist() == [[1.0] * 4, [1.0] * 4, [2.0] * 4, [2.0] * 4]
+    assert cache.size_bytes() > 0
+
+
+def test_cache_rejects_bad_model_output(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    with pytest.raises(ValueError, match="returned NaN or inf"):
+        cache.get_or_compute("m", ["a"], lambda t: np.array([[np.nan, 1.0]], dtype=np.float32))
+    with pytest.raises(ValueError, match="returned 2 vectors for 1 texts"):
+        cache.get_or_compute("m", ["a"], lambda t: np.ones((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="model_key must be a plain name"):
+        cache.get_or_compute("../evil", ["a"], lambda t: np.ones((1, 2), dtype=np.float32))
+
+
+def test_model_that_does_not_exist_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddingModelError, match="no such folder"):
+        SentenceTransformerEmbedder(str(tmp_path / "nope"))
+    emb = SentenceTransformerEmbedder("no-such-org/no-such-model")
+    with pytest.raises(EmbeddingModelError, match="'no-such-org/no-such-model' could not be loaded"):
+        emb.embed_documents(["x"])
+
+
+def test_fingerprint_changes_with_the_weights(tmp_path: Path) -> None:
+    _, path = resolve_model("all-MiniLM-L6-v2")
+    copy = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(path, copy)
+    a = SentenceTransformerEmbedder(str(copy)).fingerprint
+    cfg = copy / "config.json"
+    cfg.write_text(cfg.read_text() + "\n")
+    assert SentenceTransformerEmbedder(str(copy)).fingerprint != a
