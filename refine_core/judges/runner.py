@@ -1,0 +1,227 @@
+"""Running a judge over many queries: ledger first, bounded concurrency, budget, cost.
+
+:func:`run_judge` turns a list of :class:`JudgeRequest` (query, documents, task
+instruction) into verdicts. For each request it serves what the ledger already holds, splits
+the rest into calls of ``judge.documents_per_request`` documents, runs at most
+``concurrency`` calls at a time, and writes each call's verdicts to the ledger, in one
+transaction, as soon as it returns and before anything uses them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from refine_core.judges.base import Judge, Judgment, JudgeResponse, Usage, check_scores, truncate_document
+from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
+
+# USD per million tokens: (input, output). Cache reads cost 0.1x input, cache writes 1.25x.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "claude-haiku-4-5": (1.0, 5.0),
+    "claude-sonnet-4-5": (3.0, 15.0),
+    "claude-opus-4-1": (15.0, 75.0),
+}
+
+
+def estimate_cost(model: str, usage: Usage, prices: dict[str, tuple[float, float]] | None = None) -> float:
+    """Estimated USD of ``usage`` under the price table (0 for models not in it)."""
+    table = DEFAULT_PRICES if prices is None else prices
+    if model not in table:
+        return 0.0
+    p_in, p_out = table[model]
+    return (
+        usage.input_tokens * p_in + usage.output_tokens * p_out
+        + usage.cache_read_tokens * p_in * 0.1 + usage.cache_write_tokens * p_in * 1.25
+    ) / 1e6
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """The documents to judge for one query."""
+
+    query: str
+    documents: tuple[str, ...]
+    task_instruction: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Stop submitting new calls once either limit is reached (calls in flight finish)."""
+
+    max_judgments: int | None = None
+    max_cost: float | None = None
+
+
+@dataclass
+class RunReport:
+    """Verdicts per request (one per document, in order) and what they cost."""
+
+    judgments: list[list[Judgment]]
+    usage: Usage = field(default_factory=Usage)
+    cost: float = 0.0
+    from_ledger: int = 0
+    judged: int = 0
+    failed: int = 0
+    not_submitted: int = 0
+    truncated_documents: int = 0
+    max_in_flight: int = 0
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "judge_requests": float(self.usage.requests),
+            "judge_input_tokens": float(self.usage.input_tokens),
+            "judge_output_tokens": float(self.usage.output_tokens),
+            "judge_cache_read_tokens": float(self.usage.cache_read_tokens),
+            "judge_cost_usd": self.cost,
+            "judgments_from_ledger": float(self.from_ledger),
+            "judgments_paid": float(self.judged),
+            "judgments_failed": float(self.failed),
+            "judgments_not_submitted": float(self.not_submitted),
+            "documents_truncated_for_judge": float(self.truncated_documents),
+        }
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def run_judge(
+    judge: Judge,
+    requests: Sequence[JudgeRequest],
+    *,
+    ledger: JudgmentLedger | None = None,
+    concurrency: int = 4,
+    budget: Budget | None = None,
+    prices: dict[str, tuple[float, float]] | None = None,
+    max_document_chars: int = 20_000,
+    progress: ProgressFn | None = None,
+) -> RunReport:
+    """Judge every document of every request, paying only for what the ledger lacks.
+
+    Args:
+        judge: any :class:`~refine_core.judges.base.Judge`.
+        requests: one per query.
+        ledger: durable store consulted first and written after every call.
+        concurrency: maximum calls in flight.
+        budget: optional limits on judgments and estimated cost for this run.
+        prices: price table for the cost estimate (default :data:`DEFAULT_PRICES`).
+        max_document_chars: documents are cut to this length before they reach the judge
+            (the count is reported); their identity in the ledger is the full text.
+        progress: called with (calls done, calls planned).
+
+    Returns:
+        A :class:`RunReport`. Calls never submitted because of the budget yield failed
+        verdicts with error ``BudgetExceeded`` that are not stored.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    key = judge.identity.key
+    report = RunReport(judgments=[[Judgment.failure("NotJudged")] * len(r.documents) for r in requests])
+    hashes = [(query_hash(r.query, r.task_instruction), [doc_hash(d) for d in r.documents]) for r in requests]
+    if ledger is not None:
+        wanted = [(qh, dh) for qh, dhs in hashes for dh in dhs]
+        stored = ledger.lookup(key, wanted)
+    else:
+        stored = {}
+    # Plan the calls: (request index, document positions).
+    calls: list[tuple[int, list[int]]] = []
+    per_call = judge.documents_per_request
+    for i, (qh, dhs) in enumerate(hashes):
+        todo: list[int] = []
+        seen: dict[str, int] = {}
+        for j, dh in enumerate(dhs):
+            if (qh, dh) in stored:
+                report.judgments[i][j] = Judgment(score=stored[(qh, dh)], raw="ledger")
+                report.from_ledger += 1
+            elif dh in seen:
+                continue  # duplicate document within a query: judged once, copied below
+            else:
+                seen[dh] = j
+                todo.append(j)
+        size = per_call or max(len(todo), 1)
+        calls.extend((i, todo[s : s + size]) for s in range(0, len(todo), size))
+
+    in_flight = 0
+    lock = threading.Lock()
+
+    def one_call(i: int, positions: list[int]) -> JudgeResponse:
+        nonlocal in_flight
+        with lock:
+            in_flight += 1
+            report.max_in_flight = max(report.max_in_flight, in_flight)
+        try:
+            docs = []
+            for j in positions:
+                text, cut = truncate_document(requests[i].documents[j], max_document_chars)
+                docs.append(text)
+                if cut:
+                    with lock:
+                        report.truncated_documents += 1
+            try:
+                response = judge.judge(query=requests[i].query, documents=docs, task_instruction=requests[i].task_instruction)
+            except Exception as exc:  # noqa: BLE001 - a judge bug must not lose the run
+                response = JudgeResponse([Judgment.failure(f"{type(exc).__name__}: {exc}")] * len(docs))
+            if len(response.judgments) != len(docs):
+                response = JudgeResponse([Judgment.failure("WrongNumberOfVerdicts")] * len(docs), response.usage)
+            check_scores(response.judgments)
+            return response
+        finally:
+            with lock:
+                in_flight -= 1
+
+    def over_budget(extra: int) -> bool:
+        if budget is None:
+            return False
+        if budget.max_judgments is not None and report.judged + report.failed + extra > budget.max_judgments:
+            return True
+        return budget.max_cost is not None and report.cost >= budget.max_cost
+
+    done = 0
+    pending: dict[Future[JudgeResponse], tuple[int, list[int]]] = {}
+    queue = list(reversed(calls))
+    submitted_docs = 0
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
+        while queue or pending:
+            while queue and len(pending) < concurrency:
+                i, positions = queue[-1]
+                if over_budget(submitted_docs - report.judged - report.failed + len(positions)):
+                    break
+                queue.pop()
+                submitted_docs += len(positions)
+                pending[pool.submit(one_call, i, positions)] = (i, positions)
+            if not pending:
+                break  # budget reached: leave the rest unsubmitted
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i, positions = pending.pop(future)
+                response = future.result()
+                cost = estimate_cost(judge.identity.model, response.usage, prices)
+                qh, dhs = hashes[i]
+                if ledger is not None:
+                    ok = sum(j.ok for j in response.judgments)
+                    ledger.record(key, [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
+                                  cost_each=cost / ok if ok else 0.0)
+                report.usage.add(response.usage)
+                report.cost += cost
+                for j, verdict in zip(positions, response.judgments):
+                    report.judgments[i][j] = verdict
+                    if verdict.ok:
+                        report.judged += 1
+                    else:
+                        report.failed += 1
+                done += 1
+                if progress is not None:
+                    progress(done, len(calls))
+    for i, positions in queue:
+        for j in positions:
+            report.judgments[i][j] = Judgment.failure("BudgetExceeded")
+            report.not_submitted += 1
+    # Copy verdicts to duplicate documents of the same query.
+    for i, (_, dhs) in enumerate(hashes):
+        first: dict[str, int] = {}
+        for j, dh in enumerate(dhs):
+            if dh in first and report.judgments[i][j].error == "NotJudged":
+                report.judgments[i][j] = report.judgments[i][first[dh]]
+            first.setdefault(dh, j)
+    return report
