@@ -29,9 +29,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The main job: embed CLINC150 with the bundled model and compare baseline, rerank-only and refined.
+## The main job: the built-in default sweep (Prefect flow, MLflow tracking) on CLINC150.
 run: $(STAMP)
-	$(VENV)/bin/refine demo
+	$(VENV)/bin/refine run
 
 ## The full test suite (set REFINE_DATA_DIR to the raw datasets to run the data-backed tests).
 test: $(STAMP)

@@ -20,8 +20,10 @@ kind); subsetting produces a new benchmark with a new hash and records what was 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -196,6 +198,47 @@ class Benchmark:
         labels = self.labels.join(documents.select("doc_id"), on="doc_id", how="semi")
         how = {"max_documents": max_documents, "corpus_seed": seed}
         return replace(self, documents=documents, labels=labels, subset={**self.subset, **how})
+
+    # ---- persistence (parquet + a small JSON of metadata) -------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the tables as parquet plus ``benchmark.json``; returns the folder."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("queries", "documents", "labels"):
+            tmp = out / f".{name}.parquet.tmp"
+            getattr(self, name).write_parquet(tmp)
+            tmp.replace(out / f"{name}.parquet")
+        meta = {"name": self.name, "version": self.version, "embed_instruction": self.embed_instruction,
+                "judge_instruction": self.judge_instruction, "pool": self.pool, "subset": self.subset,
+                "source": self.source, "hash": self.content_hash}
+        tmp = out / ".benchmark.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(out / "benchmark.json")
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Benchmark:
+        """Read a benchmark written by :meth:`save`."""
+        src = Path(folder)
+        meta = json.loads((src / "benchmark.json").read_text())
+        bench = cls(
+            name=meta["name"], version=meta["version"],
+            queries=pl.read_parquet(src / "queries.parquet"), documents=pl.read_parquet(src / "documents.parquet"),
+            labels=pl.read_parquet(src / "labels.parquet"), embed_instruction=meta["embed_instruction"],
+            judge_instruction=meta["judge_instruction"], pool=meta["pool"], subset=meta["subset"], source=meta["source"],
+        )
+        if bench.content_hash != meta["hash"]:
+            raise DatasetError(f"{src}: stored benchmark does not match its recorded hash (corrupt or edited)")
+        return bench
+
+    def relevant_texts(self) -> dict[str, set[str]]:
+        """query text -> texts of its relevant documents (for the oracle judge)."""
+        qtext = dict(zip(self.queries["query_id"].to_list(), self.queries["text"].to_list()))
+        dtext = dict(zip(self.documents["doc_id"].to_list(), self.documents["text"].to_list()))
+        out: dict[str, set[str]] = {t: set() for t in qtext.values()}
+        for q, d in self.labels.filter(pl.col("label") == 1).select("query_id", "doc_id").iter_rows():
+            out[qtext[q]].add(dtext[d])
+        return out
 
     def query_texts(self) -> list[str]:
         return self.queries["text"].to_list()

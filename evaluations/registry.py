@@ -185,12 +185,13 @@ def load_benchmark(
         name: a registry name (``refine datasets``) or ``kind:<folder>``.
         root: data directory (default :func:`data_dir`).
         queries: keep this many queries (first ones, or random with ``query_seed``).
-        max_documents: subsample the corpus to this size, keeping every positive.
+        max_documents: subsample the corpus to this size, keeping every positive of the
+            (remaining) queries.
         corpus_seed: seed of the corpus subsample (paper: 42).
     """
     benchmark = load_raw(name, root=root)
-    if max_documents is not None:
-        benchmark = benchmark.subsample_corpus(max_documents, seed=corpus_seed)
     if queries is not None:
         benchmark = benchmark.subset_queries(queries, seed=query_seed)
+    if max_documents is not None:  # after the query subset: keeps the positives of the queries kept
+        benchmark = benchmark.subsample_corpus(max_documents, seed=corpus_seed)
     return benchmark

@@ -21,8 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-guided t
 datasets_app = typer.Typer(help="List the registered benchmarks, or show one.", invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 STATE_DIR_ENV = "REFINE_HOME"
 
@@ -30,6 +30,60 @@ STATE_DIR_ENV = "REFINE_HOME"
 def state_dir() -> Path:
     """Project-local folder for caches and tracking state (``$REFINE_HOME`` or ``./.refine``)."""
     return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".refine")
+
+
+METHOD_COLUMNS = ("baseline", "rerank_only", "rocchio", "refined")
+
+
+def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
+    """Fail fast, before anything is paid: datasets, models, judges, tracking store."""
+    from evaluations.registry import load_benchmark
+    from flows.tracking import Tracker
+    from refine_core.embedders import SentenceTransformerEmbedder
+    from tasks.judging import build_judge
+
+    benches = {}
+    for spec in {c.benchmark for c in config.cells()}:
+        benches[spec] = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
+                                       max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
+    for model in config.models:
+        SentenceTransformerEmbedder(model).dimension  # noqa: B018 - loads the model or raises a clear error
+    first = next(iter(benches.values()))
+    for judge in config.judges:
+        if judge.kind not in ("local-lm", "cross-encoder"):  # those load weights: checked when they run
+            build_judge(judge, first)
+    for spec, bench in benches.items():
+        smallest = bench.n_documents if bench.pool == "corpus" else int(bench.labels.group_by("query_id").len()["len"].min())
+        for k in config.grid.k:
+            for rounds in config.grid.rounds:
+                if k * rounds > smallest:
+                    raise ValueError(f"k={k} x rounds={rounds} is larger than the smallest pool of "
+                                     f"{spec.name} ({smallest} documents)")
+    tracker = Tracker()
+    try:
+        tracker.client.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"MLflow tracking URI {tracker.uri} is unreachable: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+
+
+def _results_table(title: str, cells: list[dict]) -> Table:
+    table = Table(title=title)
+    for column in ("benchmark", "judge", "lr", "k", *(f"MAP {m}" for m in METHOD_COLUMNS), "ΔMAP", "p (BH)", "failed queries"):
+        table.add_column(column, justify="left" if column in ("benchmark", "judge") else "right")
+    for c in cells:
+        maps = [c["metrics"].get(m, {}).get("map", float("nan")) for m in METHOD_COLUMNS]
+        test = c.get("tests", {}).get("refined", {})
+        table.add_row(c["benchmark"], c["judge"], f"{c['params']['lr']:g}", str(c["params"]["k"]),
+                      *(f"{v:.4f}" for v in maps), f"{test.get('delta_map', float('nan')):+.4f}",
+                      f"{test.get('pvalue_bh', float('nan')):.2g}", str(c.get("failed_queries", 0)))
+    return table
+
+
+def _public(cells: list[dict]) -> list[dict]:
+    keys = ("run_id", "benchmark", "model", "judge", "params", "metrics")
+    return [{k: c[k] for k in keys} | {"tests": c.get("tests", {}), "failed_queries": c.get("failed_queries", 0)}
+            for c in cells]
 
 
 def fail(message: str) -> NoReturn:
@@ -41,8 +95,9 @@ def fail(message: str) -> NoReturn:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from evaluations.errors import DatasetError
     from refine_core.embedders import EmbeddingModelError
+    from refine_core.judges import JudgeConfigError
 
-    return (DatasetError, EmbeddingModelError, ValueError, FileNotFoundError, PermissionError)
+    return (DatasetError, EmbeddingModelError, JudgeConfigError, ValueError, FileNotFoundError, PermissionError)
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,6 +243,184 @@ def demo(
             "metrics": {m: outcome.metrics[m].means for m in methods},
             "p_values_bh": adjusted,
         }, default=float))
+
+
+# ---------------------------------------------------------------------------------------
+# refine run / compare / ui / serve
+# ---------------------------------------------------------------------------------------
+@app.command()
+def run(
+    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
+    runner: Annotated[str | None, typer.Option(help="'local' (default) or dask://host:port")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
+) -> None:
+    """Run a sweep: every cell through the Prefect flow, every result to MLflow."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from evaluations.config import ConfigError, default_config, load_config
+
+    try:
+        config = load_config(config_path) if config_path else default_config()
+        if runner:
+            config = config.model_copy(update={"runner": runner})
+        _preflight(config)
+    except (ConfigError, *_user_errors()) as exc:
+        fail(str(exc))
+    n_cells = len(config.cells())
+    console.print(f"sweep [bold]{config.name}[/]: {n_cells} cells; state in {state_dir()}")
+    from flows.sweep import sweep
+
+    started = time.perf_counter()
+    with console.status(f"running {n_cells} cells (Prefect flow; the first start of the local Prefect server takes a while) ..."):
+        result = sweep(config)
+    elapsed = time.perf_counter() - started
+    console.print(_results_table(f"{config.name}: MAP per method; p: one-sided paired t-test of refined vs baseline, "
+                                 "Benjamini-Hochberg corrected over the sweep",
+                                 result["cells"]))
+    from flows.tracking import Tracker
+
+    tracker = Tracker()
+    console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s; MLflow parent run "
+                  f"{tracker.run_url(result['experiment_id'], result['parent_run_id'])} (start the UI with `refine ui`)")
+    for failure in result["failures"]:
+        err_console.print(f"[bold red]cell failed:[/] {failure}", highlight=False)
+    if as_json:
+        print(json.dumps({"experiment_id": result["experiment_id"], "parent_run_id": result["parent_run_id"],
+                          "cells": _public(result["cells"]), "failures": result["failures"]}, default=float))
+    if result["failures"]:
+        raise typer.Exit(code=1)
+
+
+def _metrics_from_run(run) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    out: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        method, _, name = key.partition(".")
+        if method in ("baseline", "rerank_only", "rocchio") or method.startswith("refined"):
+            out.setdefault(method, {})[name.replace("_at_", "@")] = value
+    return out
+
+
+@app.command()
+def compare(
+    experiment: Annotated[str, typer.Option(help="experiment (sweep config name)")] = "default-sweep",
+    parent: Annotated[str | None, typer.Option(help="parent run id (default: the latest sweep)")] = None,
+    all_sweeps: Annotated[bool, typer.Option("--all", help="every finished cell of the experiment")] = False,
+    benchmark: Annotated[str | None, typer.Option(help="only this benchmark")] = None,
+    judge: Annotated[str | None, typer.Option(help="only judges whose label contains this")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or markdown")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
+) -> None:
+    """Compare cells from MLflow: MAP per method, ΔMAP and BH-corrected significance."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows.tracking import Tracker
+    from refine_core.statistics import benjamini_hochberg
+
+    if fmt not in ("table", "csv", "markdown"):
+        fail(f"--format must be table, csv or markdown, got {fmt!r}")
+    tracker = Tracker()
+    try:
+        exp = tracker.client.get_experiment_by_name(experiment)
+    except Exception as exc:  # noqa: BLE001
+        fail(f"MLflow tracking URI {tracker.uri} is unreachable: {type(exc).__name__}")
+    if exp is None:
+        fail(f"no experiment named {experiment!r} in {tracker.uri}; run `refine run` first")
+    if parent is None and not all_sweeps:
+        sweeps = tracker.client.search_runs([exp.experiment_id], "tags.`refine.kind` = 'sweep'",
+                                            order_by=["attributes.start_time DESC"], max_results=1)
+        if not sweeps:
+            fail(f"experiment {experiment!r} has no sweep runs")
+        parent = sweeps[0].info.run_id
+    query = "tags.`refine.kind` = 'cell' and attributes.status = 'FINISHED'"
+    if parent:
+        query += f" and tags.`mlflow.parentRunId` = '{parent}'"
+    runs = tracker.client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=5000)
+    cells = []
+    for r in runs:
+        params = dict(r.data.params)
+        if benchmark and params.get("benchmark.name") != benchmark:
+            continue
+        label = r.data.tags.get("refine.judge", params.get("judge.kind", ""))
+        if judge and judge not in label:
+            continue
+        metrics = _metrics_from_run(r)
+        tests = {m: {"delta_map": v.get("delta_map"), "pvalue": v.get("pvalue")} for m, v in metrics.items() if "pvalue" in v}
+        typed = {"lr": float(params.get("lr", "nan")), "k": int(params.get("k", 0)), "rounds": int(params.get("rounds", 1)),
+                 **{k: v for k, v in params.items() if k not in ("lr", "k", "rounds")}}
+        cells.append({"run_id": r.info.run_id, "benchmark": params.get("benchmark.name", "?"), "model": params.get("model", "?"),
+                      "judge": label, "params": typed,
+                      "metrics": {m: {k: v for k, v in vals.items() if k not in ("delta_map", "pvalue", "relative_gain")}
+                                  for m, vals in metrics.items()},
+                      "tests": tests, "failed_queries": int(r.data.metrics.get("judge_failed_queries", 0))})
+    pairs = [(i, m) for i, c in enumerate(cells) for m in c["tests"] if c["tests"][m]["pvalue"] is not None]
+    adjusted = benjamini_hochberg([cells[i]["tests"][m]["pvalue"] for i, m in pairs]) if pairs else []
+    for (i, m), p in zip(pairs, adjusted):
+        cells[i]["tests"][m]["pvalue_bh"] = float(p)
+    if fmt == "table":
+        console.print(_results_table(f"{experiment}: {len(cells)} cells" + (f" of sweep {parent}" if parent else ""), cells))
+    else:
+        from flows.sweep import summary_table
+
+        rows, markdown = summary_table(cells)
+        if fmt == "markdown":
+            print(markdown)
+        else:
+            import polars as pl
+
+            print(pl.DataFrame(rows).write_csv() if rows else "")
+    if as_json:
+        print(json.dumps({"experiment_id": exp.experiment_id, "parent_run_id": parent, "cells": _public(cells)}, default=float))
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the same tracking store and print its URL."""
+    import subprocess
+
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows.tracking import tracking_uri
+
+    uri = tracking_uri()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    console.print(f"MLflow UI: http://127.0.0.1:{port}  (store: {uri}; Ctrl-C stops it)")
+    try:
+        raise typer.Exit(code=subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(code=0) from None
+
+
+@app.command()
+def serve(
+    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
+    cron: Annotated[str, typer.Option(help="cron schedule of the deployment")] = "0 3 * * *",
+    name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
+) -> None:
+    """Serve the sweep flow as a Prefect deployment on a cron schedule (needs a Prefect server)."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("refine serve needs a Prefect server: start one with `prefect server start` (or the compose stack) "
+             "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
+    from evaluations.config import ConfigError, default_config, load_config
+
+    try:
+        config = load_config(config_path) if config_path else default_config()
+    except ConfigError as exc:
+        fail(str(exc))
+    from flows.sweep import sweep
+
+    console.print(f"serving deployment {name!r} of flow refine-sweep, cron {cron!r}, sweep {config.name!r}")
+    sweep.serve(name=name, cron=cron, parameters={"config": config.model_dump(mode="json")})
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -174,7 +174,9 @@ class SentenceTransformerEmbedder:
 
     @property
     def dimension(self) -> int:
-        return int(self._load().get_sentence_embedding_dimension())
+        model = self._load()
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
 
     def format_query(self, text: str, instruction: str | None) -> str:
         """The exact string embedded for a query (plain text when there is no instruction)."""

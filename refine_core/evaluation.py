@@ -85,35 +85,16 @@ def evaluate_cell_arrays(
         ks: metric cut-offs.
     """
     config = config or RefineConfig()
-    rp = rocchio_params or RocchioParams()
     outcome = refine_rounds(query_vectors, doc_vectors, judge, rounds=rounds, k=k, pool=pool,
                             strategy=strategy, config=config)
-    first_idx = outcome.feedback_idx[:, :k]
-    first_scores = np.nan_to_num(outcome.scores[:, :k])
-    first_mask = outcome.mask[:, :k]
-
-    def ranking(vectors: np.ndarray) -> np.ndarray:
-        scores = cosine_scores(vectors, doc_vectors)
-        return scores if pool is None else np.where(pool, scores, -np.inf)
-
-    base = ranking(query_vectors)
-    rankings: dict[str, np.ndarray] = {
-        "baseline": base,
-        "rerank_only": rerank_only_scores(base, first_idx, first_scores, mask=first_mask),
-    }
-    fb_vectors = doc_vectors[np.maximum(first_idx, 0)]
-    rankings["rocchio"] = ranking(rocchio(query_vectors, fb_vectors, first_scores, mask=first_mask,
-                                          alpha=rp.alpha, beta=rp.beta, gamma=rp.gamma,
-                                          positive_threshold=rp.threshold, negative_threshold=rp.threshold))
-    rankings["refined"] = ranking(outcome.round_vectors[0])
-    for r in range(2, rounds + 1):
-        rankings[f"refined_r{r}"] = ranking(outcome.round_vectors[r - 1])
-    metrics = {name: evaluate_rankings(s, labels, pool=pool, ks=ks) for name, s in rankings.items()}
-    base_ap = metrics["baseline"].per_query["ap"]
-    tests: dict[str, PairedTest] = {}
-    for name, result in metrics.items():
-        if name != "baseline" and np.isfinite(base_ap).sum() >= 2:
-            tests[name] = paired_ttest(base_ap, result.per_query["ap"], alternative="greater")
+    metrics, tests = score_methods(
+        query_vectors, doc_vectors, labels,
+        feedback_idx=outcome.feedback_idx[:, :k],
+        judge_scores=np.nan_to_num(outcome.scores[:, :k]),
+        judge_mask=outcome.mask[:, :k],
+        round_vectors=list(outcome.round_vectors),
+        pool=pool, rocchio_params=rocchio_params, ks=ks,
+    )
     return CellOutcome(
         metrics=metrics,
         tests=tests,
@@ -122,5 +103,67 @@ def evaluate_cell_arrays(
         judge_mask=outcome.mask,
         refined_vectors=outcome.vectors,
         losses=outcome.losses,
-        failed_queries=~first_mask.any(axis=1),
+        failed_queries=~outcome.mask[:, :k].any(axis=1),
     )
+
+
+def method_rankings(
+    query_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    *,
+    feedback_idx: np.ndarray,
+    judge_scores: np.ndarray,
+    judge_mask: np.ndarray,
+    round_vectors: list[np.ndarray],
+    pool: np.ndarray | None = None,
+    rocchio_params: RocchioParams | None = None,
+) -> dict[str, np.ndarray]:
+    """Ranking scores ``(n, N)`` of every method, from the first round's judgments.
+
+    ``round_vectors[r]`` is the refined vector after round ``r + 1``.
+    """
+    rp = rocchio_params or RocchioParams()
+
+    def ranking(vectors: np.ndarray) -> np.ndarray:
+        scores = cosine_scores(vectors, doc_vectors)
+        return scores if pool is None else np.where(pool, scores, -np.inf)
+
+    base = ranking(query_vectors)
+    rankings: dict[str, np.ndarray] = {
+        "baseline": base,
+        "rerank_only": rerank_only_scores(base, feedback_idx, judge_scores, mask=judge_mask),
+    }
+    fb_vectors = doc_vectors[np.maximum(feedback_idx, 0)]
+    rankings["rocchio"] = ranking(rocchio(query_vectors, fb_vectors, judge_scores, mask=judge_mask,
+                                          alpha=rp.alpha, beta=rp.beta, gamma=rp.gamma,
+                                          positive_threshold=rp.threshold, negative_threshold=rp.threshold))
+    rankings["refined"] = ranking(round_vectors[0])
+    for r in range(2, len(round_vectors) + 1):
+        rankings[f"refined_r{r}"] = ranking(round_vectors[r - 1])
+    return rankings
+
+
+def score_methods(
+    query_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    labels: np.ndarray,
+    *,
+    feedback_idx: np.ndarray,
+    judge_scores: np.ndarray,
+    judge_mask: np.ndarray,
+    round_vectors: list[np.ndarray],
+    pool: np.ndarray | None = None,
+    rocchio_params: RocchioParams | None = None,
+    ks: tuple[int, ...] = DEFAULT_KS,
+) -> tuple[dict[str, MetricsResult], dict[str, PairedTest]]:
+    """Metrics of every method and a paired one-sided t-test of each against the baseline."""
+    rankings = method_rankings(query_vectors, doc_vectors, feedback_idx=feedback_idx, judge_scores=judge_scores,
+                               judge_mask=judge_mask, round_vectors=round_vectors, pool=pool,
+                               rocchio_params=rocchio_params)
+    metrics = {name: evaluate_rankings(s, labels, pool=pool, ks=ks) for name, s in rankings.items()}
+    base_ap = metrics["baseline"].per_query["ap"]
+    tests: dict[str, PairedTest] = {}
+    for name, result in metrics.items():
+        if name != "baseline" and np.isfinite(base_ap).sum() >= 2:
+            tests[name] = paired_ttest(base_ap, result.per_query["ap"], alternative="greater")
+    return metrics, tests

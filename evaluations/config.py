@@ -1,0 +1,226 @@
+"""Sweep configuration: a YAML file validated by pydantic (unknown keys are errors).
+
+A sweep is the grid ``benchmarks x models x judges x lr x steps x k x temperatures x rounds
+x optimizer x normalize``; each point is one *cell*. Example::
+
+    name: my-sweep                  # the MLflow experiment
+    benchmarks:
+      - {name: clinc150, queries: 50}
+    models: [all-MiniLM-L6-v2]
+    judges:
+      - {kind: oracle}
+      - {kind: noisy-oracle, flip_rate: 0.2}
+      - {kind: anthropic, model: claude-haiku-4-5, scheme: listwise}
+    grid:
+      lr: [1.0e-4, 1.0e-3]
+      k: [20]
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evaluations.errors import DatasetError
+
+
+class ConfigError(ValueError):
+    """A sweep configuration is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BenchmarkSpec(_Strict):
+    name: str
+    queries: Annotated[int, Field(ge=1)] | None = None
+    query_seed: int | None = None
+    max_documents: Annotated[int, Field(ge=1)] | None = None
+    corpus_seed: int = 42
+
+
+class JudgeSpec(_Strict):
+    kind: Literal["oracle", "noisy-oracle", "anthropic", "anthropic-batch", "openai-compatible", "local-lm", "cross-encoder"]
+    model: str | None = None
+    scheme: Literal["pointwise", "listwise"] = "listwise"
+    flip_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    seed: int = 0
+    base_url: str | None = None
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 4
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 4
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _check(self) -> JudgeSpec:
+        if self.kind == "noisy-oracle" and self.flip_rate == 0:
+            raise ValueError("noisy-oracle needs flip_rate > 0")
+        if self.kind in ("openai-compatible",) and not self.base_url:
+            raise ValueError(f"{self.kind} needs base_url")
+        if self.kind in ("openai-compatible", "local-lm", "cross-encoder") and not self.model:
+            raise ValueError(f"{self.kind} needs model")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.kind == "oracle":
+            return "oracle"
+        if self.kind == "noisy-oracle":
+            return f"noisy-oracle-{self.flip_rate:g}"
+        return f"{self.kind}:{self.model or 'default'}" + (f"/{self.scheme}" if self.kind.startswith("anthropic") else "")
+
+
+def _positive_list(name: str):  # noqa: ANN202
+    def check(values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError(f"{name} must list at least one value")
+        for v in values:
+            if not v > 0:
+                raise ValueError(f"{name} values must be > 0, got {v}")
+        return values
+
+    return check
+
+
+class Grid(_Strict):
+    lr: list[float] = [1e-4]
+    steps: list[int] = [100]
+    k: list[int] = [20]
+    score_temperature: list[float] = [1.0]
+    similarity_temperature: list[float] = [1.0]
+    rounds: list[int] = [1]
+    optimizer: list[Literal["adam", "sgd"]] = ["adam"]
+    normalize: list[Literal["none", "minmax"]] = ["none"]
+
+    @field_validator("lr", "score_temperature", "similarity_temperature")
+    @classmethod
+    def _positive_floats(cls, values: list[float], info) -> list[float]:  # noqa: ANN001
+        return _positive_list(info.field_name)(values)
+
+    @field_validator("steps", "rounds")
+    @classmethod
+    def _at_least_one(cls, values: list[int], info) -> list[int]:  # noqa: ANN001
+        if not values or any(v < 1 for v in values):
+            raise ValueError(f"{info.field_name} values must be integers >= 1, got {values}")
+        return values
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 2 for v in values):
+            raise ValueError(f"k values must be integers >= 2, got {values}")
+        return values
+
+
+class BudgetSpec(_Strict):
+    max_judgments: Annotated[int, Field(ge=1)] | None = None
+    max_cost_usd: Annotated[float, Field(gt=0)] | None = None
+
+
+class SweepConfig(_Strict):
+    name: str = "default-sweep"
+    benchmarks: list[BenchmarkSpec]
+    models: list[str] = ["all-MiniLM-L6-v2"]
+    judges: list[JudgeSpec] = [JudgeSpec(kind="oracle")]
+    grid: Grid = Grid()
+    budget: BudgetSpec = BudgetSpec()
+    runner: str = "local"
+    schedule: str | None = None
+
+    @field_validator("benchmarks", "models", "judges")
+    @classmethod
+    def _non_empty(cls, values: list, info) -> list:  # noqa: ANN001
+        if not values:
+            raise ValueError(f"{info.field_name} must not be empty")
+        return values
+
+    @field_validator("runner")
+    @classmethod
+    def _runner(cls, value: str) -> str:
+        if value != "local" and not value.startswith("dask://") and value != "dask":
+            raise ValueError(f"runner must be 'local', 'dask' or 'dask://host:port', got {value!r}")
+        return value
+
+    def cells(self) -> list[CellSpec]:
+        """Every point of the grid, in a stable order."""
+        g = self.grid
+        out = []
+        for bench, model, judge, lr, steps, k, ts, tc, rounds, opt, norm in itertools.product(
+            self.benchmarks, self.models, self.judges, g.lr, g.steps, g.k, g.score_temperature,
+            g.similarity_temperature, g.rounds, g.optimizer, g.normalize,
+        ):
+            out.append(CellSpec(benchmark=bench, model=model, judge=judge, lr=lr, steps=steps, k=k,
+                                score_temperature=ts, similarity_temperature=tc, rounds=rounds,
+                                optimizer=opt, normalize=norm))
+        return out
+
+
+class CellSpec(_Strict):
+    """One (benchmark, model, judge, hyperparameters) combination."""
+
+    benchmark: BenchmarkSpec
+    model: str
+    judge: JudgeSpec
+    lr: float = 1e-4
+    steps: int = 100
+    k: int = 20
+    score_temperature: float = 1.0
+    similarity_temperature: float = 1.0
+    rounds: int = 1
+    optimizer: Literal["adam", "sgd"] = "adam"
+    normalize: Literal["none", "minmax"] = "none"
+
+    def hyperparameters(self) -> dict[str, object]:
+        return {"lr": self.lr, "steps": self.steps, "k": self.k, "score_temperature": self.score_temperature,
+                "similarity_temperature": self.similarity_temperature, "rounds": self.rounds,
+                "optimizer": self.optimizer, "normalize": self.normalize}
+
+
+def default_config() -> SweepConfig:
+    """The built-in sweep of ``refine run``: offline, CLINC150 with the bundled model, the
+    oracle and a noisy oracle (and Claude when ``ANTHROPIC_API_KEY`` is set)."""
+    judges = [JudgeSpec(kind="oracle"), JudgeSpec(kind="noisy-oracle", flip_rate=0.2, seed=0)]
+    if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_API_KEY_FILE"):
+        judges.append(JudgeSpec(kind="anthropic", scheme="listwise"))
+    return SweepConfig(name="default-sweep", benchmarks=[BenchmarkSpec(name="clinc150")], judges=judges,
+                       grid=Grid(lr=[1e-4, 1e-3]))
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key {where!r}"
+    if first["type"] == "missing":
+        return f"{source}: missing key {where!r}"
+    return f"{source}: {where}: {first['msg']}"
+
+
+def parse_config(data: object, *, source: str = "config") -> SweepConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a YAML sweep config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_config(data, source=str(p))
+
+
+__all__ = ["BenchmarkSpec", "BudgetSpec", "CellSpec", "ConfigError", "DatasetError", "Grid", "JudgeSpec",
+           "SweepConfig", "default_config", "load_config", "parse_config"]

@@ -1,0 +1,36 @@
+"""Process environment for the platform: every piece of state under the project folder.
+
+Called by the CLI (and the test suite) before Prefect or MLflow are imported: Prefect reads
+its settings from the environment. Values already set by the user win.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_environment(state: Path | None = None) -> Path:
+    """Point Prefect and MLflow at ``state`` (default ``$REFINE_HOME`` or ``./.refine``)."""
+    root = Path(state or os.environ.get("REFINE_HOME") or Path.cwd() / ".refine").resolve()
+    os.environ["REFINE_HOME"] = str(root)
+    prefect_home = root / "prefect"
+    (prefect_home / "storage").mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+        "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "storage"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_UI_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    return root

@@ -1,0 +1,135 @@
+"""MLflow tracking through ``MlflowClient`` with explicit run ids (the fluent API is
+thread-local). One experiment per sweep config name, a parent run per sweep and one child
+run per cell. Nothing secret is ever passed here: params come from the validated config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+
+from tasks.storage import state_dir
+
+_BAD_KEY_CHARS = re.compile(r"[^0-9A-Za-z_\-. /]")
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` or a SQLite store in the state directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"
+
+
+def metric_key(name: str) -> str:
+    """MLflow-safe metric name: ``ndcg@10`` -> ``ndcg_at_10``."""
+    return _BAD_KEY_CHARS.sub("_", name.replace("@", "_at_"))
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient for the sweep's parent and child runs."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or tracking_uri()
+        self.client = MlflowClient(self.uri)
+
+    def experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:") or self.uri.startswith("file:") or "://" not in self.uri:
+            folder = state_dir() / "mlartifacts" / re.sub(r"[^0-9A-Za-z_.-]", "_", name)
+            folder.mkdir(parents=True, exist_ok=True)
+            location = folder.as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start(self, experiment_id: str, name: str, *, parent: str | None = None, tags: dict[str, str] | None = None) -> str:
+        all_tags = {"refine.host": socket.gethostname(), "refine.pid": str(os.getpid()), **(tags or {})}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, object]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(metric_key(k), float(v), now, step) for k, v in sorted(metrics.items())
+                 if v is not None and math.isfinite(float(v))]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+    def log_series(self, run_id: str, key: str, values: list[float]) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(metric_key(key), float(v), now, step) for step, v in enumerate(values) if math.isfinite(float(v))]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_json(self, run_id: str, name: str, payload: object) -> None:
+        self.client.log_dict(run_id, payload, name)
+
+    def log_text(self, run_id: str, name: str, text: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_benchmark(self, run_id: str, counts: dict, source: str) -> None:
+        """The benchmark as an MLflow dataset input, identified by its content hash."""
+        from mlflow.data.http_dataset_source import HTTPDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+
+        dataset = MetaDataset(HTTPDatasetSource(url=f"https://refine-eval.local/datasets/{counts['name']}"),
+                              name=str(counts["name"]), digest=str(counts["hash"]))
+        entity = dataset._to_mlflow_entity()
+        self.client.log_inputs(run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", "evaluation"),
+                                                                   InputTag("source", source[:500])])])
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def close_stale_runs(self, experiment_id: str) -> list[str]:
+        """Mark as KILLED the RUNNING runs whose process on this host no longer exists.
+
+        Runs record ``refine.host`` and ``refine.pid`` tags when they start; runs of other
+        hosts or of live processes are left alone.
+        """
+        closed = []
+        host = socket.gethostname()
+        for run in self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            if tags.get("refine.host") != host or not tags.get("refine.pid", "").isdigit():
+                continue
+            if not _alive(int(tags["refine.pid"])):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(run.info.run_id)
+        return closed
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        base = os.environ.get("REFINE_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dumps(payload: object) -> str:
+    return json.dumps(payload, indent=1, default=float)

@@ -1,0 +1,288 @@
+"""Prefect tasks: thin wrappers that give the library's functions caching, retries and
+persisted results. No algorithm lives here.
+
+Every expensive task has an explicit content-based cache key (benchmark hash, model
+fingerprint, template, judge identity, hyperparameters, code version) and persists its
+result; results are small references (:class:`ArrayRef` and friends) to ``.npy``/``.npz``
+files, never the arrays themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from evaluations.benchmark import Benchmark
+from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, JudgeSpec
+from evaluations.registry import load_benchmark
+from refine_core.embedders import SentenceTransformerEmbedder
+from refine_core.embedding_cache import EmbeddingCache
+from refine_core.evaluation import score_methods
+from refine_core.feedback import select_feedback
+from refine_core.judges import Budget, JudgeRequest, JudgmentLedger, run_judge
+from refine_core.metrics import cosine_scores
+from refine_core.refinement import RefineConfig, refine
+from tasks.judging import build_judge
+from tasks.storage import code_version, digest, ledger_url, load_array, load_arrays, save_array, save_arrays, state_dir
+
+CACHE_EXPIRATION = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class BenchmarkRef:
+    name: str
+    hash: str
+    documents_hash: str
+    folder: str
+    counts: dict
+    embed_instruction: str
+    judge_instruction: str | None
+
+    def load(self) -> Benchmark:
+        return Benchmark.load(self.folder)
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """A path to an .npy/.npz file and the digest that names its content."""
+
+    path: str
+    digest: str
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class JudgmentsRef:
+    path: str
+    digest: str
+    judge_key: str
+    metrics: dict = field(default_factory=dict)
+    failed_queries: int = 0
+    seconds: float = 0.0
+
+
+def _key(*parts: object) -> str:
+    return f"refine-{digest(*parts, code_version())}"
+
+
+# ---- load ------------------------------------------------------------------------------------
+@task(name="load-benchmark", retries=0)
+def load_benchmark_task(spec: BenchmarkSpec) -> BenchmarkRef:
+    """Read the raw files, apply the subset, store the tables as parquet by content hash."""
+    bench = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
+                           max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
+    folder = state_dir() / "benchmarks" / bench.content_hash
+    if not (folder / "benchmark.json").exists():
+        bench.save(folder)
+    return BenchmarkRef(name=bench.name, hash=bench.content_hash, documents_hash=bench.documents_hash,
+                        folder=str(folder), counts=bench.counts(), embed_instruction=bench.embed_instruction,
+                        judge_instruction=bench.judge_instruction)
+
+
+# ---- embed -------------------------------------------------------------------------------------
+def _embedder(model: str) -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(model, threads=2)
+
+
+def _corpus_key(context, parameters) -> str:  # noqa: ANN001
+    b: BenchmarkRef = parameters["bench"]
+    return _key("embed-corpus", b.documents_hash, _embedder(parameters["model"]).cache_key)
+
+
+@task(name="embed-corpus", cache_key_fn=_corpus_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def embed_corpus_task(bench: BenchmarkRef, model: str) -> ArrayRef:
+    """Document vectors of a benchmark (through the embedding cache)."""
+    start = time.perf_counter()
+    embedder = _embedder(model)
+    vectors = embedder.embed_documents(bench.load().document_texts(), cache=EmbeddingCache(state_dir() / "embeddings"))
+    name = digest("docs", bench.documents_hash, embedder.cache_key)
+    return ArrayRef(save_array(f"docs-{name}", vectors), name, time.perf_counter() - start)
+
+
+def _queries_key(context, parameters) -> str:  # noqa: ANN001
+    b: BenchmarkRef = parameters["bench"]
+    e = _embedder(parameters["model"])
+    return _key("embed-queries", b.hash, e.cache_key, e.query_template, b.embed_instruction)
+
+
+@task(name="embed-queries", cache_key_fn=_queries_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def embed_queries_task(bench: BenchmarkRef, model: str) -> ArrayRef:
+    """Query vectors with the model's query template and the benchmark's instruction."""
+    start = time.perf_counter()
+    embedder = _embedder(model)
+    vectors = embedder.embed_queries(bench.load().query_texts(), instruction=bench.embed_instruction,
+                                     cache=EmbeddingCache(state_dir() / "embeddings"))
+    name = digest("queries", bench.hash, embedder.cache_key, embedder.query_template)
+    return ArrayRef(save_array(f"queries-{name}", vectors), name, time.perf_counter() - start)
+
+
+# ---- select feedback ------------------------------------------------------------------------------
+def _pool(bench: Benchmark) -> tuple[np.ndarray, np.ndarray | None]:
+    return bench.label_matrix()
+
+
+def _select_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("select", parameters["bench"].hash, parameters["vectors"].digest, parameters["docs"].digest,
+                parameters["k"], [e.digest for e in parameters["exclude"]])
+
+
+@task(name="select-feedback", cache_key_fn=_select_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int,
+                         exclude: list[ArrayRef] | None = None) -> ArrayRef:
+    """Top-K documents of each query's current ranking, skipping documents judged before."""
+    _, pool = _pool(bench.load())
+    sims = cosine_scores(load_array(vectors.path), load_array(docs.path))
+    if pool is not None:
+        sims = np.where(pool, sims, -np.inf)
+    ex = None
+    if exclude:
+        ex = np.zeros(sims.shape, dtype=bool)
+        for ref in exclude:
+            idx = load_arrays(ref.path)["idx"]
+            rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
+            keep = idx.ravel() >= 0
+            ex[rows[keep], idx.ravel()[keep]] = True
+    idx = select_feedback(sims, k=k, exclude=ex)
+    name = digest("feedback", bench.hash, vectors.digest, docs.digest, k, [e.digest for e in exclude or []])
+    return ArrayRef(save_arrays(f"feedback-{name}", idx=idx), name)
+
+
+# ---- judge (the LLM stage) --------------------------------------------------------------------------
+def judge_cache_key(context, parameters) -> str:  # noqa: ANN001
+    spec: JudgeSpec = parameters["judge"]
+    return _key("judge", spec.model_dump(), parameters["bench"].hash, parameters["feedback"].digest)
+
+
+@task(name="judge", cache_key_fn=judge_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
+      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5)
+def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget: BudgetSpec | None = None) -> JudgmentsRef:
+    """Scores for every feedback document; failures are recorded, never raised.
+
+    The ledger makes a re-run free for every pair already judged; the flow drops this
+    task's cache entry when some judgments failed, so a re-run retries exactly those.
+    """
+    start = time.perf_counter()
+    b = bench.load()
+    idx = load_arrays(feedback.path)["idx"]
+    queries = b.query_texts()
+    docs = b.document_texts()
+    judge_obj = build_judge(judge, b)
+    requests = [JudgeRequest(query=queries[i], documents=tuple(docs[j] for j in row if j >= 0),
+                             task_instruction=bench.judge_instruction) for i, row in enumerate(idx)]
+    ledger = JudgmentLedger(ledger_url())
+    if judge.kind == "anthropic-batch":
+        from refine_core.judges.batches import run_judge_batches
+
+        report = run_judge_batches(judge_obj, requests, ledger=ledger)  # type: ignore[arg-type]
+    else:
+        report = run_judge(
+            judge_obj, requests, ledger=ledger, concurrency=judge.concurrency,
+            budget=Budget(max_judgments=budget.max_judgments, max_cost=budget.max_cost_usd) if budget else None,
+        )
+    scores = np.full(idx.shape, np.nan, dtype=np.float32)
+    for i, row in enumerate(idx):
+        positions = np.flatnonzero(row >= 0)
+        for p, verdict in zip(positions, report.judgments[i]):
+            if verdict.ok:
+                scores[i, p] = verdict.score
+    mask = np.isfinite(scores)
+    failed_queries = int(((~mask) & (idx >= 0)).any(axis=1).sum())
+    content = hashlib.sha256(np.nan_to_num(scores, nan=-1.0).tobytes() + mask.tobytes()).hexdigest()
+    name = digest("judgments", judge_obj.identity.key, bench.hash, feedback.digest, content)
+    path = save_arrays(f"judgments-{name}", scores=np.nan_to_num(scores, nan=0.0), mask=mask)
+    metrics = report.as_metrics()
+    metrics["judge_failed_queries"] = float(failed_queries)
+    return JudgmentsRef(path=path, digest=name, judge_key=judge_obj.identity.key, metrics=metrics,
+                        failed_queries=failed_queries, seconds=time.perf_counter() - start)
+
+
+# ---- refine ----------------------------------------------------------------------------------------
+def _refine_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("refine", parameters["start"].digest, parameters["docs"].digest,
+                [f.digest for f in parameters["feedback"]], [j.digest for j in parameters["judgments"]],
+                parameters["config"])
+
+
+@task(name="refine", cache_key_fn=_refine_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def refine_task(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list[ArrayRef | JudgmentsRef],
+                config: dict) -> ArrayRef:
+    """Refine from ``start`` using every round's judgments so far."""
+    t0 = time.perf_counter()
+    idx = np.concatenate([load_arrays(f.path)["idx"] for f in feedback], axis=1)
+    parts = [load_arrays(j.path) for j in judgments]
+    scores = np.concatenate([p["scores"] for p in parts], axis=1)
+    mask = np.concatenate([p["mask"] for p in parts], axis=1) & (idx >= 0)
+    result = refine(np.asarray(load_array(start.path)), np.maximum(idx, 0), scores, mask=mask,
+                    documents=np.asarray(load_array(docs.path)), config=RefineConfig(**config))
+    name = digest("refined", start.digest, docs.digest, [f.digest for f in feedback], [j.digest for j in judgments], config)
+    save_arrays(f"refined-{name}-extra", losses=result.losses, skipped=result.skipped)
+    return ArrayRef(save_array(f"refined-{name}", result.vectors), name, time.perf_counter() - t0)
+
+
+def refine_extras(ref: ArrayRef) -> dict[str, np.ndarray]:
+    """Loss curves and skipped flags saved beside a refined-vectors file."""
+    return load_arrays(ref.path.removesuffix(".npy") + "-extra.npz")
+
+
+# ---- score + evaluate --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CellEvaluation:
+    metrics: dict[str, dict[str, float]]
+    tests: dict[str, dict[str, float]]
+    per_query_path: str
+    arrays_path: str
+    n_without_positives: int
+    seconds: float
+
+
+@task(name="evaluate")
+def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef,
+                  judgments: JudgmentsRef, refined: list[ArrayRef], cell: CellSpec) -> CellEvaluation:
+    """Score every method on the full pool and compare each with the baseline."""
+    import polars as pl
+
+    t0 = time.perf_counter()
+    b = bench.load()
+    labels, pool = b.label_matrix()
+    idx = load_arrays(feedback.path)["idx"]
+    judged = load_arrays(judgments.path)
+    round_vectors = [np.asarray(load_array(r.path)) for r in refined]
+    q = np.asarray(load_array(queries.path))
+    d = np.asarray(load_array(docs.path))
+    metrics, tests = score_methods(q, d, labels, feedback_idx=idx, judge_scores=judged["scores"],
+                                   judge_mask=judged["mask"] & (idx >= 0), round_vectors=round_vectors, pool=pool)
+    failed = ~(judged["mask"] & (idx >= 0)).any(axis=1)
+    per_query = {"query_id": b.queries["query_id"].to_list(), "judge_failed": failed.tolist(),
+                 "judged_doc_ids": [[b.documents["doc_id"][int(j)] for j in row if j >= 0] for row in idx],
+                 "judge_scores": [[float(s) if m else None for s, m, j in zip(srow, mrow, irow) if j >= 0]
+                                  for srow, mrow, irow in zip(judged["scores"], judged["mask"], idx)]}
+    for method, result in metrics.items():
+        per_query[f"ap_{method}"] = result.per_query["ap"].tolist()
+        per_query[f"roc_auc_{method}"] = result.per_query["roc_auc"].tolist()
+    name = digest("evaluation", cell.model_dump(), judgments.digest, [r.digest for r in refined])
+    per_query_path = str(Path(state_dir() / "arrays" / f"per-query-{name}.parquet"))
+    pl.DataFrame(per_query).write_parquet(per_query_path)
+    # Score distributions for the separation plots: baseline and refined similarities.
+    base = cosine_scores(q, d)
+    ref = cosine_scores(round_vectors[0], d)
+    positive = labels > 0
+    in_pool = np.ones(positive.shape, bool) if pool is None else pool
+    arrays_path = save_arrays(f"plots-{name}", base_pos=base[positive & in_pool], base_neg=base[~positive & in_pool][:200000],
+                              ref_pos=ref[positive & in_pool], ref_neg=ref[~positive & in_pool][:200000],
+                              losses=refine_extras(refined[0])["losses"])
+    return CellEvaluation(
+        metrics={m: r.means for m, r in metrics.items()},
+        tests={m: {"pvalue": t.pvalue, "delta_map": t.delta, "relative_gain": t.relative_gain, "n": t.n}
+               for m, t in tests.items()},
+        per_query_path=per_query_path,
+        arrays_path=arrays_path,
+        n_without_positives=metrics["baseline"].n_without_positives,
+        seconds=time.perf_counter() - t0,
+    )

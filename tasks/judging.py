@@ -1,0 +1,36 @@
+"""Building a judge from its configuration (glue between the sweep config and refine_core)."""
+
+from __future__ import annotations
+
+from evaluations.benchmark import Benchmark
+from evaluations.config import JudgeSpec
+from refine_core.judges import Judge, OracleJudge
+
+
+def build_judge(spec: JudgeSpec, bench: Benchmark) -> Judge:
+    """The judge a :class:`JudgeSpec` describes; oracles read the benchmark's gold labels.
+
+    Raises:
+        JudgeConfigError: missing API key, unknown model, unreachable settings.
+    """
+    if spec.kind in ("oracle", "noisy-oracle"):
+        return OracleJudge(bench.relevant_texts(), flip_rate=spec.flip_rate, seed=spec.seed)
+    if spec.kind in ("anthropic", "anthropic-batch"):
+        from refine_core.judges.anthropic_judge import DEFAULT_CLAUDE_MODEL, AnthropicJudge
+
+        return AnthropicJudge(spec.model or DEFAULT_CLAUDE_MODEL, scheme=spec.scheme, max_retries=spec.max_retries,
+                              timeout=spec.timeout_s, base_url=spec.base_url)
+    if spec.kind == "openai-compatible":
+        from refine_core.judges.openai_compatible import OpenAICompatibleJudge
+
+        return OpenAICompatibleJudge(spec.model or "", base_url=spec.base_url or "", max_retries=spec.max_retries,
+                                     timeout=spec.timeout_s)
+    if spec.kind == "local-lm":
+        from refine_core.judges.local_lm import LocalLMJudge
+
+        return LocalLMJudge(spec.model or "")
+    if spec.kind == "cross-encoder":
+        from refine_core.judges.cross_encoder import CrossEncoderJudge
+
+        return CrossEncoderJudge(spec.model or "")
+    raise ValueError(f"unknown judge kind {spec.kind!r}")

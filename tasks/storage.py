@@ -1,0 +1,96 @@
+"""Where the platform keeps its state, and how arrays travel between tasks (as .npy paths).
+
+Everything lives under the state directory (``$REFINE_HOME``, default ``./.refine``):
+
+    .refine/arrays/        task outputs (.npy / .npz / parquet), content-addressed names
+    .refine/benchmarks/    benchmark tables as parquet, one folder per content hash
+    .refine/embeddings/    the embedding cache
+    .refine/judgments.sqlite  the judgment ledger (or $REFINE_LEDGER_URL)
+    .refine/prefect/       Prefect home, database and persisted task results
+    .refine/mlflow.db, .refine/mlartifacts/   MLflow tracking store and artifacts
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("REFINE_HOME") or Path.cwd() / ".refine").resolve()
+
+
+def arrays_dir() -> Path:
+    path = state_dir() / "arrays"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ledger_url() -> str:
+    return os.environ.get("REFINE_LEDGER_URL") or str(state_dir() / "judgments.sqlite")
+
+
+def digest(*parts: object) -> str:
+    """Stable short hash of JSON-serialisable parts (the cache keys)."""
+    payload = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the library source (refine_core, evaluations): a change invalidates task caches."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for package in ("refine_core", "evaluations"):
+        for file in sorted((root / package).rglob("*.py")):
+            h.update(str(file.relative_to(root)).encode())
+            h.update(file.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_arrays(name: str, **arrays: np.ndarray) -> str:
+    """Write named arrays to ``arrays/<name>.npz`` atomically; returns the path."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = arrays_dir() / f"{name}.npz"
+    _atomic_write(path, buffer.getvalue())
+    return str(path)
+
+
+def load_arrays(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def save_array(name: str, array: np.ndarray) -> str:
+    """Write one array to ``arrays/<name>.npy`` atomically; returns the path."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array))
+    path = arrays_dir() / f"{name}.npy"
+    _atomic_write(path, buffer.getvalue())
+    return str(path)
+
+
+def load_array(path: str, *, mmap: bool = True) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None)

@@ -1,0 +1,232 @@
+"""The platform end to end: real Prefect (one ephemeral server per session), real MLflow
+(SQLite in a temp dir), the real default sweep on a CLINC150 subset, caching, retries,
+and that no secret reaches any store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from conftest import FIXTURES
+from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
+from fakes.anthropic_server import FakeAnthropic, FaultPlan
+
+pytestmark = pytest.mark.integration
+
+SENTINEL_KEY = "sk-ant-SENTINEL-7f3a9c1e-do-not-log"
+SUBSET = BenchmarkSpec(name="clinc150", queries=12, max_documents=1500)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
+    """REFINE_HOME in a temp dir and a Prefect test harness started once for this module."""
+    from flows.environment import configure_environment
+
+    home = tmp_path_factory.mktemp("refine-home")
+    saved = {k: os.environ.get(k) for k in ("REFINE_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["REFINE_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    configure_environment(home)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _task_states_since(t0: float) -> list[tuple[str, str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
+    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs
+            if r.state is not None and r.state.timestamp.timestamp() >= t0]
+
+
+def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
+    from mlflow import MlflowClient
+
+    from evaluations.registry import load_benchmark
+    from flows.sweep import sweep
+    from flows.tracking import tracking_uri
+    from refine_core import RefineConfig
+    from refine_core.embedders import SentenceTransformerEmbedder
+    from refine_core.embedding_cache import EmbeddingCache
+    from refine_core.evaluation import evaluate_cell_arrays
+    from refine_core.judges import oracle_scores
+
+    config = default_config().model_copy(update={"benchmarks": [SUBSET], "name": "platform-test"})
+    assert len(config.cells()) == 4  # oracle + noisy oracle at lr 1e-4 and 1e-3
+    t_cold = time.perf_counter()
+    result = sweep(config)
+    cold = time.perf_counter() - t_cold
+    assert result["failures"] == [] and len(result["cells"]) == 4
+
+    client = MlflowClient(tracking_uri())
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([result["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.md", "summary.json", "summary.csv", "config.yaml"} <= parent_artifacts
+    for child in children:
+        assert child.info.status == "FINISHED"
+        for method in ("baseline", "rerank_only", "rocchio", "refined"):
+            for name in ("map", "ndcg_at_10", "recall_at_50", "precision_at_10", "roc_auc", "separation"):
+                assert np.isfinite(child.data.metrics[f"{method}.{name}"]), (method, name)
+        for name in ("refined.delta_map", "refined.relative_gain", "refined.pvalue", "judge_cost_usd",
+                     "judgments_failed", "time.embed_corpus_s", "time.judge_s", "time.refine_s"):
+            assert name in child.data.metrics
+        params = child.data.params
+        assert params["benchmark.name"] == "clinc150" and len(params["benchmark.hash"]) == 16
+        assert params["model"] == "all-MiniLM-L6-v2" and params["prefect.flow_run_id"]
+        assert {"lr", "steps", "k", "judge.kind", "code_version"} <= params.keys()
+        arts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"per_query", "plots", "cell.json"} <= arts
+        plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+        assert plots == {"plots/ap_before_after.png", "plots/score_separation.png", "plots/loss_curves.png"}
+        assert [d.dataset.digest for d in child.inputs.dataset_inputs] == [params["benchmark.hash"]]
+
+    # MAP equals a direct refine_core computation on the same inputs.
+    bench = load_benchmark("clinc150", queries=12, max_documents=1500)
+    embedder = SentenceTransformerEmbedder()
+    cache = EmbeddingCache(platform / "embeddings")
+    docs = embedder.embed_documents(bench.document_texts(), cache=cache)
+    queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
+    assert embedder.forward_calls == 0  # the flow's embeddings are in the cache
+    labels, _ = bench.label_matrix()
+    by_label = {(c["judge"], c["params"]["lr"]): c for c in result["cells"]}
+    for lr in (1e-4, 1e-3):
+        direct = evaluate_cell_arrays(queries, docs, labels, lambda r, i: oracle_scores(labels[r], i),
+                                      config=RefineConfig(lr=lr)).summary()
+        for method, value in direct.items():
+            assert by_label[("oracle", lr)]["metrics"][method]["map"] == pytest.approx(value, abs=1e-6)
+    # the noisy oracle of the flow (hash-based flips per pair) is worse than the exact one at lr 1e-3
+    assert by_label[("noisy-oracle-0.2", 1e-3)]["metrics"]["refined"]["map"] < by_label[("oracle", 1e-3)]["metrics"]["refined"]["map"]
+
+    # A second identical run re-executes no embedding, judging or refinement task.
+    t0 = time.time()
+    t_warm = time.perf_counter()
+    again = sweep(config)
+    warm = time.perf_counter() - t_warm
+    states = _task_states_since(t0)
+    expensive = [(name, state) for name, state in states if name in ("embed-corpus", "embed-queries", "judge", "refine")]
+    assert expensive and all(state == "Cached" for _, state in expensive), expensive
+    assert [c["metrics"] for c in again["cells"]] == [c["metrics"] for c in result["cells"]]
+    print(f"\ndefault sweep on the subset: cold {cold:.1f} s, fully cached re-run {warm:.1f} s")
+
+
+def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluations.registry import load_benchmark
+    from flows.sweep import sweep
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL_KEY)
+    bench = load_benchmark("clinc150", queries=4, max_documents=600)
+    relevant = bench.relevant_texts()
+    broken_query = bench.query_texts()[2]
+    with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=SENTINEL_KEY,
+                       faults=FaultPlan(fail_queries={broken_query})) as server:
+        judge = JudgeSpec(kind="anthropic", scheme="listwise", base_url=server.base_url, max_retries=1, concurrency=2)
+        config = SweepConfig(name="retry-test", benchmarks=[BenchmarkSpec(name="clinc150", queries=4, max_documents=600)],
+                             judges=[judge], grid=Grid(k=[10]))
+        first = sweep(config)
+        cell = first["cells"][0]
+        assert cell["failed_queries"] == 1
+        per_query = pl.read_parquet(_per_query_path(first))
+        flagged = per_query.filter(pl.col("judge_failed"))["query_id"].to_list()
+        assert flagged == [bench.queries["query_id"][2]]
+        # the failed query falls back to the baseline ranking in every method
+        row = per_query.filter(pl.col("judge_failed"))
+        assert row["ap_refined"][0] == pytest.approx(row["ap_baseline"][0])
+        assert row["ap_rerank_only"][0] == pytest.approx(row["ap_baseline"][0])
+        server.faults = FaultPlan()
+        server.reset_stats()
+        second = sweep(config)
+        assert second["cells"][0]["failed_queries"] == 0
+        assert {q for (q, _) in server.stats.pairs_requested} == {broken_query}  # only the failed query was judged again
+        assert server.stats.message_requests == 1
+        assert second["cells"][0]["metrics"]["refined"]["map"] >= cell["metrics"]["refined"]["map"] - 1e-9
+    # the sentinel key reached no store: MLflow db and artifacts, Prefect db and results, arrays, ledger
+    hits = subprocess.run(["grep", "-rl", SENTINEL_KEY, str(platform)], capture_output=True, text=True)
+    assert hits.stdout == "", f"secret found in: {hits.stdout}"
+
+
+def _per_query_path(result: dict) -> str:
+    from mlflow import MlflowClient
+
+    from flows.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    run_id = result["cells"][0]["run_id"]
+    (artifact,) = client.list_artifacts(run_id, "per_query")
+    return client.download_artifacts(run_id, artifact.path)
+
+
+def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "name: cli-test\n"
+        f"benchmarks:\n  - name: files:{FIXTURES / 'userdata'}\n"
+        "judges:\n  - kind: oracle\n"
+        "grid:\n  lr: [0.01]\n  k: [5]\n"
+    )
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", str(config), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output.strip().splitlines()[-1])
+    assert {"experiment_id", "parent_run_id", "cells"} <= out.keys()
+    (cell,) = out["cells"]
+    assert {"run_id", "benchmark", "model", "judge", "params", "metrics"} <= cell.keys()
+    assert set(cell["metrics"]) >= {"baseline", "rerank_only", "rocchio", "refined"}
+    assert cell["params"]["lr"] == 0.01 and cell["metrics"]["refined"]["map"] > 0
+    res = runner.invoke(app, ["compare", "--experiment", "cli-test", "--json"])
+    assert res.exit_code == 0, res.output
+    compared = json.loads(res.output.strip().splitlines()[-1])
+    assert compared["parent_run_id"] == out["parent_run_id"]
+    assert compared["cells"][0]["metrics"]["refined"]["map"] == pytest.approx(cell["metrics"]["refined"]["map"])
+    assert compared["cells"][0]["metrics"]["baseline"]["ndcg@10"] == pytest.approx(cell["metrics"]["baseline"]["ndcg@10"])
+    res = runner.invoke(app, ["compare", "--experiment", "cli-test", "--format", "csv"])
+    assert res.exit_code == 0 and res.output.splitlines()[0].startswith("run_id,benchmark,model,judge")
+
+
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("name: x\nbenchmarks: [{name: clinc150}]\nbogus: 1\n", "unknown key 'bogus'"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {lr: [-0.1]}\n", "grid.lr: Value error, lr values must be > 0"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {steps: [0]}\n", "steps values must be integers >= 1"),
+        ("name: x\nbenchmarks: [{name: nope}]\n", "unknown dataset 'nope'"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {k: [20000]}\n", "is larger than the smallest pool"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\njudges: [{kind: anthropic}]\n", "ANTHROPIC_API_KEY is not set"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nmodels: [/no/such/model]\n", "no such folder"),
+        ("- just\n- a list\n", "expected a mapping at the top level"),
+    ],
+)
+def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path, yaml_text: str, message: str) -> None:
+    import sys
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["REFINE_HOME"] = str(tmp_path / ".refine")
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
