@@ -60,16 +60,24 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     started = time.perf_counter()
     results: list[dict] = []
     failures: list[str] = []
+    timings: dict[str, float] = {}
     try:
         tracker.log_params(parent, {"config.name": config.name, "cells": len(config.cells()), "code_version": code_version(),
                                     "prefect.flow_run_id": str(runtime.flow_run.id or "")})
         tracker.log_text(parent, "config.yaml", _yaml(config))
         benches = {}
         shared = {}
+        t = time.perf_counter()
         for spec in {c.benchmark for c in config.cells()}:
             benches[spec] = load_benchmark_task(spec)
+        timings["load"] = time.perf_counter() - t
         for spec, model in {(c.benchmark, c.model) for c in config.cells()}:
-            shared[(spec, model)] = (embed_corpus_task(benches[spec], model), embed_queries_task(benches[spec], model))
+            t = time.perf_counter()
+            docs = embed_corpus_task(benches[spec], model)
+            timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
+            t = time.perf_counter()
+            shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model))
+            timings["embed_queries"] = timings.get("embed_queries", 0.0) + time.perf_counter() - t
         for cell in config.cells():
             docs, queries = shared[(cell.benchmark, cell.model)]
             try:
@@ -104,7 +112,7 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
         tracker.finish(parent, "FAILED")
         raise
     return {"experiment_id": experiment_id, "parent_run_id": parent, "cells": results, "failures": failures,
-            "summary_markdown": markdown}
+            "summary_markdown": markdown, "shared_timings": timings}
 
 
 def _yaml(config: SweepConfig) -> str:

@@ -242,7 +242,12 @@ class CellEvaluation:
     seconds: float
 
 
-@task(name="evaluate")
+def _evaluate_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("evaluate", parameters["bench"].hash, parameters["queries"].digest, parameters["docs"].digest,
+                parameters["feedback"].digest, parameters["judgments"].digest, [r.digest for r in parameters["refined"]])
+
+
+@task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
 def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef,
                   judgments: JudgmentsRef, refined: list[ArrayRef], cell: CellSpec) -> CellEvaluation:
     """Score every method on the full pool and compare each with the baseline."""

