@@ -251,7 +251,7 @@ def demo(
 @app.command()
 def run(
     config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
-    runner: Annotated[str | None, typer.Option(help="'local' (default) or dask://host:port")] = None,
+    runner: Annotated[str | None, typer.Option(help="task runner: 'local' (the only one in this version)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
 ) -> None:
     """Run a sweep: every cell through the Prefect flow, every result to MLflow."""
@@ -261,12 +261,12 @@ def run(
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from evaluations.config import ConfigError, default_config, load_config
+    from evaluations.config import ConfigError, default_config, load_config, parse_config
 
     try:
         config = load_config(config_path) if config_path else default_config()
         if runner:
-            config = config.model_copy(update={"runner": runner})
+            config = parse_config({**config.model_dump(mode="json"), "runner": runner}, source="--runner")
         _preflight(config)
     except (ConfigError, *_user_errors()) as exc:
         fail(str(exc))

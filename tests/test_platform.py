@@ -216,6 +216,7 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
         ("name: x\nbenchmarks: [{name: clinc150}]\njudges: [{kind: anthropic}]\n", "ANTHROPIC_API_KEY is not set"),
         ("name: x\nbenchmarks: [{name: clinc150}]\nmodels: [/no/such/model]\n", "no such folder"),
         ("- just\n- a list\n", "expected a mapping at the top level"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1:8786\n", "runner 'dask://127.0.0.1:8786' is not available"),
     ],
 )
 def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path, yaml_text: str, message: str) -> None:
