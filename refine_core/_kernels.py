@@ -122,8 +122,9 @@ def _refine_one(  # noqa: PLR0913 - a kernel takes its state explicitly
             sq += np.float64(row[j]) * np.float64(row[j])
         out_doc_norms[k] = math.sqrt(sq)
         if valid[k]:
-            if sq == 0.0:
-                return  # the caller sees the zero norm and raises
+            if sq < 1e-60:  # numerically zero (norm < 1e-30): the caller sees it and raises
+                out_doc_norms[k] = 0.0
+                return
             inv_doc[k] = 1.0 / math.sqrt(sq)
             dots0[k] = acc * inv_doc[k]
             p_log_p += target[k] * math.log(target[k] + kl_eps)

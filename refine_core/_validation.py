@@ -23,11 +23,15 @@ def as_float_array(value: object, name: str, *, ndim: int) -> np.ndarray:
     return array
 
 
+# Vectors shorter than this are numerically zero: normalising them overflows float32.
+MIN_NORM = 1e-30
+
+
 def check_no_zero_rows(array: np.ndarray, name: str) -> None:
-    """Reject vectors of zero length: their cosine similarity is undefined."""
-    norms = np.linalg.norm(array.reshape(-1, array.shape[-1]), axis=1)
-    if (norms == 0).any():
-        flat = int(np.flatnonzero(norms == 0)[0])
+    """Reject vectors of (numerically) zero length: their cosine similarity is undefined."""
+    norms = np.linalg.norm(array.reshape(-1, array.shape[-1]).astype(np.float64), axis=1)
+    if (norms < MIN_NORM).any():
+        flat = int(np.flatnonzero(norms < MIN_NORM)[0])
         where = np.unravel_index(flat, array.shape[:-1])
         raise ValueError(f"{name} contains a zero vector at index {tuple(int(i) for i in where)}")
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import rankdata
 
+from refine_core._validation import MIN_NORM
+
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
 
 
@@ -91,10 +93,10 @@ def cosine_scores(vectors: np.ndarray, documents: np.ndarray, *, block_rows: int
         raise ValueError(f"vectors {q.shape} and documents {docs.shape} must be 2-D with the same dimension")
     q_norm = np.linalg.norm(q, axis=1, keepdims=True)
     d_norm = np.linalg.norm(docs, axis=1, keepdims=True)
-    if (q_norm == 0).any():
-        raise ValueError(f"vectors contains a zero vector at row {int(np.flatnonzero(q_norm == 0)[0])}")
-    if (d_norm == 0).any():
-        raise ValueError(f"documents contains a zero vector at row {int(np.flatnonzero(d_norm == 0)[0])}")
+    if (q_norm < MIN_NORM).any():
+        raise ValueError(f"vectors contains a zero vector at row {int(np.flatnonzero(q_norm < MIN_NORM)[0])}")
+    if (d_norm < MIN_NORM).any():
+        raise ValueError(f"documents contains a zero vector at row {int(np.flatnonzero(d_norm < MIN_NORM)[0])}")
     docs_unit = docs / d_norm
     out = np.empty((q.shape[0], docs.shape[0]), dtype=np.float32)
     for start in range(0, q.shape[0], block_rows):

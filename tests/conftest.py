@@ -32,3 +32,25 @@ def minilm():
     from refine_core.embedders import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder("all-MiniLM-L6-v2", threads=2)
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
+    """REFINE_HOME in a temp dir and one Prefect test harness (ephemeral server) per session."""
+    from flows.environment import configure_environment
+
+    home = tmp_path_factory.mktemp("refine-home")
+    saved = {k: os.environ.get(k) for k in ("REFINE_HOME", "MLFLOW_TRACKING_URI", "REFINE_LEDGER_URL")}
+    os.environ["REFINE_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("REFINE_LEDGER_URL", None)
+    configure_environment(home)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -24,27 +24,6 @@ SENTINEL_KEY = "sk-ant-SENTINEL-7f3a9c1e-do-not-log"
 SUBSET = BenchmarkSpec(name="clinc150", queries=12, max_documents=1500)
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
-    """REFINE_HOME in a temp dir and a Prefect test harness started once for this module."""
-    from flows.environment import configure_environment
-
-    home = tmp_path_factory.mktemp("refine-home")
-    saved = {k: os.environ.get(k) for k in ("REFINE_HOME", "MLFLOW_TRACKING_URI")}
-    os.environ["REFINE_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    configure_environment(home)
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield home
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 def _task_states_since(t0: float) -> list[tuple[str, str]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import TaskRunSort

@@ -72,6 +72,7 @@ class Stats:
     faults: Counter[str] = field(default_factory=Counter)
     pairs_answered: Counter[tuple[str, str]] = field(default_factory=Counter)
     pairs_requested: Counter[tuple[str, str]] = field(default_factory=Counter)
+    late_answers: Counter[tuple[str, str]] = field(default_factory=Counter)
     in_flight: int = 0
     max_in_flight: int = 0
     delimiter_violations: list[str] = field(default_factory=list)
@@ -197,7 +198,10 @@ class FakeAnthropic:
             stop = "end_turn"
         with self._lock:
             for _, d in answered:
-                self.stats.pairs_answered[(query, d)] += 1
+                # An answer computed for a request the client has already given up on (a "slow"
+                # fault) is counted apart: the client never receives it.
+                target = self.stats.late_answers if fault == "slow" else self.stats.pairs_answered
+                target[(query, d)] += 1
         return 200, {**base, "content": content, "stop_reason": stop}
 
     # ---- batches ---------------------------------------------------------------------------------
