@@ -290,6 +290,10 @@ def validate_tables(
     if bad.height:
         row = bad.row(0, named=True)
         raise DatasetError(f"{name}: labels row {row['index']} has label {row['label']!r}; labels must be 0 or 1")
+    if pool == "per-query":
+        empty = queries.join(labels.select("query_id").unique(), on="query_id", how="anti")
+        if empty.height:
+            raise DatasetError(f"{name}: query {empty['query_id'][0]!r} has no documents in its pool (no labels rows)")
     dup_pairs = labels.select("query_id", "doc_id").is_duplicated()
     if dup_pairs.any():
         row = labels.row(int(np.flatnonzero(dup_pairs.to_numpy())[1]), named=True)

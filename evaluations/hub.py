@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from evaluations.benchmark import Benchmark, make_tables
-from evaluations.loaders import INTENT_JUDGE_INSTRUCTION, _intent_benchmark
+from evaluations.loaders import INTENT_JUDGE_INSTRUCTION, _intent_benchmark, beir_document_text
 
 
 def hub_enabled() -> bool:
@@ -58,7 +58,7 @@ def nfcorpus() -> Benchmark:
     order = list(dict.fromkeys(str(r["query-id"]) for r in qrels))
     q, d, lab = make_tables(
         [(qid, text[qid]) for qid in order],
-        [(str(r["_id"]), f"{(r.get('title') or '').strip()} {r['text'].strip()}".strip()) for r in corpus],
+        [(str(r["_id"]), beir_document_text(r)) for r in corpus],
         [(str(r["query-id"]), str(r["corpus-id"]), 1, float(r["score"])) for r in qrels if float(r["score"]) > 0],
     )
     return Benchmark(
@@ -84,7 +84,7 @@ def followir(sub: str) -> Benchmark:
     used = {d for _, d, _, _ in labels}
     q, d, lab = make_tables(
         [(str(r["_id"]), f"{r['text'].strip()} {r['instruction_og'].strip()}") for r in queries],
-        [(str(r["_id"]), f"{(r.get('title') or '').strip()} {r['text'].strip()}".strip()) for r in corpus if str(r["_id"]) in used],
+        [(str(r["_id"]), beir_document_text(r)) for r in corpus if str(r["_id"]) in used],
         labels,
     )
     return Benchmark(

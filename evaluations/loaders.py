@@ -189,6 +189,13 @@ def load_snips(folder: Path, *, splits: tuple[str, ...] = ("train", "valid", "te
 # ---------------------------------------------------------------------------------------
 # Retrieval datasets
 # ---------------------------------------------------------------------------------------
+def beir_document_text(record: dict) -> str:
+    """A BEIR-style corpus record as one text: ``title + " " + text`` (either may be empty)."""
+    title = str(record.get("title") or "").strip()
+    body = str(record.get("text") or "").strip()
+    return f"{title} {body}".strip()
+
+
 def load_beir(folder: Path, *, split: str = "test", name: str | None = None,
               embed_instruction: str = "Given a question, retrieve relevant documents that best answer the question") -> Benchmark:
     """A BEIR folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``.
@@ -197,11 +204,7 @@ def load_beir(folder: Path, *, split: str = "test", name: str | None = None,
     ``title + " " + text``; ``score > 0`` is relevant and the score is kept as the grade.
     """
     corpus_path, queries_path, qrels_path = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
-    documents = []
-    for obj in read_jsonl(corpus_path, ("_id", "text")):
-        title = str(obj.get("title") or "").strip()
-        body = str(obj["text"] or "").strip()
-        documents.append((str(obj["_id"]), f"{title} {body}".strip()))
+    documents = [(str(obj["_id"]), beir_document_text(obj)) for obj in read_jsonl(corpus_path, ("_id", "text"))]
     query_text = {str(o["_id"]): str(o["text"]) for o in read_jsonl(queries_path, ("_id", "text"))}
     labels: list[tuple[str, str, int, float]] = []
     order: OrderedDict[str, None] = OrderedDict()
@@ -286,8 +289,7 @@ def load_followir_folder(folder: Path, *, name: str = "followir") -> Benchmark:
     ``score``) and ``top_ranked.jsonl`` (``query-id``, ``corpus-ids``: the per-query pool).
     The query is ``text + " " + instruction_og``; ``score > 0`` is relevant.
     """
-    docs = {str(o["_id"]): f"{str(o.get('title') or '').strip()} {str(o['text']).strip()}".strip()
-            for o in read_jsonl(folder / "corpus.jsonl", ("_id", "text"))}
+    docs = {str(o["_id"]): beir_document_text(o) for o in read_jsonl(folder / "corpus.jsonl", ("_id", "text"))}
     queries = [(str(o["_id"]), f"{str(o['text']).strip()} {str(o['instruction_og']).strip()}".strip())
                for o in read_jsonl(folder / "queries.jsonl", ("_id", "text", "instruction_og"))]
     grades: dict[tuple[str, str], float] = {}

@@ -114,8 +114,8 @@ def test_tool_call_with_missing_or_extra_indices(server: FakeAnthropic) -> None:
 
 
 def test_slow_response_past_the_timeout_is_a_failure(server: FakeAnthropic) -> None:
-    server.faults = FaultPlan(queue=deque(["slow"]), slow_seconds=1.5)
-    res = make(server, timeout=0.5, max_retries=0).judge(query=QUERY, documents=DOCS[:2], task_instruction=None)
+    server.faults = FaultPlan(queue=deque(["slow"]), slow_seconds=4.0)
+    res = make(server, timeout=2.0, max_retries=0).judge(query=QUERY, documents=DOCS[:2], task_instruction=None)
     assert "Timeout" in res.judgments[0].error and res.judgments[1].ok
 
 

@@ -137,8 +137,19 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
         assert {q for (q, _) in server.stats.pairs_requested} == {broken_query}  # only the failed query was judged again
         assert server.stats.message_requests == 1
         assert second["cells"][0]["metrics"]["refined"]["map"] >= cell["metrics"]["refined"]["map"] - 1e-9
-    # the sentinel key reached no store: MLflow db and artifacts, Prefect db and results, arrays, ledger
-    hits = subprocess.run(["grep", "-rl", SENTINEL_KEY, str(platform)], capture_output=True, text=True)
+    # the sentinel key reached no store: MLflow db and artifacts, Prefect results, arrays, ledger
+    # (all under REFINE_HOME) and the Prefect database (flow/task parameters, logs, states)
+    from prefect.settings import get_current_settings
+
+    url = str(get_current_settings().server.database.connection_url.get_secret_value()
+              if hasattr(get_current_settings().server.database.connection_url, "get_secret_value")
+              else get_current_settings().server.database.connection_url)
+    places = [str(platform)]
+    if url.startswith("sqlite"):
+        db = Path(url.split("///", 1)[1])
+        places += [str(p) for p in db.parent.glob(db.name + "*")]
+        assert db.exists()
+    hits = subprocess.run(["grep", "-rl", SENTINEL_KEY, *places], capture_output=True, text=True)
     assert hits.stdout == "", f"secret found in: {hits.stdout}"
 
 

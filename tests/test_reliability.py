@@ -52,7 +52,7 @@ def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     def config(server: FakeAnthropic, name: str) -> SweepConfig:
         judge = JudgeSpec(kind="anthropic", scheme="pointwise", base_url=server.base_url, max_retries=3,
-                          timeout_s=1.0, concurrency=16)
+                          timeout_s=3.0, concurrency=16)
         return SweepConfig(name=name, benchmarks=specs, judges=[judge], grid=Grid(k=[10]))
 
     # Fault-free reference, with its own ledger.
@@ -65,7 +65,7 @@ def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     # The same sweep against a server that fails at random (seeded), with a fresh ledger.
     ledger_path = tmp_path / "faulty.sqlite"
     monkeypatch.setenv("REFINE_LEDGER_URL", str(ledger_path))
-    faults = FaultPlan(rates=SOAK_FAULTS, seed=7, retry_after="0", slow_seconds=1.5)
+    faults = FaultPlan(rates=SOAK_FAULTS, seed=7, retry_after="0", slow_seconds=4.0)
     with FakeAnthropic(gold, api_key=KEY, faults=faults) as server:
         faulty = sweep(config(server, "soak-faulty"))
         assert faulty["failures"] == [] and len(faulty["cells"]) == 3  # the sweep completes
