@@ -274,9 +274,26 @@ def run(
     console.print(f"sweep [bold]{config.name}[/]: {n_cells} cells; state in {state_dir()}")
     from flows.sweep import sweep
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tasks import progress as task_progress
+
     started = time.perf_counter()
-    with console.status(f"running {n_cells} cells (Prefect flow; the first start of the local Prefect server takes a while) ..."):
-        result = sweep(config)
+    console.print(f"running {n_cells} cells (the local Prefect server takes a while to start the first time) ...")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bars:
+        handles: dict[str, object] = {}
+
+        def show(stage: str, done: int, total: int) -> None:
+            if stage not in handles:
+                handles[stage] = bars.add_task(stage, total=total)
+            bars.update(handles[stage], completed=done, total=total)
+
+        task_progress.install(show)
+        try:
+            result = sweep(config)
+        finally:
+            task_progress.install(None)
     elapsed = time.perf_counter() - started
     console.print(_results_table(f"{config.name}: MAP per method; p: one-sided paired t-test of refined vs baseline, "
                                  "Benjamini-Hochberg corrected over the sweep",

@@ -29,6 +29,7 @@ from refine_core.feedback import select_feedback
 from refine_core.judges import Budget, JudgeRequest, JudgmentLedger, run_judge
 from refine_core.metrics import cosine_scores
 from refine_core.refinement import RefineConfig, refine
+from tasks import progress
 from tasks.judging import build_judge
 from tasks.storage import code_version, digest, ledger_url, load_array, load_arrays, save_array, save_arrays, state_dir
 
@@ -101,7 +102,8 @@ def embed_corpus_task(bench: BenchmarkRef, model: str) -> ArrayRef:
     """Document vectors of a benchmark (through the embedding cache)."""
     start = time.perf_counter()
     embedder = _embedder(model)
-    vectors = embedder.embed_documents(bench.load().document_texts(), cache=EmbeddingCache(state_dir() / "embeddings"))
+    vectors = embedder.embed_documents(bench.load().document_texts(), cache=EmbeddingCache(state_dir() / "embeddings"),
+                                       progress=progress.callback(f"embedding {bench.name} documents"))
     name = digest("docs", bench.documents_hash, embedder.cache_key)
     return ArrayRef(save_array(f"docs-{name}", vectors), name, time.perf_counter() - start)
 
@@ -118,7 +120,8 @@ def embed_queries_task(bench: BenchmarkRef, model: str) -> ArrayRef:
     start = time.perf_counter()
     embedder = _embedder(model)
     vectors = embedder.embed_queries(bench.load().query_texts(), instruction=bench.embed_instruction,
-                                     cache=EmbeddingCache(state_dir() / "embeddings"))
+                                     cache=EmbeddingCache(state_dir() / "embeddings"),
+                                     progress=progress.callback(f"embedding {bench.name} queries"))
     name = digest("queries", bench.hash, embedder.cache_key, embedder.query_template)
     return ArrayRef(save_array(f"queries-{name}", vectors), name, time.perf_counter() - start)
 
@@ -185,6 +188,7 @@ def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget
         report = run_judge(
             judge_obj, requests, ledger=ledger, concurrency=judge.concurrency,
             budget=Budget(max_judgments=budget.max_judgments, max_cost=budget.max_cost_usd) if budget else None,
+            progress=progress.callback(f"judging with {judge.label}"),
         )
     scores = np.full(idx.shape, np.nan, dtype=np.float32)
     for i, row in enumerate(idx):
