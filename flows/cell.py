@@ -38,10 +38,27 @@ METHODS_REPORTED = ("baseline", "rerank_only", "rocchio", "refined")
 
 
 def invalidate_task_cache(key: str) -> bool:
-    """Drop a persisted task result (local result storage) so the next run recomputes it."""
-    from prefect.settings import get_current_settings
+    """Drop a persisted task result so the next run recomputes it.
 
-    path = Path(get_current_settings().results.local_storage_path) / key
+    Works with Prefect's default result storage: the local path, or a ``RemoteFileSystem``
+    block (any fsspec URL, e.g. the team's S3 bucket) configured as the default storage block.
+    """
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+    from prefect.results import get_default_result_storage
+
+    storage = get_default_result_storage()
+    if isinstance(storage, RemoteFileSystem):
+        path = storage._resolve_path(key)
+        if storage.filesystem.exists(path):
+            storage.filesystem.rm(path)
+            return True
+        return False
+    if isinstance(storage, LocalFileSystem):
+        path = Path(storage._resolve_path(key))
+    else:  # pragma: no cover - other block types: fall back to the local setting
+        from prefect.settings import get_current_settings
+
+        path = Path(get_current_settings().results.local_storage_path) / key
     if path.exists():
         path.unlink()
         return True

@@ -221,3 +221,20 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path,
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_judge_cache_invalidation_works_on_local_and_remote_result_storage(platform: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.results
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    from flows.cell import invalidate_task_cache
+
+    local = LocalFileSystem(basepath=str(platform / "results-test"))
+    local.write_path("refine-local", b"x")
+    monkeypatch.setattr(prefect.results, "get_default_result_storage", lambda: local)
+    assert invalidate_task_cache("refine-local") and not invalidate_task_cache("refine-local")
+    remote = RemoteFileSystem(basepath="memory://team-bucket/results")  # any fsspec URL, e.g. s3://
+    remote.write_path("refine-remote", b"x")
+    monkeypatch.setattr(prefect.results, "get_default_result_storage", lambda: remote)
+    assert invalidate_task_cache("refine-remote")
+    assert not remote.filesystem.exists(remote._resolve_path("refine-remote"))

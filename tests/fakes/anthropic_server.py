@@ -18,6 +18,7 @@ import itertools
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -114,7 +115,7 @@ class FakeAnthropic:
 
     # ---- lifecycle --------------------------------------------------------------------------
     def start(self) -> FakeAnthropic:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        server = _QuietServer(("127.0.0.1", 0), _handler(self))
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="fake-anthropic", daemon=True)
@@ -234,6 +235,15 @@ class FakeAnthropic:
             "cancel_initiated_at": None,
             "results_url": f"{self.base_url}/v1/messages/batches/{batch_id}/results" if ended else None,
         }
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up (timeouts, killed processes) are expected here: no traceback."""
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def _error(kind: str, message: str) -> dict:
