@@ -9,9 +9,12 @@ Benjamini–Hochberg corrected p-values over every comparison of the sweep.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 from prefect import flow, runtime
 
 from evaluations.config import SweepConfig
@@ -89,11 +92,6 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
         tracker.log_json(parent, "summary.json", rows)
         tracker.log_text(parent, "summary.md", markdown)
         if rows:
-            import polars as pl
-
-            import tempfile
-            from pathlib import Path
-
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "summary.csv"
                 pl.DataFrame(rows).write_csv(path)

@@ -127,10 +127,6 @@ def embed_queries_task(bench: BenchmarkRef, model: str) -> ArrayRef:
 
 
 # ---- select feedback ------------------------------------------------------------------------------
-def _pool(bench: Benchmark) -> tuple[np.ndarray, np.ndarray | None]:
-    return bench.label_matrix()
-
-
 def _select_key(context, parameters) -> str:  # noqa: ANN001
     return _key("select", parameters["bench"].hash, parameters["vectors"].digest, parameters["docs"].digest,
                 parameters["k"], [e.digest for e in parameters["exclude"]])
@@ -140,7 +136,7 @@ def _select_key(context, parameters) -> str:  # noqa: ANN001
 def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int,
                          exclude: list[ArrayRef] | None = None) -> ArrayRef:
     """Top-K documents of each query's current ranking, skipping documents judged before."""
-    _, pool = _pool(bench.load())
+    _, pool = bench.load().label_matrix()
     sims = cosine_scores(load_array(vectors.path), load_array(docs.path))
     if pool is not None:
         sims = np.where(pool, sims, -np.inf)
