@@ -94,7 +94,7 @@ def evaluate_cell(
     run_id = tracker.start(experiment_id, cell_label(cell), parent=parent_run_id,
                            tags={"refine.kind": "cell", "refine.judge": cell.judge.label})
     timings: dict[str, float] = {}
-    try:
+    with tracker.ends_run_on_error(run_id):
         t = time.perf_counter()
         bench = bench or load_benchmark_task(cell.benchmark)
         timings["load"] = time.perf_counter() - t
@@ -181,12 +181,6 @@ def evaluate_cell(
         failed_queries = sum(j.failed_queries for j in judgments)
         tracker.set_tags(run_id, {"refine.failed_queries": str(failed_queries)})
         tracker.finish(run_id, "FINISHED")
-    except KeyboardInterrupt:
-        tracker.finish(run_id, "KILLED")
-        raise
-    except BaseException:
-        tracker.finish(run_id, "FAILED")
-        raise
     return {
         "run_id": run_id,
         "benchmark": bench.name,

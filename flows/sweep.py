@@ -64,7 +64,7 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     results: list[dict] = []
     failures: list[str] = []
     timings: dict[str, float] = {}
-    try:
+    with tracker.ends_run_on_error(parent):
         tracker.log_params(parent, {"config.name": config.name, "cells": len(config.cells()), "code_version": code_version(),
                                     "prefect.flow_run_id": str(runtime.flow_run.id or "")})
         tracker.log_text(parent, "config.yaml", _yaml(config))
@@ -103,12 +103,6 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
         if failures:
             tracker.log_text(parent, "failures.txt", "\n".join(failures))
         tracker.finish(parent, "FAILED" if failures and not results else "FINISHED")
-    except KeyboardInterrupt:
-        tracker.finish(parent, "KILLED")
-        raise
-    except BaseException:
-        tracker.finish(parent, "FAILED")
-        raise
     return {"experiment_id": experiment_id, "parent_run_id": parent, "cells": results, "failures": failures,
             "summary_markdown": markdown, "shared_timings": timings}
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 import os
 import re
 import socket
@@ -98,6 +100,18 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
+
+    @contextmanager
+    def ends_run_on_error(self, run_id: str) -> Iterator[None]:
+        """Mark the run KILLED on Ctrl-C and FAILED on any other exception, then re-raise."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.finish(run_id, "KILLED")
+            raise
+        except BaseException:
+            self.finish(run_id, "FAILED")
+            raise
 
     def close_stale_runs(self, experiment_id: str) -> list[str]:
         """Mark as KILLED the RUNNING runs whose process on this host no longer exists.
