@@ -17,20 +17,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tasks.storage import state_dir
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-guided test-time query refinement: evaluate and use it.")
 datasets_app = typer.Typer(help="List the registered benchmarks, or show one.", invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
-
-STATE_DIR_ENV = "REFINE_HOME"
-
-
-def state_dir() -> Path:
-    """Project-local folder for caches and tracking state (``$REFINE_HOME`` or ``./.refine``)."""
-    return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".refine")
-
 
 METHOD_COLUMNS = ("baseline", "rerank_only", "rocchio", "refined")
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tasks.storage import state_dir
+
 
 def configure_environment(state: Path | None = None) -> Path:
     """Point Prefect and MLflow at ``state`` (default ``$REFINE_HOME`` or ``./.refine``)."""
-    root = Path(state or os.environ.get("REFINE_HOME") or Path.cwd() / ".refine").resolve()
+    root = Path(state).resolve() if state else state_dir()
     os.environ["REFINE_HOME"] = str(root)
     prefect_home = root / "prefect"
     (prefect_home / "storage").mkdir(parents=True, exist_ok=True)
