@@ -122,6 +122,34 @@ class BudgetSpec(_Strict):
     max_cost_usd: Annotated[float, Field(gt=0)] | None = None
 
 
+class ExecutionSpec(_Strict):
+    """How the work is split: corpus embedding in chunks, refinement in query blocks.
+
+    Each chunk and block is a cached task; with a Dask runner they run in parallel on the
+    cluster's workers. ``workers`` is the size of the local cluster ``runner: dask`` starts.
+    """
+
+    chunk_size: Annotated[int, Field(ge=1)] = 4096
+    query_block: Annotated[int, Field(ge=1)] = 1024
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+
+
+RUNNER_HELP = "'local' (threads in this process), 'dask' (a local Dask cluster) or 'dask://host:port' (an existing scheduler)"
+
+
+def check_runner(value: str) -> str:
+    """Validate a runner string; returns it unchanged."""
+    if value in ("local", "dask"):
+        return value
+    if value.startswith(("dask://", "tcp://", "tls://")):
+        rest = value.split("://", 1)[1]
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit() and 0 < int(port) < 65536:
+            return value
+        raise ValueError(f"runner {value!r}: expected dask://host:port with a numeric port")
+    raise ValueError(f"runner {value!r} is not known; use {RUNNER_HELP}")
+
+
 class SweepConfig(_Strict):
     name: str = "default-sweep"
     benchmarks: list[BenchmarkSpec]
@@ -130,6 +158,7 @@ class SweepConfig(_Strict):
     grid: Grid = Grid()
     budget: BudgetSpec = BudgetSpec()
     runner: str = "local"
+    execution: ExecutionSpec = ExecutionSpec()
     schedule: str | None = None
 
     @field_validator("benchmarks", "models", "judges")
@@ -142,9 +171,7 @@ class SweepConfig(_Strict):
     @field_validator("runner")
     @classmethod
     def _runner(cls, value: str) -> str:
-        if value != "local":
-            raise ValueError(f"runner {value!r} is not available: this version runs sweeps with the local runner only")
-        return value
+        return check_runner(value)
 
     def cells(self) -> list[CellSpec]:
         """Every point of the grid, in a stable order."""
@@ -222,5 +249,5 @@ def load_config(path: str | Path) -> SweepConfig:
     return parse_config(data, source=str(p))
 
 
-__all__ = ["BenchmarkSpec", "BudgetSpec", "CellSpec", "ConfigError", "DatasetError", "Grid", "JudgeSpec",
+__all__ = ["BenchmarkSpec", "BudgetSpec", "CellSpec", "ConfigError", "DatasetError", "ExecutionSpec", "Grid", "JudgeSpec",
            "SweepConfig", "default_config", "load_config", "parse_config"]

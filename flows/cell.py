@@ -15,21 +15,28 @@ from pathlib import Path
 import numpy as np
 from prefect import flow, runtime
 
-from evaluations.config import BudgetSpec, CellSpec
+from evaluations.config import BudgetSpec, CellSpec, ExecutionSpec
 from flows import plots
+from flows.execution import fan_out, task_runner
 from flows.tracking import Tracker
 from tasks.core import (
     ArrayRef,
     BenchmarkRef,
     JudgmentsRef,
-    embed_corpus_task,
+    corpus_chunks,
+    corpus_digest,
+    embed_corpus_chunk_task,
     embed_queries_task,
     evaluate_task,
+    join_corpus_chunks_task,
+    join_refined_blocks_task,
     judge_cache_key,
     judge_task,
     load_benchmark_task,
+    query_blocks,
+    refine_block_task,
     refine_extras,
-    refine_task,
+    refined_digest,
     select_feedback_task,
 )
 from tasks.storage import code_version, load_arrays
@@ -65,6 +72,22 @@ def invalidate_task_cache(key: str) -> bool:
     return False
 
 
+def embed_corpus(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> ArrayRef:
+    """Document vectors, embedded in cached chunks (in parallel on a Dask runner)."""
+    chunks = corpus_chunks(bench.counts["documents"], execution.chunk_size)
+    parts = fan_out(embed_corpus_chunk_task, [{"bench": bench, "model": model, "start": a, "stop": b} for a, b in chunks])
+    return join_corpus_chunks_task(corpus_digest(bench, model, chunks), parts)
+
+
+def refine_queries(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list[JudgmentsRef],
+                   config: dict, n_queries: int, execution: ExecutionSpec) -> ArrayRef:
+    """Refined vectors of every query, computed in cached query blocks (in parallel on Dask)."""
+    blocks = query_blocks(n_queries, execution.query_block)
+    parts = fan_out(refine_block_task, [{"start": start, "docs": docs, "feedback": feedback, "judgments": judgments,
+                                         "config": config, "rows": rows} for rows in blocks])
+    return join_refined_blocks_task(refined_digest(start, docs, feedback, judgments, config), parts)
+
+
 def cell_label(cell: CellSpec) -> str:
     return f"{cell.benchmark.name} | {cell.model} | {cell.judge.label} | lr={cell.lr:g} k={cell.k} r={cell.rounds}"
 
@@ -88,8 +111,14 @@ def evaluate_cell(
     bench: BenchmarkRef | None = None,
     docs: ArrayRef | None = None,
     queries: ArrayRef | None = None,
+    execution: ExecutionSpec | None = None,
 ) -> dict:
-    """Run one cell end to end and log it; returns its params and metrics."""
+    """Run one cell end to end and log it; returns its params and metrics.
+
+    Use :func:`run_cell` to choose the runner; called directly this runs with Prefect's
+    default (thread) runner.
+    """
+    execution = execution or ExecutionSpec()
     tracker = Tracker(tracking_uri)
     run_id = tracker.start(experiment_id, cell_label(cell), parent=parent_run_id,
                            tags={"refine.kind": "cell", "refine.judge": cell.judge.label})
@@ -102,7 +131,7 @@ def evaluate_cell(
         if min_pool is not None and cell.k * cell.rounds > min_pool:
             raise ValueError(f"k={cell.k} x rounds={cell.rounds} exceeds the pool of {min_pool} documents")
         t = time.perf_counter()
-        docs = docs or embed_corpus_task(bench, cell.model)
+        docs = docs or embed_corpus(bench, cell.model, execution)
         timings["embed_corpus"] = time.perf_counter() - t
         t = time.perf_counter()
         queries = queries or embed_queries_task(bench, cell.model)
@@ -119,7 +148,7 @@ def evaluate_cell(
             fb = select_feedback_task(bench, current, docs, cell.k, exclude=list(feedback))
             timings["select"] = timings.get("select", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            judged = judge_task(bench, fb, cell.judge, budget)
+            judged = fan_out(judge_task, [{"bench": bench, "feedback": fb, "judge": cell.judge, "budget": budget}])[0]
             timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - t
             if judged.failed_queries:
                 # Keep the paid judgments (ledger) but not this result: a re-run retries the failures.
@@ -127,7 +156,8 @@ def evaluate_cell(
             feedback.append(fb)
             judgments.append(judged)
             t = time.perf_counter()
-            current = refine_task(current, docs, list(feedback), list(judgments), config)
+            current = refine_queries(current, docs, list(feedback), list(judgments), config,
+                                     bench.counts["queries"], execution)
             timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t
             refined.append(current)
         t = time.perf_counter()
@@ -193,3 +223,10 @@ def evaluate_cell(
         "failed_queries": failed_queries,
         "timings": timings,
     }
+
+
+def run_cell(cell: CellSpec, experiment_id: str, *, address: str | None = None, **kwargs: object) -> dict:
+    """:func:`evaluate_cell` on the Dask scheduler at ``address`` (None: the thread runner)."""
+    runner = task_runner(address)
+    flow_fn = evaluate_cell if runner is None else evaluate_cell.with_options(task_runner=runner)
+    return flow_fn(cell, experiment_id, **kwargs)

@@ -53,6 +53,11 @@ def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
                 if k * rounds > smallest:
                     raise ValueError(f"k={k} x rounds={rounds} is larger than the smallest pool of "
                                      f"{spec.name} ({smallest} documents)")
+    if config.runner != "local":
+        from flows.execution import check_scheduler, require_prefect_dask
+
+        require_prefect_dask()
+        check_scheduler(config.runner)
     tracker = Tracker()
     try:
         tracker.client.search_experiments(max_results=1)
@@ -245,7 +250,8 @@ def demo(
 @app.command()
 def run(
     config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
-    runner: Annotated[str | None, typer.Option(help="task runner: 'local' (the only one in this version)")] = None,
+    runner: Annotated[str | None, typer.Option(help="task runner: 'local' (default), 'dask' (a local cluster) or "
+                                                    "'dask://host:port' (a running scheduler); overrides the config")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
 ) -> None:
     """Run a sweep: every cell through the Prefect flow, every result to MLflow."""
@@ -266,7 +272,7 @@ def run(
         fail(str(exc))
     n_cells = len(config.cells())
     console.print(f"sweep [bold]{config.name}[/]: {n_cells} cells; state in {state_dir()}")
-    from flows.sweep import sweep
+    from flows.sweep import run_sweep
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -285,7 +291,9 @@ def run(
 
         task_progress.install(show)
         try:
-            result = sweep(config)
+            result = run_sweep(config)
+        except ConfigError as exc:
+            fail(str(exc))
         finally:
             task_progress.install(None)
     elapsed = time.perf_counter() - started

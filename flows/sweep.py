@@ -18,10 +18,11 @@ import polars as pl
 from prefect import flow, runtime
 
 from evaluations.config import SweepConfig
-from flows.cell import METHODS_REPORTED, evaluate_cell
+from flows.cell import METHODS_REPORTED, embed_corpus, run_cell
+from flows.execution import dask_cluster, task_runner
 from flows.tracking import Tracker, tracking_uri
 from refine_core.statistics import benjamini_hochberg
-from tasks.core import embed_corpus_task, embed_queries_task, load_benchmark_task
+from tasks.core import embed_queries_task, load_benchmark_task
 from tasks.storage import code_version
 
 
@@ -53,8 +54,12 @@ def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
 
 
 @flow(name="refine-sweep", log_prints=False)
-def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
-    """Run every cell of ``config``; returns experiment id, parent run id and per-cell results."""
+def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict:
+    """Run every cell of ``config``; returns experiment id, parent run id and per-cell results.
+
+    ``address`` is the Dask scheduler the sweep's runner submits to (see :func:`run_sweep`,
+    which starts or connects to it); None runs everything in this process.
+    """
     tracker = Tracker(tracking or tracking_uri())
     experiment_id = tracker.experiment(config.name)
     tracker.close_stale_runs(experiment_id)
@@ -66,6 +71,8 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     timings: dict[str, float] = {}
     with tracker.ends_run_on_error(parent):
         tracker.log_params(parent, {"config.name": config.name, "cells": len(config.cells()), "code_version": code_version(),
+                                    "runner": config.runner, "execution.chunk_size": config.execution.chunk_size,
+                                    "execution.query_block": config.execution.query_block,
                                     "prefect.flow_run_id": str(runtime.flow_run.id or "")})
         tracker.log_text(parent, "config.yaml", _yaml(config))
         benches = {}
@@ -76,7 +83,7 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
         timings["load"] = time.perf_counter() - t
         for spec, model in {(c.benchmark, c.model) for c in config.cells()}:
             t = time.perf_counter()
-            docs = embed_corpus_task(benches[spec], model)
+            docs = embed_corpus(benches[spec], model, config.execution)
             timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model))
@@ -84,8 +91,9 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
         for cell in config.cells():
             docs, queries = shared[(cell.benchmark, cell.model)]
             try:
-                results.append(evaluate_cell(cell, experiment_id, parent, tracker.uri, config.budget,
-                                             benches[cell.benchmark], docs, queries))
+                results.append(run_cell(cell, experiment_id, address=address, parent_run_id=parent,
+                                        tracking_uri=tracker.uri, budget=config.budget, bench=benches[cell.benchmark],
+                                        docs=docs, queries=queries, execution=config.execution))
             except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
                 failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
         rows, markdown = summary_table(results)
@@ -105,6 +113,14 @@ def sweep(config: SweepConfig, tracking: str | None = None) -> dict:
         tracker.finish(parent, "FAILED" if failures and not results else "FINISHED")
     return {"experiment_id": experiment_id, "parent_run_id": parent, "cells": results, "failures": failures,
             "summary_markdown": markdown, "shared_timings": timings}
+
+
+def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
+    """Run ``sweep`` with the runner the config names (``local``, ``dask`` or ``dask://host:port``)."""
+    with dask_cluster(config.runner, config.execution.workers) as address:
+        runner = task_runner(address)
+        flow_fn = sweep if runner is None else sweep.with_options(task_runner=runner)
+        return flow_fn(config, tracking, address)
 
 
 def _yaml(config: SweepConfig) -> str:

@@ -13,6 +13,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,17 @@ from refine_core.metrics import cosine_scores
 from refine_core.refinement import RefineConfig, refine
 from tasks import progress
 from tasks.judging import build_judge
-from tasks.storage import code_version, digest, ledger_url, load_array, load_arrays, save_array, save_arrays, state_dir
+from tasks.storage import (
+    code_version,
+    digest,
+    ledger_url,
+    load_array,
+    load_arrays,
+    save_array,
+    save_arrays,
+    state_dir,
+    torch_threads,
+)
 
 CACHE_EXPIRATION = timedelta(days=30)
 
@@ -88,24 +99,52 @@ def load_benchmark_task(spec: BenchmarkSpec) -> BenchmarkRef:
 
 
 # ---- embed -------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
 def _embedder(model: str) -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(model, threads=2)
+    """One loaded model per process and name (Dask workers keep theirs between chunks)."""
+    return SentenceTransformerEmbedder(model, threads=torch_threads())
 
 
-def _corpus_key(context, parameters) -> str:  # noqa: ANN001
+def corpus_chunks(n_documents: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` row ranges of ``chunk_size`` documents covering the corpus."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return [(start, min(start + chunk_size, n_documents)) for start in range(0, n_documents, chunk_size)]
+
+
+def _chunk_key(context, parameters) -> str:  # noqa: ANN001
     b: BenchmarkRef = parameters["bench"]
-    return _key("embed-corpus", b.documents_hash, _embedder(parameters["model"]).cache_key)
+    return _key("embed-chunk", b.documents_hash, _embedder(parameters["model"]).cache_key,
+                parameters["start"], parameters["stop"])
 
 
-@task(name="embed-corpus", cache_key_fn=_corpus_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def embed_corpus_task(bench: BenchmarkRef, model: str) -> ArrayRef:
-    """Document vectors of a benchmark (through the embedding cache)."""
-    start = time.perf_counter()
+@task(name="embed-corpus-chunk", cache_key_fn=_chunk_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
+      retries=1)
+def embed_corpus_chunk_task(bench: BenchmarkRef, model: str, start: int, stop: int) -> ArrayRef:
+    """Document vectors of rows ``start:stop`` of a benchmark's corpus (through the embedding cache)."""
+    t0 = time.perf_counter()
     embedder = _embedder(model)
-    vectors = embedder.embed_documents(bench.load().document_texts(), cache=EmbeddingCache(state_dir() / "embeddings"),
-                                       progress=progress.callback(f"embedding {bench.name} documents"))
-    name = digest("docs", bench.documents_hash, embedder.cache_key)
-    return ArrayRef(save_array(f"docs-{name}", vectors), name, time.perf_counter() - start)
+    texts = bench.load().document_texts()[start:stop]
+    vectors = embedder.embed_documents(texts, cache=EmbeddingCache(state_dir() / "embeddings"),
+                                       progress=progress.callback(f"embedding {bench.name} documents {start}-{stop}"))
+    name = digest("docs-chunk", bench.documents_hash, embedder.cache_key, start, stop)
+    return ArrayRef(save_array(f"docs-chunk-{name}", vectors), name, time.perf_counter() - t0)
+
+
+def _join_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("join", parameters["name"], [p.digest for p in parameters["parts"]])
+
+
+@task(name="embed-corpus", cache_key_fn=_join_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def join_corpus_chunks_task(name: str, parts: list[ArrayRef]) -> ArrayRef:
+    """One document matrix from the chunks, in corpus order; ``name`` is the digest it gets."""
+    t0 = time.perf_counter()
+    vectors = np.concatenate([np.asarray(load_array(p.path)) for p in parts], axis=0)
+    return ArrayRef(save_array(f"docs-{name}", vectors), name, sum(p.seconds for p in parts) + time.perf_counter() - t0)
+
+
+def corpus_digest(bench: BenchmarkRef, model: str, chunks: list[tuple[int, int]]) -> str:
+    return digest("docs", bench.documents_hash, _embedder(model).cache_key, chunks)
 
 
 def _queries_key(context, parameters) -> str:  # noqa: ANN001
@@ -204,26 +243,50 @@ def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget
 
 
 # ---- refine ----------------------------------------------------------------------------------------
+def query_blocks(n_queries: int, block: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` query ranges of at most ``block`` queries."""
+    if block < 1:
+        raise ValueError(f"query_block must be >= 1, got {block}")
+    return [(start, min(start + block, n_queries)) for start in range(0, n_queries, block)]
+
+
+def refined_digest(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list, config: dict) -> str:
+    """Names refined vectors by their inputs, not by how the queries were split into blocks."""
+    return digest("refined", start.digest, docs.digest, [f.digest for f in feedback], [j.digest for j in judgments], config)
+
+
 def _refine_key(context, parameters) -> str:  # noqa: ANN001
     return _key("refine", parameters["start"].digest, parameters["docs"].digest,
                 [f.digest for f in parameters["feedback"]], [j.digest for j in parameters["judgments"]],
-                parameters["config"])
+                parameters["config"], parameters["rows"])
 
 
-@task(name="refine", cache_key_fn=_refine_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def refine_task(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list[ArrayRef | JudgmentsRef],
-                config: dict) -> ArrayRef:
-    """Refine from ``start`` using every round's judgments so far."""
+@task(name="refine-block", cache_key_fn=_refine_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def refine_block_task(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list[ArrayRef | JudgmentsRef],
+                      config: dict, rows: tuple[int, int]) -> ArrayRef:
+    """Refine queries ``rows[0]:rows[1]`` from ``start`` using every round's judgments so far."""
     t0 = time.perf_counter()
-    idx = np.concatenate([load_arrays(f.path)["idx"] for f in feedback], axis=1)
+    lo, hi = rows
+    idx = np.concatenate([load_arrays(f.path)["idx"][lo:hi] for f in feedback], axis=1)
     parts = [load_arrays(j.path) for j in judgments]
-    scores = np.concatenate([p["scores"] for p in parts], axis=1)
-    mask = np.concatenate([p["mask"] for p in parts], axis=1) & (idx >= 0)
-    result = refine(np.asarray(load_array(start.path)), np.maximum(idx, 0), scores, mask=mask,
+    scores = np.concatenate([p["scores"][lo:hi] for p in parts], axis=1)
+    mask = np.concatenate([p["mask"][lo:hi] for p in parts], axis=1) & (idx >= 0)
+    result = refine(np.asarray(load_array(start.path)[lo:hi]), np.maximum(idx, 0), scores, mask=mask,
                     documents=np.asarray(load_array(docs.path)), config=RefineConfig(**config))
-    name = digest("refined", start.digest, docs.digest, [f.digest for f in feedback], [j.digest for j in judgments], config)
-    save_arrays(f"refined-{name}-extra", losses=result.losses, skipped=result.skipped)
-    return ArrayRef(save_array(f"refined-{name}", result.vectors), name, time.perf_counter() - t0)
+    name = digest(refined_digest(start, docs, feedback, judgments, config), lo, hi)
+    save_arrays(f"refined-block-{name}-extra", losses=result.losses, skipped=result.skipped)
+    return ArrayRef(save_array(f"refined-block-{name}", result.vectors), name, time.perf_counter() - t0)
+
+
+@task(name="refine", cache_key_fn=_join_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def join_refined_blocks_task(name: str, parts: list[ArrayRef]) -> ArrayRef:
+    """Refined vectors of every query (and their loss curves) from the blocks, in query order."""
+    t0 = time.perf_counter()
+    vectors = np.concatenate([np.asarray(load_array(p.path)) for p in parts], axis=0)
+    extras = [refine_extras(p) for p in parts]
+    save_arrays(f"refined-{name}-extra", losses=np.concatenate([e["losses"] for e in extras], axis=0),
+                skipped=np.concatenate([e["skipped"] for e in extras], axis=0))
+    return ArrayRef(save_array(f"refined-{name}", vectors), name, sum(p.seconds for p in parts) + time.perf_counter() - t0)
 
 
 def refine_extras(ref: ArrayRef) -> dict[str, np.ndarray]:

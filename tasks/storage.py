@@ -27,6 +27,22 @@ def state_dir() -> Path:
     return Path(os.environ.get("REFINE_HOME") or Path.cwd() / ".refine").resolve()
 
 
+def torch_threads() -> int:
+    """Intra-op threads for embedding in this process: ``$REFINE_TORCH_THREADS``, default 2.
+
+    Dask workers started by the platform get 1 each, so two workers on two cores do not
+    oversubscribe them (a descheduled OpenMP thread stalls its siblings).
+    """
+    value = os.environ.get("REFINE_TORCH_THREADS", "2")
+    try:
+        threads = int(value)
+    except ValueError:
+        raise ValueError(f"REFINE_TORCH_THREADS must be a positive integer, got {value!r}") from None
+    if threads < 1:
+        raise ValueError(f"REFINE_TORCH_THREADS must be a positive integer, got {value!r}")
+    return threads
+
+
 def arrays_dir() -> Path:
     path = state_dir() / "arrays"
     path.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,8 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     again = sweep(config)
     warm = time.perf_counter() - t_warm
     states = _task_states_since(t0)
-    expensive = [(name, state) for name, state in states if name in ("embed-corpus", "embed-queries", "judge", "refine")]
+    expensive = [(name, state) for name, state in states
+                 if name in ("embed-corpus-chunk", "embed-corpus", "embed-queries", "judge", "refine-block", "refine")]
     assert expensive and all(state == "Cached" for _, state in expensive), expensive
     assert [c["metrics"] for c in again["cells"]] == [c["metrics"] for c in result["cells"]]
     print(f"\ndefault sweep on the subset: cold {cold:.1f} s, fully cached re-run {warm:.1f} s")
@@ -206,7 +207,10 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
         ("name: x\nbenchmarks: [{name: clinc150}]\njudges: [{kind: anthropic}]\n", "ANTHROPIC_API_KEY is not set"),
         ("name: x\nbenchmarks: [{name: clinc150}]\nmodels: [/no/such/model]\n", "no such folder"),
         ("- just\n- a list\n", "expected a mapping at the top level"),
-        ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1:8786\n", "runner 'dask://127.0.0.1:8786' is not available"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: spark\n", "runner 'spark' is not known"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1\n", "expected dask://host:port"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1:9\n", "no Dask scheduler answers at 127.0.0.1:9"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nexecution: {chunk_size: 0}\n", "execution.chunk_size"),
     ],
 )
 def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path, yaml_text: str, message: str) -> None:

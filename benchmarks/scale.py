@@ -1,0 +1,146 @@
+"""Scale-out: corpus embedding on 1 vs 2 Dask workers, and a projection to 10M documents.
+
+Part 1 embeds the same CLINC150 documents three times through the platform's chunked,
+cached embedding (``flows.cell.embed_corpus``), each time into a fresh state directory so
+nothing is cached: in this process with the local runner (2 torch threads), on a local Dask
+cluster of 1 worker and of 2 workers (1 torch thread each). Cluster start is timed apart.
+
+Part 2 measures the other per-query costs on this machine (brute-force scoring throughput,
+refinement ms/query) and projects a 10M-document, 10k-query job from them: what is done once
+(the corpus), what is per query, what the judge costs at list prices, and how much storage
+the vectors need.
+
+    REFINE_DATA_DIR=... python benchmarks/scale.py [--documents 6000] [--chunk-size 1000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import best_of, emit_json, machine_info, print_table  # noqa: E402
+
+# The projection's job.
+CORPUS = 10_000_000
+QUERIES = 10_000
+K = 20
+
+
+def embedding_runs(documents: int, chunk_size: int) -> list[dict[str, float | str]]:
+    os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"  # every run computes, none reads a task cache
+    base = Path(tempfile.mkdtemp(prefix="refine-scale-"))
+    os.environ["REFINE_HOME"] = str(base / "prefect-home")
+    from flows.environment import configure_environment
+
+    configure_environment(base / "prefect-home")
+    from prefect import flow
+
+    from evaluations.config import BenchmarkSpec, ExecutionSpec
+    from flows.cell import embed_corpus
+    from flows.execution import dask_cluster, task_runner
+    from tasks.core import load_benchmark_task
+
+    spec = BenchmarkSpec(name="clinc150", max_documents=documents)
+    execution = ExecutionSpec(chunk_size=chunk_size)
+
+    @flow(name="scale-embed-corpus")
+    def embed_only() -> float:
+        bench = load_benchmark_task(spec)
+        start = time.perf_counter()
+        embed_corpus(bench, "all-MiniLM-L6-v2", execution)
+        return time.perf_counter() - start
+
+    rows: list[dict[str, float | str]] = []
+    for label, runner, workers in (("local runner, 2 threads", "local", 0), ("dask, 1 worker", "dask", 1),
+                                   ("dask, 2 workers", "dask", 2)):
+        os.environ["REFINE_HOME"] = str(base / label.replace(" ", "_").replace(",", ""))
+        t0 = time.perf_counter()
+        with dask_cluster(runner, workers or 1) as address:
+            started = time.perf_counter() - t0
+            runner_obj = task_runner(address)
+            fn = embed_only if runner_obj is None else embed_only.with_options(task_runner=runner_obj)
+            seconds = fn()
+        rows.append({"run": label, "workers": workers, "cluster_start_s": round(started, 1) if address else 0.0,
+                     "embed_s": round(seconds, 2), "texts_per_s": round(documents / seconds, 1)})
+    one = next(r for r in rows if r["workers"] == 1)
+    for r in rows:
+        r["speedup_vs_1_worker"] = round(float(one["embed_s"]) / float(r["embed_s"]), 2)
+    return rows
+
+
+def per_query_costs(dim: int) -> dict[str, float]:
+    """Brute-force scoring throughput (query-document pairs/s) and refinement ms/query at ``dim``."""
+    import numpy as np
+
+    from refine_core import refine
+
+    rng = np.random.default_rng(0)
+    docs = rng.standard_normal((100_000, dim), dtype=np.float32)
+    queries = rng.standard_normal((256, dim), dtype=np.float32)
+    scoring, _ = best_of(lambda: queries @ docs.T, 3)
+    n = 500
+    q = rng.standard_normal((n, dim), dtype=np.float32)
+    idx = rng.integers(0, docs.shape[0], size=(n, K))
+    scores = rng.random((n, K), dtype=np.float32)
+    refine(q[:10], idx[:10], scores[:10], documents=docs)  # compile
+    refining, _ = best_of(lambda: refine(q, idx, scores, documents=docs), 3)
+    return {"pairs_per_s": queries.shape[0] * docs.shape[0] / scoring, "refine_ms_per_query": 1000 * refining / n}
+
+
+def projection(texts_per_s_per_worker: float, costs: dict[int, dict[str, float]], doc_tokens: int,
+               prompt_tokens: int) -> list[list[str]]:
+    from refine_core.judges.runner import DEFAULT_PRICES
+
+    rows = []
+    hours = CORPUS / texts_per_s_per_worker / 3600
+    rows.append(["corpus embedding (once), MiniLM, 1 CPU worker like these", f"{hours:,.1f} h",
+                 f"{hours / 32:,.1f} h on 32 such workers; a GPU embeds MiniLM at thousands of texts/s"])
+    for dim, c in costs.items():
+        gb32 = CORPUS * dim * 4 / 1e9
+        rows.append([f"vectors, d={dim}", f"{gb32:,.1f} GB float32", f"{gb32 / 2:,.1f} GB float16; "
+                     + ("fits one machine's RAM" if gb32 < 64 else "needs an ANN index / vector database (sharded)")])
+        brute = 2 * QUERIES * CORPUS / c["pairs_per_s"] / 60  # initial ranking + re-ranking with refined vectors
+        rows.append([f"brute-force ranking, d={dim} (2 passes: initial + refined)", f"{brute:,.0f} min on this machine",
+                     "an ANN index (FAISS IVF/HNSW) cuts candidate retrieval to ms/query; exact scores then only for candidates"])
+        rows.append([f"refinement, d={dim}", f"{QUERIES * c['refine_ms_per_query'] / 1000:,.1f} s",
+                     f"{c['refine_ms_per_query']:.2f} ms/query; touches only the {K} judged vectors"])
+    tokens_in = QUERIES * (prompt_tokens + K * doc_tokens)
+    tokens_out = QUERIES * K * 8
+    for model, (p_in, p_out) in DEFAULT_PRICES.items():
+        cost = (tokens_in * p_in + tokens_out * p_out) / 1e6
+        rows.append([f"judge {model}, listwise, K={K}", f"${cost:,.0f}",
+                     f"{QUERIES * K:,} judgments; {tokens_in / 1e6:,.0f}M input tokens at {doc_tokens} tokens/document"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=6000, help="CLINC150 documents to embed per run")
+    parser.add_argument("--chunk-size", type=int, default=1000)
+    parser.add_argument("--doc-tokens", type=int, default=150, help="assumed tokens per judged document")
+    parser.add_argument("--prompt-tokens", type=int, default=400, help="assumed prompt + query tokens per judge call")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    info = machine_info()
+    print(f"machine: {info}")
+    rows = embedding_runs(args.documents, args.chunk_size)
+    print(f"\ncorpus embedding of {args.documents} CLINC150 documents, chunks of {args.chunk_size}, nothing cached:")
+    print_table(list(rows[0]), [list(r.values()) for r in rows])
+    costs = {dim: per_query_costs(dim) for dim in (384, 4096)}
+    per_worker = float(next(r for r in rows if r["workers"] == 1)["texts_per_s"])
+    table = projection(per_worker, costs, args.doc_tokens, args.prompt_tokens)
+    print(f"\nprojection: {CORPUS:,} documents, {QUERIES:,} queries, K={K} (from the rates measured above)")
+    print_table(["what", "estimate", "note"], table)
+    if args.json:
+        emit_json({"machine": info, "embedding": rows, "per_query": {str(k): v for k, v in costs.items()},
+                   "projection": [dict(zip(("what", "estimate", "note"), r)) for r in table]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Distributed execution: a sweep cell on a local Dask cluster equals the local runner's."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from evaluations.config import BenchmarkSpec, ExecutionSpec, Grid, JudgeSpec, SweepConfig, check_runner
+from flows.execution import dask_address, fan_out
+from tasks.core import corpus_chunks, query_blocks
+
+pytestmark = [pytest.mark.slow, pytest.mark.data, pytest.mark.integration]
+
+
+def test_chunks_and_blocks_cover_every_row_once() -> None:
+    assert corpus_chunks(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert corpus_chunks(0, 4) == []
+    assert query_blocks(3, 1024) == [(0, 3)]
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        corpus_chunks(10, 0)
+
+
+def test_runner_strings() -> None:
+    assert dask_address("dask://10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+    assert dask_address("tls://sched:8786") == "tls://sched:8786"
+    assert dask_address("local") is None and dask_address("dask") is None
+    for bad in ("spark", "dask://host", "dask://host:port", "dask://host:70000"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            check_runner(bad)
+
+
+def test_fan_out_outside_a_dask_runner_runs_in_order() -> None:
+    calls = []
+
+    def record(i: int) -> int:
+        calls.append(i)
+        return i * i
+
+    assert fan_out(record, [{"i": 3}, {"i": 1}, {"i": 2}]) == [9, 1, 4]
+    assert calls == [3, 1, 2]
+
+
+def _config(name: str, runner: str) -> SweepConfig:
+    return SweepConfig(name=name, benchmarks=[BenchmarkSpec(name="clinc150", queries=16, max_documents=1600)],
+                       judges=[JudgeSpec(kind="noisy-oracle", flip_rate=0.2, seed=3)], grid=Grid(lr=[1e-4], rounds=[2]),
+                       runner=runner, execution=ExecutionSpec(chunk_size=400, query_block=4))
+
+
+def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(platform: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from distributed import Client
+    from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+    from flows.execution import dask_cluster
+    from flows.sweep import run_sweep
+
+    # Fresh state for each run (embedding cache, arrays, ledger, MLflow) and no task cache
+    # hits, so both runs compute every stage themselves.
+    monkeypatch.setenv("REFINE_HOME", str(tmp_path / "local"))
+    with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True}):
+        local = run_sweep(_config("runner-local", "local"))
+        monkeypatch.setenv("REFINE_HOME", str(tmp_path / "dask"))
+        with dask_cluster("dask", workers=2) as address:
+            client = Client(address)
+            try:
+                assert len(client.scheduler_info()["workers"]) == 2
+                client.get_task_stream()  # installs the scheduler's task-stream recorder
+                started = time.time()
+                distributed = run_sweep(_config("runner-dask", address))
+                stream = client.get_task_stream(start=started)
+            finally:
+                client.close()
+    assert not local["failures"] and not distributed["failures"]
+    a, b = local["cells"][0], distributed["cells"][0]
+    assert a["metrics"] == b["metrics"]  # exactly: same chunks, same blocks, same arithmetic
+    assert a["tests"] == b["tests"]
+    assert a["metrics"]["refined"]["map"] > a["metrics"]["baseline"]["map"]
+
+    # Four corpus chunks, two judge calls and 2 x 4 refinement blocks ran on the cluster, on both workers.
+    by_worker: dict[str, list[str]] = {}
+    for record in stream:
+        by_worker.setdefault(record["worker"], []).append(str(record["key"]))
+    assert len(by_worker) == 2, by_worker
+    keys = [k for ks in by_worker.values() for k in ks]
+    assert sum(k.startswith("embed_corpus_chunk_task-") for k in keys) == 4, keys
+    assert sum(k.startswith("refine_block_task-") for k in keys) == 8, keys
+    assert sum(k.startswith("judge_task-") for k in keys) == 2, keys
+    # the arrays were written under the dask run's state directory, by the workers
+    assert any((tmp_path / "dask" / "arrays").glob("docs-chunk-*.npy"))
