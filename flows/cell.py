@@ -17,7 +17,7 @@ from prefect import flow, runtime
 
 from evaluations.config import BudgetSpec, CellSpec, ExecutionSpec
 from flows import plots
-from flows.execution import fan_out, task_runner
+from flows.execution import fan_out, with_runner
 from flows.tracking import Tracker
 from tasks.core import (
     ArrayRef,
@@ -227,6 +227,4 @@ def evaluate_cell(
 
 def run_cell(cell: CellSpec, experiment_id: str, *, address: str | None = None, **kwargs: object) -> dict:
     """:func:`evaluate_cell` on the Dask scheduler at ``address`` (None: the thread runner)."""
-    runner = task_runner(address)
-    flow_fn = evaluate_cell if runner is None else evaluate_cell.with_options(task_runner=runner)
-    return flow_fn(cell, experiment_id, **kwargs)
+    return with_runner(evaluate_cell, address)(cell, experiment_id, **kwargs)

@@ -422,6 +422,8 @@ def serve(
     config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
     cron: Annotated[str, typer.Option(help="cron schedule of the deployment")] = "0 3 * * *",
     name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
+    runner: Annotated[str | None, typer.Option(help="'dask://host:port': run the scheduled sweeps' embedding and "
+                                                    "cells on that Dask scheduler (overrides the config)")] = None,
 ) -> None:
     """Serve the sweep flow as a Prefect deployment on a cron schedule (needs a Prefect server)."""
     from flows.environment import configure_environment
@@ -430,16 +432,32 @@ def serve(
     if not os.environ.get("PREFECT_API_URL"):
         fail("refine serve needs a Prefect server: start one with `prefect server start` (or the compose stack) "
              "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
-    from evaluations.config import ConfigError, default_config, load_config
+    from evaluations.config import ConfigError, default_config, load_config, parse_config
+    from flows.execution import dask_address
 
     try:
         config = load_config(config_path) if config_path else default_config()
+        if runner:
+            config = parse_config({**config.model_dump(mode="json"), "runner": runner}, source="--runner")
+        if config.runner == "dask":
+            raise ConfigError("a served sweep cannot start its own Dask cluster: give runner: dask://host:port")
+        address = dask_address(config.runner)
     except ConfigError as exc:
         fail(str(exc))
     from flows.sweep import sweep
 
-    console.print(f"serving deployment {name!r} of flow refine-sweep, cron {cron!r}, sweep {config.name!r}")
-    sweep.serve(name=name, cron=cron, parameters={"config": config.model_dump(mode="json")})
+    console.print(f"serving deployment {name!r} of flow refine-sweep, cron {cron!r}, sweep {config.name!r}"
+                  + (f", Dask scheduler {address}" if address else ""))
+    sweep.serve(name=name, cron=cron, parameters={"config": config.model_dump(mode="json"), "address": address})
+
+
+def _register_corpus_commands() -> None:
+    from flows import corpus_cli
+
+    corpus_cli.register(app)
+
+
+_register_corpus_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -93,6 +93,12 @@ def task_runner(address: str | None) -> Any:
     return DaskTaskRunner(address=address)
 
 
+def with_runner(flow_fn: Any, address: str | None) -> Any:
+    """The Prefect flow ``flow_fn`` with the Dask task runner for ``address`` (unchanged for None)."""
+    runner = task_runner(address)
+    return flow_fn if runner is None else flow_fn.with_options(task_runner=runner)
+
+
 def _runs_in_threads() -> bool:
     from prefect.context import FlowRunContext
     from prefect.task_runners import ThreadPoolTaskRunner

@@ -17,12 +17,12 @@ import numpy as np
 import polars as pl
 from prefect import flow, runtime
 
-from evaluations.config import SweepConfig
+from evaluations.config import ExecutionSpec, SweepConfig
 from flows.cell import METHODS_REPORTED, embed_corpus, run_cell
-from flows.execution import dask_cluster, task_runner
+from flows.execution import dask_cluster, with_runner
 from flows.tracking import Tracker, tracking_uri
 from refine_core.statistics import benjamini_hochberg
-from tasks.core import embed_queries_task, load_benchmark_task
+from tasks.core import ArrayRef, BenchmarkRef, embed_queries_task, load_benchmark_task
 from tasks.storage import code_version
 
 
@@ -53,12 +53,19 @@ def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
     return rows, "\n".join(lines)
 
 
+@flow(name="corpus-embedding", log_prints=False)
+def embed_corpus_flow(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> ArrayRef:
+    """The corpus embedding a sweep shares between its cells, as a flow so it can run on Dask."""
+    return embed_corpus(bench, model, execution)
+
+
 @flow(name="refine-sweep", log_prints=False)
 def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict:
     """Run every cell of ``config``; returns experiment id, parent run id and per-cell results.
 
-    ``address`` is the Dask scheduler the sweep's runner submits to (see :func:`run_sweep`,
-    which starts or connects to it); None runs everything in this process.
+    ``address`` is a Dask scheduler: the corpus embedding and every cell run as subflows with
+    the Dask task runner there (a deployment can pass it as a parameter; :func:`run_sweep`
+    starts or connects to one from the config). None runs everything in this process.
     """
     tracker = Tracker(tracking or tracking_uri())
     experiment_id = tracker.experiment(config.name)
@@ -83,7 +90,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         timings["load"] = time.perf_counter() - t
         for spec, model in {(c.benchmark, c.model) for c in config.cells()}:
             t = time.perf_counter()
-            docs = embed_corpus(benches[spec], model, config.execution)
+            docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
             timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model))
@@ -118,9 +125,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
 def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     """Run ``sweep`` with the runner the config names (``local``, ``dask`` or ``dask://host:port``)."""
     with dask_cluster(config.runner, config.execution.workers) as address:
-        runner = task_runner(address)
-        flow_fn = sweep if runner is None else sweep.with_options(task_runner=runner)
-        return flow_fn(config, tracking, address)
+        return sweep(config, tracking, address)
 
 
 def _yaml(config: SweepConfig) -> str:

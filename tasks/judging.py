@@ -7,13 +7,19 @@ from evaluations.config import JudgeSpec
 from refine_core.judges import Judge, OracleJudge
 
 
-def build_judge(spec: JudgeSpec, bench: Benchmark) -> Judge:
+def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
     """The judge a :class:`JudgeSpec` describes; oracles read the benchmark's gold labels.
 
     Raises:
-        JudgeConfigError: missing API key, unknown model, unreachable settings.
+        JudgeConfigError: missing API key, unknown model, unreachable settings, or an oracle
+            without a benchmark to read labels from.
     """
     if spec.kind in ("oracle", "noisy-oracle"):
+        if bench is None:
+            from refine_core.judges import JudgeConfigError
+
+            raise JudgeConfigError(f"the {spec.kind} judge reads gold labels and only works on a benchmark; "
+                                   "for your own corpus use anthropic, openai-compatible, local-lm or cross-encoder")
         return OracleJudge(bench.relevant_texts(), flip_rate=spec.flip_rate, seed=spec.seed)
     if spec.kind in ("anthropic", "anthropic-batch"):
         from refine_core.judges.anthropic_judge import DEFAULT_CLAUDE_MODEL, AnthropicJudge

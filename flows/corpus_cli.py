@@ -1,0 +1,194 @@
+"""``refine index`` / ``refine search`` / ``refine classify``: refinement on a user's own corpus.
+
+Thin wrappers around :mod:`refine_core.corpus`: indexes live under ``$REFINE_HOME/indexes/<name>``
+(or any folder given as INDEX), embeddings go through the shared embedding cache and every
+judgment through the judgment ledger, so nothing is embedded or paid for twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+JUDGE_HELP = ("judge as KIND[:MODEL]: anthropic (default model claude-haiku-4-5), anthropic:claude-sonnet-4-5, "
+              "local-lm:smollm2-135m, openai-compatible:MODEL (with --base-url), cross-encoder:MODEL")
+
+
+def index_folder(name_or_path: str) -> Path:
+    """An index given by folder path, else by name under ``$REFINE_HOME/indexes``."""
+    from tasks.storage import state_dir
+
+    path = Path(name_or_path).expanduser()
+    if (path / "index.json").is_file():
+        return path
+    return state_dir() / "indexes" / name_or_path
+
+
+def judge_spec(text: str, base_url: str | None, concurrency: int):  # noqa: ANN201 - JudgeSpec
+    from evaluations.config import ConfigError, JudgeSpec
+
+    kind, _, model = text.partition(":")
+    allowed = ("anthropic", "openai-compatible", "local-lm", "cross-encoder")
+    if kind in ("oracle", "noisy-oracle"):
+        raise ConfigError(f"--judge {text}: oracle judges read gold labels and only work on benchmarks; use one of {', '.join(allowed)}")
+    if kind not in allowed:
+        raise ConfigError(f"--judge {text!r}: unknown judge kind {kind!r}; use one of {', '.join(allowed)}")
+    try:
+        return JudgeSpec(kind=kind, model=model or None, base_url=base_url, concurrency=concurrency)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"--judge {text}: {str(exc).splitlines()[-1]}") from None
+
+
+def register(app: typer.Typer) -> None:
+    from flows.cli import console, fail
+
+    def user_errors() -> tuple[type[BaseException], ...]:
+        from flows.cli import _user_errors
+
+        return _user_errors()
+
+    @app.command("index")
+    def index_cmd(
+        corpus: Annotated[Path, typer.Argument(help="a .jsonl, .parquet or .csv file with id and text columns")],
+        name: Annotated[str | None, typer.Option(help="index name (default: the file's stem)")] = None,
+        model: Annotated[str, typer.Option(help="embedding model")] = "all-MiniLM-L6-v2",
+        id_column: Annotated[str, typer.Option(help="column of document ids")] = "id",
+        text_column: Annotated[str, typer.Option(help="column of document texts")] = "text",
+        chunk_size: Annotated[int, typer.Option(help="documents embedded (and cached) per step")] = 4096,
+        as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
+    ) -> None:
+        """Embed a corpus into a persistent index (resumable: the embedding cache keeps every chunk)."""
+        from flows.environment import configure_environment
+
+        configure_environment()
+        from refine_core.corpus import build_index, read_corpus
+        from refine_core.embedders import SentenceTransformerEmbedder
+        from refine_core.embedding_cache import EmbeddingCache
+        from tasks.storage import state_dir, torch_threads
+
+        started = time.perf_counter()
+        try:
+            ids, texts = read_corpus(corpus, id_column=id_column, text_column=text_column)
+            embedder = SentenceTransformerEmbedder(model, threads=torch_threads())
+            embedder.dimension  # noqa: B018 - load the model now: a bad name fails before anything else
+            folder = state_dir() / "indexes" / (name or corpus.stem)
+            index = build_index(texts, ids=ids, folder=folder, embedder=embedder,
+                                cache=EmbeddingCache(state_dir() / "embeddings"), chunk_size=chunk_size,
+                                progress=lambda done, total: console.print(f"embedded {done}/{total}", highlight=False))
+        except user_errors() as exc:
+            fail(str(exc))
+        seconds = time.perf_counter() - started
+        console.print(f"index [bold]{index.folder.name}[/]: {index.count} documents, d={index.dimension}, "
+                      f"model {index.model}, in {index.folder} ({seconds:.1f} s)")
+        if as_json:
+            print(json.dumps({"index": str(index.folder), "name": index.folder.name, "documents": index.count,
+                              "dimension": index.dimension, "model": index.model, "documents_hash": index.documents_hash,
+                              "seconds": seconds}))
+
+    def _open(index: str, model: str | None, judge: str, base_url: str | None, concurrency: int):  # noqa: ANN202
+        from refine_core.corpus import CorpusIndex
+        from refine_core.embedders import SentenceTransformerEmbedder
+        from refine_core.judges import JudgmentLedger
+        from tasks.judging import build_judge
+        from tasks.storage import ledger_url, torch_threads
+
+        opened = CorpusIndex.open(index_folder(index))
+        embedder = SentenceTransformerEmbedder(model or opened.model, threads=torch_threads())
+        opened.check_model(embedder)
+        spec = judge_spec(judge, base_url, concurrency)
+        return opened, embedder, build_judge(spec), JudgmentLedger(ledger_url()), spec
+
+    @app.command("search")
+    def search_cmd(
+        index: Annotated[str, typer.Argument(help="index name (see `refine index`) or folder")],
+        query: Annotated[str, typer.Argument(help="what to search for")],
+        judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "anthropic",
+        base_url: Annotated[str | None, typer.Option(help="judge endpoint (openai-compatible, or another Messages API)")] = None,
+        model: Annotated[str | None, typer.Option(help="embedding model (default: the index's; another one is an error)")] = None,
+        k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
+        rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
+        top: Annotated[int, typer.Option(help="results to print")] = 10,
+        lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
+        instruction: Annotated[str | None, typer.Option(help="task instruction for the query template and the judge")] = None,
+        concurrency: Annotated[int, typer.Option(help="judge calls in flight")] = 4,
+        as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the table")] = False,
+    ) -> None:
+        """Search an index: judge the top K, refine the query vector, print the refined ranking."""
+        from flows.environment import configure_environment
+
+        configure_environment()
+        from rich.table import Table
+
+        from refine_core.corpus import search
+        from refine_core.refinement import RefineConfig
+
+        try:
+            opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
+            result = search(opened, query, judge=judge_obj, embedder=embedder, k=k, rounds=rounds, top=top,
+                            config=RefineConfig(lr=lr), instruction=instruction, ledger=ledger,
+                            concurrency=spec.concurrency)
+        except user_errors() as exc:
+            fail(str(exc))
+        out = result.as_dict()
+        if as_json:
+            print(json.dumps(out))
+            return
+        table = Table(title=f"{query!r}: top {top} after refinement ({k} judged x {rounds} round(s))")
+        for column in ("rank", "id", "score", "was", "judge", "text"):
+            table.add_column(column, justify="right" if column in ("rank", "score", "was", "judge") else "left")
+        for hit in result.hits:
+            table.add_row(str(hit.rank), hit.id, f"{hit.score:.4f}",
+                          f"{hit.original_rank}" + (" (new)" if hit.moved_in else ""),
+                          "" if hit.judge_score is None else f"{hit.judge_score:.2f}", hit.text[:80])
+        console.print(table)
+        console.print(f"{len(out['moved_in'])} of the top {top} moved in because of refinement; "
+                      f"{out['judged']} documents judged ({out['judgments_paid']} paid, {out['judgments_from_ledger']} "
+                      f"from the ledger, {out['judge_failed']} failed); cost ${out['cost_usd']:.4f}")
+
+    @app.command("classify")
+    def classify_cmd(
+        index: Annotated[str, typer.Argument(help="index name (see `refine index`) or folder")],
+        criterion: Annotated[str, typer.Argument(help="what makes a document positive, in words")],
+        out: Annotated[Path, typer.Option(help="labels file to write (.parquet)")] = Path("labels.parquet"),
+        judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "anthropic",
+        base_url: Annotated[str | None, typer.Option(help="judge endpoint (openai-compatible, or another Messages API)")] = None,
+        model: Annotated[str | None, typer.Option(help="embedding model (default: the index's; another one is an error)")] = None,
+        k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
+        rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
+        calibrate: Annotated[int, typer.Option(help="extra documents judged near the threshold to calibrate it")] = 0,
+        lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
+        instruction: Annotated[str | None, typer.Option(help="task instruction for the query template and the judge")] = None,
+        concurrency: Annotated[int, typer.Option(help="judge calls in flight")] = 4,
+        as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
+    ) -> None:
+        """Label every document of an index for a criterion; writes id, score, label, judged, judge_score."""
+        from flows.environment import configure_environment
+
+        configure_environment()
+        from refine_core.corpus import CorpusError, classify, write_labels
+        from refine_core.refinement import RefineConfig
+
+        try:
+            if out.suffix.lower() != ".parquet":
+                raise CorpusError(f"--out {out}: labels are written as parquet; give a path ending in .parquet")
+            if out.parent.exists() and not out.parent.is_dir():
+                raise CorpusError(f"--out {out}: {out.parent} is not a folder")
+            opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
+            result = classify(opened, criterion, judge=judge_obj, embedder=embedder, k=k, rounds=rounds,
+                              calibrate=calibrate, config=RefineConfig(lr=lr), instruction=instruction, ledger=ledger,
+                              concurrency=spec.concurrency)
+            path = write_labels(result, opened, out)
+        except user_errors() as exc:
+            fail(str(exc))
+        summary = result.as_dict()
+        summary["out"] = str(path)
+        console.print(f"{criterion!r}: {result.positives} of {result.scores.size} documents positive "
+                      f"(90% interval {result.interval[0]}-{result.interval[1]} from the threshold's uncertainty); "
+                      f"threshold {result.threshold:.4f}; {summary['judged']} judged, cost ${summary['cost_usd']:.4f}; "
+                      f"labels in {path}", highlight=False)
+        if as_json:
+            print(json.dumps(summary))

@@ -1,0 +1,551 @@
+"""Refinement on a user's own corpus: index it, search it, classify every document.
+
+Three operations, no Prefect needed:
+
+* :func:`build_index` embeds a corpus (``id`` + ``text``) into a folder: the vectors
+  (``vectors.npy``), the documents (``documents.parquet``) and ``index.json`` naming the model
+  and a hash of the content. Embedding goes through the :class:`EmbeddingCache` in chunks, so
+  an interrupted build resumes where it stopped and a rebuild of unchanged text is free.
+* :func:`search` embeds a query, has the judge score the top ``k`` documents, refines the query
+  vector (``rounds`` times) and re-ranks the whole corpus.
+* :func:`classify` does the same for a criterion, then picks a decision threshold on the refined
+  similarity from the judged documents (optionally judging documents near it to calibrate),
+  and labels every document, with an estimate of the number of positives and an interval.
+
+Example:
+    >>> from refine_core.corpus import build_index, search
+    >>> index = build_index(["a cat", "a dog"], ids=["1", "2"], folder="idx", embedder=embedder)  # doctest: +SKIP
+    >>> search(index, "kittens", judge=judge, k=2).top_ids  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from refine_core.embedders import SentenceTransformerEmbedder
+from refine_core.embedding_cache import EmbeddingCache
+from refine_core.judges.ledger import JudgmentLedger
+from refine_core.judges.runner import JudgeRequest, RunReport, run_judge
+from refine_core.refinement import RefineConfig, refine
+
+INDEX_FORMAT = 1
+SCORE_CHUNK = 262_144  # documents scored per matrix product (bounds memory on large corpora)
+
+
+class CorpusError(ValueError):
+    """The corpus, the index or a request on it is unusable; the message says which and why."""
+
+
+# ---- reading a corpus ------------------------------------------------------------------------
+def read_corpus(path: str | os.PathLike[str], *, id_column: str = "id", text_column: str = "text") -> tuple[list[str], list[str]]:
+    """Ids and texts from a ``.jsonl``, ``.parquet`` or ``.csv`` file.
+
+    Raises:
+        CorpusError: missing file, unknown format, missing columns, empty corpus, empty texts,
+            duplicate ids — the message names the file, the column and a first offending row.
+    """
+    import polars as pl
+
+    p = Path(path)
+    if not p.is_file():
+        raise CorpusError(f"corpus {p}: no such file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            frame = pl.read_parquet(p)
+        elif suffix in (".jsonl", ".ndjson"):
+            frame = pl.read_ndjson(p, infer_schema_length=None) if p.stat().st_size else pl.DataFrame()
+        elif suffix == ".csv":
+            frame = pl.read_csv(p, infer_schema_length=0) if p.stat().st_size else pl.DataFrame()
+        else:
+            raise CorpusError(f"corpus {p}: unknown format {suffix or '(none)'!r}; use .jsonl, .parquet or .csv")
+    except CorpusError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every parser error becomes one message naming the file
+        raise CorpusError(f"corpus {p}: cannot be read as {suffix[1:]} ({str(exc).splitlines()[0][:200]})") from None
+    if frame.height == 0:
+        raise CorpusError(f"corpus {p} is empty: it has no documents")
+    for column in (id_column, text_column):
+        if column not in frame.columns:
+            raise CorpusError(f"corpus {p} has no column {column!r} (columns: {', '.join(frame.columns) or 'none'})")
+    ids = [None if v is None else str(v) for v in frame[id_column].to_list()]
+    texts = [None if v is None else str(v) for v in frame[text_column].to_list()]
+    return check_corpus(ids, texts, source=str(p), id_column=id_column, text_column=text_column)
+
+
+def check_corpus(ids: Sequence[str | None], texts: Sequence[str | None], *, source: str = "corpus",
+                 id_column: str = "id", text_column: str = "text") -> tuple[list[str], list[str]]:
+    """Validate ids and texts (same length, non-empty, unique ids, no blank text)."""
+    if len(ids) != len(texts):
+        raise CorpusError(f"{source}: {len(ids)} ids but {len(texts)} texts")
+    if not texts:
+        raise CorpusError(f"{source} is empty: it has no documents")
+    for row, (i, t) in enumerate(zip(ids, texts)):
+        if i is None or not str(i).strip():
+            raise CorpusError(f"{source}: row {row} has an empty {id_column!r}")
+        if t is None or not str(t).strip():
+            raise CorpusError(f"{source}: row {row} (id {i!r}) has an empty {text_column!r}")
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise CorpusError(f"{source}: id {i!r} appears more than once in {id_column!r}")
+        seen.add(str(i))
+    return [str(i) for i in ids], [str(t) for t in texts]
+
+
+# ---- the index -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CorpusIndex:
+    """A built index: a folder with ``index.json``, ``documents.parquet`` and ``vectors.npy``."""
+
+    folder: Path
+    model: str
+    model_key: str
+    documents_hash: str
+    count: int
+    dimension: int
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str]) -> CorpusIndex:
+        f = Path(folder)
+        meta_path = f / "index.json"
+        if not meta_path.is_file():
+            raise CorpusError(f"index {f}: no index.json (not an index, or its build did not finish)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorpusError(f"index {f}: index.json is not valid JSON ({exc})") from None
+        if meta.get("format") != INDEX_FORMAT:
+            raise CorpusError(f"index {f}: format {meta.get('format')!r}, this version reads {INDEX_FORMAT}")
+        return cls(folder=f, model=meta["model"], model_key=meta["model_key"], documents_hash=meta["documents_hash"],
+                   count=int(meta["count"]), dimension=int(meta["dimension"]))
+
+    def vectors(self) -> np.ndarray:
+        """``(count, dimension)`` float32, memory-mapped."""
+        return np.load(self.folder / "vectors.npy", mmap_mode="r")
+
+    def documents(self) -> tuple[list[str], list[str]]:
+        import polars as pl
+
+        frame = pl.read_parquet(self.folder / "documents.parquet")
+        return frame["id"].to_list(), frame["text"].to_list()
+
+    def check_model(self, embedder: SentenceTransformerEmbedder) -> None:
+        """Refuse to mix vector spaces: the query must be embedded by the index's model."""
+        if embedder.cache_key != self.model_key:
+            raise CorpusError(f"index {self.folder} was built with model {self.model!r} ({self.model_key}); "
+                              f"the query model {embedder.model_id!r} ({embedder.cache_key}) is another one — "
+                              "rebuild the index with that model or search with the index's model")
+
+
+def documents_hash(ids: Sequence[str], texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for i, t in zip(ids, texts):
+        h.update(i.encode())
+        h.update(b"\x00")
+        h.update(t.encode())
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+def build_index(
+    texts: Sequence[str],
+    *,
+    ids: Sequence[str],
+    folder: str | os.PathLike[str],
+    embedder: SentenceTransformerEmbedder,
+    cache: EmbeddingCache | None = None,
+    chunk_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+) -> CorpusIndex:
+    """Embed ``texts`` into an index at ``folder`` (returns it at once if it is up to date).
+
+    Args:
+        texts, ids: the corpus (validated by :func:`check_corpus`).
+        folder: where the index lives; an index of other content or another model there is replaced.
+        embedder: the document model.
+        cache: the embedding cache that makes the build resumable (default: none).
+        chunk_size: documents embedded (and cached) per step.
+        progress: called with (documents done, total) after each chunk.
+    """
+    ids, texts = check_corpus(ids, texts)
+    if chunk_size < 1:
+        raise CorpusError(f"chunk_size must be >= 1, got {chunk_size}")
+    f = Path(folder)
+    content = documents_hash(ids, texts)
+    try:
+        existing = CorpusIndex.open(f)
+        if existing.documents_hash == content and existing.model_key == embedder.cache_key:
+            return existing
+    except CorpusError:
+        pass
+    import polars as pl
+
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "index.json").unlink(missing_ok=True)  # the index is invalid until the new one is complete
+    partial = f / "vectors.partial.npy"
+    out = None
+    for start in range(0, len(texts), chunk_size):
+        chunk = texts[start:start + chunk_size]
+        vectors = embedder.embed_documents(chunk, cache=cache)
+        if out is None:
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), vectors.shape[1]))
+        out[start:start + len(chunk)] = vectors
+        if progress is not None:
+            progress(min(start + chunk_size, len(texts)), len(texts))
+    assert out is not None
+    out.flush()
+    dimension = int(out.shape[1])
+    del out
+    os.replace(partial, f / "vectors.npy")
+    pl.DataFrame({"id": ids, "text": texts}).write_parquet(f / "documents.parquet")
+    meta = {"format": INDEX_FORMAT, "model": embedder.model_id, "model_key": embedder.cache_key,
+            "documents_hash": content, "count": len(texts), "dimension": dimension}
+    tmp = f / "index.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    os.replace(tmp, f / "index.json")
+    return CorpusIndex.open(f)
+
+
+def corpus_scores(vectors: np.ndarray, query: np.ndarray, *, chunk: int = SCORE_CHUNK) -> np.ndarray:
+    """Cosine similarity of one query vector with every (unit-norm) document, chunk by chunk."""
+    q = np.asarray(query, dtype=np.float32)
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    out = np.empty(vectors.shape[0], dtype=np.float32)
+    for start in range(0, vectors.shape[0], chunk):
+        out[start:start + chunk] = np.asarray(vectors[start:start + chunk]) @ q
+    return out
+
+
+# ---- the refinement loop on one query ------------------------------------------------------------
+@dataclass
+class Refinement:
+    """What one query's judged refinement produced."""
+
+    query: str
+    original: np.ndarray           # query vector as embedded
+    refined: np.ndarray            # after the last round
+    judged_idx: np.ndarray         # document rows judged, in order
+    judged_scores: np.ndarray      # judge scores in [0, 1] (NaN where the judge failed)
+    report: RunReport = field(default_factory=lambda: RunReport(judgments=[]))
+
+    @property
+    def judged_ok(self) -> np.ndarray:
+        return np.isfinite(self.judged_scores)
+
+
+def _check_text(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CorpusError(f"the {what} is empty or whitespace; give the text to {'search for' if what == 'query' else 'classify by'}")
+    return value
+
+
+def _judge_rows(judge, query: str, rows: np.ndarray, texts: list[str], instruction: str | None,  # noqa: ANN001
+                ledger: JudgmentLedger | None, concurrency: int, report: RunReport) -> np.ndarray:
+    request = JudgeRequest(query=query, documents=tuple(texts[int(j)] for j in rows), task_instruction=instruction)
+    result = run_judge(judge, [request], ledger=ledger, concurrency=concurrency)
+    report.usage.add(result.usage)
+    report.cost += result.cost
+    report.judged += result.judged
+    report.from_ledger += result.from_ledger
+    report.failed += result.failed
+    return np.array([v.score if v.ok else np.nan for v in result.judgments[0]], dtype=np.float32)
+
+
+def refine_query(
+    index: CorpusIndex,
+    query: str,
+    *,
+    judge,  # noqa: ANN001 - any refine_core.judges Judge
+    embedder: SentenceTransformerEmbedder,
+    k: int = 20,
+    rounds: int = 1,
+    config: RefineConfig | None = None,
+    instruction: str | None = None,
+    ledger: JudgmentLedger | None = None,
+    concurrency: int = 4,
+    what: str = "query",
+) -> Refinement:
+    """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine."""
+    _check_text(query, what)
+    if k < 2:
+        raise CorpusError(f"k must be >= 2 (the refinement compares judged documents), got {k}")
+    if rounds < 1:
+        raise CorpusError(f"rounds must be >= 1, got {rounds}")
+    if k * rounds > index.count:
+        raise CorpusError(f"k={k} x rounds={rounds} is more than the {index.count} documents of the index")
+    index.check_model(embedder)
+    config = config or RefineConfig()
+    vectors = index.vectors()
+    _, texts = index.documents()
+    original = embedder.embed_queries([query], instruction=instruction)[0]
+    current = original.copy()
+    judged_idx = np.empty(0, dtype=np.int64)
+    judged_scores = np.empty(0, dtype=np.float32)
+    report = RunReport(judgments=[])
+    for _ in range(rounds):
+        sims = corpus_scores(vectors, current)
+        sims[judged_idx] = -np.inf
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        scores = _judge_rows(judge, query, top, texts, instruction, ledger, concurrency, report)
+        judged_idx = np.concatenate([judged_idx, top])
+        judged_scores = np.concatenate([judged_scores, scores])
+        ok = np.isfinite(judged_scores)
+        if ok.sum() < 2:
+            continue  # nothing to learn from: keep the current vector
+        result = refine(current[None, :], judged_idx[None, :], np.nan_to_num(judged_scores)[None, :],
+                        mask=ok[None, :], documents=np.asarray(vectors), config=config)
+        current = result.vectors[0]
+    return Refinement(query=query, original=original, refined=current, judged_idx=judged_idx,
+                      judged_scores=judged_scores, report=report)
+
+
+# ---- search -------------------------------------------------------------------------------------
+@dataclass
+class SearchHit:
+    id: str
+    text: str
+    score: float
+    rank: int                # 1-based, refined ranking
+    original_rank: int       # 1-based, ranking of the query as embedded
+    judge_score: float | None
+
+    @property
+    def moved_in(self) -> bool:
+        """True when refinement brought this document into the top N."""
+        return self.original_rank > self.top_n
+
+    top_n: int = 0
+
+
+@dataclass
+class SearchResult:
+    query: str
+    hits: list[SearchHit]
+    refinement: Refinement
+
+    @property
+    def top_ids(self) -> list[str]:
+        return [h.id for h in self.hits]
+
+    @property
+    def moved_in(self) -> list[SearchHit]:
+        return [h for h in self.hits if h.moved_in]
+
+    def as_dict(self) -> dict:
+        r = self.refinement.report
+        return {
+            "query": self.query,
+            "results": [{"id": h.id, "rank": h.rank, "score": h.score, "original_rank": h.original_rank,
+                         "moved_in": h.moved_in, "judge_score": h.judge_score, "text": h.text} for h in self.hits],
+            "moved_in": [h.id for h in self.moved_in],
+            "judged": int(self.refinement.judged_idx.size),
+            "judge_failed": int((~self.refinement.judged_ok).sum()),
+            "cost_usd": r.cost,
+            "judge_input_tokens": r.usage.input_tokens,
+            "judge_output_tokens": r.usage.output_tokens,
+            "judgments_paid": r.judged,
+            "judgments_from_ledger": r.from_ledger,
+        }
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(scores.size, dtype=np.int64)
+    ranks[order] = np.arange(1, scores.size + 1)
+    return ranks
+
+
+def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,  # noqa: ANN001
+           k: int = 20, rounds: int = 1, top: int = 10, config: RefineConfig | None = None,
+           instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4) -> SearchResult:
+    """The top ``top`` documents for ``query`` after judged refinement (see the module docs)."""
+    if top < 1:
+        raise CorpusError(f"top must be >= 1, got {top}")
+    embedder = embedder or SentenceTransformerEmbedder(index.model)
+    ref = refine_query(index, query, judge=judge, embedder=embedder, k=k, rounds=rounds, config=config,
+                       instruction=instruction, ledger=ledger, concurrency=concurrency)
+    vectors = index.vectors()
+    ids, texts = index.documents()
+    before = _ranks(corpus_scores(vectors, ref.original))
+    after_scores = corpus_scores(vectors, ref.refined)
+    order = np.argsort(-after_scores, kind="stable")[:top]
+    judged = {int(j): float(s) for j, s in zip(ref.judged_idx, ref.judged_scores) if np.isfinite(s)}
+    top_n = min(top, index.count)
+    hits = [SearchHit(id=ids[j], text=texts[j], score=float(after_scores[j]), rank=r + 1, original_rank=int(before[j]),
+                      judge_score=judged.get(int(j)), top_n=top_n) for r, j in enumerate(order)]
+    return SearchResult(query=query, hits=hits, refinement=ref)
+
+
+# ---- classify -----------------------------------------------------------------------------------
+def choose_threshold(similarities: np.ndarray, positive: np.ndarray) -> float:
+    """The cut that best separates judged positives from judged negatives.
+
+    Maximises balanced accuracy over the midpoints between consecutive judged similarities
+    (ties: the middle of the best run of cuts). With one class only, the cut sits at the
+    weakest judged positive (everything at least that similar is positive) or just above the
+    strongest judged negative.
+    """
+    s = np.asarray(similarities, dtype=np.float64)
+    y = np.asarray(positive, dtype=bool)
+    if s.size == 0:
+        raise CorpusError("no judged documents to choose a threshold from")
+    if y.all():
+        return float(s.min())
+    if not y.any():
+        return float(np.nextafter(s.max(), np.inf))
+    values = np.unique(s)
+    cuts = np.concatenate([[values[0]], (values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])
+    n_pos, n_neg = y.sum(), (~y).sum()
+    tpr = np.array([(s[y] >= c).sum() / n_pos for c in cuts])
+    tnr = np.array([(s[~y] < c).sum() / n_neg for c in cuts])
+    balanced = (tpr + tnr) / 2
+    best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
+    return float(cuts[best[len(best) // 2]])
+
+
+@dataclass
+class Classification:
+    criterion: str
+    threshold: float
+    scores: np.ndarray        # refined similarity of every document
+    labels: np.ndarray        # scores >= threshold
+    judged: np.ndarray        # bool per document
+    judge_scores: np.ndarray  # NaN where not judged (or the judge failed)
+    positives: int
+    interval: tuple[int, int]
+    refinement: Refinement
+    calibrated: int = 0
+
+    def as_dict(self) -> dict:
+        r = self.refinement.report
+        judged_ok = self.judged & np.isfinite(self.judge_scores)
+        agree = (self.labels[judged_ok] == (self.judge_scores[judged_ok] >= 0.5)).mean() if judged_ok.any() else float("nan")
+        return {"criterion": self.criterion, "documents": int(self.scores.size), "threshold": self.threshold,
+                "positives": self.positives, "positives_interval": list(self.interval),
+                "judged": int(self.judged.sum()), "calibration_judged": self.calibrated,
+                "judged_agreement": float(agree), "cost_usd": r.cost, "judgments_paid": r.judged,
+                "judgments_from_ledger": r.from_ledger, "judge_failed": int(r.failed)}
+
+
+def positive_interval(scores: np.ndarray, judged_sims: np.ndarray, judged_positive: np.ndarray, *,
+                      samples: int = 1000, level: float = 0.9, seed: int = 0) -> tuple[int, int]:
+    """Interval on the positive count from the threshold's uncertainty: the judged documents are
+    resampled with replacement, the threshold re-chosen, and the documents above it counted."""
+    rng = np.random.default_rng(seed)
+    sorted_scores = np.sort(scores)
+    counts = []
+    n = judged_sims.size
+    for _ in range(samples):
+        pick = rng.integers(0, n, n)
+        t = choose_threshold(judged_sims[pick], judged_positive[pick])
+        counts.append(sorted_scores.size - np.searchsorted(sorted_scores, t, side="left"))
+    lo, hi = np.quantile(counts, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return int(np.floor(lo)), int(np.ceil(hi))
+
+
+def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,  # noqa: ANN001
+             k: int = 20, rounds: int = 1, calibrate: int = 0, config: RefineConfig | None = None,
+             instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
+             positive_at: float = 0.5) -> Classification:
+    """Label every document of ``index`` for ``criterion`` (see the module docs).
+
+    Args:
+        calibrate: after refinement, judge this many more documents closest to the threshold
+            (half above, half below) and choose the threshold again from every judgment.
+        positive_at: a judge score at or above this counts as a positive.
+    """
+    if calibrate < 0:
+        raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
+    embedder = embedder or SentenceTransformerEmbedder(index.model)
+    ref = refine_query(index, criterion, judge=judge, embedder=embedder, k=k, rounds=rounds, config=config,
+                       instruction=instruction, ledger=ledger, concurrency=concurrency, what="criterion")
+    scores = corpus_scores(index.vectors(), ref.refined)
+    ok = ref.judged_ok
+    if ok.sum() == 0:
+        raise CorpusError(f"the judge failed on every document judged for {criterion!r}; nothing to set a threshold from "
+                          "(the judgments that did succeed are kept in the ledger)")
+    threshold = choose_threshold(scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
+    added = 0
+    if calibrate:
+        judged_mask = np.zeros(scores.size, dtype=bool)
+        judged_mask[ref.judged_idx] = True
+        candidates = np.flatnonzero(~judged_mask)
+        above = candidates[scores[candidates] >= threshold]
+        below = candidates[scores[candidates] < threshold]
+        half = calibrate // 2
+        pick_above = above[np.argsort(scores[above], kind="stable")[:calibrate - half]]
+        pick_below = below[np.argsort(-scores[below], kind="stable")[:half]]
+        extra = np.concatenate([pick_above, pick_below])
+        if extra.size:
+            _, texts = index.documents()
+            extra_scores = _judge_rows(judge, criterion, extra, texts, instruction, ledger, concurrency, ref.report)
+            ref.judged_idx = np.concatenate([ref.judged_idx, extra])
+            ref.judged_scores = np.concatenate([ref.judged_scores, extra_scores])
+            added = int(extra.size)
+            ok = ref.judged_ok
+            threshold = choose_threshold(scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
+    judged = np.zeros(scores.size, dtype=bool)
+    judged[ref.judged_idx] = True
+    judge_scores = np.full(scores.size, np.nan, dtype=np.float32)
+    judge_scores[ref.judged_idx] = ref.judged_scores
+    labels = scores >= threshold
+    interval = positive_interval(scores, scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
+    return Classification(criterion=criterion, threshold=threshold, scores=scores, labels=labels, judged=judged,
+                          judge_scores=judge_scores, positives=int(labels.sum()), interval=interval, refinement=ref,
+                          calibrated=added)
+
+
+def write_labels(result: Classification, index: CorpusIndex, path: str | os.PathLike[str]) -> Path:
+    """Every document's id, refined score, label, whether it was judged and the judge's score, as parquet."""
+    import polars as pl
+
+    ids, _ = index.documents()
+    out = Path(path)
+    if out.suffix.lower() != ".parquet":
+        raise CorpusError(f"--out {out}: labels are written as parquet; give a path ending in .parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame({
+        "id": ids,
+        "score": result.scores.astype(np.float32),
+        "label": result.labels,
+        "judged": result.judged,
+        "judge_score": [None if not np.isfinite(s) else float(s) for s in result.judge_scores],
+    })
+    tmp = out.with_suffix(".parquet.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def binary_metrics(predicted: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of boolean predictions (0 where undefined)."""
+    p = np.asarray(predicted, dtype=bool)
+    g = np.asarray(gold, dtype=bool)
+    tp = float((p & g).sum())
+    precision = tp / p.sum() if p.sum() else 0.0
+    recall = tp / g.sum() if g.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def best_threshold_f1(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """The best F1 any threshold on ``scores`` reaches against ``gold`` (the ceiling)."""
+    g = np.asarray(gold, dtype=bool)
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    tp = np.cumsum(g[order])
+    predicted = np.arange(1, g.size + 1)
+    precision = tp / predicted
+    recall = tp / max(g.sum(), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    i = int(np.argmax(f1))
+    return {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+            "threshold": float(np.asarray(scores)[order[i]])}

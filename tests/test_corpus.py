@@ -1,0 +1,264 @@
+"""Refinement on a user's own corpus: index, search and classify (library, CLI, flows)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from fakes.anthropic_server import FakeAnthropic
+from refine_core.corpus import (
+    CorpusError,
+    CorpusIndex,
+    best_threshold_f1,
+    binary_metrics,
+    build_index,
+    choose_threshold,
+    classify,
+    corpus_scores,
+    read_corpus,
+    search,
+    write_labels,
+)
+from refine_core.embedding_cache import EmbeddingCache
+from refine_core.judges import JudgmentLedger, OracleJudge
+
+pytestmark = pytest.mark.data
+KEY = "sk-ant-corpus-test-0000"
+
+
+@pytest.fixture(scope="module")
+def corpus(data_root: Path):
+    """Three CLINC150 intents' worth of positives inside 900 utterances; criteria = intent descriptions."""
+    from evaluations.registry import load_benchmark
+
+    bench = load_benchmark("clinc150", queries=3, max_documents=900, corpus_seed=5)
+    return bench, bench.documents["doc_id"].to_list(), bench.document_texts()
+
+
+@pytest.fixture(scope="module")
+def index(corpus, minilm, tmp_path_factory: pytest.TempPathFactory) -> CorpusIndex:
+    _, ids, texts = corpus
+    root = tmp_path_factory.mktemp("corpus")
+    return build_index(texts, ids=ids, folder=root / "idx", embedder=minilm, cache=EmbeddingCache(root / "emb"),
+                       chunk_size=256)
+
+
+def _gold(bench, criterion: str, ids: list[str]) -> np.ndarray:
+    relevant = bench.relevant_texts()[criterion]
+    texts = dict(zip(bench.documents["doc_id"].to_list(), bench.document_texts()))
+    return np.array([texts[i] in relevant for i in ids])
+
+
+# ---- reading and indexing -----------------------------------------------------------------------
+def test_read_corpus_formats_and_errors(tmp_path: Path) -> None:
+    rows = [{"id": "a", "text": "one"}, {"id": "b", "text": "two"}]
+    pl.DataFrame(rows).write_parquet(tmp_path / "c.parquet")
+    pl.DataFrame(rows).write_csv(tmp_path / "c.csv")
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for name in ("c.parquet", "c.csv", "c.jsonl"):
+        assert read_corpus(tmp_path / name) == (["a", "b"], ["one", "two"])
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.jsonl").write_text(json.dumps({"id": "x", "text": "  "}) + "\n")
+    (tmp_path / "dup.csv").write_text("id,text\na,one\na,two\n")
+    (tmp_path / "cols.csv").write_text("doc,body\na,one\n")
+    cases = {"empty.jsonl": "is empty: it has no documents", "blank.jsonl": "row 0 (id 'x') has an empty 'text'",
+             "dup.csv": "id 'a' appears more than once", "cols.csv": "has no column 'id' (columns: doc, body)",
+             "missing.jsonl": "no such file", "c.txt": "unknown format '.txt'"}
+    (tmp_path / "c.txt").write_text("x")
+    for name, message in cases.items():
+        with pytest.raises(CorpusError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_corpus(tmp_path / name)
+
+
+def test_index_is_content_addressed_and_resumes_after_an_interruption(corpus, minilm, tmp_path: Path) -> None:
+    from refine_core.embedders import SentenceTransformerEmbedder
+
+    _, ids, texts = corpus
+    ids, texts = ids[:300], texts[:300]
+    embedder = SentenceTransformerEmbedder("all-MiniLM-L6-v2", threads=2)
+    cache = EmbeddingCache(tmp_path / "emb")
+
+    def stop_after_first(done: int, total: int) -> None:
+        if done == 100:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(texts, ids=ids, folder=tmp_path / "idx", embedder=embedder, cache=cache, chunk_size=100,
+                    progress=stop_after_first)
+    assert not (tmp_path / "idx" / "index.json").exists()  # an unfinished index is never opened
+    with pytest.raises(CorpusError, match="no index.json"):
+        CorpusIndex.open(tmp_path / "idx")
+    assert embedder.forward_calls == 100
+    index = build_index(texts, ids=ids, folder=tmp_path / "idx", embedder=embedder, cache=cache, chunk_size=100)
+    assert embedder.forward_calls == 300  # the first chunk came from the cache
+    assert index.count == 300 and index.dimension == 384
+    np.testing.assert_array_equal(index.vectors(), minilm.embed_documents(texts, cache=cache))
+    again = build_index(texts, ids=ids, folder=tmp_path / "idx", embedder=embedder, cache=cache, chunk_size=100)
+    assert again == index and embedder.forward_calls == 300  # up to date: nothing embedded, nothing rewritten
+    changed = build_index([*texts[:-1], "a different last document"], ids=ids, folder=tmp_path / "idx",
+                          embedder=embedder, cache=cache, chunk_size=100)
+    assert changed.documents_hash != index.documents_hash and embedder.forward_calls == 301
+
+
+# ---- search ---------------------------------------------------------------------------------------
+def test_search_with_a_judge_improves_the_top_and_reports_what_moved_in(corpus, index: CorpusIndex, minilm) -> None:
+    from refine_core.refinement import RefineConfig
+
+    bench, _, _ = corpus
+    criterion = bench.query_texts()[0]
+    judge = OracleJudge(bench.relevant_texts())
+    ids, _ = index.documents()
+    gold = _gold(bench, criterion, ids)
+    result = search(index, criterion, judge=judge, embedder=minilm, k=20, top=50, config=RefineConfig(lr=1e-3))
+    pos = dict(zip(ids, gold))
+    baseline_top = np.argsort(-corpus_scores(index.vectors(), result.refinement.original), kind="stable")[:50]
+    before = gold[baseline_top].mean()
+    after = np.mean([pos[h.id] for h in result.hits])
+    assert after > before, (before, after)
+    assert [h.rank for h in result.hits] == list(range(1, 51))
+    moved = result.moved_in
+    assert moved and all(h.original_rank > 50 for h in moved)
+    assert all(h.original_rank <= 50 for h in result.hits if not h.moved_in)
+    out = result.as_dict()
+    assert out["judged"] == 20 and out["judge_failed"] == 0 and out["moved_in"] == [h.id for h in moved]
+    assert sum(h.judge_score is not None for h in result.hits) >= 10  # judged documents stay near the top
+
+
+def test_two_rounds_judge_new_documents(corpus, index: CorpusIndex, minilm) -> None:
+    bench, _, _ = corpus
+    result = search(index, bench.query_texts()[1], judge=OracleJudge(bench.relevant_texts()), embedder=minilm,
+                    k=10, rounds=2)
+    judged = result.refinement.judged_idx
+    assert judged.size == 20 and np.unique(judged).size == 20
+
+
+# ---- classify -------------------------------------------------------------------------------------
+def test_choose_threshold() -> None:
+    assert choose_threshold(np.array([0.9, 0.8, 0.3, 0.2]), np.array([1, 1, 0, 0])) == pytest.approx(0.55)
+    assert choose_threshold(np.array([0.9, 0.8]), np.array([1, 1])) == pytest.approx(0.8)  # one class: weakest positive
+    assert choose_threshold(np.array([0.9, 0.8]), np.array([0, 0])) > 0.9
+    # overlapping classes: the best balanced accuracy
+    t = choose_threshold(np.array([0.9, 0.7, 0.6, 0.5, 0.4]), np.array([1, 0, 1, 0, 0]))
+    assert 0.5 < t <= 0.6
+    with pytest.raises(CorpusError, match="no judged documents"):
+        choose_threshold(np.array([]), np.array([], bool))
+
+
+def test_binary_metrics_and_best_threshold() -> None:
+    gold = np.array([1, 1, 0, 1, 0, 0], bool)
+    assert binary_metrics(np.array([1, 0, 0, 1, 1, 0], bool), gold) == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+    best = best_threshold_f1(np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), gold)
+    assert best["f1"] == pytest.approx(2 * 0.75 * 1.0 / 1.75) and best["threshold"] == pytest.approx(0.6)
+
+
+def test_classify_labels_every_document_and_calibration_judges_near_the_threshold(corpus, index: CorpusIndex, minilm,
+                                                                                  tmp_path: Path) -> None:
+    from refine_core.refinement import RefineConfig
+
+    bench, _, _ = corpus
+    criterion = bench.query_texts()[2]
+    judge = OracleJudge(bench.relevant_texts())
+    ids, _ = index.documents()
+    gold = _gold(bench, criterion, ids)
+    plain = classify(index, criterion, judge=judge, embedder=minilm, k=20, config=RefineConfig(lr=1e-3))
+    calibrated = classify(index, criterion, judge=judge, embedder=minilm, k=20, calibrate=20, config=RefineConfig(lr=1e-3))
+    assert plain.judged.sum() == 20 and calibrated.judged.sum() == 40 and calibrated.calibrated == 20
+    assert np.array_equal(plain.scores, calibrated.scores)  # calibration moves the threshold, not the scores
+    for result in (plain, calibrated):
+        assert result.labels.shape == (index.count,)
+        assert result.positives == int((result.scores >= result.threshold).sum())
+        lo, hi = result.interval
+        assert lo <= hi
+    f1 = binary_metrics(calibrated.labels, gold)["f1"]
+    ceiling = best_threshold_f1(calibrated.scores, gold)["f1"]
+    assert 0.5 < f1 <= ceiling + 1e-12, (f1, ceiling)
+    # the calibration judged the unjudged documents closest to the first threshold, on both sides
+    extra = calibrated.refinement.judged_idx[20:]
+    gap = np.abs(calibrated.scores - plain.threshold)
+    unjudged = np.ones(index.count, bool)
+    unjudged[plain.refinement.judged_idx] = False
+    assert np.sort(gap[extra]).max() <= np.sort(gap[unjudged])[40]
+    path = write_labels(calibrated, index, tmp_path / "labels.parquet")
+    frame = pl.read_parquet(path)
+    assert frame.columns == ["id", "score", "label", "judged", "judge_score"] and frame.height == index.count
+    assert frame["id"].to_list() == ids
+    assert frame["judged"].sum() == 40 and frame["judge_score"].null_count() == index.count - 40
+    assert frame["label"].sum() == calibrated.positives
+
+
+def test_bad_requests_name_the_problem(corpus, index: CorpusIndex, minilm, tmp_path: Path) -> None:
+    import shutil
+
+    bench, _, _ = corpus
+    judge = OracleJudge(bench.relevant_texts())
+    with pytest.raises(CorpusError, match="criterion is empty or whitespace"):
+        classify(index, "   \n", judge=judge, embedder=minilm)
+    with pytest.raises(CorpusError, match="query is empty"):
+        search(index, "", judge=judge, embedder=minilm)
+    with pytest.raises(CorpusError, match="more than the 900 documents"):
+        search(index, "x", judge=judge, embedder=minilm, k=500, rounds=2)
+    other = tmp_path / "other"
+    shutil.copytree(index.folder, other)
+    meta = json.loads((other / "index.json").read_text())
+    meta.update(model="some/other-model", model_key="some--other-model-0123456789abcdef")
+    (other / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(CorpusError, match="was built with model 'some/other-model'.*is another one"):
+        search(CorpusIndex.open(other), "x", judge=judge, embedder=minilm)
+    with pytest.raises(CorpusError, match="is empty: it has no documents"):
+        build_index([], ids=[], folder=tmp_path / "empty", embedder=minilm)
+
+
+# ---- the CLI with the real anthropic SDK against the fake Messages API ------------------------------
+def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.cli import app
+
+    bench, ids, texts = corpus
+    monkeypatch.setenv("REFINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    path = tmp_path / "tickets.jsonl"
+    path.write_text("\n".join(json.dumps({"ticket": i, "body": t}) for i, t in zip(ids[:400], texts[:400])) + "\n")
+    runner = CliRunner()
+    built = runner.invoke(app, ["index", str(path), "--id-column", "ticket", "--text-column", "body", "--json"])
+    assert built.exit_code == 0, built.output
+    info = json.loads(built.output.strip().splitlines()[-1])
+    assert info["documents"] == 400 and info["name"] == "tickets"
+    relevant = bench.relevant_texts()
+    criterion = bench.query_texts()[0]
+    with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=KEY) as server:
+        res = runner.invoke(app, ["search", "tickets", criterion, "--base-url", server.base_url, "--k", "10",
+                                  "--top", "5", "--json"])
+        assert res.exit_code == 0, res.output
+        found = json.loads(res.output.strip().splitlines()[-1])
+        assert len(found["results"]) == 5 and found["judged"] == 10 and found["cost_usd"] > 0
+        assert {"id", "rank", "score", "original_rank", "moved_in", "judge_score", "text"} <= found["results"][0].keys()
+        requests_after_search = server.stats.message_requests
+        out = tmp_path / "labels.parquet"
+        res = runner.invoke(app, ["classify", "tickets", criterion, "--base-url", server.base_url, "--k", "10",
+                                  "--out", str(out), "--json"])
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.output.strip().splitlines()[-1])
+        # the same ten documents were judged by search: the ledger answers, nothing is paid twice
+        assert summary["judgments_from_ledger"] == 10 and summary["judgments_paid"] == 0
+        assert server.stats.message_requests == requests_after_search
+        assert pl.read_parquet(out).height == 400
+        assert summary["positives"] == int(pl.read_parquet(out)["label"].sum())
+        # user errors: one line, exit 2, no traceback
+        for args, message in [
+            (["classify", "tickets", "  ", "--base-url", server.base_url], "criterion is empty or whitespace"),
+            (["search", "nope", "x"], "no index.json"),
+            (["search", "tickets", "x", "--judge", "oracle"], "oracle judges read gold labels"),
+            (["search", "tickets", "x", "--model", "/no/such/model"], "no such folder"),
+            (["classify", "tickets", "x", "--out", str(tmp_path / "labels.csv")], "written as parquet"),
+        ]:
+            res = runner.invoke(app, args)
+            assert res.exit_code == 2, (args, res.output)
+            assert message in res.output and "Traceback" not in res.output, (args, res.output)
+    (tmp_path / "empty.csv").write_text("id,text\n")
+    res = runner.invoke(app, ["index", str(tmp_path / "empty.csv")])
+    assert res.exit_code == 2 and "is empty" in res.output
