@@ -192,3 +192,56 @@ def register(app: typer.Typer) -> None:
                       f"labels in {path}", highlight=False)
         if as_json:
             print(json.dumps(summary))
+
+    @app.command("evaluate-classification")
+    def evaluate_classification_cmd(
+        benchmark: Annotated[str, typer.Argument(help="a labelled benchmark (see `refine datasets`)")],
+        judge: Annotated[str, typer.Option(help="oracle, noisy-oracle:FLIP_RATE, or any judge of `refine search`")] = "oracle",
+        base_url: Annotated[str | None, typer.Option(help="judge endpoint")] = None,
+        queries: Annotated[int | None, typer.Option(help="first N queries only")] = None,
+        max_documents: Annotated[int | None, typer.Option(help="subsample the corpus (keeps every positive)")] = None,
+        model: Annotated[str, typer.Option(help="embedding model")] = "all-MiniLM-L6-v2",
+        k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
+        rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
+        calibrate: Annotated[int, typer.Option(help="extra documents judged near the threshold")] = 0,
+        lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
+        as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
+    ) -> None:
+        """Classification mode on a labelled benchmark: P/R/F1 of the chosen threshold vs the best and vs
+        the unrefined query, logged to MLflow (experiment 'classification')."""
+        from flows.environment import configure_environment
+
+        configure_environment()
+        from evaluations.config import BenchmarkSpec, ConfigError, JudgeSpec
+
+        try:
+            kind, _, arg = judge.partition(":")
+            if kind == "oracle":
+                spec = JudgeSpec(kind="oracle")
+            elif kind == "noisy-oracle":
+                try:
+                    spec = JudgeSpec(kind="noisy-oracle", flip_rate=float(arg))
+                except ValueError:
+                    raise ConfigError(f"--judge {judge}: give the flip rate as noisy-oracle:0.2") from None
+            else:
+                spec = judge_spec(judge, base_url, 4)
+            bench_spec = BenchmarkSpec(name=benchmark, queries=queries, max_documents=max_documents)
+            from evaluations.registry import load_benchmark
+
+            load_benchmark(benchmark, queries=queries, max_documents=max_documents)  # unknown names fail here, cheaply
+        except user_errors() as exc:
+            fail(str(exc))
+        from flows.corpus import evaluate_classification
+
+        try:
+            result = evaluate_classification(bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr)
+        except user_errors() as exc:
+            fail(str(exc))
+        m = result["metrics"]
+        console.print(f"{result['benchmark']} ({int(m['queries'])} criteria), judge {result['judge']}: F1 refined "
+                      f"{m['refined.f1']:.3f} (best threshold {m['refined.best_f1']:.3f}) vs unrefined "
+                      f"{m['baseline.f1']:.3f} (best {m['baseline.best_f1']:.3f}); precision {m['refined.precision']:.3f}, "
+                      f"recall {m['refined.recall']:.3f}; positive-count interval covers the truth for "
+                      f"{100 * m['interval_coverage']:.0f}% of criteria; MLflow run {result['run_id']}", highlight=False)
+        if as_json:
+            print(json.dumps(result, default=float))

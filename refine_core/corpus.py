@@ -25,6 +25,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -132,10 +133,8 @@ class CorpusIndex:
         return np.load(self.folder / "vectors.npy", mmap_mode="r")
 
     def documents(self) -> tuple[list[str], list[str]]:
-        import polars as pl
-
-        frame = pl.read_parquet(self.folder / "documents.parquet")
-        return frame["id"].to_list(), frame["text"].to_list()
+        """Ids and texts, in index order (read once per process and index content)."""
+        return _read_documents(str(self.folder.resolve()), self.documents_hash)
 
     def check_model(self, embedder: SentenceTransformerEmbedder) -> None:
         """Refuse to mix vector spaces: the query must be embedded by the index's model."""
@@ -143,6 +142,14 @@ class CorpusIndex:
             raise CorpusError(f"index {self.folder} was built with model {self.model!r} ({self.model_key}); "
                               f"the query model {embedder.model_id!r} ({embedder.cache_key}) is another one — "
                               "rebuild the index with that model or search with the index's model")
+
+
+@lru_cache(maxsize=8)
+def _read_documents(folder: str, content: str) -> tuple[list[str], list[str]]:
+    import polars as pl
+
+    frame = pl.read_parquet(Path(folder) / "documents.parquet")
+    return frame["id"].to_list(), frame["text"].to_list()
 
 
 def documents_hash(ids: Sequence[str], texts: Sequence[str]) -> str:
@@ -272,8 +279,13 @@ def refine_query(
     ledger: JudgmentLedger | None = None,
     concurrency: int = 4,
     what: str = "query",
+    judge_instruction: str | None = None,
 ) -> Refinement:
-    """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine."""
+    """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine.
+
+    ``instruction`` goes into the query template; the judge gets ``judge_instruction``
+    (default: the same text).
+    """
     _check_text(query, what)
     if k < 2:
         raise CorpusError(f"k must be >= 2 (the refinement compares judged documents), got {k}")
@@ -295,7 +307,7 @@ def refine_query(
         sims[judged_idx] = -np.inf
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top], kind="stable")]
-        scores = _judge_rows(judge, query, top, texts, instruction, ledger, concurrency, report)
+        scores = _judge_rows(judge, query, top, texts, judge_instruction or instruction, ledger, concurrency, report)
         judged_idx = np.concatenate([judged_idx, top])
         judged_scores = np.concatenate([judged_scores, scores])
         ok = np.isfinite(judged_scores)
@@ -404,9 +416,9 @@ def choose_threshold(similarities: np.ndarray, positive: np.ndarray) -> float:
         return float(np.nextafter(s.max(), np.inf))
     values = np.unique(s)
     cuts = np.concatenate([[values[0]], (values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])
-    n_pos, n_neg = y.sum(), (~y).sum()
-    tpr = np.array([(s[y] >= c).sum() / n_pos for c in cuts])
-    tnr = np.array([(s[~y] < c).sum() / n_neg for c in cuts])
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    tpr = (pos.size - np.searchsorted(pos, cuts, side="left")) / pos.size  # positives at or above the cut
+    tnr = np.searchsorted(neg, cuts, side="left") / neg.size               # negatives below it
     balanced = (tpr + tnr) / 2
     best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
     return float(cuts[best[len(best) // 2]])
@@ -455,7 +467,7 @@ def positive_interval(scores: np.ndarray, judged_sims: np.ndarray, judged_positi
 def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,  # noqa: ANN001
              k: int = 20, rounds: int = 1, calibrate: int = 0, config: RefineConfig | None = None,
              instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
-             positive_at: float = 0.5) -> Classification:
+             positive_at: float = 0.5, judge_instruction: str | None = None) -> Classification:
     """Label every document of ``index`` for ``criterion`` (see the module docs).
 
     Args:
@@ -467,7 +479,8 @@ def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTra
         raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
     ref = refine_query(index, criterion, judge=judge, embedder=embedder, k=k, rounds=rounds, config=config,
-                       instruction=instruction, ledger=ledger, concurrency=concurrency, what="criterion")
+                       instruction=instruction, ledger=ledger, concurrency=concurrency, what="criterion",
+                       judge_instruction=judge_instruction)
     scores = corpus_scores(index.vectors(), ref.refined)
     ok = ref.judged_ok
     if ok.sum() == 0:
@@ -481,13 +494,16 @@ def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTra
         candidates = np.flatnonzero(~judged_mask)
         above = candidates[scores[candidates] >= threshold]
         below = candidates[scores[candidates] < threshold]
-        half = calibrate // 2
-        pick_above = above[np.argsort(scores[above], kind="stable")[:calibrate - half]]
-        pick_below = below[np.argsort(-scores[below], kind="stable")[:half]]
+        # the closest on each side, half and half; a side that runs short leaves its share to the other
+        n_above = min(above.size, max(calibrate - calibrate // 2, calibrate - below.size))
+        n_below = min(below.size, calibrate - n_above)
+        pick_above = above[np.argsort(scores[above], kind="stable")[:n_above]]
+        pick_below = below[np.argsort(-scores[below], kind="stable")[:n_below]]
         extra = np.concatenate([pick_above, pick_below])
         if extra.size:
             _, texts = index.documents()
-            extra_scores = _judge_rows(judge, criterion, extra, texts, instruction, ledger, concurrency, ref.report)
+            extra_scores = _judge_rows(judge, criterion, extra, texts, judge_instruction or instruction, ledger,
+                                       concurrency, ref.report)
             ref.judged_idx = np.concatenate([ref.judged_idx, extra])
             ref.judged_scores = np.concatenate([ref.judged_scores, extra_scores])
             added = int(extra.size)
@@ -518,7 +534,7 @@ def write_labels(result: Classification, index: CorpusIndex, path: str | os.Path
         "score": result.scores.astype(np.float32),
         "label": result.labels,
         "judged": result.judged,
-        "judge_score": [None if not np.isfinite(s) else float(s) for s in result.judge_scores],
+        "judge_score": pl.Series([None if not np.isfinite(s) else float(s) for s in result.judge_scores], dtype=pl.Float32),
     })
     tmp = out.with_suffix(".parquet.tmp")
     frame.write_parquet(tmp)

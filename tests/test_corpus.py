@@ -255,6 +255,8 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
             (["search", "tickets", "x", "--judge", "oracle"], "oracle judges read gold labels"),
             (["search", "tickets", "x", "--model", "/no/such/model"], "no such folder"),
             (["classify", "tickets", "x", "--out", str(tmp_path / "labels.csv")], "written as parquet"),
+            (["evaluate-classification", "nope"], "unknown dataset 'nope'"),
+            (["evaluate-classification", "clinc150", "--judge", "noisy-oracle:lots"], "give the flip rate"),
         ]:
             res = runner.invoke(app, args)
             assert res.exit_code == 2, (args, res.output)
@@ -262,3 +264,12 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
     (tmp_path / "empty.csv").write_text("id,text\n")
     res = runner.invoke(app, ["index", str(tmp_path / "empty.csv")])
     assert res.exit_code == 2 and "is empty" in res.output
+
+
+def test_calibration_judges_the_full_budget_when_one_side_runs_short(corpus, index: CorpusIndex, minilm) -> None:
+    """With every judged document positive the threshold sits at the weakest one; nothing unjudged lies above it
+    that close, so the calibration budget goes to the documents just below."""
+    bench, _, _ = corpus
+    criterion = bench.query_texts()[0]
+    result = classify(index, criterion, judge=OracleJudge(bench.relevant_texts()), embedder=minilm, k=5, calibrate=8)
+    assert result.calibrated == 8 and result.judged.sum() == 13

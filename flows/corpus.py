@@ -1,0 +1,203 @@
+"""Prefect flows for a user's corpus: indexing in cached chunks, classification with chunked
+labelling, and the evaluation of the classification mode on labelled benchmarks.
+
+``index-corpus`` embeds the corpus in chunks (cached tasks; parallel on a Dask runner) into
+the embedding cache, then assembles the index from it. ``classify-corpus`` judges and refines
+in the flow (a handful of calls), then scores and labels the corpus in chunks, each a task that
+writes one parquet part. ``evaluate-classification`` runs the classification on every query of
+a benchmark and logs precision / recall / F1 of the chosen threshold, of the best threshold
+(the ceiling) and of the same procedure on the unrefined query, to MLflow.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from prefect import flow, task
+
+from evaluations.config import BenchmarkSpec, JudgeSpec
+from flows.execution import fan_out
+from refine_core.corpus import (
+    CorpusIndex,
+    best_threshold_f1,
+    binary_metrics,
+    build_index,
+    choose_threshold,
+    classify,
+    corpus_scores,
+    documents_hash,
+    read_corpus,
+)
+from refine_core.embedding_cache import EmbeddingCache
+from refine_core.judges import JudgmentLedger
+from refine_core.refinement import RefineConfig
+from tasks.core import CACHE_EXPIRATION, _embedder, _key, corpus_chunks
+from tasks.judging import build_judge
+from tasks.storage import digest, ledger_url, save_array, state_dir
+
+
+# ---- index ------------------------------------------------------------------------------------
+def _texts_chunk_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("embed-texts", parameters["documents"], _embedder(parameters["model"]).cache_key,
+                parameters["start"], parameters["stop"])
+
+
+@task(name="embed-texts-chunk", cache_key_fn=_texts_chunk_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
+      retries=1)
+def embed_texts_chunk_task(table: str, documents: str, model: str, start: int, stop: int) -> int:
+    """Embed rows ``start:stop`` of a documents table into the embedding cache; returns the count."""
+    texts = pl.scan_parquet(table).slice(start, stop - start).select("text").collect()["text"].to_list()
+    _embedder(model).embed_documents(texts, cache=EmbeddingCache(state_dir() / "embeddings"))
+    return len(texts)
+
+
+@flow(name="index-corpus", log_prints=False)
+def index_corpus_flow(corpus: str, name: str | None = None, model: str = "all-MiniLM-L6-v2", id_column: str = "id",
+                      text_column: str = "text", chunk_size: int = 4096) -> dict:
+    """Build (or find up to date) the index ``$REFINE_HOME/indexes/<name>`` of a corpus file."""
+    started = time.perf_counter()
+    ids, texts = read_corpus(corpus, id_column=id_column, text_column=text_column)
+    content = documents_hash(ids, texts)
+    table = state_dir() / "arrays" / f"corpus-{content}.parquet"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    if not table.exists():
+        pl.DataFrame({"id": ids, "text": texts}).write_parquet(table)
+    fan_out(embed_texts_chunk_task, [{"table": str(table), "documents": content, "model": model, "start": a, "stop": b}
+                                     for a, b in corpus_chunks(len(texts), chunk_size)])
+    # Every chunk is in the embedding cache now: the assembly reads it back, embedding nothing.
+    index = build_index(texts, ids=ids, folder=state_dir() / "indexes" / (name or Path(corpus).stem),
+                        embedder=_embedder(model), cache=EmbeddingCache(state_dir() / "embeddings"), chunk_size=chunk_size)
+    return {"index": str(index.folder), "documents": index.count, "dimension": index.dimension, "model": index.model,
+            "documents_hash": index.documents_hash, "seconds": time.perf_counter() - started}
+
+
+# ---- classify -----------------------------------------------------------------------------------
+@task(name="label-chunk")
+def label_chunk_task(index_folder: str, vector: str, threshold: float, judged: str, start: int, stop: int, part: str) -> str:
+    """Score rows ``start:stop`` against the refined vector and write their labels as a parquet part."""
+    index = CorpusIndex.open(index_folder)
+    ids, _ = index.documents()
+    scores = corpus_scores(index.vectors()[start:stop], np.load(vector))
+    judge_scores = np.load(judged)[start:stop]  # NaN: not judged; -1: judged, the judge failed
+    pl.DataFrame({
+        "id": ids[start:stop],
+        "score": scores,
+        "label": scores >= threshold,
+        "judged": ~np.isnan(judge_scores),
+        "judge_score": pl.Series([float(s) if s >= 0 else None for s in judge_scores], dtype=pl.Float32),
+    }).write_parquet(part)
+    return part
+
+
+@flow(name="classify-corpus", log_prints=False)
+def classify_corpus_flow(index: str, criterion: str, judge: JudgeSpec, out: str, k: int = 20, rounds: int = 1,
+                         calibrate: int = 0, lr: float = 1e-4, instruction: str | None = None,
+                         score_chunk: int = 262_144) -> dict:
+    """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``."""
+    opened = CorpusIndex.open(index)
+    result = classify(opened, criterion, judge=build_judge(judge), embedder=_embedder(opened.model), k=k, rounds=rounds,
+                      calibrate=calibrate, config=RefineConfig(lr=lr), instruction=instruction,
+                      ledger=JudgmentLedger(ledger_url()), concurrency=judge.concurrency)
+    name = digest("classify", opened.documents_hash, criterion, judge.model_dump(), k, rounds, calibrate, lr, instruction)
+    vector = save_array(f"classify-{name}-vector", result.refinement.refined)
+    judged = np.where(result.judged, result.judge_scores, np.nan).astype(np.float32)
+    judged[result.judged & ~np.isfinite(result.judge_scores)] = -1.0  # judged but failed: kept apart from "not judged"
+    judged_path = save_array(f"classify-{name}-judged", judged)
+    with tempfile.TemporaryDirectory(dir=state_dir()) as tmp:
+        parts = fan_out(label_chunk_task, [{"index_folder": str(opened.folder), "vector": vector,
+                                            "threshold": result.threshold, "judged": judged_path, "start": a, "stop": b,
+                                            "part": str(Path(tmp) / f"part-{i:06d}.parquet")}
+                                           for i, (a, b) in enumerate(corpus_chunks(opened.count, score_chunk))])
+        frame = pl.concat([pl.read_parquet(p) for p in parts])
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(target)
+    summary = result.as_dict()
+    summary["out"] = str(target)
+    return summary
+
+
+# ---- evaluation of the classification mode ----------------------------------------------------------
+def _benchmark_index(bench, model: str) -> CorpusIndex:  # noqa: ANN001 - evaluations.Benchmark
+    embedder = _embedder(model)
+    folder = state_dir() / "indexes" / f"benchmark-{bench.name}-{bench.content_hash}-{embedder.cache_key[-16:]}"
+    return build_index(bench.document_texts(), ids=bench.documents["doc_id"].to_list(), folder=folder, embedder=embedder,
+                       cache=EmbeddingCache(state_dir() / "embeddings"))
+
+
+@flow(name="evaluate-classification", log_prints=False)
+def evaluate_classification(benchmark: BenchmarkSpec, judge: JudgeSpec, model: str = "all-MiniLM-L6-v2", k: int = 20,
+                            rounds: int = 1, calibrate: int = 0, lr: float = 1e-4, experiment: str = "classification",
+                            tracking: str | None = None) -> dict:
+    """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
+
+    For each query (the criterion) the corpus is labelled by the threshold chosen from the
+    judged documents on the refined scores (``refined``), by the same procedure on the
+    unrefined query's scores with the same judgments (``baseline``), and by the best
+    threshold in hindsight on each (``*_best``, the ceiling). Metrics are means over queries.
+    """
+    from evaluations.registry import load_benchmark
+    from flows.tracking import Tracker
+
+    started = time.perf_counter()
+    bench = load_benchmark(benchmark.name, queries=benchmark.queries, query_seed=benchmark.query_seed,
+                           max_documents=benchmark.max_documents, corpus_seed=benchmark.corpus_seed)
+    if bench.pool != "corpus":
+        raise ValueError(f"{bench.name}: classification needs labels over the whole corpus; this benchmark only "
+                         "labels a pool of documents per query")
+    index = _benchmark_index(bench, model)
+    judge_obj = build_judge(judge, bench)
+    ledger = JudgmentLedger(ledger_url())
+    labels, _ = bench.label_matrix()
+    vectors = index.vectors()
+    embedder = _embedder(model)
+    rows = []
+    for qi, criterion in enumerate(bench.query_texts()):
+        gold = labels[qi] > 0
+        if not gold.any():
+            continue
+        result = classify(index, criterion, judge=judge_obj, embedder=embedder, k=k, rounds=rounds, calibrate=calibrate,
+                          config=RefineConfig(lr=lr), instruction=bench.embed_instruction, ledger=ledger,
+                          judge_instruction=bench.judge_instruction)
+        ref = result.refinement
+        ok = ref.judged_ok
+        base_scores = corpus_scores(vectors, ref.original)
+        base_threshold = choose_threshold(base_scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= 0.5)
+        row = {"query_id": bench.queries["query_id"][qi], "positives_gold": int(gold.sum()),
+               "positives_estimate": result.positives, "interval_low": result.interval[0],
+               "interval_high": result.interval[1]}
+        for prefix, predicted, scores in (("refined", result.labels, result.scores),
+                                          ("baseline", base_scores >= base_threshold, base_scores)):
+            for name, value in binary_metrics(predicted, gold).items():
+                row[f"{prefix}_{name}"] = value
+            row[f"{prefix}_best_f1"] = best_threshold_f1(scores, gold)["f1"]
+        rows.append(row)
+    frame = pl.DataFrame(rows)
+    metrics = {c.replace("refined_", "refined.").replace("baseline_", "baseline."): float(frame[c].mean())
+               for c in frame.columns if c.startswith(("refined_", "baseline_"))}
+    inside = (frame["positives_gold"] >= frame["interval_low"]) & (frame["positives_gold"] <= frame["interval_high"])
+    metrics["interval_coverage"] = float(inside.mean())
+    metrics["count_relative_error"] = float(((frame["positives_estimate"] - frame["positives_gold"]).abs()
+                                             / frame["positives_gold"]).mean())
+    metrics["queries"] = float(frame.height)
+    metrics["time.total_s"] = time.perf_counter() - started
+    tracker = Tracker(tracking)
+    experiment_id = tracker.experiment(experiment)
+    run_id = tracker.start(experiment_id, f"{bench.name} | {judge.label} | k={k} r={rounds} cal={calibrate}",
+                           tags={"refine.kind": "classification"})
+    with tracker.ends_run_on_error(run_id):
+        tracker.log_params(run_id, {"benchmark.name": bench.name, "benchmark.hash": bench.content_hash, "model": model,
+                                    "k": k, "rounds": rounds, "calibrate": calibrate, "lr": lr,
+                                    **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None}})
+        tracker.log_metrics(run_id, metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "per_query_classification.parquet"
+            frame.write_parquet(path)
+            tracker.log_artifact(run_id, path, "per_query")
+        tracker.finish(run_id, "FINISHED")
+    return {"run_id": run_id, "experiment_id": experiment_id, "benchmark": bench.name, "judge": judge.label,
+            "metrics": metrics}
