@@ -75,6 +75,33 @@ class JudgeSpec(_Strict):
         return f"{self.kind}:{self.model or 'default'}" + (f"/{self.scheme}" if self.kind.startswith("anthropic") else "")
 
 
+class HydeSpec(_Strict):
+    """The generator of HyDE passages; when a sweep has one, every cell adds ``hyde`` and
+    ``hyde_refined`` (refinement from the HyDE vector, judged on the original query)."""
+
+    kind: Literal["anthropic", "openai-compatible", "local-lm"]
+    model: str | None = None
+    base_url: str | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 256
+    seed: int = 0
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 4
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 4
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+
+    @model_validator(mode="after")
+    def _check(self) -> HydeSpec:
+        if self.kind == "openai-compatible" and not self.base_url:
+            raise ValueError("openai-compatible needs base_url")
+        if self.kind in ("openai-compatible", "local-lm") and not self.model:
+            raise ValueError(f"{self.kind} needs model")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.model or 'default'}"
+
+
 def _positive_list(name: str):  # noqa: ANN202
     def check(values: list[float]) -> list[float]:
         if not values:
@@ -159,6 +186,7 @@ class SweepConfig(_Strict):
     budget: BudgetSpec = BudgetSpec()
     runner: str = "local"
     execution: ExecutionSpec = ExecutionSpec()
+    hyde: HydeSpec | None = None
     schedule: str | None = None
 
     @field_validator("benchmarks", "models", "judges")
@@ -183,7 +211,7 @@ class SweepConfig(_Strict):
         ):
             out.append(CellSpec(benchmark=bench, model=model, judge=judge, lr=lr, steps=steps, k=k,
                                 score_temperature=ts, similarity_temperature=tc, rounds=rounds,
-                                optimizer=opt, normalize=norm))
+                                optimizer=opt, normalize=norm, hyde=self.hyde))
         return out
 
 
@@ -201,6 +229,7 @@ class CellSpec(_Strict):
     rounds: int = 1
     optimizer: Literal["adam", "sgd"] = "adam"
     normalize: Literal["none", "minmax"] = "none"
+    hyde: HydeSpec | None = None
 
     def hyperparameters(self) -> dict[str, object]:
         return {"lr": self.lr, "steps": self.steps, "k": self.k, "score_temperature": self.score_temperature,
@@ -249,5 +278,6 @@ def load_config(path: str | Path) -> SweepConfig:
     return parse_config(data, source=str(p))
 
 
-__all__ = ["BenchmarkSpec", "BudgetSpec", "CellSpec", "ConfigError", "DatasetError", "ExecutionSpec", "Grid", "JudgeSpec",
+__all__ = ["BenchmarkSpec", "BudgetSpec", "CellSpec", "ConfigError", "DatasetError", "ExecutionSpec", "Grid", "HydeSpec",
+           "JudgeSpec",
            "SweepConfig", "default_config", "load_config", "parse_config"]

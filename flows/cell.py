@@ -26,8 +26,11 @@ from tasks.core import (
     corpus_chunks,
     corpus_digest,
     embed_corpus_chunk_task,
+    embed_hyde_task,
     embed_queries_task,
     evaluate_task,
+    generate_hyde_task,
+    hyde_cache_key,
     join_corpus_chunks_task,
     join_refined_blocks_task,
     judge_cache_key,
@@ -95,6 +98,8 @@ def cell_label(cell: CellSpec) -> str:
 def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
     params: dict[str, object] = {**cell.hyperparameters(), "model": cell.model, "code_version": code_version()}
     params.update({f"judge.{k}": v for k, v in cell.judge.model_dump().items() if v is not None})
+    if cell.hyde is not None:
+        params.update({f"hyde.{k}": v for k, v in cell.hyde.model_dump().items() if v is not None})
     params.update({"benchmark.name": bench.name, "benchmark.hash": bench.hash, "benchmark.version": bench.counts["version"],
                    "benchmark.queries": bench.counts["queries"], "benchmark.documents": bench.counts["documents"],
                    "benchmark.subset": bench.counts["subset"] or "full"})
@@ -160,8 +165,29 @@ def evaluate_cell(
                                      bench.counts["queries"], execution)
             timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t
             refined.append(current)
+        extra: dict[str, ArrayRef] = {}
+        hyde_metrics: dict[str, float] = {}
+        if cell.hyde is not None:
+            t = time.perf_counter()
+            passages = generate_hyde_task(bench, cell.hyde)
+            if passages.failed:
+                # Stored passages stay stored; a re-run asks only for the failed ones.
+                invalidate_task_cache(hyde_cache_key(None, {"spec": cell.hyde, "bench": bench}))
+            hyde_metrics = dict(passages.metrics)
+            extra["hyde"] = embed_hyde_task(bench, cell.model, passages)
+            timings["hyde_generate"] = time.perf_counter() - t
+            t = time.perf_counter()
+            # HyDE-refined: feedback from the HyDE ranking, judged against the original query.
+            fb = select_feedback_task(bench, extra["hyde"], docs, cell.k)
+            judged = fan_out(judge_task, [{"bench": bench, "feedback": fb, "judge": cell.judge, "budget": budget}])[0]
+            if judged.failed_queries:
+                invalidate_task_cache(judge_cache_key(None, {"judge": cell.judge, "bench": bench, "feedback": fb}))
+            judgments.append(judged)
+            extra["hyde_refined"] = refine_queries(extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"],
+                                                   execution)
+            timings["hyde_refine"] = time.perf_counter() - t
         t = time.perf_counter()
-        evaluation = evaluate_task(bench, queries, docs, feedback[0], judgments[0], refined, cell)
+        evaluation = evaluate_task(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None)
         timings["evaluate"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -181,6 +207,7 @@ def evaluate_cell(
             for name, value in j.metrics.items():
                 judge_metrics[name] = judge_metrics.get(name, 0.0) + value
         flat.update(judge_metrics)
+        flat.update(hyde_metrics)
         flat["queries_without_positives"] = evaluation.n_without_positives
         flat.update({f"time.{stage}_s": seconds for stage, seconds in timings.items()})
         tracker.log_metrics(run_id, flat)

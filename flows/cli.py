@@ -318,7 +318,7 @@ def _metrics_from_run(run) -> dict[str, dict[str, float]]:  # noqa: ANN001
     out: dict[str, dict[str, float]] = {}
     for key, value in run.data.metrics.items():
         method, _, name = key.partition(".")
-        if method in ("baseline", "rerank_only", "rocchio") or method.startswith("refined"):
+        if method in ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined") or method.startswith("refined"):
             out.setdefault(method, {})[name.replace("_at_", "@")] = value
     return out
 

@@ -117,10 +117,12 @@ def method_rankings(
     round_vectors: list[np.ndarray],
     pool: np.ndarray | None = None,
     rocchio_params: RocchioParams | None = None,
+    extra_vectors: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Ranking scores ``(n, N)`` of every method, from the first round's judgments.
 
-    ``round_vectors[r]`` is the refined vector after round ``r + 1``.
+    ``round_vectors[r]`` is the refined vector after round ``r + 1``; ``extra_vectors`` adds
+    methods that are plain query vectors (e.g. ``hyde`` and ``hyde_refined``).
     """
     rp = rocchio_params or RocchioParams()
 
@@ -140,6 +142,10 @@ def method_rankings(
     rankings["refined"] = ranking(round_vectors[0])
     for r in range(2, len(round_vectors) + 1):
         rankings[f"refined_r{r}"] = ranking(round_vectors[r - 1])
+    for name, vectors in (extra_vectors or {}).items():
+        if name in rankings:
+            raise ValueError(f"extra method {name!r} clashes with a built-in method")
+        rankings[name] = ranking(vectors)
     return rankings
 
 
@@ -155,11 +161,12 @@ def score_methods(
     pool: np.ndarray | None = None,
     rocchio_params: RocchioParams | None = None,
     ks: tuple[int, ...] = DEFAULT_KS,
+    extra_vectors: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, MetricsResult], dict[str, PairedTest]]:
     """Metrics of every method and a paired one-sided t-test of each against the baseline."""
     rankings = method_rankings(query_vectors, doc_vectors, feedback_idx=feedback_idx, judge_scores=judge_scores,
                                judge_mask=judge_mask, round_vectors=round_vectors, pool=pool,
-                               rocchio_params=rocchio_params)
+                               rocchio_params=rocchio_params, extra_vectors=extra_vectors)
     metrics = {name: evaluate_rankings(s, labels, pool=pool, ks=ks) for name, s in rankings.items()}
     base_ap = metrics["baseline"].per_query["ap"]
     tests: dict[str, PairedTest] = {}

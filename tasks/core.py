@@ -21,7 +21,7 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from evaluations.benchmark import Benchmark
-from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, JudgeSpec
+from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, HydeSpec, JudgeSpec
 from evaluations.registry import load_benchmark
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
@@ -242,6 +242,65 @@ def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget
                         failed_queries=failed_queries, seconds=time.perf_counter() - start)
 
 
+# ---- HyDE ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PassagesRef:
+    """HyDE passages of a benchmark's queries (parquet: query_id, passage or null)."""
+
+    path: str
+    digest: str
+    generator_key: str
+    metrics: dict = field(default_factory=dict)
+    failed: int = 0
+
+
+def hyde_cache_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("hyde", parameters["spec"].model_dump(), parameters["bench"].hash)
+
+
+@task(name="generate-hyde", cache_key_fn=hyde_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
+      retries=1, retry_delay_seconds=10)
+def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec) -> PassagesRef:
+    """A hypothetical document per query; paid once (the generation store), failures left null."""
+    import polars as pl
+
+    from refine_core.hyde import GenerationStore, run_generator
+    from tasks.judging import build_generator
+
+    b = bench.load()
+    generator = build_generator(spec)
+    report = run_generator(generator, b.query_texts(), instruction=bench.embed_instruction,
+                           store=GenerationStore(ledger_url()), seed=spec.seed, concurrency=spec.concurrency,
+                           progress=progress.callback(f"HyDE passages with {spec.label}"))
+    content = digest("hyde", generator.identity.key, bench.hash, spec.seed, report.texts)
+    path = state_dir() / "arrays" / f"hyde-{content}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"query_id": b.queries["query_id"].to_list(),
+                  "passage": pl.Series(report.texts, dtype=pl.String)}).write_parquet(path)
+    return PassagesRef(str(path), content, generator.identity.key, report.as_metrics(), report.failed)
+
+
+def _hyde_embed_key(context, parameters) -> str:  # noqa: ANN001
+    e = _embedder(parameters["model"])
+    return _key("embed-hyde", parameters["passages"].digest, parameters["bench"].hash, e.cache_key, e.query_template,
+                parameters["bench"].embed_instruction)
+
+
+@task(name="embed-hyde", cache_key_fn=_hyde_embed_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def embed_hyde_task(bench: BenchmarkRef, model: str, passages: PassagesRef) -> ArrayRef:
+    """HyDE vectors: each passage embedded with the query template (the query itself where generation failed)."""
+    import polars as pl
+
+    start = time.perf_counter()
+    texts = pl.read_parquet(passages.path)["passage"].to_list()
+    queries = bench.load().query_texts()
+    embedder = _embedder(model)
+    vectors = embedder.embed_queries([t if t is not None else q for t, q in zip(texts, queries)],
+                                     instruction=bench.embed_instruction, cache=EmbeddingCache(state_dir() / "embeddings"))
+    name = digest("hyde-vectors", passages.digest, embedder.cache_key, embedder.query_template)
+    return ArrayRef(save_array(f"hyde-{name}", vectors), name, time.perf_counter() - start)
+
+
 # ---- refine ----------------------------------------------------------------------------------------
 def query_blocks(n_queries: int, block: int) -> list[tuple[int, int]]:
     """``[start, stop)`` query ranges of at most ``block`` queries."""
@@ -306,14 +365,20 @@ class CellEvaluation:
 
 
 def _evaluate_key(context, parameters) -> str:  # noqa: ANN001
+    extra = parameters.get("extra") or {}
     return _key("evaluate", parameters["bench"].hash, parameters["queries"].digest, parameters["docs"].digest,
-                parameters["feedback"].digest, parameters["judgments"].digest, [r.digest for r in parameters["refined"]])
+                parameters["feedback"].digest, parameters["judgments"].digest, [r.digest for r in parameters["refined"]],
+                {name: ref.digest for name, ref in sorted(extra.items())})
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
 def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef,
-                  judgments: JudgmentsRef, refined: list[ArrayRef], cell: CellSpec) -> CellEvaluation:
-    """Score every method on the full pool and compare each with the baseline."""
+                  judgments: JudgmentsRef, refined: list[ArrayRef], cell: CellSpec,
+                  extra: dict[str, ArrayRef] | None = None) -> CellEvaluation:
+    """Score every method on the full pool and compare each with the baseline.
+
+    ``extra`` adds methods given as query vectors (``hyde``, ``hyde_refined``).
+    """
     import polars as pl
 
     t0 = time.perf_counter()
@@ -324,8 +389,10 @@ def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedba
     round_vectors = [np.asarray(load_array(r.path)) for r in refined]
     q = np.asarray(load_array(queries.path))
     d = np.asarray(load_array(docs.path))
+    extra_vectors = {name: np.asarray(load_array(ref.path)) for name, ref in (extra or {}).items()}
     metrics, tests = score_methods(q, d, labels, feedback_idx=idx, judge_scores=judged["scores"],
-                                   judge_mask=judged["mask"] & (idx >= 0), round_vectors=round_vectors, pool=pool)
+                                   judge_mask=judged["mask"] & (idx >= 0), round_vectors=round_vectors, pool=pool,
+                                   extra_vectors=extra_vectors)
     failed = ~(judged["mask"] & (idx >= 0)).any(axis=1)
     per_query = {"query_id": b.queries["query_id"].to_list(), "judge_failed": failed.tolist(),
                  "judged_doc_ids": [[b.documents["doc_id"][int(j)] for j in row if j >= 0] for row in idx],
@@ -334,7 +401,8 @@ def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedba
     for method, result in metrics.items():
         per_query[f"ap_{method}"] = result.per_query["ap"].tolist()
         per_query[f"roc_auc_{method}"] = result.per_query["roc_auc"].tolist()
-    name = digest("evaluation", cell.model_dump(), judgments.digest, [r.digest for r in refined])
+    name = digest("evaluation", cell.model_dump(), judgments.digest, [r.digest for r in refined],
+                  {n: r.digest for n, r in sorted((extra or {}).items())})
     per_query_path = str(Path(state_dir() / "arrays" / f"per-query-{name}.parquet"))
     pl.DataFrame(per_query).write_parquet(per_query_path)
     # Score distributions for the separation plots: baseline and refined similarities.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from evaluations.benchmark import Benchmark
-from evaluations.config import JudgeSpec
+from evaluations.config import HydeSpec, JudgeSpec
 from refine_core.judges import Judge, OracleJudge
 
 
@@ -40,3 +40,19 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
 
         return CrossEncoderJudge(spec.model or "")
     raise ValueError(f"unknown judge kind {spec.kind!r}")
+
+
+def build_generator(spec: HydeSpec):  # noqa: ANN201 - a refine_core.hyde Generator
+    """The HyDE passage generator a :class:`HydeSpec` describes."""
+    from refine_core import hyde
+
+    if spec.kind == "anthropic":
+        return hyde.ClaudeGenerator(spec.model or "claude-haiku-4-5", base_url=spec.base_url, max_tokens=spec.max_tokens,
+                                    temperature=spec.temperature, max_retries=spec.max_retries, timeout=spec.timeout_s)
+    if spec.kind == "openai-compatible":
+        return hyde.OpenAICompatibleGenerator(spec.model or "", base_url=spec.base_url or "", max_tokens=spec.max_tokens,
+                                              temperature=spec.temperature, max_retries=spec.max_retries,
+                                              timeout=spec.timeout_s)
+    if spec.kind == "local-lm":
+        return hyde.LocalLMGenerator(spec.model or "", max_tokens=spec.max_tokens, temperature=spec.temperature)
+    raise ValueError(f"unknown HyDE generator kind {spec.kind!r}")

@@ -86,6 +86,13 @@ def test_service_graph(compose: dict) -> None:
     assert services["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert services["worker"]["environment"]["REFINE_LEDGER_URL"].split("@")[1].startswith("postgres:5432/")
     assert "build" in services["worker"]
+    # the optional Dask cluster shares the worker's environment and state
+    for name in ("dask-scheduler", "dask-worker"):
+        assert services[name]["profiles"] == ["dask"]
+    dask_worker = services["dask-worker"]
+    assert "tcp://dask-scheduler:8786" in dask_worker["command"]
+    assert dask_worker["environment"]["REFINE_LEDGER_URL"] == services["worker"]["environment"]["REFINE_LEDGER_URL"]
+    assert dask_worker["volumes"] == services["worker"]["volumes"]
     for volume in compose["volumes"]:
         assert any(volume in str(s.get("volumes", [])) for s in services.values())
 

@@ -70,6 +70,19 @@ batches_table = Table(
 )
 
 
+def open_engine(url: str | Path) -> Engine:
+    """An engine for a SQLAlchemy URL or a plain path (SQLite, WAL), with every table created."""
+    url = str(url)
+    if "://" not in url:
+        Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(url).expanduser()}"
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    _metadata.create_all(engine)
+    return engine
+
+
 def query_hash(query: str, task_instruction: str | None) -> str:
     return hashlib.sha256(f"{query}\x00{task_instruction or ''}".encode()).hexdigest()
 
@@ -101,15 +114,8 @@ class JudgmentLedger:
     """
 
     def __init__(self, url: str | Path) -> None:
-        url = str(url)
-        if "://" not in url:
-            Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{Path(url).expanduser()}"
-        self.url = url
-        self.engine: Engine = create_engine(url, future=True)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        _metadata.create_all(self.engine)
+        self.engine: Engine = open_engine(url)
+        self.url = self.engine.url.render_as_string(hide_password=False)
 
     def __repr__(self) -> str:
         return f"JudgmentLedger({self.engine.url.render_as_string(hide_password=True)!r})"

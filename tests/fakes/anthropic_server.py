@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _QUERY = re.compile(r"<query>(.*?)</query>", re.S)
 _DOC = re.compile(r"<document(?: index=\"(\d+)\")?>(.*?)</document>", re.S)
+_HYDE_QUERY = re.compile(r"\nQuery: (.*?)\nPassage:\s*$", re.S)
 
 FAULTS = ("429", "529", "500", "slow", "malformed_body", "bad_text", "missing_index", "extra_index", "truncated")
 
@@ -77,6 +78,7 @@ class Stats:
     in_flight: int = 0
     max_in_flight: int = 0
     delimiter_violations: list[str] = field(default_factory=list)
+    generations: Counter[str] = field(default_factory=Counter)
     bodies: list[dict] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
 
@@ -99,8 +101,11 @@ class FakeAnthropic:
         faults: FaultPlan | None = None,
         keep_bodies: bool = False,
         batch_polls_before_end: int = 1,
+        passage: Callable[[str], str] | None = None,
     ) -> None:
         self.gold = gold
+        # HyDE requests (a prompt ending in "Passage:") get passage(query); default: a bland one.
+        self.passage = passage or (lambda query: f"A passage about {query}.")
         self.api_key = api_key
         self.latency = latency
         self.faults = faults or FaultPlan()
@@ -162,7 +167,25 @@ class FakeAnthropic:
                 self.stats.delimiter_violations.append(raw[:300])
         return query, docs
 
+    def hyde_message(self, body: dict, text: str) -> tuple[int, dict]:
+        match = _HYDE_QUERY.search(text)
+        query = match.group(1).strip() if match else ""
+        with self._lock:
+            self.stats.generations[query] += 1
+            if self.keep_bodies:
+                self.stats.bodies.append(body)
+        passage = self.passage(query)
+        usage = {"input_tokens": len(text) // 4 + 10, "output_tokens": len(passage) // 4 + 1,
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        return 200, {"id": f"msg_{next(self._ids)}", "type": "message", "role": "assistant",
+                     "model": body.get("model", "fake"), "stop_sequence": None, "usage": usage,
+                     "content": [{"type": "text", "text": passage}], "stop_reason": "end_turn"}
+
     def message(self, body: dict, fault: str | None) -> tuple[int, dict | str]:
+        content = body["messages"][0]["content"]
+        text = "".join(b.get("text", "") for b in content) if isinstance(content, list) else str(content)
+        if text.rstrip().endswith("Passage:"):
+            return self.hyde_message(body, text)
         query, docs = self.parse_prompt(body)
         with self._lock:
             for _, d in docs:
