@@ -159,7 +159,8 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option(help="embedding model (default: the index's; another one is an error)")] = None,
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
-        calibrate: Annotated[int, typer.Option(help="extra documents judged near the threshold to calibrate it")] = 0,
+        calibrate: Annotated[int, typer.Option(help="extra documents judged, sampled across the ranking, to estimate "
+                                                    "the positive count and set the threshold from it")] = 0,
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
         instruction: Annotated[str | None, typer.Option(help="task instruction for the query template and the judge")] = None,
         concurrency: Annotated[int, typer.Option(help="judge calls in flight")] = 4,
@@ -186,8 +187,11 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         summary = result.as_dict()
         summary["out"] = str(path)
-        console.print(f"{criterion!r}: {result.positives} of {result.scores.size} documents positive "
-                      f"(90% interval {result.interval[0]}-{result.interval[1]} from the threshold's uncertainty); "
+        source = ("a stratified sample of the ranking" if result.method == "stratified-sample"
+                  else "the threshold's uncertainty only; --calibrate N estimates it from a sample")
+        console.print(f"{criterion!r}: {result.positives} of {result.scores.size} documents labelled positive; "
+                      f"estimated positives {result.estimate:.0f} (90% interval {result.interval[0]}-{result.interval[1]}, "
+                      f"from {source}); "
                       f"threshold {result.threshold:.4f}; {summary['judged']} judged, cost ${summary['cost_usd']:.4f}; "
                       f"labels in {path}", highlight=False)
         if as_json:
@@ -203,7 +207,7 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option(help="embedding model")] = "all-MiniLM-L6-v2",
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
-        calibrate: Annotated[int, typer.Option(help="extra documents judged near the threshold")] = 0,
+        calibrate: Annotated[int, typer.Option(help="extra documents judged, sampled across the ranking")] = 0,
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
@@ -242,6 +246,7 @@ def register(app: typer.Typer) -> None:
                       f"{m['refined.f1']:.3f} (best threshold {m['refined.best_f1']:.3f}) vs unrefined "
                       f"{m['baseline.f1']:.3f} (best {m['baseline.best_f1']:.3f}); precision {m['refined.precision']:.3f}, "
                       f"recall {m['refined.recall']:.3f}; positive-count interval covers the truth for "
-                      f"{100 * m['interval_coverage']:.0f}% of criteria; MLflow run {result['run_id']}", highlight=False)
+                      f"{100 * m['refined.interval_coverage']:.0f}% of criteria; MLflow run {result['run_id']}",
+                      highlight=False)
         if as_json:
             print(json.dumps(result, default=float))

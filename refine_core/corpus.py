@@ -280,11 +280,13 @@ def refine_query(
     concurrency: int = 4,
     what: str = "query",
     judge_instruction: str | None = None,
+    optimise: bool = True,
 ) -> Refinement:
     """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine.
 
     ``instruction`` goes into the query template; the judge gets ``judge_instruction``
-    (default: the same text).
+    (default: the same text). ``optimise=False`` judges the same way but keeps the query vector
+    (the control the evaluation compares with).
     """
     _check_text(query, what)
     if k < 2:
@@ -311,8 +313,8 @@ def refine_query(
         judged_idx = np.concatenate([judged_idx, top])
         judged_scores = np.concatenate([judged_scores, scores])
         ok = np.isfinite(judged_scores)
-        if ok.sum() < 2:
-            continue  # nothing to learn from: keep the current vector
+        if ok.sum() < 2 or not optimise:
+            continue  # nothing to learn from (or asked not to): keep the current vector
         result = refine(current[None, :], judged_idx[None, :], np.nan_to_num(judged_scores)[None, :],
                         mask=ok[None, :], documents=np.asarray(vectors), config=config)
         current = result.vectors[0]
@@ -426,32 +428,42 @@ def choose_threshold(similarities: np.ndarray, positive: np.ndarray) -> float:
 
 @dataclass
 class Classification:
+    """Every document's refined score and label for one criterion.
+
+    ``labels`` are the judge's verdicts for judged documents and ``score >= threshold`` for
+    the rest. ``estimate`` and ``interval`` (90%) concern the number of positives in the corpus:
+    with ``calibrate`` they come from a stratified random sample of the ranking (see
+    :func:`stratified_estimate`); without, ``estimate`` is the count above the threshold and the
+    interval only reflects how uncertain the threshold is (a bootstrap of the judged documents).
+    """
+
     criterion: str
     threshold: float
     scores: np.ndarray        # refined similarity of every document
-    labels: np.ndarray        # scores >= threshold
+    labels: np.ndarray        # bool per document
     judged: np.ndarray        # bool per document
     judge_scores: np.ndarray  # NaN where not judged (or the judge failed)
-    positives: int
+    positives: int            # labels.sum()
+    estimate: float
     interval: tuple[int, int]
     refinement: Refinement
     calibrated: int = 0
+    method: str = "threshold"
 
     def as_dict(self) -> dict:
         r = self.refinement.report
-        judged_ok = self.judged & np.isfinite(self.judge_scores)
-        agree = (self.labels[judged_ok] == (self.judge_scores[judged_ok] >= 0.5)).mean() if judged_ok.any() else float("nan")
         return {"criterion": self.criterion, "documents": int(self.scores.size), "threshold": self.threshold,
-                "positives": self.positives, "positives_interval": list(self.interval),
-                "judged": int(self.judged.sum()), "calibration_judged": self.calibrated,
-                "judged_agreement": float(agree), "cost_usd": r.cost, "judgments_paid": r.judged,
-                "judgments_from_ledger": r.from_ledger, "judge_failed": int(r.failed)}
+                "positives": self.positives, "positives_estimate": self.estimate,
+                "positives_interval": list(self.interval), "estimate_method": self.method,
+                "judged": int(self.judged.sum()), "calibration_judged": self.calibrated, "cost_usd": r.cost,
+                "judgments_paid": r.judged, "judgments_from_ledger": r.from_ledger, "judge_failed": int(r.failed)}
 
 
 def positive_interval(scores: np.ndarray, judged_sims: np.ndarray, judged_positive: np.ndarray, *,
                       samples: int = 1000, level: float = 0.9, seed: int = 0) -> tuple[int, int]:
-    """Interval on the positive count from the threshold's uncertainty: the judged documents are
-    resampled with replacement, the threshold re-chosen, and the documents above it counted."""
+    """Interval on the count above the threshold from the threshold's uncertainty: the judged
+    documents are resampled with replacement, the threshold re-chosen, and the documents above
+    it counted. (It says nothing about positives the threshold misses.)"""
     rng = np.random.default_rng(seed)
     sorted_scores = np.sort(scores)
     counts = []
@@ -464,42 +476,90 @@ def positive_interval(scores: np.ndarray, judged_sims: np.ndarray, judged_positi
     return int(np.floor(lo)), int(np.ceil(hi))
 
 
+def rank_bands(n: int, first: int) -> list[tuple[int, int]]:
+    """Geometric bands ``[a, b)`` of a ranking of ``n``: ``first``, then doubling."""
+    bands, start, size = [], 0, max(first, 1)
+    while start < n:
+        bands.append((start, min(start + size, n)))
+        start += size
+        size *= 2
+    return bands
+
+
+def stratified_sample(order: np.ndarray, budget: int, first_band: int, seed: int = 0) -> list[tuple[np.ndarray, int]]:
+    """A uniform random sample inside each geometric band of ``order`` (document rows, best first).
+
+    The budget is split evenly over the bands (the top bands get the remainder); when it is
+    smaller than the number of bands the deepest bands are merged. Returns (sampled rows,
+    band size) per band.
+    """
+    bands = rank_bands(order.size, first_band)
+    if budget < len(bands):
+        bands = bands[:budget - 1] + [(bands[budget - 1][0], order.size)] if budget > 0 else []
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, (a, b) in enumerate(bands):
+        share = budget // len(bands) + (1 if i < budget % len(bands) else 0)
+        share = min(share, b - a)
+        out.append((order[a:b][rng.choice(b - a, size=share, replace=False)], b - a))
+    return out
+
+
+def stratified_estimate(known_positives: int, strata: list[tuple[int, int, int]], *, z: float = 1.645,
+                        total: int | None = None) -> tuple[float, tuple[int, int]]:
+    """Positives in a corpus: the judged positives, plus per band ``(size, sampled, positives found)``
+    the band size times the sampled rate. The variance uses the finite-population correction and a
+    rate of (x + 0.5) / (m + 1), so a band whose sample found nothing still counts as uncertain."""
+    estimate, variance = float(known_positives), 0.0
+    for size, m, x in strata:
+        if m == 0:
+            continue
+        estimate += size * x / m
+        rate = (x + 0.5) / (m + 1)
+        variance += size ** 2 * rate * (1 - rate) / m * (1 - m / size if size > 1 else 0)
+    half = z * variance ** 0.5
+    lo = max(known_positives + sum(x for _, _, x in strata), int(np.floor(estimate - half)))
+    hi = int(np.ceil(estimate + half))
+    if total is not None:
+        hi = min(hi, total)
+    return estimate, (lo, hi)
+
+
 def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,  # noqa: ANN001
              k: int = 20, rounds: int = 1, calibrate: int = 0, config: RefineConfig | None = None,
              instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
-             positive_at: float = 0.5, judge_instruction: str | None = None) -> Classification:
+             positive_at: float = 0.5, judge_instruction: str | None = None, seed: int = 0,
+             optimise: bool = True) -> Classification:
     """Label every document of ``index`` for ``criterion`` (see the module docs).
 
     Args:
-        calibrate: after refinement, judge this many more documents closest to the threshold
-            (half above, half below) and choose the threshold again from every judgment.
+        calibrate: after refinement, judge this many more documents, sampled at random inside
+            geometric bands of the refined ranking below the judged top; the number of positives
+            is estimated from them (with an interval) and the threshold set so that as many
+            documents are labelled positive. 0: the threshold that best separates the judged
+            documents.
         positive_at: a judge score at or above this counts as a positive.
+        seed: the calibration sample's seed.
+        optimise: False labels with the unrefined query vector (same judging and threshold rule).
     """
     if calibrate < 0:
         raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
     ref = refine_query(index, criterion, judge=judge, embedder=embedder, k=k, rounds=rounds, config=config,
                        instruction=instruction, ledger=ledger, concurrency=concurrency, what="criterion",
-                       judge_instruction=judge_instruction)
+                       judge_instruction=judge_instruction, optimise=optimise)
     scores = corpus_scores(index.vectors(), ref.refined)
-    ok = ref.judged_ok
-    if ok.sum() == 0:
+    if ref.judged_ok.sum() == 0:
         raise CorpusError(f"the judge failed on every document judged for {criterion!r}; nothing to set a threshold from "
                           "(the judgments that did succeed are kept in the ledger)")
-    threshold = choose_threshold(scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
-    added = 0
+    order = np.argsort(-scores, kind="stable")
+    added, method = 0, "threshold"
     if calibrate:
         judged_mask = np.zeros(scores.size, dtype=bool)
         judged_mask[ref.judged_idx] = True
-        candidates = np.flatnonzero(~judged_mask)
-        above = candidates[scores[candidates] >= threshold]
-        below = candidates[scores[candidates] < threshold]
-        # the closest on each side, half and half; a side that runs short leaves its share to the other
-        n_above = min(above.size, max(calibrate - calibrate // 2, calibrate - below.size))
-        n_below = min(below.size, calibrate - n_above)
-        pick_above = above[np.argsort(scores[above], kind="stable")[:n_above]]
-        pick_below = below[np.argsort(-scores[below], kind="stable")[:n_below]]
-        extra = np.concatenate([pick_above, pick_below])
+        known = int((ref.judged_scores[ref.judged_ok] >= positive_at).sum())
+        sample = stratified_sample(order[~judged_mask[order]], calibrate, first_band=k, seed=seed)
+        extra = np.concatenate([rows for rows, _ in sample]) if sample else np.empty(0, dtype=np.int64)
         if extra.size:
             _, texts = index.documents()
             extra_scores = _judge_rows(judge, criterion, extra, texts, judge_instruction or instruction, ledger,
@@ -507,17 +567,30 @@ def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTra
             ref.judged_idx = np.concatenate([ref.judged_idx, extra])
             ref.judged_scores = np.concatenate([ref.judged_scores, extra_scores])
             added = int(extra.size)
-            ok = ref.judged_ok
-            threshold = choose_threshold(scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
+            strata, at = [], 0
+            for rows, size in sample:
+                got = extra_scores[at:at + rows.size]
+                at += rows.size
+                ok = np.isfinite(got)  # a failed judgment is dropped from its band's sample
+                strata.append((size, int(ok.sum()), int((got[ok] >= positive_at).sum())))
+            estimate, interval = stratified_estimate(known, strata, total=scores.size)
+            threshold = float(scores[order[max(int(round(estimate)), 1) - 1]])
+            method = "stratified-sample"
+    if method == "threshold":
+        ok = ref.judged_ok
+        threshold = choose_threshold(scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
+        estimate = float((scores >= threshold).sum())
+        interval = positive_interval(scores, scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
     judged = np.zeros(scores.size, dtype=bool)
     judged[ref.judged_idx] = True
     judge_scores = np.full(scores.size, np.nan, dtype=np.float32)
     judge_scores[ref.judged_idx] = ref.judged_scores
     labels = scores >= threshold
-    interval = positive_interval(scores, scores[ref.judged_idx[ok]], ref.judged_scores[ok] >= positive_at)
+    verdict = np.isfinite(judge_scores)
+    labels[verdict] = judge_scores[verdict] >= positive_at  # what the judge said wins over the threshold
     return Classification(criterion=criterion, threshold=threshold, scores=scores, labels=labels, judged=judged,
-                          judge_scores=judge_scores, positives=int(labels.sum()), interval=interval, refinement=ref,
-                          calibrated=added)
+                          judge_scores=judge_scores, positives=int(labels.sum()), estimate=estimate, interval=interval,
+                          refinement=ref, calibrated=added, method=method)
 
 
 def write_labels(result: Classification, index: CorpusIndex, path: str | os.PathLike[str]) -> Path:

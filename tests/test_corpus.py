@@ -20,8 +20,11 @@ from refine_core.corpus import (
     choose_threshold,
     classify,
     corpus_scores,
+    rank_bands,
     read_corpus,
     search,
+    stratified_estimate,
+    stratified_sample,
     write_labels,
 )
 from refine_core.embedding_cache import EmbeddingCache
@@ -157,8 +160,30 @@ def test_binary_metrics_and_best_threshold() -> None:
     assert best["f1"] == pytest.approx(2 * 0.75 * 1.0 / 1.75) and best["threshold"] == pytest.approx(0.6)
 
 
-def test_classify_labels_every_document_and_calibration_judges_near_the_threshold(corpus, index: CorpusIndex, minilm,
-                                                                                  tmp_path: Path) -> None:
+def test_rank_bands_and_the_stratified_sample() -> None:
+    assert rank_bands(100, 10) == [(0, 10), (10, 30), (30, 70), (70, 100)]
+    order = np.arange(100)[::-1]
+    sample = stratified_sample(order, 10, first_band=10, seed=1)
+    assert [size for _, size in sample] == [10, 20, 40, 30]
+    assert [rows.size for rows, _ in sample] == [3, 3, 2, 2]
+    for (rows, _), (a, b) in zip(sample, rank_bands(100, 10)):
+        assert set(rows) <= set(order[a:b]) and len(set(rows)) == rows.size
+    merged = stratified_sample(order, 2, first_band=10)
+    assert [size for _, size in merged] == [10, 90] and [r.size for r, _ in merged] == [1, 1]
+
+
+def test_stratified_estimate_by_hand() -> None:
+    # 20 judged positives; band of 100 with 5 sampled, 2 positive; band of 400 with 5 sampled, 0 positive
+    estimate, (lo, hi) = stratified_estimate(20, [(100, 5, 2), (400, 5, 0)])
+    assert estimate == pytest.approx(20 + 100 * 2 / 5)
+    r1, r2 = 2.5 / 6, 0.5 / 6
+    var = 100**2 * r1 * (1 - r1) / 5 * (1 - 5 / 100) + 400**2 * r2 * (1 - r2) / 5 * (1 - 5 / 400)
+    assert lo == max(22, int(np.floor(60 - 1.645 * var**0.5))) and hi == int(np.ceil(60 + 1.645 * var**0.5))
+    assert stratified_estimate(3, [], total=10) == (3.0, (3, 3))
+
+
+def test_classify_labels_every_document_and_calibration_estimates_the_count(corpus, index: CorpusIndex, minilm,
+                                                                           tmp_path: Path) -> None:
     from refine_core.refinement import RefineConfig
 
     bench, _, _ = corpus
@@ -167,28 +192,27 @@ def test_classify_labels_every_document_and_calibration_judges_near_the_threshol
     ids, _ = index.documents()
     gold = _gold(bench, criterion, ids)
     plain = classify(index, criterion, judge=judge, embedder=minilm, k=20, config=RefineConfig(lr=1e-3))
-    calibrated = classify(index, criterion, judge=judge, embedder=minilm, k=20, calibrate=20, config=RefineConfig(lr=1e-3))
-    assert plain.judged.sum() == 20 and calibrated.judged.sum() == 40 and calibrated.calibrated == 20
+    calibrated = classify(index, criterion, judge=judge, embedder=minilm, k=20, calibrate=30, config=RefineConfig(lr=1e-3))
+    assert plain.judged.sum() == 20 and calibrated.judged.sum() == 50 and calibrated.calibrated == 30
+    assert plain.method == "threshold" and calibrated.method == "stratified-sample"
     assert np.array_equal(plain.scores, calibrated.scores)  # calibration moves the threshold, not the scores
     for result in (plain, calibrated):
         assert result.labels.shape == (index.count,)
-        assert result.positives == int((result.scores >= result.threshold).sum())
+        verdicts = result.judged & np.isfinite(result.judge_scores)
+        assert np.array_equal(result.labels[verdicts], result.judge_scores[verdicts] >= 0.5)  # the judge wins
+        assert np.array_equal(result.labels[~verdicts], result.scores[~verdicts] >= result.threshold)
         lo, hi = result.interval
-        assert lo <= hi
+        assert lo <= result.estimate <= hi
+    # the calibrated count is an estimate of the truth: the gold count (100 utterances of the intent) lies inside
+    assert calibrated.interval[0] <= gold.sum() <= calibrated.interval[1], (calibrated.estimate, calibrated.interval)
+    assert abs(calibrated.positives - calibrated.estimate) <= 20
     f1 = binary_metrics(calibrated.labels, gold)["f1"]
-    ceiling = best_threshold_f1(calibrated.scores, gold)["f1"]
-    assert 0.5 < f1 <= ceiling + 1e-12, (f1, ceiling)
-    # the calibration judged the unjudged documents closest to the first threshold, on both sides
-    extra = calibrated.refinement.judged_idx[20:]
-    gap = np.abs(calibrated.scores - plain.threshold)
-    unjudged = np.ones(index.count, bool)
-    unjudged[plain.refinement.judged_idx] = False
-    assert np.sort(gap[extra]).max() <= np.sort(gap[unjudged])[40]
+    assert f1 > binary_metrics(plain.labels, gold)["f1"] and f1 > 0.6, f1
     path = write_labels(calibrated, index, tmp_path / "labels.parquet")
     frame = pl.read_parquet(path)
     assert frame.columns == ["id", "score", "label", "judged", "judge_score"] and frame.height == index.count
     assert frame["id"].to_list() == ids
-    assert frame["judged"].sum() == 40 and frame["judge_score"].null_count() == index.count - 40
+    assert frame["judged"].sum() == 50 and frame["judge_score"].null_count() == index.count - 50
     assert frame["label"].sum() == calibrated.positives
 
 
@@ -264,12 +288,3 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
     (tmp_path / "empty.csv").write_text("id,text\n")
     res = runner.invoke(app, ["index", str(tmp_path / "empty.csv")])
     assert res.exit_code == 2 and "is empty" in res.output
-
-
-def test_calibration_judges_the_full_budget_when_one_side_runs_short(corpus, index: CorpusIndex, minilm) -> None:
-    """With every judged document positive the threshold sits at the weakest one; nothing unjudged lies above it
-    that close, so the calibration budget goes to the documents just below."""
-    bench, _, _ = corpus
-    criterion = bench.query_texts()[0]
-    result = classify(index, criterion, judge=OracleJudge(bench.relevant_texts()), embedder=minilm, k=5, calibrate=8)
-    assert result.calibrated == 8 and result.judged.sum() == 13
