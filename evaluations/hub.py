@@ -95,3 +95,16 @@ def followir(sub: str) -> Benchmark:
 
 
 __all__ = ["INTENT_JUDGE_INSTRUCTION", "banking77", "clinc150_names", "followir", "hub_enabled", "nfcorpus"]
+
+
+def realscholarquery() -> Benchmark:
+    """``CarlanLark/pasa-dataset``: the three files of the local layout, fetched into the Hub cache."""
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+
+    from evaluations.loaders import RSQ_FILES, load_realscholarquery
+
+    paths = [Path(hf_hub_download("CarlanLark/pasa-dataset", f, repo_type="dataset")) for f in RSQ_FILES]
+    # hf_hub_download keeps the repository's folders: the root is two levels above the zip.
+    return load_realscholarquery(paths[0].parent.parent)

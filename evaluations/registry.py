@@ -21,6 +21,7 @@ from evaluations import hub
 from evaluations.benchmark import Benchmark
 from evaluations.errors import DatasetError, DatasetNotFound
 from evaluations.loaders import (
+    RSQ_FILES,
     load_argkp21,
     load_banking77,
     load_beir,
@@ -28,6 +29,7 @@ from evaluations.loaders import (
     load_followir_folder,
     load_intent_csv,
     load_nfcorpus,
+    load_realscholarquery,
     load_snips,
     load_user_files,
 )
@@ -91,6 +93,12 @@ REGISTRY: dict[str, DatasetSpec] = {
             "snips", "snips", tuple(f"{s}/{f}" for s in ("train", "valid", "test") for f in ("seq.in", "label")),
             load_snips, "SNIPS: 7 intents over the unique utterances of train+valid+test",
             "MiuLab/SlotGated-SLU data/snips (from sonos/nlu-benchmark)", "CC0 1.0",
+        ),
+        DatasetSpec(
+            "realscholarquery", "realscholarquery", RSQ_FILES, load_realscholarquery,
+            "RealScholarQuery (PaSa): 50 research questions over 25,000 arXiv abstracts (gold papers kept, seed 42)",
+            "Hugging Face Hub CarlanLark/pasa-dataset (paper_database/, RealScholarQuery/test.jsonl)",
+            "see the dataset card", hub.realscholarquery,
         ),
         DatasetSpec(
             "argkp21", "argkp21", (), load_argkp21,

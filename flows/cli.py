@@ -330,7 +330,10 @@ def compare(
     all_sweeps: Annotated[bool, typer.Option("--all", help="every finished cell of the experiment")] = False,
     benchmark: Annotated[str | None, typer.Option(help="only this benchmark")] = None,
     judge: Annotated[str | None, typer.Option(help="only judges whose label contains this")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or markdown")] = "table",
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or markdown (--layout paper: markdown or latex; "
+                                                      "default both)")] = "table",
+    layout: Annotated[str, typer.Option(help="'cells' (one row per cell) or 'paper' (model x method rows, one "
+                                             "column per benchmark, as in the paper)")] = "cells",
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
 ) -> None:
     """Compare cells from MLflow: MAP per method, ΔMAP and BH-corrected significance."""
@@ -340,8 +343,12 @@ def compare(
     from flows.tracking import Tracker
     from refine_core.statistics import benjamini_hochberg
 
-    if fmt not in ("table", "csv", "markdown"):
+    if layout not in ("cells", "paper"):
+        fail(f"--layout must be cells or paper, got {layout!r}")
+    if layout == "cells" and fmt not in ("table", "csv", "markdown"):
         fail(f"--format must be table, csv or markdown, got {fmt!r}")
+    if layout == "paper" and fmt not in ("table", "markdown", "latex"):
+        fail(f"--format with --layout paper must be markdown or latex, got {fmt!r}")
     tracker = Tracker()
     try:
         exp = tracker.client.get_experiment_by_name(experiment)
@@ -380,7 +387,20 @@ def compare(
     adjusted = benjamini_hochberg([cells[i]["tests"][m]["pvalue"] for i, m in pairs]) if pairs else []
     for (i, m), p in zip(pairs, adjusted):
         cells[i]["tests"][m]["pvalue_bh"] = float(p)
-    if fmt == "table":
+    if layout == "paper":
+        from flows.report import ReportError, paper_table
+
+        try:
+            table = paper_table(cells)
+        except ReportError as exc:
+            fail(str(exc))
+        if fmt in ("table", "markdown"):
+            print(table.markdown())
+        if fmt == "table":
+            print()
+        if fmt in ("table", "latex"):
+            print(table.latex())
+    elif fmt == "table":
         console.print(_results_table(f"{experiment}: {len(cells)} cells" + (f" of sweep {parent}" if parent else ""), cells))
     else:
         from flows.sweep import summary_table

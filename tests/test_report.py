@@ -1,0 +1,100 @@
+"""The paper's table (`refine compare --layout paper`) from synthetic runs with hand-computed values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.report import ReportError, paper_table
+
+# (model, benchmark) -> {method: (MAP, one-sided p vs original)}
+RUNS = {
+    ("A", "X"): {"baseline": (0.50, None), "rerank_only": (0.55, 0.04), "refined": (0.60, 0.001)},
+    ("A", "Y"): {"baseline": (0.20, None), "rerank_only": (0.21, 0.30), "refined": (0.25, 0.02)},
+    ("B", "X"): {"baseline": (0.40, None), "rerank_only": (0.40, 0.5), "refined": (0.44, 0.01)},
+    ("B", "Y"): {"baseline": (0.30, None), "rerank_only": (0.33, 0.03), "refined": (0.27, 0.9)},
+}
+
+
+def _cells() -> list[dict]:
+    return [{"run_id": f"{m}{b}", "model": m, "benchmark": b,
+             "metrics": {meth: {"map": v} for meth, (v, _) in methods.items()},
+             "tests": {meth: {"pvalue": p} for meth, (_, p) in methods.items() if p is not None}}
+            for (m, b), methods in RUNS.items()]
+
+
+# BH over the 8 p-values: .001->.008, .01->.04, .02->.0533, .03->.06, .04->.064, .30->.4, .5->.571, .9->.9
+EXPECTED_MARKDOWN = """| model | method | X | Y | avg MAP | avg Δ |
+|---|---|---|---|---|---|
+| A | Original | 0.500 | 0.200 | 0.350 |  |
+| A | Rerank-only | 0.550 (+10.0%) | 0.210 (+5.0%) | 0.380 | +7.5% |
+| A | Refined | 0.600 (+20.0%)** | 0.250 (+25.0%) | 0.425 | +22.5% |
+| B | Original | 0.400 | 0.300 | 0.350 |  |
+| B | Rerank-only | 0.400 (+0.0%) | 0.330 (+10.0%) | 0.365 | +5.0% |
+| B | Refined | 0.440 (+10.0%)* | 0.270 (−10.0%) | 0.355 | +0.0% |"""
+
+
+def test_markdown_by_hand() -> None:
+    table = paper_table(_cells())
+    text = table.markdown()
+    assert text.split("\n\n")[0] == EXPECTED_MARKDOWN
+    assert "Benjamini–Hochberg corrected across the table" in text
+    refined_b = dict((label, e) for m, label, e in table.rows if m == "B")["Refined"]
+    assert refined_b["X"].p_bh == pytest.approx(0.04) and refined_b["Y"].p_bh == pytest.approx(0.9)
+
+
+def test_latex_by_hand() -> None:
+    lines = paper_table(_cells()).latex().splitlines()
+    assert lines[0] == "\\begin{tabular}{llrrrr}" and lines[-1] == "\\end{tabular}"
+    assert "A & Original & 0.500 & 0.200 & 0.350 &  \\\\" in lines
+    assert " & Refined & 0.600 (+20.0\\%)$^{**}$ & 0.250 (+25.0\\%) & 0.425 & +22.5\\% \\\\" in lines
+    assert " & Refined & 0.440 (+10.0\\%)$^{*}$ & 0.270 (-10.0\\%) & 0.355 & +0.0\\% \\\\" in lines
+    assert lines.count("\\midrule") == 2  # under the header and between the models
+
+
+def test_hyde_rows_appear_when_runs_have_them_and_missing_entries_show_a_dash() -> None:
+    cells = _cells()
+    cells[0]["metrics"]["hyde"] = {"map": 0.52}
+    cells[0]["tests"]["hyde"] = {"pvalue": 0.2}
+    table = paper_table(cells)
+    labels = [label for m, label, _ in table.rows if m == "A"]
+    assert labels == ["Original", "Rerank-only", "Refined", "HyDE"]
+    assert "| A | HyDE | 0.520 (+4.0%) | – | 0.520 | +4.0% |" in table.markdown()
+
+
+def test_duplicate_cells_are_refused() -> None:
+    cells = _cells() + [dict(_cells()[0], run_id="again")]
+    with pytest.raises(ReportError, match="two cells for model 'A' on 'X'"):
+        paper_table(cells)
+    with pytest.raises(ReportError, match="no finished cells"):
+        paper_table([])
+
+
+def test_cli_renders_runs_from_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFINE_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from flows.cli import app
+    from flows.environment import configure_environment
+    from flows.tracking import Tracker
+
+    configure_environment(tmp_path)
+    tracker = Tracker()
+    experiment = tracker.experiment("paper-test")
+    for (model, bench), methods in RUNS.items():
+        run = tracker.start(experiment, f"{model} {bench}", tags={"refine.kind": "cell", "refine.judge": "oracle"})
+        tracker.log_params(run, {"model": model, "benchmark.name": bench, "lr": 1e-4, "k": 20, "rounds": 1})
+        metrics = {f"{meth}.map": v for meth, (v, _) in methods.items()}
+        metrics.update({f"{meth}.pvalue": p for meth, (_, p) in methods.items() if p is not None})
+        tracker.log_metrics(run, metrics)
+        tracker.finish(run, "FINISHED")
+    result = CliRunner().invoke(app, ["compare", "--experiment", "paper-test", "--all", "--layout", "paper",
+                                      "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert EXPECTED_MARKDOWN in result.output
+    latex = CliRunner().invoke(app, ["compare", "--experiment", "paper-test", "--all", "--layout", "paper",
+                                     "--format", "latex"])
+    assert latex.exit_code == 0 and "\\begin{tabular}" in latex.output and "| model |" not in latex.output
+    bad = CliRunner().invoke(app, ["compare", "--experiment", "paper-test", "--all", "--layout", "poster"])
+    assert bad.exit_code == 2 and "--layout must be cells or paper" in bad.output
