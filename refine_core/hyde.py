@@ -283,26 +283,13 @@ class LocalLMGenerator:
 
     def __init__(self, model: str, *, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
                  device: str | None = None) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from refine_core.judges.local_lm import load_causal_lm
 
-        from refine_core.judges.local_lm import resolve_local_model
-
-        hf_logging.disable_progress_bar()
-        folder, gguf = resolve_local_model(model)
-        kwargs = {"gguf_file": gguf} if gguf else {}
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise JudgeConfigError(f"local generator model {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device).eval()
+        self.tokenizer, self.model, self.device, name = load_causal_lm(model, device, role="generator")
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._lock = threading.Lock()  # one generation at a time: the seed is process-global
-        self.identity = JudgeIdentity.of("local-lm-hyde", gguf or folder.name, "passage", PROMPT_VERSION,
+        self.identity = JudgeIdentity.of("local-lm-hyde", name, "passage", PROMPT_VERSION,
                                          temperature=temperature, max_tokens=max_tokens)
 
     def __repr__(self) -> str:

@@ -50,6 +50,25 @@ def resolve_local_model(model: str) -> tuple[Path, str | None]:
     raise JudgeConfigError(f"local judge model {model!r}: no such folder or .gguf file")
 
 
+def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"):  # noqa: ANN201
+    """(tokenizer, model in eval mode on its device, device, name) for a folder, GGUF file or alias."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder, gguf = resolve_local_model(model)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise JudgeConfigError(f"local {role} model {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm.to(device).eval()
+    return tokenizer, lm, device, gguf or folder.name
+
+
 class LocalLMJudge:
     """Yes/no judge over a local causal LM.
 
@@ -63,20 +82,7 @@ class LocalLMJudge:
     documents_per_request: int | None = None
 
     def __init__(self, model: str, *, batch_size: int = 8, device: str | None = None, max_prompt_tokens: int = 1024) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        folder, gguf = resolve_local_model(model)
-        kwargs = {"gguf_file": gguf} if gguf else {}
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            raise JudgeConfigError(f"local judge model {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device).eval()
+        self.tokenizer, self.model, self.device, name = load_causal_lm(model, device, role="judge")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
@@ -88,7 +94,6 @@ class LocalLMJudge:
         self.no_ids = np.array([i for i, t in enumerate(vocab) if is_no(t)], dtype=np.int64)
         if not self.yes_ids.size or not self.no_ids.size:
             raise JudgeConfigError(f"local judge model {model!r}: its vocabulary has no yes/no tokens")
-        name = gguf or folder.name
         self.identity = JudgeIdentity.of("local-lm", name, "yes-no-logits", PAPER_PROMPT_VERSION)
 
     def __repr__(self) -> str:
