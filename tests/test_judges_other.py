@@ -63,6 +63,13 @@ class FakeOpenAI:
                 if outer.fail_next:
                     outer.fail_next -= 1
                     data, status = b'{"error": "busy"}', 503
+                elif body["messages"][0]["content"].endswith("Passage:"):  # a HyDE generation
+                    query = body["messages"][0]["content"].rsplit("Query: ", 1)[1].split("\n")[0]
+                    payload = {"id": "cmpl-2", "object": "chat.completion", "model": body["model"],
+                               "choices": [{"index": 0, "message": {"role": "assistant", "content": f" About {query}. "},
+                                            "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 60, "completion_tokens": 5, "total_tokens": 65}}
+                    data, status = json.dumps(payload).encode(), 200
                 else:
                     prompt = body["messages"][0]["content"]
                     document = prompt.split("Document: ")[1]
@@ -229,3 +236,18 @@ def test_judge_scores_outside_unit_interval_are_rejected() -> None:
 
     with pytest.raises(ValueError, match=r"judge score must lie in \[0, 1\], got 1.5"):
         Judgment(score=1.5)
+
+
+def test_openai_compatible_hyde_generator(openai_server: FakeOpenAI, tmp_path: Path) -> None:
+    from refine_core.hyde import GenerationStore, OpenAICompatibleGenerator, run_generator
+
+    generator = OpenAICompatibleGenerator("qwen2.5-0.5b-instruct", base_url=openai_server.base_url, max_retries=2)
+    openai_server.fail_next = 1  # one 503 first: retried
+    report = run_generator(generator, ["lost card", "play jazz"], store=GenerationStore(tmp_path / "g.sqlite"),
+                           seed=7, concurrency=1)
+    assert report.texts == ["About lost card.", "About play jazz."] and report.generated == 2
+    body = openai_server.requests[-1]
+    assert body["temperature"] == 0.7 and body["max_tokens"] == 256 and body["seed"] == 7
+    assert report.usage.input_tokens == 120 and report.usage.output_tokens == 10
+    again = run_generator(generator, ["lost card"], store=GenerationStore(tmp_path / "g.sqlite"), seed=7)
+    assert again.from_store == 1 and again.generated == 0
