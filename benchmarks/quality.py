@@ -58,7 +58,7 @@ PAPER_E5 = {"clinc150": (0.69, 0.78), "banking77": (0.55, 0.58), "nfcorpus": (0.
 def _uniform(seed: int, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """A uniform number per (seed, query row, document): the same pair always draws the same."""
     x = (rows[:, None].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-         ^ idx.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9) ^ np.uint64(seed * 0x94D049BB133111EB + 1))
+         ^ idx.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9) ^ np.uint64((seed * 0x94D049BB133111EB + 1) % 2**64))
     x ^= x >> np.uint64(31)
     x *= np.uint64(0x7FB5D329728EA185)
     x ^= x >> np.uint64(27)

@@ -31,7 +31,7 @@ def banking77() -> Benchmark:
     return _intent_benchmark(
         name="banking77", version="1", pairs=pairs,
         query_text={n: n.replace("_", " ") for n in names},
-        embed_instruction="Given a banking customer-support intent, retrieve customer messages that express this intent",
+        embed_instruction="Given a user intent, retrieve user utterances that express this intent",
         source="hf:PolyAI/banking77", doc_prefix="text-", dedupe=True,
     )
 

@@ -147,7 +147,7 @@ def load_banking77(folder: Path) -> Benchmark:
         folder,
         splits=("train", "test"),
         name="banking77",
-        embed_instruction="Given a banking customer-support intent, retrieve customer messages that express this intent",
+        embed_instruction="Given a user intent, retrieve user utterances that express this intent",
     )
 
 

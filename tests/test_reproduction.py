@@ -56,3 +56,18 @@ def test_small_lr_protects_against_a_noisy_judge(clinc) -> None:
     assert maps[1e-4]["refined"] > maps[1e-4]["baseline"] + 0.05
     assert maps[1e-2]["refined"] < maps[1e-2]["baseline"] - 0.1
     assert np.isfinite(list(maps[1e-4].values())).all()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_banking77_oracle_matches_reference(data_root: Path, minilm, tmp_path: Path) -> None:
+    bench = load_benchmark("banking77", root=data_root)
+    cache = EmbeddingCache(tmp_path / "emb")
+    docs = minilm.embed_documents(bench.document_texts(), cache=cache)
+    queries = minilm.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
+    labels, _ = bench.label_matrix()
+    maps = evaluate_cell_arrays(queries, docs, labels, lambda rows, idx: oracle_scores(labels[rows], idx)).summary()
+    # DESIGN.md section 3: Banking77 0.420 -> 0.556 (lr 1e-4). The baseline matches to 3 decimals; refined
+    # comes out 0.569 here (the reference's optimiser arithmetic differs slightly: +0.013, CLINC150 +0.004).
+    assert maps["baseline"] == pytest.approx(0.420, abs=0.005)
+    assert maps["refined"] == pytest.approx(0.556, abs=0.015)
