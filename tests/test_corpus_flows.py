@@ -53,6 +53,7 @@ def test_index_and_classify_flows_match_the_library(platform: Path, tmp_path: Pa
     assert [s for n, s in _task_states_since(t1) if n == "embed-texts-chunk"] == ["Cached"] * 4
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    monkeypatch.setenv("REFINE_LEDGER_URL", str(tmp_path / "ledger.sqlite"))  # not shared with other tests
     relevant = bench.relevant_texts()
     criterion = bench.query_texts()[1]
     with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=KEY) as server:

@@ -59,8 +59,12 @@ def test_failed_generations_are_not_stored_and_are_asked_again(tmp_path: Path) -
 
 @pytest.mark.data
 @pytest.mark.integration
-def test_hyde_and_hyde_refined_in_a_sweep_cell(platform: Path, data_root: Path) -> None:
+def test_hyde_and_hyde_refined_in_a_sweep_cell(platform: Path, data_root: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
+
+    # A ledger of its own: judgments stored here must not answer another test's fault-injected requests.
+    monkeypatch.setenv("REFINE_LEDGER_URL", str(tmp_path / "ledger.sqlite"))
 
     from evaluations.registry import load_benchmark
     from flows.sweep import sweep

@@ -33,6 +33,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from refine_core.judges.base import Judgment
 
@@ -79,7 +80,13 @@ def open_engine(url: str | Path) -> Engine:
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    _metadata.create_all(engine)
+    try:
+        _metadata.create_all(engine)
+    except OperationalError as exc:
+        # Another process created the tables between the check and the CREATE: check again.
+        if "already exists" not in str(exc):
+            raise
+        _metadata.create_all(engine)
     return engine
 
 
