@@ -187,7 +187,23 @@ class SweepConfig(_Strict):
     runner: str = "local"
     execution: ExecutionSpec = ExecutionSpec()
     hyde: HydeSpec | None = None
+    # Per model, the string its queries are embedded as ({instruction}, {query}); default: the
+    # paper's "Instruct: {instruction}\nQuery: {query}" (or the model's own convention).
+    query_templates: dict[str, str] = {}
     schedule: str | None = None
+
+    @field_validator("query_templates")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, template in value.items():
+            if "{query}" not in template:
+                raise ValueError(f"the template of {model!r} must contain {{query}}, got {template!r}")
+            try:
+                template.format(query="q", instruction="i")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"the template of {model!r} has a placeholder other than {{query}} and "
+                                 f"{{instruction}}: {exc}") from None
+        return value
 
     @field_validator("benchmarks", "models", "judges")
     @classmethod
@@ -201,6 +217,13 @@ class SweepConfig(_Strict):
     def _runner(cls, value: str) -> str:
         return check_runner(value)
 
+    @model_validator(mode="after")
+    def _templates_name_models(self) -> SweepConfig:
+        unknown = sorted(set(self.query_templates) - set(self.models))
+        if unknown:
+            raise ValueError(f"query_templates names {unknown[0]!r}, which is not in models {self.models}")
+        return self
+
     def cells(self) -> list[CellSpec]:
         """Every point of the grid, in a stable order."""
         g = self.grid
@@ -211,7 +234,8 @@ class SweepConfig(_Strict):
         ):
             out.append(CellSpec(benchmark=bench, model=model, judge=judge, lr=lr, steps=steps, k=k,
                                 score_temperature=ts, similarity_temperature=tc, rounds=rounds,
-                                optimizer=opt, normalize=norm, hyde=self.hyde))
+                                optimizer=opt, normalize=norm, hyde=self.hyde,
+                                query_template=self.query_templates.get(model)))
         return out
 
 
@@ -230,6 +254,7 @@ class CellSpec(_Strict):
     optimizer: Literal["adam", "sgd"] = "adam"
     normalize: Literal["none", "minmax"] = "none"
     hyde: HydeSpec | None = None
+    query_template: str | None = None
 
     def hyperparameters(self) -> dict[str, object]:
         return {"lr": self.lr, "steps": self.steps, "k": self.k, "score_temperature": self.score_temperature,

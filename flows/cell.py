@@ -98,6 +98,8 @@ def cell_label(cell: CellSpec) -> str:
 def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
     params: dict[str, object] = {**cell.hyperparameters(), "model": cell.model, "code_version": code_version()}
     params.update({f"judge.{k}": v for k, v in cell.judge.model_dump().items() if v is not None})
+    if cell.query_template is not None:
+        params["query_template"] = cell.query_template
     if cell.hyde is not None:
         params.update({f"hyde.{k}": v for k, v in cell.hyde.model_dump().items() if v is not None})
     params.update({"benchmark.name": bench.name, "benchmark.hash": bench.hash, "benchmark.version": bench.counts["version"],
@@ -139,7 +141,7 @@ def evaluate_cell(
         docs = docs or embed_corpus(bench, cell.model, execution)
         timings["embed_corpus"] = time.perf_counter() - t
         t = time.perf_counter()
-        queries = queries or embed_queries_task(bench, cell.model)
+        queries = queries or embed_queries_task(bench, cell.model, cell.query_template)
         timings["embed_queries"] = time.perf_counter() - t
         feedback: list[ArrayRef] = []
         judgments: list[JudgmentsRef] = []
@@ -174,7 +176,7 @@ def evaluate_cell(
                 # Stored passages stay stored; a re-run asks only for the failed ones.
                 invalidate_task_cache(hyde_cache_key(None, {"spec": cell.hyde, "bench": bench}))
             hyde_metrics = dict(passages.metrics)
-            extra["hyde"] = embed_hyde_task(bench, cell.model, passages)
+            extra["hyde"] = embed_hyde_task(bench, cell.model, passages, cell.query_template)
             timings["hyde_generate"] = time.perf_counter() - t
             t = time.perf_counter()
             # HyDE-refined: feedback from the HyDE ranking, judged against the original query.

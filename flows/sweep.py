@@ -93,7 +93,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
             timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model))
+            shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model, config.query_templates.get(model)))
             timings["embed_queries"] = timings.get("embed_queries", 0.0) + time.perf_counter() - t
         for cell in config.cells():
             docs, queries = shared[(cell.benchmark, cell.model)]

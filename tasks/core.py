@@ -100,9 +100,9 @@ def load_benchmark_task(spec: BenchmarkSpec) -> BenchmarkRef:
 
 # ---- embed -------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
-def _embedder(model: str) -> SentenceTransformerEmbedder:
-    """One loaded model per process and name (Dask workers keep theirs between chunks)."""
-    return SentenceTransformerEmbedder(model, threads=torch_threads())
+def _embedder(model: str, query_template: str | None = None) -> SentenceTransformerEmbedder:
+    """One loaded model per process, name and query template (Dask workers keep theirs between chunks)."""
+    return SentenceTransformerEmbedder(model, threads=torch_threads(), query_template=query_template)
 
 
 def corpus_chunks(n_documents: int, chunk_size: int) -> list[tuple[int, int]]:
@@ -149,15 +149,15 @@ def corpus_digest(bench: BenchmarkRef, model: str, chunks: list[tuple[int, int]]
 
 def _queries_key(context, parameters) -> str:  # noqa: ANN001
     b: BenchmarkRef = parameters["bench"]
-    e = _embedder(parameters["model"])
+    e = _embedder(parameters["model"], parameters.get("query_template"))
     return _key("embed-queries", b.hash, e.cache_key, e.query_template, b.embed_instruction)
 
 
 @task(name="embed-queries", cache_key_fn=_queries_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def embed_queries_task(bench: BenchmarkRef, model: str) -> ArrayRef:
-    """Query vectors with the model's query template and the benchmark's instruction."""
+def embed_queries_task(bench: BenchmarkRef, model: str, query_template: str | None = None) -> ArrayRef:
+    """Query vectors with the query template (default: the model's) and the benchmark's instruction."""
     start = time.perf_counter()
-    embedder = _embedder(model)
+    embedder = _embedder(model, query_template)
     vectors = embedder.embed_queries(bench.load().query_texts(), instruction=bench.embed_instruction,
                                      cache=EmbeddingCache(state_dir() / "embeddings"),
                                      progress=progress.callback(f"embedding {bench.name} queries"))
@@ -281,20 +281,20 @@ def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec) -> PassagesRef:
 
 
 def _hyde_embed_key(context, parameters) -> str:  # noqa: ANN001
-    e = _embedder(parameters["model"])
+    e = _embedder(parameters["model"], parameters.get("query_template"))
     return _key("embed-hyde", parameters["passages"].digest, parameters["bench"].hash, e.cache_key, e.query_template,
                 parameters["bench"].embed_instruction)
 
 
 @task(name="embed-hyde", cache_key_fn=_hyde_embed_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def embed_hyde_task(bench: BenchmarkRef, model: str, passages: PassagesRef) -> ArrayRef:
+def embed_hyde_task(bench: BenchmarkRef, model: str, passages: PassagesRef, query_template: str | None = None) -> ArrayRef:
     """HyDE vectors: each passage embedded with the query template (the query itself where generation failed)."""
     import polars as pl
 
     start = time.perf_counter()
     texts = pl.read_parquet(passages.path)["passage"].to_list()
     queries = bench.load().query_texts()
-    embedder = _embedder(model)
+    embedder = _embedder(model, query_template)
     vectors = embedder.embed_queries([t if t is not None else q for t, q in zip(texts, queries)],
                                      instruction=bench.embed_instruction, cache=EmbeddingCache(state_dir() / "embeddings"))
     name = digest("hyde-vectors", passages.digest, embedder.cache_key, embedder.query_template)

@@ -211,6 +211,10 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
         ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1\n", "expected dask://host:port"),
         ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1:9\n", "no Dask scheduler answers at 127.0.0.1:9"),
         ("name: x\nbenchmarks: [{name: clinc150}]\nexecution: {chunk_size: 0}\n", "execution.chunk_size"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nquery_templates: {all-MiniLM-L6-v2: 'Q: {text}'}\n",
+         "must contain {query}"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nquery_templates: {other-model: '{query}'}\n",
+         "query_templates names 'other-model', which is not in models"),
     ],
 )
 def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path, yaml_text: str, message: str) -> None:
@@ -242,3 +246,30 @@ def test_judge_cache_invalidation_works_on_local_and_remote_result_storage(platf
     monkeypatch.setattr(prefect.results, "get_default_result_storage", lambda: remote)
     assert invalidate_task_cache("refine-remote")
     assert not remote.filesystem.exists(remote._resolve_path("refine-remote"))
+
+
+def test_a_per_model_query_template_reaches_the_query_embeddings(platform: Path) -> None:
+    from mlflow import MlflowClient
+
+    from evaluations.registry import load_benchmark
+    from flows.sweep import sweep
+    from flows.tracking import tracking_uri
+    from refine_core.embedders import SentenceTransformerEmbedder
+    from refine_core.embedding_cache import EmbeddingCache
+    from refine_core.metrics import cosine_scores, evaluate_rankings
+
+    config = SweepConfig(name="template-test", benchmarks=[BenchmarkSpec(name="clinc150", queries=5, max_documents=600)],
+                         query_templates={"all-MiniLM-L6-v2": "{query}"})
+    result = sweep(config)
+    bench = load_benchmark("clinc150", queries=5, max_documents=600)
+    bare = SentenceTransformerEmbedder(query_template="{query}")
+    cache = EmbeddingCache(platform / "embeddings")
+    direct = evaluate_rankings(cosine_scores(bare.embed_queries(bench.query_texts(), instruction=bench.embed_instruction,
+                                                                cache=cache),
+                                             bare.embed_documents(bench.document_texts(), cache=cache)),
+                               bench.label_matrix()[0]).means["map"]
+    cell = result["cells"][0]
+    assert cell["metrics"]["baseline"]["map"] == pytest.approx(direct, abs=1e-6)
+    templated = sweep(config.model_copy(update={"name": "template-default", "query_templates": {}}))
+    assert templated["cells"][0]["metrics"]["baseline"]["map"] != pytest.approx(direct, abs=1e-3)
+    assert MlflowClient(tracking_uri()).get_run(cell["run_id"]).data.params["query_template"] == "{query}"
