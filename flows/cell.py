@@ -91,6 +91,15 @@ def refine_queries(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], ju
     return join_refined_blocks_task(refined_digest(start, docs, feedback, judgments, config), parts)
 
 
+def judge_feedback(bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec, budget: BudgetSpec | None) -> JudgmentsRef:
+    """The judge task (on a Dask worker when the runner is Dask). When some judgments failed, the
+    paid ones stay in the ledger but this result is not cached, so a re-run retries the failures."""
+    judged = fan_out(judge_task, [{"bench": bench, "feedback": feedback, "judge": cell.judge, "budget": budget}])[0]
+    if judged.failed_queries:
+        invalidate_task_cache(judge_cache_key(None, {"judge": cell.judge, "bench": bench, "feedback": feedback}))
+    return judged
+
+
 def cell_label(cell: CellSpec) -> str:
     return f"{cell.benchmark.name} | {cell.model} | {cell.judge.label} | lr={cell.lr:g} k={cell.k} r={cell.rounds}"
 
@@ -155,11 +164,8 @@ def evaluate_cell(
             fb = select_feedback_task(bench, current, docs, cell.k, exclude=list(feedback))
             timings["select"] = timings.get("select", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            judged = fan_out(judge_task, [{"bench": bench, "feedback": fb, "judge": cell.judge, "budget": budget}])[0]
+            judged = judge_feedback(bench, fb, cell, budget)
             timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - t
-            if judged.failed_queries:
-                # Keep the paid judgments (ledger) but not this result: a re-run retries the failures.
-                invalidate_task_cache(judge_cache_key(None, {"judge": cell.judge, "bench": bench, "feedback": fb}))
             feedback.append(fb)
             judgments.append(judged)
             t = time.perf_counter()
@@ -181,9 +187,7 @@ def evaluate_cell(
             t = time.perf_counter()
             # HyDE-refined: feedback from the HyDE ranking, judged against the original query.
             fb = select_feedback_task(bench, extra["hyde"], docs, cell.k)
-            judged = fan_out(judge_task, [{"bench": bench, "feedback": fb, "judge": cell.judge, "budget": budget}])[0]
-            if judged.failed_queries:
-                invalidate_task_cache(judge_cache_key(None, {"judge": cell.judge, "bench": bench, "feedback": fb}))
+            judged = judge_feedback(bench, fb, cell, budget)
             judgments.append(judged)
             extra["hyde_refined"] = refine_queries(extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"],
                                                    execution)
