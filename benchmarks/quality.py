@@ -91,19 +91,23 @@ def embed(bench, cache_root: Path) -> tuple[np.ndarray, np.ndarray]:  # noqa: AN
     return queries, docs
 
 
+def pooled_scores(vectors: np.ndarray, d: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
+    """Cosine scores with documents outside a query's pool ranked last."""
+    s = cosine_scores(vectors, d)
+    return s if pool is None else np.where(pool, s, -np.inf)
+
+
+def map_of(vectors: np.ndarray, d: np.ndarray, labels: np.ndarray, pool: np.ndarray | None) -> float:
+    return evaluate_rankings(pooled_scores(vectors, d, pool), labels, pool=pool, ks=(10,)).means["map"]
+
+
 def refined_map(q, d, labels, pool, fb, scores, mask, lr: float, steps: int = 100) -> float:  # noqa: ANN001
     vectors = refine(q, np.maximum(fb, 0), scores, mask=mask, documents=d, config=RefineConfig(lr=lr, steps=steps)).vectors
-    s = cosine_scores(vectors, d)
-    if pool is not None:
-        s = np.where(pool, s, -np.inf)
-    return evaluate_rankings(s, labels, pool=pool, ks=(10,)).means["map"]
+    return map_of(vectors, d, labels, pool)
 
 
 def first_feedback(q, d, pool, k: int) -> np.ndarray:  # noqa: ANN001
-    s = cosine_scores(q, d)
-    if pool is not None:
-        s = np.where(pool, s, -np.inf)
-    return select_feedback(s, k=k)
+    return select_feedback(pooled_scores(q, d, pool), k=k)
 
 
 # ---- sections -------------------------------------------------------------------------------------------
@@ -126,17 +130,14 @@ def section_accuracy(data: dict) -> dict:
     for name, (q, d, labels, pool, _) in data.items():
         fb = first_feedback(q, d, pool, 20)
         rows = np.arange(q.shape[0])
-        base = evaluate_rankings(np.where(pool, cosine_scores(q, d), -np.inf) if pool is not None else cosine_scores(q, d),
-                                 labels, pool=pool, ks=(10,)).means["map"]
+        base = map_of(q, d, labels, pool)
         out[name] = {"baseline": base, "points": []}
         for acc in ACCURACIES:
             scores, mask = judge_of(labels, acc, seed=1)(rows, fb)
             from refine_core.baselines import rerank_only_scores
 
-            s0 = cosine_scores(q, d)
-            if pool is not None:
-                s0 = np.where(pool, s0, -np.inf)
-            rerank = evaluate_rankings(rerank_only_scores(s0, fb, scores, mask=mask), labels, pool=pool, ks=(10,)).means["map"]
+            rerank = evaluate_rankings(rerank_only_scores(pooled_scores(q, d, pool), fb, scores, mask=mask), labels,
+                                       pool=pool, ks=(10,)).means["map"]
             point = {"accuracy": acc, "rerank_only": rerank}
             for lr in (1e-4, 1e-3):
                 point[f"refined_lr{lr:g}"] = refined_map(q, d, labels, pool, fb, scores, mask, lr)
@@ -207,10 +208,7 @@ def section_smollm2(data_root_benches: dict, n_queries: int) -> dict:
             if pos.size and neg.size:
                 aucs.append(float(((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum())
                                   / (pos.size * neg.size)))
-        s0 = cosine_scores(q, d)
-        if pool is not None:
-            s0 = np.where(pool, s0, -np.inf)
-        base = evaluate_rankings(s0, labels, pool=pool, ks=(10,)).means["map"]
+        base = map_of(q, d, labels, pool)
         out[name] = {"queries": n_queries, "judge_auc": float(np.mean(aucs)) if aucs else float("nan"),
                      "auc_queries": len(aucs), "baseline": base,
                      "refined_smollm2": refined_map(q, d, labels, pool, fb, np.nan_to_num(scores), mask, 1e-4),
@@ -232,10 +230,7 @@ def section_template(raw: dict) -> dict:
         bare = embedder.embed_queries(bench.query_texts(), instruction=None, cache=cache)
         row = {}
         for label, vectors in (("template", q), ("bare", bare)):
-            s = cosine_scores(vectors, d)
-            if pool is not None:
-                s = np.where(pool, s, -np.inf)
-            row[label] = evaluate_rankings(s, labels, pool=pool, ks=(10,)).means["map"]
+            row[label] = map_of(vectors, d, labels, pool)
         fb = first_feedback(bare, d, pool, 20)
         scores, mask = judge_of(labels)(np.arange(bare.shape[0]), fb)
         row["bare_refined"] = refined_map(bare, d, labels, pool, fb, scores, mask, 1e-4)
