@@ -126,17 +126,18 @@ def section_main(data: dict) -> dict:
 
 
 def section_accuracy(data: dict) -> dict:
+    from refine_core.baselines import rerank_only_scores
+
     out: dict = {}
     for name, (q, d, labels, pool, _) in data.items():
-        fb = first_feedback(q, d, pool, 20)
+        base_scores = pooled_scores(q, d, pool)  # the original ranking, shared by every accuracy below
+        fb = select_feedback(base_scores, k=20)
         rows = np.arange(q.shape[0])
-        base = map_of(q, d, labels, pool)
+        base = evaluate_rankings(base_scores, labels, pool=pool, ks=(10,)).means["map"]
         out[name] = {"baseline": base, "points": []}
         for acc in ACCURACIES:
             scores, mask = judge_of(labels, acc, seed=1)(rows, fb)
-            from refine_core.baselines import rerank_only_scores
-
-            rerank = evaluate_rankings(rerank_only_scores(pooled_scores(q, d, pool), fb, scores, mask=mask), labels,
+            rerank = evaluate_rankings(rerank_only_scores(base_scores, fb, scores, mask=mask), labels,
                                        pool=pool, ks=(10,)).means["map"]
             point = {"accuracy": acc, "rerank_only": rerank}
             for lr in (1e-4, 1e-3):
