@@ -6,19 +6,21 @@ multi-round) rankings. Logs one MLflow child run with params, metrics, the bench
 dataset input, a per-query parquet file and plots.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: Prefect validates flow parameters from the
+# annotations, and a flow loaded from a pickle (served deployments, workers) cannot resolve
+# string annotations.
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, runtime
+from prefect import flow, get_run_logger, runtime
 
 from evaluations.config import BudgetSpec, CellSpec, ExecutionSpec
 from flows import plots
-from flows.execution import fan_out, with_runner
-from flows.tracking import Tracker
+from flows.execution import fan_out, fan_out_states, with_runner
+from flows.tracking import Tracker, prefect_run_url
 from tasks.core import (
     ArrayRef,
     BenchmarkRef,
@@ -42,9 +44,14 @@ from tasks.core import (
     refined_digest,
     select_feedback_task,
 )
-from tasks.storage import code_version, load_arrays
+from refine_core.statistics import win_tie_loss
+from tasks.storage import code_version, digest, load_arrays
 
 METHODS_REPORTED = ("baseline", "rerank_only", "rocchio", "refined")
+# What a cached judge result reports as paid in this run: nothing.
+PAID_METRICS = ("judge_requests", "judge_input_tokens", "judge_output_tokens", "judge_cache_read_tokens",
+                "judge_cost_usd", "judgments_paid", "judgments_from_ledger", "judgments_failed",
+                "judgments_not_submitted")
 
 
 def invalidate_task_cache(key: str) -> bool:
@@ -91,17 +98,44 @@ def refine_queries(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], ju
     return join_refined_blocks_task(refined_digest(start, docs, feedback, judgments, config), parts)
 
 
-def judge_feedback(bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec, budget: BudgetSpec | None) -> JudgmentsRef:
-    """The judge task (on a Dask worker when the runner is Dask). When some judgments failed, the
-    paid ones stay in the ledger but this result is not cached, so a re-run retries the failures."""
-    judged = fan_out(judge_task, [{"bench": bench, "feedback": feedback, "judge": cell.judge, "budget": budget}])[0]
+def judge_feedback(bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec,
+                   budget: BudgetSpec | None) -> tuple[JudgmentsRef, bool]:
+    """The judge task (on a Dask worker when the runner is Dask) and whether its result came
+    from the task cache. When some judgments failed, the paid ones stay in the ledger but this
+    result is not cached, so a re-run retries exactly the failures."""
+    state = fan_out_states(judge_task, [{"bench": bench, "feedback": feedback, "judge": cell.judge, "budget": budget}])[0]
+    judged: JudgmentsRef = state.result()
     if judged.failed_queries:
         invalidate_task_cache(judge_cache_key(None, {"judge": cell.judge, "bench": bench, "feedback": feedback}))
-    return judged
+    return judged, state.name == "Cached"
 
 
 def cell_label(cell: CellSpec) -> str:
-    return f"{cell.benchmark.name} | {cell.model} | {cell.judge.label} | lr={cell.lr:g} k={cell.k} r={cell.rounds}"
+    """Every coordinate of the cell, for logs and files (MLflow run names lead with what varies)."""
+    return (f"{short_benchmark(cell.benchmark.name)} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k}"
+            f" · r {cell.rounds}")
+
+
+def short_benchmark(name: str) -> str:
+    """``files:/long/path/mydata`` -> ``files:mydata``; registry names unchanged."""
+    kind, sep, folder = name.partition(":")
+    return f"{kind}:{Path(folder).name}" if sep else name
+
+
+def _cell_flow_run_name() -> str:
+    cell = runtime.flow_run.parameters.get("cell")
+    if isinstance(cell, dict):
+        cell = CellSpec.model_validate(cell)
+    if not isinstance(cell, CellSpec):
+        return "evaluate-cell"
+    return f"{short_benchmark(cell.benchmark.name)} · {cell.judge.label} · lr {cell.lr:g} · r {cell.rounds}"
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow run (direct library use)
+        return logging.getLogger("refine")
 
 
 def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
@@ -117,7 +151,7 @@ def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
     return params
 
 
-@flow(name="evaluate-cell", flow_run_name="{cell.benchmark.name}-{cell.judge.kind}-lr{cell.lr}", log_prints=False)
+@flow(name="evaluate-cell", flow_run_name=_cell_flow_run_name, log_prints=False)
 def evaluate_cell(
     cell: CellSpec,
     experiment_id: str,
@@ -128,32 +162,43 @@ def evaluate_cell(
     docs: ArrayRef | None = None,
     queries: ArrayRef | None = None,
     execution: ExecutionSpec | None = None,
+    run_name: str | None = None,
 ) -> dict:
     """Run one cell end to end and log it; returns its params and metrics.
 
-    Use :func:`run_cell` to choose the runner; called directly this runs with Prefect's
-    default (thread) runner.
+    ``run_name`` names the MLflow run (a sweep passes one that leads with what differs
+    between its cells). Use :func:`run_cell` to choose the runner; called directly this runs
+    with Prefect's default (thread) runner.
     """
     execution = execution or ExecutionSpec()
+    log = _logger()
     tracker = Tracker(tracking_uri)
-    run_id = tracker.start(experiment_id, cell_label(cell), parent=parent_run_id,
-                           tags={"refine.kind": "cell", "refine.judge": cell.judge.label})
+    prefect_url = prefect_run_url()
+    run_id = tracker.start(experiment_id, run_name or cell_label(cell), parent=parent_run_id,
+                           tags={"refine.kind": "cell", "refine.judge": cell.judge.label, "refine.cell": cell_label(cell),
+                                 **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})})
+    log.info("cell %s: MLflow run %s", cell_label(cell), run_id)
     timings: dict[str, float] = {}
     with tracker.ends_run_on_error(run_id):
-        t = time.perf_counter()
-        bench = bench or load_benchmark_task(cell.benchmark)
-        timings["load"] = time.perf_counter() - t
+        if bench is None:
+            t = time.perf_counter()
+            bench = load_benchmark_task(cell.benchmark)
+            timings["load"] = time.perf_counter() - t
         min_pool = bench.counts["documents"] if bench.counts["pool"] == "corpus" else None
         if min_pool is not None and cell.k * cell.rounds > min_pool:
             raise ValueError(f"k={cell.k} x rounds={cell.rounds} exceeds the pool of {min_pool} documents")
-        t = time.perf_counter()
-        docs = docs or embed_corpus(bench, cell.model, execution)
-        timings["embed_corpus"] = time.perf_counter() - t
-        t = time.perf_counter()
-        queries = queries or embed_queries_task(bench, cell.model, cell.query_template)
-        timings["embed_queries"] = time.perf_counter() - t
+        # A sweep embeds once for all its cells and logs those timings on its parent run.
+        if docs is None:
+            t = time.perf_counter()
+            docs = embed_corpus(bench, cell.model, execution)
+            timings["embed_corpus"] = time.perf_counter() - t
+        if queries is None:
+            t = time.perf_counter()
+            queries = embed_queries_task(bench, cell.model, cell.query_template)
+            timings["embed_queries"] = time.perf_counter() - t
         feedback: list[ArrayRef] = []
         judgments: list[JudgmentsRef] = []
+        judge_cached: list[bool] = []
         refined: list[ArrayRef] = []
         current = queries
         config = {"lr": cell.lr, "steps": cell.steps, "optimizer": cell.optimizer,
@@ -164,10 +209,11 @@ def evaluate_cell(
             fb = select_feedback_task(bench, current, docs, cell.k, exclude=list(feedback))
             timings["select"] = timings.get("select", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            judged = judge_feedback(bench, fb, cell, budget)
+            judged, cached = judge_feedback(bench, fb, cell, budget)
             timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - t
             feedback.append(fb)
             judgments.append(judged)
+            judge_cached.append(cached)
             t = time.perf_counter()
             current = refine_queries(current, docs, list(feedback), list(judgments), config,
                                      bench.counts["queries"], execution)
@@ -187,14 +233,20 @@ def evaluate_cell(
             t = time.perf_counter()
             # HyDE-refined: feedback from the HyDE ranking, judged against the original query.
             fb = select_feedback_task(bench, extra["hyde"], docs, cell.k)
-            judged = judge_feedback(bench, fb, cell, budget)
+            judged, cached = judge_feedback(bench, fb, cell, budget)
             judgments.append(judged)
+            judge_cached.append(cached)
             extra["hyde_refined"] = refine_queries(extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"],
                                                    execution)
             timings["hyde_refine"] = time.perf_counter() - t
         t = time.perf_counter()
-        evaluation = evaluate_task(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None)
+        eval_state = evaluate_task(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None,
+                                   return_state=True)
+        evaluation = eval_state.result()
         timings["evaluate"] = time.perf_counter() - t
+        # The same inputs, code and settings give the same numbers: the key links re-runs.
+        content_key = digest("cell", cell.model_dump(mode="json"), code_version(), evaluation.per_query_path)
+        original = None if eval_state.name != "Cached" else tracker.find_cell(experiment_id, content_key, exclude=run_id)
 
         t = time.perf_counter()
         params = cell_params(cell, bench)
@@ -204,37 +256,54 @@ def evaluate_cell(
         for method, means in evaluation.metrics.items():
             for name, value in means.items():
                 flat[f"{method}.{name}"] = value
+        import polars as pl
+
+        per_query = pl.read_parquet(evaluation.per_query_path)
+        outcomes: dict[str, tuple[int, int, int]] = {}
         for method, test in evaluation.tests.items():
             flat[f"{method}.delta_map"] = test["delta_map"]
             flat[f"{method}.relative_gain"] = test["relative_gain"]
-            flat[f"{method}.pvalue"] = test["pvalue"]
+            flat[f"{method}.p_raw"] = test["pvalue"]
+            if f"ap_{method}" in per_query.columns:
+                outcomes[method] = win_tie_loss(per_query["ap_baseline"].to_numpy(), per_query[f"ap_{method}"].to_numpy())
+                for label, count in zip(("queries_improved", "queries_unchanged", "queries_hurt"), outcomes[method]):
+                    flat[f"{method}.{label}"] = count
         judge_metrics: dict[str, float] = {}
-        for j in judgments:
-            for name, value in j.metrics.items():
+        for j, cached in zip(judgments, judge_cached):
+            metrics = dict(j.metrics)
+            if cached:  # served from the task cache: this run paid and asked nothing
+                for name in PAID_METRICS:
+                    metrics[name] = 0.0
+                metrics["judgments_cached"] = float(int(np.asarray(load_arrays(j.path)["mask"]).sum()))
+            for name, value in metrics.items():
                 judge_metrics[name] = judge_metrics.get(name, 0.0) + value
+        judge_metrics.setdefault("judgments_cached", 0.0)
         flat.update(judge_metrics)
         flat.update(hyde_metrics)
         flat["queries_without_positives"] = evaluation.n_without_positives
         flat.update({f"time.{stage}_s": seconds for stage, seconds in timings.items()})
         tracker.log_metrics(run_id, flat)
-        tracker.log_benchmark(run_id, bench.counts, bench.folder)
+        tracker.log_benchmark(run_id, bench.counts, bench.source or bench.folder)
         extras = refine_extras(refined[0])
         finite = extras["losses"][np.isfinite(extras["losses"]).all(axis=1)]
         if finite.size:
             tracker.log_series(run_id, "refine.mean_loss", finite.mean(axis=0).tolist())
         tracker.log_artifact(run_id, evaluation.per_query_path, "per_query")
         plot_data = load_arrays(evaluation.arrays_path)
-        import polars as pl
-
-        per_query = pl.read_parquet(evaluation.per_query_path)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
+            # The same table as CSV, which the MLflow UI previews (lists joined with ';').
+            flat_table = per_query.with_columns([pl.col(c).cast(pl.List(pl.String)).list.join(";")
+                                                 for c, dtype in per_query.schema.items() if isinstance(dtype, pl.List)])
+            csv_path = folder / (Path(evaluation.per_query_path).stem + ".csv")
+            flat_table.write_csv(csv_path)
+            tracker.log_artifact(run_id, csv_path, "per_query")
             title = cell_label(cell)
             plots.ap_scatter(per_query["ap_baseline"].to_numpy(), per_query["ap_refined"].to_numpy(),
-                             folder / "ap_before_after.png", title=title[:60])
+                             folder / "ap_before_after.png", title=title)
             plots.separation(plot_data["base_pos"], plot_data["base_neg"], plot_data["ref_pos"], plot_data["ref_neg"],
-                             folder / "score_separation.png", title=title[:80])
-            plots.loss_curves(plot_data["losses"], folder / "loss_curves.png", title=title[:60])
+                             folder / "score_separation.png", title=title)
+            plots.loss_curves(plot_data["losses"], folder / "loss_curves.png", title=title)
             for png in folder.glob("*.png"):
                 tracker.log_artifact(run_id, png, "plots")
         tracker.log_json(run_id, "cell.json", {"cell": cell.model_dump(), "benchmark": bench.counts,
@@ -242,8 +311,22 @@ def evaluate_cell(
         timings["mlflow"] = time.perf_counter() - t
         tracker.log_metrics(run_id, {"time.mlflow_s": timings["mlflow"]})
         failed_queries = sum(j.failed_queries for j in judgments)
-        tracker.set_tags(run_id, {"refine.failed_queries": str(failed_queries)})
+        errors: dict[str, int] = {}
+        for j in judgments:
+            for reason, count in j.errors.items():
+                errors[reason] = errors.get(reason, 0) + count
+        tags = {"refine.failed_queries": str(failed_queries), "refine.content_key": content_key,
+                "refine.cached": str(eval_state.name == "Cached").lower()}
+        if original is not None:
+            tags["refine.original_run_id"] = original
+        tracker.set_tags(run_id, tags)
         tracker.finish(run_id, "FINISHED")
+    link_mlflow_run(tracker, experiment_id, run_id, cell_label(cell))
+    if errors:
+        log.warning("cell %s: %d judgments failed (%s); a re-run asks only for those", cell_label(cell),
+                    sum(errors.values()), ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])))
+    log.info("cell %s: MAP baseline %.4f, refined %.4f", cell_label(cell), evaluation.metrics["baseline"]["map"],
+             evaluation.metrics["refined"]["map"])
     return {
         "run_id": run_id,
         "benchmark": bench.name,
@@ -254,8 +337,28 @@ def evaluate_cell(
         "tests": evaluation.tests,
         "judge_usage": judge_metrics,
         "failed_queries": failed_queries,
+        "fallback_queries": sum(j.fallback_queries for j in judgments),
+        "judgments_failed": sum(errors.values()),
+        "judge_errors": errors,
+        "win_tie_loss": outcomes,
+        "cached": eval_state.name == "Cached",
+        "original_run_id": original,
         "timings": timings,
     }
+
+
+def link_mlflow_run(tracker: Tracker, experiment_id: str, run_id: str, description: str) -> None:
+    """A link artifact on the Prefect flow run pointing at its MLflow run (best effort: an
+    artifact is a convenience, never a reason to fail a cell that is already logged)."""
+    if runtime.flow_run.id is None:
+        return
+    try:
+        from prefect.artifacts import create_link_artifact
+
+        create_link_artifact(tracker.run_url(experiment_id, run_id), link_text=f"MLflow run {run_id}",
+                             description=f"MLflow run of {description}", key="mlflow-run")
+    except Exception as exc:  # noqa: BLE001
+        _logger().warning("could not attach the MLflow link to the flow run: %s", exc)
 
 
 def run_cell(cell: CellSpec, experiment_id: str, *, address: str | None = None, **kwargs: object) -> dict:

@@ -44,8 +44,20 @@ def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
         SentenceTransformerEmbedder(model).dimension  # noqa: B018 - loads the model or raises a clear error
     first = next(iter(benches.values()))
     for judge in config.judges:
-        if judge.kind not in ("local-lm", "cross-encoder"):  # those load weights: checked when they run
+        if judge.kind == "local-lm":  # checked without loading the weights (that happens once, when judging)
+            from refine_core.judges.local_lm import check_local_model
+
+            check_local_model(judge.model or "")
+        elif judge.kind == "cross-encoder":
+            from refine_core.judges.cross_encoder import check_cross_encoder_model
+
+            check_cross_encoder_model(judge.model or "")
+        else:
             build_judge(judge, first)
+    if config.hyde is not None and config.hyde.kind == "local-lm":
+        from refine_core.judges.local_lm import check_local_model
+
+        check_local_model(config.hyde.model or "")
     for spec, bench in benches.items():
         smallest = bench.n_documents if bench.pool == "corpus" else int(bench.labels.group_by("query_id").len()["len"].min())
         for k in config.grid.k:
@@ -58,31 +70,47 @@ def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
 
         require_prefect_dask()
         check_scheduler(config.runner)
-    tracker = Tracker()
+    check_tracking_store()
+
+
+def check_tracking_store() -> None:
+    """The tracking store answers within a few seconds, or a ValueError naming it."""
+    from flows.tracking import check_reachable, tracking_uri
+
+    uri = tracking_uri()
     try:
-        tracker.client.search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"MLflow tracking URI {tracker.uri} is unreachable: {type(exc).__name__}: "
+        check_reachable(uri, timeout=5.0)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a store that cannot be opened
+        raise ValueError(f"MLflow tracking URI {uri} is unreachable: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
 
 
 def _results_table(title: str, cells: list[dict]) -> Table:
+    """The cells as a console table: the coordinates that vary, every method present, ΔMAP,
+    stored p (BH), improved / unchanged / hurt queries and failed queries."""
+    from flows.report import cell_rows
+
+    columns, rows = cell_rows(cells)
     table = Table(title=title)
-    for column in ("benchmark", "judge", "lr", "k", *(f"MAP {m}" for m in METHOD_COLUMNS), "ΔMAP", "p (BH)", "failed queries"):
-        table.add_column(column, justify="left" if column in ("benchmark", "judge") else "right")
-    for c in cells:
-        maps = [c["metrics"].get(m, {}).get("map", float("nan")) for m in METHOD_COLUMNS]
-        test = c.get("tests", {}).get("refined", {})
-        table.add_row(c["benchmark"], c["judge"], f"{c['params']['lr']:g}", str(c["params"]["k"]),
-                      *(f"{v:.4f}" for v in maps), f"{test.get('delta_map', float('nan')):+.4f}",
-                      f"{test.get('pvalue_bh', float('nan')):.2g}", str(c.get("failed_queries", 0)))
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("benchmark", "judge", "model", "optimizer", "normalize")
+                         else "right", overflow="fold")
+    table.caption = "+/=/−: queries refinement improved / left unchanged / hurt (AP)"
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in columns))
     return table
 
 
 def _public(cells: list[dict]) -> list[dict]:
     keys = ("run_id", "benchmark", "model", "judge", "params", "metrics")
+    extra = ("judgments_failed", "judge_errors", "win_tie_loss", "cached", "original_run_id")
     return [{k: c[k] for k in keys} | {"tests": c.get("tests", {}), "failed_queries": c.get("failed_queries", 0)}
-            for c in cells]
+            | {k: c[k] for k in extra if k in c} for c in cells]
+
+
+EXIT_JUDGMENTS_FAILED = 3
 
 
 def fail(message: str) -> NoReturn:
@@ -254,7 +282,11 @@ def run(
                                                     "'dask://host:port' (a running scheduler); overrides the config")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
 ) -> None:
-    """Run a sweep: every cell through the Prefect flow, every result to MLflow."""
+    """Run a sweep: every cell through the Prefect flow, every result to MLflow.
+
+    Exit status: 0 done; 1 a cell failed; 2 bad input (nothing run); 3 some judgments failed
+    (every cell is logged; the same command again asks only for the failed judgments).
+    """
     from flows.environment import configure_environment
 
     configure_environment()
@@ -297,51 +329,110 @@ def run(
         finally:
             task_progress.install(None)
     elapsed = time.perf_counter() - started
-    console.print(_results_table(f"{config.name}: MAP per method; p: one-sided paired t-test of refined vs baseline, "
-                                 "Benjamini-Hochberg corrected over the sweep",
-                                 result["cells"]))
+    from flows.report import BH_FAMILY
+
+    console.print(_results_table(f"{config.name}: MAP per method; p (BH): one-sided paired t-test of refined vs "
+                                 f"baseline, Benjamini-Hochberg corrected over {BH_FAMILY}", result["cells"]))
     from flows.tracking import Tracker
 
     tracker = Tracker()
-    console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s; MLflow parent run "
-                  f"{tracker.run_url(result['experiment_id'], result['parent_run_id'])} (start the UI with `refine ui`)")
+    cached = sum(bool(c.get("cached")) for c in result["cells"])
+    paid = sum(c.get("judge_usage", {}).get("judgments_paid", 0) for c in result["cells"])
+    console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache; {int(paid)} judgments paid "
+                  f"in this run)")
+    console.print(f"MLflow runs table: {tracker.runs_table_url(result['experiment_id'])}", soft_wrap=True)
+    console.print(f"MLflow sweep run:  {tracker.run_url(result['experiment_id'], result['parent_run_id'])}  "
+                  "(start the UI with `refine ui`)", soft_wrap=True)
     for failure in result["failures"]:
         err_console.print(f"[bold red]cell failed:[/] {failure}", highlight=False)
+    judgment_failures = result.get("judgment_failures", [])
+    for line in judgment_failures:
+        err_console.print(f"[bold red]judgments failed:[/] {line}", highlight=False, soft_wrap=True)
+    if judgment_failures:
+        again = " ".join(["refine", "run", *([str(config_path)] if config_path else []),
+                          *(["--runner", runner] if runner else [])])
+        err_console.print(f"retry only the failed judgments (everything else is cached and paid for): {again}",
+                          highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"experiment_id": result["experiment_id"], "parent_run_id": result["parent_run_id"],
-                          "cells": _public(result["cells"]), "failures": result["failures"]}, default=float))
+                          "cells": _public(result["cells"]), "failures": result["failures"],
+                          "judgment_failures": judgment_failures}, default=float))
     if result["failures"]:
         raise typer.Exit(code=1)
+    if judgment_failures:
+        raise typer.Exit(code=EXIT_JUDGMENTS_FAILED)
 
 
 def _metrics_from_run(run) -> dict[str, dict[str, float]]:  # noqa: ANN001
+    from flows.tracking import measure_name
+
     out: dict[str, dict[str, float]] = {}
     for key, value in run.data.metrics.items():
         method, _, name = key.partition(".")
         if method in ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined") or method.startswith("refined"):
-            out.setdefault(method, {})[name.replace("_at_", "@")] = value
+            out.setdefault(method, {})[measure_name(name)] = value
     return out
+
+
+_TEST_KEYS = ("delta_map", "pvalue", "p_raw", "p_bh", "relative_gain", "queries_improved", "queries_unchanged",
+              "queries_hurt")
+
+
+def _cell_from_run(run) -> dict:  # noqa: ANN001
+    """A finished cell run read back into the shape ``refine run`` returns."""
+    params = dict(run.data.params)
+    metrics = _metrics_from_run(run)
+    tests = {}
+    outcomes = {}
+    for m, v in metrics.items():
+        raw = v.get("p_raw", v.get("pvalue"))  # runs logged before p_raw was named so
+        if raw is not None:
+            tests[m] = {"delta_map": v.get("delta_map"), "pvalue": raw}
+            if "p_bh" in v:
+                tests[m]["pvalue_bh"] = v["p_bh"]
+        if "queries_improved" in v:
+            outcomes[m] = (int(v["queries_improved"]), int(v.get("queries_unchanged", 0)), int(v.get("queries_hurt", 0)))
+    typed = {"lr": float(params.get("lr", "nan")), "k": int(params.get("k", 0)), "rounds": int(params.get("rounds", 1)),
+             **{k: v for k, v in params.items() if k not in ("lr", "k", "rounds")}}
+    for name in ("steps",):
+        if name in typed:
+            typed[name] = int(typed[name])
+    for name in ("score_temperature", "similarity_temperature"):
+        if name in typed:
+            typed[name] = float(typed[name])
+    return {"run_id": run.info.run_id, "benchmark": params.get("benchmark.name", "?"), "model": params.get("model", "?"),
+            "judge": run.data.tags.get("refine.judge", params.get("judge.kind", "")), "params": typed,
+            "metrics": {m: {k: v for k, v in vals.items() if k not in _TEST_KEYS} for m, vals in metrics.items()},
+            "tests": tests, "win_tie_loss": outcomes,
+            "failed_queries": int(run.data.metrics.get("judge_failed_queries", 0))}
 
 
 @app.command()
 def compare(
+    filters: Annotated[list[str] | None, typer.Argument(metavar="[NAME=VALUE]...", help="more --where filters")] = None,
     experiment: Annotated[str, typer.Option(help="experiment (sweep config name)")] = "default-sweep",
     parent: Annotated[str | None, typer.Option(help="parent run id (default: the latest sweep)")] = None,
     all_sweeps: Annotated[bool, typer.Option("--all", help="every finished cell of the experiment")] = False,
     benchmark: Annotated[str | None, typer.Option(help="only this benchmark")] = None,
     judge: Annotated[str | None, typer.Option(help="only judges whose label contains this")] = None,
+    where: Annotated[list[str] | None, typer.Option(help="keep cells with this coordinate, e.g. lr=1e-4 rounds=1 "
+                                                         "(repeatable)")] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv or markdown (--layout paper: markdown or latex; "
                                                       "default both)")] = "table",
     layout: Annotated[str, typer.Option(help="'cells' (one row per cell) or 'paper' (model x method rows, one "
                                              "column per benchmark, as in the paper)")] = "cells",
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
 ) -> None:
-    """Compare cells from MLflow: MAP per method, ΔMAP and BH-corrected significance."""
+    """Compare cells from MLflow: MAP per method, ΔMAP and significance as stored by the sweep.
+
+    p (BH) is the value the sweep stored (its one Benjamini–Hochberg family); filtering the
+    cells shown never changes it.
+    """
     from flows.environment import configure_environment
 
     configure_environment()
+    from flows.report import ReportError, filter_cells
     from flows.tracking import Tracker
-    from refine_core.statistics import benjamini_hochberg
 
     if layout not in ("cells", "paper"):
         fail(f"--layout must be cells or paper, got {layout!r}")
@@ -349,13 +440,15 @@ def compare(
         fail(f"--format must be table, csv or markdown, got {fmt!r}")
     if layout == "paper" and fmt not in ("table", "markdown", "latex"):
         fail(f"--format with --layout paper must be markdown or latex, got {fmt!r}")
-    tracker = Tracker()
     try:
-        exp = tracker.client.get_experiment_by_name(experiment)
-    except Exception as exc:  # noqa: BLE001
-        fail(f"MLflow tracking URI {tracker.uri} is unreachable: {type(exc).__name__}")
+        check_tracking_store()
+    except ValueError as exc:
+        fail(str(exc))
+    tracker = Tracker()
+    exp = tracker.client.get_experiment_by_name(experiment)
     if exp is None:
-        fail(f"no experiment named {experiment!r} in {tracker.uri}; run `refine run` first")
+        fail(f"no experiment named {experiment!r} in {tracker.uri}; run `refine run` first (`refine experiments` "
+             "lists them)")
     if parent is None and not all_sweeps:
         sweeps = tracker.client.search_runs([exp.experiment_id], "tags.`refine.kind` = 'sweep'",
                                             order_by=["attributes.start_time DESC"], max_results=1)
@@ -366,29 +459,14 @@ def compare(
     if parent:
         query += f" and tags.`mlflow.parentRunId` = '{parent}'"
     runs = tracker.client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=5000)
-    cells = []
-    for r in runs:
-        params = dict(r.data.params)
-        if benchmark and params.get("benchmark.name") != benchmark:
-            continue
-        label = r.data.tags.get("refine.judge", params.get("judge.kind", ""))
-        if judge and judge not in label:
-            continue
-        metrics = _metrics_from_run(r)
-        tests = {m: {"delta_map": v.get("delta_map"), "pvalue": v.get("pvalue")} for m, v in metrics.items() if "pvalue" in v}
-        typed = {"lr": float(params.get("lr", "nan")), "k": int(params.get("k", 0)), "rounds": int(params.get("rounds", 1)),
-                 **{k: v for k, v in params.items() if k not in ("lr", "k", "rounds")}}
-        cells.append({"run_id": r.info.run_id, "benchmark": params.get("benchmark.name", "?"), "model": params.get("model", "?"),
-                      "judge": label, "params": typed,
-                      "metrics": {m: {k: v for k, v in vals.items() if k not in ("delta_map", "pvalue", "relative_gain")}
-                                  for m, vals in metrics.items()},
-                      "tests": tests, "failed_queries": int(r.data.metrics.get("judge_failed_queries", 0))})
-    pairs = [(i, m) for i, c in enumerate(cells) for m in c["tests"] if c["tests"][m]["pvalue"] is not None]
-    adjusted = benjamini_hochberg([cells[i]["tests"][m]["pvalue"] for i, m in pairs]) if pairs else []
-    for (i, m), p in zip(pairs, adjusted):
-        cells[i]["tests"][m]["pvalue_bh"] = float(p)
+    cells = [_cell_from_run(r) for r in runs]
+    cells = [c for c in cells if (not benchmark or c["benchmark"] == benchmark) and (not judge or judge in c["judge"])]
+    try:
+        cells = filter_cells(cells, [*(where or []), *(filters or [])])
+    except ReportError as exc:
+        fail(str(exc))
     if layout == "paper":
-        from flows.report import ReportError, paper_table
+        from flows.report import paper_table
 
         try:
             table = paper_table(cells)
@@ -417,24 +495,94 @@ def compare(
 
 
 @app.command()
+def experiments(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """List the experiments: sweeps and cells logged, the last run, the best refined MAP."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows.tracking import Tracker
+
+    try:
+        check_tracking_store()
+    except ValueError as exc:
+        fail(str(exc))
+    tracker = Tracker()
+    rows = []
+    for exp in tracker.client.search_experiments(order_by=["last_update_time DESC"]):
+        runs = tracker.client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                                          order_by=["attributes.start_time DESC"], max_results=5000)
+        cells = [r for r in runs if r.data.tags.get("refine.kind") == "cell"]
+        sweeps = [r for r in runs if r.data.tags.get("refine.kind") == "sweep"]
+        if not cells and not sweeps:
+            continue
+        best = max(cells, key=lambda r: r.data.metrics.get("refined.map", float("-inf")), default=None)
+        rows.append({"name": exp.name, "experiment_id": exp.experiment_id, "sweeps": len(sweeps), "cells": len(cells),
+                     "last_run": time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[0].info.start_time / 1000)),
+                     "best_refined_map": None if best is None else best.data.metrics.get("refined.map"),
+                     "best_run": None if best is None else best.info.run_name,
+                     "url": tracker.runs_table_url(exp.experiment_id)})
+    if as_json:
+        print(json.dumps({"tracking_uri": tracker.uri, "experiments": rows}))
+        return
+    table = Table(title=f"experiments in {tracker.uri}")
+    for column in ("experiment", "sweeps", "cells", "last run", "best refined MAP", "best cell"):
+        table.add_column(column, justify="right" if column in ("sweeps", "cells", "best refined MAP") else "left")
+    for r in rows:
+        table.add_row(r["name"], str(r["sweeps"]), str(r["cells"]), r["last_run"],
+                      "–" if r["best_refined_map"] is None else f"{r['best_refined_map']:.4f}", r["best_run"] or "–")
+    console.print(table)
+    if not rows:
+        console.print("no sweeps logged yet: `refine run` runs the default sweep")
+
+
+@app.command()
 def ui(
     port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 over the same tracking store and print its URL."""
+    """Start the MLflow UI on 127.0.0.1 over the same tracking store and print its URL.
+
+    The server runs in its own process group and is stopped with everything it started when
+    this command ends (Ctrl-C or a termination signal).
+    """
+    import signal
     import subprocess
 
     from flows.environment import configure_environment
 
     configure_environment()
-    from flows.tracking import tracking_uri
+    from flows.tracking import Tracker, tracking_uri
 
     uri = tracking_uri()
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    console.print(f"MLflow UI: http://127.0.0.1:{port}  (store: {uri}; Ctrl-C stops it)")
+    os.environ["REFINE_MLFLOW_UI_URL"] = f"http://127.0.0.1:{port}"
+    tracker = Tracker(uri)
+    found = tracker.client.search_experiments(order_by=["last_update_time DESC"], max_results=1)
+    where = tracker.runs_table_url(found[0].experiment_id) if found else f"http://127.0.0.1:{port}"
+    console.print(f"MLflow UI: {where}  (store: {uri}; Ctrl-C stops it)", soft_wrap=True)
+    server = subprocess.Popen(command, start_new_session=True)
+
+    def stop(*_: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
     try:
-        raise typer.Exit(code=subprocess.call(command))
+        code = server.wait()
     except KeyboardInterrupt:
-        raise typer.Exit(code=0) from None
+        code = 0
+    finally:
+        if server.poll() is None:
+            try:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(server.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -449,6 +597,12 @@ def serve(
     from flows.environment import configure_environment
 
     configure_environment()
+    from flows.schedule import ScheduleError, check_cron
+
+    try:
+        check_cron(cron)
+    except ScheduleError as exc:
+        fail(str(exc))
     if not os.environ.get("PREFECT_API_URL"):
         fail("refine serve needs a Prefect server: start one with `prefect server start` (or the compose stack) "
              "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")

@@ -113,7 +113,15 @@ def fan_out(task: Any, calls: Sequence[dict[str, Any]]) -> list[Any]:
     On a Dask runner every call is submitted at once and the cluster spreads them over its
     workers; on the thread runner they run one after the other in this process.
     """
+    return [state.result() for state in fan_out_states(task, calls)]
+
+
+def fan_out_states(task: Any, calls: Sequence[dict[str, Any]]) -> list[Any]:
+    """:func:`fan_out`, returning the final Prefect states (``state.name == "Cached"`` tells
+    a result served from the task cache from one computed now)."""
     if _runs_in_threads():
-        return [task(**kwargs) for kwargs in calls]
+        return [task(**kwargs, return_state=True) for kwargs in calls]
     futures = [task.submit(**kwargs) for kwargs in calls]
-    return [future.result() for future in futures]
+    for future in futures:
+        future.wait()
+    return [future.state for future in futures]

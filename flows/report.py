@@ -1,4 +1,11 @@
-"""The paper's results table: one row per model x method, one column per benchmark.
+"""Result tables: the sweep's cell table (console, markdown, CSV, summary.md) and the paper's
+table (one row per model x method, one column per benchmark).
+
+The one Benjamini–Hochberg family of a sweep (:data:`BH_FAMILY`) is set by
+:func:`adjust_sweep_pvalues` when the sweep ends; the p (BH) values are then stored on every
+cell run and shown as stored by every table, never recomputed over a filtered subset.
+
+The paper's table:
 
 Each entry is the method's MAP with its relative change against the original query's MAP in
 brackets, marked when the paired one-sided t-test on per-query AP (method > original) is
@@ -26,6 +33,84 @@ PAPER_METHODS: tuple[tuple[str, str], ...] = (
 
 class ReportError(ValueError):
     """The runs cannot be laid out as the paper's table; the message says why."""
+
+
+BH_FAMILY = "the refined-vs-baseline test of every cell of the sweep"
+# Grid coordinates that can differ between cells, in the order tables show them.
+CELL_COORDINATES = ("model", "lr", "k", "rounds", "steps", "optimizer", "normalize", "score_temperature",
+                    "similarity_temperature")
+METHOD_ORDER = ("baseline", "rerank_only", "rocchio", "refined")
+
+
+def adjust_sweep_pvalues(cells: list[dict]) -> list[float]:
+    """Benjamini–Hochberg over :data:`BH_FAMILY`; sets ``tests["refined"]["pvalue_bh"]`` on each
+    cell (``pvalue`` is the raw one-sided p) and returns the adjusted values in cell order."""
+    tested = [c for c in cells if c.get("tests", {}).get("refined", {}).get("pvalue") is not None]
+    adjusted = benjamini_hochberg([c["tests"]["refined"]["pvalue"] for c in tested]) if tested else []
+    for c, p in zip(tested, adjusted):
+        c["tests"]["refined"]["pvalue_bh"] = float(p)
+    return [float(p) for p in adjusted]
+
+
+def methods_present(cells: list[dict]) -> list[str]:
+    """Every method any cell has, the paper's methods first, then rounds and HyDE in order."""
+    seen = list(dict.fromkeys(m for c in cells for m in c["metrics"]))
+    first = [m for m in METHOD_ORDER if m in seen]
+    return first + sorted((m for m in seen if m not in first), key=lambda m: (not m.startswith("refined"), m))
+
+
+def coordinate(cell: dict, name: str) -> object:
+    return cell["model"] if name == "model" else cell["params"].get(name)
+
+
+def varying_coordinates(cells: list[dict]) -> list[str]:
+    """The grid coordinates whose value differs between the cells (the columns a reader needs)."""
+    return [n for n in CELL_COORDINATES if len({str(coordinate(c, n)) for c in cells}) > 1]
+
+
+def _fmt(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cell_rows(cells: list[dict]) -> tuple[list[str], list[dict[str, object]]]:
+    """Column names and one row per cell: benchmark, judge, the varying coordinates (lr and k
+    always), MAP of every method, ΔMAP and stored p (BH) of refined, queries improved / unchanged /
+    hurt by refined, and failed queries."""
+    coords = [n for n in CELL_COORDINATES if n in varying_coordinates(cells) or n in ("lr", "k")]
+    methods = methods_present(cells)
+    columns = ["benchmark", "judge", *coords, *(f"MAP {m}" for m in methods), "ΔMAP", "p (BH)", "+/=/−",
+               "failed queries"]
+    rows = []
+    for c in cells:
+        test = c.get("tests", {}).get("refined", {})
+        wtl = c.get("win_tie_loss", {}).get("refined")
+        row: dict[str, object] = {"benchmark": c["benchmark"], "judge": c["judge"]}
+        row.update({n: _fmt(coordinate(c, n)) for n in coords})
+        row.update({f"MAP {m}": f"{c['metrics'][m]['map']:.4f}" if m in c["metrics"] else "–" for m in methods})
+        delta, p_bh = test.get("delta_map"), test.get("pvalue_bh")
+        row["ΔMAP"] = "–" if delta is None else f"{delta:+.4f}"
+        row["p (BH)"] = "–" if p_bh is None or not np.isfinite(p_bh) else f"{p_bh:.2g}"
+        row["+/=/−"] = "–" if not wtl else "/".join(str(int(v)) for v in wtl)
+        row["failed queries"] = str(c.get("failed_queries", 0))
+        rows.append(row)
+    return columns, rows
+
+
+def summary_markdown(cells: list[dict], *, title: str | None = None) -> str:
+    """:func:`cell_rows` as a markdown table with a caption that says what the numbers are."""
+    columns, rows = cell_rows(cells)
+    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(columns).replace("+/=/−", "improved/same/hurt")
+                                                     + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        p = r["p (BH)"]
+        lines.append("| " + " | ".join(str(r[c]) + (" *" if c == "p (BH)" and p != "–" and float(p) < 0.05 else "")
+                                      for c in columns) + " |")
+    lines += ["", "MAP over each query's full pool per method. ΔMAP: refined minus baseline. p (BH): one-sided paired "
+              f"t-test of per-query AP (refined > baseline), Benjamini–Hochberg corrected over {BH_FAMILY}; "
+              "* p < 0.05. improved/same/hurt: queries whose AP refinement raised, left equal, lowered. "
+              "failed queries: queries with at least one failed judgment (refined from the judgments that "
+              "succeeded; with none, the query keeps the baseline ranking)."]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -99,21 +184,57 @@ class PaperTable:
         return "\n".join(out)
 
 
+def filter_cells(cells: list[dict], where: list[str]) -> list[dict]:
+    """Keep the cells whose coordinates match every ``name=value`` (numbers compare as numbers;
+    ``judge`` and ``benchmark`` work too).
+
+    Raises:
+        ReportError: a filter that is not ``name=value`` or names no known coordinate.
+    """
+    known = {"benchmark", "judge", *CELL_COORDINATES}
+    out = cells
+    for item in where:
+        name, sep, wanted = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ReportError(f"--where {item!r}: expected name=value, for example lr=1e-4")
+        if name not in known:
+            raise ReportError(f"--where {item!r}: {name!r} is not one of {', '.join(sorted(known))}")
+
+        def matches(c: dict, name: str = name, wanted: str = wanted.strip()) -> bool:
+            value = c[name] if name in ("benchmark", "judge") else coordinate(c, name)
+            try:
+                return float(value) == float(wanted)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return str(value) == wanted
+
+        out = [c for c in out if matches(c)]
+    return out
+
+
 def paper_table(cells: list[dict]) -> PaperTable:
     """Lay out cells (``model``, ``benchmark``, ``metrics[method]["map"]``, ``tests[method]["pvalue"]``).
 
     Raises:
-        ReportError: no cells, or two cells for the same model and benchmark (filter them first).
+        ReportError: no cells, or several cells for one model and benchmark; the message names the
+            coordinates they differ in and the ``--where`` that picks one.
     """
     if not cells:
         raise ReportError("no finished cells to tabulate")
-    by_key: dict[tuple[str, str], dict] = {}
+    groups: dict[tuple[str, str], list[dict]] = {}
     for c in cells:
-        key = (c["model"], c["benchmark"])
-        if key in by_key:
-            raise ReportError(f"two cells for model {key[0]!r} on {key[1]!r} (runs {by_key[key]['run_id']} and "
-                              f"{c['run_id']}): choose one sweep (--parent) or filter with --judge / --benchmark")
-        by_key[key] = c
+        groups.setdefault((c["model"], c["benchmark"]), []).append(c)
+    for (model, bench), group in groups.items():
+        if len(group) > 1:
+            differ = [n for n in ("judge", *CELL_COORDINATES) if len({str(c[n] if n == "judge" else coordinate(c, n))
+                                                                     for c in group}) > 1]
+            example = " ".join(f"{n}={_fmt(group[0][n] if n == 'judge' else coordinate(group[0], n))}" for n in differ)
+            raise ReportError(f"{len(group)} cells for model {model!r} on {bench!r} differ in "
+                              f"{', '.join(differ) or 'nothing but their sweep (use --parent)'}: pick one with "
+                              f"--where {example}" if differ else
+                              f"{len(group)} cells for model {model!r} on {bench!r} come from different sweeps: "
+                              "pick one with --parent")
+    by_key = {key: group[0] for key, group in groups.items()}
     models = list(dict.fromkeys(c["model"] for c in cells))
     benchmarks = list(dict.fromkeys(c["benchmark"] for c in cells))
     present = [(m, label) for m, label in PAPER_METHODS if any(m in c["metrics"] for c in cells)]

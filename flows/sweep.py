@@ -1,131 +1,287 @@
 """The ``refine-sweep`` flow: every cell of a sweep config, shared work computed once.
 
-One MLflow experiment per config name, a parent run per sweep and a child run per cell.
-Each benchmark is loaded once and each (benchmark, model) corpus and query set embedded once
-(the cached tasks would make repeats free anyway, but this also saves the task overhead);
-judgments are shared through the ledger. The parent run gets the summary table with
-Benjamini–Hochberg corrected p-values over every comparison of the sweep.
+One MLflow experiment per config name, a parent run per sweep (named ``<config> <time>``) and a
+child run per cell (named by what differs between the cells). Each benchmark is loaded once and
+each (benchmark, model) corpus and query set embedded once, and those timings go on the parent;
+judgments are shared through the ledger. When the cells are done the sweep applies its one
+Benjamini–Hochberg family (see :mod:`flows.report`) and stores ``refined.p_bh`` on every child.
+
+A sweep in which judgments failed still logs every cell, then ends its Prefect flow run
+FAILED (:class:`JudgmentsFailed`), so the Prefect UI shows it and Prefect's Retry re-runs it:
+everything but the failed judgments comes from the task cache and the ledger.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: a served or worker-run flow is loaded from a
+# pickle, and Prefect must resolve its parameter annotations (SweepConfig) at run time.
+import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from prefect import flow, runtime
+from prefect import flow, get_run_logger, runtime
 
-from evaluations.config import ExecutionSpec, SweepConfig
-from flows.cell import METHODS_REPORTED, embed_corpus, run_cell
+from evaluations.config import CellSpec, ExecutionSpec, SweepConfig
+from flows.cell import embed_corpus, link_mlflow_run, run_cell, short_benchmark
 from flows.execution import dask_cluster, with_runner
-from flows.tracking import Tracker, tracking_uri
-from refine_core.statistics import benjamini_hochberg
+from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
+from flows.tracking import Tracker, prefect_run_url, tracking_uri
 from tasks.core import ArrayRef, BenchmarkRef, embed_queries_task, load_benchmark_task
 from tasks.storage import code_version
 
 
+class JudgmentsFailed(RuntimeError):
+    """Some judgments of the sweep failed; ``result`` holds the sweep's full result (every cell
+    is logged). The message names each affected cell and the error."""
+
+    def __init__(self, message: str, result: dict | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
-    """Rows (one per cell) with MAP per method, ΔMAP and BH-corrected p-values; and markdown."""
-    comparisons = [(i, m) for i, c in enumerate(cells) for m in c["tests"]]
-    adjusted = benjamini_hochberg([cells[i]["tests"][m]["pvalue"] for i, m in comparisons]) if comparisons else []
-    p_bh = {pair: float(p) for pair, p in zip(comparisons, adjusted)}
-    for (i, m), p in p_bh.items():
-        cells[i]["tests"][m]["pvalue_bh"] = p
+    """Rows (one per cell: coordinates, MAP per method, ΔMAP, stored p (BH), improved / unchanged /
+    hurt queries) and the same as markdown with its caption."""
     rows = []
-    for i, c in enumerate(cells):
+    for c in cells:
         row = {"run_id": c["run_id"], "benchmark": c["benchmark"], "model": c["model"], "judge": c["judge"],
-               "lr": c["params"]["lr"], "k": c["params"]["k"], "rounds": c["params"]["rounds"]}
-        for m in c["metrics"]:
-            row[f"map_{m}"] = c["metrics"][m]["map"]
-            if m in c["tests"]:
-                row[f"delta_{m}"] = c["tests"][m]["delta_map"]
-                row[f"p_bh_{m}"] = p_bh[(i, m)]
+               **{k: v for k, v in c["params"].items() if not k.startswith(("benchmark.", "judge.", "hyde.", "code_"))}}
+        for m, values in c["metrics"].items():
+            row[f"map_{m}"] = values["map"]
+            test = c.get("tests", {}).get(m)
+            if test:
+                row[f"delta_{m}"] = test.get("delta_map")
+                row[f"p_raw_{m}"] = test.get("pvalue")
+        row["p_bh_refined"] = c.get("tests", {}).get("refined", {}).get("pvalue_bh")
+        for m, (won, tied, lost) in c.get("win_tie_loss", {}).items():
+            row[f"improved_{m}"], row[f"unchanged_{m}"], row[f"hurt_{m}"] = won, tied, lost
+        row["failed_queries"] = c.get("failed_queries", 0)
         rows.append(row)
-    header = "| benchmark | model | judge | lr | k | " + " | ".join(f"MAP {m}" for m in METHODS_REPORTED) + " | ΔMAP refined | p (BH) |"
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
-        marks = " | ".join(f"{r.get(f'map_{m}', float('nan')):.4f}" for m in METHODS_REPORTED)
-        p = r.get("p_bh_refined", float("nan"))
-        lines.append(f"| {r['benchmark']} | {r['model']} | {r['judge']} | {r['lr']:g} | {r['k']} | {marks} | "
-                     f"{r.get('delta_refined', float('nan')):+.4f} | {p:.2g}{' *' if p < 0.05 else ''} |")
-    return rows, "\n".join(lines)
+    return rows, summary_markdown(cells)
 
 
-@flow(name="corpus-embedding", log_prints=False)
+def varying(cells: list[CellSpec]) -> list[str]:
+    """The coordinates that differ between a sweep's cells, in the order run names show them."""
+    coords = {
+        "benchmark": lambda c: c.benchmark.name if c.benchmark.queries is None and c.benchmark.max_documents is None
+        else c.benchmark.model_dump_json(),
+        "model": lambda c: c.model, "judge": lambda c: c.judge.label, "lr": lambda c: c.lr, "k": lambda c: c.k,
+        "rounds": lambda c: c.rounds, "steps": lambda c: c.steps, "optimizer": lambda c: c.optimizer,
+        "normalize": lambda c: c.normalize, "score_temperature": lambda c: c.score_temperature,
+        "similarity_temperature": lambda c: c.similarity_temperature,
+    }
+    return [name for name, get in coords.items() if len({str(get(c)) for c in cells}) > 1]
+
+
+def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
+    """``lr=0.001 · noisy-oracle-0.2 · clinc150 · all-MiniLM-L6-v2``: what differs between the
+    sweep's cells first, then the rest of what identifies the cell."""
+    short = {"benchmark": short_benchmark(cell.benchmark.name), "model": cell.model.rsplit("/", 1)[-1], "judge": cell.judge.label,
+             "lr": f"lr={cell.lr:g}", "k": f"k={cell.k}", "rounds": f"r={cell.rounds}", "steps": f"steps={cell.steps}",
+             "optimizer": cell.optimizer, "normalize": f"norm={cell.normalize}",
+             "score_temperature": f"τs={cell.score_temperature:g}",
+             "similarity_temperature": f"τc={cell.similarity_temperature:g}"}
+    lead = [short[n] for n in differing]
+    rest = [short[n] for n in ("judge", "benchmark", "model") if n not in differing]
+    return " · ".join(lead + rest)
+
+
+def _sweep_flow_run_name() -> str:
+    config = runtime.flow_run.parameters.get("config")
+    name = config.get("name") if isinstance(config, dict) else getattr(config, "name", "sweep")
+    return f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow run
+        return logging.getLogger("refine")
+
+
+def _embedding_flow_run_name() -> str:
+    params = runtime.flow_run.parameters
+    bench = params.get("bench")
+    name = bench.get("name") if isinstance(bench, dict) else getattr(bench, "name", "corpus")
+    return f"embed {name} with {params.get('model', '?')}"
+
+
+@flow(name="corpus-embedding", flow_run_name=_embedding_flow_run_name, log_prints=False)
 def embed_corpus_flow(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> ArrayRef:
     """The corpus embedding a sweep shares between its cells, as a flow so it can run on Dask."""
     return embed_corpus(bench, model, execution)
 
 
-@flow(name="refine-sweep", log_prints=False)
+def _description(config: SweepConfig, cells: list[CellSpec], differing: list[str]) -> str:
+    benches = sorted({c.benchmark.name for c in cells})
+    judges = list(dict.fromkeys(c.judge.label for c in cells))
+    return (f"Sweep **{config.name}**: {len(cells)} cells; benchmarks {', '.join(benches)}; models "
+            f"{', '.join(config.models)}; judges {', '.join(judges)}; cells differ in "
+            f"{', '.join(differing) or 'nothing'}. Child runs are named by what differs. "
+            f"`refined.p_bh`: Benjamini–Hochberg over {BH_FAMILY}; `*.p_raw`: uncorrected one-sided paired t-test.")
+
+
+@flow(name="refine-sweep", flow_run_name=_sweep_flow_run_name, log_prints=False)
 def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict:
     """Run every cell of ``config``; returns experiment id, parent run id and per-cell results.
 
     ``address`` is a Dask scheduler: the corpus embedding and every cell run as subflows with
     the Dask task runner there (a deployment can pass it as a parameter; :func:`run_sweep`
     starts or connects to one from the config). None runs everything in this process.
+
+    Raises:
+        JudgmentsFailed: after everything is logged, when some judgments failed (the Prefect
+            flow run ends FAILED; a retry or re-run asks only for the failed ones).
     """
+    log = _logger()
     tracker = Tracker(tracking or tracking_uri())
     experiment_id = tracker.experiment(config.name)
     tracker.close_stale_runs(experiment_id)
-    parent = tracker.start(experiment_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                           tags={"refine.kind": "sweep"})
+    cells = config.cells()
+    differing = varying(cells)
+    prefect_url = prefect_run_url()
+    parent = tracker.start(experiment_id, f"{config.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                           tags={"refine.kind": "sweep", "mlflow.note.content": _description(config, cells, differing),
+                                 **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})})
+    log.info("sweep %s: %d cells, MLflow parent run %s", config.name, len(cells), parent)
     started = time.perf_counter()
     results: list[dict] = []
     failures: list[str] = []
     timings: dict[str, float] = {}
     with tracker.ends_run_on_error(parent):
-        tracker.log_params(parent, {"config.name": config.name, "cells": len(config.cells()), "code_version": code_version(),
+        tracker.log_params(parent, {"config.name": config.name, "cells": len(cells), "code_version": code_version(),
                                     "runner": config.runner, "execution.chunk_size": config.execution.chunk_size,
                                     "execution.query_block": config.execution.query_block,
+                                    "cells_differ_in": ",".join(differing) or "-",
                                     "prefect.flow_run_id": str(runtime.flow_run.id or "")})
         tracker.log_text(parent, "config.yaml", _yaml(config))
         benches = {}
         shared = {}
         t = time.perf_counter()
-        for spec in {c.benchmark for c in config.cells()}:
+        for spec in {c.benchmark for c in cells}:
             benches[spec] = load_benchmark_task(spec)
         timings["load"] = time.perf_counter() - t
-        for spec, model in {(c.benchmark, c.model) for c in config.cells()}:
+        for spec, model in {(c.benchmark, c.model) for c in cells}:
             t = time.perf_counter()
             docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
             timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model, config.query_templates.get(model)))
             timings["embed_queries"] = timings.get("embed_queries", 0.0) + time.perf_counter() - t
-        for cell in config.cells():
+        t = time.perf_counter()
+        for cell in cells:
             docs, queries = shared[(cell.benchmark, cell.model)]
             try:
                 results.append(run_cell(cell, experiment_id, address=address, parent_run_id=parent,
                                         tracking_uri=tracker.uri, budget=config.budget, bench=benches[cell.benchmark],
-                                        docs=docs, queries=queries, execution=config.execution))
+                                        docs=docs, queries=queries, execution=config.execution,
+                                        run_name=mlflow_run_name(cell, differing)))
             except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
                 failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
+                log.error("cell %s failed: %s: %s", mlflow_run_name(cell, differing), type(exc).__name__, exc)
+        timings["cells"] = time.perf_counter() - t
+        t = time.perf_counter()
+        adjusted = adjust_sweep_pvalues(results)
+        for cell_result in results:
+            p_bh = cell_result.get("tests", {}).get("refined", {}).get("pvalue_bh")
+            if p_bh is not None:
+                tracker.log_metrics(cell_result["run_id"], {"refined.p_bh": p_bh})
         rows, markdown = summary_table(results)
+        caption = (f"**{config.name}** — {len(results)} cells" + (f", {len(failures)} failed" if failures else "")
+                   + f"; cells differ in {', '.join(differing) or 'nothing'}.\n\n")
         tracker.log_json(parent, "summary.json", rows)
-        tracker.log_text(parent, "summary.md", markdown)
+        tracker.log_text(parent, "summary.md", caption + markdown)
         if rows:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "summary.csv"
                 pl.DataFrame(rows).write_csv(path)
                 tracker.log_artifact(parent, path)
         refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
+        judgment_failures = [r for r in results if r.get("judgments_failed")]
+        timings["report"] = time.perf_counter() - t
         tracker.log_metrics(parent, {"cells_completed": len(results), "cells_failed": len(failures),
+                                     "cells_with_failed_judgments": len(judgment_failures),
+                                     "cells_cached": sum(bool(r.get("cached")) for r in results),
+                                     "judgments_paid": sum(r["judge_usage"].get("judgments_paid", 0) for r in results),
+                                     "judge_cost_usd": sum(r["judge_usage"].get("judge_cost_usd", 0) for r in results),
                                      "mean_delta_map_refined": float(np.mean(refined)) if refined else float("nan"),
+                                     **{f"time.{k}_s": v for k, v in timings.items()},
                                      "time.sweep_s": time.perf_counter() - started})
         if failures:
             tracker.log_text(parent, "failures.txt", "\n".join(failures))
+        if judgment_failures:
+            tracker.log_text(parent, "judge_failures.txt", "\n".join(failure_lines(results)))
         tracker.finish(parent, "FAILED" if failures and not results else "FINISHED")
-    return {"experiment_id": experiment_id, "parent_run_id": parent, "cells": results, "failures": failures,
-            "summary_markdown": markdown, "shared_timings": timings}
+    link_mlflow_run(tracker, experiment_id, parent, f"sweep {config.name}")
+    result = {"experiment_id": experiment_id, "parent_run_id": parent, "cells": results, "failures": failures,
+              "summary_markdown": markdown, "shared_timings": timings, "bh_adjusted": adjusted,
+              "columns": cell_rows(results)[0] if results else []}
+    if judgment_failures:
+        lines = failure_lines(results)
+        for line in lines:
+            log.error("%s", line)
+        raise JudgmentsFailed("judgments failed in " + "; ".join(lines), result)
+    return result
+
+
+_HINTS = (
+    ("401", "check the API key (ANTHROPIC_API_KEY for Claude)"),
+    ("AuthenticationError", "check the API key (ANTHROPIC_API_KEY for Claude)"),
+    ("403", "the key is not allowed to use this model"),
+    ("PermissionDenied", "the key is not allowed to use this model"),
+    ("404", "check the judge's model name and base_url"),
+    ("NotFound", "check the judge's model name and base_url"),
+    ("429", "rate limited: lower concurrency or raise max_retries"),
+    ("RateLimit", "rate limited: lower concurrency or raise max_retries"),
+    ("BudgetExceeded", "the sweep's budget is spent: raise budget.max_judgments / max_cost_usd"),
+    ("Timeout", "the server did not answer in time: raise timeout_s"),
+    ("Connection", "the judge server cannot be reached: check base_url and the network"),
+    ("HTTP 5", "the judge server failed: retry later"),
+    ("529", "the judge server is overloaded: retry later"),
+)
+
+
+def hint(error: str) -> str:
+    """What a user can do about a judge failure reason (empty when nothing specific helps)."""
+    for needle, text in _HINTS:
+        if needle in error:
+            return text
+    return "the judge's answer could not be read: see the ledger's raw responses"
+
+
+def failure_lines(results: list[dict]) -> list[str]:
+    """One line per cell with failed judgments: how many, the commonest reason and what to do."""
+    lines = []
+    for r in results:
+        errors = r.get("judge_errors") or {}
+        if not errors:
+            continue
+        reason, _ = max(errors.items(), key=lambda kv: kv[1])
+        total = r["judgments_failed"]
+        others = f" (and {len(errors) - 1} other reasons)" if len(errors) > 1 else ""
+        lines.append(f"{r['benchmark']} · {r['judge']} · lr {r['params']['lr']:g}: {total} judgments failed in "
+                     f"{r['failed_queries']} queries: {reason}{others}: {hint(reason)}")
+    return lines
 
 
 def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
-    """Run ``sweep`` with the runner the config names (``local``, ``dask`` or ``dask://host:port``)."""
+    """Run ``sweep`` with the runner the config names (``local``, ``dask`` or ``dask://host:port``).
+
+    Returns the sweep's result also when judgments failed (then ``result["judgment_failures"]``
+    lists one line per affected cell); other errors propagate.
+    """
     with dask_cluster(config.runner, config.execution.workers) as address:
-        return sweep(config, tracking, address)
+        state = sweep(config, tracking, address, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, JudgmentsFailed) and outcome.result is not None:
+        result = outcome.result
+        result["judgment_failures"] = failure_lines(result["cells"])
+        return result
+    if isinstance(outcome, BaseException):
+        raise outcome
+    outcome["judgment_failures"] = []
+    return outcome
 
 
 def _yaml(config: SweepConfig) -> str:

@@ -28,9 +28,20 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"
 
 
+_CUTOFF = re.compile(r"@(\d+)")
+_CUTOFF_KEY = re.compile(r"_at_0*(\d+)")
+
+
 def metric_key(name: str) -> str:
-    """MLflow-safe metric name: ``ndcg@10`` -> ``ndcg_at_10``."""
-    return _BAD_KEY_CHARS.sub("_", name.replace("@", "_at_"))
+    """MLflow-safe metric name with cut-offs padded to two digits so keys sort as numbers:
+    ``ndcg@10`` -> ``ndcg_at_10``, ``precision@5`` -> ``precision_at_05``."""
+    return _BAD_KEY_CHARS.sub("_", _CUTOFF.sub(lambda m: f"_at_{int(m.group(1)):02d}", name))
+
+
+def measure_name(key: str) -> str:
+    """The inverse of :func:`metric_key` for measure names: ``precision_at_05`` -> ``precision@5``
+    (the spelling of per-query files, ``compare`` and ``--json``)."""
+    return _CUTOFF_KEY.sub(lambda m: f"@{int(m.group(1))}", key)
 
 
 class Tracker:
@@ -88,12 +99,17 @@ class Tracker:
         self.client.log_text(run_id, text, name)
 
     def log_benchmark(self, run_id: str, counts: dict, source: str) -> None:
-        """The benchmark as an MLflow dataset input, identified by its content hash."""
-        from mlflow.data.http_dataset_source import HTTPDatasetSource
+        """The benchmark as an MLflow dataset input, identified by its content hash; its source
+        is the folder the tables were read from (no made-up URL)."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        dataset = MetaDataset(HTTPDatasetSource(url=f"https://refine-eval.local/datasets/{counts['name']}"),
-                              name=str(counts["name"]), digest=str(counts["hash"]))
+        with warnings.catch_warnings():  # the local-path source is registered twice inside MLflow
+            warnings.simplefilter("ignore", UserWarning)
+            origin = resolve_dataset_source(str(source), candidate_sources=None)
+        dataset = MetaDataset(origin, name=str(counts["name"]), digest=str(counts["hash"]))
         entity = dataset._to_mlflow_entity()
         self.client.log_inputs(run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", "evaluation"),
                                                                    InputTag("source", source[:500])])])
@@ -131,8 +147,53 @@ class Tracker:
         return closed
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        base = os.environ.get("REFINE_MLFLOW_UI_URL", "http://127.0.0.1:5000")
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        """The run's page in the MLflow UI (``$REFINE_MLFLOW_UI_URL``, default the ``refine ui`` address)."""
+        return f"{ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def runs_table_url(self, experiment_id: str) -> str:
+        """The experiment's runs table: MLflow 3 opens an experiment in its GenAI view unless
+        the URL asks for the machine-learning workflow."""
+        return f"{ui_base()}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+    def find_cell(self, experiment_id: str, content_key: str, *, exclude: str | None = None) -> str | None:
+        """The first finished cell run with the same content key (same cell, inputs and code):
+        the original that a cached re-run links to."""
+        runs = self.client.search_runs([experiment_id], f"tags.`refine.content_key` = '{content_key}' and "
+                                       "attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"],
+                                       max_results=5)
+        for run in runs:
+            if run.info.run_id != exclude:
+                return run.data.tags.get("refine.original_run_id", run.info.run_id)
+        return None
+
+
+def prefect_run_url() -> str | None:
+    """The current Prefect flow run's page in the Prefect UI (None without a UI, e.g. the
+    ephemeral server the CLI starts)."""
+    from prefect import runtime
+
+    url = runtime.flow_run.ui_url
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
+def ui_base() -> str:
+    return os.environ.get("REFINE_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Raise ValueError within about ``timeout`` seconds when an HTTP tracking server does not
+    answer (MLflow's own client retries for minutes); SQLite and file stores are opened directly."""
+    if not uri.startswith(("http://", "https://")):
+        MlflowClient(uri).search_experiments(max_results=1)
+        return
+    import httpx
+
+    try:
+        response = httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ValueError(f"MLflow tracking server {uri} does not answer: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise ValueError(f"MLflow tracking server {uri} answered /health with HTTP {response.status_code}")
 
 
 def _alive(pid: int) -> bool:

@@ -125,3 +125,16 @@ def bootstrap_delta_ci(
         random_state=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def win_tie_loss(before: np.ndarray, after: np.ndarray, *, tol: float = 1e-9) -> tuple[int, int, int]:
+    """How many queries a method improved, left unchanged and hurt: ``after - before`` above
+    ``tol``, within ``±tol``, below ``-tol`` (pairs with a NaN on either side are left out).
+
+    Example:
+        >>> win_tie_loss(np.array([0.2, 0.5, 0.5]), np.array([0.4, 0.5, 0.1]))
+        (1, 1, 1)
+    """
+    a, b = _paired(np.asarray(before, float), np.asarray(after, float))
+    delta = b - a
+    return int((delta > tol).sum()), int((np.abs(delta) <= tol).sum()), int((delta < -tol).sum())

@@ -56,6 +56,7 @@ class BenchmarkRef:
     counts: dict
     embed_instruction: str
     judge_instruction: str | None
+    source: str = ""   # where the raw data came from (files or Hub ids)
 
     def load(self) -> Benchmark:
         return Benchmark.load(self.folder)
@@ -76,8 +77,14 @@ class JudgmentsRef:
     digest: str
     judge_key: str
     metrics: dict = field(default_factory=dict)
-    failed_queries: int = 0
+    failed_queries: int = 0          # queries with at least one failed judgment
     seconds: float = 0.0
+    errors: dict = field(default_factory=dict)   # failure reason -> how many judgments
+    fallback_queries: int = 0        # queries with no judgment at all (they keep the baseline ranking)
+
+    @property
+    def failed_judgments(self) -> int:
+        return int(sum(self.errors.values()))
 
 
 def _key(*parts: object) -> str:
@@ -95,7 +102,7 @@ def load_benchmark_task(spec: BenchmarkSpec) -> BenchmarkRef:
         bench.save(folder)
     return BenchmarkRef(name=bench.name, hash=bench.content_hash, documents_hash=bench.documents_hash,
                         folder=str(folder), counts=bench.counts(), embed_instruction=bench.embed_instruction,
-                        judge_instruction=bench.judge_instruction)
+                        judge_instruction=bench.judge_instruction, source=bench.source)
 
 
 # ---- embed -------------------------------------------------------------------------------------
@@ -118,7 +125,7 @@ def _chunk_key(context, parameters) -> str:  # noqa: ANN001
                 parameters["start"], parameters["stop"])
 
 
-@task(name="embed-corpus-chunk", cache_key_fn=_chunk_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
+@task(name="embed-corpus-chunk", task_run_name="embed {bench.name} documents {start}-{stop}", cache_key_fn=_chunk_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
       retries=1)
 def embed_corpus_chunk_task(bench: BenchmarkRef, model: str, start: int, stop: int) -> ArrayRef:
     """Document vectors of rows ``start:stop`` of a benchmark's corpus (through the embedding cache)."""
@@ -232,14 +239,23 @@ def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget
             if verdict.ok:
                 scores[i, p] = verdict.score
     mask = np.isfinite(scores)
-    failed_queries = int(((~mask) & (idx >= 0)).any(axis=1).sum())
+    missing = (~mask) & (idx >= 0)
+    failed_queries = int(missing.any(axis=1).sum())
+    fallback_queries = int((missing.any(axis=1) & ~(mask & (idx >= 0)).any(axis=1)).sum())
+    errors: dict[str, int] = {}
+    for verdicts in report.judgments:
+        for verdict in verdicts:
+            if not verdict.ok:
+                errors[verdict.error or "unknown"] = errors.get(verdict.error or "unknown", 0) + 1
     content = hashlib.sha256(np.nan_to_num(scores, nan=-1.0).tobytes() + mask.tobytes()).hexdigest()
     name = digest("judgments", judge_obj.identity.key, bench.hash, feedback.digest, content)
     path = save_arrays(f"judgments-{name}", scores=np.nan_to_num(scores, nan=0.0), mask=mask)
     metrics = report.as_metrics()
     metrics["judge_failed_queries"] = float(failed_queries)
+    metrics["judge_fallback_queries"] = float(fallback_queries)
     return JudgmentsRef(path=path, digest=name, judge_key=judge_obj.identity.key, metrics=metrics,
-                        failed_queries=failed_queries, seconds=time.perf_counter() - start)
+                        failed_queries=failed_queries, seconds=time.perf_counter() - start, errors=errors,
+                        fallback_queries=fallback_queries)
 
 
 # ---- HyDE ---------------------------------------------------------------------------------------------
@@ -393,8 +409,10 @@ def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedba
     metrics, tests = score_methods(q, d, labels, feedback_idx=idx, judge_scores=judged["scores"],
                                    judge_mask=judged["mask"] & (idx >= 0), round_vectors=round_vectors, pool=pool,
                                    extra_vectors=extra_vectors)
-    failed = ~(judged["mask"] & (idx >= 0)).any(axis=1)
+    valid = judged["mask"] & (idx >= 0)
+    failed = ~valid.any(axis=1)
     per_query = {"query_id": b.queries["query_id"].to_list(), "judge_failed": failed.tolist(),
+                 "judgments_failed": ((~judged["mask"]) & (idx >= 0)).sum(axis=1).tolist(),
                  "judged_doc_ids": [[b.documents["doc_id"][int(j)] for j in row if j >= 0] for row in idx],
                  "judge_scores": [[float(s) if m else None for s, m, j in zip(srow, mrow, irow) if j >= 0]
                                   for srow, mrow, irow in zip(judged["scores"], judged["mask"], idx)]}

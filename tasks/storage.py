@@ -61,10 +61,11 @@ def digest(*parts: object) -> str:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    """Hash of the library source (refine_core, evaluations): a change invalidates task caches."""
+    """Hash of the code that computes cached results (refine_core, evaluations, tasks): a change
+    there invalidates the task caches."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for package in ("refine_core", "evaluations"):
+    for package in ("refine_core", "evaluations", "tasks"):
         for file in sorted((root / package).rglob("*.py")):
             h.update(str(file.relative_to(root)).encode())
             h.update(file.read_bytes())

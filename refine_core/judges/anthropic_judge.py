@@ -252,7 +252,10 @@ class AnthropicJudge:
         try:
             message = self.client.messages.create(**params)  # type: ignore[arg-type]
         except anthropic.APIStatusError as exc:
-            return None, f"{type(exc).__name__}: HTTP {exc.status_code}", Usage(requests=1, latency_s=time.perf_counter() - started)
+            body = exc.body if isinstance(exc.body, dict) else {}
+            kind = body.get("error", {}).get("type", "") if isinstance(body.get("error"), dict) else ""
+            return (None, f"{type(exc).__name__}: HTTP {exc.status_code}" + (f" {kind}" if kind else ""),
+                    Usage(requests=1, latency_s=time.perf_counter() - started))
         except anthropic.APIError as exc:  # timeouts, connection errors
             return None, f"{type(exc).__name__}: {str(exc)[:200]}", Usage(requests=1, latency_s=time.perf_counter() - started)
         except ValueError as exc:  # a 200 whose body is not valid JSON

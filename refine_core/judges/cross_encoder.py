@@ -14,6 +14,27 @@ import numpy as np
 from refine_core.judges.base import JudgeConfigError, JudgeIdentity, Judgment, JudgeResponse, Usage
 
 
+def check_cross_encoder_model(model: str) -> None:
+    """Raise :class:`JudgeConfigError` unless ``model`` is a local folder with a config, or a Hub
+    id that can be had (in the local cache when ``HF_HUB_OFFLINE`` is set), without loading it."""
+    import os
+    from pathlib import Path
+
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise JudgeConfigError(f"cross-encoder {model!r}: the folder has no config.json")
+        return
+    if model.startswith((".", "/", "~")):
+        raise JudgeConfigError(f"cross-encoder {model!r}: no such folder")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise JudgeConfigError(f"cross-encoder {model!r}: not a folder and not in the local Hugging Face cache "
+                                   "(HF_HUB_OFFLINE is set)")
+
+
 class CrossEncoderJudge:
     """Cross-encoder relevance scores for (query, document) pairs.
 

@@ -50,6 +50,35 @@ def resolve_local_model(model: str) -> tuple[Path, str | None]:
     raise JudgeConfigError(f"local judge model {model!r}: no such folder or .gguf file")
 
 
+def model_fingerprint(model: str) -> str:
+    """A cheap content fingerprint of a local model (sizes and the first and last MiB of each
+    weight file, the config files whole): a changed file gives a new judge identity."""
+    import hashlib
+
+    folder, gguf = resolve_local_model(model)
+    files = [folder / gguf] if gguf else sorted(f for f in folder.iterdir() if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as handle:
+            if size <= 2 << 20:
+                h.update(handle.read())
+            else:
+                h.update(handle.read(1 << 20))
+                handle.seek(size - (1 << 20))
+                h.update(handle.read())
+    return h.hexdigest()[:16]
+
+
+def check_local_model(model: str) -> None:
+    """Raise :class:`JudgeConfigError` unless ``model`` names a loadable local model (without
+    loading it): an alias whose package is installed, a ``.gguf`` file, or a folder with a config."""
+    folder, gguf = resolve_local_model(model)
+    if gguf is None and not (folder / "config.json").is_file():
+        raise JudgeConfigError(f"local model {model!r}: the folder has no config.json (not a transformers model)")
+
+
 def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"):  # noqa: ANN201
     """(tokenizer, model in eval mode on its device, device, name) for a folder, GGUF file or alias."""
     import torch
@@ -94,7 +123,8 @@ class LocalLMJudge:
         self.no_ids = np.array([i for i, t in enumerate(vocab) if is_no(t)], dtype=np.int64)
         if not self.yes_ids.size or not self.no_ids.size:
             raise JudgeConfigError(f"local judge model {model!r}: its vocabulary has no yes/no tokens")
-        self.identity = JudgeIdentity.of("local-lm", name, "yes-no-logits", PAPER_PROMPT_VERSION)
+        self.identity = JudgeIdentity.of("local-lm", name, "yes-no-logits", PAPER_PROMPT_VERSION,
+                                         fingerprint=model_fingerprint(model), max_prompt_tokens=max_prompt_tokens)
 
     def __repr__(self) -> str:
         return f"LocalLMJudge(model={self.identity.model!r}, device={self.device!r})"

@@ -63,8 +63,9 @@ class OpenAICompatibleJudge:
         key = os.environ.get(api_key_env, "")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
+        # The server is part of the identity: two servers may serve different weights under one name.
         self.identity = JudgeIdentity.of("openai-compatible", model, "yes-no-logprob", PAPER_PROMPT_VERSION,
-                                         top_logprobs=top_logprobs)
+                                         top_logprobs=top_logprobs, base_url=self.base_url)
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleJudge(model={self.model!r}, base_url={self.base_url!r})"

@@ -1,0 +1,139 @@
+"""Real servers for the journey tests: ``prefect server start`` and processes that talk to it.
+
+Everything listens on 127.0.0.1 and keeps its state in a temporary folder; each helper stops
+what it started (the whole process group) when its context ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """The test process's environment without anything that points at another Prefect/MLflow."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
+    env.update({"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "REFINE_HOME": str(home / "refine"),
+                "PREFECT_HOME": str(home / "prefect-client")})
+    return env
+
+
+@contextmanager
+def process(command: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """A process in its own group, output to ``log``; the group is terminated (then killed) at exit."""
+    handle = log.open("ab")
+    proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        stop_group(proc)
+        handle.close()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=timeout)
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001, ANN201
+    """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (httpx.HTTPError, OSError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """``prefect server start`` on a free port with its own SQLite database; yields the API URL."""
+    port = free_port()
+    env = base_env(home)
+    env.update({"PREFECT_HOME": str(home / "prefect-server"),
+                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect-server.db'}",
+                "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    api = f"http://127.0.0.1:{port}/api"
+    with process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
+                 home / "prefect-server.log"):
+        wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
+        yield api
+
+
+class PrefectAPI:
+    """The few REST calls the tests make, as a user's script or the UI would."""
+
+    def __init__(self, api: str) -> None:
+        self.api = api
+        self.http = httpx.Client(base_url=api, timeout=30)
+
+    def deployment(self, flow: str, name: str) -> dict | None:
+        response = self.http.get(f"/deployments/name/{flow}/{name}")
+        return response.json() if response.status_code == 200 else None
+
+    def run_deployment(self, deployment_id: str, parameters: dict | None = None) -> str:
+        body = {"parameters": parameters} if parameters else {}
+        response = self.http.post(f"/deployments/{deployment_id}/create_flow_run", json=body)
+        response.raise_for_status()
+        return response.json()["id"]
+
+    def flow_run(self, run_id: str) -> dict:
+        response = self.http.get(f"/flow_runs/{run_id}")
+        response.raise_for_status()
+        return response.json()
+
+    def wait_final(self, run_id: str, timeout: float) -> dict:
+        final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+        return wait_for(lambda: (r := self.flow_run(run_id))["state_type"] in final and r, timeout, f"flow run {run_id}")
+
+    def flow_runs(self, **flow_runs_filter: object) -> list[dict]:
+        response = self.http.post("/flow_runs/filter", json={"flow_runs": flow_runs_filter, "limit": 200})
+        response.raise_for_status()
+        return response.json()
+
+    def logs(self, run_id: str) -> list[dict]:
+        response = self.http.post("/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        response.raise_for_status()
+        return response.json()
+
+    def artifacts(self, run_id: str) -> list[dict]:
+        response = self.http.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+        response.raise_for_status()
+        return response.json()
+
+    def retry(self, run_id: str) -> None:
+        """What the UI's Retry button does: schedule the finished run again."""
+        response = self.http.post(f"/flow_runs/{run_id}/set_state", json={
+            "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the test"}, "force": True})
+        response.raise_for_status()

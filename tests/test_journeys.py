@@ -1,0 +1,311 @@
+"""The three things users do — schedule, compare, retry — against real servers, as a user meets them.
+
+* schedule: ``prefect server start``, ``refine serve`` with a cron schedule, a run triggered
+  through the Prefect API completes, its cells are in MLflow with links both ways and its INFO
+  logs are in Prefect; a run whose judgments failed ends FAILED, and Prefect's Retry (what the
+  UI's button sends) re-asks only the failed judgments.
+* retry from the CLI: a judge answering 401 makes ``refine run`` exit 3 with one line per cell
+  and the command to retry; the retry pays only for what failed; an identical re-run pays nothing.
+* compare: ``refine compare`` on a grid (varying columns, every method, stored p (BH)),
+  ``--layout paper`` with ``--where``, ``refine experiments``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from conftest import FIXTURES
+from fakes.anthropic_server import FakeAnthropic, FaultPlan
+from servers import BIN, PrefectAPI, base_env, free_port, prefect_server, process, wait_for
+
+SENTINEL_KEY = "sk-ant-SENTINEL-journeys-0c4d"
+USERDATA = FIXTURES / "userdata"
+
+
+def _gold() -> tuple[dict[str, set[str]], list[str]]:
+    from evaluations.registry import load_benchmark
+
+    bench = load_benchmark(f"files:{USERDATA}")
+    return bench.relevant_texts(), bench.query_texts()
+
+
+def _claude_config(path: Path, base_url: str, name: str, lrs: str = "[0.01, 0.001]") -> Path:
+    path.write_text(
+        f"name: {name}\n"
+        f"benchmarks:\n  - name: files:{USERDATA}\n"
+        f"judges:\n  - {{kind: anthropic, scheme: listwise, base_url: '{base_url}', max_retries: 0, concurrency: 2}}\n"
+        f"grid:\n  lr: {lrs}\n  k: [5]\n"
+    )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_only_failures(
+        tmp_path: Path, data_root: Path) -> None:
+    from mlflow import MlflowClient
+
+    relevant, queries = _gold()
+    broken = queries[1]
+    with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=SENTINEL_KEY,
+                       faults=FaultPlan(fail_queries={broken})) as claude, prefect_server(tmp_path) as api:
+        config = _claude_config(tmp_path / "nightly.yaml", claude.base_url, "nightly")
+        env = base_env(tmp_path) | {"PREFECT_API_URL": api, "ANTHROPIC_API_KEY": SENTINEL_KEY,
+                                    "REFINE_DATA_DIR": str(data_root)}
+        prefect = PrefectAPI(api)
+        with process([str(BIN / "refine"), "serve", str(config), "--cron", "0 3 * * *", "--name", "nightly"], env,
+                     tmp_path / "serve.log"):
+            deployment = wait_for(lambda: prefect.deployment("refine-sweep", "nightly"), 120, "the deployment")
+            assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
+
+            run_id = prefect.run_deployment(deployment["id"])
+            first = prefect.wait_final(run_id, 300)
+            log = (tmp_path / "serve.log").read_text(errors="replace")
+            assert first["state_type"] == "FAILED", log[-3000:]
+            assert first["name"].startswith("nightly 20")  # <config> <time>, not a random name
+            messages = [entry["message"] for entry in prefect.logs(run_id)]
+            assert any("sweep nightly: 2 cells" in m for m in messages), messages  # INFO logs reach Prefect
+            assert any("judgments failed" in m and "HTTP 500" in m for m in messages), messages
+
+            mlflow = MlflowClient(f"sqlite:///{tmp_path / 'refine' / 'mlflow.db'}")
+            (experiment,) = [e for e in mlflow.search_experiments() if e.name == "nightly"]
+            cells = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'cell'")
+            assert len(cells) == 2 and all(c.info.status == "FINISHED" for c in cells)
+            assert {c.info.run_name for c in cells} == {"lr=0.01 · anthropic:default/listwise · files:userdata · "
+                                                        "all-MiniLM-L6-v2",
+                                                        "lr=0.001 · anthropic:default/listwise · files:userdata · "
+                                                        "all-MiniLM-L6-v2"}
+            assert all(c.data.metrics["judge_failed_queries"] == 1 for c in cells)
+            assert all(c.data.tags["refine.prefect_flow_run_url"].startswith("http://127.0.0.1:") for c in cells)
+            cell_runs = prefect.flow_runs(parent_flow_run_id={"any_": [run_id]}) or prefect.flow_runs()
+            linked = [a for r in cell_runs for a in prefect.artifacts(r["id"]) if a["key"] == "mlflow-run"]
+            assert any(c.info.run_id in a["data"] for c in cells for a in linked)
+
+            # The UI's Retry: only the failed query is asked again, everything else is cached.
+            claude.faults = FaultPlan()
+            claude.reset_stats()
+            prefect.retry(run_id)
+            time.sleep(1)
+            second = prefect.wait_final(run_id, 300)
+            assert second["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
+            assert {q for (q, _) in claude.stats.pairs_requested} == {broken}
+            assert claude.stats.message_requests == 1  # both cells share the judged feedback
+            latest = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'sweep'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)[0]
+            healed = mlflow.search_runs([experiment.experiment_id],
+                                        f"tags.`mlflow.parentRunId` = '{latest.info.run_id}'")
+            assert len(healed) == 2 and all(c.data.metrics["judge_failed_queries"] == 0 for c in healed)
+            assert sum(c.data.metrics["judgments_paid"] for c in healed) == 5  # the broken query's top 5, once
+    leaked = subprocess.run(["grep", "-rl", SENTINEL_KEY, str(tmp_path)], capture_output=True, text=True).stdout
+    assert leaked == "", f"the API key reached: {leaked}"
+
+
+def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--cron", "every night"], env={"PREFECT_API_URL": ""})
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "'every night' is not a valid cron schedule" in lines[0], result.output
+
+
+# ---------------------------------------------------------------------------------------------
+# retry from the command line
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed(
+        platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.cli import app
+
+    relevant, queries = _gold()
+    runner = CliRunner()
+    with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=SENTINEL_KEY) as claude:
+        config = _claude_config(tmp_path / "claude.yaml", claude.base_url, "journey-retry", lrs="[0.01]")
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-wrong-key")
+        failed = runner.invoke(app, ["run", str(config), "--json"])
+        assert failed.exit_code == 3, failed.output
+        stderr = failed.stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("judgments failed:")]
+        assert len(lines) == 1, stderr
+        assert "20 judgments failed in 4 queries" in lines[0] and "HTTP 401 authentication_error" in lines[0]
+        assert "ANTHROPIC_API_KEY" in lines[0]
+        assert f"refine run {config}" in stderr
+        out = json.loads(failed.stdout.strip().splitlines()[-1])
+        assert out["judgment_failures"] == [lines[0].removeprefix("judgments failed: ")]
+        assert out["cells"][0]["judge_errors"] == {"AuthenticationError: HTTP 401 authentication_error": 20}
+
+        monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL_KEY)
+        claude.reset_stats()
+        healed = runner.invoke(app, ["run", str(config), "--json"])
+        assert healed.exit_code == 0, healed.output
+        assert claude.stats.message_requests == len(queries)  # one listwise call per query, nothing more
+        cell = json.loads(healed.stdout.strip().splitlines()[-1])["cells"][0]
+        assert cell["failed_queries"] == 0 and cell["metrics"]["refined"]["map"] > 0
+
+        claude.reset_stats()
+        again = runner.invoke(app, ["run", str(config), "--json"])
+        assert again.exit_code == 0 and claude.stats.message_requests == 0
+        same = json.loads(again.stdout.strip().splitlines()[-1])["cells"][0]
+        assert same["metrics"] == cell["metrics"] and same["cached"] is True
+        assert same["original_run_id"] == cell["run_id"]
+        assert "0 judgments paid in this run" in again.stdout
+
+    from mlflow import MlflowClient
+
+    from flows.tracking import tracking_uri
+
+    run = MlflowClient(tracking_uri()).get_run(same["run_id"])
+    assert run.data.metrics["judgments_paid"] == 0 and run.data.metrics["judgments_cached"] == 20
+    assert run.data.tags["refine.cached"] == "true" and run.data.tags["refine.original_run_id"] == cell["run_id"]
+
+
+@pytest.mark.parametrize("judge,message", [
+    ("{kind: local-lm, model: /no/such/model.gguf}", "local judge model '/no/such/model.gguf': no such folder"),
+    ("{kind: cross-encoder, model: /no/such/cross-encoder}", "cross-encoder '/no/such/cross-encoder': no such folder"),
+    ("{kind: cross-encoder, model: nobody/not-a-cached-model}", "not in the local Hugging Face cache"),
+])
+def test_missing_local_judge_models_fail_before_anything_is_embedded(
+        tmp_path: Path, data_root: Path, judge: str, message: str) -> None:
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"name: x\nbenchmarks: [{{name: 'files:{USERDATA}'}}]\njudges: [{judge}]\n")
+    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
+    started = time.perf_counter()
+    result = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "refine" / "embeddings").exists()  # nothing was embedded
+    assert time.perf_counter() - started < 60
+
+
+def test_an_unreachable_tracking_server_is_reported_within_seconds(tmp_path: Path, data_root: Path) -> None:
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"name: x\nbenchmarks: [{{name: 'files:{USERDATA}'}}]\n")
+    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root),
+                                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    started = time.perf_counter()
+    result = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 2 and "does not answer" in result.stderr and "Traceback" not in result.stderr
+    assert elapsed < 45, f"took {elapsed:.0f} s (process start and imports included)"
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_compare_a_grid_shows_what_varies_and_the_stored_bh_p(platform: Path, tmp_path: Path) -> None:
+    from flows.cli import app
+
+    config = tmp_path / "grid.yaml"
+    config.write_text(
+        "name: journey-grid\n"
+        f"benchmarks:\n  - name: files:{USERDATA}\n"
+        "judges:\n  - kind: oracle\n  - {kind: noisy-oracle, flip_rate: 0.3, seed: 1}\n"
+        "grid:\n  lr: [0.01, 0.001]\n  k: [5]\n  rounds: [1, 2]\n"
+    )
+    runner = CliRunner()
+    ran = runner.invoke(app, ["run", str(config), "--json"])
+    assert ran.exit_code == 0, ran.output
+    cells = json.loads(ran.stdout.strip().splitlines()[-1])["cells"]
+    assert len(cells) == 8 and all("refined_r2" in c["metrics"] for c in cells if c["params"]["rounds"] == 2)
+    table = ran.stdout
+    assert "rounds" in table and "refined_r2" in table and "+/=/−" in table
+
+    shown = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--format", "markdown",
+                                "--benchmark", "toy-intents", "--judge", "oracle"])
+    assert shown.exit_code == 0, shown.output
+    header = shown.stdout.splitlines()[0]
+    assert all(col in header for col in ("judge", "lr", "rounds", "MAP refined_r2", "p (BH)", "improved/same/hurt"))
+    stored = {c["run_id"]: c["tests"]["refined"]["pvalue_bh"] for c in cells}
+    filtered = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--where", "lr=0.01", "--json"])
+    kept = json.loads(filtered.stdout.strip().splitlines()[-1])["cells"]
+    assert len(kept) == 4 and all(c["params"]["lr"] == 0.01 for c in kept)
+    # p (BH) is the sweep's, as stored: filtering never recomputes it
+    assert all(c["tests"]["refined"]["pvalue_bh"] == pytest.approx(stored[c["run_id"]]) for c in kept)
+
+    ambiguous = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--layout", "paper"])
+    assert ambiguous.exit_code == 2
+    assert "differ in judge, lr, rounds: pick one with --where judge=oracle lr=0.01 rounds=1" in ambiguous.output
+    paper = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--layout", "paper", "--format", "markdown",
+                                "--where", "judge=oracle", "lr=0.01", "rounds=1"])
+    assert paper.exit_code == 0, paper.output
+    assert "| all-MiniLM-L6-v2 | Refined |" in paper.stdout
+
+    listed = runner.invoke(app, ["experiments", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = [r for r in json.loads(listed.stdout)["experiments"] if r["name"] == "journey-grid"]
+    assert row["cells"] == 8 and row["sweeps"] == 1
+    assert row["best_refined_map"] == pytest.approx(max(c["metrics"]["refined"]["map"] for c in cells))
+    assert row["url"].endswith("/runs?workflowType=machine_learning")
+
+
+def test_refine_ui_stops_its_server_when_stopped(tmp_path: Path) -> None:
+    port = free_port()
+    env = base_env(tmp_path) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen([str(BIN / "refine"), "ui", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 90, "the MLflow UI")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        wait_for(lambda: _port_closed(port), 20, "the UI's port to close")
+        leftover = subprocess.run(["pgrep", "-f", f"mlflow.*{port}"], capture_output=True, text=True).stdout.split()
+        assert [pid for pid in leftover if int(pid) != os.getpid()] == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"MLflow UI: http://127.0.0.1:{port}" in proc.stdout.read()
+
+
+def _port_closed(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_metric_keys_sort_as_numbers_and_read_back() -> None:
+    from flows.tracking import measure_name, metric_key
+
+    keys = [metric_key(f"refined.precision@{k}") for k in (5, 10, 20, 50)]
+    assert keys == sorted(keys) == ["refined.precision_at_05", "refined.precision_at_10", "refined.precision_at_20",
+                                    "refined.precision_at_50"]
+    assert [measure_name(k.split(".", 1)[1]) for k in keys] == ["precision@5", "precision@10", "precision@20",
+                                                                 "precision@50"]
+
+
+def test_win_tie_loss_counts() -> None:
+    import numpy as np
+
+    from refine_core.statistics import win_tie_loss
+
+    assert win_tie_loss(np.array([0.1, 0.5, 0.5, np.nan]), np.array([0.3, 0.5, 0.2, 0.9])) == (1, 1, 1)
+
+
+def test_failure_hints_name_the_cause() -> None:
+    from flows.sweep import hint
+
+    assert "ANTHROPIC_API_KEY" in hint("AuthenticationError: HTTP 401 authentication_error")
+    assert "rate limited" in hint("RateLimitError: HTTP 429 rate_limit_error")
+    assert "budget" in hint("BudgetExceeded")
+    assert "retry later" in hint("InternalServerError: HTTP 500 api_error")
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytest.skip("process groups and pgrep: Linux only", allow_module_level=True)
