@@ -26,7 +26,6 @@ app.add_typer(datasets_app, name="datasets")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
-METHOD_COLUMNS = ("baseline", "rerank_only", "rocchio", "refined")
 
 
 def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
@@ -287,6 +286,9 @@ def run(
     Exit status: 0 done; 1 a cell failed; 2 bad input (nothing run); 3 some judgments failed
     (every cell is logged; the same command again asks only for the failed judgments).
     """
+    # This command reports failures itself, one line each; Prefect's own console lines (with
+    # tracebacks) stay in the Prefect database and UI.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     from flows.environment import configure_environment
 
     configure_environment()

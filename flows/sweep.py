@@ -76,14 +76,14 @@ def varying(cells: list[CellSpec]) -> list[str]:
 
 def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
     """``lr=0.001 · noisy-oracle-0.2 · clinc150 · all-MiniLM-L6-v2``: what differs between the
-    sweep's cells first, then the rest of what identifies the cell."""
+    sweep's cells first, then judge, lr, benchmark and model where they do not differ."""
     short = {"benchmark": short_benchmark(cell.benchmark.name), "model": cell.model.rsplit("/", 1)[-1], "judge": cell.judge.label,
              "lr": f"lr={cell.lr:g}", "k": f"k={cell.k}", "rounds": f"r={cell.rounds}", "steps": f"steps={cell.steps}",
              "optimizer": cell.optimizer, "normalize": f"norm={cell.normalize}",
              "score_temperature": f"τs={cell.score_temperature:g}",
              "similarity_temperature": f"τc={cell.similarity_temperature:g}"}
     lead = [short[n] for n in differing]
-    rest = [short[n] for n in ("judge", "benchmark", "model") if n not in differing]
+    rest = [short[n] for n in ("judge", "lr", "benchmark", "model") if n not in differing]
     return " · ".join(lead + rest)
 
 
@@ -260,8 +260,10 @@ def failure_lines(results: list[dict]) -> list[str]:
         reason, _ = max(errors.items(), key=lambda kv: kv[1])
         total = r["judgments_failed"]
         others = f" (and {len(errors) - 1} other reasons)" if len(errors) > 1 else ""
-        lines.append(f"{r['benchmark']} · {r['judge']} · lr {r['params']['lr']:g}: {total} judgments failed in "
-                     f"{r['failed_queries']} queries: {reason}{others}: {hint(reason)}")
+        queries = r["failed_queries"]
+        lines.append(f"{r['benchmark']} · {r['judge']} · lr {r['params']['lr']:g}: {total} judgment"
+                     f"{'s' if total != 1 else ''} failed in {queries} quer{'ies' if queries != 1 else 'y'}: "
+                     f"{reason}{others}: {hint(reason)}")
     return lines
 
 

@@ -75,8 +75,9 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), now, step) for k, v in sorted(metrics.items())
-                 if v is not None and math.isfinite(float(v))]
+        # Logged in key order (the MLflow UI lists a run's metrics in the order they were written).
+        items = sorted((Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
+                        if v is not None and math.isfinite(float(v))), key=lambda m: m.key)
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
 
@@ -191,9 +192,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     try:
         response = httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
     except httpx.HTTPError as exc:
-        raise ValueError(f"MLflow tracking server {uri} does not answer: {type(exc).__name__}") from None
+        raise ValueError(f"MLflow tracking URI {uri} is unreachable: the server does not answer within "
+                         f"{timeout:g} s ({type(exc).__name__})") from None
     if response.status_code != 200:
-        raise ValueError(f"MLflow tracking server {uri} answered /health with HTTP {response.status_code}")
+        raise ValueError(f"MLflow tracking URI {uri} is unreachable: /health answered HTTP {response.status_code}")
 
 
 def _alive(pid: int) -> bool:

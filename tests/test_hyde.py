@@ -99,7 +99,7 @@ def test_hyde_and_hyde_refined_in_a_sweep_cell(platform: Path, data_root: Path, 
     assert m["hyde_refined"]["map"] > m["hyde"]["map"]
     assert again["cells"][0]["metrics"] == m
     run = MlflowClient(tracking_uri()).get_run(cell["run_id"])
-    for name in ("hyde.map", "hyde_refined.map", "hyde_refined.pvalue", "hyde_generations_paid", "hyde_cost_usd"):
+    for name in ("hyde.map", "hyde_refined.map", "hyde_refined.p_raw", "hyde_generations_paid", "hyde_cost_usd"):
         assert name in run.data.metrics, name
     assert run.data.params["hyde.kind"] == "anthropic" and run.data.params["hyde.temperature"] == "0.7"
     assert run.data.metrics["hyde_generations_paid"] == 6

@@ -65,9 +65,13 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
         for method in ("baseline", "rerank_only", "rocchio", "refined"):
             for name in ("map", "ndcg_at_10", "recall_at_50", "precision_at_10", "roc_auc", "separation"):
                 assert np.isfinite(child.data.metrics[f"{method}.{name}"]), (method, name)
-        for name in ("refined.delta_map", "refined.relative_gain", "refined.pvalue", "judge_cost_usd",
-                     "judgments_failed", "time.embed_corpus_s", "time.judge_s", "time.refine_s"):
+        for name in ("refined.delta_map", "refined.relative_gain", "refined.p_raw", "refined.p_bh", "judge_cost_usd",
+                     "judgments_failed", "judgments_paid", "judgments_cached", "refined.queries_improved",
+                     "time.judge_s", "time.refine_s"):
             assert name in child.data.metrics
+        # the sweep embeds once for all cells: those timings are on the parent, not ~0 on each child
+        assert "time.embed_corpus_s" not in child.data.metrics
+        assert child.data.metrics["refined.p_bh"] >= child.data.metrics["refined.p_raw"]
         params = child.data.params
         assert params["benchmark.name"] == "clinc150" and len(params["benchmark.hash"]) == 16
         assert params["model"] == "all-MiniLM-L6-v2" and params["prefect.flow_run_id"]
@@ -77,6 +81,13 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert plots == {"plots/ap_before_after.png", "plots/score_separation.png", "plots/loss_curves.png"}
         assert [d.dataset.digest for d in child.inputs.dataset_inputs] == [params["benchmark.hash"]]
+        assert "refine-eval.local" not in child.inputs.dataset_inputs[0].dataset.source  # the real source
+        per_query_files = {a.path for a in client.list_artifacts(child.info.run_id, "per_query")}
+        assert {Path(f).suffix for f in per_query_files} == {".parquet", ".csv"}
+    assert {"time.embed_corpus_s", "time.embed_queries_s", "time.load_s", "time.cells_s"} <= parent.data.metrics.keys()
+    assert parent.info.run_name.startswith("platform-test 20") and "mlflow.note.content" in parent.data.tags
+    # child names lead with what differs between the cells (judge and lr here)
+    assert {c.info.run_name.split(" · ")[0].split("=")[0] for c in children} <= {"oracle", "noisy-oracle-0.2"}
 
     # MAP equals a direct refine_core computation on the same inputs.
     bench = load_benchmark("clinc150", queries=12, max_documents=1500)
@@ -110,7 +121,7 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
 
 def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from evaluations.registry import load_benchmark
-    from flows.sweep import sweep
+    from flows.sweep import run_sweep
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL_KEY)
     bench = load_benchmark("clinc150", queries=4, max_documents=600)
@@ -121,9 +132,10 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
         judge = JudgeSpec(kind="anthropic", scheme="listwise", base_url=server.base_url, max_retries=1, concurrency=2)
         config = SweepConfig(name="retry-test", benchmarks=[BenchmarkSpec(name="clinc150", queries=4, max_documents=600)],
                              judges=[judge], grid=Grid(k=[10]))
-        first = sweep(config)
+        first = run_sweep(config)
         cell = first["cells"][0]
-        assert cell["failed_queries"] == 1
+        assert cell["failed_queries"] == 1 and len(first["judgment_failures"]) == 1
+        assert "HTTP 500" in first["judgment_failures"][0]
         per_query = pl.read_parquet(_per_query_path(first))
         flagged = per_query.filter(pl.col("judge_failed"))["query_id"].to_list()
         assert flagged == [bench.queries["query_id"][2]]
@@ -133,8 +145,8 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
         assert row["ap_rerank_only"][0] == pytest.approx(row["ap_baseline"][0])
         server.faults = FaultPlan()
         server.reset_stats()
-        second = sweep(config)
-        assert second["cells"][0]["failed_queries"] == 0
+        second = run_sweep(config)
+        assert second["cells"][0]["failed_queries"] == 0 and second["judgment_failures"] == []
         assert {q for (q, _) in server.stats.pairs_requested} == {broken_query}  # only the failed query was judged again
         assert server.stats.message_requests == 1
         assert second["cells"][0]["metrics"]["refined"]["map"] >= cell["metrics"]["refined"]["map"] - 1e-9
@@ -161,7 +173,7 @@ def _per_query_path(result: dict) -> str:
 
     client = MlflowClient(tracking_uri())
     run_id = result["cells"][0]["run_id"]
-    (artifact,) = client.list_artifacts(run_id, "per_query")
+    (artifact,) = [a for a in client.list_artifacts(run_id, "per_query") if a.path.endswith(".parquet")]
     return client.download_artifacts(run_id, artifact.path)
 
 

@@ -27,7 +27,7 @@ def _per_query(result: dict) -> dict[str, pl.DataFrame]:
     client = MlflowClient(tracking_uri())
     out = {}
     for cell in result["cells"]:
-        (artifact,) = client.list_artifacts(cell["run_id"], "per_query")
+        (artifact,) = [a for a in client.list_artifacts(cell["run_id"], "per_query") if a.path.endswith(".parquet")]
         out[cell["params"]["benchmark.hash"]] = pl.read_parquet(client.download_artifacts(cell["run_id"], artifact.path))
     return out
 
@@ -36,7 +36,7 @@ def _per_query(result: dict) -> dict[str, pl.DataFrame]:
 @pytest.mark.integration
 def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from evaluations.registry import load_benchmark
-    from flows.sweep import sweep
+    from flows.sweep import run_sweep, sweep
     from refine_core.judges import JudgmentLedger
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
@@ -67,8 +67,9 @@ def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("REFINE_LEDGER_URL", str(ledger_path))
     faults = FaultPlan(rates=SOAK_FAULTS, seed=7, retry_after="0", slow_seconds=4.0)
     with FakeAnthropic(gold, api_key=KEY, faults=faults) as server:
-        faulty = sweep(config(server, "soak-faulty"))
+        faulty = run_sweep(config(server, "soak-faulty"))
         assert faulty["failures"] == [] and len(faulty["cells"]) == 3  # the sweep completes
+        assert len(faulty["judgment_failures"]) == sum(c["judgments_failed"] > 0 for c in faulty["cells"]) > 0
         ledger = JudgmentLedger(ledger_path)
         failures = ledger.failures()
         assert failures, "the seeded faults should exhaust some retries"
