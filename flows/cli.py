@@ -587,44 +587,93 @@ def ui(
     raise typer.Exit(code=code)
 
 
-@app.command()
-def serve(
-    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
-    cron: Annotated[str, typer.Option(help="cron schedule of the deployment")] = "0 3 * * *",
-    name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
-    runner: Annotated[str | None, typer.Option(help="'dask://host:port': run the scheduled sweeps' embedding and "
-                                                    "cells on that Dask scheduler (overrides the config)")] = None,
-) -> None:
-    """Serve the sweep flow as a Prefect deployment on a cron schedule (needs a Prefect server)."""
-    from flows.environment import configure_environment
+# The settings a flow run needs to find the same state as the CLI; a deployment passes them on.
+# The task cache is shared through PREFECT_LOCAL_STORAGE_PATH: every worker must read the same one.
+SHARED_SETTINGS = ("REFINE_HOME", "REFINE_DATA_DIR", "REFINE_LEDGER_URL", "MLFLOW_TRACKING_URI", "REFINE_MLFLOW_UI_URL",
+                   "HF_HUB_OFFLINE", "REFINE_TORCH_THREADS", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
+                   "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
 
-    configure_environment()
-    from flows.schedule import ScheduleError, check_cron
 
-    try:
-        check_cron(cron)
-    except ScheduleError as exc:
-        fail(str(exc))
-    if not os.environ.get("PREFECT_API_URL"):
-        fail("refine serve needs a Prefect server: start one with `prefect server start` (or the compose stack) "
-             "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
+def _deployment_inputs(config_path: Path | None, cron: str | None, runner: str | None) -> tuple[dict, str]:
+    """(flow parameters, cron) for serve and deploy; fails with one line on bad input."""
     from evaluations.config import ConfigError, default_config, load_config, parse_config
     from flows.execution import dask_address
+    from flows.schedule import ScheduleError, check_cron
 
     try:
         config = load_config(config_path) if config_path else default_config()
         if runner:
             config = parse_config({**config.model_dump(mode="json"), "runner": runner}, source="--runner")
         if config.runner == "dask":
-            raise ConfigError("a served sweep cannot start its own Dask cluster: give runner: dask://host:port")
+            raise ConfigError("a scheduled sweep cannot start its own Dask cluster: give runner: dask://host:port")
         address = dask_address(config.runner)
-    except ConfigError as exc:
+        chosen = check_cron(cron or config.schedule or "0 3 * * *")
+    except (ConfigError, ScheduleError) as exc:
         fail(str(exc))
+    return {"config": config.model_dump(mode="json"), "address": address}, chosen
+
+
+def _require_prefect_server(command: str) -> None:
+    if not os.environ.get("PREFECT_API_URL"):
+        fail(f"refine {command} needs a Prefect server: start one with `prefect server start` (or the compose stack) "
+             "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
+
+
+@app.command()
+def serve(
+    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
+    cron: Annotated[str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")] = None,
+    name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
+    runner: Annotated[str | None, typer.Option(help="'dask://host:port': run the scheduled sweeps' embedding and "
+                                                    "cells on that Dask scheduler (overrides the config)")] = None,
+) -> None:
+    """Serve the sweep flow as a Prefect deployment on a cron schedule (needs a Prefect server).
+
+    This process runs the scheduled sweeps itself until stopped; for runs picked up by workers
+    use `refine deploy --pool`.
+    """
+    from flows.environment import configure_environment
+
+    configure_environment()
+    parameters, chosen = _deployment_inputs(config_path, cron, runner)
+    _require_prefect_server("serve")
     from flows.sweep import sweep
 
-    console.print(f"serving deployment {name!r} of flow refine-sweep, cron {cron!r}, sweep {config.name!r}"
-                  + (f", Dask scheduler {address}" if address else ""))
-    sweep.serve(name=name, cron=cron, parameters={"config": config.model_dump(mode="json"), "address": address})
+    console.print(f"serving deployment {name!r} of flow refine-sweep, cron {chosen!r}, sweep "
+                  f"{parameters['config']['name']!r}"
+                  + (f", Dask scheduler {parameters['address']}" if parameters["address"] else ""))
+    sweep.serve(name=name, cron=chosen, parameters=parameters)
+
+
+@app.command()
+def deploy(
+    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
+    pool: Annotated[str, typer.Option(help="Prefect work pool (type process; created when missing)")] = "refine",
+    cron: Annotated[str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")] = None,
+    name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
+    runner: Annotated[str | None, typer.Option(help="'dask://host:port' for the sweeps' embedding and cells")] = None,
+) -> None:
+    """Register the sweep as a deployment of a work pool: `prefect worker start --pool POOL`
+    processes (on any machine that has this checkout and the shared state) run its sweeps.
+
+    The flow runs get this shell's REFINE_HOME, REFINE_DATA_DIR, REFINE_LEDGER_URL,
+    MLFLOW_TRACKING_URI and Prefect result storage, so every worker shares one task cache and
+    one ledger (never an API key: workers read secrets from their own environment).
+    """
+    from flows.environment import configure_environment
+
+    configure_environment()
+    parameters, chosen = _deployment_inputs(config_path, cron, runner)
+    _require_prefect_server("deploy")
+    from flows.schedule import deploy_to_pool
+
+    env = {key: os.environ[key] for key in SHARED_SETTINGS if os.environ.get(key)}
+    try:
+        deployment_id = deploy_to_pool(parameters, name=name, pool=pool, cron=chosen, env=env)
+    except Exception as exc:  # noqa: BLE001 - the server refused: one line
+        fail(f"could not register the deployment with {os.environ['PREFECT_API_URL']}: {type(exc).__name__}: {exc}")
+    console.print(f"deployment refine-sweep/{name} ({deployment_id}) in work pool {pool!r}, cron {chosen!r}; start "
+                  f"workers with: prefect worker start --pool {pool}")
 
 
 def _register_corpus_commands() -> None:

@@ -60,7 +60,10 @@ def methods_present(cells: list[dict]) -> list[str]:
 
 
 def coordinate(cell: dict, name: str) -> object:
-    return cell["model"] if name == "model" else cell["params"].get(name)
+    """A cell's value of a grid coordinate (``judge`` and ``benchmark`` too)."""
+    if name in ("model", "judge", "benchmark"):
+        return cell.get(name)
+    return cell.get("params", {}).get(name)
 
 
 def varying_coordinates(cells: list[dict]) -> list[str]:
@@ -202,7 +205,7 @@ def filter_cells(cells: list[dict], where: list[str]) -> list[dict]:
             raise ReportError(f"--where {item!r}: {name!r} is not one of {', '.join(sorted(known))}")
 
         def matches(c: dict, name: str = name, wanted: str = wanted.strip()) -> bool:
-            value = c[name] if name in ("benchmark", "judge") else coordinate(c, name)
+            value = coordinate(c, name)
             try:
                 return float(value) == float(wanted)  # type: ignore[arg-type]
             except (TypeError, ValueError):
@@ -226,9 +229,8 @@ def paper_table(cells: list[dict]) -> PaperTable:
         groups.setdefault((c["model"], c["benchmark"]), []).append(c)
     for (model, bench), group in groups.items():
         if len(group) > 1:
-            differ = [n for n in ("judge", *CELL_COORDINATES) if len({str(c[n] if n == "judge" else coordinate(c, n))
-                                                                     for c in group}) > 1]
-            example = " ".join(f"{n}={_fmt(group[0][n] if n == 'judge' else coordinate(group[0], n))}" for n in differ)
+            differ = [n for n in ("judge", *CELL_COORDINATES) if len({str(coordinate(c, n)) for c in group}) > 1]
+            example = " ".join(f"{n}={_fmt(coordinate(group[0], n))}" for n in differ)
             raise ReportError(f"{len(group)} cells for model {model!r} on {bench!r} differ in "
                               f"{', '.join(differ) or 'nothing but their sweep (use --parent)'}: pick one with "
                               f"--where {example}" if differ else

@@ -25,3 +25,37 @@ def check_cron(cron: str) -> str:
         raise ScheduleError(f"--cron {cron!r} is not a valid cron schedule ({reason}); "
                             "expected five fields, e.g. '0 3 * * *' for 03:00 every day") from None
     return cron
+
+
+def ensure_process_pool(pool: str) -> bool:
+    """Create the ``process`` work pool ``pool`` on the Prefect server unless it exists;
+    returns True when it was created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+            return False
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            return True
+
+
+def deploy_to_pool(parameters: dict, *, name: str, pool: str, cron: str | None, env: dict[str, str]) -> str:
+    """Register the sweep flow as a deployment of work pool ``pool`` (type ``process``), run from
+    this checkout's source by whichever ``prefect worker start --pool POOL`` picks it up; returns
+    the deployment id. ``env`` becomes the flow run's environment (job variables), for the
+    settings the workers must share (state folder, tracking URI, ledger, data folder)."""
+    from pathlib import Path
+
+    from prefect import Flow
+
+    ensure_process_pool(pool)
+    root = Path(__file__).resolve().parents[1]
+    flow = Flow.from_source(source=str(root), entrypoint="flows/sweep.py:sweep")
+    deployment_id = flow.deploy(name=name, work_pool_name=pool, parameters=parameters, cron=cron, build=False,
+                                push=False, print_next_steps=False, job_variables={"env": env} if env else None,
+                                description=f"refine sweep {parameters['config'].get('name')}")
+    return str(deployment_id)

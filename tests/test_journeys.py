@@ -113,6 +113,43 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
     assert leaked == "", f"the API key reached: {leaked}"
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tmp_path: Path, data_root: Path) -> None:
+    from mlflow import MlflowClient
+
+    config = tmp_path / "team.yaml"
+    config.write_text(f"name: team\nbenchmarks:\n  - name: files:{USERDATA}\njudges:\n  - kind: oracle\n"
+                      "grid:\n  lr: [0.01]\n  k: [5]\nschedule: '30 2 * * 1-5'\n")
+    with prefect_server(tmp_path) as api:
+        env = base_env(tmp_path) | {"PREFECT_API_URL": api, "REFINE_DATA_DIR": str(data_root)}
+        deployed = subprocess.run([str(BIN / "refine"), "deploy", str(config), "--pool", "team", "--name", "nightly"],
+                                  env=env, capture_output=True, text=True, timeout=180)
+        assert deployed.returncode == 0, deployed.stderr
+        prefect = PrefectAPI(api)
+        deployment = prefect.deployment("refine-sweep", "nightly")
+        assert deployment["work_pool_name"] == "team"
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["30 2 * * 1-5"]  # the config's schedule
+        workers = [process([str(BIN / "prefect"), "worker", "start", "--pool", "team", "--name", f"w{i}"],
+                           env | {"PREFECT_HOME": str(tmp_path / f"worker{i}")}, tmp_path / f"worker{i}.log")
+                   for i in (1, 2)]
+        with workers[0], workers[1]:
+            runs = []
+            for _ in range(2):
+                run_id = prefect.run_deployment(deployment["id"])
+                final = prefect.wait_final(run_id, 300)
+                logs = "".join((tmp_path / f"worker{i}.log").read_text(errors="replace")[-2000:] for i in (1, 2))
+                assert final["state_type"] == "COMPLETED", logs
+                runs.append(final)
+    mlflow = MlflowClient(f"sqlite:///{tmp_path / 'refine' / 'mlflow.db'}")
+    (experiment,) = [e for e in mlflow.search_experiments() if e.name == "team"]
+    sweeps = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'sweep'",
+                                order_by=["attributes.start_time ASC"])
+    assert len(sweeps) == 2 and all(s.info.status == "FINISHED" for s in sweeps)
+    assert sweeps[0].data.metrics["judgments_paid"] == 20 and sweeps[1].data.metrics["judgments_paid"] == 0
+    assert sweeps[1].data.metrics["cells_cached"] == 1
+
+
 def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
     from flows.cli import app
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.report import ReportError, paper_table
+from flows.report import filter_cells, ReportError, paper_table
 
 # (model, benchmark) -> {method: (MAP, one-sided p vs original)}
 RUNS = {
@@ -66,8 +66,14 @@ def test_hyde_rows_appear_when_runs_have_them_and_missing_entries_show_a_dash() 
 
 def test_duplicate_cells_are_refused() -> None:
     cells = _cells() + [dict(_cells()[0], run_id="again")]
-    with pytest.raises(ReportError, match="two cells for model 'A' on 'X'"):
+    with pytest.raises(ReportError, match="2 cells for model 'A' on 'X' come from different sweeps: pick one with --parent"):
         paper_table(cells)
+    grid = _cells() + [dict(_cells()[0], run_id="lr", params={"lr": 1e-3})]
+    for c in grid[:-1]:
+        c["params"] = {"lr": 1e-4}
+    with pytest.raises(ReportError, match="differ in lr: pick one with --where lr=0.0001"):
+        paper_table(grid)
+    assert len(paper_table(filter_cells(grid, ["lr=1e-4"])).rows) == 6
     with pytest.raises(ReportError, match="no finished cells"):
         paper_table([])
 
