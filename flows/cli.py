@@ -324,6 +324,9 @@ def run(
             bars.update(handles[stage], completed=done, total=total)
 
         task_progress.install(show)
+        from flows.watchdog import guard
+
+        guard()  # ends the Prefect server and Dask workers if this process is killed
         try:
             result = run_sweep(config)
         except ConfigError as exc:

@@ -273,7 +273,13 @@ def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     Returns the sweep's result also when judgments failed (then ``result["judgment_failures"]``
     lists one line per affected cell); other errors propagate.
     """
-    with dask_cluster(config.runner, config.execution.workers) as address:
+    from prefect import tags
+
+    from flows.watchdog import crash_orphaned_flow_runs, run_tags
+
+    for name in crash_orphaned_flow_runs():
+        _logger().warning("flow run %r was left running by a killed process: marked CRASHED", name)
+    with dask_cluster(config.runner, config.execution.workers) as address, tags(*run_tags()):
         state = sweep(config, tracking, address, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, JudgmentsFailed) and outcome.result is not None:

@@ -209,6 +209,56 @@ def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed
     assert run.data.tags["refine.cached"] == "true" and run.data.tags["refine.original_run_id"] == cell["run_id"]
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_crashed(
+        tmp_path: Path, data_root: Path) -> None:
+    import sqlite3
+
+    import psutil
+    from mlflow import MlflowClient
+
+    config = tmp_path / "kill.yaml"
+    config.write_text("name: kill\nbenchmarks:\n  - {name: clinc150, queries: 40, max_documents: 4000}\n"
+                      "judges:\n  - kind: oracle\ngrid:\n  lr: [0.0001, 0.001]\n")
+    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
+    mlflow_db = tmp_path / "refine" / "mlflow.db"
+    proc = subprocess.Popen([str(BIN / "refine"), "run", str(config)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def running_sweep() -> bool:  # read the file directly: a client would race the CLI's table creation
+            try:
+                with sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True, timeout=1) as db:
+                    return bool(db.execute("select 1 from runs where status = 'RUNNING'").fetchall())
+            except sqlite3.Error:
+                return False
+
+        wait_for(running_sweep, 240, "the sweep to start")
+        started = psutil.Process(proc.pid).children(recursive=True)
+        servers = [p for p in started if "uvicorn" in " ".join(p.cmdline())]
+        assert servers, [p.cmdline() for p in started]  # Prefect's ephemeral server, a child of the command
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with sqlite3.connect(tmp_path / "refine" / "prefect" / "prefect.db") as db:
+        left = db.execute("select name from flow_run where state_type = 'RUNNING'").fetchall()
+    assert left, "the killed command's flow runs are still RUNNING in the database"
+
+    again = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "refine" / "prefect" / "prefect.db") as db:
+        states = dict(db.execute("select name, state_type from flow_run").fetchall())
+    assert all(states[name] == "CRASHED" for (name,) in left), states
+    runs = MlflowClient(f"sqlite:///{mlflow_db}").search_runs(
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{mlflow_db}").search_experiments()], "")
+    assert "RUNNING" not in {r.info.status for r in runs}  # the killed sweep's MLflow runs are closed too
+
+
 @pytest.mark.parametrize("judge,message", [
     ("{kind: local-lm, model: /no/such/model.gguf}", "local judge model '/no/such/model.gguf': no such folder"),
     ("{kind: cross-encoder, model: /no/such/cross-encoder}", "cross-encoder '/no/such/cross-encoder': no such folder"),

@@ -1,0 +1,107 @@
+"""Nothing outlives a killed ``refine`` command.
+
+The CLI starts processes of its own: Prefect's ephemeral API server, Dask workers. When it
+ends normally it stops them; when it is killed (``kill -9``, an OOM kill) they would run on.
+:func:`guard` starts a small watchdog in its own session that follows the command's process
+tree and, once the command is gone, terminates (then kills) whatever it had started.
+:func:`crash_orphaned_flow_runs` is the other half: the next run marks the flow runs that a
+killed command left RUNNING as CRASHED.
+
+Run as ``python -m flows.watchdog PID``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+HOST_TAG = "refine-host:"
+PID_TAG = "refine-pid:"
+
+
+def guard() -> subprocess.Popen | None:
+    """Start the watchdog for this process (None where it cannot run, e.g. without psutil)."""
+    try:
+        import psutil  # noqa: F401
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return None
+    return subprocess.Popen([sys.executable, "-m", "flows.watchdog", str(os.getpid())], start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def watch(pid: int, interval: float = 0.5, grace: float = 5.0) -> list[int]:
+    """Follow ``pid``'s descendants until ``pid`` exits; then end those still running and
+    return their pids. psutil compares start times, so a reused pid is never touched."""
+    import psutil
+
+    me = os.getpid()
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    known: dict[int, psutil.Process] = {}
+    while parent.is_running() and parent.status() != psutil.STATUS_ZOMBIE:
+        try:
+            for child in parent.children(recursive=True):
+                if child.pid != me:
+                    known.setdefault(child.pid, child)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(interval)
+    left = [p for p in known.values() if p.is_running()]
+    for p in left:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(left, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return [p.pid for p in left]
+
+
+def run_tags() -> list[str]:
+    """Tags that let a later run tell whether the process behind a flow run is still alive."""
+    return [f"{HOST_TAG}{socket.gethostname()}", f"{PID_TAG}{os.getpid()}"]
+
+
+def crash_orphaned_flow_runs() -> list[str]:
+    """Mark CRASHED the RUNNING or PENDING flow runs tagged with this host and a pid that no
+    longer exists (left by a killed command); returns their names."""
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    host = f"{HOST_TAG}{socket.gethostname()}"
+    crashed = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
+            tags=FlowRunFilterTags(all_=[host])), limit=200)
+        for run in runs:
+            if run.state is None or run.state.type not in (StateType.RUNNING, StateType.PENDING):
+                continue
+            pids = [t.removeprefix(PID_TAG) for t in run.tags if t.startswith(PID_TAG)]
+            if not pids or not pids[0].isdigit() or psutil.pid_exists(int(pids[0])):
+                continue
+            client.set_flow_run_state(run.id, Crashed(message=f"the refine process {pids[0]} that ran it is gone"),
+                                      force=True)
+            crashed.append(run.name)
+    return crashed
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the CLI in tests
+    watch(int(sys.argv[1]))
