@@ -343,8 +343,9 @@ def run(
     tracker = Tracker()
     cached = sum(bool(c.get("cached")) for c in result["cells"])
     paid = sum(c.get("judge_usage", {}).get("judgments_paid", 0) for c in result["cells"])
-    console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache; {int(paid)} judgments paid "
-                  f"in this run)")
+    cost = sum(c.get("judge_usage", {}).get("judge_cost_usd", 0) for c in result["cells"])
+    console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache; {int(paid)} judgments asked "
+                  f"of the judges in this run, estimated ${cost:.2f})")
     console.print(f"MLflow runs table: {tracker.runs_table_url(result['experiment_id'])}", soft_wrap=True)
     console.print(f"MLflow sweep run:  {tracker.run_url(result['experiment_id'], result['parent_run_id'])}  "
                   "(start the UI with `refine ui`)", soft_wrap=True)

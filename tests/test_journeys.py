@@ -198,7 +198,7 @@ def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed
         same = json.loads(again.stdout.strip().splitlines()[-1])["cells"][0]
         assert same["metrics"] == cell["metrics"] and same["cached"] is True
         assert same["original_run_id"] == cell["run_id"]
-        assert "0 judgments paid in this run" in again.stdout
+        assert "0 judgments asked of the judges in this run, estimated $0.00" in again.stdout
 
     from mlflow import MlflowClient
 
