@@ -113,6 +113,8 @@ def fan_out(task: Any, calls: Sequence[dict[str, Any]]) -> list[Any]:
     On a Dask runner every call is submitted at once and the cluster spreads them over its
     workers; on the thread runner they run one after the other in this process.
     """
+    if _runs_in_threads():
+        return [task(**kwargs) for kwargs in calls]
     return [state.result() for state in fan_out_states(task, calls)]
 
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # What each example needs from outside this machine, and so what its preflight says here.
 NEEDS_OUTSIDE = {
-    "paper-table.yaml": "argkp21",                 # the publisher's files (and the Qwen models, the judge server)
+    "paper-table.yaml": "dataset '",   # argkp21, realscholarquery files, FollowIR from the Hub (and the Qwen models)
     "refit-cross-encoder.yaml": "not in the local Hugging Face cache",
 }
 RUNS_OFFLINE = {"own-data.yaml"}

@@ -76,9 +76,11 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
             log = (tmp_path / "serve.log").read_text(errors="replace")
             assert first["state_type"] == "FAILED", log[-3000:]
             assert first["name"].startswith("nightly 20")  # <config> <time>, not a random name
-            messages = [entry["message"] for entry in prefect.logs(run_id)]
-            assert any("sweep nightly: 2 cells" in m for m in messages), messages  # INFO logs reach Prefect
-            assert any("judgments failed" in m and "HTTP 500" in m for m in messages), messages
+            # INFO logs reach Prefect (the API handler sends them in batches: give it a few seconds)
+            messages = wait_for(lambda: (m := [entry["message"] for entry in prefect.logs(run_id)])
+                                and any("judgments failed" in x and "HTTP 500" in x for x in m) and m,
+                                60, "the failure line in the flow run's Prefect logs")
+            assert any("sweep nightly: 2 cells" in m for m in messages), messages
 
             mlflow = MlflowClient(f"sqlite:///{tmp_path / 'refine' / 'mlflow.db'}")
             (experiment,) = [e for e in mlflow.search_experiments() if e.name == "nightly"]

@@ -185,7 +185,7 @@ def test_failures_do_not_poison_the_ledger(server: FakeAnthropic, tmp_path: Path
     server.faults = FaultPlan(fail_queries={"query 1 about a card"})
     first = run_judge(make(server, max_retries=0), _requests(3), ledger=ledger)
     assert first.failed == 6 and ledger.count() == 12
-    assert {f["error"] for f in ledger.failures()} == {"InternalServerError: HTTP 500"}
+    assert {f["error"] for f in ledger.failures()} == {"InternalServerError: HTTP 500 api_error"}
     server.faults = FaultPlan()
     server.reset_stats()
     second = run_judge(make(server), _requests(3), ledger=ledger)
