@@ -32,7 +32,7 @@ def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
     """Fail fast, before anything is paid: datasets, models, judges, tracking store."""
     from evaluations.registry import load_benchmark
     from flows.tracking import Tracker
-    from refine_core.embedders import SentenceTransformerEmbedder
+    from refine_core.embedders import check_model
     from tasks.judging import build_judge
 
     benches = {}
@@ -40,7 +40,7 @@ def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
         benches[spec] = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
                                        max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
     for model in config.models:
-        SentenceTransformerEmbedder(model).dimension  # noqa: B018 - loads the model or raises a clear error
+        check_model(model)  # without loading it: a cached run never needs the weights
     first = next(iter(benches.values()))
     for judge in config.judges:
         if judge.kind == "local-lm":  # checked without loading the weights (that happens once, when judging)

@@ -65,6 +65,31 @@ def resolve_model(name: str) -> tuple[str, Path | None]:
     return name, None
 
 
+def check_model(name: str) -> str:
+    """Fail fast, without loading anything, unless ``name`` can be loaded here: a folder holding a
+    sentence-transformers or transformers model, or a Hub id (which must be in the local Hugging
+    Face cache when ``HF_HUB_OFFLINE`` is set). Returns the model id.
+
+    Raises:
+        EmbeddingModelError: naming the model and what is missing.
+    """
+    import os
+
+    model_id, path = resolve_model(name)
+    if path is not None:
+        if not any((path / f).is_file() for f in ("modules.json", "config.json", "config_sentence_transformers.json")):
+            raise EmbeddingModelError(f"embedding model {name!r}: the folder {path} holds no model (no config.json "
+                                      "or modules.json)")
+        return model_id
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not any(isinstance(try_to_load_from_cache(model_id, f), str) for f in ("modules.json", "config.json")):
+            raise EmbeddingModelError(f"embedding model {name!r}: not a folder and not in the local Hugging Face "
+                                      "cache (HF_HUB_OFFLINE is set)")
+    return model_id
+
+
 def model_fingerprint(path: Path | None, model_id: str) -> str:
     """A short identity for a model's weights and configuration.
 

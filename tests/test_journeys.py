@@ -281,6 +281,16 @@ def test_missing_local_judge_models_fail_before_anything_is_embedded(
     assert time.perf_counter() - started < 60
 
 
+def test_an_embedding_model_that_is_not_here_fails_in_preflight(data_root: Path) -> None:
+    from evaluations.config import parse_config
+    from flows.cli import _preflight
+    from refine_core.embedders import EmbeddingModelError
+
+    config = parse_config({"name": "x", "benchmarks": [{"name": f"files:{USERDATA}"}], "models": ["nobody/no-such-model"]})
+    with pytest.raises(EmbeddingModelError, match="'nobody/no-such-model': not a folder and not in the local Hugging Face"):
+        _preflight(config)
+
+
 def test_an_unreachable_tracking_server_is_reported_within_seconds(tmp_path: Path, data_root: Path) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(f"name: x\nbenchmarks: [{{name: 'files:{USERDATA}'}}]\n")
