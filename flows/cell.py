@@ -10,6 +10,7 @@ dataset input, a per-query parquet file and plots.
 # annotations, and a flow loaded from a pickle (served deployments, workers) cannot resolve
 # string annotations.
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +46,7 @@ from tasks.core import (
     select_feedback_task,
 )
 from refine_core.statistics import win_tie_loss
-from tasks.storage import code_version, digest, load_arrays
+from tasks.storage import code_version, digest, load_arrays, state_dir
 
 METHODS_REPORTED = ("baseline", "rerank_only", "rocchio", "refined")
 # What a cached judge result reports as paid in this run: nothing.
@@ -292,7 +293,6 @@ def evaluate_cell(
         if finite.size:
             tracker.log_series(run_id, "refine.mean_loss", finite.mean(axis=0).tolist())
         tracker.log_artifact(run_id, evaluation.per_query_path, "per_query")
-        plot_data = load_arrays(evaluation.arrays_path)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             # The same table as CSV, which the MLflow UI previews (lists joined with ';').
@@ -301,13 +301,7 @@ def evaluate_cell(
             csv_path = folder / (Path(evaluation.per_query_path).stem + ".csv")
             flat_table.write_csv(csv_path)
             tracker.log_artifact(run_id, csv_path, "per_query")
-            title = cell_label(cell)
-            plots.ap_scatter(per_query["ap_baseline"].to_numpy(), per_query["ap_refined"].to_numpy(),
-                             folder / "ap_before_after.png", title=title)
-            plots.separation(plot_data["base_pos"], plot_data["base_neg"], plot_data["ref_pos"], plot_data["ref_neg"],
-                             folder / "score_separation.png", title=title)
-            plots.loss_curves(plot_data["losses"], folder / "loss_curves.png", title=title)
-            for png in folder.glob("*.png"):
+            for png in _plots(cell, per_query, evaluation.arrays_path):
                 tracker.log_artifact(run_id, png, "plots")
         tracker.log_json(run_id, "cell.json", {"cell": cell.model_dump(), "benchmark": bench.counts,
                                                "tests": evaluation.tests, "judge_key": judgments[0].judge_key})
@@ -348,6 +342,33 @@ def evaluate_cell(
         "original_run_id": original,
         "timings": timings,
     }
+
+
+PLOT_NAMES = ("ap_before_after.png", "score_separation.png", "loss_curves.png")
+
+
+def _plots(cell: CellSpec, per_query, arrays_path: str) -> list[Path]:  # noqa: ANN001 - a polars DataFrame
+    """The cell's three plots, drawn once per content (a cached re-run logs the stored files
+    instead of drawing them again: the separation histogram alone takes about a second)."""
+    import shutil
+
+    title = cell_label(cell)
+    folder = state_dir() / "plots" / digest("plots", Path(arrays_path).name, title)
+    if not all((folder / name).is_file() for name in PLOT_NAMES):
+        staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        staging.mkdir(parents=True, exist_ok=True)
+        data = load_arrays(arrays_path)
+        plots.ap_scatter(per_query["ap_baseline"].to_numpy(), per_query["ap_refined"].to_numpy(),
+                         staging / "ap_before_after.png", title=title)
+        plots.separation(data["base_pos"], data["base_neg"], data["ref_pos"], data["ref_neg"],
+                         staging / "score_separation.png", title=title)
+        plots.loss_curves(data["losses"], staging / "loss_curves.png", title=title)
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process stored the same plots first
+            shutil.rmtree(staging, ignore_errors=True)
+    return [folder / name for name in PLOT_NAMES]
 
 
 def link_mlflow_run(tracker: Tracker, experiment_id: str, run_id: str, description: str) -> None:
