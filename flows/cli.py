@@ -22,6 +22,9 @@ from tasks.storage import state_dir
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-guided test-time query refinement: evaluate and use it.")
 datasets_app = typer.Typer(help="List the registered benchmarks, or show one.", invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
+server_app = typer.Typer(help="A local Prefect server kept between commands (faster runs, the Prefect UI).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
@@ -678,6 +681,47 @@ def deploy(
         fail(f"could not register the deployment with {os.environ['PREFECT_API_URL']}: {type(exc).__name__}: {exc}")
     console.print(f"deployment refine-sweep/{name} ({deployment_id}) in work pool {pool!r}, cron {chosen!r}; start "
                   f"workers with: prefect worker start --pool {pool}")
+
+
+# ---------------------------------------------------------------------------------------
+# refine server start / stop / status
+# ---------------------------------------------------------------------------------------
+@server_app.command("start")
+def server_start(port: Annotated[int, typer.Option(help="port on 127.0.0.1 (another is taken if busy)")] = 4200) -> None:
+    """Start a Prefect server (with its UI) that every later command of this REFINE_HOME uses."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows import local_server
+
+    try:
+        record = local_server.start(port)
+    except RuntimeError as exc:
+        fail(str(exc))
+    verb = "started" if record["started"] else "already running"
+    console.print(f"Prefect server {verb}: UI {record['ui']}, API {record['api']} (pid {record['pid']}); "
+                  "`refine server stop` ends it")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the server `refine server start` started."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows import local_server
+
+    console.print("Prefect server stopped" if local_server.stop() else "no Prefect server was recorded")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say whether a kept Prefect server is running for this REFINE_HOME."""
+    from flows import local_server
+
+    record = local_server.running()
+    console.print(f"running: UI {record['ui']}, API {record['api']} (pid {record['pid']})" if record
+                  else "not running: each command starts Prefect's ephemeral server")
 
 
 def _register_corpus_commands() -> None:

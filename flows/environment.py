@@ -38,4 +38,8 @@ def configure_environment(state: Path | None = None) -> Path:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # A server kept running by `refine server start` replaces the per-command ephemeral one.
+    from flows.local_server import use_if_running
+
+    use_if_running()
     return root

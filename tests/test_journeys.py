@@ -152,6 +152,35 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
     assert sweeps[1].data.metrics["cells_cached"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_kept_local_server_serves_later_runs_and_stops(tmp_path: Path, data_root: Path) -> None:
+    port = free_port()
+    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
+    started = subprocess.run([str(BIN / "refine"), "server", "start", "--port", str(port)], env=env, capture_output=True,
+                             text=True, timeout=180)
+    assert started.returncode == 0, started.stderr
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        assert f"UI http://127.0.0.1:{port}" in started.stdout
+        config = tmp_path / "kept.yaml"
+        config.write_text(f"name: kept\nbenchmarks:\n  - name: files:{USERDATA}\njudges:\n  - kind: oracle\n"
+                          "grid:\n  lr: [0.01]\n  k: [5]\n")
+        ran = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        runs = PrefectAPI(api).flow_runs()
+        assert any(r["name"].startswith("kept 20") and r["state_type"] == "COMPLETED" for r in runs), runs
+        status = subprocess.run([str(BIN / "refine"), "server", "status"], env=env, capture_output=True, text=True)
+        assert f"running: UI http://127.0.0.1:{port}" in status.stdout
+    finally:
+        stopped = subprocess.run([str(BIN / "refine"), "server", "stop"], env=env, capture_output=True, text=True,
+                                 timeout=60)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    wait_for(lambda: _port_closed(port), 30, "the kept server to stop")
+    assert not (tmp_path / "refine" / "prefect" / "server.json").exists()
+
+
 def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
     from flows.cli import app
 
