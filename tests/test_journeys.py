@@ -68,7 +68,9 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
         prefect = PrefectAPI(api)
         with process([str(BIN / "refine"), "serve", str(config), "--cron", "0 3 * * *", "--name", "nightly"], env,
                      tmp_path / "serve.log"):
-            deployment = wait_for(lambda: prefect.deployment("refine-sweep", "nightly"), 120, "the deployment")
+            # the deployment and its schedule are registered one after the other: wait for both
+            deployment = wait_for(lambda: (d := prefect.deployment("refine-sweep", "nightly")) and d["schedules"] and d,
+                                  120, "the deployment and its schedule")
             assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
 
             run_id = prefect.run_deployment(deployment["id"])
@@ -129,7 +131,8 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
                                   env=env, capture_output=True, text=True, timeout=180)
         assert deployed.returncode == 0, deployed.stderr
         prefect = PrefectAPI(api)
-        deployment = prefect.deployment("refine-sweep", "nightly")
+        deployment = wait_for(lambda: (d := prefect.deployment("refine-sweep", "nightly")) and d["schedules"] and d,
+                              60, "the deployment and its schedule")
         assert deployment["work_pool_name"] == "team"
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["30 2 * * 1-5"]  # the config's schedule
         workers = [process([str(BIN / "prefect"), "worker", "start", "--pool", "team", "--name", f"w{i}"],
