@@ -91,12 +91,25 @@ def prefect_server(home: Path) -> Iterator[str]:
         yield api
 
 
+class _RetryingClient(httpx.Client):
+    """Retries 429 and 503 (a busy SQLite database behind the server) with backoff, as
+    Prefect's own client does."""
+
+    def request(self, *args, **kwargs) -> httpx.Response:  # noqa: ANN002, ANN003
+        for attempt in range(8):
+            response = super().request(*args, **kwargs)
+            if response.status_code not in (429, 503):
+                return response
+            time.sleep(min(0.5 * 2 ** attempt, 8))
+        return response
+
+
 class PrefectAPI:
     """The few REST calls the tests make, as a user's script or the UI would."""
 
     def __init__(self, api: str) -> None:
         self.api = api
-        self.http = httpx.Client(base_url=api, timeout=30)
+        self.http = _RetryingClient(base_url=api, timeout=30)
 
     def deployment(self, flow: str, name: str) -> dict | None:
         response = self.http.get(f"/deployments/name/{flow}/{name}")
