@@ -132,7 +132,7 @@ def _cell_flow_run_name() -> str:
     return f"{short_benchmark(cell.benchmark.name)} · {cell.judge.label} · lr {cell.lr:g} · r {cell.rounds}"
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
     try:
         return get_run_logger()
     except Exception:  # noqa: BLE001 - outside a flow run (direct library use)
@@ -172,7 +172,7 @@ def evaluate_cell(
     with Prefect's default (thread) runner.
     """
     execution = execution or ExecutionSpec()
-    log = _logger()
+    log = run_logger()
     tracker = Tracker(tracking_uri)
     prefect_url = prefect_run_url()
     run_id = tracker.start(experiment_id, run_name or cell_label(cell), parent=parent_run_id,
@@ -382,7 +382,7 @@ def link_mlflow_run(tracker: Tracker, experiment_id: str, run_id: str, descripti
         create_link_artifact(tracker.run_url(experiment_id, run_id), link_text=f"MLflow run {run_id}",
                              description=f"MLflow run of {description}", key="mlflow-run")
     except Exception as exc:  # noqa: BLE001
-        _logger().warning("could not attach the MLflow link to the flow run: %s", exc)
+        run_logger().warning("could not attach the MLflow link to the flow run: %s", exc)
 
 
 def run_cell(cell: CellSpec, experiment_id: str, *, address: str | None = None, **kwargs: object) -> dict:

@@ -83,7 +83,7 @@ def check_tracking_store() -> None:
     try:
         check_reachable(uri, timeout=5.0)
     except ValueError:
-        raise
+        raise  # already one line naming the store
     except Exception as exc:  # noqa: BLE001 - a store that cannot be opened
         raise ValueError(f"MLflow tracking URI {uri} is unreachable: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None

@@ -13,17 +13,16 @@ everything but the failed judgments comes from the task cache and the ledger.
 
 # No ``from __future__ import annotations``: a served or worker-run flow is loaded from a
 # pickle, and Prefect must resolve its parameter annotations (SweepConfig) at run time.
-import logging
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from prefect import flow, get_run_logger, runtime
+from prefect import flow, runtime
 
 from evaluations.config import CellSpec, ExecutionSpec, SweepConfig
-from flows.cell import embed_corpus, link_mlflow_run, run_cell, short_benchmark
+from flows.cell import embed_corpus, link_mlflow_run, run_cell, run_logger, short_benchmark
 from flows.execution import dask_cluster, with_runner
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
@@ -93,13 +92,6 @@ def _sweep_flow_run_name() -> str:
     return f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow run
-        return logging.getLogger("refine")
-
-
 def _embedding_flow_run_name() -> str:
     params = runtime.flow_run.parameters
     bench = params.get("bench")
@@ -134,7 +126,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         JudgmentsFailed: after everything is logged, when some judgments failed (the Prefect
             flow run ends FAILED; a retry or re-run asks only for the failed ones).
     """
-    log = _logger()
+    log = run_logger()
     tracker = Tracker(tracking or tracking_uri())
     experiment_id = tracker.experiment(config.name)
     tracker.close_stale_runs(experiment_id)
@@ -278,7 +270,7 @@ def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     from flows.watchdog import crash_orphaned_flow_runs, run_tags
 
     for name in crash_orphaned_flow_runs():
-        _logger().warning("flow run %r was left running by a killed process: marked CRASHED", name)
+        run_logger().warning("flow run %r was left running by a killed process: marked CRASHED", name)
     with dask_cluster(config.runner, config.execution.workers) as address, tags(*run_tags()):
         state = sweep(config, tracking, address, return_state=True)
     outcome = state.result(raise_on_failure=False)
