@@ -25,8 +25,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
-# Full fastmath (reassociation, no NaN/inf checks) lets LLVM vectorise the reductions; the
-# kernel never sees NaN or inf: inputs are validated and masked entries are skipped explicitly.
+# Full fastmath (reassociation, no NaN/inf checks) lets LLVM vectorise the reductions. Its
+# assumptions hold: inputs are validated finite, masked entries are skipped explicitly, no
+# constant is infinite, and kl_eps > 0 keeps every log argument positive. The caller checks
+# the outputs are finite and names the query if one is not.
 _FASTMATH = True
 
 
@@ -157,10 +159,13 @@ def _refine_one(  # noqa: PLR0913 - a kernel takes its state explicitly
             for k in range(k_total):
                 x[k] = cos[k]
         # softmax over valid entries
-        top = -np.inf
+        # max over the valid entries, seeded from the first one: fastmath assumes no inf
+        top = 0.0
+        seen = False
         for k in range(k_total):
-            if valid[k] and x[k] / tc > top:
+            if valid[k] and (not seen or x[k] / tc > top):
                 top = x[k] / tc
+                seen = True
         total = 0.0
         for k in range(k_total):
             if valid[k]:

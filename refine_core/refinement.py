@@ -25,6 +25,7 @@ in blocks so that memory is bounded by the block, not by the number of queries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -72,8 +73,8 @@ class RefineConfig:
             raise ValueError(f"normalize must be 'none' or 'minmax', got {self.normalize!r}")
         check_positive(self.score_temperature, "score_temperature")
         check_positive(self.similarity_temperature, "similarity_temperature")
-        if not (0 <= self.kl_eps < 1):
-            raise ValueError(f"kl_eps must be in [0, 1), got {self.kl_eps!r}")
+        if not (0 < self.kl_eps < 1):
+            raise ValueError(f"kl_eps must be in (0, 1): log(0) makes the KL loss NaN at 0; got {self.kl_eps!r}")
         b1, b2 = self.betas
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"betas must both be in [0, 1), got {self.betas!r}")
@@ -164,6 +165,7 @@ def refine(
     documents: np.ndarray | None = None,
     block_size: int | None = None,
     config: RefineConfig | None = None,
+    query_ids: Sequence[str] | None = None,
 ) -> RefineResult:
     """Refine query vectors so their cosine ranking of the feedback agrees with the judge.
 
@@ -189,14 +191,16 @@ def refine(
             Feedback given by index is never gathered into an ``(n, K, d)`` tensor: memory
             stays at the document matrix plus ``O(block_size * (d + steps))``.
         config: a :class:`RefineConfig` (e.g. ``REFIT``) to use instead of the keywords.
+        query_ids: names of the ``n`` queries, used in error messages (default: row numbers).
 
     Returns:
         A :class:`RefineResult` with ``vectors`` ``(n, d)`` float32 and ``losses``
         ``(n, steps)``.
 
     Raises:
-        ValueError: on shape mismatches, NaN/inf, K < 2, zero vectors or bad settings; the
-            message names the argument.
+        ValueError: on shape mismatches, NaN/inf, K < 2, zero vectors or bad settings (the
+            message names the argument), or when a query's loss or vector becomes non-finite
+            (the message names the query).
 
     Example:
         >>> import numpy as np
@@ -231,6 +235,8 @@ def refine(
     if n == 0:
         raise ValueError("queries is empty: nothing to refine")
     check_no_zero_rows(q, "queries")
+    if query_ids is not None and len(query_ids) != n:
+        raise ValueError(f"query_ids has {len(query_ids)} names for {n} queries")
 
     fb_array = np.asarray(feedback)
     if documents is not None:
@@ -310,6 +316,14 @@ def refine(
         if zero.any():
             r, c = np.argwhere(zero)[0]
             raise ValueError(f"{feedback_name} contains a zero vector at index ({int(rows[r])}, {int(c)})")
+        bad = ~(np.isfinite(out_z).all(axis=1) & np.isfinite(out_loss).all(axis=1))
+        if bad.any():
+            row = int(rows[np.flatnonzero(bad)[0]])
+            name = repr(query_ids[row]) if query_ids is not None else str(row)
+            raise ValueError(
+                f"refinement of query {name} gave a non-finite loss or vector "
+                f"(lr={config.lr}, steps={config.steps}, kl_eps={config.kl_eps}); lower lr or check its feedback"
+            )
         vectors[rows] = out_z
         losses[rows] = out_loss
     return RefineResult(vectors=vectors, losses=losses, skipped=skipped, config=config)

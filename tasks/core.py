@@ -347,7 +347,8 @@ def refine_block_task(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef],
     scores = np.concatenate([p["scores"][lo:hi] for p in parts], axis=1)
     mask = np.concatenate([p["mask"][lo:hi] for p in parts], axis=1) & (idx >= 0)
     result = refine(np.asarray(load_array(start.path)[lo:hi]), np.maximum(idx, 0), scores, mask=mask,
-                    documents=np.asarray(load_array(docs.path)), config=RefineConfig(**config))
+                    documents=np.asarray(load_array(docs.path)), config=RefineConfig(**config),
+                    query_ids=[f"#{i} of the benchmark" for i in range(lo, hi)])
     name = digest(refined_digest(start, docs, feedback, judgments, config), lo, hi)
     save_arrays(f"refined-block-{name}-extra", losses=result.losses, skipped=result.skipped)
     return ArrayRef(save_array(f"refined-block-{name}", result.vectors), name, time.perf_counter() - t0)

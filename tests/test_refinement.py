@@ -187,6 +187,8 @@ def test_target_distribution_respects_mask_and_temperature() -> None:
         ({"steps": 0}, "steps must be an integer >= 1"),
         ({"optimizer": "rmsprop"}, "optimizer must be"),
         ({"mask": np.ones((2, 3), bool)}, "mask must have shape"),
+        ({"kl_eps": 0.0}, r"kl_eps must be in \(0, 1\)"),
+        ({"query_ids": ["only-one"]}, "query_ids has 1 names for 2 queries"),
     ],
 )
 def test_bad_inputs_name_the_argument(kwargs: dict, message: str) -> None:
@@ -224,3 +226,31 @@ def test_refinement_is_deterministic_across_block_sizes() -> None:
     b = refine(q, fb, s, lr=1e-2, steps=10)
     np.testing.assert_array_equal(a.vectors, b.vectors)
     np.testing.assert_array_equal(a.losses, b.losses)
+
+
+def test_a_non_finite_result_raises_naming_the_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard after the kernel: a NaN in one query's loss (injected) is an error naming it."""
+    import refine_core.refinement as refinement
+
+    real = refinement.refine_kernel
+
+    def poisoned(*args):  # noqa: ANN002, ANN202 - same positional signature as the kernel
+        real(*args)
+        args[-2][1, 3] = np.nan  # out_loss of the second query in the block
+
+    monkeypatch.setattr(refinement, "refine_kernel", poisoned)
+    q, fb, s = _inputs(3, 5, 8, seed=13)
+    with pytest.raises(ValueError, match="refinement of query 'q-b' gave a non-finite loss"):
+        refine(q, fb, s, steps=5, query_ids=["q-a", "q-b", "q-c"])
+
+
+def test_the_kernel_matches_the_reference_when_one_similarity_dominates() -> None:
+    """The softmax max is seeded from a valid entry (no -inf under fastmath): a feedback set whose
+    first entries are masked out still matches autograd."""
+    q, fb, s = _inputs(2, 6, 8, seed=14)
+    mask = np.ones((2, 6), bool)
+    mask[:, :3] = False
+    ours = refine(q, fb, s, mask=mask, lr=1e-2, steps=10)
+    want_vec, want_loss = reference_refine(q, fb, s, mask, lr=1e-2, steps=10, optimizer="adam")
+    assert _rel_err(ours.vectors - q, want_vec - q) <= 1e-3
+    assert _rel_err(ours.losses, want_loss) <= 1e-3
