@@ -59,14 +59,28 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
+# Every package or module whose code can change a cached task result: the library, the data
+# readers, the task bodies, and flows/corpus.py (it defines the cached corpus-embedding task).
+# tests/test_tracking.py checks that every module defining a cached task is listed here.
+CACHED_CODE = ("refine_core", "evaluations", "tasks", "flows/corpus.py")
+
+
+def code_version(root: Path | None = None) -> str:
+    """Hash of the code that computes cached results (:data:`CACHED_CODE`): a change there
+    invalidates the task caches and the cell content keys. ``root``: another checkout (uncached)."""
+    return _installed_code_version() if root is None else _hash_code(root)
+
+
 @lru_cache(maxsize=1)
-def code_version() -> str:
-    """Hash of the code that computes cached results (refine_core, evaluations, tasks): a change
-    there invalidates the task caches."""
-    root = Path(__file__).resolve().parents[1]
+def _installed_code_version() -> str:
+    return _hash_code(Path(__file__).resolve().parents[1])
+
+
+def _hash_code(root: Path) -> str:
     h = hashlib.sha256()
-    for package in ("refine_core", "evaluations", "tasks"):
-        for file in sorted((root / package).rglob("*.py")):
+    for entry in CACHED_CODE:
+        path = root / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
             h.update(str(file.relative_to(root)).encode())
             h.update(file.read_bytes())
     return h.hexdigest()[:12]

@@ -48,3 +48,37 @@ def test_stale_runs_of_dead_processes_are_marked_killed(tracker: Tracker) -> Non
 def test_metric_keys_are_mlflow_safe() -> None:
     assert metric_key("refined.ndcg@10") == "refined.ndcg_at_10"
     assert metric_key("p (BH)") == "p _BH_"
+
+
+def test_the_code_version_covers_every_module_that_defines_a_cached_task(tmp_path: Path) -> None:
+    """Edit any file listed in CACHED_CODE and the version changes; and every module that defines
+    a task with a cache key is listed (else editing it would leave stale cached results)."""
+    import shutil
+
+    from tasks.storage import CACHED_CODE, code_version
+
+    root = Path(__file__).resolve().parents[1]
+    covered = set()
+    for entry in CACHED_CODE:
+        path = root / entry
+        covered |= {f.relative_to(root) for f in (path.rglob("*.py") if path.is_dir() else [path])}
+    defining = {f.relative_to(root) for package in ("refine_core", "evaluations", "tasks", "flows")
+                for f in (root / package).rglob("*.py") if "cache_key_fn=" in f.read_text()}
+    assert defining and defining <= covered, sorted(defining - covered)
+
+    for entry in CACHED_CODE:
+        src = root / entry
+        dst = tmp_path / entry
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    before = code_version(tmp_path)
+    assert before == code_version(root)
+    for edited in ("tasks/core.py", "flows/corpus.py", "refine_core/refinement.py", "evaluations/loaders.py"):
+        with (tmp_path / edited).open("a") as handle:
+            handle.write("\n# edited\n")
+        after = code_version(tmp_path)
+        assert after != before, edited
+        before = after
