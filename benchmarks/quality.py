@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit_json, machine_info  # noqa: E402
 
 from evaluations import load_benchmark  # noqa: E402
+from flows.report import adjust_sweep_pvalues  # noqa: E402
 from refine_core.evaluation import evaluate_cell_arrays  # noqa: E402
 from refine_core.feedback import select_feedback  # noqa: E402
 from refine_core.judges.oracle import oracle_scores  # noqa: E402
 from refine_core.lr_selection import select_lr  # noqa: E402
 from refine_core.metrics import cosine_scores, evaluate_rankings  # noqa: E402
 from refine_core.refinement import RefineConfig, refine  # noqa: E402
-from refine_core.statistics import benjamini_hochberg  # noqa: E402
 
 DATASETS = ("clinc150", "clinc150-names", "banking77", "nfcorpus", "snips")
 MODEL = "all-MiniLM-L6-v2"
@@ -119,9 +119,11 @@ def section_main(data: dict) -> dict:
                      "pvalue": {m: t.pvalue for m, t in outcome.tests.items()},
                      "queries": int(q.shape[0]), "documents": int(d.shape[0]),
                      "without_positives": outcome.metrics["baseline"].n_without_positives}
-    keys = [(n, m) for n in out for m in out[n]["pvalue"]]
-    for (n, m), p in zip(keys, benjamini_hochberg([out[n]["pvalue"][m] for n, m in keys])):
-        out[n].setdefault("p_bh", {})[m] = float(p)
+    # the project's one Benjamini–Hochberg family: every method of every cell (here, every dataset)
+    cells = {n: {"tests": {m: {"pvalue": p} for m, p in out[n]["pvalue"].items()}} for n in out}
+    adjust_sweep_pvalues(list(cells.values()))
+    for n, cell in cells.items():
+        out[n]["p_bh"] = {m: t["pvalue_bh"] for m, t in cell["tests"].items() if "pvalue_bh" in t}
     return out
 
 
@@ -259,7 +261,7 @@ def render(results: dict, out: Path, meta: dict) -> str:
         "## 1. Methods with the oracle judge",
         "",
         "p: one-sided paired t-test of per-query AP against the original ranking, Benjamini–Hochberg corrected over "
-        "this section; * p < 0.05. Rounds 2 and 3 judge K new documents each (the top unjudged of the current ranking).",
+        "every method of every dataset in this section (the project's one family, flows.report.BH_FAMILY); * p < 0.05. Rounds 2 and 3 judge K new documents each (the top unjudged of the current ranking).",
         "",
     ]
     labels = {"baseline": "original", "rerank_only": "rerank-only", "rocchio": "Rocchio", "refined": "refined",

@@ -179,7 +179,7 @@ def evaluate_cell(
                            tags={"refine.kind": "cell", "refine.judge": cell.judge.label, "refine.cell": cell_label(cell),
                                  "mlflow.note.content": f"Cell {cell_label(cell)} (benchmark · model · judge · lr · k · "
                                                         "rounds). `*.p_raw`: one-sided paired t-test vs baseline; "
-                                                        "`refined.p_bh`: corrected over the sweep.",
+                                                        "`*.p_bh`: Benjamini–Hochberg corrected over the sweep.",
                                  **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})})
     log.info("cell %s: MLflow run %s", cell_label(cell), run_id)
     timings: dict[str, float] = {}

@@ -209,7 +209,8 @@ def demo(
     --flip-rate it errs at random. Embeddings are cached under .refine/embeddings.
     """
     from evaluations.registry import load_benchmark
-    from refine_core import RefineConfig, benjamini_hochberg
+    from flows.report import adjust_sweep_pvalues
+    from refine_core import RefineConfig
     from refine_core.embedders import SentenceTransformerEmbedder
     from refine_core.embedding_cache import EmbeddingCache
     from refine_core.evaluation import evaluate_cell_arrays
@@ -246,8 +247,9 @@ def demo(
         fail(str(exc))
 
     methods = list(outcome.metrics)
-    adjusted = dict(zip([m for m in methods if m in outcome.tests],
-                        benjamini_hochberg([outcome.tests[m].pvalue for m in methods if m in outcome.tests])))
+    tests = {m: {"pvalue": outcome.tests[m].pvalue} for m in methods if m in outcome.tests}
+    adjust_sweep_pvalues([{"tests": tests}])  # the project's one family: here every method of this one cell
+    adjusted = {m: t["pvalue_bh"] for m, t in tests.items() if "pvalue_bh" in t}
     judge_name = "oracle" if flip_rate == 0 else f"noisy-oracle (flip {flip_rate:g})"
     table = Table(title=f"{benchmark.name}: {benchmark.n_queries} queries x {benchmark.n_documents} documents, "
                         f"{embedder.model_id}, judge {judge_name}, K={k}, lr={lr:g}, steps={steps}")

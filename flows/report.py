@@ -1,15 +1,17 @@
 """Result tables: the sweep's cell table (console, markdown, CSV, summary.md) and the paper's
 table (one row per model x method, one column per benchmark).
 
-The one Benjamini–Hochberg family of a sweep (:data:`BH_FAMILY`) is set by
-:func:`adjust_sweep_pvalues` when the sweep ends; the p (BH) values are then stored on every
-cell run and shown as stored by every table, never recomputed over a filtered subset.
+The one Benjamini–Hochberg family (:data:`BH_FAMILY`) is defined by :func:`adjust_sweep_pvalues`
+and nowhere else: every method-vs-baseline test of every cell of the run. A sweep applies it when
+it ends and stores ``<method>.p_bh`` on every cell run; every table shows the stored values and
+never recomputes them over a filtered subset. ``refine demo`` (one cell) and
+``benchmarks/quality.py`` (one cell per dataset) call the same function.
 
 The paper's table:
 
 Each entry is the method's MAP with its relative change against the original query's MAP in
 brackets, marked when the paired one-sided t-test on per-query AP (method > original) is
-significant after Benjamini–Hochberg correction across every test in the table: ``*`` for
+significant after Benjamini–Hochberg correction over :data:`BH_FAMILY`: ``*`` for
 p < 0.05, ``**`` for p < 0.01. Two average columns close each row: the mean MAP and the mean
 relative change over the benchmarks the row has. Rendered as markdown or LaTeX.
 """
@@ -35,7 +37,7 @@ class ReportError(ValueError):
     """The runs cannot be laid out as the paper's table; the message says why."""
 
 
-BH_FAMILY = "the refined-vs-baseline test of every cell of the sweep"
+BH_FAMILY = "every method-vs-baseline test of every cell of the run"
 # Grid coordinates that can differ between cells, in the order tables show them.
 CELL_COORDINATES = ("model", "lr", "k", "rounds", "steps", "optimizer", "normalize", "score_temperature",
                     "similarity_temperature")
@@ -43,12 +45,17 @@ METHOD_ORDER = ("baseline", "rerank_only", "rocchio", "refined")
 
 
 def adjust_sweep_pvalues(cells: list[dict]) -> list[float]:
-    """Benjamini–Hochberg over :data:`BH_FAMILY`; sets ``tests["refined"]["pvalue_bh"]`` on each
-    cell (``pvalue`` is the raw one-sided p) and returns the adjusted values in cell order."""
-    tested = [c for c in cells if c.get("tests", {}).get("refined", {}).get("pvalue") is not None]
-    adjusted = benjamini_hochberg([c["tests"]["refined"]["pvalue"] for c in tested]) if tested else []
-    for c, p in zip(tested, adjusted):
-        c["tests"]["refined"]["pvalue_bh"] = float(p)
+    """Benjamini–Hochberg over :data:`BH_FAMILY`, the project's one family.
+
+    Each cell is a dict with ``tests: {method: {"pvalue": raw one-sided p, ...}}``; sets
+    ``pvalue_bh`` beside every finite ``pvalue`` (a NaN p, e.g. no query changed, is left out of
+    the family and gets none) and returns the adjusted values in cell, then method, order.
+    """
+    tested = [test for c in cells for test in c.get("tests", {}).values()
+              if test.get("pvalue") is not None and np.isfinite(test["pvalue"])]
+    adjusted = benjamini_hochberg([test["pvalue"] for test in tested]) if tested else []
+    for test, p in zip(tested, adjusted):
+        test["pvalue_bh"] = float(p)
     return [float(p) for p in adjusted]
 
 
@@ -163,7 +170,7 @@ class PaperTable:
             lines.append("| " + " | ".join([model, label, *cells, f"{mean_map:.3f}", rel]) + " |")
         lines.append("")
         lines.append("MAP (relative change vs Original); * p < 0.05, ** p < 0.01: one-sided paired t-test on "
-                     "per-query AP, Benjamini–Hochberg corrected across the table.")
+                     f"per-query AP, Benjamini–Hochberg corrected over {BH_FAMILY}.")
         return "\n".join(lines)
 
     def latex(self) -> str:
@@ -240,10 +247,12 @@ def paper_table(cells: list[dict]) -> PaperTable:
     models = list(dict.fromkeys(c["model"] for c in cells))
     benchmarks = list(dict.fromkeys(c["benchmark"] for c in cells))
     present = [(m, label) for m, label in PAPER_METHODS if any(m in c["metrics"] for c in cells)]
-    tests = [(key, m) for key, c in by_key.items() for m, _ in present[1:]
-             if m in c["metrics"] and c.get("tests", {}).get(m, {}).get("pvalue") is not None
-             and np.isfinite(c["tests"][m]["pvalue"])]
-    adjusted = dict(zip(tests, benjamini_hochberg([by_key[k]["tests"][m]["pvalue"] for k, m in tests]))) if tests else {}
+    # p (BH) as the run stored it; cells without stored values (runs logged before every method
+    # had one) get the same family applied over the table's cells.
+    if any(t.get("pvalue") is not None and "pvalue_bh" not in t
+           for c in by_key.values() for t in c.get("tests", {}).values()):
+        by_key = {key: {**c, "tests": {m: dict(t) for m, t in c.get("tests", {}).items()}} for key, c in by_key.items()}
+        adjust_sweep_pvalues(list(by_key.values()))
     rows = []
     for model in models:
         for method, label in present:
@@ -258,7 +267,7 @@ def paper_table(cells: list[dict]) -> PaperTable:
                     continue
                 original = float(c["metrics"]["baseline"]["map"])
                 relative = (value - original) / original if original > 0 else None
-                p = adjusted.get(((model, bench), method))
+                p = c.get("tests", {}).get(method, {}).get("pvalue_bh")
                 entries[bench] = Entry(value, relative, None if p is None else float(p))
             if entries:
                 rows.append((model, label, entries))

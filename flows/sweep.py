@@ -4,7 +4,7 @@ One MLflow experiment per config name, a parent run per sweep (named ``<config> 
 child run per cell (named by what differs between the cells). Each benchmark is loaded once and
 each (benchmark, model) corpus and query set embedded once, and those timings go on the parent;
 judgments are shared through the ledger. When the cells are done the sweep applies its one
-Benjamini–Hochberg family (see :mod:`flows.report`) and stores ``refined.p_bh`` on every child.
+Benjamini–Hochberg family (see :mod:`flows.report`) and stores ``<method>.p_bh`` on every child.
 
 A sweep in which judgments failed still logs every cell, then ends its Prefect flow run
 FAILED (:class:`JudgmentsFailed`), so the Prefect UI shows it and Prefect's Retry re-runs it:
@@ -52,7 +52,9 @@ def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
             if test:
                 row[f"delta_{m}"] = test.get("delta_map")
                 row[f"p_raw_{m}"] = test.get("pvalue")
-        row["p_bh_refined"] = c.get("tests", {}).get("refined", {}).get("pvalue_bh")
+        for m, test in c.get("tests", {}).items():
+            if test.get("pvalue_bh") is not None:
+                row[f"p_bh_{m}"] = test["pvalue_bh"]
         for m, (won, tied, lost) in c.get("win_tie_loss", {}).items():
             row[f"improved_{m}"], row[f"unchanged_{m}"], row[f"hurt_{m}"] = won, tied, lost
         row["failed_queries"] = c.get("failed_queries", 0)
@@ -111,7 +113,7 @@ def _description(config: SweepConfig, cells: list[CellSpec], differing: list[str
     return (f"Sweep **{config.name}**: {len(cells)} cells; benchmarks {', '.join(benches)}; models "
             f"{', '.join(config.models)}; judges {', '.join(judges)}; cells differ in "
             f"{', '.join(differing) or 'nothing'}. Child runs are named by what differs. "
-            f"`refined.p_bh`: Benjamini–Hochberg over {BH_FAMILY}; `*.p_raw`: uncorrected one-sided paired t-test.")
+            f"`<method>.p_bh`: Benjamini–Hochberg over {BH_FAMILY}; `*.p_raw`: uncorrected one-sided paired t-test.")
 
 
 @flow(name="refine-sweep", flow_run_name=_sweep_flow_run_name, log_prints=False)
@@ -176,9 +178,9 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         t = time.perf_counter()
         adjusted = adjust_sweep_pvalues(results)
         for cell_result in results:
-            p_bh = cell_result.get("tests", {}).get("refined", {}).get("pvalue_bh")
-            if p_bh is not None:
-                tracker.log_metrics(cell_result["run_id"], {"refined.p_bh": p_bh})
+            stored = {f"{m}.p_bh": t["pvalue_bh"] for m, t in cell_result.get("tests", {}).items() if "pvalue_bh" in t}
+            if stored:
+                tracker.log_metrics(cell_result["run_id"], stored)
         rows, markdown = summary_table(results)
         caption = (f"**{config.name}** — {len(results)} cells" + (f", {len(failures)} failed" if failures else "")
                    + f"; cells differ in {', '.join(differing) or 'nothing'}.\n\n")

@@ -40,7 +40,7 @@ def test_markdown_by_hand() -> None:
     table = paper_table(_cells())
     text = table.markdown()
     assert text.split("\n\n")[0] == EXPECTED_MARKDOWN
-    assert "Benjamini–Hochberg corrected across the table" in text
+    assert "Benjamini–Hochberg corrected over every method-vs-baseline test of every cell of the run" in text
     refined_b = dict((label, e) for m, label, e in table.rows if m == "B")["Refined"]
     assert refined_b["X"].p_bh == pytest.approx(0.04) and refined_b["Y"].p_bh == pytest.approx(0.9)
 
@@ -104,3 +104,35 @@ def test_cli_renders_runs_from_mlflow(tmp_path: Path, monkeypatch: pytest.Monkey
     assert latex.exit_code == 0 and "\\begin{tabular}" in latex.output and "| model |" not in latex.output
     bad = CliRunner().invoke(app, ["compare", "--experiment", "paper-test", "--all", "--layout", "poster"])
     assert bad.exit_code == 2 and "--layout must be cells or paper" in bad.output
+
+
+def test_the_table_shows_the_stored_p_bh_and_never_recomputes_it_over_its_subset() -> None:
+    """A sweep stores p (BH) over its whole family; a table of two of its cells shows those values."""
+    from flows.report import adjust_sweep_pvalues
+
+    cells = _cells()
+    adjusted = adjust_sweep_pvalues(cells)
+    assert adjusted == pytest.approx([0.064, 0.008, 0.4, 0.05333333, 0.5714286, 0.04, 0.06, 0.9])
+    subset = [c for c in cells if c["benchmark"] == "X"]
+    refined_b = dict((label, e) for m, label, e in paper_table(subset).rows if m == "B")["Refined"]
+    assert refined_b["X"].p_bh == pytest.approx(0.04)  # over the subset alone it would be 0.0133
+
+
+def test_nan_p_values_stay_out_of_the_family() -> None:
+    from flows.report import adjust_sweep_pvalues
+
+    cells = [{"tests": {"refined": {"pvalue": 0.01}, "rerank_only": {"pvalue": float("nan")}}},
+             {"tests": {"refined": {"pvalue": 0.04}}}]
+    assert adjust_sweep_pvalues(cells) == pytest.approx([0.02, 0.04])
+    assert "pvalue_bh" not in cells[0]["tests"]["rerank_only"]
+
+
+def test_one_function_applies_benjamini_hochberg() -> None:
+    """Every table, report, metric and benchmark gets p (BH) from flows.report.adjust_sweep_pvalues:
+    no other module calls the statistics function (a second family would disagree with the first)."""
+    root = Path(__file__).resolve().parents[1]
+    callers = {str(f.relative_to(root)) for package in ("flows", "tasks", "refine_core", "evaluations", "benchmarks")
+               for f in (root / package).rglob("*.py") if "benjamini_hochberg(" in f.read_text()}
+    assert callers == {"flows/report.py", "refine_core/statistics.py"}, callers
+    for module in ("flows/cli.py", "flows/sweep.py", "benchmarks/quality.py"):
+        assert "adjust_sweep_pvalues(" in (root / module).read_text(), module
