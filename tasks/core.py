@@ -27,7 +27,7 @@ from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
 from refine_core.evaluation import score_methods
 from refine_core.feedback import select_feedback
-from refine_core.judges import Budget, JudgeRequest, JudgmentLedger, run_judge
+from refine_core.judges import Budget, JudgeCrashed, JudgeRequest, JudgmentLedger, run_judge
 from refine_core.metrics import cosine_scores
 from refine_core.refinement import RefineConfig, refine
 from tasks import progress
@@ -205,8 +205,14 @@ def judge_cache_key(context, parameters) -> str:  # noqa: ANN001
     return _key("judge", spec.model_dump(), parameters["bench"].hash, parameters["feedback"].digest)
 
 
+def retry_unless_judge_bug(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn
+    """Retry a judge task after transient errors, never after a judge bug (it would only repeat)."""
+    return not isinstance(state.data, JudgeCrashed)
+
+
 @task(name="judge", cache_key_fn=judge_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
-      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5)
+      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
+      retry_condition_fn=retry_unless_judge_bug)
 def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget: BudgetSpec | None = None) -> JudgmentsRef:
     """Scores for every feedback document; failures are recorded, never raised.
 

@@ -251,3 +251,49 @@ def test_openai_compatible_hyde_generator(openai_server: FakeOpenAI, tmp_path: P
     assert report.usage.input_tokens == 120 and report.usage.output_tokens == 10
     again = run_generator(generator, ["lost card"], store=GenerationStore(tmp_path / "g.sqlite"), seed=7)
     assert again.from_store == 1 and again.generated == 0
+
+
+class _BuggyJudge:
+    """Answers its first ``good`` calls, then raises a programming error (a bug, not a failed call)."""
+
+    def __init__(self, good: int) -> None:
+        from refine_core.judges import JudgeIdentity
+
+        self.identity = JudgeIdentity(kind="buggy", model="m", scheme="pointwise", prompt_version="1")
+        self.documents_per_request = 1
+        self.good = good
+        self.calls = 0
+
+    def judge(self, *, query, documents, task_instruction):  # noqa: ANN001, ANN201
+        from refine_core.judges import JudgeResponse, Judgment
+
+        self.calls += 1
+        if self.calls > self.good:
+            return {}["no such key"]  # KeyError: a bug inside the judge
+        return JudgeResponse([Judgment(score=1.0) for _ in documents])
+
+
+def test_a_bug_in_a_judge_fails_the_run_loudly_and_keeps_what_was_paid(tmp_path: Path) -> None:
+    from refine_core.judges import JudgeCrashed
+
+    ledger = JudgmentLedger(tmp_path / "ledger.sqlite")
+    requests = [JudgeRequest("q", tuple(f"doc {i}" for i in range(6)))]
+    buggy = _BuggyJudge(good=3)
+    with pytest.raises(JudgeCrashed, match="judge buggy .m. raised KeyError: 'no such key' — a bug") as info:
+        run_judge(buggy, requests, ledger=ledger, concurrency=1)
+    assert isinstance(info.value.__cause__, KeyError)
+    assert buggy.calls == 4  # no call sent after the crash
+    # the three verdicts paid before the bug are in the ledger: a fixed judge pays only the rest
+    fixed = _BuggyJudge(good=100)
+    report = run_judge(fixed, requests, ledger=ledger, concurrency=1)
+    assert (report.from_ledger, report.judged, fixed.calls) == (3, 3, 3)
+
+
+def test_the_judge_task_retries_transient_errors_but_not_a_judge_bug() -> None:
+    from prefect.states import Failed
+
+    from refine_core.judges import JudgeCrashed
+    from tasks.core import retry_unless_judge_bug
+
+    assert retry_unless_judge_bug(None, None, Failed(data=ConnectionError("reset"))) is True
+    assert retry_unless_judge_bug(None, None, Failed(data=JudgeCrashed("bug"))) is False

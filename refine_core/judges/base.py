@@ -19,6 +19,12 @@ class JudgeConfigError(ValueError):
     """A judge is misconfigured (missing API key, bad option); raised before anything is paid."""
 
 
+class JudgeCrashed(RuntimeError):
+    """A judge raised instead of returning failed verdicts: a bug, not a transport or answer
+    error. The run stops submitting calls, records what the calls in flight paid for, and raises
+    this (the original exception is its ``__cause__``); retrying would only repeat it."""
+
+
 @dataclass(frozen=True)
 class JudgeIdentity:
     """What produced a score. Two judges with equal identities are interchangeable."""
@@ -105,8 +111,10 @@ class JudgeResponse:
 
 @runtime_checkable
 class Judge(Protocol):
-    """Scores documents for a query. Implementations never raise for a failed call: they
-    return failed :class:`Judgment` objects (configuration errors are raised up front)."""
+    """Scores documents for a query. Implementations never raise for a failed call (transport
+    errors, HTTP errors, unreadable answers): they return failed :class:`Judgment` objects.
+    Configuration errors are raised up front; anything else a judge raises is a bug and fails
+    the run (:class:`JudgeCrashed`)."""
 
     identity: JudgeIdentity
     documents_per_request: int | None

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from refine_core.judges.base import Judge, Judgment, JudgeResponse, Usage, check_scores, truncate_document
+from refine_core.judges.base import Judge, JudgeCrashed, Judgment, JudgeResponse, Usage, check_scores, truncate_document
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
 
 # USD per million tokens: (input, output). Cache reads cost 0.1x input, cache writes 1.25x.
@@ -113,6 +113,10 @@ def run_judge(
     Returns:
         A :class:`RunReport`. Calls never submitted because of the budget yield failed
         verdicts with error ``BudgetExceeded`` that are not stored.
+
+    Raises:
+        JudgeCrashed: the judge raised (a bug). No new call is sent after it; the calls
+            already in flight finish and are written to the ledger first.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -158,10 +162,9 @@ def run_judge(
                 if cut:
                     with lock:
                         report.truncated_documents += 1
-            try:
-                response = judge.judge(query=requests[i].query, documents=docs, task_instruction=requests[i].task_instruction)
-            except Exception as exc:  # noqa: BLE001 - a judge bug must not lose the run
-                response = JudgeResponse([Judgment.failure(f"{type(exc).__name__}: {exc}")] * len(docs))
+            # Judges turn transport and answer errors into failed verdicts; an exception here is
+            # a bug: it propagates (the loop below drains the calls in flight, then raises).
+            response = judge.judge(query=requests[i].query, documents=docs, task_instruction=requests[i].task_instruction)
             if len(response.judgments) != len(docs):
                 response = JudgeResponse([Judgment.failure("WrongNumberOfVerdicts")] * len(docs), response.usage)
             check_scores(response.judgments)
@@ -178,12 +181,13 @@ def run_judge(
         return budget.max_cost is not None and report.cost >= budget.max_cost
 
     done = 0
+    crash: BaseException | None = None
     pending: dict[Future[JudgeResponse], tuple[int, list[int]]] = {}
     queue = list(reversed(calls))
     submitted_docs = 0
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
         while queue or pending:
-            while queue and len(pending) < concurrency:
+            while crash is None and queue and len(pending) < concurrency:
                 i, positions = queue[-1]
                 if over_budget(submitted_docs - report.judged - report.failed + len(positions)):
                     break
@@ -191,11 +195,15 @@ def run_judge(
                 submitted_docs += len(positions)
                 pending[pool.submit(one_call, i, positions)] = (i, positions)
             if not pending:
-                break  # budget reached: leave the rest unsubmitted
+                break  # budget reached or a call crashed: leave the rest unsubmitted
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 i, positions = pending.pop(future)
-                response = future.result()
+                try:
+                    response = future.result()
+                except Exception as exc:  # noqa: BLE001 - kept, raised once the paid calls are recorded
+                    crash = crash or exc
+                    continue
                 cost = estimate_cost(judge.identity.model, response.usage, prices)
                 qh, dhs = hashes[i]
                 if ledger is not None:
@@ -213,6 +221,11 @@ def run_judge(
                 done += 1
                 if progress is not None:
                     progress(done, len(calls))
+    if crash is not None:
+        raise JudgeCrashed(
+            f"judge {judge.identity.kind} ({judge.identity.model}) raised {type(crash).__name__}: {crash} — a bug in "
+            f"the judge, not a failed call; {report.judged} verdicts paid before it are in the ledger"
+        ) from crash
     for i, positions in queue:
         for j in positions:
             report.judgments[i][j] = Judgment.failure("BudgetExceeded")
