@@ -61,7 +61,12 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
 
 def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict[str, object]]:
     """Objects of a JSON-lines file, each holding ``keys``."""
-    rows: list[dict[str, object]] = []
+    return [row for _, row in read_jsonl_lines(path, keys)]
+
+
+def read_jsonl_lines(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict[str, object]]]:
+    """(line number, object) of a JSON-lines file, each object holding ``keys``."""
+    rows: list[tuple[int, dict[str, object]]] = []
     for line_no, line in enumerate(_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
@@ -74,7 +79,7 @@ def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict[str, object]]:
         missing = [k for k in keys if k not in obj]
         if missing:
             raise DatasetError(f"{path}: line {line_no}: missing key(s) {missing}")
-        rows.append(obj)
+        rows.append((line_no, obj))
     if not rows:
         raise DatasetError(f"{path}: no records")
     return rows

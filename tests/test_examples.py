@@ -58,3 +58,27 @@ def test_the_offline_examples_run(platform: Path, monkeypatch: pytest.MonkeyPatc
         assert result.exit_code == 0, result.output
         cells = json.loads(result.stdout.strip().splitlines()[-1])["cells"]
         assert cells and all(c["metrics"]["refined"]["map"] > 0 for c in cells)
+
+
+def test_the_readme_sweep_config_parses_and_its_benchmarks_load_as_written(data_root: Path) -> None:
+    """The README's config block, as written: valid, and both benchmark entries (a query subset,
+    a corpus subsample that keeps every positive) load from the raw data."""
+    import re
+
+    import yaml
+
+    from evaluations.config import parse_config
+    from evaluations.registry import load_benchmark
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"### A sweep config\n\n```yaml\n(.*?)```", readme, re.S)
+    assert block, "the README has a '### A sweep config' yaml block"
+    config = parse_config(yaml.safe_load(block.group(1)), source="README.md")
+    assert len(config.judges) >= 5 and config.budget is not None
+    for spec in config.benchmarks:
+        bench = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
+                               max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
+        if spec.max_documents:
+            assert bench.n_documents == spec.max_documents
+        if spec.queries:
+            assert bench.n_queries == spec.queries
