@@ -169,6 +169,31 @@ def test_local_lm_judge_on_a_tiny_random_model(tiny_lm: Path) -> None:
     assert judge.identity.kind == "local-lm"
 
 
+def test_a_long_document_is_cut_before_the_prompt_is_built_so_the_answer_cue_stays(tiny_lm: Path) -> None:
+    from refine_core.judges.local_lm import LocalLMJudge
+
+    judge = LocalLMJudge(str(tiny_lm), max_prompt_tokens=96)
+    long_doc = "my card was stolen at the station yesterday " * 40
+    text, cut = judge.prompt("lost card", long_doc, "intent")
+    assert text.endswith("\nRelevant? (Yes/No):") and cut > 0
+    assert len(judge.tokenizer(text)["input_ids"]) <= 96
+    # with a chat template the template's own answer cue closes the prompt too
+    judge.tokenizer.chat_template = "{% for m in messages %}[user] {{ m['content'] }}{% endfor %} [assistant]"
+    text, cut = judge.prompt("lost card", long_doc, "intent")
+    assert text.endswith("Relevant? (Yes/No): [assistant]") and len(judge.tokenizer(text)["input_ids"]) <= 96
+    short, none_cut = judge.prompt("lost card", "my card is gone", "intent")
+    assert none_cut == 0 and "my card is gone" in short
+    res = judge.judge(query="lost card", documents=[long_doc, "nice weather"], task_instruction="intent")
+    assert res.judgments[0].ok and "document cut by" in res.judgments[0].raw
+    assert res.judgments[1].ok and "cut" not in res.judgments[1].raw
+    # a query that leaves no room for any document is a failed verdict, not a number read elsewhere
+    res = judge.judge(query="lost card " * 60, documents=["my card is gone"], task_instruction="intent")
+    assert res.judgments[0].error == "PromptTooLong"
+    # the token limit and the model file are part of the judge's identity (its ledger key)
+    assert judge.identity.key != LocalLMJudge(str(tiny_lm), max_prompt_tokens=128).identity.key
+    assert dict(judge.identity.params)["fingerprint"] and "doc-cut-v2" in judge.identity.prompt_version
+
+
 def test_local_lm_missing_model_is_a_config_error(tmp_path: Path) -> None:
     from refine_core.judges.local_lm import LocalLMJudge
 
@@ -210,6 +235,38 @@ def test_cross_encoder_judge_with_a_tiny_local_model(tmp_path: Path) -> None:
     assert res.judgments[0].score != res.judgments[1].score
     with pytest.raises(JudgeConfigError, match="could not be loaded"):
         CrossEncoderJudge(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("num_labels", [1, 2, 3])
+def test_cross_encoder_scores_are_the_heads_probability_computed_from_its_logits(tmp_path: Path, num_labels: int) -> None:
+    """One logit: the model's sigmoid; two or more classes: softmax, the last ("relevant") class.
+    Checked against the logits of the underlying transformers model, whatever the values' range."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from refine_core.embedders import resolve_model
+    from refine_core.judges.cross_encoder import CrossEncoderJudge
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
+    torch.manual_seed(num_labels)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, num_labels=num_labels)
+    net = BertForSequenceClassification(config)
+    with torch.no_grad():  # large logits: a sigmoid applied to a softmax head (or vice versa) would show
+        net.classifier.weight.mul_(50.0)
+    net.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    docs = ["my card is gone", "nice weather", "block my card", "play some jazz"]
+    judge = CrossEncoderJudge(str(tmp_path))
+    got = np.array([v.score for v in judge.judge(query="lost card", documents=docs, task_instruction=None).judgments])
+
+    enc = tokenizer(["lost card"] * len(docs), docs, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = BertForSequenceClassification.from_pretrained(tmp_path).eval()(**enc).logits.double()
+    want = torch.sigmoid(logits[:, 0]) if num_labels == 1 else torch.softmax(logits, dim=1)[:, -1]
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6)
+    assert judge.identity.scheme == ("cross-encoder-sigmoid" if num_labels == 1 else "cross-encoder-softmax")
+    assert dict(judge.identity.params)["labels"] == str(num_labels)
 
 
 # ---- oracle ------------------------------------------------------------------------------------------------

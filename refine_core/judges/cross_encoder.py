@@ -1,7 +1,11 @@
 """A sentence-transformers CrossEncoder as the judge (the ReFIT setup).
 
-Scores pass through a sigmoid when the model outputs raw logits, so they lie in [0, 1];
-pair it with ``refine(..., config=REFIT)`` (min-max normalisation, judge temperature 2).
+The score is the model's own probability of relevance, fixed per model and never chosen from
+the data: a one-logit head goes through the model's configured activation
+(sentence-transformers' ``activation_fn``, a sigmoid by default; an identity activation is
+replaced by the sigmoid so the score is a probability); a head with two or more classes goes
+through a softmax over its classes and the "relevant" class (the last) is read. Pair it with
+``refine(..., config=REFIT)`` (min-max normalisation, judge temperature 2).
 """
 
 from __future__ import annotations
@@ -53,16 +57,61 @@ class CrossEncoderJudge:
             self.model = CrossEncoder(model, device=device)
         except Exception as exc:  # noqa: BLE001
             raise JudgeConfigError(f"cross-encoder {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
+        import torch
+
         self.batch_size = batch_size
-        self.identity = JudgeIdentity.of("cross-encoder", model, "cross-encoder-sigmoid", "pair-v1")
+        self.num_labels = int(self.model.num_labels)
+        own = self.model.activation_fn
+        if self.num_labels >= 2:
+            self.activation = "softmax"
+        elif isinstance(own, torch.nn.Identity):
+            self.activation = "sigmoid"  # a probability is needed; the model is configured for raw logits
+        else:
+            self.activation = type(own).__name__.lower()
+        self._own = own
+        self.identity = JudgeIdentity.of("cross-encoder", model, f"cross-encoder-{self.activation}", "pair-v2",
+                                         fingerprint=_fingerprint(model), labels=self.num_labels)
+
+    def logits(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """The head's raw outputs, ``(n,)`` or ``(n, classes)``."""
+        import torch
+
+        return np.asarray(self.model.predict([(query, d) for d in documents], batch_size=self.batch_size,
+                                             show_progress_bar=False, activation_fn=torch.nn.Identity()),
+                          dtype=np.float64)
 
     def judge(self, *, query: str, documents: Sequence[str], task_instruction: str | None) -> JudgeResponse:
+        import torch
+
         started = time.perf_counter()
-        raw = np.asarray(self.model.predict([(query, d) for d in documents], batch_size=self.batch_size,
-                                            show_progress_bar=False), dtype=np.float64)
-        if raw.ndim == 2:  # a two-class head: take the "relevant" column
-            raw = raw[:, -1]
-        scores = raw if ((raw >= 0) & (raw <= 1)).all() else 1.0 / (1.0 + np.exp(-raw))
-        verdicts = [Judgment(score=float(s), raw=f"{r:.6g}") if np.isfinite(s) else Judgment.failure("NonFiniteScore")
-                    for s, r in zip(scores, raw)]
+        raw = self.logits(query, documents)
+        if self.num_labels >= 2:
+            shifted = raw - raw.max(axis=1, keepdims=True)
+            probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+            scores, shown = probs[:, -1], raw[:, -1]
+        elif self.activation == "sigmoid" and isinstance(self._own, torch.nn.Identity):
+            shown = raw.reshape(-1)
+            scores = 1.0 / (1.0 + np.exp(-shown))
+        else:
+            shown = raw.reshape(-1)
+            scores = self._own(torch.from_numpy(shown)).numpy()
+        verdicts = [Judgment(score=float(s), raw=f"logit={r:.6g}") if np.isfinite(s) and 0.0 <= s <= 1.0
+                    else Judgment.failure("ScoreOutsideUnitInterval", f"{self.activation}({r:.6g}) = {s!r}")
+                    for s, r in zip(scores, shown)]
         return JudgeResponse(verdicts, Usage(requests=1, latency_s=time.perf_counter() - started))
+
+
+def _fingerprint(model: str) -> str:
+    """The weights' identity: the folder's files (configs whole, weights by size and ends); for a
+    Hub id, its snapshot folder in the local cache (whose path names the revision)."""
+    from pathlib import Path
+
+    from refine_core.embedders import model_fingerprint
+
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(model, "config.json")
+        folder = Path(config).parent if isinstance(config, str) else folder
+    return model_fingerprint(folder if folder.is_dir() else None, model)

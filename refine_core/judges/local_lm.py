@@ -105,8 +105,14 @@ class LocalLMJudge:
         model: folder, ``.gguf`` file or alias (``smollm2-135m``).
         batch_size: documents per forward pass.
         device: torch device (default CUDA when available).
-        max_prompt_tokens: prompts are cut (from the document's end) to this length.
+        max_prompt_tokens: the longest prompt, in tokens. A longer document is cut (in tokens,
+            from its end) *before* the prompt is built, so every prompt keeps the question, the
+            "Relevant? (Yes/No):" cue and the chat template's answer cue; a query too long to
+            leave room for any document is a failed verdict (``PromptTooLong``), never a score.
     """
+
+    # The prompt's version: the paper's wording, documents cut in tokens before rendering (v2).
+    PROMPT_VERSION = f"{PAPER_PROMPT_VERSION}+doc-cut-v2"
 
     documents_per_request: int | None = None
 
@@ -123,7 +129,7 @@ class LocalLMJudge:
         self.no_ids = np.array([i for i, t in enumerate(vocab) if is_no(t)], dtype=np.int64)
         if not self.yes_ids.size or not self.no_ids.size:
             raise JudgeConfigError(f"local judge model {model!r}: its vocabulary has no yes/no tokens")
-        self.identity = JudgeIdentity.of("local-lm", name, "yes-no-logits", PAPER_PROMPT_VERSION,
+        self.identity = JudgeIdentity.of("local-lm", name, "yes-no-logits", self.PROMPT_VERSION,
                                          fingerprint=model_fingerprint(model), max_prompt_tokens=max_prompt_tokens)
 
     def __repr__(self) -> str:
@@ -136,27 +142,59 @@ class LocalLMJudge:
                                                       add_generation_prompt=True)
         return prompt
 
+    def _length(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    def prompt(self, query: str, document: str, task_instruction: str | None) -> tuple[str | None, int]:
+        """(the rendered prompt within ``max_prompt_tokens``, document tokens cut); the prompt is
+        None when the query and instruction alone leave no room for the document."""
+        text = self.render(query, document, task_instruction)
+        excess = self._length(text) - self.max_prompt_tokens
+        if excess <= 0:
+            return text, 0
+        doc_ids = self.tokenizer(document, add_special_tokens=False)["input_ids"]
+        keep = len(doc_ids) - excess
+        while keep > 0:  # token boundaries can merge after decoding: shorten until it fits
+            text = self.render(query, self.tokenizer.decode(doc_ids[:keep], skip_special_tokens=True), task_instruction)
+            excess = self._length(text) - self.max_prompt_tokens
+            if excess <= 0:
+                return text, len(doc_ids) - keep
+            keep -= excess
+        return None, len(doc_ids)
+
     def judge(self, *, query: str, documents: Sequence[str], task_instruction: str | None) -> JudgeResponse:
         import torch
 
         usage = Usage()
         verdicts: list[Judgment] = []
         for start in range(0, len(documents), self.batch_size):
-            batch = [self.render(query, d, task_instruction) for d in documents[start : start + self.batch_size]]
+            prompts = [self.prompt(query, d, task_instruction) for d in documents[start : start + self.batch_size]]
+            batch = [text for text, _ in prompts if text is not None]
+            scored: list[Judgment] = []
             t0 = time.perf_counter()
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_prompt_tokens).to(self.device)
-            with torch.no_grad():
-                logits = self.model(**enc).logits[:, -1, :].float()
-            probs = torch.softmax(logits, dim=-1).cpu().numpy()
-            p_yes = probs[:, self.yes_ids].sum(axis=1)
-            p_no = probs[:, self.no_ids].sum(axis=1)
-            for y, n in zip(p_yes, p_no):
-                total = y + n
-                if total <= 0 or not np.isfinite(total):
-                    verdicts.append(Judgment.failure("NoYesNoMass", f"p_yes={y} p_no={n}"))
-                else:
-                    verdicts.append(Judgment(score=float(min(max(y / total, 0.0), 1.0)), raw=f"p_yes={y:.4g} p_no={n:.4g}"))
-            usage.add(Usage(requests=1, input_tokens=int(enc["attention_mask"].sum()), output_tokens=0,
-                            latency_s=time.perf_counter() - t0))
+            if batch:
+                enc = self.tokenizer(batch, return_tensors="pt", padding=True).to(self.device)
+                with torch.no_grad():
+                    logits = self.model(**enc).logits[:, -1, :].float()
+                probs = torch.softmax(logits, dim=-1).cpu().numpy()
+                p_yes = probs[:, self.yes_ids].sum(axis=1)
+                p_no = probs[:, self.no_ids].sum(axis=1)
+                for y, n in zip(p_yes, p_no):
+                    total = y + n
+                    if total <= 0 or not np.isfinite(total):
+                        scored.append(Judgment.failure("NoYesNoMass", f"p_yes={y} p_no={n}"))
+                    else:
+                        scored.append(Judgment(score=float(min(max(y / total, 0.0), 1.0)), raw=f"p_yes={y:.4g} p_no={n:.4g}"))
+                usage.add(Usage(requests=1, input_tokens=int(enc["attention_mask"].sum()), output_tokens=0,
+                                latency_s=time.perf_counter() - t0))
+            answers = iter(scored)
+            for text, cut in prompts:
+                if text is None:
+                    verdicts.append(Judgment.failure(
+                        "PromptTooLong", f"the query and instruction alone exceed max_prompt_tokens={self.max_prompt_tokens}"))
+                    continue
+                verdict = next(answers)
+                if cut and verdict.ok:
+                    verdict = Judgment(score=verdict.score, raw=f"{verdict.raw} (document cut by {cut} tokens)")
+                verdicts.append(verdict)
         return JudgeResponse(verdicts, usage)
