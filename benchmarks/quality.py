@@ -37,7 +37,7 @@ from evaluations import load_benchmark  # noqa: E402
 from flows.report import adjust_sweep_pvalues  # noqa: E402
 from refine_core.evaluation import evaluate_cell_arrays  # noqa: E402
 from refine_core.feedback import select_feedback  # noqa: E402
-from refine_core.judges.oracle import oracle_scores  # noqa: E402
+from refine_core.judges.oracle import noisy_oracle_scores, oracle_scores  # noqa: E402
 from refine_core.lr_selection import select_lr  # noqa: E402
 from refine_core.metrics import cosine_scores, evaluate_rankings  # noqa: E402
 from refine_core.refinement import RefineConfig, refine  # noqa: E402
@@ -56,26 +56,14 @@ PAPER_E5 = {"clinc150": (0.69, 0.78), "banking77": (0.55, 0.58), "nfcorpus": (0.
 
 
 # ---- judges as array functions -------------------------------------------------------------------
-def _uniform(seed: int, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """A uniform number per (seed, query row, document): the same pair always draws the same."""
-    x = (rows[:, None].astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-         ^ idx.astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9) ^ np.uint64((seed * 0x94D049BB133111EB + 1) % 2**64))
-    x ^= x >> np.uint64(31)
-    x *= np.uint64(0x7FB5D329728EA185)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x81DADEF4BC2DD44D)
-    x ^= x >> np.uint64(33)
-    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+def judge_of(labels: np.ndarray, texts: tuple[list[str], list[str]], accuracy: float = 1.0, seed: int = 0):  # noqa: ANN201
+    """The project's noisy oracle (refine_core.judges.oracle, as `refine run` uses it) at this
+    accuracy: each (query, document) verdict flipped with probability 1 - accuracy."""
+    query_texts, document_texts = texts
 
-
-def judge_of(labels: np.ndarray, accuracy: float = 1.0, seed: int = 0):  # noqa: ANN201
-    """Gold labels with each (query, document) verdict flipped with probability 1 - accuracy."""
     def judge(rows: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores, mask = oracle_scores(labels[rows], idx)
-        if accuracy < 1.0:
-            flip = _uniform(seed, rows, np.maximum(idx, 0)) < 1.0 - accuracy
-            scores = np.where(mask & flip, 1.0 - scores, scores).astype(np.float32)
-        return scores, mask
+        return noisy_oracle_scores(labels[rows], idx, flip_rate=1.0 - accuracy, seed=seed,
+                                   query_texts=[query_texts[r] for r in rows], document_texts=document_texts)
     return judge
 
 
@@ -113,8 +101,8 @@ def first_feedback(q, d, pool, k: int) -> np.ndarray:  # noqa: ANN001
 # ---- sections -------------------------------------------------------------------------------------------
 def section_main(data: dict) -> dict:
     out = {}
-    for name, (q, d, labels, pool, _) in data.items():
-        outcome = evaluate_cell_arrays(q, d, labels, judge_of(labels), pool=pool, k=20, rounds=3)
+    for name, (q, d, labels, pool, _, texts) in data.items():
+        outcome = evaluate_cell_arrays(q, d, labels, judge_of(labels, texts), pool=pool, k=20, rounds=3)
         out[name] = {"metrics": {m: {key: r.means[key] for key, _ in MEASURES} for m, r in outcome.metrics.items()},
                      "pvalue": {m: t.pvalue for m, t in outcome.tests.items()},
                      "queries": int(q.shape[0]), "documents": int(d.shape[0]),
@@ -131,14 +119,14 @@ def section_accuracy(data: dict) -> dict:
     from refine_core.baselines import rerank_only_scores
 
     out: dict = {}
-    for name, (q, d, labels, pool, _) in data.items():
+    for name, (q, d, labels, pool, _, texts) in data.items():
         base_scores = pooled_scores(q, d, pool)  # the original ranking, shared by every accuracy below
         fb = select_feedback(base_scores, k=20)
         rows = np.arange(q.shape[0])
         base = evaluate_rankings(base_scores, labels, pool=pool, ks=(10,)).means["map"]
         out[name] = {"baseline": base, "points": []}
         for acc in ACCURACIES:
-            scores, mask = judge_of(labels, acc, seed=1)(rows, fb)
+            scores, mask = judge_of(labels, texts, acc, seed=1)(rows, fb)
             rerank = evaluate_rankings(rerank_only_scores(base_scores, fb, scores, mask=mask), labels,
                                        pool=pool, ks=(10,)).means["map"]
             point = {"accuracy": acc, "rerank_only": rerank}
@@ -150,13 +138,13 @@ def section_accuracy(data: dict) -> dict:
 
 def section_lr(data: dict) -> dict:
     out: dict = {}
-    for name, (q, d, labels, pool, _) in data.items():
+    for name, (q, d, labels, pool, _, texts) in data.items():
         fb = first_feedback(q, d, pool, 20)
         rows = np.arange(q.shape[0])
         grid = {}
         auto = {}
         for acc in LR_ACCURACIES:
-            scores, mask = judge_of(labels, acc, seed=2)(rows, fb)
+            scores, mask = judge_of(labels, texts, acc, seed=2)(rows, fb)
             grid[acc] = {lr: refined_map(q, d, labels, pool, fb, scores, mask, lr) for lr in LR_GRID}
             chosen = select_lr(q, d, fb, scores, mask, candidates=LR_GRID, seed=0)
             auto[acc] = {"lr": chosen.lr, "map": grid[acc][chosen.lr], "heldout_auc": chosen.heldout_auc}
@@ -167,12 +155,12 @@ def section_lr(data: dict) -> dict:
 def section_budget(data: dict, names: tuple[str, ...]) -> dict:
     out: dict = {}
     for name in names:
-        q, d, labels, pool, doc_tokens = data[name]
+        q, d, labels, pool, doc_tokens, texts = data[name]
         rows = np.arange(q.shape[0])
         points = []
         for k in K_GRID:
             fb = first_feedback(q, d, pool, k)
-            scores, mask = judge_of(labels)(rows, fb)
+            scores, mask = judge_of(labels, texts)(rows, fb)
             # listwise Claude Haiku 4.5 at $1 / $5 per M tokens: ~400 prompt tokens, the K documents, ~8 output tokens each
             cost = ((400 + k * doc_tokens) * 1.0 + 8 * k * 5.0) / 1e6
             for steps in STEPS_GRID:
@@ -235,7 +223,7 @@ def section_template(raw: dict) -> dict:
         for label, vectors in (("template", q), ("bare", bare)):
             row[label] = map_of(vectors, d, labels, pool)
         fb = first_feedback(bare, d, pool, 20)
-        scores, mask = judge_of(labels)(np.arange(bare.shape[0]), fb)
+        scores, mask = judge_of(labels, (bench.query_texts(), bench.document_texts()))(np.arange(bare.shape[0]), fb)
         row["bare_refined"] = refined_map(bare, d, labels, pool, fb, scores, mask, 1e-4)
         row["instruction"] = bench.embed_instruction
         out[name] = row
@@ -444,7 +432,7 @@ def main() -> None:
         q, d = embed(bench, state_dir() / "embeddings")
         labels, pool = bench.label_matrix()
         doc_tokens = int(np.mean([len(t) for t in bench.document_texts()]) / 4)
-        data[name] = (q, d, labels, pool, doc_tokens)
+        data[name] = (q, d, labels, pool, doc_tokens, (bench.query_texts(), bench.document_texts()))
         raw[name] = (bench, q, d, labels, pool)
         print(f"{name}: {q.shape[0]} queries x {d.shape[0]} documents ({time.perf_counter() - started:.0f} s)", flush=True)
     results = {"main": section_main(data)}

@@ -233,12 +233,14 @@ def demo(
             qvecs = embedder.embed_queries(benchmark.query_texts(), instruction=benchmark.embed_instruction, cache=cache)
         t_embed = time.perf_counter() - t0
         labels, pool = benchmark.label_matrix()
+        query_texts, document_texts = benchmark.query_texts(), benchmark.document_texts()
         min_pool = int(pool.sum(1).min()) if pool is not None else benchmark.n_documents
         if k * rounds > min_pool:
             raise ValueError(f"--k {k} x --rounds {rounds} exceeds the smallest query pool ({min_pool} documents)")
 
         def judge(rows, idx):  # noqa: ANN001, ANN202 - JudgeFn
-            return noisy_oracle_scores(labels[rows], idx, flip_rate=flip_rate, seed=seed)
+            return noisy_oracle_scores(labels[rows], idx, flip_rate=flip_rate, seed=seed,
+                                       query_texts=[query_texts[r] for r in rows], document_texts=document_texts)
 
         t1 = time.perf_counter()
         outcome = evaluate_cell_arrays(qvecs, docs, labels, judge, pool=pool, k=k, rounds=rounds, config=config)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refine_core.judges import JudgeConfigError, JudgeRequest, JudgmentLedger, OracleJudge, run_judge
+from refine_core.judges import JudgeConfigError, JudgeRequest, JudgmentLedger, OracleJudge, oracle_scores, run_judge
 from refine_core.judges.base import paper_prompt
 from refine_core.judges.openai_compatible import OpenAICompatibleJudge
 from refine_core.judges.yes_no import is_no, is_yes, yes_probability
@@ -286,6 +286,46 @@ def test_oracle_and_noisy_oracle_judges(tmp_path: Path) -> None:
     assert report.judged == 10 and report.cost == 0.0
     with pytest.raises(ValueError, match=r"flip_rate must be in \[0, 1\]"):
         OracleJudge(relevant, flip_rate=1.5)
+
+
+def test_one_noisy_oracle_in_every_round_command_and_report() -> None:
+    """The verdict of a pair is a function of (seed, query, document) only: the judge protocol
+    (refine run, corpus commands), the array form (refine demo, evaluation rounds) and
+    benchmarks/quality.py give the same verdict, whatever position or round the pair comes in."""
+    import importlib.util
+
+    from refine_core.judges import noisy_oracle_scores
+
+    rng = np.random.default_rng(0)
+    queries = [f"query {i}" for i in range(6)]
+    documents = [f"document {j}" for j in range(40)]
+    labels = (rng.random((6, 40)) < 0.3).astype(np.float32)
+    relevant = {q: {documents[j] for j in np.flatnonzero(labels[i])} for i, q in enumerate(queries)}
+    judge = OracleJudge(relevant, flip_rate=0.3, seed=7)
+
+    idx = np.stack([rng.permutation(40)[:20] for _ in range(6)])
+    arrays, mask = noisy_oracle_scores(labels, idx, flip_rate=0.3, seed=7, query_texts=queries, document_texts=documents)
+    protocol = np.array([[v.score for v in judge.judge(query=queries[i], documents=[documents[j] for j in idx[i]],
+                                                       task_instruction=None).judgments] for i in range(6)])
+    np.testing.assert_array_equal(arrays, protocol)
+    assert mask.all() and (arrays != oracle_scores(labels, idx)[0]).mean() == pytest.approx(0.3, abs=0.12)
+
+    # a later round (or another order) asking about the same pairs: the same verdicts, pair by pair
+    again, _ = noisy_oracle_scores(labels, idx[:, ::-1], flip_rate=0.3, seed=7, query_texts=queries, document_texts=documents)
+    np.testing.assert_array_equal(again[:, ::-1], arrays)
+    rows = np.array([4, 1])  # a query block: rows of the benchmark, texts of those rows
+    block, _ = noisy_oracle_scores(labels[rows], idx[rows], flip_rate=0.3, seed=7,
+                                   query_texts=[queries[r] for r in rows], document_texts=documents)
+    np.testing.assert_array_equal(block, arrays[rows])
+
+    spec = importlib.util.spec_from_file_location("quality", Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    report, _ = quality.judge_of(labels, (queries, documents), accuracy=0.7, seed=7)(np.arange(6), idx)
+    np.testing.assert_array_equal(report, arrays)
+
+    with pytest.raises(ValueError, match="needs query_texts and document_texts"):
+        noisy_oracle_scores(labels, idx, flip_rate=0.3)
 
 
 def test_judge_scores_outside_unit_interval_are_rejected() -> None:
