@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from evaluations.benchmark import Benchmark, make_tables
-from evaluations.loaders import INTENT_JUDGE_INSTRUCTION, _intent_benchmark, beir_document_text
+from evaluations.loaders import CLINC150_NAMES_INSTRUCTION, PAPER_INSTRUCTIONS, _intent_benchmark, beir_document_text
 
 
 def hub_enabled() -> bool:
@@ -31,7 +31,7 @@ def banking77() -> Benchmark:
     return _intent_benchmark(
         name="banking77", version="1", pairs=pairs,
         query_text={n: n.replace("_", " ") for n in names},
-        embed_instruction="Given a user intent, retrieve user utterances that express this intent",
+        embed_instruction=PAPER_INSTRUCTIONS["banking77"],
         source="hf:PolyAI/banking77", doc_prefix="text-", dedupe=True,
     )
 
@@ -44,7 +44,7 @@ def clinc150_names() -> Benchmark:
     return _intent_benchmark(
         name="clinc150-names", version="1", pairs=pairs,
         query_text={n: n.replace("_", " ") for n in names},
-        embed_instruction="Given the name of a user intent, retrieve user utterances that express this intent",
+        embed_instruction=CLINC150_NAMES_INSTRUCTION,
         source="hf:clinc_oos/plus", doc_prefix="train-", dedupe=False,
     )
 
@@ -63,7 +63,7 @@ def nfcorpus() -> Benchmark:
     )
     return Benchmark(
         name="nfcorpus", version="1", queries=q, documents=d, labels=lab,
-        embed_instruction="Given a question, retrieve relevant documents that best answer the question",
+        embed_instruction=PAPER_INSTRUCTIONS["nfcorpus"],
         judge_instruction=None, pool="corpus", source="hf:BeIR/nfcorpus",
     )
 
@@ -89,12 +89,12 @@ def followir(sub: str) -> Benchmark:
     )
     return Benchmark(
         name=f"followir-{sub}", version="1", queries=q, documents=d, labels=lab,
-        embed_instruction="Given a query with instructions, retrieve the documents that satisfy both",
+        embed_instruction=PAPER_INSTRUCTIONS["followir"],
         judge_instruction=None, pool="per-query", source=f"hf:{repo}",
     )
 
 
-__all__ = ["INTENT_JUDGE_INSTRUCTION", "banking77", "clinc150_names", "followir", "hub_enabled", "nfcorpus"]
+__all__ = ["banking77", "clinc150_names", "followir", "hub_enabled", "nfcorpus"]
 
 
 def realscholarquery() -> Benchmark:

@@ -15,10 +15,24 @@ from evaluations.benchmark import Benchmark, make_tables
 from evaluations.errors import DatasetError, DatasetNotFound
 from evaluations.readers import parse_number, read_csv, read_json, read_jsonl, read_jsonl_lines, read_lines, read_tsv
 
-INTENT_JUDGE_INSTRUCTION = (
-    "The query describes a user intent and the document is a user utterance. "
-    "The document is relevant if the utterance expresses that intent."
-)
+# The paper's task instructions, verbatim (instruction_templates.yaml of its released code). Each
+# fills the query template ``Instruct: {instruction}\nQuery: {query}``; for the classification
+# datasets (CLINC150, Banking77, ArgKP21) it is also the judge's task instruction ("Judge the
+# relevance according to the following task: ..."); search datasets give the judge none.
+# tests/test_datasets.py pins them.
+PAPER_INSTRUCTIONS = {
+    "clinc150": "Given an intent description, identify utterances that express this intent.",
+    "banking77": "Given an intent category, identify utterances that express this intent.",
+    "argkp21": "Given an argument, identify utterances from debates that convey this argument.",
+    "nfcorpus": "Given a question, retrieve relevant documents that best answer the question.",
+    "realscholarquery": ("Given a fine-grained scientific inquiry, retrieve academic publications that strictly align "
+                         "with the specified research topic, methodology, and constraints."),
+    "followir": "Retrieve text based on a fine-grained user query.",
+}
+# Datasets the paper did not use, worded the same way (classification: the judge gets it too).
+CLINC150_NAMES_INSTRUCTION = "Given an intent name, identify utterances that express this intent."
+SNIPS_INSTRUCTION = "Given a voice-assistant intent, identify user commands that express this intent."
+INTENT_CSV_INSTRUCTION = "Given an intent category, identify user messages that express this intent."
 
 
 # ---------------------------------------------------------------------------------------
@@ -68,7 +82,7 @@ def _intent_benchmark(
         documents=d,
         labels=lab,
         embed_instruction=embed_instruction,
-        judge_instruction=INTENT_JUDGE_INSTRUCTION,
+        judge_instruction=embed_instruction,  # a classification task: the judge is told the task too
         pool="corpus",
         source=source,
     )
@@ -100,10 +114,10 @@ def load_clinc150(folder: Path, *, descriptions: bool = True) -> Benchmark:
         mapping_path = folder / "clinc150_intent_mapping.csv"
         mapping = read_csv(mapping_path, ("intent_name", "intent_description"))
         query_text = {r["intent_name"]: r["intent_description"] for r in mapping}
-        name, instruction = "clinc150", "Given a description of a user intent, retrieve user utterances that express this intent"
+        name, instruction = "clinc150", PAPER_INSTRUCTIONS["clinc150"]
     else:
         query_text = {i: _underscores_to_spaces(i) for i in intents}
-        name, instruction = "clinc150-names", "Given the name of a user intent, retrieve user utterances that express this intent"
+        name, instruction = "clinc150-names", CLINC150_NAMES_INSTRUCTION
     return _intent_benchmark(
         name=name,
         version="1",
@@ -135,7 +149,7 @@ def load_intent_csv(folder: Path, *, splits: tuple[str, ...] | None = None, name
         version="1",
         pairs=pairs,
         query_text={i: _underscores_to_spaces(i) for i in intents},
-        embed_instruction=embed_instruction or "Given an intent category, retrieve user messages that express this intent",
+        embed_instruction=embed_instruction or INTENT_CSV_INSTRUCTION,
         source=str(folder),
         doc_prefix="text-",
         dedupe=True,
@@ -148,7 +162,7 @@ def load_banking77(folder: Path) -> Benchmark:
         folder,
         splits=("train", "test"),
         name="banking77",
-        embed_instruction="Given a user intent, retrieve user utterances that express this intent",
+        embed_instruction=PAPER_INSTRUCTIONS["banking77"],
     )
 
 
@@ -180,7 +194,7 @@ def load_snips(folder: Path, *, splits: tuple[str, ...] = ("train", "valid", "te
         version="1",
         pairs=pairs,
         query_text={i: _camel_to_words(i) for i in intents_all},
-        embed_instruction="Given a voice-assistant intent, retrieve user commands that express this intent",
+        embed_instruction=SNIPS_INSTRUCTION,
         source=str(folder),
         doc_prefix="utt-",
         dedupe=True,
@@ -198,7 +212,7 @@ def beir_document_text(record: dict) -> str:
 
 
 def load_beir(folder: Path, *, split: str = "test", name: str | None = None,
-              embed_instruction: str = "Given a question, retrieve relevant documents that best answer the question") -> Benchmark:
+              embed_instruction: str = PAPER_INSTRUCTIONS["nfcorpus"]) -> Benchmark:
     """A BEIR folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``.
 
     Queries are those with qrels in the split; documents are the full corpus with text
@@ -275,8 +289,8 @@ def load_argkp21(folder: Path, *, splits: tuple[str, ...] = ("dev", "train")) ->
         queries=q,
         documents=d,
         labels=lab,
-        embed_instruction="Given a key point, retrieve the arguments that this key point summarizes",
-        judge_instruction=None,
+        embed_instruction=PAPER_INSTRUCTIONS["argkp21"],
+        judge_instruction=PAPER_INSTRUCTIONS["argkp21"],  # classification in the paper: the judge gets it
         pool="per-query",
         source=str(folder),
     )
@@ -315,7 +329,7 @@ def load_followir_folder(folder: Path, *, name: str = "followir") -> Benchmark:
         queries=q,
         documents=d,
         labels=lab,
-        embed_instruction="Given a query with instructions, retrieve the documents that satisfy both",
+        embed_instruction=PAPER_INSTRUCTIONS["followir"],
         judge_instruction=None,
         pool="per-query",
         source=str(folder),
@@ -492,7 +506,7 @@ def load_realscholarquery(folder: Path, *, questions: int = 50, corpus_size: int
         queries=q,
         documents=d,
         labels=lab,
-        embed_instruction="Given an academic research question, retrieve the abstracts of papers that answer it",
+        embed_instruction=PAPER_INSTRUCTIONS["realscholarquery"],
         judge_instruction=None,
         pool="corpus",
         source=f"{folder} (corpus {len(keep)} of {len(papers)} papers, seed {seed}; {dropped} gold ids not in the database)",

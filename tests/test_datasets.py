@@ -225,3 +225,37 @@ def test_subset_sizes_are_validated() -> None:
     with pytest.raises(DatasetError, match="query subset size must be >= 1"):
         b.subset_queries(0)
     assert b.subset_queries(100) is b
+
+
+# The paper's strings, typed here from its released instruction_templates.yaml (not imported: the
+# test pins the values, so an edit to evaluations/loaders.py cannot move both at once).
+PAPER = {
+    "clinc150": "Given an intent description, identify utterances that express this intent.",
+    "banking77": "Given an intent category, identify utterances that express this intent.",
+    "argkp21": "Given an argument, identify utterances from debates that convey this argument.",
+    "nfcorpus": "Given a question, retrieve relevant documents that best answer the question.",
+    "realscholarquery": "Given a fine-grained scientific inquiry, retrieve academic publications that strictly align "
+                        "with the specified research topic, methodology, and constraints.",
+    "followir": "Retrieve text based on a fine-grained user query.",
+}
+
+
+def test_the_paper_datasets_use_the_papers_instructions(data_root: Path, tmp_path: Path) -> None:
+    """Embedding instruction = the paper's string; the judge gets it too for the classification
+    datasets (CLINC150, Banking77, ArgKP21) and nothing for the search datasets."""
+    from test_realscholarquery import write_pasa
+
+    from evaluations.loaders import load_realscholarquery
+
+    loaded = {
+        "clinc150": load_raw("clinc150", root=data_root),
+        "banking77": load_raw("banking77", root=data_root),
+        "nfcorpus": load_raw("nfcorpus", root=data_root),
+        "argkp21": load_argkp21(FIXTURES / "argkp21"),
+        "followir": load_followir_folder(FIXTURES / "followir"),
+        "realscholarquery": load_realscholarquery(write_pasa(tmp_path / "rsq"), corpus_size=12),
+    }
+    for name, bench in loaded.items():
+        assert bench.embed_instruction == PAPER[name], name
+        classification = name in ("clinc150", "banking77", "argkp21")
+        assert bench.judge_instruction == (PAPER[name] if classification else None), name

@@ -39,7 +39,14 @@ def test_paper_prompt_is_exact() -> None:
         "Here is a user query and a document. Is this document relevant for this query? Answer with only "
         "yes/no, without any preceding tokens. Query: q\nDocument: d\nRelevant? (Yes/No):"
     )
-    assert "Judge the relevance according to the following task: intents." in paper_prompt("q", "d", "intents")
+    assert "Judge the relevance according to the following task: intents. Answer" in paper_prompt("q", "d", "intents")
+    # the paper's own instruction (it ends with a full stop) exactly as its released code renders it
+    clinc = "Given an intent description, identify utterances that express this intent."
+    assert paper_prompt("q", "d", clinc) == (
+        "Here is a user query and a document. Is this document relevant for this query? Judge the relevance "
+        "according to the following task: Given an intent description, identify utterances that express this "
+        "intent. Answer with only yes/no, without any preceding tokens. Query: q\nDocument: d\nRelevant? (Yes/No):"
+    )
 
 
 # ---- a fake OpenAI-compatible server ------------------------------------------------------------------

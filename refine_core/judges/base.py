@@ -123,12 +123,21 @@ class Judge(Protocol):
     def judge(self, *, query: str, documents: Sequence[str], task_instruction: str | None) -> JudgeResponse: ...
 
 
-PAPER_PROMPT_VERSION = "paper-yes-no-v1"
+PAPER_PROMPT_VERSION = "paper-yes-no-v2"  # v2: an instruction ending in "." no longer gets a second one
 
 
 def paper_prompt(query: str, document: str, task_instruction: str | None) -> str:
-    """The paper's yes/no judge prompt (task instruction for classification datasets only)."""
-    task = f" Judge the relevance according to the following task: {task_instruction}." if task_instruction else ""
+    """The paper's yes/no judge prompt (task instruction for classification datasets only).
+
+    The paper's instructions end with a full stop and go in as written; one without final
+    punctuation gets a full stop, so the sentence before "Answer with ..." is always closed once.
+    """
+    if task_instruction:
+        instruction = task_instruction.strip()
+        closed = instruction if instruction.endswith((".", "?", "!")) else f"{instruction}."
+        task = f" Judge the relevance according to the following task: {closed}"
+    else:
+        task = ""
     return (
         "Here is a user query and a document. Is this document relevant for this query?"
         f"{task} Answer with only yes/no, without any preceding tokens. "
