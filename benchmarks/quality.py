@@ -6,7 +6,8 @@ oracle judge (gold labels of the K judged documents: the ceiling), noisy oracles
 accuracy, and the local SmolLM2 judge. Sections:
 
 1. MAP, nDCG@10, R@50, ROC-AUC of original, rerank-only, Rocchio, refined (paper defaults) and
-   refined after 2 and 3 rounds, oracle judge, paired one-sided t-tests BH-corrected per table.
+   refined after 2 and 3 rounds, oracle judge, paired one-sided t-tests BH-corrected over the
+   project's one family (flows.report.BH_FAMILY: every method of every dataset).
 2. Judge accuracy 0.55 ... 1.0 -> ΔMAP of refined against rerank-only (lr 1e-4 and 1e-3).
 3. Learning rate x judge accuracy -> refined MAP, with the lr chosen from held-out judgments.
 4. Feedback budget K and steps x lr -> MAP and estimated judge cost per query.

@@ -45,6 +45,10 @@ class BenchmarkSpec(_Strict):
     corpus_seed: int = 42
 
 
+# Judges and generators that call a remote service (every call is paid and budgeted).
+PAID_KINDS = ("anthropic", "anthropic-batch", "openai-compatible")
+
+
 class JudgeSpec(_Strict):
     kind: Literal["oracle", "noisy-oracle", "anthropic", "anthropic-batch", "openai-compatible", "local-lm", "cross-encoder"]
     model: str | None = None
@@ -74,6 +78,11 @@ class JudgeSpec(_Strict):
             return f"noisy-oracle-{self.flip_rate:g}"
         return f"{self.kind}:{self.model or 'default'}" + (f"/{self.scheme}" if self.kind.startswith("anthropic") else "")
 
+    @property
+    def paid(self) -> bool:
+        """A remote LLM service: its calls count against the budget (local judges are free)."""
+        return self.kind in PAID_KINDS
+
 
 class HydeSpec(_Strict):
     """The generator of HyDE passages; when a sweep has one, every cell adds ``hyde`` and
@@ -100,6 +109,11 @@ class HydeSpec(_Strict):
     @property
     def label(self) -> str:
         return f"{self.kind}:{self.model or 'default'}"
+
+    @property
+    def paid(self) -> bool:
+        """A remote LLM service: its generations count against the budget."""
+        return self.kind in PAID_KINDS
 
 
 def _positive_list(name: str):  # noqa: ANN202

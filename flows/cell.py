@@ -100,11 +100,12 @@ def refine_queries(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], ju
 
 
 def judge_feedback(bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec,
-                   budget: BudgetSpec | None) -> tuple[JudgmentsRef, bool]:
+                   budget: BudgetSpec | None, account: str | None = None) -> tuple[JudgmentsRef, bool]:
     """The judge task (on a Dask worker when the runner is Dask) and whether its result came
     from the task cache. When some judgments failed, the paid ones stay in the ledger but this
     result is not cached, so a re-run retries exactly the failures."""
-    state = fan_out_states(judge_task, [{"bench": bench, "feedback": feedback, "judge": cell.judge, "budget": budget}])[0]
+    state = fan_out_states(judge_task, [{"bench": bench, "feedback": feedback, "judge": cell.judge, "budget": budget,
+                                         "account": account}])[0]
     judged: JudgmentsRef = state.result()
     if judged.failed_queries:
         invalidate_task_cache(judge_cache_key(None, {"judge": cell.judge, "bench": bench, "feedback": feedback}))
@@ -164,11 +165,13 @@ def evaluate_cell(
     queries: ArrayRef | None = None,
     execution: ExecutionSpec | None = None,
     run_name: str | None = None,
+    account: str | None = None,
 ) -> dict:
     """Run one cell end to end and log it; returns its params and metrics.
 
     ``run_name`` names the MLflow run (a sweep passes one that leads with what differs
-    between its cells). Use :func:`run_cell` to choose the runner; called directly this runs
+    between its cells). ``account`` is the sweep's spend account; a cell run on its own with a
+    ``budget`` opens its own (``cell-<flow run id>``). Use :func:`run_cell` to choose the runner; called directly this runs
     with Prefect's default (thread) runner.
     """
     execution = execution or ExecutionSpec()
@@ -182,6 +185,8 @@ def evaluate_cell(
                                                         "`*.p_bh`: Benjamini–Hochberg corrected over the sweep.",
                                  **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})})
     log.info("cell %s: MLflow run %s", cell_label(cell), run_id)
+    if account is None and budget is not None and (budget.max_judgments or budget.max_cost_usd):
+        account = f"cell-{runtime.flow_run.id or run_id}"
     timings: dict[str, float] = {}
     with tracker.ends_run_on_error(run_id):
         if bench is None:
@@ -213,7 +218,7 @@ def evaluate_cell(
             fb = select_feedback_task(bench, current, docs, cell.k, exclude=list(feedback))
             timings["select"] = timings.get("select", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
-            judged, cached = judge_feedback(bench, fb, cell, budget)
+            judged, cached = judge_feedback(bench, fb, cell, budget, account)
             timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - t
             feedback.append(fb)
             judgments.append(judged)
@@ -227,7 +232,7 @@ def evaluate_cell(
         hyde_metrics: dict[str, float] = {}
         if cell.hyde is not None:
             t = time.perf_counter()
-            passages = generate_hyde_task(bench, cell.hyde)
+            passages = generate_hyde_task(bench, cell.hyde, budget, account)
             if passages.failed:
                 # Stored passages stay stored; a re-run asks only for the failed ones.
                 invalidate_task_cache(hyde_cache_key(None, {"spec": cell.hyde, "bench": bench}))
@@ -237,7 +242,7 @@ def evaluate_cell(
             t = time.perf_counter()
             # HyDE-refined: feedback from the HyDE ranking, judged against the original query.
             fb = select_feedback_task(bench, extra["hyde"], docs, cell.k)
-            judged, cached = judge_feedback(bench, fb, cell, budget)
+            judged, cached = judge_feedback(bench, fb, cell, budget, account)
             judgments.append(judged)
             judge_cached.append(cached)
             extra["hyde_refined"] = refine_queries(extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"],

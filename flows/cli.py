@@ -287,11 +287,15 @@ def run(
     runner: Annotated[str | None, typer.Option(help="task runner: 'local' (default), 'dask' (a local cluster) or "
                                                     "'dask://host:port' (a running scheduler); overrides the config")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print per cell the judgments and HyDE passages still to "
+                                                            "pay and their estimated cost; pay nothing")] = False,
 ) -> None:
     """Run a sweep: every cell through the Prefect flow, every result to MLflow.
 
     Exit status: 0 done; 1 a cell failed; 2 bad input (nothing run); 3 some judgments failed
     (every cell is logged; the same command again asks only for the failed judgments).
+    With --dry-run: 0 after printing the plan (only free stages run: loading, embedding, the
+    first round's selection).
     """
     # This command reports failures itself, one line each; Prefect's own console lines (with
     # tracebacks) stay in the Prefect database and UI.
@@ -313,6 +317,9 @@ def run(
         fail(str(exc))
     n_cells = len(config.cells())
     console.print(f"sweep [bold]{config.name}[/]: {n_cells} cells; state in {state_dir()}")
+    if dry_run:
+        _dry_run(config, as_json)
+        return
     from flows.sweep import run_sweep
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -353,6 +360,8 @@ def run(
     cost = sum(c.get("judge_usage", {}).get("judge_cost_usd", 0) for c in result["cells"])
     console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache; {int(paid)} judgments asked "
                   f"of the judges in this run, estimated ${cost:.2f})")
+    if result.get("budget_line"):
+        console.print(f"budget: {result['budget_line']}", highlight=False)
     console.print(f"MLflow runs table: {tracker.runs_table_url(result['experiment_id'])}", soft_wrap=True)
     console.print(f"MLflow sweep run:  {tracker.run_url(result['experiment_id'], result['parent_run_id'])}  "
                   "(start the UI with `refine ui`)", soft_wrap=True)
@@ -369,11 +378,52 @@ def run(
     if as_json:
         print(json.dumps({"experiment_id": result["experiment_id"], "parent_run_id": result["parent_run_id"],
                           "cells": _public(result["cells"]), "failures": result["failures"],
-                          "judgment_failures": judgment_failures}, default=float))
+                          "judgment_failures": judgment_failures, "budget": result.get("budget")}, default=float))
     if result["failures"]:
         raise typer.Exit(code=1)
     if judgment_failures:
         raise typer.Exit(code=EXIT_JUDGMENTS_FAILED)
+
+
+def _dry_run(config, as_json: bool) -> None:  # noqa: ANN001 - a SweepConfig
+    """Print what ``refine run`` would pay for ``config`` (see :mod:`flows.plan`)."""
+    from rich.table import Table
+
+    from flows.plan import plan_sweep
+
+    console.print("dry run: loading and embedding (free, cached for the real run); nothing is sent to a paid judge")
+    try:
+        plan = plan_sweep(config)
+    except _user_errors() as exc:
+        fail(str(exc))
+    table = Table(title=f"{config.name}: still to pay (ledger and generation store are free)")
+    for column in ("cell", "round 1 to pay", "in ledger", "later rounds ≤", "HyDE to pay", "est. USD", "≤ USD"):
+        table.add_column(column, justify="left" if column == "cell" else "right")
+    for row in plan["cells"]:
+        if not row["paid"] and not row["hyde_to_pay"]:
+            table.add_row(row["cell"], "free", "", "", "", "", "")
+            continue
+        table.add_row(row["cell"], str(row["judgments_to_pay"]), str(row["judgments_in_ledger"]),
+                      str(row["later_rounds_at_most"]), str(row["hyde_to_pay"]), f"{row['usd']:.4f}",
+                      f"{row['usd_at_most']:.4f}")
+    console.print(table)
+    total, budget = plan["total"], plan["budget"]
+    console.print(f"total (each pair counted once across cells): {total['judgments_to_pay']} judgments and "
+                  f"{total['hyde_to_pay']} HyDE passages to pay now, at most {total['judgments_at_most']} judgments "
+                  f"with later rounds; estimated ${total['usd']:.4f} (at most ${total['usd_at_most']:.4f})",
+                  highlight=False)
+    limits = [f"{budget['max_judgments']} judgments/passages" if budget["max_judgments"] else "",
+              f"${budget['max_cost_usd']:.2f}" if budget["max_cost_usd"] else ""]
+    limits = [x for x in limits if x]
+    if limits:
+        over = ((budget["max_judgments"] or 0) and total["judgments_at_most"] + total["hyde_to_pay"] > budget["max_judgments"]) or \
+               ((budget["max_cost_usd"] or 0) and total["usd_at_most"] > budget["max_cost_usd"])
+        console.print(f"budget: {' and '.join(limits)} per run" + (" — the run may stop at it (BudgetExceeded)" if over
+                                                                   else " — enough for this plan"), highlight=False)
+    else:
+        console.print("budget: none set (add `budget: {max_judgments: N, max_cost_usd: X}` to the config)", highlight=False)
+    if as_json:
+        print(json.dumps(plan, default=float))
 
 
 def _metrics_from_run(run) -> dict[str, dict[str, float]]:  # noqa: ANN001

@@ -27,7 +27,8 @@ from flows.execution import dask_cluster, with_runner
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
 from tasks.core import ArrayRef, BenchmarkRef, embed_queries_task, load_benchmark_task
-from tasks.storage import code_version
+from refine_core.judges.spend import SpendAccount
+from tasks.storage import code_version, ledger_url
 
 
 class JudgmentsFailed(RuntimeError):
@@ -139,6 +140,9 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                            tags={"refine.kind": "sweep", "mlflow.note.content": _description(config, cells, differing),
                                  **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})})
     log.info("sweep %s: %d cells, MLflow parent run %s", config.name, len(cells), parent)
+    # One spend account per sweep run (a Prefect retry of this flow run keeps spending from it).
+    account = SpendAccount(ledger_url(), f"sweep-{runtime.flow_run.id or parent}",
+                           max_items=config.budget.max_judgments, max_cost=config.budget.max_cost_usd)
     started = time.perf_counter()
     results: list[dict] = []
     failures: list[str] = []
@@ -168,7 +172,8 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             docs, queries = shared[(cell.benchmark, cell.model)]
             try:
                 results.append(run_cell(cell, experiment_id, address=address, parent_run_id=parent,
-                                        tracking_uri=tracker.uri, budget=config.budget, bench=benches[cell.benchmark],
+                                        tracking_uri=tracker.uri, budget=config.budget, account=account.account,
+                                        bench=benches[cell.benchmark],
                                         docs=docs, queries=queries, execution=config.execution,
                                         run_name=mlflow_run_name(cell, differing)))
             except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
@@ -191,6 +196,10 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                 path = Path(tmp) / "summary.csv"
                 pl.DataFrame(rows).write_csv(path)
                 tracker.log_artifact(parent, path)
+        spend = account.status()
+        log.info("budget: %s", spend.line())
+        tracker.log_metrics(parent, {f"budget.{k}": float(v) for k, v in spend.as_dict().items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
         refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
         judgment_failures = [r for r in results if r.get("judgments_failed")]
         timings["report"] = time.perf_counter() - t
@@ -210,6 +219,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
     link_mlflow_run(tracker, experiment_id, parent, f"sweep {config.name}")
     result = {"experiment_id": experiment_id, "parent_run_id": parent, "cells": results, "failures": failures,
               "summary_markdown": markdown, "shared_timings": timings, "bh_adjusted": adjusted,
+              "budget": spend.as_dict(), "budget_line": spend.line(),
               "columns": cell_rows(results)[0] if results else []}
     if judgment_failures:
         lines = failure_lines(results)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +32,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from refine_core.judges.base import JudgeConfigError, JudgeIdentity, Usage
 from refine_core.judges.ledger import _metadata, open_engine
 from refine_core.judges.runner import DEFAULT_PRICES, estimate_cost
+
+if TYPE_CHECKING:
+    from refine_core.judges.spend import SpendAccount
 
 PROMPT_VERSION = "hyde-v1"
 DEFAULT_MAX_TOKENS = 256
@@ -122,10 +125,12 @@ class GenerationReport:
     from_store: int = 0
     generated: int = 0
     failed: int = 0
+    not_submitted: int = 0
 
     def as_metrics(self) -> dict[str, float]:
         return {"hyde_generations_paid": float(self.generated), "hyde_generations_from_store": float(self.from_store),
-                "hyde_generations_failed": float(self.failed), "hyde_input_tokens": float(self.usage.input_tokens),
+                "hyde_generations_failed": float(self.failed),
+                "hyde_generations_not_submitted": float(self.not_submitted), "hyde_input_tokens": float(self.usage.input_tokens),
                 "hyde_output_tokens": float(self.usage.output_tokens), "hyde_cost_usd": self.cost}
 
 
@@ -139,11 +144,14 @@ def run_generator(
     concurrency: int = 4,
     prices: dict[str, tuple[float, float]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    account: SpendAccount | None = None,
 ) -> GenerationReport:
     """A hypothetical document per query, generating only what the store lacks.
 
     Failed generations come back as None (the caller falls back to the query) and are not
-    stored, so a re-run asks again.
+    stored, so a re-run asks again. With a spend ``account`` each generation reserves one item
+    and its estimated cost before it is sent; a refused one is not sent and counts as failed
+    (``report.not_submitted``).
     """
     prompts = [hyde_prompt(q, instruction) for q in queries]
     key = generator.identity.key
@@ -155,8 +163,23 @@ def run_generator(
     done = [0]
 
     def work(i: int) -> None:
+        estimate = 0.0
+        if account is not None:
+            from refine_core.judges.spend import estimate_usage
+
+            estimate = estimate_cost(generator.identity.model,
+                                     estimate_usage(len(prompts[i]), 1, getattr(generator, "max_tokens", 512)),
+                                     prices or DEFAULT_PRICES)
+            if not account.reserve(1, estimate):
+                with lock:
+                    report.failed += 1
+                    report.not_submitted += 1
+                    done[0] += 1
+                return
         generation = generator.generate(prompts[i], seed=seed)
         cost = estimate_cost(generator.identity.model, generation.usage, prices or DEFAULT_PRICES)
+        if account is not None:
+            account.settle(1, estimate, int(generation.ok), cost)
         if generation.ok and store is not None:
             store.store(key, prompts[i], seed, generation, cost)
         with lock:

@@ -28,6 +28,7 @@ from refine_core.embedding_cache import EmbeddingCache
 from refine_core.evaluation import score_methods
 from refine_core.feedback import select_feedback
 from refine_core.judges import Budget, JudgeCrashed, JudgeRequest, JudgmentLedger, run_judge
+from refine_core.judges.spend import SpendAccount
 from refine_core.metrics import cosine_scores
 from refine_core.refinement import RefineConfig, refine
 from tasks import progress
@@ -205,6 +206,14 @@ def judge_cache_key(context, parameters) -> str:  # noqa: ANN001
     return _key("judge", spec.model_dump(), parameters["bench"].hash, parameters["feedback"].digest)
 
 
+def spend_account(account: str | None, budget: BudgetSpec | None) -> SpendAccount | None:
+    """The run's spend account in the ledger database (None without an account id)."""
+    if account is None:
+        return None
+    return SpendAccount(ledger_url(), account, max_items=budget.max_judgments if budget else None,
+                        max_cost=budget.max_cost_usd if budget else None)
+
+
 def retry_unless_judge_bug(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn
     """Retry a judge task after transient errors, never after a judge bug (it would only repeat)."""
     return not isinstance(state.data, JudgeCrashed)
@@ -213,11 +222,14 @@ def retry_unless_judge_bug(task, task_run, state) -> bool:  # noqa: ANN001 - Pre
 @task(name="judge", cache_key_fn=judge_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
       retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
       retry_condition_fn=retry_unless_judge_bug)
-def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget: BudgetSpec | None = None) -> JudgmentsRef:
+def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget: BudgetSpec | None = None,
+               account: str | None = None) -> JudgmentsRef:
     """Scores for every feedback document; failures are recorded, never raised.
 
     The ledger makes a re-run free for every pair already judged; the flow drops this
     task's cache entry when some judgments failed, so a re-run retries exactly those.
+    ``account`` names the run's spend account (created with ``budget``'s limits if missing):
+    every paid call reserves from it first. Without one, ``budget`` applies to this call alone.
     """
     start = time.perf_counter()
     b = bench.load()
@@ -231,12 +243,15 @@ def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget
     if judge.kind == "anthropic-batch":
         from refine_core.judges.batches import run_judge_batches
 
-        report = run_judge_batches(judge_obj, requests, ledger=ledger)  # type: ignore[arg-type]
+        report = run_judge_batches(judge_obj, requests, ledger=ledger,  # type: ignore[arg-type]
+                                   account=spend_account(account, budget))
     else:
         report = run_judge(
             judge_obj, requests, ledger=ledger, concurrency=judge.concurrency,
-            budget=Budget(max_judgments=budget.max_judgments, max_cost=budget.max_cost_usd) if budget else None,
+            budget=Budget(max_judgments=budget.max_judgments, max_cost=budget.max_cost_usd)
+            if budget and not account and judge.paid else None,
             progress=progress.callback(f"judging with {judge.label}"),
+            account=spend_account(account, budget) if judge.paid else None,  # local judges are free
         )
     scores = np.full(idx.shape, np.nan, dtype=np.float32)
     for i, row in enumerate(idx):
@@ -282,8 +297,10 @@ def hyde_cache_key(context, parameters) -> str:  # noqa: ANN001
 
 @task(name="generate-hyde", cache_key_fn=hyde_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
       retries=1, retry_delay_seconds=10)
-def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec) -> PassagesRef:
-    """A hypothetical document per query; paid once (the generation store), failures left null."""
+def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec, budget: BudgetSpec | None = None,
+                       account: str | None = None) -> PassagesRef:
+    """A hypothetical document per query; paid once (the generation store), failures left null.
+    Each paid generation reserves from the run's spend ``account`` first (see :func:`judge_task`)."""
     import polars as pl
 
     from refine_core.hyde import GenerationStore, run_generator
@@ -293,7 +310,8 @@ def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec) -> PassagesRef:
     generator = build_generator(spec)
     report = run_generator(generator, b.query_texts(), instruction=bench.embed_instruction,
                            store=GenerationStore(ledger_url()), seed=spec.seed, concurrency=spec.concurrency,
-                           progress=progress.callback(f"HyDE passages with {spec.label}"))
+                           progress=progress.callback(f"HyDE passages with {spec.label}"),
+                           account=spend_account(account, budget) if spec.paid else None)
     content = digest("hyde", generator.identity.key, bench.hash, spec.seed, report.texts)
     path = state_dir() / "arrays" / f"hyde-{content}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)

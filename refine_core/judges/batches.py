@@ -15,6 +15,7 @@ from refine_core.judges.anthropic_judge import AnthropicJudge
 from refine_core.judges.base import Judgment, Usage
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
 from refine_core.judges.runner import JudgeRequest, RunReport, estimate_cost
+from refine_core.judges.spend import SpendAccount, estimate_usage
 
 
 def _collect(judge: AnthropicJudge, ledger: JudgmentLedger, batch_id: str, payload: dict[str, list],
@@ -54,6 +55,7 @@ def run_judge_batches(
     poll_interval: float = 30.0,
     max_wait: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    account: SpendAccount | None = None,
 ) -> RunReport:
     """Judge through the Message Batches API (see the module docstring).
 
@@ -64,6 +66,10 @@ def run_judge_batches(
         ledger: required: it holds the batch ids and every collected verdict.
         poll_interval: seconds between status checks.
         max_wait: give up waiting after this long (the batch stays resumable).
+        account: a spend account: each entry of the new batch reserves its documents and
+            estimated cost (at the batch price) before the batch is created; entries the
+            account refuses are left out (``BudgetExceeded``). Batches resumed from an earlier
+            run were reserved by that run.
     """
     key = judge.identity.key
     usage = Usage()
@@ -72,6 +78,21 @@ def run_judge_batches(
     hashes = [(query_hash(r.query, r.task_instruction), [doc_hash(d) for d in r.documents]) for r in requests]
     stored = ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])
     batch_requests, payload = [], {}
+    reserved = [0, 0.0]  # items, estimated USD taken from the account for this batch
+    refused: set[int] = set()
+
+    def take(i: int, texts: list[str]) -> bool:
+        if account is None:
+            return True
+        chars = len(requests[i].query) + len(requests[i].task_instruction or "") + sum(len(t) for t in texts)
+        estimate = estimate_cost(judge.model, estimate_usage(chars, len(texts))) / 2
+        if not account.reserve(len(texts), estimate):
+            refused.add(i)
+            return False
+        reserved[0] += len(texts)
+        reserved[1] += estimate
+        return True
+
     for i, (request, (qh, dhs)) in enumerate(zip(requests, hashes)):
         seen: set[str] = set()
         todo = []
@@ -83,23 +104,33 @@ def run_judge_batches(
             continue
         if judge.scheme == "pointwise":
             for j in todo:
+                if not take(i, [request.documents[j]]):
+                    continue
                 custom_id = f"q{i}-d{j}"
                 payload[custom_id] = [qh, [dhs[j]]]
                 params = judge.pointwise_params(request.query, request.documents[j], request.task_instruction)
                 batch_requests.append({"custom_id": custom_id, "params": _batch_params(params)})
         else:
+            if not take(i, [request.documents[j] for j in todo]):
+                continue
             custom_id = f"q{i}"
             payload[custom_id] = [qh, [dhs[j] for j in todo]]
             params = judge.listwise_params(request.query, [request.documents[j] for j in todo], request.task_instruction)
             batch_requests.append({"custom_id": custom_id, "params": _batch_params(params)})
+    answered_before = len(ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs]))
     if batch_requests:
         batch = judge.client.messages.batches.create(requests=batch_requests)
         ledger.save_batch(batch.id, key, json.dumps(payload))
-        usage.add(_collect(judge, ledger, batch.id, payload, poll_interval, max_wait, sleep))
+        new_usage = _collect(judge, ledger, batch.id, payload, poll_interval, max_wait, sleep)
+        usage.add(new_usage)
+        if account is not None:
+            answered = len(ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])) - answered_before
+            account.settle(reserved[0], reserved[1], answered, estimate_cost(judge.model, new_usage) / 2)
     stored = ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])
     report = RunReport(judgments=[
-        [Judgment(score=stored[(qh, dh)], raw="ledger") if (qh, dh) in stored else Judgment.failure("NotJudged")
-         for dh in dhs] for qh, dhs in hashes])
+        [Judgment(score=stored[(qh, dh)], raw="ledger") if (qh, dh) in stored
+         else Judgment.failure("BudgetExceeded" if i in refused else "NotJudged")
+         for dh in dhs] for i, (qh, dhs) in enumerate(hashes)])
     report.usage = usage
     # Batches are billed at half the standard price.
     report.cost = estimate_cost(judge.model, usage) / 2

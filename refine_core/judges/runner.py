@@ -10,12 +10,16 @@ transaction, as soon as it returns and before anything uses them.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from refine_core.judges.base import Judge, JudgeCrashed, Judgment, JudgeResponse, Usage, check_scores, truncate_document
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
+
+if TYPE_CHECKING:
+    from refine_core.judges.spend import SpendAccount
 
 # USD per million tokens: (input, output). Cache reads cost 0.1x input, cache writes 1.25x.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -96,6 +100,7 @@ def run_judge(
     prices: dict[str, tuple[float, float]] | None = None,
     max_document_chars: int = 20_000,
     progress: ProgressFn | None = None,
+    account: SpendAccount | None = None,
 ) -> RunReport:
     """Judge every document of every request, paying only for what the ledger lacks.
 
@@ -109,6 +114,9 @@ def run_judge(
         max_document_chars: documents are cut to this length before they reach the judge
             (the count is reported); their identity in the ledger is the full text.
         progress: called with (calls done, calls planned).
+        account: a :class:`~refine_core.judges.spend.SpendAccount` shared by the whole run
+            (every cell, round and process): each call reserves its documents and estimated
+            cost there before it is sent and settles after; a refused call is not sent.
 
     Returns:
         A :class:`RunReport`. Calls never submitted because of the budget yield failed
@@ -183,13 +191,27 @@ def run_judge(
     done = 0
     crash: BaseException | None = None
     pending: dict[Future[JudgeResponse], tuple[int, list[int]]] = {}
+    reserved: dict[tuple[int, int], float] = {}  # (request, first position) -> estimated cost reserved
+
+    def reserve(i: int, positions: list[int]) -> bool:
+        if account is None:
+            return True
+        from refine_core.judges.spend import estimate_usage
+
+        chars = len(requests[i].query) + len(requests[i].task_instruction or "") + sum(
+            min(len(requests[i].documents[j]), max_document_chars) for j in positions)
+        estimate = estimate_cost(judge.identity.model, estimate_usage(chars, len(positions)), prices)
+        if not account.reserve(len(positions), estimate):
+            return False
+        reserved[(i, positions[0])] = estimate
+        return True
     queue = list(reversed(calls))
     submitted_docs = 0
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
         while queue or pending:
             while crash is None and queue and len(pending) < concurrency:
                 i, positions = queue[-1]
-                if over_budget(submitted_docs - report.judged - report.failed + len(positions)):
+                if over_budget(submitted_docs - report.judged - report.failed + len(positions)) or not reserve(i, positions):
                     break
                 queue.pop()
                 submitted_docs += len(positions)
@@ -206,6 +228,9 @@ def run_judge(
                     continue
                 cost = estimate_cost(judge.identity.model, response.usage, prices)
                 qh, dhs = hashes[i]
+                if account is not None:  # failed verdicts go back to the account; the estimate becomes the cost
+                    account.settle(len(positions), reserved.pop((i, positions[0])),
+                                   sum(j.ok for j in response.judgments), cost)
                 if ledger is not None:
                     ok = sum(j.ok for j in response.judgments)
                     ledger.record(key, [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
