@@ -71,6 +71,8 @@ class SpendStatus:
 
     def line(self) -> str:
         """``spent 40 of 100 paid items and $0.0123 of $5.00; left 60 and $4.99``."""
+        if self.max_items is None and self.max_cost is None and self.items == 0:
+            return "none set; nothing paid (local judges are free)"
         items = f"{self.items}" + (f" of {self.max_items}" if self.max_items is not None else "")
         cost = f"${self.cost:.4f}" + (f" of ${self.max_cost:.2f}" if self.max_cost is not None else "")
         left = []
