@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from refine_core.judges.base import JudgeConfigError, JudgeIdentity, Usage
-from refine_core.judges.ledger import _metadata, open_engine
+from refine_core.judges.ledger import _metadata, insert_new, open_engine
 from refine_core.judges.runner import DEFAULT_PRICES, estimate_cost
 
 if TYPE_CHECKING:
@@ -110,11 +109,8 @@ class GenerationStore:
         values = {"generator_key": generator_key, "query_hash": prompt_hash(prompt), "seed": seed,
                   "text": generation.text, "input_tokens": generation.usage.input_tokens,
                   "output_tokens": generation.usage.output_tokens, "cost": cost, "created_at": time.time()}
-        dialect = self.engine.dialect.name
-        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert_fn(generations_table).values(**values).on_conflict_do_nothing()
         with self.engine.begin() as conn:
-            conn.execute(statement)
+            insert_new(conn, generations_table, [values])
 
 
 @dataclass

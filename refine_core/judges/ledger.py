@@ -3,7 +3,8 @@
 Keyed by (judge identity key, query hash, document hash), where the query hash covers the
 query text and the task instruction. SQLite (WAL journal) by default; any SQLAlchemy URL
 (e.g. ``postgresql+psycopg://...``) for a team. One transaction per judge response, so a
-process killed mid-run loses nothing that was answered.
+process killed mid-run loses nothing that was answered; rows go in with ``INSERT … ON CONFLICT
+DO NOTHING``, so workers writing the same pairs at once never fail (the first answer stays).
 
 Failures go to a separate append-only table with their error class: they are visible and
 counted but never served as a cached answer, so a retry asks again.
@@ -32,8 +33,9 @@ from sqlalchemy import (
     select,
     tuple_,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from refine_core.judges.base import Judgment
 
@@ -59,6 +61,17 @@ failures_table = Table(
     Column("error", Text, nullable=False),
     Column("raw", Text, nullable=False, default=""),
     Column("created_at", Float, nullable=False),
+)
+# Pairs a process is paying for right now: another process sharing the ledger waits for the
+# answer instead of paying again. A claim expires (its process may have died) after its TTL.
+claims_table = Table(
+    "claims",
+    _metadata,
+    Column("judge_key", String(64), primary_key=True),
+    Column("query_hash", String(64), primary_key=True),
+    Column("doc_hash", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
 )
 batches_table = Table(
     "batches",
@@ -88,6 +101,52 @@ def open_engine(url: str | Path) -> Engine:
             raise
         _metadata.create_all(engine)
     return engine
+
+
+def insert_new(conn: Connection, table: Table, rows: list[dict]) -> int:
+    """Insert ``rows``, skipping any whose primary key is already stored, without losing a race:
+    ``INSERT … ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL; on other databases each row in a
+    savepoint, a duplicate's IntegrityError rolled back alone. Returns how many rows went in."""
+    if not rows:
+        return 0
+    # The same order in every transaction: two writers inserting overlapping keys wait for each
+    # other instead of deadlocking (PostgreSQL locks each new key until commit).
+    keys = [c.name for c in table.primary_key.columns]
+    rows = sorted(rows, key=lambda r: tuple(str(r[k]) for k in keys))
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        inserted = 0
+        for row in rows:  # one statement per row: its rowcount says whether it went in
+            inserted += conn.execute(insert_fn(table).values(**row).on_conflict_do_nothing()).rowcount
+        return inserted
+    inserted = 0
+    for row in rows:
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(table), [row])
+            inserted += 1
+        except IntegrityError:
+            pass
+    return inserted
+
+
+def _owner_is_gone(owner: str) -> bool:
+    """A claim's owner (``host:pid:token``) is a process on this host that no longer runs."""
+    import os
+    import socket
+
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def query_hash(query: str, task_instruction: str | None) -> str:
@@ -144,8 +203,9 @@ class JudgmentLedger:
                     found[(qh, dh)] = float(score)
         return found
 
-    def record(self, judge_key: str, items: Iterable[tuple[str, str, Judgment]], *, cost_each: float = 0.0) -> None:
-        """Store one response's verdicts in one transaction (successes and failures)."""
+    def record(self, judge_key: str, items: Iterable[tuple[str, str, Judgment]], *, cost_each: float = 0.0) -> int:
+        """Store one response's verdicts in one transaction (successes and failures). Returns how
+        many verdicts were already stored: pairs another process paid for at the same time."""
         now = time.time()
         ok, failed = [], []
         for qh, dh, judgment in items:
@@ -156,22 +216,42 @@ class JudgmentLedger:
                 failed.append({"judge_key": judge_key, "query_hash": qh, "doc_hash": dh,
                                "error": judgment.error or "unknown", "raw": judgment.raw[:2000], "created_at": now})
         with self.engine.begin() as conn:
-            if ok:
-                existing = {
-                    (r.query_hash, r.doc_hash)
-                    for r in conn.execute(
-                        select(judgments_table.c.query_hash, judgments_table.c.doc_hash).where(
-                            and_(judgments_table.c.judge_key == judge_key,
-                                 tuple_(judgments_table.c.query_hash, judgments_table.c.doc_hash).in_(
-                                     [(row["query_hash"], row["doc_hash"]) for row in ok]))
-                        )
-                    )
-                }
-                fresh = [row for row in ok if (row["query_hash"], row["doc_hash"]) not in existing]
-                if fresh:
-                    conn.execute(insert(judgments_table), fresh)
+            # Another process may store the same pair at the same instant (two workers judging
+            # overlapping feedback): the first answer stays, nothing raises, nothing is lost.
+            duplicates = len(ok) - insert_new(conn, judgments_table, ok)
             if failed:
                 conn.execute(insert(failures_table), failed)
+        return duplicates
+
+    # ---- claims: one process pays for a pair, the others wait for its answer ----------------
+    def claim(self, judge_key: str, pairs: Sequence[tuple[str, str]], owner: str, ttl: float) -> set[tuple[str, str]]:
+        """Claim the pairs no live claim holds (new, or expired); returns those now held by ``owner``."""
+        now = time.time()
+        got: set[tuple[str, str]] = set()
+        t = claims_table
+        with self.engine.begin() as conn:
+            for qh, dh in sorted(dict.fromkeys(pairs)):  # one lock order for every process
+                row = {"judge_key": judge_key, "query_hash": qh, "doc_hash": dh, "owner": owner, "expires_at": now + ttl}
+                if insert_new(conn, t, [row]):
+                    got.add((qh, dh))
+                    continue
+                where = and_(t.c.judge_key == judge_key, t.c.query_hash == qh, t.c.doc_hash == dh)
+                holder = conn.execute(select(t.c.owner).where(where)).scalar_one_or_none()
+                lapsed = (t.c.expires_at < now) | (t.c.owner == owner)
+                if holder is not None and _owner_is_gone(holder):
+                    lapsed = lapsed | (t.c.owner == holder)  # its process died on this host: take over now
+                taken = conn.execute(t.update().where(and_(where, lapsed)).values(owner=owner, expires_at=now + ttl)).rowcount
+                if taken:
+                    got.add((qh, dh))
+        return got
+
+    def release(self, judge_key: str, pairs: Sequence[tuple[str, str]], owner: str) -> None:
+        """Drop ``owner``'s claims on the pairs (after their answers are stored, or on failure)."""
+        t = claims_table
+        with self.engine.begin() as conn:
+            for qh, dh in sorted(dict.fromkeys(pairs)):
+                conn.execute(t.delete().where(and_(t.c.judge_key == judge_key, t.c.query_hash == qh,
+                                                   t.c.doc_hash == dh, t.c.owner == owner)))
 
     def count(self, judge_key: str | None = None) -> int:
         stmt = select(func.count()).select_from(judgments_table)

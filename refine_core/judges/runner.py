@@ -9,11 +9,15 @@ transaction, as soon as it returns and before anything uses them.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
-from typing import TYPE_CHECKING
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from refine_core.judges.base import Judge, JudgeCrashed, Judgment, JudgeResponse, Usage, check_scores, truncate_document
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
@@ -71,6 +75,7 @@ class RunReport:
     not_submitted: int = 0
     truncated_documents: int = 0
     max_in_flight: int = 0
+    paid_twice: int = 0
 
     def as_metrics(self) -> dict[str, float]:
         return {
@@ -84,6 +89,7 @@ class RunReport:
             "judgments_failed": float(self.failed),
             "judgments_not_submitted": float(self.not_submitted),
             "documents_truncated_for_judge": float(self.truncated_documents),
+            "judgments_paid_twice": float(self.paid_twice),
         }
 
 
@@ -101,6 +107,8 @@ def run_judge(
     max_document_chars: int = 20_000,
     progress: ProgressFn | None = None,
     account: SpendAccount | None = None,
+    claim_ttl: float = 600.0,
+    claim_poll_s: float = 0.2,
 ) -> RunReport:
     """Judge every document of every request, paying only for what the ledger lacks.
 
@@ -117,6 +125,10 @@ def run_judge(
         account: a :class:`~refine_core.judges.spend.SpendAccount` shared by the whole run
             (every cell, round and process): each call reserves its documents and estimated
             cost there before it is sent and settles after; a refused call is not sent.
+        claim_ttl: with a ledger, each call first claims its pairs there; a pair another process
+            has claimed is not sent but waited for (its answer is read from the ledger), unless
+            that claim is older than this many seconds (its process may be gone).
+        claim_poll_s: how often to look for the answers of pairs another process is judging.
 
     Returns:
         A :class:`RunReport`. Calls never submitted because of the budget yield failed
@@ -207,16 +219,56 @@ def run_judge(
         return True
     queue = list(reversed(calls))
     submitted_docs = 0
+    # Claims: this run's mark on the pairs it is paying for, so another process sharing the ledger
+    # waits for the answer instead of paying again (and takes over a claim left to expire).
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deferred: list[tuple[int, list[int]]] = []
+
+    def pairs_of(i: int, positions: list[int]) -> list[tuple[str, str]]:
+        return [(hashes[i][0], hashes[i][1][j]) for j in positions]
+
+    def from_ledger_now(i: int, positions: list[int]) -> list[int]:
+        """Fill what the ledger holds now; the positions still to judge."""
+        now = ledger.lookup(key, pairs_of(i, positions)) if ledger is not None else {}
+        qh, dhs = hashes[i]
+        for j in positions:
+            if (qh, dhs[j]) in now:
+                report.judgments[i][j] = Judgment(score=now[(qh, dhs[j])], raw="ledger")
+                report.from_ledger += 1
+        return [j for j in positions if (qh, dhs[j]) not in now]
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
-        while queue or pending:
+        while queue or pending or deferred:
             while crash is None and queue and len(pending) < concurrency:
                 i, positions = queue[-1]
+                if ledger is not None:
+                    # Another process (a second worker or sweep sharing this ledger) may have paid
+                    # for some of these pairs since the plan was made: look again just before sending,
+                    # and claim the rest; pairs another process is paying for now are deferred.
+                    positions = from_ledger_now(i, positions)
+                    claimed = ledger.claim(key, pairs_of(i, positions), owner, claim_ttl) if positions else set()
+                    waiting = [j for j in positions if (hashes[i][0], hashes[i][1][j]) not in claimed]
+                    if waiting:
+                        deferred.append((i, waiting))
+                    positions = [j for j in positions if (hashes[i][0], hashes[i][1][j]) in claimed]
+                    if not positions:
+                        queue.pop()
+                        continue
+                    queue[-1] = (i, positions)
                 if over_budget(submitted_docs - report.judged - report.failed + len(positions)) or not reserve(i, positions):
+                    if ledger is not None:
+                        ledger.release(key, pairs_of(i, positions), owner)
                     break
                 queue.pop()
                 submitted_docs += len(positions)
                 pending[pool.submit(one_call, i, positions)] = (i, positions)
             if not pending:
+                if crash is None and not queue and deferred:
+                    # Wait for the other processes' answers (or for their claims to lapse), then look again.
+                    time.sleep(claim_poll_s)
+                    queue.extend(reversed(deferred))
+                    deferred = []
+                    continue
                 break  # budget reached or a call crashed: leave the rest unsubmitted
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
@@ -225,6 +277,8 @@ def run_judge(
                     response = future.result()
                 except Exception as exc:  # noqa: BLE001 - kept, raised once the paid calls are recorded
                     crash = crash or exc
+                    if ledger is not None:
+                        ledger.release(key, pairs_of(i, positions), owner)
                     continue
                 cost = estimate_cost(judge.identity.model, response.usage, prices)
                 qh, dhs = hashes[i]
@@ -233,8 +287,10 @@ def run_judge(
                                    sum(j.ok for j in response.judgments), cost)
                 if ledger is not None:
                     ok = sum(j.ok for j in response.judgments)
-                    ledger.record(key, [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
-                                  cost_each=cost / ok if ok else 0.0)
+                    # pairs another process stored while this call was in flight: paid twice, reported
+                    report.paid_twice += ledger.record(key, [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
+                                                       cost_each=cost / ok if ok else 0.0)
+                    ledger.release(key, pairs_of(i, positions), owner)
                 report.usage.add(response.usage)
                 report.cost += cost
                 for j, verdict in zip(positions, response.judgments):
@@ -245,7 +301,11 @@ def run_judge(
                         report.failed += 1
                 done += 1
                 if progress is not None:
-                    progress(done, len(calls))
+                    progress(min(done, len(calls)), len(calls))
+    for i, positions in deferred:  # left when the run stopped early: take what the other process stored
+        for j in from_ledger_now(i, positions):
+            report.judgments[i][j] = Judgment.failure("BudgetExceeded" if crash is None else "NotJudged")
+            report.not_submitted += 1
     if crash is not None:
         raise JudgeCrashed(
             f"judge {judge.identity.kind} ({judge.identity.model}) raised {type(crash).__name__}: {crash} — a bug in "

@@ -1,0 +1,103 @@
+"""The ledger shared by many processes, on SQLite and on a real PostgreSQL server.
+
+Several processes write overlapping judgments at the same time (one transaction per response):
+no error, nothing lost, no duplicate. Several processes judge overlapping requests through the
+real anthropic SDK against one fake Messages server: each pair is paid once, apart from calls in
+flight at the same instant, and those are counted (``judgments_paid_twice``) and match the
+server's own count exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fakes.anthropic_server import FakeAnthropic
+from servers import postgres_server
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-test-ledger-race-0000"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "ledger.sqlite")
+    else:
+        with postgres_server() as url:
+            yield url
+
+
+WRITER = """
+import random, sys
+sys.path.insert(0, {root!r})
+from refine_core.judges import Judgment, JudgmentLedger
+ledger = JudgmentLedger({url!r})
+rng = random.Random({seed})
+pairs = [("q%d" % (i // 10), "d%d" % i) for i in range(300)]
+rng.shuffle(pairs)
+duplicates = 0
+for start in range(0, len(pairs), 6):  # one transaction per "response" of 6 verdicts
+    duplicates += ledger.record("judge", [(q, d, Judgment(score=0.5, raw="w{seed}")) for q, d in pairs[start:start + 6]])
+print(duplicates)
+"""
+
+
+def test_processes_writing_the_same_judgments_at_once_lose_nothing_and_duplicate_nothing(ledger_url: str) -> None:
+    from refine_core.judges import JudgmentLedger
+
+    JudgmentLedger(ledger_url)  # tables created once, as a sweep does before its workers start
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT), url=ledger_url, seed=seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(4)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    duplicates = [int(out.strip()) for out, _ in outputs]
+    ledger = JudgmentLedger(ledger_url)
+    assert ledger.count("judge") == 300  # nothing lost, no duplicate row
+    assert sum(duplicates) == 3 * 300  # every pair went in once; the other three writes saw it stored
+
+
+JUDGE_RUN = """
+import json, sys
+sys.path[:0] = [{root!r}]
+from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
+from refine_core.judges.anthropic_judge import AnthropicJudge
+judge = AnthropicJudge(scheme="pointwise", base_url={base_url!r}, max_retries=1, timeout=10.0)
+requests = [JudgeRequest("query %d about a card" % q, tuple("document %d of query %d, card %d" % (d, q, d % 2)
+            for d in range(8)), "intent") for q in {queries!r}]
+report = run_judge(judge, requests, ledger=JudgmentLedger({url!r}), concurrency=3)
+print(json.dumps({{"judged": report.judged, "from_ledger": report.from_ledger, "paid_twice": report.paid_twice,
+                  "failed": report.failed}}))
+"""
+
+
+def test_workers_sharing_a_ledger_pay_each_pair_once_and_count_the_calls_that_raced(ledger_url: str,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three processes judge overlapping queries (0-5, 3-8, 0-8) at once; the server counts what was paid."""
+    from refine_core.judges import JudgmentLedger
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    JudgmentLedger(ledger_url)
+    with FakeAnthropic(lambda q, d: "card 1" in d, api_key=KEY, latency=0.02) as server:
+        plans = [list(range(0, 6)), list(range(3, 9)), list(range(0, 9))]
+        procs = [subprocess.Popen([sys.executable, "-c", JUDGE_RUN.format(root=str(ROOT), base_url=server.base_url,
+                                                                          url=ledger_url, queries=queries)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for queries in plans]
+        outputs = [p.communicate(timeout=300) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+        reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+        answered = server.stats.pairs_answered
+    unique = 9 * 8
+    assert all(r["failed"] == 0 for r in reports)
+    assert len(answered) == unique and JudgmentLedger(ledger_url).count() == unique
+    paid_twice_at_server = sum(n - 1 for n in answered.values())
+    assert sum(r["paid_twice"] for r in reports) == paid_twice_at_server  # every repeat counted and reported
+    # the repeats are only calls in flight at the same instant: at most one per concurrent call slot
+    assert paid_twice_at_server <= 2 * 3 * len(plans), dict(answered)
+    assert sum(r["judged"] for r in reports) == unique + paid_twice_at_server
+    assert sum(r["judged"] + r["from_ledger"] for r in reports) == 8 * (6 + 6 + 9)
