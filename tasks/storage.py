@@ -50,7 +50,20 @@ def arrays_dir() -> Path:
 
 
 def ledger_url() -> str:
-    return os.environ.get("REFINE_LEDGER_URL") or str(state_dir() / "judgments.sqlite")
+    """The judgment ledger: ``REFINE_LEDGER_URL`` (default SQLite under the state folder). A
+    password comes from the file ``REFINE_LEDGER_PASSWORD_FILE`` names (a Compose secret), so
+    the URL itself, which settings and deployments carry, holds none."""
+    url = os.environ.get("REFINE_LEDGER_URL") or str(state_dir() / "judgments.sqlite")
+    secret = os.environ.get("REFINE_LEDGER_PASSWORD_FILE")
+    if secret and "://" in url:
+        from sqlalchemy.engine import make_url
+
+        try:
+            password = Path(secret).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"REFINE_LEDGER_PASSWORD_FILE={secret} cannot be read: {exc.strerror}") from None
+        url = make_url(url).set(password=password).render_as_string(hide_password=False)
+    return url
 
 
 def digest(*parts: object) -> str:

@@ -153,40 +153,18 @@ class PrefectAPI:
 
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------
-def postgres_bindir() -> Path | None:
-    """The newest installed PostgreSQL server's bin folder (Debian's postgresql package)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name))
-    return found[-1].parent if found else None
-
-
 @contextmanager
 def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on 127.0.0.1 (trust auth, its own socket folder); yields its
-    SQLAlchemy URL and removes the cluster at exit. As root it runs as Debian's ``postgres`` user
-    (the server refuses root)."""
-    import shutil
-    import tempfile
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (deploy/rehearse.py's, loopback trusted); yields
+    its SQLAlchemy URL."""
+    import importlib.util
 
-    bindir = postgres_bindir()
-    if bindir is None:
+    spec = importlib.util.spec_from_file_location("rehearse", Path(__file__).resolve().parents[1] / "deploy" / "rehearse.py")
+    rehearse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rehearse)
+    if rehearse.postgres_bindir() is None:
         import pytest
 
         pytest.skip("PostgreSQL is not installed (Debian's postgresql package; .ci/run installs it)")
-    root = Path(tempfile.mkdtemp(prefix="refine-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, log = root / "data", root / "server.log"
-    port = free_port()
-    try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "refine", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
-                       check=True, capture_output=True, timeout=120)
-        yield f"postgresql+psycopg2://refine@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with rehearse.postgres() as address:
+        yield f"postgresql+psycopg2://refine@{address}/postgres"

@@ -75,26 +75,119 @@ def test_compose_file_is_valid_against_the_compose_spec(compose: dict, schema: d
     jsonschema.Draft7Validator(schema).validate(compose)
 
 
+ONE_SHOT = {"minio-init", "work-pool-init"}
+
+
 def test_service_graph(compose: dict) -> None:
     services = compose["services"]
-    assert {"postgres", "prefect-server", "mlflow", "worker", "minio", "minio-init"} <= services.keys()
+    assert {"postgres", "prefect-server", "mlflow", "worker", "minio", "minio-init", "work-pool-init"} <= services.keys()
     for name, service in services.items():
-        assert "healthcheck" in service and service["healthcheck"]["test"], f"{name} has no healthcheck"
+        if name in ONE_SHOT:  # init jobs run once and exit; their dependents wait for success
+            assert service["restart"] == "no" and "healthcheck" not in service, name
+        else:
+            assert "healthcheck" in service and service["healthcheck"]["test"], f"{name} has no healthcheck"
         for target, condition in (service.get("depends_on") or {}).items():
             assert target in services, f"{name} depends on unknown service {target}"
-            assert condition["condition"] == "service_healthy", f"{name} -> {target} does not wait for health"
-    assert services["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert services["worker"]["environment"]["REFINE_LEDGER_URL"].split("@")[1].startswith("postgres:5432/")
+            wanted = "service_completed_successfully" if target in ONE_SHOT else "service_healthy"
+            assert condition["condition"] == wanted, f"{name} -> {target} waits for {condition['condition']}"
+    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["depends_on"]["work-pool-init"]["condition"] == "service_completed_successfully"
+    worker = services["worker"]["environment"]
+    assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert worker["REFINE_LEDGER_URL"].split("@")[1].startswith("postgres:5432/")
     assert "build" in services["worker"]
     # the optional Dask cluster shares the worker's environment and state
     for name in ("dask-scheduler", "dask-worker"):
         assert services[name]["profiles"] == ["dask"]
     dask_worker = services["dask-worker"]
     assert "tcp://dask-scheduler:8786" in dask_worker["command"]
-    assert dask_worker["environment"]["REFINE_LEDGER_URL"] == services["worker"]["environment"]["REFINE_LEDGER_URL"]
+    assert dask_worker["environment"]["REFINE_LEDGER_URL"] == worker["REFINE_LEDGER_URL"]
     assert dask_worker["volumes"] == services["worker"]["volumes"]
     for volume in compose["volumes"]:
         assert any(volume in str(s.get("volumes", [])) for s in services.values())
+
+
+def test_secrets_come_from_files_and_reach_no_command_line(compose: dict) -> None:
+    """Passwords only through Compose secrets (*_FILE variables): none is interpolated anywhere,
+    every /run/secrets/X a service reads is a secret it mounts, the ledger URL holds no password."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    raw = yaml.safe_load(text)
+    assert not re.search(r"\$\{[A-Z_]*(PASSWORD|SECRET|API_KEY)[A-Z_]*(?<!_FILE)(:[-?][^}]*)?\}", text), \
+        "a password is interpolated into the compose file"
+    for name, secret in raw["secrets"].items():
+        assert re.fullmatch(r"\$\{[A-Z0-9_]+_FILE:\?.+\}", secret["file"]), f"secret {name} is not a required *_FILE"
+    for name, service in raw["services"].items():
+        body = yaml.safe_dump(service)
+        for secret in re.findall(r"/run/secrets/([a-z0-9_]+)", body):
+            assert secret in service.get("secrets", []), f"{name} reads /run/secrets/{secret} without mounting it"
+        for part in (service.get("command") or []) + (service.get("entrypoint") or []):
+            assert "PASSWORD=" not in str(part) or "$(cat /run/secrets/" in str(part), f"{name}: {part}"
+    from sqlalchemy.engine import make_url
+
+    x_env = compose["x-refine-env"]
+    assert make_url(x_env["REFINE_LEDGER_URL"]).username == "refine" and make_url(x_env["REFINE_LEDGER_URL"]).password is None
+    assert x_env["REFINE_LEDGER_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert x_env["ANTHROPIC_API_KEY_FILE"] == "/run/secrets/anthropic_api_key"
+    # required settings fail with a message, not an empty string
+    for name in ("POSTGRES_USER", "S3_ACCESS_KEY"):
+        assert re.search(r"\$\{" + name + r":\?[^}]+\}", text), name
+
+
+def test_a_ledger_password_comes_from_its_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.storage import ledger_url
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cr3t\n")
+    monkeypatch.setenv("REFINE_LEDGER_URL", "postgresql+psycopg2://refine@db:5432/refine_ledger")
+    monkeypatch.setenv("REFINE_LEDGER_PASSWORD_FILE", str(secret))
+    assert ledger_url() == "postgresql+psycopg2://refine:s3cr3t@db:5432/refine_ledger"
+    monkeypatch.setenv("REFINE_LEDGER_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="REFINE_LEDGER_PASSWORD_FILE=.*cannot be read"):
+        ledger_url()
+
+
+def test_the_prefect_image_is_the_version_the_packages_resolve_to(compose: dict) -> None:
+    from importlib.metadata import version
+
+    for name in ("prefect-server", "work-pool-init"):
+        image = compose["services"][name]["image"]
+        assert image.startswith(f"prefecthq/prefect:{version('prefect')}-python3.11"), (name, image)
+
+
+def test_one_constraints_file_for_the_makefile_ci_and_the_image() -> None:
+    pins = {name.lower().replace("_", "-"): pin for name, pin in (
+        line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#"))}
+    from importlib.metadata import version
+
+    for package in ("prefect", "mlflow", "sentence-transformers", "sqlalchemy", "anthropic"):
+        assert pins[package] == version(package), package  # the environment the tests run in
+    assert pins["mlflow"] == "3.17.2" and pins["torch"].startswith("2.13.0")
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.count("-c constraints.txt") >= 3 and "constraints.txt" in makefile.split("$(STAMP):")[1].split("\n")[0]
+    assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI installs through the Makefile
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "COPY constraints.txt" in docker and docker.count("-c constraints.txt") >= 2
+    # dependencies are installed before the code is copied (a code change keeps the dependency layers)
+    assert docker.index('".[team]"') < docker.index("COPY refine_core")
+
+
+def test_compose_and_the_rehearsal_describe_the_same_stack(compose: dict) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rehearse", ROOT / "deploy" / "rehearse.py")
+    rehearse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rehearse)
+    services = compose["services"]
+    assert set(rehearse.SERVICES) == set(services)
+    assert set(rehearse.WORKER_SETTINGS) <= set(services["worker"]["environment"])
+    assert set(rehearse.WORKER_SETTINGS) <= set(services["dask-worker"]["environment"])
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_DRIVER"] == rehearse.PREFECT_DB_DRIVER
+    mlflow_command = " ".join(services["mlflow"]["command"])
+    assert all(flag in mlflow_command for flag in rehearse.MLFLOW_FLAGS)
+    assert "MLFLOW_BACKEND_STORE_URI" in mlflow_command and "--backend-store-uri" not in mlflow_command
+    assert services["mlflow"]["environment"]["ARTIFACT_BUCKET"] == rehearse.BUCKET
+    assert rehearse.POOL in services["worker"]["command"] and rehearse.POOL in services["work-pool-init"]["command"]
+    assert set(rehearse.DATABASES) == {services["postgres"]["environment"][k] for k in ("PREFECT_DB", "MLFLOW_DB", "LEDGER_DB")}
 
 
 def test_ports_are_bound_to_localhost(compose: dict) -> None:
@@ -112,7 +205,8 @@ def test_no_literal_secrets() -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 if secretish.search(str(k)) and isinstance(v, str):
-                    assert v.startswith("${") and v.endswith("}"), f"{path}.{k} holds a literal value"
+                    mounted = str(k).endswith("_FILE") and v.startswith("/run/secrets/")  # a Compose secret's path
+                    assert mounted or (v.startswith("${") and v.endswith("}")), f"{path}.{k} holds a literal value"
                 walk(v, f"{path}.{k}")
         elif isinstance(node, list):
             for i, v in enumerate(node):
@@ -121,8 +215,10 @@ def test_no_literal_secrets() -> None:
     walk(raw, "compose")
     assert "change-me" not in text
     env_example = read_env(ROOT / ".env.example")
-    assert env_example["ANTHROPIC_API_KEY"] == ""
-    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+    assert not any("PASSWORD" in k and not k.endswith("_FILE") for k in env_example)
+    assert env_example["ANTHROPIC_API_KEY_FILE"] == "./secrets/anthropic_api_key"
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored and "secrets/" in ignored
 
 
 def test_dockerfile_basics() -> None:
