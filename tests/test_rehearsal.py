@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_the_team_topology_runs_a_sweep_twice_and_the_second_run_pays_nothing(tmp_path: Path, data_root: Path) -> None:
+def test_the_team_topology_runs_a_sweep_twice_and_the_second_run_pays_nothing(tmp_path: Path) -> None:
     """PostgreSQL, S3 (moto), Prefect server, MLflow server, Dask (2 workers), a work pool with two
     Prefect workers: a sweep triggered through the Prefect API runs; again on the other worker, free."""
     res = subprocess.run([sys.executable, str(ROOT / "deploy" / "rehearse.py"), "--json", "--keep-logs", str(tmp_path)],
