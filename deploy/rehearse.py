@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+from flows.watchdog import stop_process_group  # noqa: E402
 # What docker-compose.yml runs and what this script starts in its place (tests/test_deployment.py
 # checks the two lists and the settings below agree with the compose file).
 SERVICES = {
@@ -103,15 +104,7 @@ def background(command: list[str], env: dict[str, str], log: Path):
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(timeout=20)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            stop_process_group(proc, timeout=20)
 
 
 # ---- PostgreSQL -----------------------------------------------------------------------------------
@@ -311,9 +304,7 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         log(f"first run {first['state_type']} in {first_s:.1f} s on {first_worker}")
         report["first_run"] = {"state": first["state_type"], "seconds": first_s, "worker": first_worker}
         if first_worker:  # the second run must go to the other worker
-            proc = workers.pop(first_worker)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop_process_group(workers.pop(first_worker), timeout=30)
         second, second_s = run_once()
         second_worker = ran_on(second["id"])
         log(f"second run {second['state_type']} in {second_s:.1f} s on {second_worker}")

@@ -636,15 +636,9 @@ def ui(
     except KeyboardInterrupt:
         code = 0
     finally:
-        if server.poll() is None:
-            try:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(server.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        from flows.watchdog import stop_process_group
+
+        stop_process_group(server, timeout=10)
     raise typer.Exit(code=code)
 
 

@@ -22,6 +22,24 @@ HOST_TAG = "refine-host:"
 PID_TAG = "refine-pid:"
 
 
+def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Stop a child started with ``start_new_session=True`` and everything it started: SIGTERM
+    to its process group, SIGKILL after ``timeout`` seconds."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=timeout)
+
+
 def guard() -> subprocess.Popen | None:
     """Start the watchdog for this process (None where it cannot run, e.g. without psutil)."""
     try:

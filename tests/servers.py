@@ -7,7 +7,6 @@ what it started (the whole process group) when its context ends.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,16 +48,9 @@ def process(command: list[str], env: dict[str, str], log: Path, cwd: Path | None
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=timeout)
+    from flows.watchdog import stop_process_group
+
+    stop_process_group(proc, timeout)
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001, ANN201
