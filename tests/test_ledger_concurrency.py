@@ -3,7 +3,7 @@
 Several processes write overlapping judgments at the same time (one transaction per response):
 no error, nothing lost, no duplicate. Several processes judge overlapping requests through the
 real anthropic SDK against one fake Messages server: each pair is paid once, apart from calls in
-flight at the same instant, and those are counted (``judgments_paid_twice``) and match the
+flight when a claim lapses, and those are counted (``judgments_paid_twice``) and match the
 server's own count exactly.
 """
 
@@ -97,7 +97,8 @@ def test_workers_sharing_a_ledger_pay_each_pair_once_and_count_the_calls_that_ra
     assert len(answered) == unique and JudgmentLedger(ledger_url).count() == unique
     paid_twice_at_server = sum(n - 1 for n in answered.values())
     assert sum(r["paid_twice"] for r in reports) == paid_twice_at_server  # every repeat counted and reported
-    # the repeats are only calls in flight at the same instant: at most one per concurrent call slot
-    assert paid_twice_at_server <= 2 * 3 * len(plans), dict(answered)
+    # a pair is claimed before it is sent and the ledger read after the claim: no live claim is
+    # ever overtaken, so nothing is paid twice here (only a claim older than its TTL could be)
+    assert paid_twice_at_server == 0, dict(answered)
     assert sum(r["judged"] for r in reports) == unique + paid_twice_at_server
     assert sum(r["judged"] + r["from_ledger"] for r in reports) == 8 * (6 + 6 + 9)

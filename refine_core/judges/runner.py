@@ -245,12 +245,17 @@ def run_judge(
                     # Another process (a second worker or sweep sharing this ledger) may have paid
                     # for some of these pairs since the plan was made: look again just before sending,
                     # and claim the rest; pairs another process is paying for now are deferred.
-                    positions = from_ledger_now(i, positions)
-                    claimed = ledger.claim(key, pairs_of(i, positions), owner, claim_ttl) if positions else set()
+                    # Claim first, then look: an answer stored before our claim is seen, and one
+                    # stored after it is impossible (its writer would have needed the claim).
+                    claimed = ledger.claim(key, pairs_of(i, positions), owner, claim_ttl)
                     waiting = [j for j in positions if (hashes[i][0], hashes[i][1][j]) not in claimed]
                     if waiting:
                         deferred.append((i, waiting))
-                    positions = [j for j in positions if (hashes[i][0], hashes[i][1][j]) in claimed]
+                    mine = [j for j in positions if (hashes[i][0], hashes[i][1][j]) in claimed]
+                    positions = from_ledger_now(i, mine)
+                    answered = [j for j in mine if j not in positions]
+                    if answered:
+                        ledger.release(key, pairs_of(i, answered), owner)
                     if not positions:
                         queue.pop()
                         continue
