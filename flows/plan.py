@@ -16,7 +16,7 @@ from evaluations.config import SweepConfig
 from flows.cell import embed_corpus
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
 from refine_core.judges.runner import estimate_cost
-from refine_core.judges.spend import estimate_usage
+from refine_core.judges.spend import estimate_call_cost, estimate_usage
 from tasks.core import embed_queries_task, load_benchmark_task, select_feedback_task
 from tasks.storage import ledger_url, load_arrays
 
@@ -27,9 +27,7 @@ def _call_estimate(model: str, query: str, instruction: str | None, documents: l
     size = per_request or max(len(documents), 1)
     total = 0.0
     for start in range(0, len(documents), size):
-        part = documents[start:start + size]
-        chars = len(query) + len(instruction or "") + sum(len(d) for d in part)
-        total += estimate_cost(model, estimate_usage(chars, len(part)))
+        total += estimate_call_cost(model, query, instruction, documents[start:start + size])
     return total / 2 if batch else total
 
 

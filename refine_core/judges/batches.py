@@ -15,7 +15,7 @@ from refine_core.judges.anthropic_judge import AnthropicJudge
 from refine_core.judges.base import Judgment, Usage
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
 from refine_core.judges.runner import JudgeRequest, RunReport, estimate_cost
-from refine_core.judges.spend import SpendAccount, estimate_usage
+from refine_core.judges.spend import SpendAccount, estimate_call_cost
 
 
 def _collect(judge: AnthropicJudge, ledger: JudgmentLedger, batch_id: str, payload: dict[str, list],
@@ -84,8 +84,7 @@ def run_judge_batches(
     def take(i: int, texts: list[str]) -> bool:
         if account is None:
             return True
-        chars = len(requests[i].query) + len(requests[i].task_instruction or "") + sum(len(t) for t in texts)
-        estimate = estimate_cost(judge.model, estimate_usage(chars, len(texts))) / 2
+        estimate = estimate_call_cost(judge.model, requests[i].query, requests[i].task_instruction, texts) / 2
         if not account.reserve(len(texts), estimate):
             refused.add(i)
             return False

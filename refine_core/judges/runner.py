@@ -208,11 +208,11 @@ def run_judge(
     def reserve(i: int, positions: list[int]) -> bool:
         if account is None:
             return True
-        from refine_core.judges.spend import estimate_usage
+        from refine_core.judges.spend import estimate_call_cost
 
-        chars = len(requests[i].query) + len(requests[i].task_instruction or "") + sum(
-            min(len(requests[i].documents[j]), max_document_chars) for j in positions)
-        estimate = estimate_cost(judge.identity.model, estimate_usage(chars, len(positions)), prices)
+        request = requests[i]
+        estimate = estimate_call_cost(judge.identity.model, request.query, request.task_instruction,
+                                      [request.documents[j][:max_document_chars] for j in positions], prices)
         if not account.reserve(len(positions), estimate):
             return False
         reserved[(i, positions[0])] = estimate
@@ -242,11 +242,10 @@ def run_judge(
             while crash is None and queue and len(pending) < concurrency:
                 i, positions = queue[-1]
                 if ledger is not None:
-                    # Another process (a second worker or sweep sharing this ledger) may have paid
-                    # for some of these pairs since the plan was made: look again just before sending,
-                    # and claim the rest; pairs another process is paying for now are deferred.
-                    # Claim first, then look: an answer stored before our claim is seen, and one
-                    # stored after it is impossible (its writer would have needed the claim).
+                    # Another process sharing this ledger may be paying for these pairs, or have
+                    # paid since the plan was made. Claim them first (pairs claimed elsewhere are
+                    # deferred), then look in the ledger: an answer stored before our claim is seen,
+                    # and none can be stored after it (its writer would need the claim).
                     claimed = ledger.claim(key, pairs_of(i, positions), owner, claim_ttl)
                     waiting = [j for j in positions if (hashes[i][0], hashes[i][1][j]) not in claimed]
                     if waiting:

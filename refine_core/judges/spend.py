@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,15 @@ def estimate_usage(texts_chars: int, items: int, output_tokens_per_item: int = O
     """A high estimate of one call's tokens from the characters it sends and the items it asks for."""
     return Usage(requests=1, input_tokens=math.ceil((texts_chars + PROMPT_OVERHEAD_CHARS) / CHARS_PER_TOKEN),
                  output_tokens=items * output_tokens_per_item)
+
+
+def estimate_call_cost(model: str, query: str, instruction: str | None, documents: Sequence[str],
+                       prices: dict[str, tuple[float, float]] | None = None) -> float:
+    """High estimate of the USD of one judge call on ``documents`` for ``query`` (see the module)."""
+    from refine_core.judges.runner import estimate_cost
+
+    chars = len(query) + len(instruction or "") + sum(len(d) for d in documents)
+    return estimate_cost(model, estimate_usage(chars, len(documents)), prices)
 
 
 @dataclass(frozen=True)
