@@ -303,6 +303,11 @@ def run(
     from flows.environment import configure_environment
 
     configure_environment()
+    from flows.local_server import start_ephemeral
+    from flows.watchdog import guard
+
+    if start_ephemeral():  # its start-up overlaps the imports and checks below
+        guard()  # ends that server if this process is killed from now on
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -338,8 +343,6 @@ def run(
             bars.update(handles[stage], completed=done, total=total)
 
         task_progress.install(show)
-        from flows.watchdog import guard
-
         guard()  # ends the Prefect server and Dask workers if this process is killed
         try:
             result = run_sweep(config)
@@ -389,8 +392,10 @@ def _dry_run(config, as_json: bool) -> None:  # noqa: ANN001 - a SweepConfig
     """Print what ``refine run`` would pay for ``config`` (see :mod:`flows.plan`)."""
     from rich.table import Table
 
+    from flows.local_server import ready
     from flows.plan import plan_sweep
 
+    ready()
     console.print("dry run: loading and embedding (free, cached for the real run); nothing is sent to a paid judge")
     try:
         plan = plan_sweep(config)

@@ -118,3 +118,83 @@ def stop(timeout: float = 15.0) -> bool:
             pass
     path.unlink(missing_ok=True)
     return True
+
+
+# ---- the per-command server, started early -------------------------------------------------
+# Prefect starts its ephemeral API server on a command's first API call: it imports the server
+# application in the calling process first (about 6 s here) and then waits for a uvicorn child
+# doing the same (another 8 s), all after the command's own imports. ``refine run`` instead starts
+# the same uvicorn child before importing anything heavy, so the child's start-up overlaps the
+# command's imports on the second core, and waits for it (:func:`ready`) just before the first
+# API call. Same server, same database, same end: it stops when the command exits (the watchdog
+# ends it when the command is killed).
+_EPHEMERAL: dict[str, object] = {}
+
+
+def start_ephemeral() -> str | None:
+    """Start this command's Prefect API server in the background and point this process at it;
+    returns its API URL. None (nothing started) when ``PREFECT_API_URL`` is set (a kept or team
+    server) or one was started already."""
+    if os.environ.get("PREFECT_API_URL") or _EPHEMERAL:
+        return None
+    import atexit
+
+    # The command binds the port and hands the socket to uvicorn (--fd): no other process can
+    # take the port between choosing it and the server's start.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    log = state_dir() / "prefect" / "ephemeral-server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    with log.open("wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                                 "--fd", str(sock.fileno()), "--log-level", "error", "--lifespan", "on"],
+                                env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                pass_fds=(sock.fileno(),),
+                                start_new_session=True)  # Ctrl-C reaches the command, which then stops it
+    sock.close()  # the server holds its own copy
+    api = f"http://127.0.0.1:{port}/api"
+    _EPHEMERAL.update(proc=proc, api=api, log=log)
+    os.environ["PREFECT_API_URL"] = api
+    os.environ["REFINE_EPHEMERAL_API_URL"] = api  # no UI behind it: no flow-run links to print
+    atexit.register(stop_ephemeral)
+    return api
+
+
+def ready(timeout: float | None = None) -> None:
+    """Wait until the server :func:`start_ephemeral` started answers (no-op without one).
+
+    Raises:
+        RuntimeError: it exited or did not answer within ``timeout`` seconds (default
+            ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``); the message quotes its log.
+    """
+    if not _EPHEMERAL or _EPHEMERAL.get("ready"):
+        return
+    proc: subprocess.Popen = _EPHEMERAL["proc"]  # type: ignore[assignment]
+    api = str(_EPHEMERAL["api"])
+    limit = timeout if timeout is not None else float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
+    deadline = time.monotonic() + limit
+    while not _healthy(api, timeout=2.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log = Path(str(_EPHEMERAL["log"]))
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            why = f"exited with status {proc.returncode}" if proc.poll() is not None else f"did not answer in {limit:.0f} s"
+            raise RuntimeError(f"the local Prefect server {why} (log {log}){': ' + ' | '.join(tail) if tail else ''}")
+        time.sleep(0.1)
+    _EPHEMERAL["ready"] = True
+
+
+def stop_ephemeral() -> None:
+    """Stop the server :func:`start_ephemeral` started (no-op without one)."""
+    proc = _EPHEMERAL.get("proc")
+    if isinstance(proc, subprocess.Popen):
+        from flows.watchdog import stop_process_group
+
+        stop_process_group(proc, timeout=5.0)
+    if _EPHEMERAL.get("api") and os.environ.get("PREFECT_API_URL") == _EPHEMERAL["api"]:
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop("REFINE_EPHEMERAL_API_URL", None)
+    _EPHEMERAL.clear()

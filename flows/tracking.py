@@ -87,6 +87,22 @@ class Tracker:
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
 
+    def log_batch(self, run_id: str, *, params: dict[str, object] | None = None,
+                  metrics: dict[str, float] | None = None, series: dict[str, list[float]] | None = None) -> None:
+        """Params, metrics and metric series in as few requests as MLflow's limits allow (100
+        params and 1,000 entries per request): one for a cell."""
+        now = int(time.time() * 1000)
+        p = [Param(k, str(v)[:6000]) for k, v in sorted((params or {}).items())]
+        m = sorted((Metric(metric_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
+                    if v is not None and math.isfinite(float(v))), key=lambda x: x.key)
+        for key, values in (series or {}).items():
+            m += [Metric(metric_key(key), float(v), now, step) for step, v in enumerate(values) if math.isfinite(float(v))]
+        while p or m:
+            head_p, p = p[:100], p[100:]
+            room = 1000 - len(head_p)
+            head_m, m = m[:room], m[room:]
+            self.client.log_batch(run_id, params=head_p, metrics=head_m)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -173,6 +189,8 @@ def prefect_run_url() -> str | None:
     ephemeral server the CLI starts)."""
     from prefect import runtime
 
+    if os.environ.get("REFINE_EPHEMERAL_API_URL"):  # the CLI's own server, which has no UI
+        return None
     url = runtime.flow_run.ui_url
     return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
 

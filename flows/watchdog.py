@@ -40,14 +40,21 @@ def stop_process_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
         proc.wait(timeout=timeout)
 
 
+_GUARDS: dict[int, subprocess.Popen] = {}
+
+
 def guard() -> subprocess.Popen | None:
-    """Start the watchdog for this process (None where it cannot run, e.g. without psutil)."""
+    """Start the watchdog for this process, once (None where it cannot run, e.g. without psutil).
+    It follows every descendant, also those started after it."""
     try:
         import psutil  # noqa: F401
     except ImportError:  # pragma: no cover - psutil is a dependency
         return None
-    return subprocess.Popen([sys.executable, "-m", "flows.watchdog", str(os.getpid())], start_new_session=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = os.getpid()
+    if pid not in _GUARDS or _GUARDS[pid].poll() is not None:
+        _GUARDS[pid] = subprocess.Popen([sys.executable, "-m", "flows.watchdog", str(pid)], start_new_session=True,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return _GUARDS[pid]
 
 
 def watch(pid: int, interval: float = 0.5, grace: float = 5.0) -> list[int]:

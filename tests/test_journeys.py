@@ -184,6 +184,46 @@ def test_a_kept_local_server_serves_later_runs_and_stops(tmp_path: Path, data_ro
     assert not (tmp_path / "refine" / "prefect" / "server.json").exists()
 
 
+_EPHEMERAL_SCRIPT = """
+import json, os, sys
+from flows.environment import configure_environment
+configure_environment()
+from flows import local_server
+api = local_server.start_ephemeral()
+proc = local_server._EPHEMERAL["proc"]
+assert os.environ["PREFECT_API_URL"] == api and local_server.start_ephemeral() is None  # one per command
+try:
+    local_server.ready(timeout=float(sys.argv[1]))
+    import httpx
+    out = {"health": httpx.get(api + "/health").status_code}
+except RuntimeError as exc:
+    out = {"error": str(exc)}
+local_server.stop_ephemeral()
+out |= {"exit": proc.poll(), "api_url_left": os.environ.get("PREFECT_API_URL")}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+def test_the_command_server_starts_early_answers_and_stops(tmp_path: Path) -> None:
+    """``refine run``'s own Prefect server (started before the heavy imports, waited for before
+    the first API call): it answers, stops with the command and leaves no URL behind; one that
+    cannot start is an error that quotes its log."""
+    env = base_env(tmp_path)
+    good = subprocess.run([sys.executable, "-c", _EPHEMERAL_SCRIPT, "90"], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert good.returncode == 0, good.stderr[-2000:]
+    out = json.loads(good.stdout.strip().splitlines()[-1])
+    assert out["health"] == 200 and out["exit"] is not None and out["api_url_left"] is None, out
+    broken = env | {"PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://nobody:x@127.0.0.1:1/none"}
+    bad = subprocess.run([sys.executable, "-c", _EPHEMERAL_SCRIPT, "60"], env=broken, capture_output=True, text=True,
+                         timeout=180)
+    assert bad.returncode == 0, bad.stderr[-2000:]
+    out = json.loads(bad.stdout.strip().splitlines()[-1])
+    assert out["error"].startswith("the local Prefect server exited with status"), out
+    assert "ephemeral-server.log" in out["error"] and out["exit"] is not None
+
+
 def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
     from flows.cli import app
 
