@@ -32,7 +32,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import rankdata
 
 from refine_core._validation import MIN_NORM
 
@@ -153,6 +152,8 @@ def _block_metrics(s: np.ndarray, y: np.ndarray, p: np.ndarray, ks: tuple[int, .
         out["r_precision"] = np.take_along_axis(hits, r_idx[:, None], axis=1)[:, 0] / n_pos
         # ROC-AUC by the rank-sum (Mann-Whitney) formula with average ranks for ties.
         # Out-of-pool documents sit at -inf below every pool document; subtract their count.
+        from scipy.stats import rankdata  # lazily: see refine_core.statistics
+
         avg_ranks = rankdata(masked, axis=1, method="average") - (total - pool_size)[:, None]
         pos_in_pool = (y > 0) & p
         rank_sum = np.where(pos_in_pool, avg_ranks, 0.0).sum(axis=1)

@@ -25,13 +25,13 @@ in blocks so that memory is bounded by the block, not by the number of queries.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from refine_core._kernels import refine_kernel
 
 from refine_core._validation import (
     as_float_array,
@@ -283,6 +283,7 @@ def refine(
     skipped = valid.sum(axis=1) < 2
     vectors = q.copy()
     losses = np.full((n, config.steps), np.nan, dtype=np.float32)
+    kernel = sys.modules[__name__].refine_kernel  # imported on first use (see __getattr__)
     active = np.flatnonzero(~skipped)
     target = target_distribution(raw_scores, valid, temperature=config.score_temperature, normalize=config.normalize)
     doc_norms = np.ones((n, k), dtype=np.float64)
@@ -292,7 +293,7 @@ def refine(
         out_z = block_vectors[: rows.size]
         out_loss = np.empty((rows.size, config.steps), dtype=np.float64)
         out_norms = np.empty((rows.size, k), dtype=np.float64)
-        refine_kernel(
+        kernel(
             np.ascontiguousarray(q[rows]),
             docs,
             np.ascontiguousarray(doc_idx[rows]),
@@ -327,3 +328,14 @@ def refine(
         vectors[rows] = out_z
         losses[rows] = out_loss
     return RefineResult(vectors=vectors, losses=losses, skipped=skipped, config=config)
+
+
+def __getattr__(name: str):  # noqa: ANN202 - module attribute hook
+    """``refine_kernel`` is the compiled kernel, imported on first use: numba takes about half a
+    second to import, which commands that never refine (a cached re-run) should not pay."""
+    if name == "refine_kernel":
+        from refine_core._kernels import refine_kernel
+
+        globals()["refine_kernel"] = refine_kernel
+        return refine_kernel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

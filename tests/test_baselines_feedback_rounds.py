@@ -124,6 +124,18 @@ def test_paired_ttest_matches_scipy_and_handles_nan() -> None:
         paired_ttest(a, b[:-1])
 
 
+def test_benjamini_hochberg_equals_scipy() -> None:
+    """The numpy step-up equals scipy's false_discovery_control on random families with ties,
+    tiny and large values, one and many tests."""
+    from scipy.stats import false_discovery_control
+
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 7, 100, 1000):
+        p = rng.uniform(0, 1, m) ** 3
+        p[: m // 3] = p[0]  # ties
+        np.testing.assert_allclose(benjamini_hochberg(p), false_discovery_control(p, method="bh"), rtol=1e-12)
+
+
 def test_benjamini_hochberg_by_hand() -> None:
     # sorted p: 0.01, 0.03, 0.04 (m=3): 0.03, 0.045, 0.04 -> monotone from the top: 0.03, 0.04, 0.04
     np.testing.assert_allclose(benjamini_hochberg([0.01, 0.04, 0.03]), [0.03, 0.04, 0.04])
