@@ -9,9 +9,10 @@ dataset input, a per-query parquet file and plots.
 # No ``from __future__ import annotations``: Prefect validates flow parameters from the
 # annotations, and a flow loaded from a pickle (served deployments, workers) cannot resolve
 # string annotations.
+import hashlib
+import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from tasks.core import (
     select_feedback_task,
 )
 from refine_core.statistics import win_tie_loss
-from tasks.storage import code_version, digest, load_arrays, state_dir
+from tasks.storage import atomic_write, code_version, digest, load_arrays, state_dir
 
 METHODS_REPORTED = ("baseline", "rerank_only", "rocchio", "refined")
 # What a cached judge result reports as paid in this run: nothing.
@@ -153,6 +154,15 @@ def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
     return params
 
 
+def cell_tags(cell: CellSpec, prefect_url: str | None) -> dict[str, str]:
+    """The tags a cell's MLflow run starts with."""
+    return {"refine.kind": "cell", "refine.judge": cell.judge.label, "refine.cell": cell_label(cell),
+            "mlflow.note.content": f"Cell {cell_label(cell)} (benchmark · model · judge · lr · k · rounds). "
+                                   "`*.p_raw`: one-sided paired t-test vs baseline; "
+                                   "`*.p_bh`: Benjamini–Hochberg corrected over the sweep.",
+            **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})}
+
+
 @flow(name="evaluate-cell", flow_run_name=_cell_flow_run_name, log_prints=False)
 def evaluate_cell(
     cell: CellSpec,
@@ -179,11 +189,7 @@ def evaluate_cell(
     tracker = Tracker(tracking_uri)
     prefect_url = prefect_run_url()
     run_id = tracker.start(experiment_id, run_name or cell_label(cell), parent=parent_run_id,
-                           tags={"refine.kind": "cell", "refine.judge": cell.judge.label, "refine.cell": cell_label(cell),
-                                 "mlflow.note.content": f"Cell {cell_label(cell)} (benchmark · model · judge · lr · k · "
-                                                        "rounds). `*.p_raw`: one-sided paired t-test vs baseline; "
-                                                        "`*.p_bh`: Benjamini–Hochberg corrected over the sweep.",
-                                 **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})})
+                           tags=cell_tags(cell, prefect_url))
     log.info("cell %s: MLflow run %s", cell_label(cell), run_id)
     if account is None and budget is not None and (budget.max_judgments or budget.max_cost_usd):
         account = f"cell-{runtime.flow_run.id or run_id}"
@@ -297,19 +303,23 @@ def evaluate_cell(
         finite = extras["losses"][np.isfinite(extras["losses"]).all(axis=1)]
         if finite.size:
             tracker.log_series(run_id, "refine.mean_loss", finite.mean(axis=0).tolist())
-        tracker.log_artifact(run_id, evaluation.per_query_path, "per_query")
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            # The same table as CSV, which the MLflow UI previews (lists joined with ';').
-            flat_table = per_query.with_columns([pl.col(c).cast(pl.List(pl.String)).list.join(";")
-                                                 for c, dtype in per_query.schema.items() if isinstance(dtype, pl.List)])
-            csv_path = folder / (Path(evaluation.per_query_path).stem + ".csv")
-            flat_table.write_csv(csv_path)
-            tracker.log_artifact(run_id, csv_path, "per_query")
-            for png in _plots(cell, per_query, evaluation.arrays_path):
-                tracker.log_artifact(run_id, png, "plots")
-        tracker.log_json(run_id, "cell.json", {"cell": cell.model_dump(), "benchmark": bench.counts,
-                                               "tests": evaluation.tests, "judge_key": judgments[0].judge_key})
+        # The files a re-run logs again without computing anything (see replay_cell).
+        outcome = outcome_key(cell, bench, docs, queries)
+        folder = outcome_folder(outcome)
+        # The same table as CSV, which the MLflow UI previews (lists joined with ';').
+        flat_table = per_query.with_columns([pl.col(c).cast(pl.List(pl.String)).list.join(";")
+                                             for c, dtype in per_query.schema.items() if isinstance(dtype, pl.List)])
+        csv_path = folder / (Path(evaluation.per_query_path).stem + ".csv")
+        atomic_write(csv_path, flat_table.write_csv().encode())
+        cell_json = folder / "cell.json"
+        atomic_write(cell_json, json.dumps({"cell": cell.model_dump(mode="json"), "benchmark": bench.counts,
+                                            "tests": evaluation.tests, "judge_key": judgments[0].judge_key},
+                                           indent=2, default=_plain).encode())
+        artifacts = [(str(evaluation.per_query_path), "per_query"), (str(csv_path), "per_query"),
+                     *((str(png), "plots") for png in _plots(cell, per_query, evaluation.arrays_path)),
+                     (str(cell_json), None)]
+        for path, where in artifacts:
+            tracker.log_artifact(run_id, path, where)
         timings["mlflow"] = time.perf_counter() - t
         tracker.log_metrics(run_id, {"time.mlflow_s": timings["mlflow"]})
         failed_queries = sum(j.failed_queries for j in judgments)
@@ -324,12 +334,13 @@ def evaluate_cell(
         tracker.set_tags(run_id, tags)
         tracker.finish(run_id, "FINISHED")
     link_mlflow_run(tracker, experiment_id, run_id, cell_label(cell))
+    series = {"refine.mean_loss": finite.mean(axis=0).tolist()} if finite.size else {}
     if errors:
         log.warning("cell %s: %d judgments failed (%s); a re-run asks only for those", cell_label(cell),
                     sum(errors.values()), ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])))
     log.info("cell %s: MAP baseline %.4f, refined %.4f", cell_label(cell), evaluation.metrics["baseline"]["map"],
              evaluation.metrics["refined"]["map"])
-    return {
+    result = {
         "run_id": run_id,
         "benchmark": bench.name,
         "model": cell.model,
@@ -347,6 +358,104 @@ def evaluate_cell(
         "original_run_id": original,
         "timings": timings,
     }
+    if not errors and not hyde_metrics.get("hyde_generations_failed") and not hyde_metrics.get(
+            "hyde_generations_not_submitted"):
+        # Nothing failed: an identical cell of a later sweep is logged from this record.
+        usage = _as_cached(judge_metrics, judgments)
+        save_outcome(outcome, {
+            "tracking_uri": tracker.uri, "original_run_id": original or run_id, "content_key": content_key,
+            "params": {k: v for k, v in params.items() if not k.startswith("prefect.")},
+            "metrics": {k: v for k, v in flat.items() if not k.startswith("time.")} | usage | _hyde_as_stored(hyde_metrics),
+            "series": series, "tags": {k: v for k, v in tags.items() if k != "refine.original_run_id"},
+            "benchmark": {"counts": bench.counts, "source": bench.source or bench.folder},
+            "artifacts": artifacts,
+            "result": {k: v for k, v in result.items() if k not in ("run_id", "timings", "original_run_id", "cached")}
+                      | {"judge_usage": usage},
+        })
+    return result
+
+
+# ---- cell outcomes: an unchanged cell is logged again without running its flow ----------------
+# A cell's numbers are a function of its settings, the benchmark, the document and query vectors
+# and the code (the judges' answers come from the ledger, and a cell with failed judgments
+# stores no outcome). When a sweep meets a cell whose outcome is stored, it logs a new MLflow run
+# from the record — the same params, metrics and files, tagged ``refine.cached = true`` and
+# linked to the run that computed them — instead of starting the cell's sub-flow and its cached
+# tasks (about 1.5 s of Prefect and MLflow calls per cell on this machine).
+OUTCOME_VERSION = 1
+_THIS_MODULE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]  # the code that is running
+
+
+def outcome_key(cell: CellSpec, bench: BenchmarkRef, docs: ArrayRef, queries: ArrayRef) -> str:
+    """What a cell's outcome depends on: its settings, the inputs' digests, the cached code and
+    this module (which decides what a cell logs)."""
+    return digest("cell-outcome", OUTCOME_VERSION, cell.model_dump(mode="json"), bench.hash, docs.digest,
+                  queries.digest, code_version(), _THIS_MODULE)
+
+
+def outcome_folder(key: str) -> Path:
+    return state_dir() / "cells" / key
+
+
+def save_outcome(key: str, record: dict) -> None:
+    atomic_write(outcome_folder(key) / "record.json", json.dumps(record, default=_plain).encode())
+
+
+def _plain(value: object) -> object:
+    """numpy scalars as numbers, anything else as its text (the record is JSON)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def load_outcome(key: str) -> dict | None:
+    """The stored outcome of ``key`` when it and every file it logs are present, else None."""
+    try:
+        record = json.loads((outcome_folder(key) / "record.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not all(Path(path).is_file() for path, _ in record.get("artifacts", [])):
+        return None
+    return record
+
+
+def _as_cached(judge_metrics: dict[str, float], judgments: list[JudgmentsRef]) -> dict[str, float]:
+    """The judge metrics a run reports when every judgment came from the cache: nothing paid."""
+    usage = dict(judge_metrics) | {name: 0.0 for name in PAID_METRICS}
+    usage["judgments_cached"] = float(sum(int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments))
+    return usage
+
+
+def _hyde_as_stored(hyde_metrics: dict[str, float]) -> dict[str, float]:
+    """HyDE metrics of a run that generated nothing: every passage read from the store."""
+    if not hyde_metrics:
+        return {}
+    stored = hyde_metrics.get("hyde_generations_paid", 0.0) + hyde_metrics.get("hyde_generations_from_store", 0.0)
+    return {name: 0.0 for name in hyde_metrics} | {"hyde_generations_from_store": stored}
+
+
+def replay_cell(record: dict, cell: CellSpec, tracker: Tracker, experiment_id: str, *, parent_run_id: str | None,
+                run_name: str, prefect_url: str | None = None) -> dict:
+    """Log a stored cell outcome as a new run of ``experiment_id`` (five MLflow calls and the
+    files); returns the cell's result as :func:`evaluate_cell` would."""
+    start = time.perf_counter()
+    original = record["original_run_id"] if record.get("tracking_uri") == tracker.uri else None
+    tags = cell_tags(cell, prefect_url) | record["tags"] | {"refine.cached": "true"}
+    if original:
+        tags["refine.original_run_id"] = original
+    run_id = tracker.start(experiment_id, run_name, parent=parent_run_id, tags=tags)
+    with tracker.ends_run_on_error(run_id):
+        tracker.log_benchmark(run_id, record["benchmark"]["counts"], record["benchmark"]["source"])
+        for path, where in record["artifacts"]:
+            tracker.log_artifact(run_id, path, where)
+        seconds = time.perf_counter() - start
+        tracker.log_batch(run_id, params=record["params"] | {"prefect.flow_run_id": str(runtime.flow_run.id or "")},
+                          metrics=record["metrics"] | {"time.mlflow_s": seconds}, series=record["series"])
+        tracker.finish(run_id, "FINISHED")
+    return record["result"] | {"run_id": run_id, "cached": True, "original_run_id": original,
+                               "timings": {"mlflow": time.perf_counter() - start},
+                               "win_tie_loss": {m: tuple(v) for m, v in record["result"]["win_tie_loss"].items()}}
 
 
 PLOT_NAMES = ("ap_before_after.png", "score_separation.png", "loss_curves.png")

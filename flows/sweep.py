@@ -22,13 +22,29 @@ import polars as pl
 from prefect import flow, runtime
 
 from evaluations.config import CellSpec, ExecutionSpec, SweepConfig
-from flows.cell import embed_corpus, link_mlflow_run, run_cell, run_logger, short_benchmark
+from flows.cell import (
+    embed_corpus,
+    link_mlflow_run,
+    load_outcome,
+    outcome_key,
+    replay_cell,
+    run_cell,
+    run_logger,
+    short_benchmark,
+)
 from flows.execution import dask_cluster, with_runner
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
-from tasks.core import ArrayRef, BenchmarkRef, embed_queries_task, load_benchmark_task
+from tasks.core import (
+    ArrayRef,
+    BenchmarkRef,
+    corpus_chunks,
+    corpus_digest,
+    embed_queries_task,
+    load_benchmark_task,
+)
 from refine_core.judges.spend import SpendAccount
-from tasks.storage import code_version, ledger_url
+from tasks.storage import arrays_dir, code_version, ledger_url
 
 
 class JudgmentsFailed(RuntimeError):
@@ -102,6 +118,17 @@ def _embedding_flow_run_name() -> str:
     return f"embed {name} with {params.get('model', '?')}"
 
 
+def stored_corpus(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> ArrayRef | None:
+    """The corpus matrix a former run joined from its chunks, when present (None: embed it).
+
+    Its name is the digest of the documents, the model's cache key and the chunking, and it is
+    written atomically, so a present file is the finished embedding; reading it skips the
+    embedding sub-flow and its chunk-task lookups (over a second per sweep)."""
+    name = corpus_digest(bench, model, corpus_chunks(bench.counts["documents"], execution.chunk_size))
+    path = arrays_dir() / f"docs-{name}.npy"
+    return ArrayRef(str(path), name) if path.is_file() else None
+
+
 @flow(name="corpus-embedding", flow_run_name=_embedding_flow_run_name, log_prints=False)
 def embed_corpus_flow(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> ArrayRef:
     """The corpus embedding a sweep shares between its cells, as a flow so it can run on Dask."""
@@ -162,7 +189,11 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         timings["load"] = time.perf_counter() - t
         for spec, model in {(c.benchmark, c.model) for c in cells}:
             t = time.perf_counter()
-            docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
+            docs = stored_corpus(benches[spec], model, config.execution)
+            if docs is None:
+                docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
+            else:
+                log.info("corpus of %s embedded with %s: stored (%s), not embedded again", spec.name, model, docs.path)
             timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model, config.query_templates.get(model)))
@@ -170,12 +201,24 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         t = time.perf_counter()
         for cell in cells:
             docs, queries = shared[(cell.benchmark, cell.model)]
+            name = mlflow_run_name(cell, differing)
+            record = load_outcome(outcome_key(cell, benches[cell.benchmark], docs, queries))
+            if record is not None:
+                try:
+                    results.append(replay_cell(record, cell, tracker, experiment_id, parent_run_id=parent, run_name=name,
+                                               prefect_url=prefect_url))
+                    log.info("cell %s: unchanged since MLflow run %s; logged from its stored outcome", name,
+                             record["original_run_id"])
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a record that cannot be logged: run the cell
+                    log.warning("cell %s: stored outcome not usable (%s: %s); running the cell", name,
+                                type(exc).__name__, exc)
             try:
                 results.append(run_cell(cell, experiment_id, address=address, parent_run_id=parent,
                                         tracking_uri=tracker.uri, budget=config.budget, account=account.account,
                                         bench=benches[cell.benchmark],
                                         docs=docs, queries=queries, execution=config.execution,
-                                        run_name=mlflow_run_name(cell, differing)))
+                                        run_name=name))
             except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
                 failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
                 log.error("cell %s failed: %s: %s", mlflow_run_name(cell, differing), type(exc).__name__, exc)
@@ -279,8 +322,10 @@ def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     """
     from prefect import tags
 
+    from flows.local_server import ready
     from flows.watchdog import crash_orphaned_flow_runs, run_tags
 
+    ready()  # the CLI's own Prefect server, started early (a no-op otherwise)
     for name in crash_orphaned_flow_runs():
         run_logger().warning("flow run %r was left running by a killed process: marked CRASHED", name)
     with dask_cluster(config.runner, config.execution.workers) as address, tags(*run_tags()):

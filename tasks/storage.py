@@ -99,7 +99,7 @@ def _hash_code(root: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
@@ -118,7 +118,7 @@ def save_arrays(name: str, **arrays: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     path = arrays_dir() / f"{name}.npz"
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return str(path)
 
 
@@ -132,7 +132,7 @@ def save_array(name: str, array: np.ndarray) -> str:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array))
     path = arrays_dir() / f"{name}.npy"
-    _atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return str(path)
 
 

@@ -106,16 +106,49 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     # the noisy oracle of the flow (hash-based flips per pair) is worse than the exact one at lr 1e-3
     assert by_label[("noisy-oracle-0.2", 1e-3)]["metrics"]["refined"]["map"] < by_label[("oracle", 1e-3)]["metrics"]["refined"]["map"]
 
-    # A second identical run re-executes no embedding, judging or refinement task.
+    # A second identical run computes nothing: every cell is logged from its stored outcome
+    # (no cell sub-flow, no embedding, judging or refinement task) as a run tagged cached that
+    # links to the original and carries the same params, metrics, series, dataset and files.
     t0 = time.time()
     t_warm = time.perf_counter()
     again = sweep(config)
     warm = time.perf_counter() - t_warm
-    states = _task_states_since(t0)
-    expensive = [(name, state) for name, state in states
-                 if name in ("embed-corpus-chunk", "embed-corpus", "embed-queries", "judge", "refine-block", "refine")]
-    assert expensive and all(state == "Cached" for _, state in expensive), expensive
+    expensive = {"embed-corpus-chunk", "embed-queries", "judge", "refine-block", "select-feedback", "evaluate"}
+    ran = [s for s in _task_states_since(t0) if s[0] in expensive]
+    assert {name for name, _ in ran} <= {"embed-queries"} and all(state == "Cached" for _, state in ran), ran
     assert [c["metrics"] for c in again["cells"]] == [c["metrics"] for c in result["cells"]]
+    assert [c["original_run_id"] for c in again["cells"]] == [c["run_id"] for c in result["cells"]]
+    assert all(c["cached"] and c["judge_usage"]["judgments_paid"] == 0 for c in again["cells"])
+    for first, second in zip(result["cells"], again["cells"]):
+        a, b = client.get_run(first["run_id"]), client.get_run(second["run_id"])
+        assert b.data.tags["refine.cached"] == "true" and b.data.tags["refine.original_run_id"] == first["run_id"]
+        assert b.data.tags["mlflow.parentRunId"] == again["parent_run_id"] and b.info.status == "FINISHED"
+        assert b.info.run_name == a.info.run_name
+        stable = lambda run: {k: v for k, v in run.data.params.items() if k != "prefect.flow_run_id"}  # noqa: E731
+        assert stable(a) == stable(b)
+        paid = {"judgments_paid", "judgments_cached", "judge_requests", "judge_input_tokens", "judge_output_tokens",
+                "judge_cost_usd", "judgments_from_ledger"}
+        same = lambda run: {k: v for k, v in run.data.metrics.items()  # noqa: E731
+                            if not k.startswith("time.") and k not in paid}
+        assert same(a) == same(b)
+        assert b.data.metrics["judgments_paid"] == 0
+        assert b.data.metrics["judgments_cached"] == a.data.metrics["judgments_paid"] + a.data.metrics["judgments_cached"] \
+            + a.data.metrics["judgments_from_ledger"]
+        assert [m.value for m in client.get_metric_history(b.info.run_id, "refine.mean_loss")] == \
+            [m.value for m in client.get_metric_history(a.info.run_id, "refine.mean_loss")]
+        assert [d.dataset.digest for d in b.inputs.dataset_inputs] == [d.dataset.digest for d in a.inputs.dataset_inputs]
+        for folder in (None, "plots", "per_query"):
+            assert [f.path for f in client.list_artifacts(b.info.run_id, folder)] == \
+                [f.path for f in client.list_artifacts(a.info.run_id, folder)]
+    # Without the stored outcomes the cells run again, every expensive task from Prefect's cache.
+    import shutil
+
+    shutil.rmtree(platform / "cells")
+    t0 = time.time()
+    third = sweep(config)
+    states = [s for s in _task_states_since(t0) if s[0] in expensive]
+    assert states and all(state == "Cached" for _, state in states), states
+    assert [c["metrics"] for c in third["cells"]] == [c["metrics"] for c in result["cells"]]
     print(f"\ndefault sweep on the subset: cold {cold:.1f} s, fully cached re-run {warm:.1f} s")
 
 
@@ -150,6 +183,11 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
         assert {q for (q, _) in server.stats.pairs_requested} == {broken_query}  # only the failed query was judged again
         assert server.stats.message_requests == 1
         assert second["cells"][0]["metrics"]["refined"]["map"] >= cell["metrics"]["refined"]["map"] - 1e-9
+        # a cell with failed judgments stored no outcome (it ran again above); the complete one did
+        assert not second["cells"][0]["cached"]
+        third = run_sweep(config)
+        assert third["cells"][0]["cached"] and third["cells"][0]["original_run_id"] == second["cells"][0]["run_id"]
+        assert third["cells"][0]["metrics"] == second["cells"][0]["metrics"] and server.stats.message_requests == 1
     # the sentinel key reached no store: MLflow db and artifacts, Prefect results, arrays, ledger
     # (all under REFINE_HOME) and the Prefect database (flow/task parameters, logs, states)
     from prefect.settings import get_current_settings
