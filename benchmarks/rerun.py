@@ -7,7 +7,7 @@ Two sweeps: the default one (4 cells on CLINC150) and a 64-cell grid (2 judges x
 runs are repeated; the table gives min and median wall seconds and the per-cell overhead of the
 grid's cached re-run (its wall time over 64). One state directory per sweep, made fresh.
 
-    REFINE_DATA_DIR=... python benchmarks/rerun.py [--repeats 2] [--skip-default] [--json]
+    REFINE_DATA_DIR=... python benchmarks/rerun.py [--repeats 2] [--skip-default | --skip-grid] [--json]
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-default", action="store_true", help="only the 64-cell grid")
+    parser.add_argument("--skip-grid", action="store_true", help="only the default sweep")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     info = machine_info()
@@ -82,10 +83,11 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     if not args.skip_default:
         measure("default sweep", None, 4, args.repeats, rows, results)
-    with tempfile.TemporaryDirectory() as tmp:
-        grid = Path(tmp) / "grid.yaml"
-        grid.write_text(GRID)
-        measure("64-cell grid", grid, 64, args.repeats, rows, results)
+    if not args.skip_grid:
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = Path(tmp) / "grid.yaml"
+            grid.write_text(GRID)
+            measure("64-cell grid", grid, 64, args.repeats, rows, results)
     info["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     print(f"machine: {info}")
     print_table(["sweep", "cells", "run", "min s", "median s", "median s / cell"], rows)

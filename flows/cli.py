@@ -793,9 +793,30 @@ def _register_corpus_commands() -> None:
 _register_corpus_commands()
 
 
-def main() -> None:  # pragma: no cover - console entry point alias
-    app()
+def main() -> None:
+    """The ``refine`` command: the Typer app, then a prompt exit.
+
+    Once the command is done and every exit handler has run (Prefect's log and event workers
+    drained, the local server stopped, logging flushed, temporary folders removed), tearing down
+    the interpreter's modules still takes about 2 s here (Prefect, MLflow, pandas and friends);
+    the last exit handler flushes stdout and stderr and ends the process with the command's
+    status instead. Everything a command writes is committed or closed before that point."""
+    import atexit
+
+    outcome = {"code": 1}  # an exception that escapes the app: Python prints it, status 1
+
+    def exit_now() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(outcome["code"])
+
+    atexit.register(exit_now)  # registered first, so it runs last
+    try:
+        app()
+    except SystemExit as exc:
+        outcome["code"] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()
