@@ -363,7 +363,8 @@ def evaluate_cell(
         # Nothing failed: an identical cell of a later sweep is logged from this record.
         usage = _as_cached(judge_metrics, judgments)
         save_outcome(outcome, {
-            "tracking_uri": tracker.uri, "original_run_id": original or run_id, "content_key": content_key,
+            # the store's digest, not its URI: a URI may carry a password, and records are plain files
+            "tracking": digest("tracking", tracker.uri), "original_run_id": original or run_id, "content_key": content_key,
             "params": {k: v for k, v in params.items() if not k.startswith("prefect.")},
             "metrics": {k: v for k, v in flat.items() if not k.startswith("time.")} | usage | _hyde_as_stored(hyde_metrics),
             "series": series, "tags": {k: v for k, v in tags.items() if k != "refine.original_run_id"},
@@ -440,7 +441,7 @@ def replay_cell(record: dict, cell: CellSpec, tracker: Tracker, experiment_id: s
     """Log a stored cell outcome as a new run of ``experiment_id`` (five MLflow calls and the
     files); returns the cell's result as :func:`evaluate_cell` would."""
     start = time.perf_counter()
-    original = record["original_run_id"] if record.get("tracking_uri") == tracker.uri else None
+    original = record["original_run_id"] if record.get("tracking") == digest("tracking", tracker.uri) else None
     tags = cell_tags(cell, prefect_url) | record["tags"] | {"refine.cached": "true"}
     if original:
         tags["refine.original_run_id"] = original
