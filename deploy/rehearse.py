@@ -17,7 +17,7 @@ Starts, each on 127.0.0.1 and a free port, with all state in one temporary folde
 
 Then it registers a sweep with ``refine deploy --pool`` (runner: the Dask scheduler), triggers it
 through the Prefect API and waits for it; stops the worker that ran it and triggers the same
-sweep again, which the other worker runs and which pays nothing (ledger and task cache). It
+sweep again, which the other worker runs and which pays nothing (its cells are logged from their stored outcomes). It
 checks where everything landed — cell runs in MLflow's PostgreSQL database, artifacts in the
 bucket, judgments in the PostgreSQL ledger — prints what it measured and stops every process it
 started. Exit status 0 when every check held.
