@@ -47,6 +47,7 @@ from tasks.core import (
     select_feedback_task,
 )
 from refine_core.statistics import win_tie_loss
+from tasks.judging import answers_fingerprint
 from tasks.storage import atomic_write, code_version, digest, load_arrays, state_dir
 
 METHODS_REPORTED = ("baseline", "rerank_only", "rocchio", "refined")
@@ -390,7 +391,9 @@ _THIS_MODULE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]  # t
 def outcome_key(cell: CellSpec, bench: BenchmarkRef, docs: ArrayRef, queries: ArrayRef) -> str:
     """What a cell's outcome depends on: its settings, the inputs' digests, the cached code and
     this module (which decides what a cell logs)."""
-    return digest("cell-outcome", OUTCOME_VERSION, cell.model_dump(mode="json"), bench.hash, docs.digest,
+    models = [answers_fingerprint(cell.judge.kind, cell.judge.model),
+              answers_fingerprint(cell.hyde.kind, cell.hyde.model) if cell.hyde is not None else None]
+    return digest("cell-outcome", OUTCOME_VERSION, cell.model_dump(mode="json"), models, bench.hash, docs.digest,
                   queries.digest, code_version(), _THIS_MODULE)
 
 

@@ -202,7 +202,11 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         for cell in cells:
             docs, queries = shared[(cell.benchmark, cell.model)]
             name = mlflow_run_name(cell, differing)
-            record = load_outcome(outcome_key(cell, benches[cell.benchmark], docs, queries))
+            try:
+                record = load_outcome(outcome_key(cell, benches[cell.benchmark], docs, queries))
+            except Exception as exc:  # noqa: BLE001 - e.g. a local model gone since the check: the cell says why
+                record = None
+                log.warning("cell %s: no stored outcome looked up (%s: %s)", name, type(exc).__name__, exc)
             if record is not None:
                 try:
                     results.append(replay_cell(record, cell, tracker, experiment_id, parent_run_id=parent, run_name=name,

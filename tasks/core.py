@@ -32,7 +32,7 @@ from refine_core.judges.spend import SpendAccount
 from refine_core.metrics import cosine_scores
 from refine_core.refinement import RefineConfig, refine
 from tasks import progress
-from tasks.judging import build_judge
+from tasks.judging import answers_fingerprint, build_judge
 from tasks.storage import (
     code_version,
     digest,
@@ -203,7 +203,8 @@ def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef,
 # ---- judge (the LLM stage) --------------------------------------------------------------------------
 def judge_cache_key(context, parameters) -> str:  # noqa: ANN001
     spec: JudgeSpec = parameters["judge"]
-    return _key("judge", spec.model_dump(), parameters["bench"].hash, parameters["feedback"].digest)
+    return _key("judge", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash,
+                parameters["feedback"].digest)
 
 
 def spend_account(account: str | None, budget: BudgetSpec | None) -> SpendAccount | None:
@@ -292,7 +293,8 @@ class PassagesRef:
 
 
 def hyde_cache_key(context, parameters) -> str:  # noqa: ANN001
-    return _key("hyde", parameters["spec"].model_dump(), parameters["bench"].hash)
+    spec: HydeSpec = parameters["spec"]
+    return _key("hyde", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash)
 
 
 @task(name="generate-hyde", cache_key_fn=hyde_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,

@@ -7,6 +7,22 @@ from evaluations.config import HydeSpec, JudgeSpec
 from refine_core.judges import Judge, OracleJudge
 
 
+def answers_fingerprint(kind: str, model: str | None) -> str | None:
+    """What changes a judge's (or HyDE generator's) answers that its spec does not name: the
+    files of a local model, so a model replaced at the same path is asked again rather than
+    served from the task cache. None for API judges (the spec names model, base_url and prompt
+    settings, and the ledger keys each answer by the judge's full identity) and the oracles."""
+    if kind == "local-lm":
+        from refine_core.judges.local_lm import model_fingerprint
+
+        return model_fingerprint(model or "")
+    if kind == "cross-encoder":
+        from refine_core.judges.cross_encoder import weights_fingerprint
+
+        return weights_fingerprint(model or "")
+    return None
+
+
 def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
     """The judge a :class:`JudgeSpec` describes; oracles read the benchmark's gold labels.
 

@@ -82,3 +82,43 @@ def test_the_code_version_covers_every_module_that_defines_a_cached_task(tmp_pat
         after = code_version(tmp_path)
         assert after != before, edited
         before = after
+
+
+def test_a_local_model_replaced_at_the_same_path_is_asked_again(tmp_path: Path) -> None:
+    """The judge and HyDE task keys and a cell's outcome key cover the local model's files, not
+    only its path: the same spec over a changed .gguf (or cross-encoder folder) is a new key."""
+    from types import SimpleNamespace
+
+    from evaluations.config import BenchmarkSpec, CellSpec, HydeSpec, JudgeSpec
+    from flows.cell import outcome_key
+    from tasks.core import hyde_cache_key, judge_cache_key
+
+    gguf = tmp_path / "judge.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    folder = tmp_path / "cross-encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"num_labels": 1}')
+    bench, feedback = SimpleNamespace(hash="b" * 16), SimpleNamespace(digest="f" * 24)
+    docs, queries = SimpleNamespace(digest="d" * 24), SimpleNamespace(digest="q" * 24)
+    local = JudgeSpec(kind="local-lm", model=str(gguf))
+    cross = JudgeSpec(kind="cross-encoder", model=str(folder))
+    hyde = HydeSpec(kind="local-lm", model=str(gguf))
+    cell = CellSpec(benchmark=BenchmarkSpec(name="clinc150"), model="all-MiniLM-L6-v2", judge=local, lr=1e-3, k=20,
+                    hyde=hyde)
+
+    def keys() -> list[str]:
+        return [judge_cache_key(None, {"judge": local, "bench": bench, "feedback": feedback}),
+                judge_cache_key(None, {"judge": cross, "bench": bench, "feedback": feedback}),
+                hyde_cache_key(None, {"spec": hyde, "bench": bench}),
+                outcome_key(cell, bench, docs, queries)]
+
+    before = keys()
+    assert keys() == before  # deterministic
+    gguf.write_bytes(b"GGUF" + bytes(range(255, -1, -1)) * 64)
+    (folder / "config.json").write_text('{"num_labels": 2}')
+    after = keys()
+    assert all(a != b for a, b in zip(before, after)), (before, after)
+    # API judges: the spec names everything (the oracle has no files)
+    oracle = JudgeSpec(kind="oracle")
+    assert judge_cache_key(None, {"judge": oracle, "bench": bench, "feedback": feedback}) == \
+        judge_cache_key(None, {"judge": oracle, "bench": bench, "feedback": feedback})

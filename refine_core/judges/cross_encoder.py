@@ -70,7 +70,7 @@ class CrossEncoderJudge:
             self.activation = type(own).__name__.lower()
         self._own = own
         self.identity = JudgeIdentity.of("cross-encoder", model, f"cross-encoder-{self.activation}", "pair-v2",
-                                         fingerprint=_fingerprint(model), labels=self.num_labels)
+                                         fingerprint=weights_fingerprint(model), labels=self.num_labels)
 
     def logits(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """The head's raw outputs, ``(n,)`` or ``(n, classes)``."""
@@ -101,7 +101,7 @@ class CrossEncoderJudge:
         return JudgeResponse(verdicts, Usage(requests=1, latency_s=time.perf_counter() - started))
 
 
-def _fingerprint(model: str) -> str:
+def weights_fingerprint(model: str) -> str:
     """The weights' identity: the folder's files (configs whole, weights by size and ends); for a
     Hub id, its snapshot folder in the local cache (whose path names the revision)."""
     from pathlib import Path
