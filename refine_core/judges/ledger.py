@@ -13,6 +13,7 @@ counted but never served as a cached answer, so a retry asks again.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -104,31 +105,45 @@ def open_engine(url: str | Path) -> Engine:
 
 
 def insert_new(conn: Connection, table: Table, rows: list[dict]) -> int:
-    """Insert ``rows``, skipping any whose primary key is already stored, without losing a race:
-    ``INSERT … ON CONFLICT DO NOTHING`` on SQLite and PostgreSQL; on other databases each row in a
-    savepoint, a duplicate's IntegrityError rolled back alone. Returns how many rows went in."""
+    """Insert ``rows``, skipping any whose primary key is already stored; returns how many went in
+    (see :func:`inserted_keys`)."""
+    return len(inserted_keys(conn, table, rows))
+
+
+def inserted_keys(conn: Connection, table: Table, rows: list[dict]) -> set[tuple]:
+    """Insert ``rows``, skipping any whose primary key is already stored, without losing a race;
+    returns the primary keys of the rows that went in.
+
+    SQLite (3.35+) and PostgreSQL: multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` (one
+    statement per few hundred rows, not one per row: a cold sweep stores thousands of answers
+    and claims). Other databases: each row in a savepoint, a duplicate's IntegrityError rolled
+    back alone."""
     if not rows:
-        return 0
+        return set()
     # The same order in every transaction: two writers inserting overlapping keys wait for each
-    # other instead of deadlocking (PostgreSQL locks each new key until commit).
+    # other instead of deadlocking (PostgreSQL locks each new key until commit, row by row in
+    # the statement's order).
     keys = [c.name for c in table.primary_key.columns]
     rows = sorted(rows, key=lambda r: tuple(str(r[k]) for k in keys))
     dialect = conn.dialect.name
-    if dialect in ("sqlite", "postgresql"):
+    if dialect == "postgresql" or (dialect == "sqlite" and sqlite3.sqlite_version_info >= (3, 35)):
         insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        inserted = 0
-        for row in rows:  # one statement per row: its rowcount says whether it went in
-            inserted += conn.execute(insert_fn(table).values(**row).on_conflict_do_nothing()).rowcount
-        return inserted
-    inserted = 0
+        per_statement = max(1, 900 // len(rows[0]))  # bound parameters per statement (SQLite's old limit: 999)
+        got: set[tuple] = set()
+        for start in range(0, len(rows), per_statement):
+            stmt = (insert_fn(table).values(rows[start : start + per_statement]).on_conflict_do_nothing()
+                    .returning(*(table.c[k] for k in keys)))
+            got.update(tuple(row) for row in conn.execute(stmt))
+        return got
+    got = set()
     for row in rows:
         try:
             with conn.begin_nested():
                 conn.execute(insert(table), [row])
-            inserted += 1
+            got.add(tuple(row[k] for k in keys))
         except IntegrityError:
             pass
-    return inserted
+    return got
 
 
 def _owner_is_gone(owner: str) -> bool:
@@ -229,11 +244,13 @@ class JudgmentLedger:
         now = time.time()
         got: set[tuple[str, str]] = set()
         t = claims_table
+        wanted = sorted(dict.fromkeys(pairs))  # one lock order for every process
         with self.engine.begin() as conn:
-            for qh, dh in sorted(dict.fromkeys(pairs)):  # one lock order for every process
-                row = {"judge_key": judge_key, "query_hash": qh, "doc_hash": dh, "owner": owner, "expires_at": now + ttl}
-                if insert_new(conn, t, [row]):
-                    got.add((qh, dh))
+            new = inserted_keys(conn, t, [{"judge_key": judge_key, "query_hash": qh, "doc_hash": dh, "owner": owner,
+                                           "expires_at": now + ttl} for qh, dh in wanted])
+            got.update((qh, dh) for _, qh, dh in new)
+            for qh, dh in wanted:  # held already: take over a lapsed claim, or one of a dead process
+                if (qh, dh) in got:
                     continue
                 where = and_(t.c.judge_key == judge_key, t.c.query_hash == qh, t.c.doc_hash == dh)
                 holder = conn.execute(select(t.c.owner).where(where)).scalar_one_or_none()
@@ -248,10 +265,11 @@ class JudgmentLedger:
     def release(self, judge_key: str, pairs: Sequence[tuple[str, str]], owner: str) -> None:
         """Drop ``owner``'s claims on the pairs (after their answers are stored, or on failure)."""
         t = claims_table
+        unique = sorted(dict.fromkeys(pairs))
         with self.engine.begin() as conn:
-            for qh, dh in sorted(dict.fromkeys(pairs)):
-                conn.execute(t.delete().where(and_(t.c.judge_key == judge_key, t.c.query_hash == qh,
-                                                   t.c.doc_hash == dh, t.c.owner == owner)))
+            for start in range(0, len(unique), 400):
+                conn.execute(t.delete().where(and_(t.c.judge_key == judge_key, t.c.owner == owner,
+                                                   tuple_(t.c.query_hash, t.c.doc_hash).in_(unique[start : start + 400]))))
 
     def count(self, judge_key: str | None = None) -> int:
         stmt = select(func.count()).select_from(judgments_table)
