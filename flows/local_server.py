@@ -134,8 +134,9 @@ _EPHEMERAL: dict[str, object] = {}
 def start_ephemeral() -> str | None:
     """Start this command's Prefect API server in the background and point this process at it;
     returns its API URL. None (nothing started) when ``PREFECT_API_URL`` is set (a kept or team
-    server) or one was started already."""
-    if os.environ.get("PREFECT_API_URL") or _EPHEMERAL:
+    server), one was started already, or Prefect is imported already (its settings are read at
+    import: the command is running inside another program, e.g. a test, whose Prefect it uses)."""
+    if os.environ.get("PREFECT_API_URL") or _EPHEMERAL or "prefect" in sys.modules:
         return None
     import atexit
 

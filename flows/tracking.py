@@ -189,7 +189,8 @@ def prefect_run_url() -> str | None:
     ephemeral server the CLI starts)."""
     from prefect import runtime
 
-    if os.environ.get("REFINE_EPHEMERAL_API_URL"):  # the CLI's own server, which has no UI
+    own = os.environ.get("REFINE_EPHEMERAL_API_URL")
+    if own and own == os.environ.get("PREFECT_API_URL"):  # the CLI's own server, which has no UI
         return None
     url = runtime.flow_run.ui_url
     return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None

@@ -224,6 +224,20 @@ def test_the_command_server_starts_early_answers_and_stops(tmp_path: Path) -> No
     assert "ephemeral-server.log" in out["error"] and out["exit"] is not None
 
 
+def test_no_command_server_inside_a_process_that_imported_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``refine run`` invoked in-process (tests, notebooks) after Prefect is imported uses that
+    Prefect's settings: it starts no server and leaves no API URL behind for later flows."""
+    import prefect  # noqa: F401 - imported, as in any program that already uses Prefect
+
+    from flows import local_server
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("REFINE_EPHEMERAL_API_URL", raising=False)
+    assert local_server.start_ephemeral() is None
+    assert "PREFECT_API_URL" not in os.environ and "REFINE_EPHEMERAL_API_URL" not in os.environ
+    assert not local_server._EPHEMERAL
+
+
 def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
     from flows.cli import app
 
