@@ -284,16 +284,8 @@ def evaluate_cell(
                 outcomes[method] = win_tie_loss(per_query["ap_baseline"].to_numpy(), per_query[f"ap_{method}"].to_numpy())
                 for label, count in zip(("queries_improved", "queries_unchanged", "queries_hurt"), outcomes[method]):
                     flat[f"{method}.{label}"] = count
-        judge_metrics: dict[str, float] = {}
-        for j, cached in zip(judgments, judge_cached):
-            metrics = dict(j.metrics)
-            if cached:  # served from the task cache: this run paid and asked nothing
-                for name in PAID_METRICS:
-                    metrics[name] = 0.0
-                metrics["judgments_cached"] = float(int(np.asarray(load_arrays(j.path)["mask"]).sum()))
-            for name, value in metrics.items():
-                judge_metrics[name] = judge_metrics.get(name, 0.0) + value
-        judge_metrics.setdefault("judgments_cached", 0.0)
+        judged = [int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments]
+        judge_metrics = _judge_usage(judgments, judged, judge_cached)
         flat.update(judge_metrics)
         flat.update(hyde_metrics)
         flat["queries_without_positives"] = evaluation.n_without_positives
@@ -302,8 +294,8 @@ def evaluate_cell(
         tracker.log_benchmark(run_id, bench.counts, bench.source or bench.folder)
         extras = refine_extras(refined[0])
         finite = extras["losses"][np.isfinite(extras["losses"]).all(axis=1)]
-        if finite.size:
-            tracker.log_series(run_id, "refine.mean_loss", finite.mean(axis=0).tolist())
+        series = {"refine.mean_loss": finite.mean(axis=0).tolist()} if finite.size else {}
+        tracker.log_batch(run_id, series=series)
         # The files a re-run logs again without computing anything (see replay_cell).
         outcome = outcome_key(cell, bench, docs, queries)
         folder = outcome_folder(outcome)
@@ -335,7 +327,6 @@ def evaluate_cell(
         tracker.set_tags(run_id, tags)
         tracker.finish(run_id, "FINISHED")
     link_mlflow_run(tracker, experiment_id, run_id, cell_label(cell))
-    series = {"refine.mean_loss": finite.mean(axis=0).tolist()} if finite.size else {}
     if errors:
         log.warning("cell %s: %d judgments failed (%s); a re-run asks only for those", cell_label(cell),
                     sum(errors.values()), ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])))
@@ -362,7 +353,7 @@ def evaluate_cell(
     if not errors and not hyde_metrics.get("hyde_generations_failed") and not hyde_metrics.get(
             "hyde_generations_not_submitted"):
         # Nothing failed: an identical cell of a later sweep is logged from this record.
-        usage = _as_cached(judge_metrics, judgments)
+        usage = _judge_usage(judgments, judged, [True] * len(judgments))
         save_outcome(outcome, {
             # the store's digest, not its URI: a URI may carry a password, and records are plain files
             "tracking": digest("tracking", tracker.uri), "original_run_id": original or run_id, "content_key": content_key,
@@ -424,10 +415,16 @@ def load_outcome(key: str) -> dict | None:
     return record
 
 
-def _as_cached(judge_metrics: dict[str, float], judgments: list[JudgmentsRef]) -> dict[str, float]:
-    """The judge metrics a run reports when every judgment came from the cache: nothing paid."""
-    usage = dict(judge_metrics) | {name: 0.0 for name in PAID_METRICS}
-    usage["judgments_cached"] = float(sum(int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments))
+def _judge_usage(judgments: list[JudgmentsRef], judged: list[int], cached: list[bool]) -> dict[str, float]:
+    """The judge metrics of a cell, summed over its judge results; one served from the task cache
+    (or from a stored outcome) reports nothing paid and its ``judged`` verdicts as cached."""
+    usage: dict[str, float] = {"judgments_cached": 0.0}
+    for j, count, from_cache in zip(judgments, judged, cached):
+        metrics = dict(j.metrics)
+        if from_cache:  # this run paid and asked nothing
+            metrics |= {name: 0.0 for name in PAID_METRICS} | {"judgments_cached": float(count)}
+        for name, value in metrics.items():
+            usage[name] = usage.get(name, 0.0) + value
     return usage
 
 

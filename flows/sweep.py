@@ -225,7 +225,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                                         run_name=name))
             except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
                 failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
-                log.error("cell %s failed: %s: %s", mlflow_run_name(cell, differing), type(exc).__name__, exc)
+                log.error("cell %s failed: %s: %s", name, type(exc).__name__, exc)
         timings["cells"] = time.perf_counter() - t
         t = time.perf_counter()
         adjusted = adjust_sweep_pvalues(results)

@@ -69,34 +69,27 @@ class Tracker:
         return self.client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
 
     def log_params(self, run_id: str, params: dict[str, object]) -> None:
-        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start : start + 100])
+        self.log_batch(run_id, params=params)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        # Logged in key order (the MLflow UI lists a run's metrics in the order they were written).
-        items = sorted((Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()
-                        if v is not None and math.isfinite(float(v))), key=lambda m: m.key)
-        for start in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[start : start + 500])
+        self.log_batch(run_id, metrics=metrics, step=step)
 
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
-        now = int(time.time() * 1000)
-        items = [Metric(metric_key(key), float(v), now, step) for step, v in enumerate(values) if math.isfinite(float(v))]
-        for start in range(0, len(items), 500):
-            self.client.log_batch(run_id, metrics=items[start : start + 500])
+        self.log_batch(run_id, series={key: values})
 
     def log_batch(self, run_id: str, *, params: dict[str, object] | None = None,
-                  metrics: dict[str, float] | None = None, series: dict[str, list[float]] | None = None) -> None:
-        """Params, metrics and metric series in as few requests as MLflow's limits allow (100
-        params and 1,000 entries per request): one for a cell."""
+                  metrics: dict[str, float] | None = None, series: dict[str, list[float]] | None = None,
+                  step: int = 0) -> None:
+        """Params, metrics (at ``step``) and metric series (one step per value) in as few
+        requests as MLflow's limits allow (100 params and 1,000 entries per request): one for a
+        cell. Metrics go in key order (the MLflow UI lists a run's metrics in the order they
+        were written); non-finite values are left out."""
         now = int(time.time() * 1000)
         p = [Param(k, str(v)[:6000]) for k, v in sorted((params or {}).items())]
-        m = sorted((Metric(metric_key(k), float(v), now, 0) for k, v in (metrics or {}).items()
+        m = sorted((Metric(metric_key(k), float(v), now, step) for k, v in (metrics or {}).items()
                     if v is not None and math.isfinite(float(v))), key=lambda x: x.key)
         for key, values in (series or {}).items():
-            m += [Metric(metric_key(key), float(v), now, step) for step, v in enumerate(values) if math.isfinite(float(v))]
+            m += [Metric(metric_key(key), float(v), now, i) for i, v in enumerate(values) if math.isfinite(float(v))]
         while p or m:
             head_p, p = p[:100], p[100:]
             room = 1000 - len(head_p)
