@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from evaluations.errors import DatasetError
+from refine_core.qrels import Qrels
 
 PoolKind = Literal["corpus", "per-query"]
 
@@ -125,29 +126,29 @@ class Benchmark:
             "subset": dict(self.subset),
         }
 
-    # ---- dense views for refine_core -------------------------------------------------
-    def label_matrix(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(labels (n, N) float32 graded, pool (n, N) bool or None)`` in table order.
+    # ---- views for refine_core -------------------------------------------------------
+    def qrels(self) -> Qrels:
+        """The labels as sparse :class:`~refine_core.qrels.Qrels` over table order (rows = queries,
+        columns = documents): memory grows with the labelled pairs, not queries × documents.
 
-        Graded scores feed nDCG; binary measures use ``label > 0``. For ``"corpus"``
-        benchmarks the pool is None (everything).
+        Gains: a relevant pair's graded ``score`` (at least 1; 1 when missing), 0 otherwise.
+        Binary measures use ``gain > 0``. ``"per-query"`` benchmarks give pooled qrels.
         """
-        q_index = {qid: i for i, qid in enumerate(self.queries["query_id"].to_list())}
-        d_index = {did: j for j, did in enumerate(self.documents["doc_id"].to_list())}
-        rows = np.array([q_index[q] for q in self.labels["query_id"].to_list()], dtype=np.int64)
-        cols = np.array([d_index[d] for d in self.labels["doc_id"].to_list()], dtype=np.int64)
+        q_index = pl.DataFrame({"query_id": self.queries["query_id"], "_row": np.arange(self.n_queries)})
+        d_index = pl.DataFrame({"doc_id": self.documents["doc_id"], "_col": np.arange(self.n_documents)})
+        pairs = self.labels.join(q_index, on="query_id", how="left").join(d_index, on="doc_id", how="left")
         gains = np.where(
-            self.labels["label"].to_numpy() > 0,
-            np.maximum(self.labels["score"].fill_null(1.0).to_numpy(), 1.0),
+            pairs["label"].to_numpy() > 0,
+            np.maximum(pairs["score"].fill_null(1.0).to_numpy(), 1.0),
             0.0,
         ).astype(np.float32)
-        matrix = np.zeros((self.n_queries, self.n_documents), dtype=np.float32)
-        matrix[rows, cols] = gains
-        if self.pool == "corpus":
-            return matrix, None
-        pool = np.zeros(matrix.shape, dtype=bool)
-        pool[rows, cols] = True
-        return matrix, pool
+        return Qrels.from_pairs(pairs["_row"].to_numpy(), pairs["_col"].to_numpy(), gains, n_queries=self.n_queries,
+                                n_documents=self.n_documents, pooled=self.pool == "per-query")
+
+    def label_matrix(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Dense ``(labels (n, N) float32 graded, pool (n, N) bool or None)``: small benchmarks and tests
+        only (the pipeline uses :meth:`qrels`). For ``"corpus"`` benchmarks the pool is None."""
+        return self.qrels().to_dense()
 
     # ---- subsetting -------------------------------------------------------------------
     def subset_queries(self, n: int, *, seed: int | None = None) -> Benchmark:

@@ -37,12 +37,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class VectorsSpec(_Strict):
+    """Document vectors computed elsewhere (e.g. a GPU job): evaluated without embedding the corpus.
+
+    ``path``: a ``.npy`` matrix in the benchmark's document order, or a ``.parquet`` file with a
+    ``doc_id`` column and a list column ``vector``. ``model``: the model that produced them (the
+    sweep's cells must use it, and its dimension must match); queries are embedded by that model.
+    """
+
+    path: str
+    model: str
+
+
 class BenchmarkSpec(_Strict):
     name: str
     queries: Annotated[int, Field(ge=1)] | None = None
     query_seed: int | None = None
     max_documents: Annotated[int, Field(ge=1)] | None = None
     corpus_seed: int = 42
+    document_vectors: VectorsSpec | None = None
 
 
 # Judges and generators that call a remote service (every call is paid and budgeted).
@@ -233,6 +246,11 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _templates_name_models(self) -> SweepConfig:
+        for bench in self.benchmarks:
+            vectors = bench.document_vectors
+            if vectors is not None and set(self.models) != {vectors.model}:
+                raise ValueError(f"benchmark {bench.name}: its document_vectors were computed with {vectors.model!r}, "
+                                 f"so models must be [{vectors.model!r}], not {self.models}")
         unknown = sorted(set(self.query_templates) - set(self.models))
         if unknown:
             raise ValueError(f"query_templates names {unknown[0]!r}, which is not in models {self.models}")

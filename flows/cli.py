@@ -31,6 +31,28 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 
+def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
+    """A benchmark's own document vectors: the file is there, in a known format, one row per
+    document (a .npy header is read, not the matrix; the dimension is checked when the sweep runs)."""
+    import numpy as np
+
+    from evaluations.errors import DatasetError
+
+    where = f"benchmark {name}: document_vectors {path}"
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DatasetError(f"{where}: no such file")
+    if p.suffix not in (".npy", ".parquet"):
+        raise DatasetError(f"{where}: unknown format {p.suffix!r} (.npy or .parquet)")
+    if p.suffix == ".npy":
+        try:
+            rows = np.load(p, mmap_mode="r").shape[0]
+        except (ValueError, OSError, IndexError) as exc:
+            raise DatasetError(f"{where}: not a readable .npy matrix ({exc})") from None
+        if rows != n_documents:
+            raise DatasetError(f"{where}: {rows} rows for the benchmark's {n_documents} documents")
+
+
 def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
     """Fail fast, before anything is paid: datasets, models, judges, tracking store."""
     from evaluations.registry import load_benchmark
@@ -42,6 +64,9 @@ def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
     for spec in {c.benchmark for c in config.cells()}:
         benches[spec] = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
                                        max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
+    for spec, bench in benches.items():
+        if spec.document_vectors is not None:
+            _check_vectors_file(spec.name, spec.document_vectors.path, bench.n_documents)
     for model in config.models:
         check_model(model)  # without loading it: a cached run never needs the weights
     first = next(iter(benches.values()))
@@ -214,6 +239,8 @@ def demo(
     from refine_core.embedders import SentenceTransformerEmbedder
     from refine_core.embedding_cache import EmbeddingCache
     from refine_core.evaluation import evaluate_cell_arrays
+    import numpy as np
+
     from refine_core.judges import noisy_oracle_scores
 
     try:
@@ -232,18 +259,18 @@ def demo(
             docs = embedder.embed_documents(benchmark.document_texts(), cache=cache)
             qvecs = embedder.embed_queries(benchmark.query_texts(), instruction=benchmark.embed_instruction, cache=cache)
         t_embed = time.perf_counter() - t0
-        labels, pool = benchmark.label_matrix()
+        qrels = benchmark.qrels()
         query_texts, document_texts = benchmark.query_texts(), benchmark.document_texts()
-        min_pool = int(pool.sum(1).min()) if pool is not None else benchmark.n_documents
+        min_pool = int(np.diff(qrels.indptr).min()) if qrels.pooled else benchmark.n_documents
         if k * rounds > min_pool:
             raise ValueError(f"--k {k} x --rounds {rounds} exceeds the smallest query pool ({min_pool} documents)")
 
         def judge(rows, idx):  # noqa: ANN001, ANN202 - JudgeFn
-            return noisy_oracle_scores(labels[rows], idx, flip_rate=flip_rate, seed=seed,
+            return noisy_oracle_scores(qrels.take(rows), idx, flip_rate=flip_rate, seed=seed,
                                        query_texts=[query_texts[r] for r in rows], document_texts=document_texts)
 
         t1 = time.perf_counter()
-        outcome = evaluate_cell_arrays(qvecs, docs, labels, judge, pool=pool, k=k, rounds=rounds, config=config)
+        outcome = evaluate_cell_arrays(qvecs, docs, qrels, judge, k=k, rounds=rounds, config=config)
         t_eval = time.perf_counter() - t1
     except _user_errors() as exc:
         fail(str(exc))

@@ -155,11 +155,13 @@ def evaluate_classification(benchmark: BenchmarkSpec, judge: JudgeSpec, model: s
     index = _benchmark_index(bench, model)
     judge_obj = build_judge(judge, bench)
     ledger = JudgmentLedger(ledger_url())
-    labels, _ = bench.label_matrix()
+    qrels = bench.qrels()
     embedder = _embedder(model)
     rows = []
     for qi, criterion in enumerate(bench.query_texts()):
-        gold = labels[qi] > 0
+        gold = np.zeros(bench.n_documents, dtype=bool)
+        lo, hi = qrels.indptr[qi], qrels.indptr[qi + 1]
+        gold[qrels.docs[lo:hi][qrels.gains[lo:hi] > 0]] = True
         if not gold.any():
             continue
         row: dict[str, object] = {"query_id": bench.queries["query_id"][qi], "positives_gold": int(gold.sum())}

@@ -43,6 +43,39 @@ def judge_spec(text: str, base_url: str | None, concurrency: int):  # noqa: ANN2
         raise ConfigError(f"--judge {text}: {str(exc).splitlines()[-1]}") from None
 
 
+# `--ann auto` builds an HNSW structure from this corpus size on (below it, brute force over the
+# memory-mapped vectors takes milliseconds; see benchmarks/scale.py --ann for the measurement).
+ANN_AUTO_FROM = 200_000
+
+
+def ann_kind(text: str, documents: int) -> str | None:
+    """The ANN kind ``--ann`` asks for (None: no ANN structure); a bad value is a user error."""
+    from refine_core.ann import ANN_KINDS
+    from refine_core.corpus import CorpusError
+
+    value = text.strip().lower()
+    if value == "auto":
+        return "hnsw" if documents >= ANN_AUTO_FROM else None
+    if value == "none":
+        return None
+    if value not in ANN_KINDS:
+        raise CorpusError(f"--ann must be none, auto or one of {', '.join(ANN_KINDS)}, got {text!r}")
+    return value
+
+
+def ensure_ann(index, kind: str | None) -> dict | None:  # noqa: ANN001 - refine_core.corpus.CorpusIndex
+    """The index's ANN record, building the structure when ``kind`` asks for one it does not have yet."""
+    from refine_core.ann import AnnSettings
+    from refine_core.corpus import build_ann
+
+    if kind is None:
+        return None
+    existing = index.ann()
+    if existing is not None and existing[0].settings.kind == kind:
+        return existing[1]
+    return build_ann(index, AnnSettings(kind=kind))
+
+
 def register(app: typer.Typer) -> None:
     from flows.cli import console, fail
 
@@ -59,13 +92,21 @@ def register(app: typer.Typer) -> None:
         id_column: Annotated[str, typer.Option(help="column of document ids")] = "id",
         text_column: Annotated[str, typer.Option(help="column of document texts")] = "text",
         chunk_size: Annotated[int, typer.Option(help="documents embedded (and cached) per step")] = 4096,
+        vectors: Annotated[Path | None, typer.Option(help="the documents' vectors computed elsewhere (.npy in corpus "
+                                                          "order, or .parquet with id and vector), made by --model: "
+                                                          "nothing is embedded")] = None,
+        ann: Annotated[str, typer.Option(help="ANN structure for search: none, flat, ivf, hnsw, or auto "
+                                              f"(hnsw from {ANN_AUTO_FROM:,} documents, else none)")] = "auto",
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
-        """Embed a corpus into a persistent index (resumable: the embedding cache keeps every chunk)."""
+        """Embed a corpus into a persistent index (resumable: the embedding cache keeps every chunk).
+
+        With an ANN structure, search takes exact-cosine candidates from it; its recall against
+        brute force is measured at build time and reported (index.json's neighbour ann.json)."""
         from flows.environment import configure_environment
 
         configure_environment()
-        from refine_core.corpus import build_index, read_corpus
+        from refine_core.corpus import build_index, read_corpus, read_vectors
         from refine_core.embedders import SentenceTransformerEmbedder
         from refine_core.embedding_cache import EmbeddingCache
         from tasks.storage import state_dir, torch_threads
@@ -76,18 +117,27 @@ def register(app: typer.Typer) -> None:
             embedder = SentenceTransformerEmbedder(model, threads=torch_threads())
             embedder.dimension  # noqa: B018 - load the model now: a bad name fails before anything else
             folder = state_dir() / "indexes" / (name or corpus.stem)
+            kind = ann_kind(ann, len(texts))
+            given = read_vectors(vectors, ids) if vectors is not None else None
             index = build_index(texts, ids=ids, folder=folder, embedder=embedder,
                                 cache=EmbeddingCache(state_dir() / "embeddings"), chunk_size=chunk_size,
-                                progress=lambda done, total: console.print(f"embedded {done}/{total}", highlight=False))
+                                progress=lambda done, total: console.print(
+                                    f"{'copied' if given is not None else 'embedded'} {done}/{total}", highlight=False),
+                                vectors=given)
+            ann_record = ensure_ann(index, kind)
         except user_errors() as exc:
             fail(str(exc))
         seconds = time.perf_counter() - started
         console.print(f"index [bold]{index.folder.name}[/]: {index.count} documents, d={index.dimension}, "
                       f"model {index.model}, in {index.folder} ({seconds:.1f} s)")
+        if ann_record:
+            console.print(f"ANN {ann_record['settings']['kind']}: recall@20 {ann_record['recall@20']:.3f} against "
+                          f"brute force ({ann_record['recall_sample']} sample queries), built in "
+                          f"{ann_record['build_seconds']:.1f} s", highlight=False)
         if as_json:
             print(json.dumps({"index": str(index.folder), "name": index.folder.name, "documents": index.count,
                               "dimension": index.dimension, "model": index.model, "documents_hash": index.documents_hash,
-                              "seconds": seconds}))
+                              "seconds": seconds, "ann": ann_record}))
 
     def _open(index: str, model: str | None, judge: str, base_url: str | None, concurrency: int):  # noqa: ANN202
         from refine_core.corpus import CorpusIndex
@@ -115,6 +165,9 @@ def register(app: typer.Typer) -> None:
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
         instruction: Annotated[str | None, typer.Option(help="task instruction for the query template and the judge")] = None,
         concurrency: Annotated[int, typer.Option(help="judge calls in flight")] = 4,
+        use_ann: Annotated[bool, typer.Option("--ann/--no-ann", help="use the index's ANN structure if it has one")] = True,
+        check_ann: Annotated[bool, typer.Option("--check-ann", help="also score the whole corpus and report the ANN's "
+                                                                   "recall for this query")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the table")] = False,
     ) -> None:
         """Search an index: judge the top K, refine the query vector, print the refined ranking."""
@@ -130,7 +183,7 @@ def register(app: typer.Typer) -> None:
             opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
             result = search(opened, query, judge=judge_obj, embedder=embedder, k=k, rounds=rounds, top=top,
                             config=RefineConfig(lr=lr), instruction=instruction, ledger=ledger,
-                            concurrency=spec.concurrency)
+                            concurrency=spec.concurrency, use_ann=use_ann, check_ann=check_ann)
         except user_errors() as exc:
             fail(str(exc))
         out = result.as_dict()

@@ -42,6 +42,7 @@ from tasks.core import (
     corpus_digest,
     embed_queries_task,
     load_benchmark_task,
+    provided_corpus,
 )
 from refine_core.judges.spend import SpendAccount
 from tasks.storage import arrays_dir, code_version, ledger_url
@@ -189,8 +190,12 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         timings["load"] = time.perf_counter() - t
         for spec, model in {(c.benchmark, c.model) for c in cells}:
             t = time.perf_counter()
-            docs = stored_corpus(benches[spec], model, config.execution)
-            if docs is None:
+            docs = provided_corpus(benches[spec], spec.document_vectors) if spec.document_vectors else \
+                stored_corpus(benches[spec], model, config.execution)
+            if spec.document_vectors:
+                log.info("corpus of %s: the vectors of %s (model %s), not embedded", spec.name,
+                         spec.document_vectors.path, model)
+            elif docs is None:
                 docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
             else:
                 log.info("corpus of %s embedded with %s: stored (%s), not embedded again", spec.name, model, docs.path)

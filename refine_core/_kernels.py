@@ -25,6 +25,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from refine_core import _parallel  # noqa: F401 - chooses the threading layer before any kernel runs
+
 # Full fastmath (reassociation, no NaN/inf checks) lets LLVM vectorise the reductions. Its
 # assumptions hold: inputs are validated finite, masked entries are skipped explicitly, no
 # constant is infinite, and kl_eps > 0 keeps every log argument positive. The caller checks

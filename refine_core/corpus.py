@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refine_core.ann import AnnIndex, AnnSettings, exact_top
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
 from refine_core.judges.ledger import JudgmentLedger
@@ -136,6 +137,18 @@ class CorpusIndex:
         """Ids and texts, in index order (read once per process and index content)."""
         return _read_documents(str(self.folder.resolve()), self.documents_hash)
 
+    def ann(self) -> tuple[AnnIndex, dict] | None:
+        """The index's ANN structure and its build record (kind, measured recall), or None.
+
+        One built for other content or another model is ignored (the exact path is used)."""
+        if not (self.folder / "ann.json").is_file():
+            return None
+        ann, info = AnnIndex.load(self.folder)
+        if info.get("documents_hash") != self.documents_hash or info.get("model_key") != self.model_key \
+                or ann.count != self.count:
+            return None
+        return ann, info
+
     def check_model(self, embedder: SentenceTransformerEmbedder) -> None:
         """Refuse to mix vector spaces: the query must be embedded by the index's model."""
         if embedder.cache_key != self.model_key:
@@ -171,8 +184,12 @@ def build_index(
     cache: EmbeddingCache | None = None,
     chunk_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    vectors: np.ndarray | None = None,
 ) -> CorpusIndex:
     """Embed ``texts`` into an index at ``folder`` (returns it at once if it is up to date).
+
+    ``vectors``: the documents' vectors computed elsewhere (one row per text, in order, by
+    ``embedder``'s model; e.g. a memory-mapped ``.npy``): checked and copied, nothing embedded.
 
     Args:
         texts, ids: the corpus (validated by :func:`check_corpus`).
@@ -185,6 +202,8 @@ def build_index(
     ids, texts = check_corpus(ids, texts)
     if chunk_size < 1:
         raise CorpusError(f"chunk_size must be >= 1, got {chunk_size}")
+    if vectors is not None:
+        check_vectors(vectors, len(texts), embedder.dimension, embedder.model_id)
     f = Path(folder)
     content = documents_hash(ids, texts)
     try:
@@ -201,10 +220,14 @@ def build_index(
     out = None
     for start in range(0, len(texts), chunk_size):
         chunk = texts[start:start + chunk_size]
-        vectors = embedder.embed_documents(chunk, cache=cache)
+        if vectors is None:
+            part = embedder.embed_documents(chunk, cache=cache)
+        else:
+            part = np.asarray(vectors[start:start + len(chunk)], dtype=np.float32)
+            part = part / np.linalg.norm(part, axis=1, keepdims=True)  # stored unit length, like the model's
         if out is None:
-            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), vectors.shape[1]))
-        out[start:start + len(chunk)] = vectors
+            out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), part.shape[1]))
+        out[start:start + len(chunk)] = part
         if progress is not None:
             progress(min(start + chunk_size, len(texts)), len(texts))
     assert out is not None
@@ -219,6 +242,78 @@ def build_index(
     tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     os.replace(tmp, f / "index.json")
     return CorpusIndex.open(f)
+
+
+def check_vectors(vectors: np.ndarray, count: int, dimension: int, model: str) -> None:
+    """Vectors computed elsewhere fit the corpus and the model: one finite, non-zero row per document,
+    the model's dimension (read in chunks: a memory map is never loaded whole)."""
+    if vectors.ndim != 2 or vectors.shape[0] != count:
+        raise CorpusError(f"vectors have shape {tuple(vectors.shape)}; the corpus has {count} documents (one row each)")
+    if vectors.shape[1] != dimension:
+        raise CorpusError(f"vectors have dimension {vectors.shape[1]}, but {model} embeds in {dimension}: "
+                          "queries and documents must share one vector space")
+    for lo in range(0, count, 1 << 16):
+        part = np.asarray(vectors[lo:lo + (1 << 16)], dtype=np.float32)
+        bad = ~np.isfinite(part).all(axis=1) | (np.linalg.norm(np.nan_to_num(part), axis=1) < 1e-30)
+        if bad.any():
+            raise CorpusError(f"vectors row {lo + int(np.flatnonzero(bad)[0])} is not finite or is a zero vector")
+
+
+def read_vectors(path: str | os.PathLike[str], ids: Sequence[str]) -> np.ndarray:
+    """Document vectors from ``.npy`` (rows in corpus order; memory-mapped) or ``.parquet``
+    (columns ``id`` and list ``vector``, matched to ``ids``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CorpusError(f"vectors {p}: no such file")
+    if p.suffix == ".npy":
+        try:
+            return np.load(p, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise CorpusError(f"vectors {p}: not a readable .npy matrix ({exc})") from None
+    if p.suffix != ".parquet":
+        raise CorpusError(f"vectors {p}: unknown format {p.suffix!r} (.npy or .parquet)")
+    import polars as pl
+
+    try:
+        frame = pl.read_parquet(p, columns=["id", "vector"])
+    except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
+        raise CorpusError(f"vectors {p}: needs columns id and vector ({type(exc).__name__})") from None
+    rows = dict(zip(frame["id"].cast(pl.String).to_list(), frame["vector"].to_list()))
+    missing = [i for i in ids if rows.get(i) is None]
+    if missing:
+        raise CorpusError(f"vectors {p}: {len(missing)} of {len(ids)} documents have no vector (first: {missing[0]!r})")
+    lengths = {len(rows[i]) for i in ids}
+    if len(lengths) != 1:
+        raise CorpusError(f"vectors {p}: vectors of different lengths {sorted(lengths)}")
+    return np.asarray([rows[i] for i in ids], dtype=np.float32)
+
+
+def build_ann(index: CorpusIndex, settings: AnnSettings | None = None, *, sample: int = 200, seed: int = 0) -> dict:
+    """Build the index's ANN structure (``ann.faiss``) and measure it: recall@10/20/100 of its top-k
+    against brute force, for ``sample`` documents of the corpus used as queries (each query's own
+    document excluded from both lists). Returns the record kept in ``ann.json``."""
+    import time
+
+    from refine_core.ann import recall_at
+
+    vectors = index.vectors()
+    started = time.perf_counter()
+    ann = AnnIndex.build(vectors, settings, seed=seed)
+    build_s = time.perf_counter() - started
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(index.count, size=min(sample, index.count), replace=False))
+    # a document as its own query finds itself first: perturb it so the measurement is not trivial
+    queries = np.asarray(vectors[picks], dtype=np.float32)
+    queries = queries + 0.5 * rng.standard_normal(queries.shape).astype(np.float32) / np.sqrt(queries.shape[1])
+    recall = {f"recall@{k}": round(recall_at(ann, vectors, queries, min(k, index.count)), 4) for k in (10, 20, 100)}
+    meta = {"documents_hash": index.documents_hash, "model_key": index.model_key, "count": index.count,
+            "build_seconds": round(build_s, 2), "recall_sample": int(picks.size), **recall}
+    ann.save(index.folder, meta)
+    return {"settings": ann.settings.__dict__, **meta}
+
+
+# Candidates an ANN lookup returns before exact rescoring (at least this many, or 10 × what is kept).
+ANN_CANDIDATES = 1000
 
 
 def corpus_scores(vectors: np.ndarray, query: np.ndarray, *, chunk: int = SCORE_CHUNK) -> np.ndarray:
@@ -281,12 +376,14 @@ def refine_query(
     what: str = "query",
     judge_instruction: str | None = None,
     optimise: bool = True,
+    use_ann: bool = True,
 ) -> Refinement:
     """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine.
 
     ``instruction`` goes into the query template; the judge gets ``judge_instruction``
     (default: the same text). ``optimise=False`` judges the same way but keeps the query vector
-    (the control the evaluation compares with).
+    (the control the evaluation compares with). With an ANN structure in the index (and
+    ``use_ann``), each round's top ``k`` is chosen by exact cosine among ANN candidates.
     """
     _check_text(query, what)
     if k < 2:
@@ -304,11 +401,16 @@ def refine_query(
     judged_idx = np.empty(0, dtype=np.int64)
     judged_scores = np.empty(0, dtype=np.float32)
     report = RunReport(judgments=[])
+    ann = index.ann() if use_ann else None
     for _ in range(rounds):
-        sims = corpus_scores(vectors, current)
-        sims[judged_idx] = -np.inf
-        top = np.argpartition(-sims, k - 1)[:k]
-        top = top[np.argsort(-sims[top], kind="stable")]
+        if ann is not None:  # ANN candidates, exact cosine on them
+            cands, _ = ann[0].search(current, max(ANN_CANDIDATES, 10 * k + judged_idx.size))
+            top, _ = exact_top(vectors, current, cands[0], k, exclude=judged_idx)
+        else:
+            sims = corpus_scores(vectors, current)
+            sims[judged_idx] = -np.inf
+            top = np.argpartition(-sims, k - 1)[:k]
+            top = top[np.argsort(-sims[top], kind="stable")]
         scores = _judge_rows(judge, query, top, texts, judge_instruction or instruction, ledger, concurrency, report)
         judged_idx = np.concatenate([judged_idx, top])
         judged_scores = np.concatenate([judged_scores, scores])
@@ -345,6 +447,7 @@ class SearchResult:
     query: str
     hits: list[SearchHit]
     refinement: Refinement
+    ann: dict | None = None   # kind, candidates and measured recall when an ANN index served the search
 
     @property
     def top_ids(self) -> list[str]:
@@ -368,6 +471,7 @@ class SearchResult:
             "judge_output_tokens": r.usage.output_tokens,
             "judgments_paid": r.judged,
             "judgments_from_ledger": r.from_ledger,
+            **({"ann": self.ann} if self.ann is not None else {}),
         }
 
 
@@ -380,23 +484,49 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
 
 def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,  # noqa: ANN001
            k: int = 20, rounds: int = 1, top: int = 10, config: RefineConfig | None = None,
-           instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4) -> SearchResult:
-    """The top ``top`` documents for ``query`` after judged refinement (see the module docs)."""
+           instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
+           use_ann: bool = True, check_ann: bool = False) -> SearchResult:
+    """The top ``top`` documents for ``query`` after judged refinement (see the module docs).
+
+    An index with an ANN structure (:func:`build_ann`) is searched through it: candidates from
+    the ANN, exact cosine on them; ``check_ann`` also scores the whole corpus once and reports
+    the recall of the ANN top list for this query. ``use_ann=False`` forces brute force."""
     if top < 1:
         raise CorpusError(f"top must be >= 1, got {top}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
     ref = refine_query(index, query, judge=judge, embedder=embedder, k=k, rounds=rounds, config=config,
-                       instruction=instruction, ledger=ledger, concurrency=concurrency)
+                       instruction=instruction, ledger=ledger, concurrency=concurrency, use_ann=use_ann)
     vectors = index.vectors()
     ids, texts = index.documents()
-    before = _ranks(corpus_scores(vectors, ref.original))
-    after_scores = corpus_scores(vectors, ref.refined)
-    order = np.argsort(-after_scores, kind="stable")[:top]
     judged = {int(j): float(s) for j, s in zip(ref.judged_idx, ref.judged_scores) if np.isfinite(s)}
     top_n = min(top, index.count)
-    hits = [SearchHit(id=ids[j], text=texts[j], score=float(after_scores[j]), rank=r + 1, original_rank=int(before[j]),
-                      judge_score=judged.get(int(j)), top_n=top_n) for r, j in enumerate(order)]
-    return SearchResult(query=query, hits=hits, refinement=ref)
+    ann = index.ann() if use_ann else None
+    ann_info: dict | None = None
+    if ann is None:
+        before = _ranks(corpus_scores(vectors, ref.original))
+        after_scores = corpus_scores(vectors, ref.refined)
+        order = np.argsort(-after_scores, kind="stable")[:top]
+        hits = [SearchHit(id=ids[j], text=texts[j], score=float(after_scores[j]), rank=r + 1,
+                          original_rank=int(before[j]), judge_score=judged.get(int(j)), top_n=top_n)
+                for r, j in enumerate(order)]
+    else:
+        # exact cosine on ANN candidates; an original rank beyond the candidates is reported as
+        # candidates + 1 (it was not among the original query's first `candidates` documents)
+        c = max(ANN_CANDIDATES, 10 * top)
+        orig_cands, _ = ann[0].search(ref.original, c)
+        orig_order, _ = exact_top(vectors, ref.original, orig_cands[0], c)
+        orig_rank = {int(j): r + 1 for r, j in enumerate(orig_order)}
+        new_cands, _ = ann[0].search(ref.refined, c)
+        order, after = exact_top(vectors, ref.refined, new_cands[0], top)
+        hits = [SearchHit(id=ids[j], text=texts[j], score=float(s), rank=r + 1,
+                          original_rank=orig_rank.get(int(j), c + 1), judge_score=judged.get(int(j)), top_n=top_n)
+                for r, (j, s) in enumerate(zip(order, after))]
+        ann_info = {"kind": ann[0].settings.kind, "candidates": c,
+                    **{key: ann[1][key] for key in ("recall@10", "recall@20", "recall@100") if key in ann[1]}}
+        if check_ann:  # measure this query: the ANN top list against brute force
+            exact = np.argsort(-corpus_scores(vectors, ref.refined), kind="stable")[:top]
+            ann_info["recall_this_query"] = round(float(np.intersect1d(exact, order).size) / max(1, exact.size), 4)
+    return SearchResult(query=query, hits=hits, refinement=ref, ann=ann_info)
 
 
 # ---- classify -----------------------------------------------------------------------------------

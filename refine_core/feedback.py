@@ -9,11 +9,15 @@ When a query has fewer than ``k`` selectable documents its row is padded with ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from refine_core._validation import check_positive_int
+from refine_core.qrels import Qrels
+
+if TYPE_CHECKING:
+    from refine_core.metrics import UnitDocuments
 
 
 @runtime_checkable
@@ -50,14 +54,31 @@ def _candidate_scores(similarities: np.ndarray, exclude: np.ndarray | None) -> n
 def top_k_indices(scores: np.ndarray, k: int, *, block_rows: int = 256) -> np.ndarray:
     """Indices of the ``k`` largest finite entries per row, best first; ties go to the lower index.
 
-    Rows are processed in blocks so memory stays bounded for large similarity matrices.
+    Equal to the first ``k`` of a stable descending argsort, without sorting the row: a partition
+    finds the k-th largest value, and only the entries at or above it are ordered. Rows are
+    processed in blocks so memory stays bounded for large similarity matrices.
     """
     n, total = scores.shape
     out = np.full((n, k), -1, dtype=np.int64)
     take = min(k, total)
+    if take == 0:
+        return out
     for start in range(0, n, block_rows):
         block = scores[start : start + block_rows]
-        order = np.argsort(-block, axis=1, kind="stable")[:, :take]
+        rows = block.shape[0]
+        if take * 8 >= total:  # small rows: the plain stable sort is as fast
+            order = np.argsort(-block, axis=1, kind="stable")[:, :take]
+        else:
+            kth = -np.partition(-block, take - 1, axis=1)[:, take - 1]
+            r, c = np.nonzero(block >= kth[:, None])   # every entry that can be in the top (ties included)
+            v = block[r, c]
+            pick = np.lexsort((c, -v, r))              # by row, then score descending, then index
+            r, c = r[pick], c[pick]
+            first = np.searchsorted(r, np.arange(rows))
+            nth = np.arange(r.size) - first[r]
+            keep = nth < take
+            order = np.empty((rows, take), dtype=np.int64)
+            order[r[keep], nth[keep]] = c[keep]
         finite = np.isfinite(np.take_along_axis(block, order, axis=1))
         out[start : start + block_rows, :take] = np.where(finite, order, -1)
     return out
@@ -85,6 +106,7 @@ class TopKPlusRandom:
     extra: int
     seed: int = 0
     name: str = "top-k+random"
+    blockwise: ClassVar[bool] = False  # one random stream over all rows: select in one block
 
     def select(self, similarities: np.ndarray, *, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
         check_positive_int(k, "k")
@@ -132,3 +154,45 @@ def select_feedback(
         [[1, 2]]
     """
     return (strategy or TopK()).select(similarities, k=k, exclude=exclude)
+
+
+def select_feedback_blocks(
+    vectors: np.ndarray,
+    documents: np.ndarray | UnitDocuments,
+    *,
+    k: int = 20,
+    strategy: FeedbackStrategy | None = None,
+    pool: Qrels | None = None,
+    exclude_idx: np.ndarray | None = None,
+    block_rows: int | None = None,
+) -> np.ndarray:
+    """:func:`select_feedback` on the cosine ranking of ``vectors``, one query block at a time.
+
+    Memory is O(block × N): no ``(n, N)`` similarity matrix. ``pool`` (pooled qrels) limits
+    each query's candidates; ``exclude_idx`` ``(n, E)`` lists documents never to select
+    (already judged; ``-1`` pads). A strategy with ``blockwise = False`` (one random stream
+    over every row) sees all rows at once.
+    """
+    from refine_core.metrics import cosine_block, score_block_rows, unit_documents
+
+    strategy = strategy or TopK()
+    docs_unit = unit_documents(documents)
+    q = np.asarray(vectors, dtype=np.float32)
+    n = q.shape[0]
+    step = block_rows or score_block_rows(docs_unit.shape[0])
+    if not getattr(strategy, "blockwise", True):
+        step = max(n, 1)
+    out = np.full((n, k), -1, dtype=np.int64)
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        sims = cosine_block(q[lo:hi], docs_unit)
+        if pool is not None and pool.pooled:
+            sims = np.where(pool.pool_block(lo, hi), sims, -np.inf)
+        exclude = None
+        if exclude_idx is not None and exclude_idx.size:
+            exclude = np.zeros(sims.shape, dtype=bool)
+            ex = np.asarray(exclude_idx[lo:hi])
+            r, c = np.nonzero(ex >= 0)
+            exclude[r, ex[r, c]] = True
+        out[lo:hi] = select_feedback(sims, k=k, strategy=strategy, exclude=exclude)
+    return out

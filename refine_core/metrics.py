@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refine_core._validation import MIN_NORM
+from refine_core.qrels import Qrels, as_qrels
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
 
@@ -84,87 +85,156 @@ class MetricsResult:
         return "\n".join([header, rule, row])
 
 
-def cosine_scores(vectors: np.ndarray, documents: np.ndarray, *, block_rows: int = 1024) -> np.ndarray:
-    """Cosine similarity of every query vector with every document, ``(n, N)`` float32."""
+class UnitDocuments:
+    """A corpus already scaled to unit length (float32): scoring uses it as it is, with no copy.
+
+    Wrap a large corpus once (:func:`unit_documents` of the raw vectors, or vectors known to be
+    unit length) and pass the wrapper wherever ``doc_vectors``/``documents`` is scored.
+    """
+
+    __slots__ = ("vectors",)
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        v = np.asarray(vectors)
+        if v.ndim != 2 or v.dtype != np.float32:
+            raise ValueError(f"UnitDocuments needs a 2-D float32 array, got {v.dtype} {v.shape}")
+        self.vectors = v
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.vectors.shape
+
+
+def document_array(documents: np.ndarray | UnitDocuments) -> np.ndarray:
+    """The document vectors behind ``documents`` (the wrapped array for :class:`UnitDocuments`)."""
+    return documents.vectors if isinstance(documents, UnitDocuments) else np.asarray(documents)
+
+
+def unit_documents(documents: np.ndarray | UnitDocuments) -> np.ndarray:
+    """Documents scaled to unit length, float32 (once per corpus, then :func:`cosine_block` per query block)."""
+    if isinstance(documents, UnitDocuments):
+        return documents.vectors
+    docs = np.asarray(documents, dtype=np.float32)
+    if docs.ndim != 2:
+        raise ValueError(f"documents must be 2-D (documents, dimension), got shape {docs.shape}")
+    d_norm = np.linalg.norm(docs, axis=1, keepdims=True)
+    if (d_norm < MIN_NORM).any():
+        raise ValueError(f"documents contains a zero vector at row {int(np.flatnonzero(d_norm < MIN_NORM)[0])}")
+    return docs / d_norm
+
+
+def cosine_block(vectors: np.ndarray, docs_unit: np.ndarray) -> np.ndarray:
+    """Cosine of each query vector with every unit document, ``(b, N)`` float32."""
+    q = np.asarray(vectors, dtype=np.float32)
+    if q.ndim != 2 or q.shape[1] != docs_unit.shape[1]:
+        raise ValueError(f"vectors {q.shape} and documents {docs_unit.shape} must be 2-D with the same dimension")
+    q_norm = np.linalg.norm(q, axis=1, keepdims=True)
+    if (q_norm < MIN_NORM).any():
+        raise ValueError(f"vectors contains a zero vector at row {int(np.flatnonzero(q_norm < MIN_NORM)[0])}")
+    return (q / q_norm) @ docs_unit.T
+
+
+# Queries scored at once. A (block, N) float64 array stays within 256 MiB, and up to 1,024 queries
+# are one matrix product as they always were (BLAS results depend on the product's shape in the
+# last bits, so every shipped benchmark keeps its exact scores).
+SCORE_BLOCK_BYTES = 256 << 20
+SCORE_BLOCK_CAP = 1024
+
+
+def score_block_rows(n_documents: int) -> int:
+    """Queries per scoring block for a corpus of ``n_documents``."""
+    return int(max(1, min(SCORE_BLOCK_CAP, SCORE_BLOCK_BYTES // max(1, 8 * n_documents))))
+
+
+def cosine_scores(vectors: np.ndarray, documents: np.ndarray, *, block_rows: int = SCORE_BLOCK_CAP) -> np.ndarray:
+    """Cosine similarity of every query vector with every document, ``(n, N)`` float32.
+
+    A dense ``(n, N)`` result: for small inputs. The pipeline scores query blocks
+    (:func:`unit_documents` once, then :func:`cosine_block`) and never holds all of it.
+    """
     q = np.asarray(vectors, dtype=np.float32)
     docs = np.asarray(documents, dtype=np.float32)
     if q.ndim != 2 or docs.ndim != 2 or q.shape[1] != docs.shape[1]:
         raise ValueError(f"vectors {q.shape} and documents {docs.shape} must be 2-D with the same dimension")
-    q_norm = np.linalg.norm(q, axis=1, keepdims=True)
-    d_norm = np.linalg.norm(docs, axis=1, keepdims=True)
-    if (q_norm < MIN_NORM).any():
-        raise ValueError(f"vectors contains a zero vector at row {int(np.flatnonzero(q_norm < MIN_NORM)[0])}")
-    if (d_norm < MIN_NORM).any():
-        raise ValueError(f"documents contains a zero vector at row {int(np.flatnonzero(d_norm < MIN_NORM)[0])}")
-    docs_unit = docs / d_norm
+    docs_unit = unit_documents(docs)
     out = np.empty((q.shape[0], docs.shape[0]), dtype=np.float32)
     for start in range(0, q.shape[0], block_rows):
-        block = q[start : start + block_rows] / q_norm[start : start + block_rows]
-        out[start : start + block_rows] = block @ docs_unit.T
+        out[start : start + block_rows] = cosine_block(q[start : start + block_rows], docs_unit)
     return out
 
 
-def _check_inputs(scores: np.ndarray, labels: np.ndarray, pool: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
+def _check_scores(s: np.ndarray, n: int) -> np.ndarray:
+    s = np.asarray(s)
     if s.ndim != 2:
         raise ValueError(f"scores must be 2-D (queries, documents), got shape {s.shape}")
-    if y.shape != s.shape:
-        raise ValueError(f"labels must have the shape of scores {s.shape}, got {y.shape}")
-    if pool is None:
-        p = np.ones(s.shape, dtype=bool)
-    else:
-        p = np.asarray(pool)
-        if p.shape != s.shape or p.dtype != np.bool_:
-            raise ValueError(f"pool must be a boolean array of shape {s.shape}, got {p.dtype} {p.shape}")
-    if np.isnan(s[p]).any() or np.isinf(s[p]).any():
+    if s.shape[0] != n:
+        raise ValueError(f"scores has {s.shape[0]} rows for {n} queries of labels")
+    if s.dtype not in (np.float32, np.float64):
+        s = s.astype(np.float64)
+    return s
+
+
+def rank_metrics(scores: np.ndarray, qrels: Qrels, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Every measure for one block of queries: ``scores`` ``(B, N)`` against ``qrels`` of the same B queries.
+
+    No sort of the pool: the compiled pass (:mod:`refine_core._metric_kernels`) finds each
+    relevant document's rank, and every measure follows from those ranks. For pooled qrels only
+    each query's pool columns of ``scores`` are read (the rest may hold anything, e.g. -inf).
+    """
+    from refine_core._metric_kernels import relevant_ranks  # numba: compiled on first use
+    from refine_core._parallel import KERNEL_LOCK
+
+    s = _check_scores(scores, qrels.n_queries)
+    if s.shape[1] != qrels.n_documents:
+        raise ValueError(f"scores has {s.shape[1]} columns for {qrels.n_documents} documents of labels")
+    s = np.ascontiguousarray(s)
+    b = qrels.n_queries
+    rel = qrels.gains > 0
+    rel_rows = qrels.row_ids()[rel]
+    rel_docs = qrels.docs[rel]
+    gains = qrels.gains[rel].astype(np.float64)
+    rel_indptr = np.zeros(b + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rel_rows, minlength=b), out=rel_indptr[1:])
+    rank = np.empty(rel_docs.size, dtype=np.float64)
+    avg_asc = np.empty(rel_docs.size, dtype=np.float64)
+    stats = np.zeros((b, 6), dtype=np.float64)
+    with KERNEL_LOCK:
+        relevant_ranks(s, not qrels.pooled, qrels.indptr, qrels.docs, rel_indptr, rel_docs, rank, avg_asc, stats)
+    if stats[:, 5].any():
         raise ValueError("scores contains NaN or inf inside the pool")
-    if np.isnan(y).any() or (y < 0).any():
-        raise ValueError("labels must be finite and non-negative")
-    return s, y, p
+    n_pos = np.diff(rel_indptr).astype(np.float64)
+    n_pool = stats[:, 0]
+    n_neg = n_pool - n_pos
+    # relevant entries in ranking order within each query
+    order = np.lexsort((rank, rel_rows))
+    rows_o, rank_o, gains_o = rel_rows[order], rank[order], gains[order]
+    nth = np.arange(rows_o.size, dtype=np.float64) - rel_indptr[rows_o] + 1.0   # i-th relevant of its query
+    ideal = np.lexsort((-gains, rel_rows))
+    ideal_pos = np.arange(rows_o.size, dtype=np.float64) - rel_indptr[rel_rows[ideal]] + 1.0
+    ideal_gain = gains[ideal]
 
+    def per_query(values: np.ndarray, rows: np.ndarray = rows_o) -> np.ndarray:
+        return np.bincount(rows, weights=values, minlength=b)
 
-def _block_metrics(s: np.ndarray, y: np.ndarray, p: np.ndarray, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
-    b, total = s.shape
-    masked = np.where(p, s, -np.inf)
-    order = np.argsort(-masked, axis=1, kind="stable")
-    gains = np.take_along_axis(np.where(p, y, 0.0), order, axis=1)
-    rel = (gains > 0).astype(np.float64)
-    n_pos = rel.sum(axis=1)
-    pool_size = p.sum(axis=1)
-    n_neg = pool_size - n_pos
-    ranks = np.arange(1, total + 1, dtype=np.float64)
-    hits = np.cumsum(rel, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out: dict[str, np.ndarray] = {"ap": (rel * hits / ranks).sum(axis=1) / n_pos}
-        discounts = 1.0 / np.log2(ranks + 1.0)
-        ideal = -np.sort(-np.where(p, y, 0.0), axis=1)
+        out: dict[str, np.ndarray] = {"ap": per_query(nth / rank_o) / n_pos}
+        discount = 1.0 / np.log2(rank_o + 1.0)
+        ideal_discount = 1.0 / np.log2(ideal_pos + 1.0)
         for k in ks:
-            kk = min(k, total)
-            dcg = (gains[:, :kk] * discounts[:kk]).sum(axis=1)
-            idcg = (ideal[:, :kk] * discounts[:kk]).sum(axis=1)
+            dcg = per_query(np.where(rank_o <= k, gains_o * discount, 0.0))
+            idcg = per_query(np.where(ideal_pos <= k, ideal_gain * ideal_discount, 0.0), rel_rows[ideal])
             out[f"ndcg@{k}"] = dcg / idcg
         for k in ks:
-            kk = min(k, total)
-            out[f"recall@{k}"] = hits[:, kk - 1] / n_pos
-            out[f"precision@{k}"] = hits[:, kk - 1] / k
-        r_idx = np.clip(n_pos.astype(np.int64) - 1, 0, total - 1)
-        out["r_precision"] = np.take_along_axis(hits, r_idx[:, None], axis=1)[:, 0] / n_pos
-        # ROC-AUC by the rank-sum (Mann-Whitney) formula with average ranks for ties.
-        # Out-of-pool documents sit at -inf below every pool document; subtract their count.
-        from scipy.stats import rankdata  # lazily: see refine_core.statistics
-
-        avg_ranks = rankdata(masked, axis=1, method="average") - (total - pool_size)[:, None]
-        pos_in_pool = (y > 0) & p
-        rank_sum = np.where(pos_in_pool, avg_ranks, 0.0).sum(axis=1)
+            hits = per_query((rank_o <= k).astype(np.float64))
+            out[f"recall@{k}"] = hits / n_pos
+            out[f"precision@{k}"] = hits / k
+        out["r_precision"] = per_query((rank_o <= n_pos[rows_o]).astype(np.float64)) / n_pos
+        rank_sum = np.bincount(rel_rows, weights=avg_asc, minlength=b)
         out["roc_auc"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        neg_in_pool = p & ~pos_in_pool
-        mean_pos = np.where(pos_in_pool, s, 0.0).sum(axis=1) / n_pos
-        mean_neg = np.where(neg_in_pool, s, 0.0).sum(axis=1) / n_neg
-        ss_pos = np.where(pos_in_pool, (s - mean_pos[:, None]) ** 2, 0.0).sum(axis=1)
-        ss_neg = np.where(neg_in_pool, (s - mean_neg[:, None]) ** 2, 0.0).sum(axis=1)
-        pooled = np.sqrt((ss_pos + ss_neg) / (n_pos + n_neg - 2))
-        out["separation"] = (mean_pos - mean_neg) / pooled
+        mean_pos = stats[:, 1] / n_pos
+        mean_neg = stats[:, 2] / n_neg
+        pooled_sd = np.sqrt((stats[:, 3] + stats[:, 4]) / (n_pos + n_neg - 2))
+        out["separation"] = (mean_pos - mean_neg) / pooled_sd
     undefined = n_pos == 0
     no_neg = n_neg == 0
     for name, values in out.items():
@@ -174,9 +244,29 @@ def _block_metrics(s: np.ndarray, y: np.ndarray, p: np.ndarray, ks: tuple[int, .
     return out
 
 
+def check_ks(ks: tuple[int, ...]) -> tuple[int, ...]:
+    if any((not isinstance(k, (int, np.integer))) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive integers, got {ks!r}")
+    return tuple(int(k) for k in ks)
+
+
+def collect_metrics(parts: list[dict[str, np.ndarray]], qrels: Qrels, ks: tuple[int, ...], *,
+                    stacklevel: int = 2) -> MetricsResult:
+    """One :class:`MetricsResult` from the per-block outputs of :func:`rank_metrics`, in query order."""
+    per_query = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]} if parts else {}
+    n_without = int((qrels.n_relevant() == 0).sum())
+    if n_without:
+        warnings.warn(
+            f"{n_without} of {qrels.n_queries} queries have no relevant document in their pool; "
+            "they are excluded from every mean",
+            stacklevel=stacklevel + 1,
+        )
+    return MetricsResult(per_query=per_query, n_queries=qrels.n_queries, n_without_positives=n_without, ks=tuple(ks))
+
+
 def evaluate_rankings(
     scores: np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | Qrels,
     *,
     pool: np.ndarray | None = None,
     ks: tuple[int, ...] = DEFAULT_KS,
@@ -186,7 +276,8 @@ def evaluate_rankings(
 
     Args:
         scores: ``(n, N)`` ranking scores, higher first.
-        labels: ``(n, N)`` relevance labels (0 = not relevant; graded values feed nDCG).
+        labels: ``(n, N)`` relevance labels (0 = not relevant; graded values feed nDCG), or
+            sparse :class:`~refine_core.qrels.Qrels` (then ``pool`` stays None).
         pool: ``(n, N)`` bool, the documents of each query's pool; all documents if None.
         ks: cut-offs for nDCG, recall and precision.
         block_rows: queries processed at once (bounds memory).
@@ -200,19 +291,16 @@ def evaluate_rankings(
         >>> round(r.means["map"], 4)   # (1/1 + 2/3) / 2
         0.8333
     """
-    s, y, p = _check_inputs(scores, labels, pool)
-    if any((not isinstance(k, (int, np.integer))) or k < 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {ks!r}")
-    parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, s.shape[0], block_rows):
-        sl = slice(start, start + block_rows)
-        parts.append(_block_metrics(s[sl], y[sl], p[sl], tuple(ks)))
-    per_query = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]} if parts else {}
-    n_without = int((~((y > 0) & p).any(axis=1)).sum())
-    if n_without:
-        warnings.warn(
-            f"{n_without} of {s.shape[0]} queries have no relevant document in their pool; "
-            "they are excluded from every mean",
-            stacklevel=2,
-        )
-    return MetricsResult(per_query=per_query, n_queries=int(s.shape[0]), n_without_positives=n_without, ks=tuple(ks))
+    if np.ndim(scores) != 2:
+        raise ValueError(f"scores must be 2-D (queries, documents), got shape {np.shape(scores)}")
+    if not isinstance(labels, Qrels):
+        y = np.asarray(labels)
+        s_shape = np.shape(scores)
+        if y.shape != s_shape:
+            raise ValueError(f"labels must have the shape of scores {s_shape}, got {y.shape}")
+    qrels = as_qrels(labels, pool)
+    ks = check_ks(ks)
+    s = _check_scores(scores, qrels.n_queries)
+    parts = [rank_metrics(s[lo : lo + block_rows], qrels.rows(lo, min(lo + block_rows, qrels.n_queries)), ks)
+             for lo in range(0, qrels.n_queries, block_rows)]
+    return collect_metrics(parts, qrels, ks)

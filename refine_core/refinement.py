@@ -284,6 +284,8 @@ def refine(
     vectors = q.copy()
     losses = np.full((n, config.steps), np.nan, dtype=np.float32)
     kernel = sys.modules[__name__].refine_kernel  # imported on first use (see __getattr__)
+    from refine_core._parallel import KERNEL_LOCK
+
     active = np.flatnonzero(~skipped)
     target = target_distribution(raw_scores, valid, temperature=config.score_temperature, normalize=config.normalize)
     doc_norms = np.ones((n, k), dtype=np.float64)
@@ -293,26 +295,27 @@ def refine(
         out_z = block_vectors[: rows.size]
         out_loss = np.empty((rows.size, config.steps), dtype=np.float64)
         out_norms = np.empty((rows.size, k), dtype=np.float64)
-        kernel(
-            np.ascontiguousarray(q[rows]),
-            docs,
-            np.ascontiguousarray(doc_idx[rows]),
-            np.ascontiguousarray(target[rows]),
-            np.ascontiguousarray(valid[rows]),
-            config.lr,
-            config.steps,
-            config.optimizer == "adam",
-            config.similarity_temperature,
-            config.normalize == "minmax",
-            config.kl_eps,
-            config.betas[0],
-            config.betas[1],
-            config.adam_eps,
-            config.momentum,
-            out_z,
-            out_loss,
-            out_norms,
-        )
+        with KERNEL_LOCK:  # see refine_core._parallel
+            kernel(
+                np.ascontiguousarray(q[rows]),
+                docs,
+                np.ascontiguousarray(doc_idx[rows]),
+                np.ascontiguousarray(target[rows]),
+                np.ascontiguousarray(valid[rows]),
+                config.lr,
+                config.steps,
+                config.optimizer == "adam",
+                config.similarity_temperature,
+                config.normalize == "minmax",
+                config.kl_eps,
+                config.betas[0],
+                config.betas[1],
+                config.adam_eps,
+                config.momentum,
+                out_z,
+                out_loss,
+                out_norms,
+            )
         zero = (out_norms == 0) & valid[rows]
         if zero.any():
             r, c = np.argwhere(zero)[0]

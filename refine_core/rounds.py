@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from refine_core._validation import as_float_array, check_positive_int
-from refine_core.feedback import FeedbackStrategy, TopK
-from refine_core.metrics import cosine_scores
+from refine_core.feedback import FeedbackStrategy, TopK, select_feedback_blocks
+from refine_core.metrics import UnitDocuments, document_array
+from refine_core.qrels import Qrels
 from refine_core.refinement import RefineConfig, refine
 
 JudgeFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -49,12 +50,12 @@ class RoundsResult:
 
 def refine_rounds(
     queries: np.ndarray,
-    documents: np.ndarray,
+    documents: np.ndarray | UnitDocuments,
     judge: JudgeFn,
     *,
     rounds: int = 1,
     k: int = 20,
-    pool: np.ndarray | None = None,
+    pool: np.ndarray | Qrels | None = None,
     strategy: FeedbackStrategy | None = None,
     config: RefineConfig | None = None,
 ) -> RoundsResult:
@@ -66,7 +67,7 @@ def refine_rounds(
         judge: callback returning scores for chosen documents (see :data:`JudgeFn`).
         rounds: number of rounds (1 = the paper).
         k: documents judged per query per round.
-        pool: ``(n, N)`` bool, each query's candidate pool (all documents if None).
+        pool: each query's candidate pool: ``(n, N)`` bool or pooled :class:`Qrels` (all documents if None).
         strategy: feedback selection (default top-K).
         config: refinement hyperparameters (default the paper's).
 
@@ -76,14 +77,17 @@ def refine_rounds(
     check_positive_int(rounds, "rounds")
     check_positive_int(k, "k")
     q0 = as_float_array(queries, "queries", ndim=2)
-    docs = as_float_array(documents, "documents", ndim=2)
+    docs = as_float_array(document_array(documents), "documents", ndim=2)
     n = q0.shape[0]
-    if pool is not None and np.asarray(pool).shape != (n, docs.shape[0]):
-        raise ValueError(f"pool must have shape {(n, docs.shape[0])}, got {np.asarray(pool).shape}")
+    if pool is not None and not isinstance(pool, Qrels):
+        if np.asarray(pool).shape != (n, docs.shape[0]):
+            raise ValueError(f"pool must have shape {(n, docs.shape[0])}, got {np.asarray(pool).shape}")
+        pool = Qrels.from_dense(np.zeros(np.shape(pool), np.float32), np.asarray(pool, dtype=bool))
+    elif pool is not None and pool.shape != (n, docs.shape[0]):
+        raise ValueError(f"pool must cover {(n, docs.shape[0])} (queries, documents), got {pool.shape}")
     strategy = strategy or TopK()
     config = config or RefineConfig()
     rows = np.arange(n)
-    judged = np.zeros((n, docs.shape[0]), dtype=bool)
     all_idx = np.empty((n, 0), dtype=np.int64)
     all_scores = np.empty((n, 0), dtype=np.float32)
     all_mask = np.empty((n, 0), dtype=bool)
@@ -91,16 +95,12 @@ def refine_rounds(
     history: list[np.ndarray] = []
     losses: list[np.ndarray] = []
     for _ in range(rounds):
-        sims = cosine_scores(current, docs)
-        if pool is not None:
-            sims = np.where(pool, sims, -np.inf)
-        idx = strategy.select(sims, k=k, exclude=judged)
+        idx = select_feedback_blocks(current, documents, k=k, strategy=strategy, pool=pool, exclude_idx=all_idx)
         scores, mask = judge(rows, idx)
         scores = np.asarray(scores, dtype=np.float32)
         mask = np.asarray(mask, dtype=bool) & (idx >= 0)
         if scores.shape != idx.shape or mask.shape != idx.shape:
             raise ValueError(f"judge returned scores {scores.shape} / mask {mask.shape}, expected {idx.shape}")
-        judged[rows[:, None].repeat(idx.shape[1], 1)[idx >= 0], idx[idx >= 0]] = True
         all_idx = np.concatenate([all_idx, idx], axis=1)
         all_scores = np.concatenate([all_scores, np.where(mask, scores, np.nan)], axis=1)
         all_mask = np.concatenate([all_mask, mask], axis=1)

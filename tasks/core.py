@@ -21,15 +21,16 @@ from prefect import task
 from prefect.tasks import exponential_backoff
 
 from evaluations.benchmark import Benchmark
-from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, HydeSpec, JudgeSpec
+from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, HydeSpec, JudgeSpec, VectorsSpec
+from evaluations.errors import DatasetError
 from evaluations.registry import load_benchmark
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
 from refine_core.evaluation import score_methods
-from refine_core.feedback import select_feedback
+from refine_core.evaluation import ScoreSamples
+from refine_core.feedback import select_feedback_blocks
 from refine_core.judges import Budget, JudgeCrashed, JudgeRequest, JudgmentLedger, run_judge
 from refine_core.judges.spend import SpendAccount
-from refine_core.metrics import cosine_scores
 from refine_core.refinement import RefineConfig, refine
 from tasks import progress
 from tasks.judging import answers_fingerprint, build_judge
@@ -151,6 +152,72 @@ def join_corpus_chunks_task(name: str, parts: list[ArrayRef]) -> ArrayRef:
     return ArrayRef(save_array(f"docs-{name}", vectors), name, sum(p.seconds for p in parts) + time.perf_counter() - t0)
 
 
+def provided_corpus(bench: BenchmarkRef, vectors: VectorsSpec) -> ArrayRef:
+    """A benchmark's document vectors computed elsewhere, checked and named by their content.
+
+    ``.npy`` (documents in the benchmark's order) is used where it lies, memory-mapped;
+    ``.parquet`` (``doc_id`` + list column ``vector``) is put in the benchmark's order once and
+    stored. Checked: the file exists and reads, one finite, non-zero row per document, and the
+    dimension of ``vectors.model`` (the model that embeds the queries)."""
+    t0 = time.perf_counter()
+    path = Path(vectors.path).expanduser()
+    where = f"benchmark {bench.name}: document_vectors {path}"
+    if not path.is_file():
+        raise DatasetError(f"{where}: no such file")
+    dimension = _embedder(vectors.model).dimension
+    n_docs = int(bench.counts["documents"])
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            h.update(block)
+    content = h.hexdigest()[:16]
+    if path.suffix == ".npy":
+        try:
+            matrix = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise DatasetError(f"{where}: not a readable .npy matrix ({exc})") from None
+        stored = None
+    elif path.suffix == ".parquet":
+        import polars as pl
+
+        try:
+            frame = pl.read_parquet(path, columns=["doc_id", "vector"])
+        except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
+            raise DatasetError(f"{where}: needs columns doc_id and vector ({type(exc).__name__}: {exc})") from None
+        order = {d: i for i, d in enumerate(frame["doc_id"].cast(pl.String).to_list())}
+        doc_ids = bench.load().documents["doc_id"].to_list()
+        missing = [d for d in doc_ids if d not in order]
+        if missing:
+            raise DatasetError(f"{where}: {len(missing)} of the benchmark's {n_docs} documents have no vector "
+                               f"(first: {missing[0]!r})")
+        rows = frame["vector"].to_list()
+        lengths = {len(r) for r in rows if r is not None}
+        if None in (rows[order[d]] for d in doc_ids) or len(lengths) != 1:
+            raise DatasetError(f"{where}: every vector must be a list of one length, got lengths {sorted(lengths)}")
+        matrix = np.asarray([rows[order[d]] for d in doc_ids], dtype=np.float32)
+        stored = matrix
+    else:
+        raise DatasetError(f"{where}: unknown format {path.suffix!r} (.npy or .parquet)")
+    if matrix.ndim != 2 or matrix.shape[0] != n_docs:
+        raise DatasetError(f"{where}: shape {matrix.shape}, expected ({n_docs}, {dimension}): one row per document")
+    if matrix.shape[1] != dimension:
+        raise DatasetError(f"{where}: dimension {matrix.shape[1]}, but {vectors.model} embeds queries in {dimension}")
+    for lo in range(0, n_docs, 1 << 16):
+        part = np.asarray(matrix[lo : lo + (1 << 16)], dtype=np.float32)
+        if not np.isfinite(part).all():
+            raise DatasetError(f"{where}: row {lo + int(np.flatnonzero(~np.isfinite(part).all(axis=1))[0])} is not finite")
+        norms = np.linalg.norm(part, axis=1)
+        if (norms < 1e-30).any():
+            raise DatasetError(f"{where}: row {lo + int(np.flatnonzero(norms < 1e-30)[0])} is a zero vector")
+    name = digest("provided-docs", content, bench.documents_hash, vectors.model)
+    if stored is None and matrix.dtype == np.float32:
+        return ArrayRef(str(path.resolve()), name, time.perf_counter() - t0)
+    target = state_dir() / "arrays" / f"docs-provided-{name}.npy"
+    if not target.is_file():
+        save_array(f"docs-provided-{name}", np.asarray(matrix if stored is None else stored, dtype=np.float32))
+    return ArrayRef(str(target), name, time.perf_counter() - t0)
+
+
 def corpus_digest(bench: BenchmarkRef, model: str, chunks: list[tuple[int, int]]) -> str:
     return digest("docs", bench.documents_hash, _embedder(model).cache_key, chunks)
 
@@ -182,20 +249,15 @@ def _select_key(context, parameters) -> str:  # noqa: ANN001
 @task(name="select-feedback", cache_key_fn=_select_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
 def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int,
                          exclude: list[ArrayRef] | None = None) -> ArrayRef:
-    """Top-K documents of each query's current ranking, skipping documents judged before."""
-    _, pool = bench.load().label_matrix()
-    sims = cosine_scores(load_array(vectors.path), load_array(docs.path))
-    if pool is not None:
-        sims = np.where(pool, sims, -np.inf)
-    ex = None
+    """Top-K documents of each query's current ranking, skipping documents judged before.
+
+    Scored one query block at a time: memory grows with the corpus, not queries × corpus."""
+    qrels = bench.load().qrels()
+    exclude_idx = None
     if exclude:
-        ex = np.zeros(sims.shape, dtype=bool)
-        for ref in exclude:
-            idx = load_arrays(ref.path)["idx"]
-            rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
-            keep = idx.ravel() >= 0
-            ex[rows[keep], idx.ravel()[keep]] = True
-    idx = select_feedback(sims, k=k, exclude=ex)
+        exclude_idx = np.concatenate([load_arrays(ref.path)["idx"] for ref in exclude], axis=1)
+    idx = select_feedback_blocks(load_array(vectors.path), load_array(docs.path), k=k,
+                                 pool=qrels if qrels.pooled else None, exclude_idx=exclude_idx)
     name = digest("feedback", bench.hash, vectors.digest, docs.digest, k, [e.digest for e in exclude or []])
     return ArrayRef(save_arrays(f"feedback-{name}", idx=idx), name)
 
@@ -426,16 +488,17 @@ def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedba
 
     t0 = time.perf_counter()
     b = bench.load()
-    labels, pool = b.label_matrix()
+    qrels = b.qrels()
     idx = load_arrays(feedback.path)["idx"]
     judged = load_arrays(judgments.path)
     round_vectors = [np.asarray(load_array(r.path)) for r in refined]
     q = np.asarray(load_array(queries.path))
     d = np.asarray(load_array(docs.path))
     extra_vectors = {name: np.asarray(load_array(ref.path)) for name, ref in (extra or {}).items()}
-    metrics, tests = score_methods(q, d, labels, feedback_idx=idx, judge_scores=judged["scores"],
-                                   judge_mask=judged["mask"] & (idx >= 0), round_vectors=round_vectors, pool=pool,
-                                   extra_vectors=extra_vectors)
+    samples = ScoreSamples(qrels, methods=("baseline", "refined"))
+    metrics, tests = score_methods(q, d, qrels, feedback_idx=idx, judge_scores=judged["scores"],
+                                   judge_mask=judged["mask"] & (idx >= 0), round_vectors=round_vectors,
+                                   extra_vectors=extra_vectors, visit=samples)
     valid = judged["mask"] & (idx >= 0)
     failed = ~valid.any(axis=1)
     per_query = {"query_id": b.queries["query_id"].to_list(), "judge_failed": failed.tolist(),
@@ -451,12 +514,7 @@ def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedba
     per_query_path = str(Path(state_dir() / "arrays" / f"per-query-{name}.parquet"))
     pl.DataFrame(per_query).write_parquet(per_query_path)
     # Score distributions for the separation plots: baseline and refined similarities.
-    base = cosine_scores(q, d)
-    ref = cosine_scores(round_vectors[0], d)
-    positive = labels > 0
-    in_pool = np.ones(positive.shape, bool) if pool is None else pool
-    arrays_path = save_arrays(f"plots-{name}", base_pos=base[positive & in_pool], base_neg=base[~positive & in_pool][:200000],
-                              ref_pos=ref[positive & in_pool], ref_neg=ref[~positive & in_pool][:200000],
+    arrays_path = save_arrays(f"plots-{name}", **samples.arrays(prefixes={"baseline": "base", "refined": "ref"}),
                               losses=refine_extras(refined[0])["losses"])
     return CellEvaluation(
         metrics={m: r.means for m, r in metrics.items()},

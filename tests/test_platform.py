@@ -265,6 +265,10 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
          "must contain {query}"),
         ("name: x\nbenchmarks: [{name: clinc150}]\nquery_templates: {other-model: '{query}'}\n",
          "query_templates names 'other-model', which is not in models"),
+        ("name: x\nbenchmarks: [{name: clinc150, document_vectors: {path: /no/such.npy, model: all-MiniLM-L6-v2}}]\n",
+         "benchmark clinc150: document_vectors /no/such.npy: no such file"),
+        ("name: x\nbenchmarks: [{name: clinc150, document_vectors: {path: /etc/passwd, model: all-MiniLM-L6-v2}}]\n",
+         "unknown format '' (.npy or .parquet)"),
     ],
 )
 def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path, yaml_text: str, message: str) -> None:
@@ -323,3 +327,35 @@ def test_a_per_model_query_template_reaches_the_query_embeddings(platform: Path)
     templated = sweep(config.model_copy(update={"name": "template-default", "query_templates": {}}))
     assert templated["cells"][0]["metrics"]["baseline"]["map"] != pytest.approx(direct, abs=1e-3)
     assert MlflowClient(tracking_uri()).get_run(cell["run_id"]).data.params["query_template"] == "{query}"
+
+
+def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_corpus(platform: Path, tmp_path: Path) -> None:
+    """Vectors computed elsewhere (.npy in document order, or parquet by doc_id) give the figures the
+    sweep gets when it embeds the corpus itself; bad files are named before anything runs."""
+    from evaluations.config import VectorsSpec
+    from evaluations.registry import load_benchmark
+    from flows.sweep import run_sweep
+    from refine_core.embedders import SentenceTransformerEmbedder
+    from refine_core.embedding_cache import EmbeddingCache
+
+    spec = BenchmarkSpec(name="clinc150", queries=4, max_documents=500, corpus_seed=11)
+    bench = load_benchmark("clinc150", queries=4, max_documents=500, corpus_seed=11)
+    vectors = SentenceTransformerEmbedder().embed_documents(bench.document_texts(), cache=EmbeddingCache(platform / "embeddings"))
+    npy = tmp_path / "docs.npy"
+    np.save(npy, vectors)
+    order = np.random.default_rng(0).permutation(len(vectors))   # parquet rows in any order, matched by doc_id
+    parquet = tmp_path / "docs.parquet"
+    pl.DataFrame({"doc_id": [bench.documents["doc_id"][int(i)] for i in order],
+                  "vector": [vectors[int(i)].tolist() for i in order]}).write_parquet(parquet)
+    embedded = run_sweep(SweepConfig(name="own-vectors-reference", benchmarks=[spec], grid=Grid(k=[10])))
+    for path in (npy, parquet):
+        own = spec.model_copy(update={"document_vectors": VectorsSpec(path=str(path), model="all-MiniLM-L6-v2")})
+        result = run_sweep(SweepConfig(name=f"own-vectors-{path.suffix[1:]}", benchmarks=[own], grid=Grid(k=[10])))
+        assert result["cells"][0]["metrics"] == embedded["cells"][0]["metrics"], path
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, vectors[:, :100])
+    bad = spec.model_copy(update={"document_vectors": VectorsSpec(path=str(wrong), model="all-MiniLM-L6-v2")})
+    with pytest.raises(Exception, match=r"dimension 100, but all-MiniLM-L6-v2 embeds queries in 384"):
+        run_sweep(SweepConfig(name="own-vectors-bad", benchmarks=[bad], grid=Grid(k=[10])))
+    with pytest.raises(ValueError, match="its document_vectors were computed with 'all-MiniLM-L6-v2', so models must be"):
+        SweepConfig(name="x", benchmarks=[bad], models=["other-model"])

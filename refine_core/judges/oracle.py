@@ -18,13 +18,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from refine_core.judges.base import JudgeIdentity, Judgment, JudgeResponse, Usage
+from refine_core.qrels import Qrels
 
 
-def oracle_scores(labels: np.ndarray, feedback_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def oracle_scores(labels: np.ndarray | Qrels, feedback_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Gold relevance (1 relevant, 0 not) of each feedback document.
 
     Args:
-        labels: ``(n, N)`` relevance labels (graded allowed; ``> 0`` counts as relevant).
+        labels: ``(n, N)`` relevance labels or sparse :class:`Qrels` (graded allowed; ``> 0`` counts as relevant).
         feedback_idx: ``(n, K)`` document indices, ``-1`` for padding.
 
     Returns:
@@ -32,7 +33,10 @@ def oracle_scores(labels: np.ndarray, feedback_idx: np.ndarray) -> tuple[np.ndar
     """
     idx = np.asarray(feedback_idx)
     mask = idx >= 0
-    scores = (np.take_along_axis(np.asarray(labels), np.maximum(idx, 0), axis=1) > 0).astype(np.float32)
+    if isinstance(labels, Qrels):
+        scores = (labels.gains_at(np.where(mask, idx, -1)) > 0).astype(np.float32)
+    else:
+        scores = (np.take_along_axis(np.asarray(labels), np.maximum(idx, 0), axis=1) > 0).astype(np.float32)
     return np.where(mask, scores, 0.0).astype(np.float32), mask
 
 
@@ -55,7 +59,7 @@ def flip_draws(seed: int, query_texts: Sequence[str], document_texts: Sequence[s
 
 
 def noisy_oracle_scores(
-    labels: np.ndarray,
+    labels: np.ndarray | Qrels,
     feedback_idx: np.ndarray,
     *,
     flip_rate: float,
