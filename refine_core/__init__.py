@@ -8,6 +8,7 @@ from __future__ import annotations
 from refine_core.baselines import rerank_only_scores, rocchio
 from refine_core.feedback import FeedbackStrategy, TopK, TopKPlusRandom, select_feedback
 from refine_core.metrics import MetricsResult, cosine_scores, evaluate_rankings
+from refine_core.qrels import Qrels
 from refine_core.refinement import PAPER, REFIT, RefineConfig, RefineResult, refine
 from refine_core.rounds import RoundsResult, refine_rounds
 from refine_core.statistics import PairedTest, benjamini_hochberg, bootstrap_delta_ci, paired_ttest
@@ -18,6 +19,7 @@ __all__ = [
     "FeedbackStrategy",
     "MetricsResult",
     "PairedTest",
+    "Qrels",
     "RefineConfig",
     "RefineResult",
     "RoundsResult",
