@@ -31,6 +31,17 @@ from refine_core.metrics import (
 from refine_core.qrels import Qrels, as_qrels
 from refine_core.refinement import RefineConfig
 from refine_core.rounds import JudgeFn, refine_rounds
+from refine_core.shards import (
+    ShardPart,
+    Specials,
+    count_shard,
+    finish_rerank_only,
+    measures,
+    merge_shards,
+    pair_scores,
+    relevant_specials,
+    rerank_only_specials,
+)
 from refine_core.statistics import PairedTest, paired_ttest
 
 
@@ -225,15 +236,30 @@ def score_methods(
     extra_vectors: dict[str, np.ndarray] | None = None,
     visit: BlockVisitor | None = None,
     block_rows: int | None = None,
+    corpus_shard: int | None = None,
 ) -> tuple[dict[str, MetricsResult], dict[str, PairedTest]]:
     """Metrics of every method and a paired one-sided t-test of each against the baseline.
 
     Scores and measures are computed one query block at a time (``block_rows``, default from the
     corpus size): memory grows with the corpus and the qrels, not with queries × corpus.
     ``visit`` sees each block's scores (e.g. to sample score distributions for plots).
+    ``corpus_shard``: score the corpus that many documents at a time and merge the counts
+    (:func:`shard_inputs`, :func:`score_shard`, :func:`finish_shards`; a memory-mapped corpus is
+    then read one shard at a time); ``visit`` is not available then.
     """
     qrels = as_qrels(labels, pool)
     ks = check_ks(ks)
+    if corpus_shard is not None:
+        if visit is not None:
+            raise ValueError("visit needs whole-corpus score blocks; leave corpus_shard out to use it")
+        docs = document_array(doc_vectors)
+        inputs = shard_inputs(query_vectors, docs, qrels, feedback_idx=feedback_idx, judge_scores=judge_scores,
+                              judge_mask=judge_mask, round_vectors=round_vectors, rocchio_params=rocchio_params,
+                              extra_vectors=extra_vectors)
+        shards = [score_shard(inputs, np.asarray(docs[a:b]), a, qrels, block_rows=block_rows, sampled=())
+                  for a, b in shard_bounds(qrels.n_documents, corpus_shard)]
+        metrics, tests, _ = finish_shards(inputs, shards, qrels, ks)
+        return metrics, tests
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
     for lo, hi, blocks in method_score_blocks(query_vectors, doc_vectors, feedback_idx=feedback_idx,
                                               judge_scores=judge_scores, judge_mask=judge_mask,
@@ -245,19 +271,190 @@ def score_methods(
             parts.setdefault(name, []).append(rank_metrics(scores, block_qrels, ks))
         if visit is not None:
             visit(lo, hi, blocks)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # one warning below, not one per method
-        metrics = {name: collect_metrics(p, qrels, ks) for name, p in parts.items()}
+    metrics = {name: collect_metrics(p, qrels, ks, warn=False) for name, p in parts.items()}
+    return metrics, _paired_tests(metrics, qrels)
+
+
+# ---- the same evaluation over corpus shards ------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ShardInputs:
+    """What every corpus shard needs, computed once where the queries are (:func:`shard_inputs`).
+
+    Attributes:
+        vectors: method -> ``(n, d)`` query vectors of the methods that rank by cosine.
+        specials: method -> :class:`~refine_core.shards.Specials` (every method, ``rerank_only`` included).
+        order: the methods, in the order :func:`method_score_blocks` yields them.
+    """
+
+    vectors: dict[str, np.ndarray]
+    specials: dict[str, Specials]
+    order: tuple[str, ...]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"order": np.array(self.order)}
+        for name, v in self.vectors.items():
+            out[f"vectors.{name}"] = v
+        for name, sp in self.specials.items():
+            out.update(sp.arrays(f"specials.{name}"))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ShardInputs:
+        order = tuple(str(x) for x in arrays["order"])
+        vectors = {name: arrays[f"vectors.{name}"] for name in order if f"vectors.{name}" in arrays}
+        return cls(vectors, {name: Specials.from_arrays(arrays, f"specials.{name}") for name in order}, order)
+
+
+@dataclass(frozen=True, eq=False)
+class ShardScores:
+    """One shard's contribution: per method its counts (:class:`~refine_core.shards.ShardPart`) and,
+    for the sampled methods, the first scores of non-relevant pool pairs in (query, document) order
+    with their number per query."""
+
+    parts: dict[str, ShardPart]
+    negatives: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {"methods": np.array(list(self.parts)), "sampled": np.array(list(self.negatives))}
+        for name, part in self.parts.items():
+            out.update(part.arrays(f"part.{name}"))
+        for name, (values, counts) in self.negatives.items():
+            out[f"neg.{name}.values"], out[f"neg.{name}.counts"] = values, counts
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ShardScores:
+        parts = {str(m): ShardPart.from_arrays(arrays, f"part.{m}") for m in arrays["methods"]}
+        negatives = {str(m): (arrays[f"neg.{m}.values"], arrays[f"neg.{m}.counts"]) for m in arrays["sampled"]}
+        return cls(parts, negatives)
+
+
+def shard_bounds(n_documents: int, shard_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` document ranges of at most ``shard_size`` documents."""
+    if shard_size < 1:
+        raise ValueError(f"corpus shard size must be >= 1, got {shard_size}")
+    return [(a, min(a + shard_size, n_documents)) for a in range(0, n_documents, shard_size)]
+
+
+def shard_inputs(
+    query_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    qrels: Qrels,
+    *,
+    feedback_idx: np.ndarray,
+    judge_scores: np.ndarray,
+    judge_mask: np.ndarray,
+    round_vectors: list[np.ndarray],
+    rocchio_params: RocchioParams | None = None,
+    extra_vectors: dict[str, np.ndarray] | None = None,
+) -> ShardInputs:
+    """Every method's query vectors and the scores of its special documents (relevant; for
+    rerank-only also judged). Reads only the rows of ``doc_vectors`` it needs: a memory map of a
+    corpus larger than this process's memory is fine."""
+    vectors = method_vectors(query_vectors, doc_vectors, feedback_idx=feedback_idx, judge_scores=judge_scores,
+                             judge_mask=judge_mask, round_vectors=round_vectors, rocchio_params=rocchio_params,
+                             extra_vectors=extra_vectors)
+    rel = qrels.gains > 0
+    rows, docs = qrels.row_ids()[rel], qrels.docs[rel]
+    relevant_qrels = Qrels(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=qrels.n_queries))]).astype(np.int64),
+                           docs, qrels.gains[rel], qrels.n_documents)
+    specials: dict[str, Specials] = {}
+    for name, v in vectors.items():
+        specials[name] = relevant_specials(relevant_qrels, pair_scores(v, doc_vectors, rows, docs))
+        if name == "baseline":
+            idx = np.asarray(feedback_idx, dtype=np.int64)
+            r, c = np.nonzero(idx >= 0)
+            judged_base = np.full(idx.shape, np.nan)
+            judged_base[r, c] = pair_scores(v, doc_vectors, r, idx[r, c])
+            specials["rerank_only"] = rerank_only_specials(specials["baseline"], idx, judge_scores, judge_mask,
+                                                           judged_base, pool=qrels if qrels.pooled else None)
+    order = ("baseline", "rerank_only", *[m for m in vectors if m != "baseline"])
+    return ShardInputs(vectors, {m: specials[m] for m in order}, order)
+
+
+def score_shard(inputs: ShardInputs, doc_shard: np.ndarray, offset: int, qrels: Qrels, *,
+                block_rows: int | None = None, sampled: tuple[str, ...] = ("baseline", "refined"),
+                max_negatives: int = 200_000) -> ShardScores:
+    """Counts of every method over the documents ``offset .. offset + len(doc_shard) - 1``, in query blocks."""
+    docs_unit = unit_documents(doc_shard)
+    width = docs_unit.shape[0]
+    n = qrels.n_queries
+    step = block_rows or score_block_rows(width)
+    parts: dict[str, list[ShardPart]] = {m: [] for m in inputs.order}
+    kept: dict[str, list[np.ndarray]] = {m: [] for m in sampled}
+    counts = {m: np.zeros(n, dtype=np.int64) for m in sampled}
+    room = dict.fromkeys(sampled, max_negatives)
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        block = qrels.rows(lo, hi)
+        for name in inputs.order:
+            vec = inputs.vectors["baseline" if name == "rerank_only" else name]
+            scores = cosine_block(vec[lo:hi], docs_unit)
+            parts[name].append(count_shard(scores, offset, block, inputs.specials[name].rows(lo, hi)))
+            if name in room and room[name] > 0:
+                negative = _shard_negatives(block, offset, width)
+                values = scores[negative][: room[name]]
+                r = np.nonzero(negative)[0][: values.size]
+                counts[name][lo:hi] += np.bincount(r, minlength=hi - lo)
+                kept[name].append(values)
+                room[name] -= values.size
+    return ShardScores({m: ShardPart.concat(p) for m, p in parts.items()},
+                       {m: (np.concatenate(kept[m]) if kept[m] else np.zeros(0, np.float32), counts[m]) for m in sampled})
+
+
+def _shard_negatives(block: Qrels, offset: int, width: int) -> np.ndarray:
+    """``(B, width)`` bool: the shard's non-relevant pool pairs of a query block."""
+    rows, docs, relevant = block.row_ids(), block.docs, block.gains > 0
+    inside = (docs >= offset) & (docs < offset + width)
+    if block.pooled:
+        out = np.zeros((block.n_queries, width), dtype=bool)
+        pick = inside & ~relevant
+        out[rows[pick], docs[pick] - offset] = True
+    else:
+        out = np.ones((block.n_queries, width), dtype=bool)
+        pick = inside & relevant
+        out[rows[pick], docs[pick] - offset] = False
+    return out
+
+
+def finish_shards(inputs: ShardInputs, shards: list[ShardScores], qrels: Qrels,
+                  ks: tuple[int, ...] = DEFAULT_KS, *, max_negatives: int = 200_000
+                  ) -> tuple[dict[str, MetricsResult], dict[str, PairedTest], dict[str, np.ndarray]]:
+    """Metrics and tests of every method from all shards' counts (as :func:`score_methods` returns
+    them), and the plot samples (``<method>_pos``/``<method>_neg``, as :class:`ScoreSamples` keeps them)."""
+    ks = check_ks(ks)
+    per_method: dict[str, dict[str, np.ndarray]] = {}
+    for name in inputs.order:
+        merged = merge_shards([shard.parts[name] for shard in shards])
+        specials = inputs.specials[name]
+        if name == "rerank_only":
+            specials = finish_rerank_only(specials, merged)
+        per_method[name] = measures(merged, specials, ks)
+    metrics = {name: collect_metrics([p], qrels, ks, warn=False) for name, p in per_method.items()}
+    tests = _paired_tests(metrics, qrels)
+    samples: dict[str, np.ndarray] = {}
+    for name in shards[0].negatives if shards else ():
+        samples[f"{name}_pos"] = inputs.specials[name].scores.astype(np.float32)
+        pieces = []
+        starts = [np.concatenate([[0], np.cumsum(s.negatives[name][1])]) for s in shards]
+        for i in range(qrels.n_queries):
+            for s, st in zip(shards, starts):
+                pieces.append(s.negatives[name][0][st[i] : st[i + 1]])
+        samples[f"{name}_neg"] = (np.concatenate(pieces) if pieces else np.zeros(0, np.float32))[:max_negatives]
+    return metrics, tests, samples
+
+
+def _paired_tests(metrics: dict[str, MetricsResult], qrels: Qrels) -> dict[str, PairedTest]:
     n_without = int((qrels.n_relevant() == 0).sum())
     if n_without:
         warnings.warn(f"{n_without} of {qrels.n_queries} queries have no relevant document in their pool; "
-                      "they are excluded from every mean", stacklevel=2)
+                      "they are excluded from every mean", stacklevel=3)
     base_ap = metrics["baseline"].per_query["ap"]
     tests: dict[str, PairedTest] = {}
     for name, result in metrics.items():
         if name != "baseline" and np.isfinite(base_ap).sum() >= 2:
             tests[name] = paired_ttest(base_ap, result.per_query["ap"], alternative="greater")
-    return metrics, tests
+    return tests
 
 
 class ScoreSamples:

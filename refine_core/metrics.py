@@ -180,68 +180,15 @@ def rank_metrics(scores: np.ndarray, qrels: Qrels, ks: tuple[int, ...] = DEFAULT
     No sort of the pool: the compiled pass (:mod:`refine_core._metric_kernels`) finds each
     relevant document's rank, and every measure follows from those ranks. For pooled qrels only
     each query's pool columns of ``scores`` are read (the rest may hold anything, e.g. -inf).
+    This is the one-shard case of :mod:`refine_core.shards`.
     """
-    from refine_core._metric_kernels import relevant_ranks  # numba: compiled on first use
-    from refine_core._parallel import KERNEL_LOCK
+    from refine_core.shards import count_shard, measures, relevant_specials
 
     s = _check_scores(scores, qrels.n_queries)
     if s.shape[1] != qrels.n_documents:
         raise ValueError(f"scores has {s.shape[1]} columns for {qrels.n_documents} documents of labels")
-    s = np.ascontiguousarray(s)
-    b = qrels.n_queries
-    rel = qrels.gains > 0
-    rel_rows = qrels.row_ids()[rel]
-    rel_docs = qrels.docs[rel]
-    gains = qrels.gains[rel].astype(np.float64)
-    rel_indptr = np.zeros(b + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rel_rows, minlength=b), out=rel_indptr[1:])
-    rank = np.empty(rel_docs.size, dtype=np.float64)
-    avg_asc = np.empty(rel_docs.size, dtype=np.float64)
-    stats = np.zeros((b, 6), dtype=np.float64)
-    with KERNEL_LOCK:
-        relevant_ranks(s, not qrels.pooled, qrels.indptr, qrels.docs, rel_indptr, rel_docs, rank, avg_asc, stats)
-    if stats[:, 5].any():
-        raise ValueError("scores contains NaN or inf inside the pool")
-    n_pos = np.diff(rel_indptr).astype(np.float64)
-    n_pool = stats[:, 0]
-    n_neg = n_pool - n_pos
-    # relevant entries in ranking order within each query
-    order = np.lexsort((rank, rel_rows))
-    rows_o, rank_o, gains_o = rel_rows[order], rank[order], gains[order]
-    nth = np.arange(rows_o.size, dtype=np.float64) - rel_indptr[rows_o] + 1.0   # i-th relevant of its query
-    ideal = np.lexsort((-gains, rel_rows))
-    ideal_pos = np.arange(rows_o.size, dtype=np.float64) - rel_indptr[rel_rows[ideal]] + 1.0
-    ideal_gain = gains[ideal]
-
-    def per_query(values: np.ndarray, rows: np.ndarray = rows_o) -> np.ndarray:
-        return np.bincount(rows, weights=values, minlength=b)
-
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out: dict[str, np.ndarray] = {"ap": per_query(nth / rank_o) / n_pos}
-        discount = 1.0 / np.log2(rank_o + 1.0)
-        ideal_discount = 1.0 / np.log2(ideal_pos + 1.0)
-        for k in ks:
-            dcg = per_query(np.where(rank_o <= k, gains_o * discount, 0.0))
-            idcg = per_query(np.where(ideal_pos <= k, ideal_gain * ideal_discount, 0.0), rel_rows[ideal])
-            out[f"ndcg@{k}"] = dcg / idcg
-        for k in ks:
-            hits = per_query((rank_o <= k).astype(np.float64))
-            out[f"recall@{k}"] = hits / n_pos
-            out[f"precision@{k}"] = hits / k
-        out["r_precision"] = per_query((rank_o <= n_pos[rows_o]).astype(np.float64)) / n_pos
-        rank_sum = np.bincount(rel_rows, weights=avg_asc, minlength=b)
-        out["roc_auc"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        mean_pos = stats[:, 1] / n_pos
-        mean_neg = stats[:, 2] / n_neg
-        pooled_sd = np.sqrt((stats[:, 3] + stats[:, 4]) / (n_pos + n_neg - 2))
-        out["separation"] = (mean_pos - mean_neg) / pooled_sd
-    undefined = n_pos == 0
-    no_neg = n_neg == 0
-    for name, values in out.items():
-        values[undefined] = np.nan
-        if name in ("roc_auc", "separation"):
-            values[no_neg] = np.nan
-    return out
+    specials = relevant_specials(qrels, s[qrels.row_ids(), qrels.docs])
+    return measures(count_shard(s, 0, qrels, specials), specials, ks)
 
 
 def check_ks(ks: tuple[int, ...]) -> tuple[int, ...]:
@@ -251,11 +198,14 @@ def check_ks(ks: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def collect_metrics(parts: list[dict[str, np.ndarray]], qrels: Qrels, ks: tuple[int, ...], *,
-                    stacklevel: int = 2) -> MetricsResult:
-    """One :class:`MetricsResult` from the per-block outputs of :func:`rank_metrics`, in query order."""
+                    stacklevel: int = 2, warn: bool = True) -> MetricsResult:
+    """One :class:`MetricsResult` from the per-block outputs of :func:`rank_metrics`, in query order.
+
+    ``warn=False`` leaves the warning about queries without a relevant document to the caller
+    (one warning for a cell, not one per method)."""
     per_query = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]} if parts else {}
     n_without = int((qrels.n_relevant() == 0).sum())
-    if n_without:
+    if n_without and warn:
         warnings.warn(
             f"{n_without} of {qrels.n_queries} queries have no relevant document in their pool; "
             "they are excluded from every mean",

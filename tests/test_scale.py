@@ -201,3 +201,108 @@ def test_rounds_with_pooled_qrels_equal_rounds_with_a_dense_pool() -> None:
     for method, result in outcome.metrics.items():
         for name, values in result.per_query.items():
             np.testing.assert_array_equal(values, via_dense.metrics[method].per_query[name])
+
+
+# ---- corpus shards: counts add up, summaries merge, the measures equal one pass -------------------
+def _shard_bounds(rng: np.random.Generator, total: int) -> list[tuple[int, int]]:
+    cuts = np.unique(rng.integers(1, total, size=int(rng.integers(0, 5)))) if total > 1 else np.zeros(0, int)
+    edges = [0, *cuts.tolist(), total]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_measures_merged_from_corpus_shards_equal_one_pass(seed: int) -> None:
+    from refine_core.shards import count_shard, measures, merge_shards, relevant_specials
+
+    scores, labels, pool = _case(seed)
+    qrels = Qrels.from_dense(labels, pool)
+    rng = np.random.default_rng(1000 + seed)
+    whole = rank_metrics(scores, qrels)
+    specials = relevant_specials(qrels, np.asarray(scores, dtype=np.float64)[qrels.row_ids(), qrels.docs])
+    bounds = _shard_bounds(rng, scores.shape[1])
+    parts = [count_shard(scores[:, a:b], a, qrels, specials) for a, b in bounds]
+    rng.shuffle(parts)  # the merge does not depend on the order
+    merged = measures(merge_shards(parts), specials, (5, 10, 20, 30, 40, 50))
+    assert len(bounds) >= 1 and set(merged) == set(whole)
+    for name, expected in whole.items():
+        np.testing.assert_allclose(merged[name], expected, rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_rerank_only_from_shards_equals_the_dense_rerank_scores(seed: int) -> None:
+    from refine_core.baselines import rerank_only_scores
+    from refine_core.shards import (count_shard, finish_rerank_only, measures, merge_shards, relevant_specials,
+                                    rerank_only_specials)
+
+    scores, labels, pool = _case(seed)
+    scores = np.asarray(scores, dtype=np.float64)
+    qrels = Qrels.from_dense(labels, pool)
+    rng = np.random.default_rng(2000 + seed)
+    n, total = scores.shape
+    k = min(6, total)
+    base = np.where(pool, scores, -np.inf) if pool is not None else scores
+    idx = top_k_indices(base, k)
+    judge = rng.integers(0, 3, idx.shape).astype(np.float64) / 2    # ties among judge scores
+    mask = rng.random(idx.shape) < 0.85
+    dense = rerank_only_scores(base, idx, judge, mask=mask)
+    expected = rank_metrics(np.where(pool, dense, -np.inf) if pool is not None else dense, qrels)
+
+    relevant = relevant_specials(qrels, scores[qrels.row_ids(), qrels.docs])
+    judged_base = np.where(idx >= 0, np.take_along_axis(scores, np.maximum(idx, 0), axis=1), np.nan)
+    specials = rerank_only_specials(relevant, idx, judge, mask, judged_base, pool=qrels)
+    merged = merge_shards([count_shard(scores[:, a:b], a, qrels, specials) for a, b in _shard_bounds(rng, total)])
+    ours = measures(merged, finish_rerank_only(specials, merged), (5, 10, 20, 30, 40, 50))
+    for name, value in expected.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_top_k_merged_from_shards_equals_top_k_of_the_whole_corpus(seed: int) -> None:
+    from refine_core.shards import merge_top_k
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, (9, 300)).astype(np.float32)   # many ties: the lower index must win
+    scores[0, :] = -np.inf
+    scores[1, 5:] = -np.inf                                     # fewer finite documents than k
+    k = 12
+    parts = []
+    for a, b in _shard_bounds(rng, 300):
+        local = top_k_indices(scores[:, a:b], k)
+        local_scores = np.take_along_axis(scores[:, a:b], np.maximum(local, 0), axis=1)
+        parts.append((np.where(local >= 0, local + a, -1), local_scores))
+    np.testing.assert_array_equal(merge_top_k(parts, k), top_k_indices(scores, k))
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_score_methods_over_corpus_shards_equals_the_whole_corpus(pooled: bool) -> None:
+    from refine_core.evaluation import ScoreSamples, finish_shards, score_shard, shard_bounds, shard_inputs
+
+    q, docs, labels = _vectors(5, n=11, total=300)
+    rng = np.random.default_rng(5)
+    pool = rng.random(labels.shape) < 0.5 if pooled else None
+    qrels = Qrels.from_dense(labels, pool)
+    fb = select_feedback_blocks(q, docs, k=6, pool=qrels if pooled else None)
+    judge = rng.integers(0, 3, fb.shape).astype(np.float32) / 2
+    mask = rng.random(fb.shape) < 0.9
+    rounds = [q + 0.1 * rng.standard_normal(q.shape).astype(np.float32) for _ in range(2)]
+    kwargs = {"feedback_idx": fb, "judge_scores": judge, "judge_mask": mask, "round_vectors": rounds,
+              "extra_vectors": {"hyde": q[::-1].copy()}}
+    samples = ScoreSamples(qrels, methods=("baseline", "refined"), max_negatives=500)
+    whole, tests = score_methods(q, docs, qrels, visit=samples, **kwargs)
+    sharded, sharded_tests = score_methods(q, docs, qrels, corpus_shard=70, block_rows=4, **kwargs)
+    assert list(sharded) == list(whole)
+    for method, result in whole.items():
+        for name, values in result.per_query.items():
+            # the relevant documents' own scores come from a separate product: last-bit rounding only
+            np.testing.assert_allclose(sharded[method].per_query[name], values, rtol=0, atol=1e-6, equal_nan=True,
+                                       err_msg=f"{method} {name}")
+    for method, test in tests.items():
+        assert sharded_tests[method].pvalue == pytest.approx(test.pvalue, rel=1e-5)
+    # the plot samples: the same relevant scores and the same first negatives, in the same order
+    inputs = shard_inputs(q, docs, qrels, **kwargs)
+    shards = [score_shard(inputs, docs[a:b], a, qrels, max_negatives=500) for a, b in shard_bounds(300, 70)]
+    _, _, arrays = finish_shards(inputs, shards, qrels, max_negatives=500)
+    for key, expected in samples.arrays().items():
+        np.testing.assert_allclose(arrays[key], expected, rtol=0, atol=1e-6, err_msg=key)
+    with pytest.raises(ValueError, match="visit"):
+        score_methods(q, docs, qrels, corpus_shard=70, visit=samples, **kwargs)
