@@ -33,24 +33,17 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
     """A benchmark's own document vectors: the file is there, in a known format, one row per
-    document (a .npy header is read, not the matrix; the dimension is checked when the sweep runs)."""
-    import numpy as np
-
+    document (a header is read, not the matrix; the dimension is checked when the sweep runs)."""
     from evaluations.errors import DatasetError
+    from refine_core.vector_files import VectorFileError, vector_rows
 
     where = f"benchmark {name}: document_vectors {path}"
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise DatasetError(f"{where}: no such file")
-    if p.suffix not in (".npy", ".parquet"):
-        raise DatasetError(f"{where}: unknown format {p.suffix!r} (.npy or .parquet)")
-    if p.suffix == ".npy":
-        try:
-            rows = np.load(p, mmap_mode="r").shape[0]
-        except (ValueError, OSError, IndexError) as exc:
-            raise DatasetError(f"{where}: not a readable .npy matrix ({exc})") from None
-        if rows != n_documents:
-            raise DatasetError(f"{where}: {rows} rows for the benchmark's {n_documents} documents")
+    try:
+        rows = vector_rows(path, id_column="doc_id")
+    except VectorFileError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
+    if Path(path).suffix == ".npy" and rows != n_documents:
+        raise DatasetError(f"{where}: {rows} rows for the benchmark's {n_documents} documents")
 
 
 def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig

@@ -245,47 +245,24 @@ def build_index(
 
 
 def check_vectors(vectors: np.ndarray, count: int, dimension: int, model: str) -> None:
-    """Vectors computed elsewhere fit the corpus and the model: one finite, non-zero row per document,
-    the model's dimension (read in chunks: a memory map is never loaded whole)."""
-    if vectors.ndim != 2 or vectors.shape[0] != count:
-        raise CorpusError(f"vectors have shape {tuple(vectors.shape)}; the corpus has {count} documents (one row each)")
-    if vectors.shape[1] != dimension:
-        raise CorpusError(f"vectors have dimension {vectors.shape[1]}, but {model} embeds in {dimension}: "
-                          "queries and documents must share one vector space")
-    for lo in range(0, count, 1 << 16):
-        part = np.asarray(vectors[lo:lo + (1 << 16)], dtype=np.float32)
-        bad = ~np.isfinite(part).all(axis=1) | (np.linalg.norm(np.nan_to_num(part), axis=1) < 1e-30)
-        if bad.any():
-            raise CorpusError(f"vectors row {lo + int(np.flatnonzero(bad)[0])} is not finite or is a zero vector")
+    """Vectors computed elsewhere fit the corpus and the model (:func:`refine_core.vector_files.check_vectors`)."""
+    from refine_core import vector_files
+
+    try:
+        vector_files.check_vectors(vectors, count, dimension, model)
+    except vector_files.VectorFileError as exc:
+        raise CorpusError(f"vectors: {exc}") from None
 
 
 def read_vectors(path: str | os.PathLike[str], ids: Sequence[str]) -> np.ndarray:
     """Document vectors from ``.npy`` (rows in corpus order; memory-mapped) or ``.parquet``
     (columns ``id`` and list ``vector``, matched to ``ids``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CorpusError(f"vectors {p}: no such file")
-    if p.suffix == ".npy":
-        try:
-            return np.load(p, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise CorpusError(f"vectors {p}: not a readable .npy matrix ({exc})") from None
-    if p.suffix != ".parquet":
-        raise CorpusError(f"vectors {p}: unknown format {p.suffix!r} (.npy or .parquet)")
-    import polars as pl
+    from refine_core import vector_files
 
     try:
-        frame = pl.read_parquet(p, columns=["id", "vector"])
-    except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
-        raise CorpusError(f"vectors {p}: needs columns id and vector ({type(exc).__name__})") from None
-    rows = dict(zip(frame["id"].cast(pl.String).to_list(), frame["vector"].to_list()))
-    missing = [i for i in ids if rows.get(i) is None]
-    if missing:
-        raise CorpusError(f"vectors {p}: {len(missing)} of {len(ids)} documents have no vector (first: {missing[0]!r})")
-    lengths = {len(rows[i]) for i in ids}
-    if len(lengths) != 1:
-        raise CorpusError(f"vectors {p}: vectors of different lengths {sorted(lengths)}")
-    return np.asarray([rows[i] for i in ids], dtype=np.float32)
+        return vector_files.read_vectors(path, ids, id_column="id")
+    except vector_files.VectorFileError as exc:
+        raise CorpusError(f"vectors {path}: {exc}") from None
 
 
 def build_ann(index: CorpusIndex, settings: AnnSettings | None = None, *, sample: int = 200, seed: int = 0) -> dict:

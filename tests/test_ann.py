@@ -126,10 +126,45 @@ def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(
         index = build_index(texts, ids=ids, folder=tmp_path / name.replace(".", "-"), embedder=minilm, vectors=given)
         np.testing.assert_allclose(np.asarray(index.vectors()), np.asarray(embedded.vectors()), atol=1e-6)
         assert search(index, bench.query_texts()[0], judge=judge, embedder=minilm, k=10, top=15).top_ids == expected
-    with pytest.raises(CorpusError, match="vectors have dimension 5, but .* embeds in 384"):
+    with pytest.raises(CorpusError, match="vectors: dimension 5, but .* embeds queries in 384"):
         build_index(texts, ids=ids, folder=tmp_path / "bad", embedder=minilm, vectors=np.ones((len(texts), 5), np.float32))
-    with pytest.raises(CorpusError, match=f"vectors have shape \\(3, 384\\); the corpus has {len(texts)} documents"):
+    with pytest.raises(CorpusError, match=f"vectors: shape \\(3, 384\\) for {len(texts)} documents"):
         build_index(texts, ids=ids, folder=tmp_path / "bad", embedder=minilm, vectors=np.ones((3, 384), np.float32))
     with pytest.raises(CorpusError, match=f"1 of {len(ids)} documents have no vector"):
         pl.DataFrame({"id": ids[1:], "vector": [[0.0] * 3] * (len(ids) - 1)}).write_parquet(tmp_path / "short.parquet")
         read_vectors(tmp_path / "short.parquet", ids)
+
+
+def test_one_reader_of_vector_files_names_what_is_wrong(tmp_path: Path) -> None:
+    import polars as pl
+
+    from refine_core.vector_files import VectorFileError, check_vectors, read_vectors, vector_rows
+
+    v = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    np.save(tmp_path / "v.npy", v)
+    pl.DataFrame({"doc_id": ["d3", "d1", "d0", "d2"], "vector": [v[i].tolist() for i in (3, 1, 0, 2)]}) \
+        .write_parquet(tmp_path / "v.parquet")
+    assert vector_rows(tmp_path / "v.npy") == 4 == vector_rows(tmp_path / "v.parquet", id_column="doc_id")
+    ids = ["d0", "d1", "d2", "d3"]
+    np.testing.assert_array_equal(read_vectors(tmp_path / "v.parquet", ids, id_column="doc_id"), v)
+    np.testing.assert_array_equal(read_vectors(tmp_path / "v.npy", ids), v)
+    check_vectors(read_vectors(tmp_path / "v.npy", ids), 4, 3, "m")
+    (tmp_path / "v.txt").write_text("x")
+    (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    cases = [
+        (lambda: vector_rows(tmp_path / "absent.npy"), "no such file"),
+        (lambda: vector_rows(tmp_path / "v.txt"), "unknown format '.txt' (.npy or .parquet)"),
+        (lambda: vector_rows(tmp_path / "broken.npy"), "not a readable .npy matrix"),
+        (lambda: vector_rows(tmp_path / "v.parquet"), "needs columns id and vector (has doc_id, vector)"),
+        (lambda: read_vectors(tmp_path / "v.parquet", ids), "needs columns id and vector"),
+        (lambda: read_vectors(tmp_path / "v.parquet", ["d0", "d9"], id_column="doc_id"),
+         "1 of 2 documents have no vector (first: 'd9')"),
+        (lambda: check_vectors(v, 5, 3, "m"), "shape (4, 3) for 5 documents"),
+        (lambda: check_vectors(v, 4, 8, "m"), "dimension 3, but m embeds queries in 8"),
+        (lambda: check_vectors(np.where(np.arange(4)[:, None] == 2, np.nan, v), 4, 3, "m"), "row 2 is not finite"),
+        (lambda: check_vectors(np.where(np.arange(4)[:, None] == 1, 0, v), 4, 3, "m"), "row 1 is a zero vector"),
+    ]
+    for call, message in cases:
+        with pytest.raises(VectorFileError) as caught:
+            call()
+        assert message in str(caught.value), (message, str(caught.value))
