@@ -236,8 +236,10 @@ def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -
     return rows
 
 
-def one_cell(n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...] = ()) -> dict[str, object]:
-    """Time and peak RSS of each stage of one cell on a synthetic corpus."""
+def one_cell(n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...] = (),
+             corpus_shard: int | None = None) -> dict[str, object]:
+    """Time and peak RSS of each stage of one cell on a synthetic corpus; with ``corpus_shard``, the
+    evaluate stage once more over corpus shards of that size (counts merged, as Dask workers do)."""
     import numpy as np
 
     from refine_core.evaluation import score_methods
@@ -261,9 +263,16 @@ def one_cell(n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...]
     refined = timed("refine", lambda: refine(queries, idx, scores, mask=mask, documents=docs.vectors).vectors)
     metrics, _ = timed("evaluate 4 methods", lambda: score_methods(
         queries, docs, qrels, feedback_idx=idx, judge_scores=scores, judge_mask=mask, round_vectors=[refined]))
+    if corpus_shard:
+        sharded, _ = timed(f"evaluate, shards of {corpus_shard:,} (not in the cell)", lambda: score_methods(
+            queries, docs.vectors, qrels, feedback_idx=idx, judge_scores=scores, judge_mask=mask,
+            round_vectors=[refined], corpus_shard=corpus_shard))
+        out["sharded_max_abs_diff"] = max(
+            float(np.nanmax(np.abs(sharded[m].per_query[name] - r.per_query[name]))) if np.isfinite(r.per_query[name]).any()
+            else 0.0 for m, r in metrics.items() for name in r.per_query)
     if ann_kinds:
         out["ann"] = ann_side_by_side(docs.vectors, queries, idx, k, ann_kinds)
-    cell = sum(s for name, (s, _) in stages.items() if not name.startswith("generate"))
+    cell = sum(s for name, (s, _) in stages.items() if "(not in the cell)" not in name)
     out.update({"documents": n_docs, "queries": n_queries, "cell_s": round(cell, 1),
                 "peak_rss_mb": round(max(m for _, m in stages.values()), 0),
                 "corpus_mb": round(docs.vectors.nbytes / 2**20, 0), "qrels_mb": round(qrels.nbytes / 2**20, 2)})
@@ -281,13 +290,13 @@ def growth_exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def growth(sizes: list[int], queries: int, query_sizes: list[int], fixed_docs: int,
-           ann_kinds: tuple[str, ...] = ()) -> dict[str, object]:
+           ann_kinds: tuple[str, ...] = (), corpus_shard: int | None = None) -> dict[str, object]:
     import gc
 
-    one_cell(5_000, 50)  # compile the kernels first: no run below pays for it
+    one_cell(5_000, 50, corpus_shard=1_000 if corpus_shard else None)  # compile the kernels first
     runs = []
     for n in sizes:
-        runs.append(one_cell(n, queries, ann_kinds=ann_kinds))
+        runs.append(one_cell(n, queries, ann_kinds=ann_kinds, corpus_shard=corpus_shard))
         gc.collect()
     q_runs = []
     for q in query_sizes:
@@ -295,11 +304,14 @@ def growth(sizes: list[int], queries: int, query_sizes: list[int], fixed_docs: i
         gc.collect()
     head = ["documents", "queries", "cell s", "peak RSS MB", "corpus MB", "qrels MB"] + \
         [name for name in runs[0]["stages"]] + ["MAP orig → refined"]
+    if corpus_shard:
+        head.append("sharded vs whole, max |Δ| of any measure")
     table = []
     for r in runs + q_runs:
         table.append([f"{r['documents']:,}", f"{r['queries']:,}", r["cell_s"], r["peak_rss_mb"], r["corpus_mb"],
                       r["qrels_mb"]] + [f"{v['s']} s / {v['peak_rss_mb']:.0f} MB" for v in r["stages"].values()]
-                     + [f"{r['map']['baseline']:.3f} → {r['map']['refined']:.3f}"])
+                     + [f"{r['map']['baseline']:.3f} → {r['map']['refined']:.3f}"]
+                     + ([f"{r['sharded_max_abs_diff']:.1e}" if "sharded_max_abs_diff" in r else ""] if corpus_shard else []))
     exps = {"time_in_N": growth_exponent([r["documents"] for r in runs], [r["cell_s"] for r in runs]),
             "peak_rss_in_N": growth_exponent([r["documents"] for r in runs], [r["peak_rss_mb"] for r in runs]),
             "time_in_Q": growth_exponent([r["queries"] for r in q_runs], [r["cell_s"] for r in q_runs]),
@@ -320,6 +332,8 @@ def main() -> None:
     parser.add_argument("--fixed-documents", type=int, default=300_000)
     parser.add_argument("--ann", nargs="*", default=["ivf", "hnsw"], choices=["flat", "ivf", "hnsw"],
                         help="FAISS kinds measured beside brute force for the select stage (none: --ann)")
+    parser.add_argument("--corpus-shard", type=int, default=None,
+                        help="also evaluate over corpus shards of this many documents (merged counts, as on Dask)")
     parser.add_argument("--embedding", action="store_true", help="part 2: corpus embedding scale-out and projection")
     parser.add_argument("--documents", type=int, default=6000, help="CLINC150 documents to embed per run (part 2)")
     parser.add_argument("--chunk-size", type=int, default=1000)
@@ -332,7 +346,7 @@ def main() -> None:
     print(f"machine: {info}")
     result: dict[str, object] = {"machine": info}
     if not args.embedding:
-        g = growth(args.sizes, args.queries, args.query_sizes, args.fixed_documents, tuple(args.ann))
+        g = growth(args.sizes, args.queries, args.query_sizes, args.fixed_documents, tuple(args.ann), args.corpus_shard)
         print(f"\none cell (select K={K}, oracle judge, refine, evaluate 4 methods), synthetic d=384, "
               f"{RELEVANT_PER_QUERY} relevant per query; time / peak RSS per stage:")
         print_table(g["head"], g["table"])

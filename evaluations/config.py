@@ -177,15 +177,20 @@ class BudgetSpec(_Strict):
 
 
 class ExecutionSpec(_Strict):
-    """How the work is split: corpus embedding in chunks, refinement in query blocks.
+    """How the work is split: corpus embedding in chunks, refinement in query blocks, and
+    (optionally) feedback selection and evaluation in corpus shards.
 
-    Each chunk and block is a cached task; with a Dask runner they run in parallel on the
+    Each chunk, block and shard is a cached task; with a Dask runner they run in parallel on the
     cluster's workers. ``workers`` is the size of the local cluster ``runner: dask`` starts.
+    ``corpus_shard``: documents per shard; each shard task reads only its rows of the corpus and
+    returns the best documents and rank counts per query, merged exactly in the cell (None: the
+    whole corpus in one task).
     """
 
     chunk_size: Annotated[int, Field(ge=1)] = 4096
     query_block: Annotated[int, Field(ge=1)] = 1024
     workers: Annotated[int, Field(ge=1, le=64)] = 2
+    corpus_shard: Annotated[int | None, Field(ge=1)] = None
 
 
 RUNNER_HELP = "'local' (threads in this process), 'dask' (a local Dask cluster) or 'dask://host:port' (an existing scheduler)"

@@ -42,10 +42,14 @@ from tasks.core import (
     load_benchmark_task,
     query_blocks,
     refine_block_task,
+    evaluate_shard_task,
     refine_extras,
     refined_digest,
     select_feedback_task,
+    select_shard_task,
+    shard_inputs_task,
 )
+from refine_core.evaluation import shard_bounds
 from refine_core.statistics import win_tie_loss
 from tasks.judging import answers_fingerprint
 from tasks.storage import atomic_write, code_version, digest, load_arrays, state_dir
@@ -99,6 +103,34 @@ def refine_queries(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], ju
     parts = fan_out(refine_block_task, [{"start": start, "docs": docs, "feedback": feedback, "judgments": judgments,
                                          "config": config, "rows": rows} for rows in blocks])
     return join_refined_blocks_task(refined_digest(start, docs, feedback, judgments, config), parts)
+
+
+def corpus_shards(bench: BenchmarkRef, execution: ExecutionSpec) -> list[tuple[int, int]] | None:
+    """The corpus shards of this benchmark, or None when the corpus is scored in one task."""
+    size, n = execution.corpus_shard, bench.counts["documents"]
+    return None if size is None or n <= size else shard_bounds(n, size)
+
+
+def select_feedback(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int, exclude: list[ArrayRef],
+                    execution: ExecutionSpec) -> ArrayRef:
+    """Top-K feedback documents; with corpus shards, each shard's best (on the Dask workers) merged."""
+    shards = corpus_shards(bench, execution)
+    parts = None if shards is None else fan_out(select_shard_task, [
+        {"bench": bench, "vectors": vectors, "docs": docs, "k": k, "exclude": exclude, "shard": s} for s in shards])
+    return select_feedback_task(bench, vectors, docs, k, exclude=exclude, shards=parts)
+
+
+def evaluate(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, judged: JudgmentsRef,
+             refined: list[ArrayRef], cell: CellSpec, extra: dict[str, ArrayRef] | None, execution: ExecutionSpec):  # noqa: ANN201
+    """The evaluate task's final state; with corpus shards, the shards' counts (on the Dask workers) merged."""
+    shards = corpus_shards(bench, execution)
+    inputs = parts = None
+    if shards is not None:
+        inputs = shard_inputs_task(bench, queries, docs, feedback, judged, refined, extra)
+        parts = fan_out(evaluate_shard_task, [{"bench": bench, "inputs": inputs, "docs": docs, "shard": s}
+                                              for s in shards])
+    return evaluate_task(bench, queries, docs, feedback, judged, refined, cell, extra, inputs=inputs, shards=parts,
+                         return_state=True)
 
 
 def judge_feedback(bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec,
@@ -222,7 +254,7 @@ def evaluate_cell(
                   "normalize": cell.normalize}
         for _ in range(cell.rounds):
             t = time.perf_counter()
-            fb = select_feedback_task(bench, current, docs, cell.k, exclude=list(feedback))
+            fb = select_feedback(bench, current, docs, cell.k, list(feedback), execution)
             timings["select"] = timings.get("select", 0.0) + time.perf_counter() - t
             t = time.perf_counter()
             judged, cached = judge_feedback(bench, fb, cell, budget, account)
@@ -248,7 +280,7 @@ def evaluate_cell(
             timings["hyde_generate"] = time.perf_counter() - t
             t = time.perf_counter()
             # HyDE-refined: feedback from the HyDE ranking, judged against the original query.
-            fb = select_feedback_task(bench, extra["hyde"], docs, cell.k)
+            fb = select_feedback(bench, extra["hyde"], docs, cell.k, [], execution)
             judged, cached = judge_feedback(bench, fb, cell, budget, account)
             judgments.append(judged)
             judge_cached.append(cached)
@@ -256,8 +288,7 @@ def evaluate_cell(
                                                    execution)
             timings["hyde_refine"] = time.perf_counter() - t
         t = time.perf_counter()
-        eval_state = evaluate_task(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None,
-                                   return_state=True)
+        eval_state = evaluate(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None, execution)
         evaluation = eval_state.result()
         timings["evaluate"] = time.perf_counter() - t
         # The same inputs, code and settings give the same numbers: the key links re-runs.

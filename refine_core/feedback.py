@@ -156,6 +156,52 @@ def select_feedback(
     return (strategy or TopK()).select(similarities, k=k, exclude=exclude)
 
 
+def top_k_shard(
+    vectors: np.ndarray,
+    doc_shard: np.ndarray,
+    offset: int,
+    *,
+    k: int = 20,
+    pool: Qrels | None = None,
+    exclude_idx: np.ndarray | None = None,
+    block_rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best documents of one corpus shard (rows ``offset ..`` of the corpus) for every query.
+
+    Returns ``(indices, scores)``, both ``(n, k)``: global document indices, best first (``-1``
+    pads), and their cosines. :func:`refine_core.shards.merge_top_k` of every shard's result is the
+    top-K of the whole corpus, as :func:`select_feedback_blocks` with :class:`TopK` gives it.
+    """
+    from refine_core.metrics import cosine_block, score_block_rows, unit_documents
+
+    check_positive_int(k, "k")
+    docs_unit = unit_documents(doc_shard)
+    width = docs_unit.shape[0]
+    q = np.asarray(vectors, dtype=np.float32)
+    n = q.shape[0]
+    step = block_rows or score_block_rows(width)
+    idx = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        sims = cosine_block(q[lo:hi], docs_unit)
+        if pool is not None and pool.pooled:
+            block = pool.rows(lo, hi)
+            inside = (block.docs >= offset) & (block.docs < offset + width)
+            keep = np.zeros(sims.shape, dtype=bool)
+            keep[block.row_ids()[inside], block.docs[inside] - offset] = True
+            sims = np.where(keep, sims, -np.inf)
+        if exclude_idx is not None and exclude_idx.size:
+            ex = np.asarray(exclude_idx[lo:hi])
+            r, c = np.nonzero((ex >= offset) & (ex < offset + width))
+            sims[r, ex[r, c] - offset] = -np.inf
+        local = top_k_indices(sims, k)
+        found = local >= 0
+        idx[lo:hi] = np.where(found, local + offset, -1)
+        scores[lo:hi] = np.where(found, np.take_along_axis(sims, np.maximum(local, 0), axis=1), -np.inf)
+    return idx, scores
+
+
 def select_feedback_blocks(
     vectors: np.ndarray,
     documents: np.ndarray | UnitDocuments,

@@ -26,12 +26,20 @@ from evaluations.errors import DatasetError
 from evaluations.registry import load_benchmark
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
-from refine_core.evaluation import score_methods
-from refine_core.evaluation import ScoreSamples
-from refine_core.feedback import select_feedback_blocks
+from refine_core.evaluation import (
+    ScoreSamples,
+    ShardInputs,
+    ShardScores,
+    finish_shards,
+    score_methods,
+    score_shard,
+    shard_inputs,
+)
+from refine_core.feedback import select_feedback_blocks, top_k_shard
 from refine_core.judges import Budget, JudgeCrashed, JudgeRequest, JudgmentLedger, run_judge
 from refine_core.judges.spend import SpendAccount
 from refine_core.refinement import RefineConfig, refine
+from refine_core.shards import merge_top_k
 from tasks import progress
 from tasks.judging import answers_fingerprint, build_judge
 from tasks.storage import (
@@ -42,6 +50,7 @@ from tasks.storage import (
     load_arrays,
     save_array,
     save_arrays,
+    save_stacked,
     state_dir,
     torch_threads,
 )
@@ -148,8 +157,8 @@ def _join_key(context, parameters) -> str:  # noqa: ANN001
 def join_corpus_chunks_task(name: str, parts: list[ArrayRef]) -> ArrayRef:
     """One document matrix from the chunks, in corpus order; ``name`` is the digest it gets."""
     t0 = time.perf_counter()
-    vectors = np.concatenate([np.asarray(load_array(p.path)) for p in parts], axis=0)
-    return ArrayRef(save_array(f"docs-{name}", vectors), name, sum(p.seconds for p in parts) + time.perf_counter() - t0)
+    path = save_stacked(f"docs-{name}", [p.path for p in parts])  # streamed: the corpus need not fit in memory
+    return ArrayRef(path, name, sum(p.seconds for p in parts) + time.perf_counter() - t0)
 
 
 def provided_corpus(bench: BenchmarkRef, vectors: VectorsSpec) -> ArrayRef:
@@ -159,62 +168,27 @@ def provided_corpus(bench: BenchmarkRef, vectors: VectorsSpec) -> ArrayRef:
     ``.parquet`` (``doc_id`` + list column ``vector``) is put in the benchmark's order once and
     stored. Checked: the file exists and reads, one finite, non-zero row per document, and the
     dimension of ``vectors.model`` (the model that embeds the queries)."""
+    from refine_core.vector_files import VectorFileError, check_vectors, read_vectors
+
     t0 = time.perf_counter()
     path = Path(vectors.path).expanduser()
     where = f"benchmark {bench.name}: document_vectors {path}"
-    if not path.is_file():
-        raise DatasetError(f"{where}: no such file")
-    dimension = _embedder(vectors.model).dimension
-    n_docs = int(bench.counts["documents"])
+    try:
+        ids = [str(d) for d in bench.load().documents["doc_id"].to_list()] if path.suffix == ".parquet" else []
+        matrix = read_vectors(path, ids, id_column="doc_id")
+        check_vectors(matrix, int(bench.counts["documents"]), _embedder(vectors.model).dimension, vectors.model)
+    except VectorFileError as exc:
+        raise DatasetError(f"{where}: {exc}") from None
     h = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
             h.update(block)
-    content = h.hexdigest()[:16]
-    if path.suffix == ".npy":
-        try:
-            matrix = np.load(path, mmap_mode="r")
-        except (ValueError, OSError) as exc:
-            raise DatasetError(f"{where}: not a readable .npy matrix ({exc})") from None
-        stored = None
-    elif path.suffix == ".parquet":
-        import polars as pl
-
-        try:
-            frame = pl.read_parquet(path, columns=["doc_id", "vector"])
-        except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
-            raise DatasetError(f"{where}: needs columns doc_id and vector ({type(exc).__name__}: {exc})") from None
-        order = {d: i for i, d in enumerate(frame["doc_id"].cast(pl.String).to_list())}
-        doc_ids = bench.load().documents["doc_id"].to_list()
-        missing = [d for d in doc_ids if d not in order]
-        if missing:
-            raise DatasetError(f"{where}: {len(missing)} of the benchmark's {n_docs} documents have no vector "
-                               f"(first: {missing[0]!r})")
-        rows = frame["vector"].to_list()
-        lengths = {len(r) for r in rows if r is not None}
-        if None in (rows[order[d]] for d in doc_ids) or len(lengths) != 1:
-            raise DatasetError(f"{where}: every vector must be a list of one length, got lengths {sorted(lengths)}")
-        matrix = np.asarray([rows[order[d]] for d in doc_ids], dtype=np.float32)
-        stored = matrix
-    else:
-        raise DatasetError(f"{where}: unknown format {path.suffix!r} (.npy or .parquet)")
-    if matrix.ndim != 2 or matrix.shape[0] != n_docs:
-        raise DatasetError(f"{where}: shape {matrix.shape}, expected ({n_docs}, {dimension}): one row per document")
-    if matrix.shape[1] != dimension:
-        raise DatasetError(f"{where}: dimension {matrix.shape[1]}, but {vectors.model} embeds queries in {dimension}")
-    for lo in range(0, n_docs, 1 << 16):
-        part = np.asarray(matrix[lo : lo + (1 << 16)], dtype=np.float32)
-        if not np.isfinite(part).all():
-            raise DatasetError(f"{where}: row {lo + int(np.flatnonzero(~np.isfinite(part).all(axis=1))[0])} is not finite")
-        norms = np.linalg.norm(part, axis=1)
-        if (norms < 1e-30).any():
-            raise DatasetError(f"{where}: row {lo + int(np.flatnonzero(norms < 1e-30)[0])} is a zero vector")
-    name = digest("provided-docs", content, bench.documents_hash, vectors.model)
-    if stored is None and matrix.dtype == np.float32:
-        return ArrayRef(str(path.resolve()), name, time.perf_counter() - t0)
+    name = digest("provided-docs", h.hexdigest()[:16], bench.documents_hash, vectors.model)
+    if path.suffix == ".npy" and matrix.dtype == np.float32:
+        return ArrayRef(str(path.resolve()), name, time.perf_counter() - t0)  # used where it lies
     target = state_dir() / "arrays" / f"docs-provided-{name}.npy"
     if not target.is_file():
-        save_array(f"docs-provided-{name}", np.asarray(matrix if stored is None else stored, dtype=np.float32))
+        save_array(f"docs-provided-{name}", np.asarray(matrix, dtype=np.float32))
     return ArrayRef(str(target), name, time.perf_counter() - t0)
 
 
@@ -246,18 +220,41 @@ def _select_key(context, parameters) -> str:  # noqa: ANN001
                 parameters["k"], [e.digest for e in parameters["exclude"]])
 
 
+def _exclude_idx(exclude: list[ArrayRef] | None) -> np.ndarray | None:
+    return np.concatenate([load_arrays(ref.path)["idx"] for ref in exclude], axis=1) if exclude else None
+
+
+def _select_shard_key(context, parameters) -> str:  # noqa: ANN001
+    return _key(_select_key(context, parameters), "shard", list(parameters["shard"]))
+
+
+@task(name="select-feedback-shard", task_run_name="select feedback in documents {shard[0]}-{shard[1]}",
+      cache_key_fn=_select_shard_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def select_shard_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int,
+                      exclude: list[ArrayRef] | None, shard: tuple[int, int]) -> ArrayRef:
+    """Top-K of one corpus shard (documents ``shard[0]:shard[1]``) for every query, with the scores."""
+    qrels = bench.load().qrels()
+    lo, hi = shard
+    idx, scores = top_k_shard(load_array(vectors.path), np.asarray(load_array(docs.path)[lo:hi]), lo, k=k,
+                              pool=qrels if qrels.pooled else None, exclude_idx=_exclude_idx(exclude))
+    name = digest("feedback-shard", bench.hash, vectors.digest, docs.digest, k, [e.digest for e in exclude or []], lo, hi)
+    return ArrayRef(save_arrays(f"feedback-shard-{name}", idx=idx, scores=scores), name)
+
+
 @task(name="select-feedback", cache_key_fn=_select_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
 def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int,
-                         exclude: list[ArrayRef] | None = None) -> ArrayRef:
+                         exclude: list[ArrayRef] | None = None, shards: list[ArrayRef] | None = None) -> ArrayRef:
     """Top-K documents of each query's current ranking, skipping documents judged before.
 
-    Scored one query block at a time: memory grows with the corpus, not queries × corpus."""
-    qrels = bench.load().qrels()
-    exclude_idx = None
-    if exclude:
-        exclude_idx = np.concatenate([load_arrays(ref.path)["idx"] for ref in exclude], axis=1)
-    idx = select_feedback_blocks(load_array(vectors.path), load_array(docs.path), k=k,
-                                 pool=qrels if qrels.pooled else None, exclude_idx=exclude_idx)
+    Scored one query block at a time: memory grows with the corpus, not queries × corpus. With
+    ``shards`` (:func:`select_shard_task` of every corpus shard) the shards' best are merged instead."""
+    if shards:
+        parts = [load_arrays(ref.path) for ref in shards]
+        idx = merge_top_k([(p["idx"], p["scores"]) for p in parts], k)
+    else:
+        qrels = bench.load().qrels()
+        idx = select_feedback_blocks(load_array(vectors.path), load_array(docs.path), k=k,
+                                     pool=qrels if qrels.pooled else None, exclude_idx=_exclude_idx(exclude))
     name = digest("feedback", bench.hash, vectors.digest, docs.digest, k, [e.digest for e in exclude or []])
     return ArrayRef(save_arrays(f"feedback-{name}", idx=idx), name)
 
@@ -434,8 +431,10 @@ def refine_block_task(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef],
     parts = [load_arrays(j.path) for j in judgments]
     scores = np.concatenate([p["scores"][lo:hi] for p in parts], axis=1)
     mask = np.concatenate([p["mask"][lo:hi] for p in parts], axis=1) & (idx >= 0)
-    result = refine(np.asarray(load_array(start.path)[lo:hi]), np.maximum(idx, 0), scores, mask=mask,
-                    documents=np.asarray(load_array(docs.path)), config=RefineConfig(**config),
+    # only the judged documents' rows are read from the (memory-mapped) corpus
+    rows, local = np.unique(np.maximum(idx, 0), return_inverse=True)
+    result = refine(np.asarray(load_array(start.path)[lo:hi]), local.reshape(idx.shape), scores, mask=mask,
+                    documents=np.asarray(load_array(docs.path)[rows]), config=RefineConfig(**config),
                     query_ids=[f"#{i} of the benchmark" for i in range(lo, hi)])
     name = digest(refined_digest(start, docs, feedback, judgments, config), lo, hi)
     save_arrays(f"refined-block-{name}-extra", losses=result.losses, skipped=result.skipped)
@@ -476,29 +475,77 @@ def _evaluate_key(context, parameters) -> str:  # noqa: ANN001
                 {name: ref.digest for name, ref in sorted(extra.items())})
 
 
+def _evaluation_inputs(queries: ArrayRef, feedback: ArrayRef, judgments: JudgmentsRef, refined: list[ArrayRef],
+                       extra: dict[str, ArrayRef] | None) -> dict:
+    idx = load_arrays(feedback.path)["idx"]
+    judged = load_arrays(judgments.path)
+    return {"query_vectors": np.asarray(load_array(queries.path)), "feedback_idx": idx,
+            "judge_scores": judged["scores"], "judge_mask": judged["mask"] & (idx >= 0),
+            "round_vectors": [np.asarray(load_array(r.path)) for r in refined],
+            "extra_vectors": {name: np.asarray(load_array(ref.path)) for name, ref in (extra or {}).items()}}
+
+
+def _inputs_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("evaluate-inputs", _evaluate_key(context, parameters))
+
+
+def _evaluate_shard_key(context, parameters) -> str:  # noqa: ANN001
+    return _key("evaluate-shard", parameters["inputs"].digest, parameters["docs"].digest, list(parameters["shard"]))
+
+
+@task(name="evaluate-inputs", cache_key_fn=_inputs_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def shard_inputs_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef,
+                      judgments: JudgmentsRef, refined: list[ArrayRef], extra: dict[str, ArrayRef] | None = None) -> ArrayRef:
+    """What every corpus shard of the evaluation needs: each method's query vectors and the
+    scores of its relevant (and, for rerank-only, judged) documents. Reads only those rows of the corpus."""
+    inputs = _evaluation_inputs(queries, feedback, judgments, refined, extra)
+    prepared = shard_inputs(inputs.pop("query_vectors"), load_array(docs.path), bench.load().qrels(), **inputs)
+    name = digest("evaluate-inputs", _inputs_key(None, {"bench": bench, "queries": queries, "docs": docs,
+                                                        "feedback": feedback, "judgments": judgments,
+                                                        "refined": refined, "extra": extra}))
+    return ArrayRef(save_arrays(f"evaluate-inputs-{name}", **prepared.arrays()), name)
+
+
+@task(name="evaluate-shard", task_run_name="evaluate documents {shard[0]}-{shard[1]}",
+      cache_key_fn=_evaluate_shard_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def evaluate_shard_task(bench: BenchmarkRef, inputs: ArrayRef, docs: ArrayRef, shard: tuple[int, int]) -> ArrayRef:
+    """Every method's rank counts and score summaries over one corpus shard (documents ``shard[0]:shard[1]``)."""
+    lo, hi = shard
+    result = score_shard(ShardInputs.from_arrays(load_arrays(inputs.path)), np.asarray(load_array(docs.path)[lo:hi]),
+                         lo, bench.load().qrels())
+    name = digest("evaluate-shard", inputs.digest, docs.digest, lo, hi)
+    return ArrayRef(save_arrays(f"evaluate-shard-{name}", **result.arrays()), name)
+
+
 @task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
 def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef,
                   judgments: JudgmentsRef, refined: list[ArrayRef], cell: CellSpec,
-                  extra: dict[str, ArrayRef] | None = None) -> CellEvaluation:
+                  extra: dict[str, ArrayRef] | None = None, inputs: ArrayRef | None = None,
+                  shards: list[ArrayRef] | None = None) -> CellEvaluation:
     """Score every method on the full pool and compare each with the baseline.
 
-    ``extra`` adds methods given as query vectors (``hyde``, ``hyde_refined``).
+    ``extra`` adds methods given as query vectors (``hyde``, ``hyde_refined``). With ``inputs``
+    and ``shards`` (:func:`shard_inputs_task`, :func:`evaluate_shard_task` of every corpus shard)
+    the shards' counts are merged here and the corpus is never loaded in this process.
     """
     import polars as pl
 
     t0 = time.perf_counter()
     b = bench.load()
     qrels = b.qrels()
-    idx = load_arrays(feedback.path)["idx"]
+    arrays = _evaluation_inputs(queries, feedback, judgments, refined, extra)
+    idx = arrays["feedback_idx"]
     judged = load_arrays(judgments.path)
-    round_vectors = [np.asarray(load_array(r.path)) for r in refined]
-    q = np.asarray(load_array(queries.path))
-    d = np.asarray(load_array(docs.path))
-    extra_vectors = {name: np.asarray(load_array(ref.path)) for name, ref in (extra or {}).items()}
-    samples = ScoreSamples(qrels, methods=("baseline", "refined"))
-    metrics, tests = score_methods(q, d, qrels, feedback_idx=idx, judge_scores=judged["scores"],
-                                   judge_mask=judged["mask"] & (idx >= 0), round_vectors=round_vectors,
-                                   extra_vectors=extra_vectors, visit=samples)
+    if shards:
+        metrics, tests, sample_arrays = finish_shards(ShardInputs.from_arrays(load_arrays(inputs.path)),
+                                                      [ShardScores.from_arrays(load_arrays(s.path)) for s in shards], qrels)
+        plot_arrays = {f"{short}_{kind}": sample_arrays[f"{method}_{kind}"]
+                       for method, short in (("baseline", "base"), ("refined", "ref")) for kind in ("pos", "neg")}
+    else:
+        samples = ScoreSamples(qrels, methods=("baseline", "refined"))
+        metrics, tests = score_methods(arrays.pop("query_vectors"), np.asarray(load_array(docs.path)), qrels,
+                                       visit=samples, **arrays)
+        plot_arrays = samples.arrays(prefixes={"baseline": "base", "refined": "ref"})
     valid = judged["mask"] & (idx >= 0)
     failed = ~valid.any(axis=1)
     per_query = {"query_id": b.queries["query_id"].to_list(), "judge_failed": failed.tolist(),
@@ -514,8 +561,7 @@ def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedba
     per_query_path = str(Path(state_dir() / "arrays" / f"per-query-{name}.parquet"))
     pl.DataFrame(per_query).write_parquet(per_query_path)
     # Score distributions for the separation plots: baseline and refined similarities.
-    arrays_path = save_arrays(f"plots-{name}", **samples.arrays(prefixes={"baseline": "base", "refined": "ref"}),
-                              losses=refine_extras(refined[0])["losses"])
+    arrays_path = save_arrays(f"plots-{name}", **plot_arrays, losses=refine_extras(refined[0])["losses"])
     return CellEvaluation(
         metrics={m: r.means for m, r in metrics.items()},
         tests={m: {"pvalue": t.pvalue, "delta_map": t.delta, "relative_gain": t.relative_gain, "n": t.n}

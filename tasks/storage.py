@@ -136,5 +136,37 @@ def save_array(name: str, array: np.ndarray) -> str:
     return str(path)
 
 
+def save_stacked(name: str, parts: list[str]) -> str:
+    """Stack the ``.npy`` files ``parts`` (same columns and dtype) row-wise into ``arrays/<name>.npy``.
+
+    Streams one part at a time into the file (then renames it into place), so a corpus larger
+    than this process's memory can be joined from its chunks."""
+    arrays = [np.load(p, mmap_mode="r") for p in parts]
+    if not arrays:
+        raise ValueError("no array to stack")
+    width, dtype = arrays[0].shape[1:], arrays[0].dtype
+    if any(a.shape[1:] != width or a.dtype != dtype for a in arrays):
+        raise ValueError(f"cannot stack arrays of different columns or dtypes: {[(a.shape, str(a.dtype)) for a in arrays]}")
+    path = arrays_dir() / f"{name}.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(sum(a.shape[0] for a in arrays), *width))
+        row = 0
+        for a in arrays:
+            out[row : row + a.shape[0]] = a
+            row += a.shape[0]
+        out.flush()
+        del out
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return str(path)
+
+
 def load_array(path: str, *, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None)

@@ -1,4 +1,4 @@
-"""Distributed execution: a sweep cell on a local Dask cluster equals the local runner's."""
+"""Distributed execution: a sweep cell on a local Dask cluster, its corpus in shards, equals the local runner's."""
 
 from __future__ import annotations
 
@@ -42,33 +42,38 @@ def test_fan_out_outside_a_dask_runner_runs_in_order() -> None:
     assert calls == [3, 1, 2]
 
 
-def assert_same_numbers(a: object, b: object, path: str = "") -> None:
-    """Nested dicts/lists equal: floats within 1e-9 relative (1e-12 absolute), everything else exactly."""
+def assert_same_numbers(a: object, b: object, path: str = "", *, loose: tuple[str, ...] = ()) -> None:
+    """Nested dicts/lists equal: floats within 1e-9 relative (1e-12 absolute), everything else exactly;
+    floats under a key named in ``loose`` within 1e-6 relative."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys differ"
         for key in a:
-            assert_same_numbers(a[key], b[key], f"{path}.{key}")
+            assert_same_numbers(a[key], b[key], f"{path}.{key}", loose=loose)
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{path}: lengths differ"
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_numbers(x, y, f"{path}[{i}]")
+            assert_same_numbers(x, y, f"{path}[{i}]", loose=loose)
     elif isinstance(a, float) and not isinstance(b, bool):
-        assert b == pytest.approx(a, rel=1e-9, abs=1e-12, nan_ok=True), f"{path}: {a!r} != {b!r}"
+        rel = 1e-6 if path.rsplit(".", 1)[-1] in loose else 1e-9
+        assert b == pytest.approx(a, rel=rel, abs=1e-12, nan_ok=True), f"{path}: {a!r} != {b!r}"
     else:
         assert a == b and type(a) is type(b), f"{path}: {a!r} != {b!r}"
 
 
 def test_assert_same_numbers_tolerates_only_float_noise() -> None:
     assert_same_numbers({"m": {"map": 0.5, "n": 3}}, {"m": {"map": 0.5 + 1e-12, "n": 3}})
+    assert_same_numbers({"m": {"separation": 2.0}}, {"m": {"separation": 2.0 + 1e-8}}, loose=("separation",))
+    with pytest.raises(AssertionError):
+        assert_same_numbers({"m": {"separation": 2.0}}, {"m": {"separation": 2.0 + 1e-8}})
     for other in ({"m": {"map": 0.5001, "n": 3}}, {"m": {"map": 0.5, "n": 4}}, {"m": {"map": 0.5}}):
         with pytest.raises(AssertionError):
             assert_same_numbers({"m": {"map": 0.5, "n": 3}}, other)
 
 
-def _config(name: str, runner: str) -> SweepConfig:
+def _config(name: str, runner: str, corpus_shard: int | None = None) -> SweepConfig:
     return SweepConfig(name=name, benchmarks=[BenchmarkSpec(name="clinc150", queries=16, max_documents=1600)],
                        judges=[JudgeSpec(kind="noisy-oracle", flip_rate=0.2, seed=3)], grid=Grid(lr=[1e-4], rounds=[2]),
-                       runner=runner, execution=ExecutionSpec(chunk_size=400, query_block=4))
+                       runner=runner, execution=ExecutionSpec(chunk_size=400, query_block=4, corpus_shard=corpus_shard))
 
 
 def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(platform: Path, tmp_path: Path,
@@ -91,19 +96,22 @@ def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(platform: Path
                 assert len(client.scheduler_info()["workers"]) == 2
                 client.get_task_stream()  # installs the scheduler's task-stream recorder
                 started = time.time()
-                distributed = run_sweep(_config("runner-dask", address))
+                distributed = run_sweep(_config("runner-dask", address, corpus_shard=500))
                 stream = client.get_task_stream(start=started)
             finally:
                 client.close()
     assert not local["failures"] and not distributed["failures"]
     a, b = local["cells"][0], distributed["cells"][0]
-    # Same chunks, same blocks, same arithmetic: the keys, counts and flags are equal exactly;
-    # floats to 1e-9 relative (a reduction order inside BLAS can differ between processes).
-    assert_same_numbers(a["metrics"], b["metrics"])
+    # Same chunks, same blocks: the keys, counts and flags are equal exactly; floats to 1e-9 relative
+    # (a reduction order inside BLAS can differ between processes). The corpus shards are separate
+    # float32 products whose last bit BLAS may round differently (1-8 % of entries here), which only a
+    # mean of scores can see: the separation to 1e-6; every rank-based measure as tight as before.
+    assert_same_numbers(a["metrics"], b["metrics"], loose=("separation",))
     assert_same_numbers(a["tests"], b["tests"])
     assert a["metrics"]["refined"]["map"] > a["metrics"]["baseline"]["map"]
 
-    # Four corpus chunks, two judge calls and 2 x 4 refinement blocks ran on the cluster, on both workers.
+    # Four corpus chunks, two judge calls, 2 x 4 refinement blocks, and 2 rounds x 4 selection shards and
+    # 4 evaluation shards (1,600 documents in shards of 500) ran on the cluster, on both workers.
     by_worker: dict[str, list[str]] = {}
     for record in stream:
         by_worker.setdefault(record["worker"], []).append(str(record["key"]))
@@ -112,5 +120,7 @@ def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(platform: Path
     assert sum(k.startswith("embed_corpus_chunk_task-") for k in keys) == 4, keys
     assert sum(k.startswith("refine_block_task-") for k in keys) == 8, keys
     assert sum(k.startswith("judge_task-") for k in keys) == 2, keys
+    assert sum(k.startswith("select_shard_task-") for k in keys) == 8, keys
+    assert sum(k.startswith("evaluate_shard_task-") for k in keys) == 4, keys
     # the arrays were written under the dask run's state directory, by the workers
     assert any((tmp_path / "dask" / "arrays").glob("docs-chunk-*.npy"))

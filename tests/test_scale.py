@@ -306,3 +306,21 @@ def test_score_methods_over_corpus_shards_equals_the_whole_corpus(pooled: bool) 
         np.testing.assert_allclose(arrays[key], expected, rtol=0, atol=1e-6, err_msg=key)
     with pytest.raises(ValueError, match="visit"):
         score_methods(q, docs, qrels, corpus_shard=70, visit=samples, **kwargs)
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_selection_from_corpus_shards_equals_selection_over_the_whole_corpus(pooled: bool) -> None:
+    from refine_core.evaluation import shard_bounds
+    from refine_core.feedback import top_k_shard
+    from refine_core.shards import merge_top_k
+
+    q, docs, labels = _vectors(7, n=9, total=260)
+    rng = np.random.default_rng(7)
+    qrels = Qrels.from_dense(labels, rng.random(labels.shape) < 0.3) if pooled else None
+    first = select_feedback_blocks(q, docs, k=8, pool=qrels)
+    again = select_feedback_blocks(q, docs, k=8, pool=qrels, exclude_idx=first)
+    for exclude, expected in ((None, first), (first, again)):
+        parts = [top_k_shard(q, docs[a:b], a, k=8, pool=qrels, exclude_idx=exclude, block_rows=4)
+                 for a, b in shard_bounds(260, 60)]
+        np.testing.assert_array_equal(merge_top_k(parts, 8), expected)
+    assert not any(np.isin(a[a >= 0], f).any() for a, f in zip(again, first))   # the second round skips the first's
