@@ -25,6 +25,7 @@ in blocks so that memory is bounded by the block, not by the number of queries.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,17 @@ from refine_core._validation import (
 
 Optimizer = Literal["adam", "sgd"]
 Normalization = Literal["none", "minmax"]
+Implementation = Literal["kernel", "reference"]
+IMPLEMENTATION_ENV = "REFINE_REFINEMENT"
+
+
+def chosen_implementation(implementation: str | None = None) -> Implementation:
+    """``implementation``, or ``REFINE_REFINEMENT`` from the environment, or ``"kernel"``."""
+    chosen = implementation or os.environ.get(IMPLEMENTATION_ENV, "").strip() or "kernel"
+    if chosen not in ("kernel", "reference"):
+        source = "implementation" if implementation else IMPLEMENTATION_ENV
+        raise ValueError(f"{source} must be 'kernel' or 'reference', got {chosen!r}")
+    return chosen  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,7 @@ def refine(
     block_size: int | None = None,
     config: RefineConfig | None = None,
     query_ids: Sequence[str] | None = None,
+    implementation: Implementation | None = None,
 ) -> RefineResult:
     """Refine query vectors so their cosine ranking of the feedback agrees with the judge.
 
@@ -192,6 +205,9 @@ def refine(
             stays at the document matrix plus ``O(block_size * (d + steps))``.
         config: a :class:`RefineConfig` (e.g. ``REFIT``) to use instead of the keywords.
         query_ids: names of the ``n`` queries, used in error messages (default: row numbers).
+        implementation: ``"kernel"`` (compiled, the default) or ``"reference"``
+            (:mod:`refine_core.refinement_reference`: plain numpy, one query at a time, for
+            debugging); None reads ``REFINE_REFINEMENT`` from the environment.
 
     Returns:
         A :class:`RefineResult` with ``vectors`` ``(n, d)`` float32 and ``losses``
@@ -283,7 +299,8 @@ def refine(
     skipped = valid.sum(axis=1) < 2
     vectors = q.copy()
     losses = np.full((n, config.steps), np.nan, dtype=np.float32)
-    kernel = sys.modules[__name__].refine_kernel  # imported on first use (see __getattr__)
+    kernel = _reference_kernel if chosen_implementation(implementation) == "reference" \
+        else sys.modules[__name__].refine_kernel  # imported on first use (see __getattr__)
     from refine_core._parallel import KERNEL_LOCK
 
     active = np.flatnonzero(~skipped)
@@ -331,6 +348,25 @@ def refine(
         vectors[rows] = out_z
         losses[rows] = out_loss
     return RefineResult(vectors=vectors, losses=losses, skipped=skipped, config=config)
+
+
+def _reference_kernel(z0, docs, doc_idx, target, valid, lr, steps, use_adam, tc, minmax, kl_eps, b1, b2, adam_eps,  # noqa: ANN001, PLR0913
+                      momentum, out_z, out_loss, out_norms) -> None:
+    """The kernel's calling convention over :func:`refine_core.refinement_reference.refine_one`."""
+    from refine_core.refinement_reference import refine_one
+
+    for i in range(z0.shape[0]):
+        rows = docs[doc_idx[i]]
+        out_norms[i] = np.linalg.norm(rows.astype(np.float64), axis=1)
+        keep = valid[i]
+        if (out_norms[i][keep] < 1e-30).any():
+            out_norms[i][keep & (out_norms[i] < 1e-30)] = 0.0
+            return
+        z, loss = refine_one(z0[i], rows[keep], target[i][keep], lr=lr, steps=steps, adam=use_adam,
+                             similarity_temperature=tc, minmax=minmax, kl_eps=kl_eps, betas=(b1, b2),
+                             adam_eps=adam_eps, momentum=momentum)
+        out_z[i] = z
+        out_loss[i] = loss
 
 
 def __getattr__(name: str):  # noqa: ANN202 - module attribute hook

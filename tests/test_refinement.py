@@ -254,3 +254,63 @@ def test_the_kernel_matches_the_reference_when_one_similarity_dominates() -> Non
     want_vec, want_loss = reference_refine(q, fb, s, mask, lr=1e-2, steps=10, optimizer="adam")
     assert _rel_err(ours.vectors - q, want_vec - q) <= 1e-3
     assert _rel_err(ours.losses, want_loss) <= 1e-3
+
+
+# ---- the readable reference in the package: the kernel is held to it, it is held to autograd -----------
+REFERENCE_SETTINGS = [
+    {"lr": 1e-2, "steps": 30, "optimizer": "adam"},
+    {"lr": 1e-4, "steps": 100, "optimizer": "adam"},
+    {"lr": 0.5, "steps": 30, "optimizer": "sgd"},
+    {"lr": 0.2, "steps": 30, "optimizer": "sgd", "momentum": 0.9},
+    {"lr": 5e-3, "steps": 40, "optimizer": "adam", "score_temperature": 2.0, "normalize": "minmax"},
+    {"lr": 1e-2, "steps": 25, "optimizer": "adam", "similarity_temperature": 0.05},
+]
+
+
+@pytest.mark.parametrize("settings", REFERENCE_SETTINGS, ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_kernel_equals_the_packaged_reference(settings: dict, masked: bool) -> None:
+    q, fb, s = _inputs(7, 12, 48, seed=11)
+    mask = None
+    if masked:
+        mask = np.random.default_rng(2).random(s.shape) > 0.3
+        mask[:, :2] = True
+        mask[0, 1:] = False        # a query with one judgment: skipped by both
+    kernel = refine(q, fb, s, mask=mask, **settings)
+    reference = refine(q, fb, s, mask=mask, implementation="reference", **settings)
+    np.testing.assert_array_equal(kernel.skipped, reference.skipped)
+    moved = ~reference.skipped
+    assert _rel_err(kernel.vectors[moved] - q[moved], reference.vectors[moved] - q[moved]) <= 1e-4
+    assert _rel_err(kernel.losses[moved], reference.losses[moved]) <= 1e-5
+    np.testing.assert_array_equal(reference.vectors[~moved], q[~moved])
+
+
+def test_the_packaged_reference_equals_autograd_in_float64() -> None:
+    from refine_core.refinement_reference import refine_one
+
+    q, fb, s = _inputs(3, 9, 16, seed=12)
+    for kwargs, minmax, ts in (({"optimizer": "adam", "lr": 1e-2}, False, 1.0), ({"optimizer": "sgd", "lr": 0.5}, False, 1.0),
+                               ({"optimizer": "adam", "lr": 5e-3}, True, 2.0)):
+        want, want_loss = reference_refine(q, fb, s, np.ones(s.shape, bool), steps=20, minmax=minmax,
+                                           score_temperature=ts, **kwargs)
+        p = target_distribution(s, np.ones(s.shape, bool), temperature=ts, normalize="minmax" if minmax else "none")
+        for i in range(3):
+            z, loss = refine_one(q[i], fb[i], p[i], lr=kwargs["lr"], steps=20, adam=kwargs["optimizer"] == "adam",
+                                 minmax=minmax)
+            np.testing.assert_allclose(z - q[i], want[i] - q[i], rtol=1e-7, atol=1e-10)
+            np.testing.assert_allclose(loss, want_loss[i], rtol=1e-7, atol=1e-12)
+
+
+def test_the_environment_switch_runs_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    from refine_core.refinement_reference import refine_one
+
+    q, fb, s = _inputs(2, 6, 8, seed=13)
+    monkeypatch.setenv("REFINE_REFINEMENT", "reference")
+    switched = refine(q, fb, s, lr=1e-2, steps=10)
+    p = target_distribution(s, np.ones(s.shape, bool))
+    z, loss = refine_one(q[1], fb[1], p[1], lr=1e-2, steps=10, adam=True)
+    np.testing.assert_array_equal(switched.vectors[1], z.astype(np.float32))
+    np.testing.assert_array_equal(switched.losses[1], loss.astype(np.float32))
+    monkeypatch.setenv("REFINE_REFINEMENT", "fast")
+    with pytest.raises(ValueError, match="REFINE_REFINEMENT must be 'kernel' or 'reference', got 'fast'"):
+        refine(q, fb, s)
