@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tasks.storage import state_dir
@@ -26,8 +25,8 @@ server_app = typer.Typer(help="A local Prefect server kept between commands (fas
                          no_args_is_help=True)
 app.add_typer(server_app, name="server")
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+from flows.console import console, err_console, fail
+from flows.console import user_errors as _user_errors
 
 
 
@@ -131,20 +130,6 @@ def _public(cells: list[dict]) -> list[dict]:
 
 
 EXIT_JUDGMENTS_FAILED = 3
-
-
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit code 2."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from evaluations.errors import DatasetError
-    from refine_core.embedders import EmbeddingModelError
-    from refine_core.judges import JudgeConfigError
-
-    return (DatasetError, EmbeddingModelError, JudgeConfigError, ValueError, FileNotFoundError, PermissionError)
 
 
 # ---------------------------------------------------------------------------------------

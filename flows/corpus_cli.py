@@ -79,12 +79,7 @@ def ensure_ann(index, kind: str | None) -> dict | None:  # noqa: ANN001 - refine
 
 
 def register(app: typer.Typer) -> None:
-    from flows.cli import console, fail
-
-    def user_errors() -> tuple[type[BaseException], ...]:
-        from flows.cli import _user_errors
-
-        return _user_errors()
+    from flows.console import console, fail, user_errors
 
     @app.command("index")
     def index_cmd(
