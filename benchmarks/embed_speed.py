@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info, print_table  # noqa: E402
+from _common import emit_json, machine_info, print_table
 
-from evaluations import load_benchmark  # noqa: E402
-from refine_core.embedders import SentenceTransformerEmbedder  # noqa: E402
-from refine_core.embedding_cache import EmbeddingCache  # noqa: E402
+from evaluations import load_benchmark
+from refine_core.embedders import SentenceTransformerEmbedder
+from refine_core.embedding_cache import EmbeddingCache
 
 
 def main() -> None:

@@ -32,16 +32,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info  # noqa: E402
+from _common import emit_json, machine_info
 
-from evaluations import load_benchmark  # noqa: E402
-from flows.report import adjust_sweep_pvalues  # noqa: E402
-from refine_core.evaluation import evaluate_cell_arrays  # noqa: E402
-from refine_core.feedback import select_feedback  # noqa: E402
-from refine_core.judges.oracle import noisy_oracle_scores, oracle_scores  # noqa: E402
-from refine_core.lr_selection import select_lr  # noqa: E402
-from refine_core.metrics import cosine_scores, evaluate_rankings  # noqa: E402
-from refine_core.refinement import RefineConfig, refine  # noqa: E402
+from evaluations import load_benchmark
+from flows.report import adjust_sweep_pvalues
+from refine_core.evaluation import evaluate_cell_arrays
+from refine_core.feedback import select_feedback
+from refine_core.judges.oracle import noisy_oracle_scores, oracle_scores
+from refine_core.lr_selection import select_lr
+from refine_core.metrics import cosine_scores, evaluate_rankings
+from refine_core.refinement import RefineConfig, refine
 
 DATASETS = ("clinc150", "clinc150-names", "banking77", "nfcorpus", "snips")
 MODEL = "all-MiniLM-L6-v2"
@@ -57,7 +57,7 @@ PAPER_E5 = {"clinc150": (0.69, 0.78), "banking77": (0.55, 0.58), "nfcorpus": (0.
 
 
 # ---- judges as array functions -------------------------------------------------------------------
-def judge_of(labels: np.ndarray, texts: tuple[list[str], list[str]], accuracy: float = 1.0, seed: int = 0):  # noqa: ANN201
+def judge_of(labels: np.ndarray, texts: tuple[list[str], list[str]], accuracy: float = 1.0, seed: int = 0):
     """The project's noisy oracle (refine_core.judges.oracle, as `refine run` uses it) at this
     accuracy: each (query, document) verdict flipped with probability 1 - accuracy."""
     query_texts, document_texts = texts
@@ -69,7 +69,7 @@ def judge_of(labels: np.ndarray, texts: tuple[list[str], list[str]], accuracy: f
 
 
 # ---- data -------------------------------------------------------------------------------------------
-def embed(bench, cache_root: Path) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def embed(bench, cache_root: Path) -> tuple[np.ndarray, np.ndarray]:
     from refine_core.embedders import SentenceTransformerEmbedder
     from refine_core.embedding_cache import EmbeddingCache
 
@@ -90,12 +90,12 @@ def map_of(vectors: np.ndarray, d: np.ndarray, labels: np.ndarray, pool: np.ndar
     return evaluate_rankings(pooled_scores(vectors, d, pool), labels, pool=pool, ks=(10,)).means["map"]
 
 
-def refined_map(q, d, labels, pool, fb, scores, mask, lr: float, steps: int = 100) -> float:  # noqa: ANN001
+def refined_map(q, d, labels, pool, fb, scores, mask, lr: float, steps: int = 100) -> float:
     vectors = refine(q, np.maximum(fb, 0), scores, mask=mask, documents=d, config=RefineConfig(lr=lr, steps=steps)).vectors
     return map_of(vectors, d, labels, pool)
 
 
-def first_feedback(q, d, pool, k: int) -> np.ndarray:  # noqa: ANN001
+def first_feedback(q, d, pool, k: int) -> np.ndarray:
     return select_feedback(pooled_scores(q, d, pool), k=k)
 
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of, emit_json, machine_info, print_table  # noqa: E402
+from _common import best_of, emit_json, machine_info, print_table
 
 # The projection's job.
 CORPUS = 10_000_000
@@ -181,7 +181,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def synthetic(n_docs: int, n_queries: int, dim: int = 384, seed: int = 0):  # noqa: ANN201
+def synthetic(n_docs: int, n_queries: int, dim: int = 384, seed: int = 0):
     """Unit document and query vectors with ``RELEVANT_PER_QUERY`` planted relevant documents per query.
 
     Query q has a topic t_q; its query vector and its relevant documents are t_q plus noise, every
@@ -210,7 +210,7 @@ def synthetic(n_docs: int, n_queries: int, dim: int = 384, seed: int = 0):  # no
     return UnitDocuments(docs), queries, qrels
 
 
-def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -> list[dict[str, object]]:  # noqa: ANN001
+def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -> list[dict[str, object]]:
     """The select stage through FAISS: build, then ANN candidates (10·k) rescored by exact cosine;
     recall@k of the selection against the brute-force selection of the same run."""
     import numpy as np
@@ -250,7 +250,7 @@ def one_cell(n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...]
     stages: dict[str, tuple[float, float]] = {}
     out: dict[str, object] = {}
 
-    def timed(name: str, fn):  # noqa: ANN001, ANN202
+    def timed(name: str, fn):
         _peak_reset()
         start = time.perf_counter()
         value = fn()
@@ -280,7 +280,6 @@ def one_cell(n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...]
                 "corpus_mb": round(docs.vectors.nbytes / 2**20, 0), "qrels_mb": round(qrels.nbytes / 2**20, 2)})
     out["stages"] = {name: {"s": round(s, 2), "peak_rss_mb": round(m, 0)} for name, (s, m) in stages.items()}
     out["map"] = {m: round(r.means["map"], 4) for m, r in metrics.items()}
-    del docs
     return out
 
 

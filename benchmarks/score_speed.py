@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info, print_table  # noqa: E402
+from _common import emit_json, machine_info, print_table
 
-from refine_core import cosine_scores, evaluate_rankings  # noqa: E402
+from refine_core import cosine_scores, evaluate_rankings
 
 
 def main() -> None:

@@ -23,15 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "tests")]
-from _common import emit_json, machine_info, print_table  # noqa: E402
-
 import numpy as np  # noqa: E402
+from _common import emit_json, machine_info, print_table  # noqa: E402
 
 # The paper's Table 2 (A100, Qwen3-Embedding-8B, d = 4096), per query.
 PAPER_MS = {"query embedding": 86.0, "initial ranking": 1.4, "refinement, d=384": 79.0, "refinement, d=4096": 79.0}
 
 
-def timed(fn):  # noqa: ANN001, ANN201
+def timed(fn):
     start = time.perf_counter()
     value = fn()
     return time.perf_counter() - start, value
@@ -118,8 +117,9 @@ def main() -> None:
         emit_json({"machine": info, "stages": out, "peak_rss_mb": peak_mb})
 
 
-def judge_stage(bench, fb: np.ndarray, n: int, latency: float) -> dict[str, float]:  # noqa: ANN001
+def judge_stage(bench, fb: np.ndarray, n: int, latency: float) -> dict[str, float]:
     from fakes.anthropic_server import FakeAnthropic
+
     from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
     from refine_core.judges.anthropic_judge import AnthropicJudge
 

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT))
 from flows.watchdog import stop_process_group  # noqa: E402
+
 # What docker-compose.yml runs and what this script starts in its place (tests/test_deployment.py
 # checks the two lists and the settings below agree with the compose file).
 SERVICES = {
@@ -84,7 +85,7 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
             last = check()
             if last:
                 return last
-        except Exception as exc:  # noqa: BLE001 - the service is not up yet
+        except Exception as exc:
             last = exc
         time.sleep(0.3)
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")

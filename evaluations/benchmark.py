@@ -39,7 +39,7 @@ DOCUMENT_SCHEMA = {"doc_id": pl.String, "text": pl.String}
 LABEL_SCHEMA = {"query_id": pl.String, "doc_id": pl.String, "label": pl.Int8, "score": pl.Float64}
 
 
-def _hash_frame(hasher: "hashlib._Hash", frame: pl.DataFrame) -> None:
+def _hash_frame(hasher: hashlib._Hash, frame: pl.DataFrame) -> None:
     for column in frame.columns:
         hasher.update(column.encode())
         for value in frame[column].cast(pl.String).to_list():

@@ -129,7 +129,7 @@ class HydeSpec(_Strict):
         return self.kind in PAID_KINDS
 
 
-def _positive_list(name: str):  # noqa: ANN202
+def _positive_list(name: str):
     def check(values: list[float]) -> list[float]:
         if not values:
             raise ValueError(f"{name} must list at least one value")
@@ -153,12 +153,12 @@ class Grid(_Strict):
 
     @field_validator("lr", "score_temperature", "similarity_temperature")
     @classmethod
-    def _positive_floats(cls, values: list[float], info) -> list[float]:  # noqa: ANN001
+    def _positive_floats(cls, values: list[float], info) -> list[float]:
         return _positive_list(info.field_name)(values)
 
     @field_validator("steps", "rounds")
     @classmethod
-    def _at_least_one(cls, values: list[int], info) -> list[int]:  # noqa: ANN001
+    def _at_least_one(cls, values: list[int], info) -> list[int]:
         if not values or any(v < 1 for v in values):
             raise ValueError(f"{info.field_name} values must be integers >= 1, got {values}")
         return values
@@ -239,7 +239,7 @@ class SweepConfig(_Strict):
 
     @field_validator("benchmarks", "models", "judges")
     @classmethod
-    def _non_empty(cls, values: list, info) -> list:  # noqa: ANN001
+    def _non_empty(cls, values: list, info) -> list:
         if not values:
             raise ValueError(f"{info.field_name} must not be empty")
         return values

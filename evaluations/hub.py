@@ -17,7 +17,7 @@ def hub_enabled() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes")
 
 
-def _load(path: str, *args: str, **kwargs: str):  # noqa: ANN202 - datasets types are heavy
+def _load(path: str, *args: str, **kwargs: str):
     from datasets import load_dataset
 
     return load_dataset(path, *args, **kwargs)

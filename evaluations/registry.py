@@ -163,7 +163,7 @@ def load_raw(name: str, *, root: Path | None = None) -> Benchmark:
     if spec.hub_loader is not None and hub.hub_enabled():
         try:
             return spec.hub_loader()
-        except Exception as exc:  # noqa: BLE001 - any network/hub failure becomes one clear message
+        except Exception as exc:
             hub_note = f"; the Hugging Face Hub failed too ({type(exc).__name__}: {exc})"
         else:  # pragma: no cover
             hub_note = ""

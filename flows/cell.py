@@ -23,6 +23,8 @@ from evaluations.config import BudgetSpec, CellSpec, ExecutionSpec
 from flows import plots
 from flows.execution import fan_out, fan_out_states, with_runner
 from flows.tracking import Tracker, prefect_run_url
+from refine_core.evaluation import shard_bounds
+from refine_core.statistics import win_tie_loss
 from tasks.core import (
     ArrayRef,
     BenchmarkRef,
@@ -32,6 +34,7 @@ from tasks.core import (
     embed_corpus_chunk_task,
     embed_hyde_task,
     embed_queries_task,
+    evaluate_shard_task,
     evaluate_task,
     generate_hyde_task,
     hyde_cache_key,
@@ -42,19 +45,15 @@ from tasks.core import (
     load_benchmark_task,
     query_blocks,
     refine_block_task,
-    evaluate_shard_task,
     refine_extras,
     refined_digest,
     select_feedback_task,
     select_shard_task,
     shard_inputs_task,
 )
-from refine_core.evaluation import shard_bounds
-from refine_core.statistics import win_tie_loss
 from tasks.judging import answers_fingerprint
 from tasks.storage import atomic_write, code_version, digest, load_arrays, state_dir
 
-METHODS_REPORTED = ("baseline", "rerank_only", "rocchio", "refined")
 # What a cached judge result reports as paid in this run: nothing.
 PAID_METRICS = ("judge_requests", "judge_input_tokens", "judge_output_tokens", "judge_cache_read_tokens",
                 "judge_cost_usd", "judgments_paid", "judgments_from_ledger", "judgments_failed",
@@ -121,7 +120,7 @@ def select_feedback(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: i
 
 
 def evaluate(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, judged: JudgmentsRef,
-             refined: list[ArrayRef], cell: CellSpec, extra: dict[str, ArrayRef] | None, execution: ExecutionSpec):  # noqa: ANN201
+             refined: list[ArrayRef], cell: CellSpec, extra: dict[str, ArrayRef] | None, execution: ExecutionSpec):
     """The evaluate task's final state; with corpus shards, the shards' counts (on the Dask workers) merged."""
     shards = corpus_shards(bench, execution)
     inputs = parts = None
@@ -170,7 +169,7 @@ def _cell_flow_run_name() -> str:
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
     try:
         return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow run (direct library use)
+    except Exception:
         return logging.getLogger("refine")
 
 
@@ -493,7 +492,7 @@ def replay_cell(record: dict, cell: CellSpec, tracker: Tracker, experiment_id: s
 PLOT_NAMES = ("ap_before_after.png", "score_separation.png", "loss_curves.png")
 
 
-def _plots(cell: CellSpec, per_query, arrays_path: str) -> list[Path]:  # noqa: ANN001 - a polars DataFrame
+def _plots(cell: CellSpec, per_query, arrays_path: str) -> list[Path]:
     """The cell's three plots, drawn once per content (a cached re-run logs the stored files
     instead of drawing them again: the separation histogram alone takes about a second)."""
     import shutil
@@ -527,7 +526,7 @@ def link_mlflow_run(tracker: Tracker, experiment_id: str, run_id: str, descripti
 
         create_link_artifact(tracker.run_url(experiment_id, run_id), link_text=f"MLflow run {run_id}",
                              description=f"MLflow run of {description}", key="mlflow-run")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         run_logger().warning("could not attach the MLflow link to the flow run: %s", exc)
 
 

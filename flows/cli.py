@@ -16,6 +16,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.table import Table
 
+from flows.console import console, err_console, fail
+from flows.console import user_errors as _user_errors
 from tasks.storage import state_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-guided test-time query refinement: evaluate and use it.")
@@ -24,10 +26,6 @@ app.add_typer(datasets_app, name="datasets")
 server_app = typer.Typer(help="A local Prefect server kept between commands (faster runs, the Prefect UI).",
                          no_args_is_help=True)
 app.add_typer(server_app, name="server")
-
-from flows.console import console, err_console, fail
-from flows.console import user_errors as _user_errors
-
 
 
 def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
@@ -45,10 +43,9 @@ def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
         raise DatasetError(f"{where}: {rows} rows for the benchmark's {n_documents} documents")
 
 
-def _preflight(config) -> None:  # noqa: ANN001 - SweepConfig
+def _preflight(config) -> None:
     """Fail fast, before anything is paid: datasets, models, judges, tracking store."""
     from evaluations.registry import load_benchmark
-    from flows.tracking import Tracker
     from refine_core.embedders import check_model
     from tasks.judging import build_judge
 
@@ -101,7 +98,7 @@ def check_tracking_store() -> None:
         check_reachable(uri, timeout=5.0)
     except ValueError:
         raise  # already one line naming the store
-    except Exception as exc:  # noqa: BLE001 - a store that cannot be opened
+    except Exception as exc:
         raise ValueError(f"MLflow tracking URI {uri} is unreachable: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
 
@@ -211,14 +208,14 @@ def demo(
     The oracle judge is the gold labels (the ceiling of what a judge can give); with
     --flip-rate it errs at random. Embeddings are cached under .refine/embeddings.
     """
+    import numpy as np
+
     from evaluations.registry import load_benchmark
     from flows.report import adjust_sweep_pvalues
     from refine_core import RefineConfig
     from refine_core.embedders import SentenceTransformerEmbedder
     from refine_core.embedding_cache import EmbeddingCache
     from refine_core.evaluation import evaluate_cell_arrays
-    import numpy as np
-
     from refine_core.judges import noisy_oracle_scores
 
     try:
@@ -243,7 +240,7 @@ def demo(
         if k * rounds > min_pool:
             raise ValueError(f"--k {k} x --rounds {rounds} exceeds the smallest query pool ({min_pool} documents)")
 
-        def judge(rows, idx):  # noqa: ANN001, ANN202 - JudgeFn
+        def judge(rows, idx):
             return noisy_oracle_scores(qrels.take(rows), idx, flip_rate=flip_rate, seed=seed,
                                        query_texts=[query_texts[r] for r in rows], document_texts=document_texts)
 
@@ -330,10 +327,9 @@ def run(
     if dry_run:
         _dry_run(config, as_json)
         return
-    from flows.sweep import run_sweep
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from flows.sweep import run_sweep
     from tasks import progress as task_progress
 
     started = time.perf_counter()
@@ -393,7 +389,7 @@ def run(
         raise typer.Exit(code=EXIT_JUDGMENTS_FAILED)
 
 
-def _dry_run(config, as_json: bool) -> None:  # noqa: ANN001 - a SweepConfig
+def _dry_run(config, as_json: bool) -> None:
     """Print what ``refine run`` would pay for ``config`` (see :mod:`flows.plan`)."""
     from rich.table import Table
 
@@ -436,7 +432,7 @@ def _dry_run(config, as_json: bool) -> None:  # noqa: ANN001 - a SweepConfig
         print(json.dumps(plan, default=float))
 
 
-def _metrics_from_run(run) -> dict[str, dict[str, float]]:  # noqa: ANN001
+def _metrics_from_run(run) -> dict[str, dict[str, float]]:
     from flows.tracking import measure_name
 
     out: dict[str, dict[str, float]] = {}
@@ -451,7 +447,7 @@ _TEST_KEYS = ("delta_map", "pvalue", "p_raw", "p_bh", "relative_gain", "queries_
               "queries_hurt")
 
 
-def _cell_from_run(run) -> dict:  # noqa: ANN001
+def _cell_from_run(run) -> dict:
     """A finished cell run read back into the shape ``refine run`` returns."""
     params = dict(run.data.params)
     metrics = _metrics_from_run(run)
@@ -742,7 +738,7 @@ def deploy(
                  "password in a file and set REFINE_LEDGER_PASSWORD_FILE to it")
     try:
         deployment_id = deploy_to_pool(parameters, name=name, pool=pool, cron=chosen, env=env)
-    except Exception as exc:  # noqa: BLE001 - the server refused: one line
+    except Exception as exc:
         fail(f"could not register the deployment with {os.environ['PREFECT_API_URL']}: {type(exc).__name__}: {exc}")
     console.print(f"deployment refine-sweep/{name} ({deployment_id}) in work pool {pool!r}, cron {chosen!r}; start "
                   f"workers with: prefect worker start --pool {pool}")

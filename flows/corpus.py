@@ -40,7 +40,7 @@ from tasks.storage import digest, ledger_url, save_array, state_dir
 
 
 # ---- index ------------------------------------------------------------------------------------
-def _texts_chunk_key(context, parameters) -> str:  # noqa: ANN001
+def _texts_chunk_key(context, parameters) -> str:
     return _key("embed-texts", parameters["documents"], _embedder(parameters["model"]).cache_key,
                 parameters["start"], parameters["stop"])
 
@@ -124,7 +124,7 @@ def classify_corpus_flow(index: str, criterion: str, judge: JudgeSpec, out: str,
 
 
 # ---- evaluation of the classification mode ----------------------------------------------------------
-def _benchmark_index(bench, model: str) -> CorpusIndex:  # noqa: ANN001 - evaluations.Benchmark
+def _benchmark_index(bench, model: str) -> CorpusIndex:
     embedder = _embedder(model)
     folder = state_dir() / "indexes" / f"benchmark-{bench.name}-{bench.content_hash}-{embedder.cache_key[-16:]}"
     return build_index(bench.document_texts(), ids=bench.documents["doc_id"].to_list(), folder=folder, embedder=embedder,

@@ -28,7 +28,7 @@ def index_folder(name_or_path: str) -> Path:
     return state_dir() / "indexes" / name_or_path
 
 
-def judge_spec(text: str, base_url: str | None, concurrency: int):  # noqa: ANN201 - JudgeSpec
+def judge_spec(text: str, base_url: str | None, concurrency: int):
     from evaluations.config import ConfigError, JudgeSpec
 
     kind, _, model = text.partition(":")
@@ -65,7 +65,7 @@ def ann_kind(text: str, documents: int) -> str | None:
     return value
 
 
-def ensure_ann(index, kind: str | None) -> dict | None:  # noqa: ANN001 - refine_core.corpus.CorpusIndex
+def ensure_ann(index, kind: str | None) -> dict | None:
     """The index's ANN record, building the structure when ``kind`` asks for one it does not have yet."""
     from refine_core.ann import AnnSettings
     from refine_core.corpus import build_ann
@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
                               "dimension": index.dimension, "model": index.model, "documents_hash": index.documents_hash,
                               "seconds": seconds, "ann": ann_record}))
 
-    def _open(index: str, model: str | None, judge: str, base_url: str | None, concurrency: int):  # noqa: ANN202
+    def _open(index: str, model: str | None, judge: str, base_url: str | None, concurrency: int):
         from refine_core.corpus import CorpusIndex
         from refine_core.embedders import SentenceTransformerEmbedder
         from refine_core.judges import JudgmentLedger

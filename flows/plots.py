@@ -14,7 +14,7 @@ def _wrap(title: str, width: int) -> str:
     return "\n".join(textwrap.wrap(title, width=width)) or title
 
 
-def _plt():  # noqa: ANN202
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,8 +15,8 @@ def check_cron(cron: str) -> str:
         >>> check_cron("0 3 * * *")
         '0 3 * * *'
     """
-    from pydantic import ValidationError
     from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
 
     try:
         CronSchedule(cron=cron)

@@ -35,6 +35,7 @@ from flows.cell import (
 from flows.execution import dask_cluster, with_runner
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
+from refine_core.judges.spend import SpendAccount
 from tasks.core import (
     ArrayRef,
     BenchmarkRef,
@@ -44,7 +45,6 @@ from tasks.core import (
     load_benchmark_task,
     provided_corpus,
 )
-from refine_core.judges.spend import SpendAccount
 from tasks.storage import arrays_dir, code_version, ledger_url
 
 
@@ -209,7 +209,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             name = mlflow_run_name(cell, differing)
             try:
                 record = load_outcome(outcome_key(cell, benches[cell.benchmark], docs, queries))
-            except Exception as exc:  # noqa: BLE001 - e.g. a local model gone since the check: the cell says why
+            except Exception as exc:
                 record = None
                 log.warning("cell %s: no stored outcome looked up (%s: %s)", name, type(exc).__name__, exc)
             if record is not None:
@@ -219,7 +219,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                     log.info("cell %s: unchanged since MLflow run %s; logged from its stored outcome", name,
                              record["original_run_id"])
                     continue
-                except Exception as exc:  # noqa: BLE001 - a record that cannot be logged: run the cell
+                except Exception as exc:
                     log.warning("cell %s: stored outcome not usable (%s: %s); running the cell", name,
                                 type(exc).__name__, exc)
             try:
@@ -228,7 +228,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                                         bench=benches[cell.benchmark],
                                         docs=docs, queries=queries, execution=config.execution,
                                         run_name=name))
-            except Exception as exc:  # noqa: BLE001 - one failing cell must not lose the others
+            except Exception as exc:
                 failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
                 log.error("cell %s failed: %s: %s", name, type(exc).__name__, exc)
         timings["cells"] = time.perf_counter() - t

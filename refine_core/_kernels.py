@@ -81,7 +81,7 @@ def _accumulate(docs: np.ndarray, idx: np.ndarray, coef: np.ndarray, out: np.nda
 
 
 @njit(cache=True, fastmath=_FASTMATH, error_model="numpy")
-def _refine_one(  # noqa: PLR0913 - a kernel takes its state explicitly
+def _refine_one(
     z0: np.ndarray,
     docs: np.ndarray,
     idx: np.ndarray,
@@ -243,7 +243,7 @@ def _refine_one(  # noqa: PLR0913 - a kernel takes its state explicitly
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def refine_kernel(  # noqa: PLR0913
+def refine_kernel(
     z0: np.ndarray,
     docs: np.ndarray,
     idx: np.ndarray,

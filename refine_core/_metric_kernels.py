@@ -32,7 +32,7 @@ N_STATS = 5
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def special_counts(scores, offset, use_all, cand_indptr, cand_docs, sp_indptr, sp_docs, sp_scores,
-                   out_greater, out_equal, out_before, out_stats):  # noqa: ANN001 - numba signature
+                   out_greater, out_equal, out_before, out_stats):
     """Fill the per-special counts and the per-query statistics of the other candidates.
 
     ``scores`` ``(B, S)`` holds the columns ``offset .. offset+S-1`` of the corpus; with

@@ -43,7 +43,7 @@ class AnnSettings:
                 raise ValueError(f"ANN {name} must be >= 1, got {getattr(self, name)}")
 
 
-def _faiss():  # noqa: ANN202
+def _faiss():
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - declared dependency

@@ -70,7 +70,7 @@ def read_corpus(path: str | os.PathLike[str], *, id_column: str = "id", text_col
             raise CorpusError(f"corpus {p}: unknown format {suffix or '(none)'!r}; use .jsonl, .parquet or .csv")
     except CorpusError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every parser error becomes one message naming the file
+    except Exception as exc:
         raise CorpusError(f"corpus {p}: cannot be read as {suffix[1:]} ({str(exc).splitlines()[0][:200]})") from None
     if frame.height == 0:
         raise CorpusError(f"corpus {p} is empty: it has no documents")
@@ -326,7 +326,7 @@ def _check_text(value: str, what: str) -> str:
     return value
 
 
-def _judge_rows(judge, query: str, rows: np.ndarray, texts: list[str], instruction: str | None,  # noqa: ANN001
+def _judge_rows(judge, query: str, rows: np.ndarray, texts: list[str], instruction: str | None,
                 ledger: JudgmentLedger | None, concurrency: int, report: RunReport) -> np.ndarray:
     request = JudgeRequest(query=query, documents=tuple(texts[int(j)] for j in rows), task_instruction=instruction)
     result = run_judge(judge, [request], ledger=ledger, concurrency=concurrency)
@@ -342,7 +342,7 @@ def refine_query(
     index: CorpusIndex,
     query: str,
     *,
-    judge,  # noqa: ANN001 - any refine_core.judges Judge
+    judge,
     embedder: SentenceTransformerEmbedder,
     k: int = 20,
     rounds: int = 1,
@@ -459,7 +459,7 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,  # noqa: ANN001
+def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,
            k: int = 20, rounds: int = 1, top: int = 10, config: RefineConfig | None = None,
            instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
            use_ann: bool = True, check_ann: bool = False) -> SearchResult:
@@ -632,7 +632,7 @@ def stratified_estimate(known_positives: int, strata: list[tuple[int, int, int]]
     return estimate, (lo, hi)
 
 
-def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,  # noqa: ANN001
+def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,
              k: int = 20, rounds: int = 1, calibrate: int = 0, config: RefineConfig | None = None,
              instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
              positive_at: float = 0.5, judge_instruction: str | None = None, seed: int = 0,

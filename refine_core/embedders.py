@@ -179,7 +179,7 @@ class SentenceTransformerEmbedder:
         """Identity of (model weights, normalisation) used as the cache folder name."""
         return f"{self.model_id.replace('/', '--').replace(':', '_').lstrip('.')[-60:]}-{self.fingerprint}"
 
-    def _load(self):  # noqa: ANN202
+    def _load(self):
         if self._model is None:
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
@@ -189,7 +189,7 @@ class SentenceTransformerEmbedder:
             source = str(self.path) if self.path is not None else self.model_id
             try:
                 self._model = SentenceTransformer(source, device=self.device)
-            except Exception as exc:  # noqa: BLE001 - turn every loading failure into one message
+            except Exception as exc:
                 raise EmbeddingModelError(
                     f"embedding model {self.model_id!r} could not be loaded ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''}); give a local folder or an id "

@@ -19,9 +19,9 @@ from refine_core.feedback import FeedbackStrategy
 from refine_core.metrics import (
     DEFAULT_KS,
     MetricsResult,
+    UnitDocuments,
     check_ks,
     collect_metrics,
-    UnitDocuments,
     cosine_block,
     document_array,
     rank_metrics,
@@ -129,7 +129,7 @@ def evaluate_cell_arrays(
         judge_mask=outcome.mask,
         refined_vectors=outcome.vectors,
         losses=outcome.losses,
-        failed_queries=~outcome.mask[:, :k].any(axis=1),
+        failed_queries=np.asarray(~outcome.mask[:, :k].any(axis=1)),
     )
 
 
@@ -192,21 +192,20 @@ def method_score_blocks(
     n = vectors["baseline"].shape[0]
     step = block_rows or score_block_rows(docs_unit.shape[0])
     pooled = pool is not None and pool.pooled
+    def ranking(v: np.ndarray, in_pool: np.ndarray | None) -> np.ndarray:
+        scores = cosine_block(v, docs_unit)
+        return scores if in_pool is None else np.where(in_pool, scores, -np.inf)
+
     for lo in range(0, n, step):
         hi = min(lo + step, n)
-        in_pool = pool.pool_block(lo, hi) if pooled else None
-
-        def ranking(v: np.ndarray) -> np.ndarray:
-            scores = cosine_block(v[lo:hi], docs_unit)
-            return scores if in_pool is None else np.where(in_pool, scores, -np.inf)
-
-        base = ranking(vectors["baseline"])
+        in_pool = pool.pool_block(lo, hi) if pool is not None and pooled else None
+        base = ranking(vectors["baseline"][lo:hi], in_pool)
         blocks = {"baseline": base,
                   "rerank_only": rerank_only_scores(base, feedback_idx[lo:hi], judge_scores[lo:hi],
                                                     mask=judge_mask[lo:hi])}
         for name, v in vectors.items():
             if name != "baseline":
-                blocks[name] = ranking(v)
+                blocks[name] = ranking(v[lo:hi], in_pool)
         yield lo, hi, blocks
 
 

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
 class FeedbackStrategy(Protocol):
     """Anything that picks the documents to be judged for each query."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """A short label for logs and parameters."""
+        ...
 
     def select(
         self,
@@ -232,8 +235,9 @@ def select_feedback_blocks(
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         sims = cosine_block(q[lo:hi], docs_unit)
-        if pool is not None and pool.pooled:
-            sims = np.where(pool.pool_block(lo, hi), sims, -np.inf)
+        in_pool = pool.pool_block(lo, hi) if pool is not None else None
+        if in_pool is not None:
+            sims = np.where(in_pool, sims, -np.inf)
         exclude = None
         if exclude_idx is not None and exclude_idx.size:
             exclude = np.zeros(sims.shape, dtype=bool)

@@ -89,7 +89,7 @@ def select_lr(
                          config=RefineConfig(**params)).vectors
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         per_query = []
-        for i in np.flatnonzero(held.any(axis=1)):
+        for i in np.flatnonzero(held.any(axis=1)).tolist():
             cols = np.flatnonzero(held[i])
             sims = documents[safe_idx[i, cols]] @ unit[i]
             per_query.append(_pairwise_auc(sims, scores[i, cols] >= positive_at))

@@ -30,11 +30,15 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from refine_core._validation import MIN_NORM
 from refine_core.qrels import Qrels, as_qrels
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
 
@@ -66,7 +70,7 @@ class MetricsResult:
     def __getitem__(self, name: str) -> float:
         return self.means[name]
 
-    def to_polars(self, query_ids: list[str] | None = None):  # noqa: ANN201 - polars is optional here
+    def to_polars(self, query_ids: list[str] | None = None) -> pl.DataFrame:
         """Per-query table (one row per query, one column per measure)."""
         import polars as pl
 

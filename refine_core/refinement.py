@@ -29,10 +29,9 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-
 
 from refine_core._validation import (
     as_float_array,
@@ -305,7 +304,6 @@ def refine(
 
     active = np.flatnonzero(~skipped)
     target = target_distribution(raw_scores, valid, temperature=config.score_temperature, normalize=config.normalize)
-    doc_norms = np.ones((n, k), dtype=np.float64)
     block_vectors = np.empty((min(block_size, active.size), d), dtype=np.float32)
     for start in range(0, active.size, block_size):
         rows = active[start : start + block_size]
@@ -350,8 +348,10 @@ def refine(
     return RefineResult(vectors=vectors, losses=losses, skipped=skipped, config=config)
 
 
-def _reference_kernel(z0, docs, doc_idx, target, valid, lr, steps, use_adam, tc, minmax, kl_eps, b1, b2, adam_eps,  # noqa: ANN001, PLR0913
-                      momentum, out_z, out_loss, out_norms) -> None:
+def _reference_kernel(z0: np.ndarray, docs: np.ndarray, doc_idx: np.ndarray, target: np.ndarray, valid: np.ndarray,
+                      lr: float, steps: int, use_adam: bool, tc: float, minmax: bool, kl_eps: float, b1: float,
+                      b2: float, adam_eps: float, momentum: float, out_z: np.ndarray, out_loss: np.ndarray,
+                      out_norms: np.ndarray) -> None:
     """The kernel's calling convention over :func:`refine_core.refinement_reference.refine_one`."""
     from refine_core.refinement_reference import refine_one
 
@@ -369,7 +369,7 @@ def _reference_kernel(z0, docs, doc_idx, target, valid, lr, steps, use_adam, tc,
         out_loss[i] = loss
 
 
-def __getattr__(name: str):  # noqa: ANN202 - module attribute hook
+def __getattr__(name: str) -> Any:
     """``refine_kernel`` is the compiled kernel, imported on first use: numba takes about half a
     second to import, which commands that never refine (a cached re-run) should not pay."""
     if name == "refine_kernel":

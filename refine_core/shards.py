@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refine_core._metric_kernels import MAX_OTHER, M2_OTHER, MEAN_OTHER, N_OTHER, N_STATS, NON_FINITE
+from refine_core._metric_kernels import M2_OTHER, MAX_OTHER, MEAN_OTHER, N_OTHER, N_STATS, NON_FINITE
 from refine_core.qrels import Qrels
 
 

@@ -59,7 +59,7 @@ def vector_rows(path: str | os.PathLike[str], *, id_column: str = "id") -> int:
         return int(pl.scan_parquet(p).select(pl.len()).collect().item())
     except VectorFileError:
         raise
-    except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
+    except Exception as exc:
         raise VectorFileError(f"not a readable parquet file ({type(exc).__name__}: {exc})") from None
 
 
@@ -74,7 +74,7 @@ def read_vectors(path: str | os.PathLike[str], ids: Sequence[str], *, id_column:
 
     try:
         frame = pl.read_parquet(p, columns=[id_column, "vector"])
-    except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
+    except Exception as exc:
         raise VectorFileError(f"needs columns {id_column} and vector ({type(exc).__name__}: {exc})") from None
     rows = dict(zip(frame[id_column].cast(pl.String).to_list(), frame["vector"].to_list()))
     missing = [i for i in ids if rows.get(i) is None]

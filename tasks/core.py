@@ -130,7 +130,7 @@ def corpus_chunks(n_documents: int, chunk_size: int) -> list[tuple[int, int]]:
     return [(start, min(start + chunk_size, n_documents)) for start in range(0, n_documents, chunk_size)]
 
 
-def _chunk_key(context, parameters) -> str:  # noqa: ANN001
+def _chunk_key(context, parameters) -> str:
     b: BenchmarkRef = parameters["bench"]
     return _key("embed-chunk", b.documents_hash, _embedder(parameters["model"]).cache_key,
                 parameters["start"], parameters["stop"])
@@ -149,7 +149,7 @@ def embed_corpus_chunk_task(bench: BenchmarkRef, model: str, start: int, stop: i
     return ArrayRef(save_array(f"docs-chunk-{name}", vectors), name, time.perf_counter() - t0)
 
 
-def _join_key(context, parameters) -> str:  # noqa: ANN001
+def _join_key(context, parameters) -> str:
     return _key("join", parameters["name"], [p.digest for p in parameters["parts"]])
 
 
@@ -196,7 +196,7 @@ def corpus_digest(bench: BenchmarkRef, model: str, chunks: list[tuple[int, int]]
     return digest("docs", bench.documents_hash, _embedder(model).cache_key, chunks)
 
 
-def _queries_key(context, parameters) -> str:  # noqa: ANN001
+def _queries_key(context, parameters) -> str:
     b: BenchmarkRef = parameters["bench"]
     e = _embedder(parameters["model"], parameters.get("query_template"))
     return _key("embed-queries", b.hash, e.cache_key, e.query_template, b.embed_instruction)
@@ -215,7 +215,7 @@ def embed_queries_task(bench: BenchmarkRef, model: str, query_template: str | No
 
 
 # ---- select feedback ------------------------------------------------------------------------------
-def _select_key(context, parameters) -> str:  # noqa: ANN001
+def _select_key(context, parameters) -> str:
     return _key("select", parameters["bench"].hash, parameters["vectors"].digest, parameters["docs"].digest,
                 parameters["k"], [e.digest for e in parameters["exclude"]])
 
@@ -224,7 +224,7 @@ def _exclude_idx(exclude: list[ArrayRef] | None) -> np.ndarray | None:
     return np.concatenate([load_arrays(ref.path)["idx"] for ref in exclude], axis=1) if exclude else None
 
 
-def _select_shard_key(context, parameters) -> str:  # noqa: ANN001
+def _select_shard_key(context, parameters) -> str:
     return _key(_select_key(context, parameters), "shard", list(parameters["shard"]))
 
 
@@ -260,7 +260,7 @@ def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef,
 
 
 # ---- judge (the LLM stage) --------------------------------------------------------------------------
-def judge_cache_key(context, parameters) -> str:  # noqa: ANN001
+def judge_cache_key(context, parameters) -> str:
     spec: JudgeSpec = parameters["judge"]
     return _key("judge", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash,
                 parameters["feedback"].digest)
@@ -274,7 +274,7 @@ def spend_account(account: str | None, budget: BudgetSpec | None) -> SpendAccoun
                         max_cost=budget.max_cost_usd if budget else None)
 
 
-def retry_unless_judge_bug(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_condition_fn
+def retry_unless_judge_bug(task, task_run, state) -> bool:
     """Retry a judge task after transient errors, never after a judge bug (it would only repeat)."""
     return not isinstance(state.data, JudgeCrashed)
 
@@ -351,7 +351,7 @@ class PassagesRef:
     failed: int = 0
 
 
-def hyde_cache_key(context, parameters) -> str:  # noqa: ANN001
+def hyde_cache_key(context, parameters) -> str:
     spec: HydeSpec = parameters["spec"]
     return _key("hyde", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash)
 
@@ -381,7 +381,7 @@ def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec, budget: BudgetSpec |
     return PassagesRef(str(path), content, generator.identity.key, report.as_metrics(), report.failed)
 
 
-def _hyde_embed_key(context, parameters) -> str:  # noqa: ANN001
+def _hyde_embed_key(context, parameters) -> str:
     e = _embedder(parameters["model"], parameters.get("query_template"))
     return _key("embed-hyde", parameters["passages"].digest, parameters["bench"].hash, e.cache_key, e.query_template,
                 parameters["bench"].embed_instruction)
@@ -415,7 +415,7 @@ def refined_digest(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], ju
     return digest("refined", start.digest, docs.digest, [f.digest for f in feedback], [j.digest for j in judgments], config)
 
 
-def _refine_key(context, parameters) -> str:  # noqa: ANN001
+def _refine_key(context, parameters) -> str:
     return _key("refine", parameters["start"].digest, parameters["docs"].digest,
                 [f.digest for f in parameters["feedback"]], [j.digest for j in parameters["judgments"]],
                 parameters["config"], parameters["rows"])
@@ -468,7 +468,7 @@ class CellEvaluation:
     seconds: float
 
 
-def _evaluate_key(context, parameters) -> str:  # noqa: ANN001
+def _evaluate_key(context, parameters) -> str:
     extra = parameters.get("extra") or {}
     return _key("evaluate", parameters["bench"].hash, parameters["queries"].digest, parameters["docs"].digest,
                 parameters["feedback"].digest, parameters["judgments"].digest, [r.digest for r in parameters["refined"]],
@@ -485,11 +485,11 @@ def _evaluation_inputs(queries: ArrayRef, feedback: ArrayRef, judgments: Judgmen
             "extra_vectors": {name: np.asarray(load_array(ref.path)) for name, ref in (extra or {}).items()}}
 
 
-def _inputs_key(context, parameters) -> str:  # noqa: ANN001
+def _inputs_key(context, parameters) -> str:
     return _key("evaluate-inputs", _evaluate_key(context, parameters))
 
 
-def _evaluate_shard_key(context, parameters) -> str:  # noqa: ANN001
+def _evaluate_shard_key(context, parameters) -> str:
     return _key("evaluate-shard", parameters["inputs"].digest, parameters["docs"].digest, list(parameters["shard"]))
 
 

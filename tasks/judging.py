@@ -58,7 +58,7 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
     raise ValueError(f"unknown judge kind {spec.kind!r}")
 
 
-def build_generator(spec: HydeSpec):  # noqa: ANN201 - a refine_core.hyde Generator
+def build_generator(spec: HydeSpec):
     """The HyDE passage generator a :class:`HydeSpec` describes."""
     from refine_core import hyde
 

@@ -13,7 +13,7 @@ _reporter: Reporter | None = None
 
 
 def install(reporter: Reporter | None) -> None:
-    global _reporter  # noqa: PLW0603 - one process-wide hook, set by the CLI
+    global _reporter
     _reporter = reporter
 
 

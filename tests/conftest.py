@@ -64,7 +64,7 @@ _COUNTS: dict[str, int] = {}
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
     if _IN_CI and report.skipped and not hasattr(report, "wasxfail"):
@@ -74,7 +74,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector):  # noqa: ANN201
+def pytest_make_collect_report(collector: pytest.Collector):
     outcome = yield
     report = outcome.get_result()
     if _IN_CI and report.skipped:
@@ -83,7 +83,7 @@ def pytest_make_collect_report(collector: pytest.Collector):  # noqa: ANN201
         report.longrepr = f"{collector.nodeid} skipped in CI (CI=true), which counts as a failure: {reason}"
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:  # noqa: ANN001
+def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
     counts = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "error", "skipped", "xfailed")}
     line = ", ".join(f"{value} {key}" for key, value in counts.items())
     terminalreporter.write_line(f"refine-eval tests: {line}" + (" (CI=true: a skip fails)" if _IN_CI else ""))

@@ -77,6 +77,6 @@ def _block_metrics(s: np.ndarray, y: np.ndarray, p: np.ndarray, ks: tuple[int, .
 
 
 
-def dense_reference(scores, labels, pool=None, ks=(5, 10, 20, 30, 40, 50)):  # noqa: ANN001, ANN201
+def dense_reference(scores, labels, pool=None, ks=(5, 10, 20, 30, 40, 50)):
     s, y, p = _check_inputs(scores, labels, pool)
     return _block_metrics(s, y, p, tuple(ks))

@@ -53,7 +53,7 @@ def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
     stop_process_group(proc, timeout)
 
 
-def wait_for(check, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001, ANN201
+def wait_for(check, timeout: float, what: str, interval: float = 0.5):
     """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -87,7 +87,7 @@ class _RetryingClient(httpx.Client):
     """Retries 429 and 503 (a busy SQLite database behind the server) with backoff, as
     Prefect's own client does."""
 
-    def request(self, *args, **kwargs) -> httpx.Response:  # noqa: ANN002, ANN003
+    def request(self, *args, **kwargs) -> httpx.Response:
         for attempt in range(8):
             response = super().request(*args, **kwargs)
             if response.status_code not in (429, 503):

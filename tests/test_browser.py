@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import FIXTURES
 from servers import BIN, base_env, free_port, process, wait_for
 
@@ -83,7 +82,7 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
                 try:
                     page.locator("a:has-text('lr=')").first.wait_for(timeout=8_000)
                     break
-                except Exception:  # noqa: BLE001 - playwright's TimeoutError
+                except Exception:
                     continue
             page.locator("a:has-text('lr=')").first.wait_for(timeout=10_000)
             children = [t for t in page.locator("a[href*='/runs/']").all_inner_texts() if "lr=" in t]

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fakes.anthropic_server import FakeAnthropic
+
 from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
 from refine_core.judges.spend import SpendAccount
 
@@ -39,7 +39,7 @@ def server():
         yield s
 
 
-def _claude(server: FakeAnthropic, scheme: str = "pointwise"):  # noqa: ANN202
+def _claude(server: FakeAnthropic, scheme: str = "pointwise"):
     from refine_core.judges.anthropic_judge import AnthropicJudge
 
     return AnthropicJudge(scheme=scheme, base_url=server.base_url, max_retries=1, timeout=5.0)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from fakes.anthropic_server import FakeAnthropic
 from typer.testing import CliRunner
 
-from fakes.anthropic_server import FakeAnthropic
 from refine_core.corpus import (
     CorpusError,
     CorpusIndex,
@@ -28,7 +28,7 @@ from refine_core.corpus import (
     write_labels,
 )
 from refine_core.embedding_cache import EmbeddingCache
-from refine_core.judges import JudgmentLedger, OracleJudge
+from refine_core.judges import OracleJudge
 
 pytestmark = pytest.mark.data
 KEY = "sk-ant-corpus-test-0000"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from fakes.anthropic_server import FakeAnthropic
 
 from evaluations.config import BenchmarkSpec, JudgeSpec
-from fakes.anthropic_server import FakeAnthropic
 
 pytestmark = [pytest.mark.data, pytest.mark.integration]
 KEY = "sk-ant-corpus-flow-0000"

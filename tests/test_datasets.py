@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import FIXTURES
 
 from evaluations import DatasetError, DatasetNotFound, load_benchmark, load_raw
 from evaluations.loaders import load_argkp21, load_beir, load_followir_folder, load_intent_csv, load_user_files
-
-from conftest import FIXTURES
 
 
 # ---- real files ----------------------------------------------------------------------

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes.anthropic_server import FakeAnthropic, FaultPlan
 
 from evaluations.config import BenchmarkSpec, Grid, HydeSpec, JudgeSpec, SweepConfig
-from fakes.anthropic_server import FakeAnthropic, FaultPlan
 from refine_core.hyde import ClaudeGenerator, GenerationStore, hyde_prompt, run_generator
 
 KEY = "sk-ant-hyde-test-0000"

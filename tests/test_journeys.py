@@ -22,11 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
-
 from conftest import FIXTURES
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
 from servers import BIN, PrefectAPI, base_env, free_port, prefect_server, process, wait_for
+from typer.testing import CliRunner
 
 SENTINEL_KEY = "sk-ant-SENTINEL-journeys-0c4d"
 USERDATA = FIXTURES / "userdata"

@@ -11,8 +11,8 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
+
 from refine_core.judges import Budget, JudgeConfigError, JudgeRequest, JudgmentLedger, run_judge
 from refine_core.judges.anthropic_judge import AnthropicJudge, escape, parse_rating, parse_tool_scores
 from refine_core.judges.batches import run_judge_batches

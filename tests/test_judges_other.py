@@ -64,7 +64,7 @@ class FakeOpenAI:
             def log_message(self, *a: object) -> None:
                 return
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
                 if outer.fail_next:
@@ -368,7 +368,7 @@ class _BuggyJudge:
         self.good = good
         self.calls = 0
 
-    def judge(self, *, query, documents, task_instruction):  # noqa: ANN001, ANN201
+    def judge(self, *, query, documents, task_instruction):
         from refine_core.judges import JudgeResponse, Judgment
 
         self.calls += 1

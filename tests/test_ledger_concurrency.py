@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fakes.anthropic_server import FakeAnthropic
 from servers import postgres_server
 

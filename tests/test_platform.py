@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import FIXTURES
-from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
+
+from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
 
 pytestmark = pytest.mark.integration
 
@@ -128,8 +128,8 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
         assert stable(a) == stable(b)
         paid = {"judgments_paid", "judgments_cached", "judge_requests", "judge_input_tokens", "judge_output_tokens",
                 "judge_cost_usd", "judgments_from_ledger"}
-        same = lambda run: {k: v for k, v in run.data.metrics.items()  # noqa: E731
-                            if not k.startswith("time.") and k not in paid}
+        same = lambda run, paid=paid: {k: v for k, v in run.data.metrics.items()  # noqa: E731
+                                       if not k.startswith("time.") and k not in paid}
         assert same(a) == same(b)
         assert b.data.metrics["judgments_paid"] == 0
         assert b.data.metrics["judgments_cached"] == a.data.metrics["judgments_paid"] + a.data.metrics["judgments_cached"] \

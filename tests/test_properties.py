@@ -16,7 +16,7 @@ finite = st.floats(min_value=-10, max_value=10, allow_nan=False, allow_infinity=
 
 
 @st.composite
-def refine_inputs(draw):  # noqa: ANN001, ANN201
+def refine_inputs(draw):
     n = draw(st.integers(1, 5))
     k = draw(st.integers(2, 8))
     d = draw(st.integers(1, 12))
@@ -45,7 +45,7 @@ def test_refine_outputs_are_finite_or_a_clear_error(inputs, optimizer: str, norm
 
 
 @st.composite
-def rankings(draw):  # noqa: ANN001, ANN201
+def rankings(draw):
     n = draw(st.integers(1, 4))
     total = draw(st.integers(2, 40))
     scores = draw(arrays(np.float64, (n, total), elements=st.floats(-1, 1, allow_nan=False)))

@@ -234,7 +234,7 @@ def test_a_non_finite_result_raises_naming_the_query(monkeypatch: pytest.MonkeyP
 
     real = refinement.refine_kernel
 
-    def poisoned(*args):  # noqa: ANN002, ANN202 - same positional signature as the kernel
+    def poisoned(*args):
         real(*args)
         args[-2][1, 3] = np.nan  # out_loss of the second query in the block
 

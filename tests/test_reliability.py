@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from fakes.anthropic_server import FakeAnthropic, FaultPlan
 
 from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig
-from fakes.anthropic_server import FakeAnthropic, FaultPlan
 
 KEY = "sk-ant-soak-test-key"
 SOAK_FAULTS = {"429": 0.20, "529": 0.05, "500": 0.05, "slow": 0.02, "malformed_body": 0.03}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.report import filter_cells, ReportError, paper_table
+from flows.report import ReportError, filter_cells, paper_table
 
 # (model, benchmark) -> {method: (MAP, one-sided p vs original)}
 RUNS = {

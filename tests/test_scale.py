@@ -185,7 +185,7 @@ def test_rounds_with_pooled_qrels_equal_rounds_with_a_dense_pool() -> None:
     pool[:, 0] = True
     qrels = Qrels.from_dense(labels, pool)
 
-    def judge(rows, idx):  # noqa: ANN001, ANN202
+    def judge(rows, idx):
         return oracle_scores(qrels.take(rows), idx)
 
     dense = refine_rounds(q, docs, judge, rounds=3, k=4, pool=pool)
@@ -231,8 +231,14 @@ def test_measures_merged_from_corpus_shards_equal_one_pass(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(12))
 def test_rerank_only_from_shards_equals_the_dense_rerank_scores(seed: int) -> None:
     from refine_core.baselines import rerank_only_scores
-    from refine_core.shards import (count_shard, finish_rerank_only, measures, merge_shards, relevant_specials,
-                                    rerank_only_specials)
+    from refine_core.shards import (
+        count_shard,
+        finish_rerank_only,
+        measures,
+        merge_shards,
+        relevant_specials,
+        rerank_only_specials,
+    )
 
     scores, labels, pool = _case(seed)
     scores = np.asarray(scores, dtype=np.float64)

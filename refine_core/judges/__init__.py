@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from refine_core.judges.base import Judge, JudgeConfigError, JudgeCrashed, JudgeIdentity, Judgment, JudgeResponse, Usage
+from refine_core.judges.base import Judge, JudgeConfigError, JudgeCrashed, JudgeIdentity, JudgeResponse, Judgment, Usage
 from refine_core.judges.ledger import JudgmentLedger
 from refine_core.judges.oracle import OracleJudge, noisy_oracle_scores, oracle_scores
 from refine_core.judges.runner import Budget, JudgeRequest, RunReport, estimate_cost, run_judge

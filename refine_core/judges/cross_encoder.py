@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from refine_core.judges.base import JudgeConfigError, JudgeIdentity, Judgment, JudgeResponse, Usage
+from refine_core.judges.base import JudgeConfigError, JudgeIdentity, JudgeResponse, Judgment, Usage
 
 
 def check_cross_encoder_model(model: str) -> None:
@@ -55,7 +55,7 @@ class CrossEncoderJudge:
 
         try:
             self.model = CrossEncoder(model, device=device)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise JudgeConfigError(f"cross-encoder {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
         import torch
 

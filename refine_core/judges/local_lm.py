@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from refine_core.judges.base import PAPER_PROMPT_VERSION, JudgeConfigError, JudgeIdentity, Judgment, JudgeResponse, Usage, paper_prompt
+from refine_core.judges.base import (
+    PAPER_PROMPT_VERSION,
+    JudgeConfigError,
+    JudgeIdentity,
+    JudgeResponse,
+    Judgment,
+    Usage,
+    paper_prompt,
+)
 from refine_core.judges.yes_no import is_no, is_yes
 
 
@@ -79,7 +87,7 @@ def check_local_model(model: str) -> None:
         raise JudgeConfigError(f"local model {model!r}: the folder has no config.json (not a transformers model)")
 
 
-def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"):  # noqa: ANN201
+def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"):
     """(tokenizer, model in eval mode on its device, device, name) for a folder, GGUF file or alias."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,7 +99,7 @@ def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise JudgeConfigError(f"local {role} model {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm.to(device).eval()

@@ -21,8 +21,8 @@ from refine_core.judges.base import (
     PAPER_PROMPT_VERSION,
     JudgeConfigError,
     JudgeIdentity,
-    Judgment,
     JudgeResponse,
+    Judgment,
     Usage,
     paper_prompt,
 )

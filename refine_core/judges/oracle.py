@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from refine_core.judges.base import JudgeIdentity, Judgment, JudgeResponse, Usage
+from refine_core.judges.base import JudgeIdentity, JudgeResponse, Judgment, Usage
 from refine_core.qrels import Qrels
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from refine_core.judges.base import Judge, JudgeCrashed, Judgment, JudgeResponse, Usage, check_scores, truncate_document
+from refine_core.judges.base import Judge, JudgeCrashed, JudgeResponse, Judgment, Usage, check_scores, truncate_document
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ def run_judge(
                 i, positions = pending.pop(future)
                 try:
                     response = future.result()
-                except Exception as exc:  # noqa: BLE001 - kept, raised once the paid calls are recorded
+                except Exception as exc:
                     crash = crash or exc
                     if ledger is not None:
                         ledger.release(key, pairs_of(i, positions), owner)

@@ -263,7 +263,7 @@ class FakeAnthropic:
 class _QuietServer(ThreadingHTTPServer):
     """Clients that hang up (timeouts, killed processes) are expected here: no traceback."""
 
-    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+    def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
             return
         super().handle_error(request, client_address)
@@ -303,7 +303,7 @@ def _handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 fake.stats.auth_headers.append(header)
             return header in (f"Bearer {fake.api_key}", fake.api_key)
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             with fake._lock:
                 fake.stats.requests += 1
             if not self._authorised():
@@ -318,7 +318,7 @@ def _handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, fake._batch_object(batch_id))
             return self._send(404, _error("not_found_error", self.path))
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             raw = self.rfile.read(length)
             with fake._lock:
