@@ -89,8 +89,14 @@ def main() -> None:
             bad = {k: v for k, v in checks.items() if v not in ("ok", "absent")}
             if bad:
                 problems.append(f"attempt {attempt + 1}: corrupt {bad}")
-            rows.append([attempt + 1, outcome, sum(server.stats.pairs_answered.values()),
-                         ", ".join(f"{k}={v}" for k, v in checks.items())])
+            rows.append(
+                [
+                    attempt + 1,
+                    outcome,
+                    sum(server.stats.pairs_answered.values()),
+                    ", ".join(f"{k}={v}" for k, v in checks.items()),
+                ]
+            )
         final = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
         paid_twice = sum(1 for c in server.stats.pairs_answered.values() if c > 1)
     if final.returncode != 0:
@@ -111,13 +117,26 @@ def main() -> None:
     info = machine_info()
     print(f"machine: {info}")
     print_table(["attempt", "outcome", "judge answers so far", "store integrity"], rows)
-    print(f"final run: exit {final.returncode}; {len(result.get('cells', []))} cells; MLflow runs by status: {by_status}")
-    print(f"judgments paid twice: {paid_twice} (only calls in flight at a kill can repeat: at most "
-          f"{args.kills} kills x concurrency 4)")
+    print(
+        f"final run: exit {final.returncode}; {len(result.get('cells', []))} cells; MLflow runs by status: {by_status}"
+    )
+    print(
+        f"judgments paid twice: {paid_twice} (only calls in flight at a kill can repeat: at most "
+        f"{args.kills} kills x concurrency 4)"
+    )
     print("problems: " + ("; ".join(problems) if problems else "none"))
     if args.json:
-        emit_json({"benchmark": "crash_resume", "machine": info, "kills": args.kills, "final_exit": final.returncode,
-                   "runs_by_status": by_status, "paid_twice": paid_twice, "problems": problems})
+        emit_json(
+            {
+                "benchmark": "crash_resume",
+                "machine": info,
+                "kills": args.kills,
+                "final_exit": final.returncode,
+                "runs_by_status": by_status,
+                "paid_twice": paid_twice,
+                "problems": problems,
+            }
+        )
     if problems:
         raise SystemExit(1)
 

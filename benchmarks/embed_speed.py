@@ -50,15 +50,29 @@ def main() -> None:
     print(f"model: {embedder.model_id}; {len(texts)} CLINC150 utterances; batch {args.batch_size}")
     print_table(
         ["pass", "seconds", "texts/s", "texts through the model"],
-        [["cold", f"{cold:.2f}", f"{len(texts) / cold:.0f}", calls_cold],
-         ["warm", f"{warm:.3f}", f"{len(texts) / warm:.0f}", calls_warm]],
+        [
+            ["cold", f"{cold:.2f}", f"{len(texts) / cold:.0f}", calls_cold],
+            ["warm", f"{warm:.3f}", f"{len(texts) / warm:.0f}", calls_warm],
+        ],
     )
-    print(f"warm/cold speed-up: {cold / warm:.0f}x; cache on disk: {size / 2**20:.1f} MiB "
-          f"({size / len(texts):.0f} bytes per text)")
+    print(
+        f"warm/cold speed-up: {cold / warm:.0f}x; cache on disk: {size / 2**20:.1f} MiB "
+        f"({size / len(texts):.0f} bytes per text)"
+    )
     if args.json:
-        emit_json({"benchmark": "embed_speed", "machine": info, "texts": len(texts), "cold_seconds": cold,
-                   "warm_seconds": warm, "cold_texts_per_s": len(texts) / cold, "warm_texts_per_s": len(texts) / warm,
-                   "model_calls_warm": calls_warm, "cache_bytes": size})
+        emit_json(
+            {
+                "benchmark": "embed_speed",
+                "machine": info,
+                "texts": len(texts),
+                "cold_seconds": cold,
+                "warm_seconds": warm,
+                "cold_texts_per_s": len(texts) / cold,
+                "warm_texts_per_s": len(texts) / warm,
+                "model_calls_warm": calls_warm,
+                "cache_bytes": size,
+            }
+        )
 
 
 if __name__ == "__main__":

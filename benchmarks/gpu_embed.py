@@ -42,10 +42,21 @@ def main() -> None:
                 model.encode(texts, batch_size=batch, show_progress_bar=False, convert_to_numpy=True)
                 torch.cuda.synchronize()
                 seconds = time.perf_counter() - start
-                rows.append({"texts": path.stem, "n": len(texts), "dtype": str(dtype).replace("torch.", ""),
-                             "batch": batch, "seconds": round(seconds, 3), "texts_per_s": round(len(texts) / seconds, 1)})
-                print(f"{path.stem:12s} n={len(texts):6d} {rows[-1]['dtype']:8s} batch {batch:4d}: "
-                      f"{rows[-1]['texts_per_s']:10,.0f} texts/s", flush=True)
+                rows.append(
+                    {
+                        "texts": path.stem,
+                        "n": len(texts),
+                        "dtype": str(dtype).replace("torch.", ""),
+                        "batch": batch,
+                        "seconds": round(seconds, 3),
+                        "texts_per_s": round(len(texts) / seconds, 1),
+                    }
+                )
+                print(
+                    f"{path.stem:12s} n={len(texts):6d} {rows[-1]['dtype']:8s} batch {batch:4d}: "
+                    f"{rows[-1]['texts_per_s']:10,.0f} texts/s",
+                    flush=True,
+                )
     info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     print(info)
     if args.json:

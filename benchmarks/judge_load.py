@@ -41,8 +41,10 @@ def main() -> None:
 
     os.environ.setdefault("ANTHROPIC_API_KEY", "load-test-key")
     k = 20
-    requests = [JudgeRequest(query=f"query {q}: a lost card", documents=tuple(f"doc {q}-{i} card {i % 2}" for i in range(k)))
-                for q in range(args.judgments // k)]
+    requests = [
+        JudgeRequest(query=f"query {q}: a lost card", documents=tuple(f"doc {q}-{i} card {i % 2}" for i in range(k)))
+        for q in range(args.judgments // k)
+    ]
     samples: list[float] = []
     stop = threading.Event()
 
@@ -51,8 +53,12 @@ def main() -> None:
             samples.append(rss_mb())
             time.sleep(0.5)
 
-    with tempfile.TemporaryDirectory() as tmp, FakeAnthropic(lambda q, d: d.endswith("1"), api_key=os.environ["ANTHROPIC_API_KEY"],
-                                                              latency=args.latency) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeAnthropic(
+            lambda q, d: d.endswith("1"), api_key=os.environ["ANTHROPIC_API_KEY"], latency=args.latency
+        ) as server,
+    ):
         ledger = JudgmentLedger(Path(tmp) / "ledger.sqlite")
         judge = AnthropicJudge(scheme="pointwise", base_url=server.base_url, max_retries=2)
         before = rss_mb()
@@ -72,17 +78,59 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info = machine_info()
     print(f"machine: {info}")
-    print_table(["judgments", "concurrency", "latency ms", "seconds", "judgments/s", "max in flight (server)",
-                 "stored in ledger", "failed", "answered twice", "RSS start MB", "RSS early/late max MB", "peak RSS MB"],
-                [[n, args.concurrency, f"{args.latency * 1000:.0f}", f"{elapsed:.1f}", f"{n / elapsed:.0f}", max_in_flight,
-                  stored, report.failed, answered_twice, f"{before:.0f}", f"{early:.0f}/{late:.0f}", f"{peak:.0f}"]])
+    print_table(
+        [
+            "judgments",
+            "concurrency",
+            "latency ms",
+            "seconds",
+            "judgments/s",
+            "max in flight (server)",
+            "stored in ledger",
+            "failed",
+            "answered twice",
+            "RSS start MB",
+            "RSS early/late max MB",
+            "peak RSS MB",
+        ],
+        [
+            [
+                n,
+                args.concurrency,
+                f"{args.latency * 1000:.0f}",
+                f"{elapsed:.1f}",
+                f"{n / elapsed:.0f}",
+                max_in_flight,
+                stored,
+                report.failed,
+                answered_twice,
+                f"{before:.0f}",
+                f"{early:.0f}/{late:.0f}",
+                f"{peak:.0f}",
+            ]
+        ],
+    )
     ok = max_in_flight <= args.concurrency and stored == n and report.failed == 0 and answered_twice == 0
     print("bound held, nothing lost, nothing paid twice" if ok else "CHECK FAILED")
     if args.json:
-        emit_json({"benchmark": "judge_load", "machine": info, "judgments": n, "concurrency": args.concurrency,
-                   "seconds": elapsed, "max_in_flight": max_in_flight, "stored": stored, "failed": report.failed,
-                   "answered_twice": answered_twice, "rss_start_mb": before, "rss_early_max_mb": early,
-                   "rss_late_max_mb": late, "peak_rss_mb": peak, "ok": ok})
+        emit_json(
+            {
+                "benchmark": "judge_load",
+                "machine": info,
+                "judgments": n,
+                "concurrency": args.concurrency,
+                "seconds": elapsed,
+                "max_in_flight": max_in_flight,
+                "stored": stored,
+                "failed": report.failed,
+                "answered_twice": answered_twice,
+                "rss_start_mb": before,
+                "rss_early_max_mb": early,
+                "rss_late_max_mb": late,
+                "peak_rss_mb": peak,
+                "ok": ok,
+            }
+        )
     if not ok:
         raise SystemExit(1)
 

@@ -36,14 +36,19 @@ def main() -> None:
 
     os.environ.setdefault("ANTHROPIC_API_KEY", "benchmark-key")
     requests = [
-        JudgeRequest(query=f"customer question number {q} about a lost or stolen card",
-                     documents=tuple(f"utterance {q}-{i}: my card {'was stolen' if i % 3 == 0 else 'works fine'}"
-                                     for i in range(args.k)),
-                     task_instruction="Decide whether the utterance expresses the intent described in the query.")
+        JudgeRequest(
+            query=f"customer question number {q} about a lost or stolen card",
+            documents=tuple(
+                f"utterance {q}-{i}: my card {'was stolen' if i % 3 == 0 else 'works fine'}" for i in range(args.k)
+            ),
+            task_instruction="Decide whether the utterance expresses the intent described in the query.",
+        )
         for q in range(args.queries)
     ]
     rows, results = [], []
-    with FakeAnthropic(lambda q, d: "stolen" in d, api_key=os.environ["ANTHROPIC_API_KEY"], latency=args.latency) as server:
+    with FakeAnthropic(
+        lambda q, d: "stolen" in d, api_key=os.environ["ANTHROPIC_API_KEY"], latency=args.latency
+    ) as server:
         for scheme in ("pointwise", "listwise"):
             for conc in (int(c) for c in args.concurrency.split(",")):
                 server.reset_stats()
@@ -54,21 +59,42 @@ def main() -> None:
                 n = args.queries * args.k
                 assert report.judged == n, f"{report.failed} judgments failed"
                 tokens_per_query = report.usage.input_tokens / args.queries
-                rows.append([scheme, conc, report.usage.requests, f"{elapsed:.2f}", f"{n / elapsed:.1f}",
-                             f"{tokens_per_query:.0f}", server.stats.max_in_flight])
-                results.append({"scheme": scheme, "concurrency": conc, "requests": report.usage.requests,
-                                "seconds": elapsed, "judgments_per_s": n / elapsed,
-                                "input_tokens_per_query": tokens_per_query, "max_in_flight": server.stats.max_in_flight})
+                rows.append(
+                    [
+                        scheme,
+                        conc,
+                        report.usage.requests,
+                        f"{elapsed:.2f}",
+                        f"{n / elapsed:.1f}",
+                        f"{tokens_per_query:.0f}",
+                        server.stats.max_in_flight,
+                    ]
+                )
+                results.append(
+                    {
+                        "scheme": scheme,
+                        "concurrency": conc,
+                        "requests": report.usage.requests,
+                        "seconds": elapsed,
+                        "judgments_per_s": n / elapsed,
+                        "input_tokens_per_query": tokens_per_query,
+                        "max_in_flight": server.stats.max_in_flight,
+                    }
+                )
     info = machine_info()
     print(f"machine: {info}")
     print(f"{args.queries} queries x K={args.k}; fake server latency {args.latency * 1000:.0f} ms per request")
-    print_table(["scheme", "concurrency", "requests", "seconds", "judgments/s", "input tokens/query", "max in flight"], rows)
+    print_table(
+        ["scheme", "concurrency", "requests", "seconds", "judgments/s", "input tokens/query", "max in flight"], rows
+    )
     point = {r["concurrency"]: r for r in results if r["scheme"] == "pointwise"}
     lst = {r["concurrency"]: r for r in results if r["scheme"] == "listwise"}
     c = max(point)
-    print(f"listwise sends {point[c]['input_tokens_per_query'] / lst[c]['input_tokens_per_query']:.1f}x fewer input "
-          f"tokens per query; at concurrency {c} it judges {lst[c]['judgments_per_s'] / point[c]['judgments_per_s']:.1f}x "
-          "as many documents per second")
+    print(
+        f"listwise sends {point[c]['input_tokens_per_query'] / lst[c]['input_tokens_per_query']:.1f}x fewer input "
+        f"tokens per query; at concurrency {c} it judges {lst[c]['judgments_per_s'] / point[c]['judgments_per_s']:.1f}x "
+        "as many documents per second"
+    )
     if args.json:
         emit_json({"benchmark": "judge_throughput", "machine": info, "latency_s": args.latency, "results": results})
 

@@ -26,8 +26,12 @@ from _common import emit_json, machine_info, print_table
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=None, help="subset of CLINC150 queries (default: all 150)")
-    parser.add_argument("--reuse-embeddings", type=Path, default=None,
-                        help="copy this embedding cache in first (measures the pipeline without the model)")
+    parser.add_argument(
+        "--reuse-embeddings",
+        type=Path,
+        default=None,
+        help="copy this embedding cache in first (measures the pipeline without the model)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -60,21 +64,57 @@ def main() -> None:
             for stage, seconds in cell["timings"].items():
                 stages[stage] = stages.get(stage, 0.0) + seconds
         work = sum(stages.values())
-        results[label] = {"wall_s": wall, "stages_s": stages, "stage_sum_s": work, "overhead_s": wall - work,
-                          "cells": len(out["cells"])}
-        rows.append([label, len(out["cells"]), f"{wall:.1f}", f"{work:.1f}", f"{wall - work:.1f}",
-                     *(f"{stages.get(s, 0.0):.2f}" for s in ("embed_corpus", "embed_queries", "judge", "refine", "evaluate", "mlflow"))])
+        results[label] = {
+            "wall_s": wall,
+            "stages_s": stages,
+            "stage_sum_s": work,
+            "overhead_s": wall - work,
+            "cells": len(out["cells"]),
+        }
+        rows.append(
+            [
+                label,
+                len(out["cells"]),
+                f"{wall:.1f}",
+                f"{work:.1f}",
+                f"{wall - work:.1f}",
+                *(
+                    f"{stages.get(s, 0.0):.2f}"
+                    for s in ("embed_corpus", "embed_queries", "judge", "refine", "evaluate", "mlflow")
+                ),
+            ]
+        )
     info = machine_info()
     print(f"machine: {info}")
     print(f"sweep: {len(config.cells())} cells on clinc150 ({args.queries or 150} queries); state in {home}")
-    print("stage columns: seconds as the flow saw them, summed over cells (embedding runs once per sweep; "
-          "a cached task costs its lookup)")
-    print_table(["run", "cells", "wall s", "stages s", "overhead s", "embed corpus", "embed queries", "judge", "refine",
-                 "evaluate", "mlflow"], rows)
-    print(f"first sweep includes the Prefect ephemeral server start; setup before it: {time.perf_counter() - t0 - sum(r['wall_s'] for r in results.values()):.1f} s")
-    print(f"warm re-run: {results['warm']['wall_s']:.1f} s in the process (cells logged from their stored outcomes: "
-          f"{results['warm']['cells']} cells, MLflow logging {results['warm']['stages_s'].get('mlflow', 0):.1f} s), of which "
-          f"Prefect + flow overhead {results['warm']['overhead_s']:.1f} s; `benchmarks/rerun.py` measures the command")
+    print(
+        "stage columns: seconds as the flow saw them, summed over cells (embedding runs once per sweep; "
+        "a cached task costs its lookup)"
+    )
+    print_table(
+        [
+            "run",
+            "cells",
+            "wall s",
+            "stages s",
+            "overhead s",
+            "embed corpus",
+            "embed queries",
+            "judge",
+            "refine",
+            "evaluate",
+            "mlflow",
+        ],
+        rows,
+    )
+    print(
+        f"first sweep includes the Prefect ephemeral server start; setup before it: {time.perf_counter() - t0 - sum(r['wall_s'] for r in results.values()):.1f} s"
+    )
+    print(
+        f"warm re-run: {results['warm']['wall_s']:.1f} s in the process (cells logged from their stored outcomes: "
+        f"{results['warm']['cells']} cells, MLflow logging {results['warm']['stages_s'].get('mlflow', 0):.1f} s), of which "
+        f"Prefect + flow overhead {results['warm']['overhead_s']:.1f} s; `benchmarks/rerun.py` measures the command"
+    )
     if args.json:
         emit_json({"benchmark": "pipeline", "machine": info, "queries": args.queries or 150, "results": results})
     shutil.rmtree(home, ignore_errors=True)

@@ -69,15 +69,31 @@ def main() -> None:
         batched_times, naive_times = [], []
         for _ in range(args.repeats):
             batched_times.append(best_of(lambda q=q, fb=fb, s=s: refine(q, fb, s, steps=args.steps), 1)[0])
-            naive_times.append(best_of(lambda q=q, fb=fb, s=s, m=m: naive_loop(q[:m], fb[:m], s[:m], lr=1e-4,
-                                                                               steps=args.steps), 1)[0])
+            naive_times.append(
+                best_of(lambda q=q, fb=fb, s=s, m=m: naive_loop(q[:m], fb[:m], s[:m], lr=1e-4, steps=args.steps), 1)[0]
+            )
         batched_ms = 1000 * min(batched_times) / args.n
         naive_ms = 1000 * min(naive_times) / m
-        agree = np.abs(refine(q[:m], fb[:m], s[:m], steps=args.steps).vectors - naive_loop(q[:m], fb[:m], s[:m], lr=1e-4, steps=args.steps)).max()
+        agree = np.abs(
+            refine(q[:m], fb[:m], s[:m], steps=args.steps).vectors
+            - naive_loop(q[:m], fb[:m], s[:m], lr=1e-4, steps=args.steps)
+        ).max()
         ratio = naive_ms / batched_ms
-        rows.append([d, args.k, args.steps, args.n, f"{batched_ms:.3f}", f"{naive_ms:.2f}", f"{ratio:.0f}x", f"{agree:.1e}"])
-        results.append({"d": d, "k": args.k, "steps": args.steps, "n": args.n, "batched_ms_per_query": batched_ms,
-                        "naive_ms_per_query": naive_ms, "speedup": ratio, "max_abs_diff": float(agree)})
+        rows.append(
+            [d, args.k, args.steps, args.n, f"{batched_ms:.3f}", f"{naive_ms:.2f}", f"{ratio:.0f}x", f"{agree:.1e}"]
+        )
+        results.append(
+            {
+                "d": d,
+                "k": args.k,
+                "steps": args.steps,
+                "n": args.n,
+                "batched_ms_per_query": batched_ms,
+                "naive_ms_per_query": naive_ms,
+                "speedup": ratio,
+                "max_abs_diff": float(agree),
+            }
+        )
 
     # Bounded memory: a large n through document indices, the feedback tensor never materialised whole.
     d_big, n_big, n_docs = 4096, 20000, 5000
@@ -96,13 +112,26 @@ def main() -> None:
     print()
     print_table(["d", "K", "steps", "n", "batched ms/query", "naive ms/query", "speedup", "max |diff|"], rows)
     print()
-    print(f"bounded memory: n={n_big}, d={d_big} by index: {big_s:.1f} s ({1000 * big_s / n_big:.3f} ms/query); "
-          f"peak RSS {rss_after:.0f} MB (was {rss_before:.0f} MB) while the full feedback tensor would be {full_tensor_mb:.0f} MB")
+    print(
+        f"bounded memory: n={n_big}, d={d_big} by index: {big_s:.1f} s ({1000 * big_s / n_big:.3f} ms/query); "
+        f"peak RSS {rss_after:.0f} MB (was {rss_before:.0f} MB) while the full feedback tensor would be {full_tensor_mb:.0f} MB"
+    )
     print("paper (A100, Qwen3-Embedding-8B): 79 ms/query for the optimisation")
     if args.json:
-        emit_json({"benchmark": "refine_speed", "machine": info, "results": results,
-                   "bounded_memory": {"n": n_big, "d": d_big, "seconds": big_s, "peak_rss_mb": rss_after,
-                                      "full_feedback_tensor_mb": full_tensor_mb}})
+        emit_json(
+            {
+                "benchmark": "refine_speed",
+                "machine": info,
+                "results": results,
+                "bounded_memory": {
+                    "n": n_big,
+                    "d": d_big,
+                    "seconds": big_s,
+                    "peak_rss_mb": rss_after,
+                    "full_feedback_tensor_mb": full_tensor_mb,
+                },
+            }
+        )
 
 
 if __name__ == "__main__":

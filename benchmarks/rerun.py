@@ -64,10 +64,21 @@ def measure(name: str, config: Path | None, cells: int, repeats: int, rows: list
             timed([str(BIN / "refine"), "server", "stop"], env)
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    for label, times in (("cold (nothing cached)", [cold]), ("cached, ephemeral server", ephemeral),
-                         ("cached, kept server", kept)):
-        rows.append([name, cells, label, f"{min(times):.1f}", f"{statistics.median(times):.1f}",
-                     f"{statistics.median(times) / cells:.2f}"])
+    for label, times in (
+        ("cold (nothing cached)", [cold]),
+        ("cached, ephemeral server", ephemeral),
+        ("cached, kept server", kept),
+    ):
+        rows.append(
+            [
+                name,
+                cells,
+                label,
+                f"{min(times):.1f}",
+                f"{statistics.median(times):.1f}",
+                f"{statistics.median(times) / cells:.2f}",
+            ]
+        )
         results[f"{name}/{label}"] = times
 
 

@@ -58,17 +58,27 @@ def embedding_runs(documents: int, chunk_size: int) -> list[dict[str, float | st
         return time.perf_counter() - start
 
     rows: list[dict[str, float | str]] = []
-    for label, runner, workers in (("local runner, 2 threads", "local", 0), ("dask, 1 worker", "dask", 1),
-                                   ("dask, 2 workers", "dask", 2)):
+    for label, runner, workers in (
+        ("local runner, 2 threads", "local", 0),
+        ("dask, 1 worker", "dask", 1),
+        ("dask, 2 workers", "dask", 2),
+    ):
         os.environ["REFINE_HOME"] = str(base / label.replace(" ", "_").replace(",", ""))
         t0 = time.perf_counter()
         with dask_cluster(runner, workers or 1) as address:
             started = time.perf_counter() - t0
             warm = _warm_up(address)
             seconds = with_runner(embed_only, address)()
-        rows.append({"run": label, "workers": workers, "cluster_start_s": round(started, 1) if address else 0.0,
-                     "worker_warm_up_s": round(warm, 1), "embed_s": round(seconds, 2),
-                     "texts_per_s": round(documents / seconds, 1)})
+        rows.append(
+            {
+                "run": label,
+                "workers": workers,
+                "cluster_start_s": round(started, 1) if address else 0.0,
+                "worker_warm_up_s": round(warm, 1),
+                "embed_s": round(seconds, 2),
+                "texts_per_s": round(documents / seconds, 1),
+            }
+        )
     one = next(r for r in rows if r["workers"] == 1)
     for r in rows:
         r["speedup_vs_1_worker"] = round(float(one["embed_s"]) / float(r["embed_s"]), 2)
@@ -114,32 +124,64 @@ def per_query_costs(dim: int) -> dict[str, float]:
     return {"pairs_per_s": queries.shape[0] * docs.shape[0] / scoring, "refine_ms_per_query": 1000 * refining / n}
 
 
-def projection(texts_per_s: float, costs: dict[int, dict[str, float]], doc_tokens: int,
-               prompt_tokens: int) -> list[list[str]]:
+def projection(
+    texts_per_s: float, costs: dict[int, dict[str, float]], doc_tokens: int, prompt_tokens: int
+) -> list[list[str]]:
     from refine_core.judges.runner import DEFAULT_PRICES
 
     rows = []
     hours = CORPUS / texts_per_s / 3600
-    rows.append(["corpus embedding (once), MiniLM, this 2-core machine", f"{hours:,.1f} h",
-                 f"{hours / 32:,.1f} h on 32 such machines (Dask workers scale it out; see the measured speed-up above)"])
+    rows.append(
+        [
+            "corpus embedding (once), MiniLM, this 2-core machine",
+            f"{hours:,.1f} h",
+            f"{hours / 32:,.1f} h on 32 such machines (Dask workers scale it out; see the measured speed-up above)",
+        ]
+    )
     for label, rate, device in gpu_rates():
-        rows.append([f"corpus embedding (once), MiniLM, one {device}, {label}", f"{CORPUS / rate / 3600:,.2f} h",
-                     f"{rate:,.0f} texts/s measured (benchmarks/results/gpu_embed_h100.json)"])
+        rows.append(
+            [
+                f"corpus embedding (once), MiniLM, one {device}, {label}",
+                f"{CORPUS / rate / 3600:,.2f} h",
+                f"{rate:,.0f} texts/s measured (benchmarks/results/gpu_embed_h100.json)",
+            ]
+        )
     for dim, c in costs.items():
         gb32 = CORPUS * dim * 4 / 1e9
-        rows.append([f"vectors, d={dim}", f"{gb32:,.1f} GB float32", f"{gb32 / 2:,.1f} GB float16; "
-                     + ("fits one machine's RAM" if gb32 < 64 else "needs an ANN index / vector database (sharded)")])
+        rows.append(
+            [
+                f"vectors, d={dim}",
+                f"{gb32:,.1f} GB float32",
+                f"{gb32 / 2:,.1f} GB float16; "
+                + ("fits one machine's RAM" if gb32 < 64 else "needs an ANN index / vector database (sharded)"),
+            ]
+        )
         brute = 2 * QUERIES * CORPUS / c["pairs_per_s"] / 60  # initial ranking + re-ranking with refined vectors
-        rows.append([f"brute-force ranking, d={dim} (2 passes: initial + refined)", f"{brute:,.0f} min on this machine",
-                     "an ANN index (FAISS IVF/HNSW) cuts candidate retrieval to ms/query; exact scores then only for candidates"])
-        rows.append([f"refinement, d={dim}", f"{QUERIES * c['refine_ms_per_query'] / 1000:,.1f} s",
-                     f"{c['refine_ms_per_query']:.2f} ms/query; touches only the {K} judged vectors"])
+        rows.append(
+            [
+                f"brute-force ranking, d={dim} (2 passes: initial + refined)",
+                f"{brute:,.0f} min on this machine",
+                "an ANN index (FAISS IVF/HNSW) cuts candidate retrieval to ms/query; exact scores then only for candidates",
+            ]
+        )
+        rows.append(
+            [
+                f"refinement, d={dim}",
+                f"{QUERIES * c['refine_ms_per_query'] / 1000:,.1f} s",
+                f"{c['refine_ms_per_query']:.2f} ms/query; touches only the {K} judged vectors",
+            ]
+        )
     tokens_in = QUERIES * (prompt_tokens + K * doc_tokens)
     tokens_out = QUERIES * K * 8
     for model, (p_in, p_out) in DEFAULT_PRICES.items():
         cost = (tokens_in * p_in + tokens_out * p_out) / 1e6
-        rows.append([f"judge {model}, listwise, K={K}", f"${cost:,.0f}",
-                     f"{QUERIES * K:,} judgments; {tokens_in / 1e6:,.0f}M input tokens at {doc_tokens} tokens/document"])
+        rows.append(
+            [
+                f"judge {model}, listwise, K={K}",
+                f"${cost:,.0f}",
+                f"{QUERIES * K:,} judgments; {tokens_in / 1e6:,.0f}M input tokens at {doc_tokens} tokens/document",
+            ]
+        )
     return rows
 
 
@@ -202,11 +244,12 @@ def synthetic(n_docs: int, n_queries: int, dim: int = 384, seed: int = 0):
     relevant = rng.choice(n_docs, size=n_queries * RELEVANT_PER_QUERY, replace=False)
     owner = np.repeat(np.arange(n_queries), RELEVANT_PER_QUERY)
     noise = docs[relevant] / np.sqrt(dim)
-    docs[relevant] = topics[owner] + 2.0 * noise          # relevant: the topic, noisily
+    docs[relevant] = topics[owner] + 2.0 * noise  # relevant: the topic, noisily
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
     queries = topics + 2.0 * rng.standard_normal((n_queries, dim), dtype=np.float32) / np.sqrt(dim)
-    qrels = Qrels.from_pairs(owner, relevant, np.ones(relevant.size, np.float32), n_queries=n_queries,
-                             n_documents=n_docs)
+    qrels = Qrels.from_pairs(
+        owner, relevant, np.ones(relevant.size, np.float32), n_queries=n_queries, n_documents=n_docs
+    )
     return UnitDocuments(docs), queries, qrels
 
 
@@ -230,14 +273,22 @@ def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -
         chosen = np.stack([exact_top(docs, q, c, k)[0] for q, c in zip(queries, cands)])
         select_s = time.perf_counter() - start
         found = sum(np.intersect1d(a, b).size for a, b in zip(chosen, brute_idx))
-        rows.append({"kind": kind, "build_s": round(build_s, 1), "select_s": round(select_s, 2),
-                     "peak_rss_mb": round(_peak_mb(), 0), f"recall@{k}": round(found / brute_idx.size, 4)})
+        rows.append(
+            {
+                "kind": kind,
+                "build_s": round(build_s, 1),
+                "select_s": round(select_s, 2),
+                "peak_rss_mb": round(_peak_mb(), 0),
+                f"recall@{k}": round(found / brute_idx.size, 4),
+            }
+        )
         del ann
     return rows
 
 
-def one_cell(n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...] = (),
-             corpus_shard: int | None = None) -> dict[str, object]:
+def one_cell(
+    n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...] = (), corpus_shard: int | None = None
+) -> dict[str, object]:
     """Time and peak RSS of each stage of one cell on a synthetic corpus; with ``corpus_shard``, the
     evaluate stage once more over corpus shards of that size (counts merged, as Dask workers do)."""
     import numpy as np
@@ -261,23 +312,49 @@ def one_cell(n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...]
     idx = timed("select top-K", lambda: select_feedback_blocks(queries, docs, k=k))
     scores, mask = timed("judge (oracle)", lambda: oracle_scores(qrels, idx))
     refined = timed("refine", lambda: refine(queries, idx, scores, mask=mask, documents=docs.vectors).vectors)
-    metrics, _ = timed("evaluate 4 methods", lambda: score_methods(
-        queries, docs, qrels, feedback_idx=idx, judge_scores=scores, judge_mask=mask, round_vectors=[refined]))
+    metrics, _ = timed(
+        "evaluate 4 methods",
+        lambda: score_methods(
+            queries, docs, qrels, feedback_idx=idx, judge_scores=scores, judge_mask=mask, round_vectors=[refined]
+        ),
+    )
     if corpus_shard:
-        sharded, _ = timed(f"evaluate, shards of {corpus_shard:,} (not in the cell)", lambda: score_methods(
-            queries, docs.vectors, qrels, feedback_idx=idx, judge_scores=scores, judge_mask=mask,
-            round_vectors=[refined], corpus_shard=corpus_shard))
-        diffs = [(float(np.nanmax(np.abs(sharded[m].per_query[name] - r.per_query[name]))), f"{m} {name}")
-                 for m, r in metrics.items() for name in r.per_query if np.isfinite(r.per_query[name]).any()]
+        sharded, _ = timed(
+            f"evaluate, shards of {corpus_shard:,} (not in the cell)",
+            lambda: score_methods(
+                queries,
+                docs.vectors,
+                qrels,
+                feedback_idx=idx,
+                judge_scores=scores,
+                judge_mask=mask,
+                round_vectors=[refined],
+                corpus_shard=corpus_shard,
+            ),
+        )
+        diffs = [
+            (float(np.nanmax(np.abs(sharded[m].per_query[name] - r.per_query[name]))), f"{m} {name}")
+            for m, r in metrics.items()
+            for name in r.per_query
+            if np.isfinite(r.per_query[name]).any()
+        ]
         out["sharded_max_abs_diff"], out["sharded_worst"] = max(diffs)
-        out["sharded_max_abs_diff_of_means"] = max(abs(sharded[m].means[k] - v) for m, r in metrics.items()
-                                                   for k, v in r.means.items() if np.isfinite(v))
+        out["sharded_max_abs_diff_of_means"] = max(
+            abs(sharded[m].means[k] - v) for m, r in metrics.items() for k, v in r.means.items() if np.isfinite(v)
+        )
     if ann_kinds:
         out["ann"] = ann_side_by_side(docs.vectors, queries, idx, k, ann_kinds)
     cell = sum(s for name, (s, _) in stages.items() if "(not in the cell)" not in name)
-    out.update({"documents": n_docs, "queries": n_queries, "cell_s": round(cell, 1),
-                "peak_rss_mb": round(max(m for _, m in stages.values()), 0),
-                "corpus_mb": round(docs.vectors.nbytes / 2**20, 0), "qrels_mb": round(qrels.nbytes / 2**20, 2)})
+    out.update(
+        {
+            "documents": n_docs,
+            "queries": n_queries,
+            "cell_s": round(cell, 1),
+            "peak_rss_mb": round(max(m for _, m in stages.values()), 0),
+            "corpus_mb": round(docs.vectors.nbytes / 2**20, 0),
+            "qrels_mb": round(qrels.nbytes / 2**20, 2),
+        }
+    )
     out["stages"] = {name: {"s": round(s, 2), "peak_rss_mb": round(m, 0)} for name, (s, m) in stages.items()}
     out["map"] = {m: round(r.means["map"], 4) for m, r in metrics.items()}
     return out
@@ -290,8 +367,14 @@ def growth_exponent(xs: list[float], ys: list[float]) -> float:
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0]) if len(xs) >= 2 else float("nan")
 
 
-def growth(sizes: list[int], queries: int, query_sizes: list[int], fixed_docs: int,
-           ann_kinds: tuple[str, ...] = (), corpus_shard: int | None = None) -> dict[str, object]:
+def growth(
+    sizes: list[int],
+    queries: int,
+    query_sizes: list[int],
+    fixed_docs: int,
+    ann_kinds: tuple[str, ...] = (),
+    corpus_shard: int | None = None,
+) -> dict[str, object]:
     import gc
 
     one_cell(5_000, 50, corpus_shard=1_000 if corpus_shard else None)  # compile the kernels first
@@ -303,39 +386,89 @@ def growth(sizes: list[int], queries: int, query_sizes: list[int], fixed_docs: i
     for q in query_sizes:
         q_runs.append(one_cell(fixed_docs, q))
         gc.collect()
-    head = ["documents", "queries", "cell s", "peak RSS MB", "corpus MB", "qrels MB"] + \
-        [name for name in runs[0]["stages"]] + ["MAP orig → refined"]
+    head = (
+        ["documents", "queries", "cell s", "peak RSS MB", "corpus MB", "qrels MB"]
+        + [name for name in runs[0]["stages"]]
+        + ["MAP orig → refined"]
+    )
     if corpus_shard:
         head.append("sharded vs whole: max |Δ| per query (measure) / of a mean")
     table = []
     for r in runs + q_runs:
-        table.append([f"{r['documents']:,}", f"{r['queries']:,}", r["cell_s"], r["peak_rss_mb"], r["corpus_mb"],
-                      r["qrels_mb"]] + [f"{v['s']} s / {v['peak_rss_mb']:.0f} MB" for v in r["stages"].values()]
-                     + [f"{r['map']['baseline']:.3f} → {r['map']['refined']:.3f}"]
-                     + ([f"{r['sharded_max_abs_diff']:.1e} ({r['sharded_worst']}) / {r['sharded_max_abs_diff_of_means']:.1e}"
-                         if "sharded_max_abs_diff" in r else ""] if corpus_shard else []))
-    exps = {"time_in_N": growth_exponent([r["documents"] for r in runs], [r["cell_s"] for r in runs]),
-            "peak_rss_in_N": growth_exponent([r["documents"] for r in runs], [r["peak_rss_mb"] for r in runs]),
-            "time_in_Q": growth_exponent([r["queries"] for r in q_runs], [r["cell_s"] for r in q_runs]),
-            "peak_rss_in_Q": growth_exponent([r["queries"] for r in q_runs], [r["peak_rss_mb"] for r in q_runs])}
-    ann_table = [[f"{r['documents']:,}", a["kind"], a["build_s"], a["select_s"], a[f"recall@{K}"], a["peak_rss_mb"],
-                  r["stages"]["select top-K"]["s"]] for r in runs for a in r.get("ann", [])]
-    return {"runs": runs, "query_runs": q_runs, "head": head, "table": table, "ann_table": ann_table,
-            "exponents": {k: round(v, 2) for k, v in exps.items()}}
+        table.append(
+            [f"{r['documents']:,}", f"{r['queries']:,}", r["cell_s"], r["peak_rss_mb"], r["corpus_mb"], r["qrels_mb"]]
+            + [f"{v['s']} s / {v['peak_rss_mb']:.0f} MB" for v in r["stages"].values()]
+            + [f"{r['map']['baseline']:.3f} → {r['map']['refined']:.3f}"]
+            + (
+                [
+                    f"{r['sharded_max_abs_diff']:.1e} ({r['sharded_worst']}) / {r['sharded_max_abs_diff_of_means']:.1e}"
+                    if "sharded_max_abs_diff" in r
+                    else ""
+                ]
+                if corpus_shard
+                else []
+            )
+        )
+    exps = {
+        "time_in_N": growth_exponent([r["documents"] for r in runs], [r["cell_s"] for r in runs]),
+        "peak_rss_in_N": growth_exponent([r["documents"] for r in runs], [r["peak_rss_mb"] for r in runs]),
+        "time_in_Q": growth_exponent([r["queries"] for r in q_runs], [r["cell_s"] for r in q_runs]),
+        "peak_rss_in_Q": growth_exponent([r["queries"] for r in q_runs], [r["peak_rss_mb"] for r in q_runs]),
+    }
+    ann_table = [
+        [
+            f"{r['documents']:,}",
+            a["kind"],
+            a["build_s"],
+            a["select_s"],
+            a[f"recall@{K}"],
+            a["peak_rss_mb"],
+            r["stages"]["select top-K"]["s"],
+        ]
+        for r in runs
+        for a in r.get("ann", [])
+    ]
+    return {
+        "runs": runs,
+        "query_runs": q_runs,
+        "head": head,
+        "table": table,
+        "ann_table": ann_table,
+        "exponents": {k: round(v, 2) for k, v in exps.items()},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000],
-                        help="corpus sizes N for the growth in N (queries fixed at --queries)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[100_000, 300_000, 1_000_000],
+        help="corpus sizes N for the growth in N (queries fixed at --queries)",
+    )
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--query-sizes", type=int, nargs="*", default=[250, 500, 1000],
-                        help="query counts Q for the growth in Q (corpus fixed at --fixed-documents)")
+    parser.add_argument(
+        "--query-sizes",
+        type=int,
+        nargs="*",
+        default=[250, 500, 1000],
+        help="query counts Q for the growth in Q (corpus fixed at --fixed-documents)",
+    )
     parser.add_argument("--fixed-documents", type=int, default=300_000)
-    parser.add_argument("--ann", nargs="*", default=["ivf", "hnsw"], choices=["flat", "ivf", "hnsw"],
-                        help="FAISS kinds measured beside brute force for the select stage (none: --ann)")
-    parser.add_argument("--corpus-shard", type=int, default=None,
-                        help="also evaluate over corpus shards of this many documents (merged counts, as on Dask)")
+    parser.add_argument(
+        "--ann",
+        nargs="*",
+        default=["ivf", "hnsw"],
+        choices=["flat", "ivf", "hnsw"],
+        help="FAISS kinds measured beside brute force for the select stage (none: --ann)",
+    )
+    parser.add_argument(
+        "--corpus-shard",
+        type=int,
+        default=None,
+        help="also evaluate over corpus shards of this many documents (merged counts, as on Dask)",
+    )
     parser.add_argument("--embedding", action="store_true", help="part 2: corpus embedding scale-out and projection")
     parser.add_argument("--documents", type=int, default=6000, help="CLINC150 documents to embed per run (part 2)")
     parser.add_argument("--chunk-size", type=int, default=1000)
@@ -349,14 +482,20 @@ def main() -> None:
     result: dict[str, object] = {"machine": info}
     if not args.embedding:
         g = growth(args.sizes, args.queries, args.query_sizes, args.fixed_documents, tuple(args.ann), args.corpus_shard)
-        print(f"\none cell (select K={K}, oracle judge, refine, evaluate 4 methods), synthetic d=384, "
-              f"{RELEVANT_PER_QUERY} relevant per query; time / peak RSS per stage:")
+        print(
+            f"\none cell (select K={K}, oracle judge, refine, evaluate 4 methods), synthetic d=384, "
+            f"{RELEVANT_PER_QUERY} relevant per query; time / peak RSS per stage:"
+        )
         print_table(g["head"], g["table"])
         if g["ann_table"]:
-            print(f"\nthe select stage through FAISS ({10 * K} candidates, exact cosine on them) beside brute force, "
-                  f"{args.queries} queries; recall@{K} against the brute-force selection:")
-            print_table(["documents", "ANN", "build s", "select s", f"recall@{K}", "peak RSS MB", "brute-force select s"],
-                        g["ann_table"])
+            print(
+                f"\nthe select stage through FAISS ({10 * K} candidates, exact cosine on them) beside brute force, "
+                f"{args.queries} queries; recall@{K} against the brute-force selection:"
+            )
+            print_table(
+                ["documents", "ANN", "build s", "select s", f"recall@{K}", "peak RSS MB", "brute-force select s"],
+                g["ann_table"],
+            )
         print(f"\ngrowth exponents (y ~ x^b): {g['exponents']}")
         result["growth"] = {k: v for k, v in g.items() if k not in ("head", "table", "ann_table")}
         if args.json:
@@ -371,8 +510,14 @@ def main() -> None:
     print(f"\nprojection: {CORPUS:,} documents, {QUERIES:,} queries, K={K} (from the rates measured above)")
     print_table(["what", "estimate", "note"], table)
     if args.json:
-        emit_json({**result, "embedding": rows, "per_query": {str(k): v for k, v in costs.items()},
-                   "projection": [dict(zip(("what", "estimate", "note"), r)) for r in table]})
+        emit_json(
+            {
+                **result,
+                "embedding": rows,
+                "per_query": {str(k): v for k, v in costs.items()},
+                "projection": [dict(zip(("what", "estimate", "note"), r)) for r in table],
+            }
+        )
 
 
 if __name__ == "__main__":

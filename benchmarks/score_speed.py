@@ -52,16 +52,24 @@ def main() -> None:
 
     info = machine_info()
     print(f"machine: {info}")
-    print(f"shape: {args.queries} queries x {args.docs} documents x {args.dim}-d; "
-          f"{len(result.per_query)} measures per query; best and median of {args.repeats}")
+    print(
+        f"shape: {args.queries} queries x {args.docs} documents x {args.dim}-d; "
+        f"{len(result.per_query)} measures per query; best and median of {args.repeats}"
+    )
     rows = [[stage, f"{min(v) * 1000:.1f}", f"{float(np.median(v)) * 1000:.1f}"] for stage, v in timings.items()]
     print_table(["stage", "best ms", "median ms"], rows)
     verdict = "meets" if min(timings["total"]) < 1.0 else "misses"
     print(f"target: total under 1000 ms -> {verdict}")
     if args.json:
-        emit_json({"benchmark": "score_speed", "machine": info, "shape": [args.queries, args.docs, args.dim],
-                   "best_seconds": {k: min(v) for k, v in timings.items()},
-                   "median_seconds": {k: float(np.median(v)) for k, v in timings.items()}})
+        emit_json(
+            {
+                "benchmark": "score_speed",
+                "machine": info,
+                "shape": [args.queries, args.docs, args.dim],
+                "best_seconds": {k: min(v) for k, v in timings.items()},
+                "median_seconds": {k: float(np.median(v)) for k, v in timings.items()},
+            }
+        )
 
 
 if __name__ == "__main__":

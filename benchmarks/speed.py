@@ -70,7 +70,9 @@ def main() -> None:
         record("corpus embedding", "texts/s", len(texts) / cold, len(texts) / warm)
 
     queries = bench.query_texts()
-    single = [timed(lambda q=q: embedder.embed_queries([q], instruction=bench.embed_instruction))[0] for q in queries[:30]]
+    single = [
+        timed(lambda q=q: embedder.embed_queries([q], instruction=bench.embed_instruction))[0] for q in queries[:30]
+    ]
     record("query embedding", "ms/query (one at a time)", 1000 * single[0], 1000 * float(np.median(single[1:])))
     batch, q_vectors = timed(lambda: embedder.embed_queries(queries, instruction=bench.embed_instruction))
     record("query embedding, batched", "ms/query", 1000 * batch / len(queries), 1000 * batch / len(queries))
@@ -84,12 +86,20 @@ def main() -> None:
 
     cold, fb = timed(ranking)
     warm, _ = timed(ranking)
-    record("initial ranking", f"ms/query ({d_vectors.shape[0]:,} documents)", 1000 * cold / len(queries),
-           1000 * warm / len(queries))
+    record(
+        "initial ranking",
+        f"ms/query ({d_vectors.shape[0]:,} documents)",
+        1000 * cold / len(queries),
+        1000 * warm / len(queries),
+    )
 
     judged = judge_stage(bench, fb, args.judge_queries, args.judge_latency)
-    record("judge (Claude listwise, fake API)", f"s/query at {args.judge_latency:g} s/call, concurrency 8",
-           judged["cold"], judged["warm"])
+    record(
+        "judge (Claude listwise, fake API)",
+        f"s/query at {args.judge_latency:g} s/call, concurrency 8",
+        judged["cold"],
+        judged["warm"],
+    )
 
     scores = (np.take_along_axis(labels, fb, axis=1) > 0).astype(np.float32)
     cold, _ = timed(lambda: refine(q_vectors, fb, scores, documents=d_vectors))
@@ -125,12 +135,18 @@ def judge_stage(bench, fb: np.ndarray, n: int, latency: float) -> dict[str, floa
 
     relevant = bench.relevant_texts()
     texts, queries = bench.document_texts(), bench.query_texts()
-    requests = [JudgeRequest(query=queries[i], documents=tuple(texts[j] for j in fb[i]),
-                             task_instruction=bench.judge_instruction) for i in range(n)]
+    requests = [
+        JudgeRequest(
+            query=queries[i], documents=tuple(texts[j] for j in fb[i]), task_instruction=bench.judge_instruction
+        )
+        for i in range(n)
+    ]
     key = "sk-speed-benchmark-fake"
     os.environ["ANTHROPIC_API_KEY"] = key
-    with tempfile.TemporaryDirectory() as tmp, FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=key,
-                                                             latency=latency) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=key, latency=latency) as server,
+    ):
         judge = AnthropicJudge(base_url=server.base_url, scheme="listwise")
         ledger = JudgmentLedger(Path(tmp) / "ledger.sqlite")
         cold, _ = timed(lambda: run_judge(judge, requests, ledger=ledger, concurrency=8))

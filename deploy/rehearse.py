@@ -66,9 +66,18 @@ POOL = "refine-pool"
 PREFECT_DB_DRIVER = "postgresql+asyncpg"
 MLFLOW_FLAGS = ("--artifacts-destination", "--serve-artifacts")
 # The settings every worker (Prefect and Dask) gets, as compose's x-refine-env gives them.
-WORKER_SETTINGS = ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "REFINE_LEDGER_URL", "REFINE_LEDGER_PASSWORD_FILE",
-                   "REFINE_HOME", "PREFECT_LOCAL_STORAGE_PATH", "HF_HUB_OFFLINE", "DO_NOT_TRACK",
-                   "MLFLOW_DISABLE_TELEMETRY", "PREFECT_SERVER_ANALYTICS_ENABLED")
+WORKER_SETTINGS = (
+    "PREFECT_API_URL",
+    "MLFLOW_TRACKING_URI",
+    "REFINE_LEDGER_URL",
+    "REFINE_LEDGER_PASSWORD_FILE",
+    "REFINE_HOME",
+    "PREFECT_LOCAL_STORAGE_PATH",
+    "HF_HUB_OFFLINE",
+    "DO_NOT_TRACK",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "PREFECT_SERVER_ANALYTICS_ENABLED",
+)
 
 
 def free_port() -> int:
@@ -135,19 +144,60 @@ def postgres(databases: tuple[str, ...] = (), password_file: Path | None = None)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", free_port()
     try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "refine", *auth, "-E", "UTF8"],
-                       check=True, capture_output=True, timeout=120)
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t",
-                        "60", "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300",
-                        "start"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "refine", *auth, "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=300",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         for name in databases:  # over the local socket, as compose's init script does
-            subprocess.run([*as_user, "psql", "-h", str(root), "-p", str(port), "-U", "refine", "-d", "postgres", "-v",
-                            "ON_ERROR_STOP=1", "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True,
-                           timeout=60)
+            subprocess.run(
+                [
+                    *as_user,
+                    "psql",
+                    "-h",
+                    str(root),
+                    "-p",
+                    str(port),
+                    "-U",
+                    "refine",
+                    "-d",
+                    "postgres",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    f'CREATE DATABASE "{name}"',
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -172,8 +222,15 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
 
     report: dict = {"startup_s": {}, "checks": {}}
     env_base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "REFINE_", "AWS_"))}
-    env_base.update({"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                     "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    env_base.update(
+        {
+            "DO_NOT_TRACK": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     if os.environ.get("REFINE_DATA_DIR"):
         env_base["REFINE_DATA_DIR"] = os.environ["REFINE_DATA_DIR"]
     logs = state / "logs"
@@ -195,13 +252,15 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         t = time.perf_counter()
         s3_port = free_port()
         s3 = f"http://127.0.0.1:{s3_port}"
-        stack.enter_context(background([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env_base,
-                                       logs / "s3.log"))
+        stack.enter_context(
+            background([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], env_base, logs / "s3.log")
+        )
         wait_for(lambda: http_ok(f"{s3}/moto-api/"), 60, "the S3 store")
         s3_key = (secrets / "s3_secret_key").read_text()
         aws = {"AWS_ACCESS_KEY_ID": "rehearsal", "AWS_SECRET_ACCESS_KEY": s3_key, "AWS_DEFAULT_REGION": "us-east-1"}
-        bucket = boto3.client("s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id="rehearsal",
-                              aws_secret_access_key=s3_key)
+        bucket = boto3.client(
+            "s3", endpoint_url=s3, region_name="us-east-1", aws_access_key_id="rehearsal", aws_secret_access_key=s3_key
+        )
         bucket.create_bucket(Bucket=BUCKET)
         report["startup_s"]["s3"] = time.perf_counter() - t
         log(f"S3 (moto) on {s3}, bucket {BUCKET}")
@@ -209,13 +268,23 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         t = time.perf_counter()
         prefect_port = free_port()
         api = f"http://127.0.0.1:{prefect_port}/api"
-        stack.enter_context(background(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
-            env_base | {"PREFECT_HOME": str(state / "prefect-server"), "PREFECT_UI_ENABLED": "false",
-                        "PREFECT_SERVER_DATABASE_DRIVER": PREFECT_DB_DRIVER, "PREFECT_SERVER_DATABASE_HOST": host,
-                        "PREFECT_SERVER_DATABASE_PORT": port, "PREFECT_SERVER_DATABASE_USER": "refine",
-                        "PREFECT_SERVER_DATABASE_NAME": "prefect", "PREFECT_SERVER_DATABASE_PASSWORD": password},
-            logs / "prefect-server.log"))
+        stack.enter_context(
+            background(
+                [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+                env_base
+                | {
+                    "PREFECT_HOME": str(state / "prefect-server"),
+                    "PREFECT_UI_ENABLED": "false",
+                    "PREFECT_SERVER_DATABASE_DRIVER": PREFECT_DB_DRIVER,
+                    "PREFECT_SERVER_DATABASE_HOST": host,
+                    "PREFECT_SERVER_DATABASE_PORT": port,
+                    "PREFECT_SERVER_DATABASE_USER": "refine",
+                    "PREFECT_SERVER_DATABASE_NAME": "prefect",
+                    "PREFECT_SERVER_DATABASE_PASSWORD": password,
+                },
+                logs / "prefect-server.log",
+            )
+        )
         wait_for(lambda: http_ok(f"{api}/health"), 180, "the Prefect server")
         report["startup_s"]["prefect_server"] = time.perf_counter() - t
         log(f"Prefect server on {api} (PostgreSQL)")
@@ -223,22 +292,45 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         t = time.perf_counter()
         mlflow_port = free_port()
         mlflow = f"http://127.0.0.1:{mlflow_port}"
-        stack.enter_context(background(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-             MLFLOW_FLAGS[0], f"s3://{BUCKET}", MLFLOW_FLAGS[1]],
-            env_base | aws | {"MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://refine:{password}@{pg}/mlflow",
-                              "MLFLOW_S3_ENDPOINT_URL": s3, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            logs / "mlflow.log"))
+        stack.enter_context(
+            background(
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(mlflow_port),
+                    "--workers",
+                    "1",
+                    MLFLOW_FLAGS[0],
+                    f"s3://{BUCKET}",
+                    MLFLOW_FLAGS[1],
+                ],
+                env_base
+                | aws
+                | {
+                    "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://refine:{password}@{pg}/mlflow",
+                    "MLFLOW_S3_ENDPOINT_URL": s3,
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                },
+                logs / "mlflow.log",
+            )
+        )
         wait_for(lambda: http_ok(f"{mlflow}/health"), 180, "the MLflow server")
         report["startup_s"]["mlflow_server"] = time.perf_counter() - t
         log(f"MLflow server on {mlflow} (PostgreSQL, artifacts in s3://{BUCKET})")
 
         settings = {
-            "PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": mlflow,
+            "PREFECT_API_URL": api,
+            "MLFLOW_TRACKING_URI": mlflow,
             "REFINE_LEDGER_URL": f"postgresql+psycopg2://refine@{pg}/refine_ledger",
             "REFINE_LEDGER_PASSWORD_FILE": str(secrets / "postgres_password"),
-            "REFINE_HOME": str(state / "refine"), "PREFECT_LOCAL_STORAGE_PATH": str(state / "refine" / "prefect-storage"),
-            "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+            "REFINE_HOME": str(state / "refine"),
+            "PREFECT_LOCAL_STORAGE_PATH": str(state / "refine" / "prefect-storage"),
+            "HF_HUB_OFFLINE": "1",
+            "DO_NOT_TRACK": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
         assert tuple(settings) == WORKER_SETTINGS
@@ -247,13 +339,42 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         t = time.perf_counter()
         dask_port = free_port()
         scheduler = f"tcp://127.0.0.1:{dask_port}"
-        stack.enter_context(background([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(dask_port),
-                                        "--dashboard-address", f"127.0.0.1:{free_port()}"], refine_env,
-                                       logs / "dask-scheduler.log"))
+        stack.enter_context(
+            background(
+                [
+                    str(BIN / "dask"),
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(dask_port),
+                    "--dashboard-address",
+                    f"127.0.0.1:{free_port()}",
+                ],
+                refine_env,
+                logs / "dask-scheduler.log",
+            )
+        )
         for i in (1, 2):
-            stack.enter_context(background([str(BIN / "dask"), "worker", scheduler, "--nthreads", "1", "--host",
-                                            "127.0.0.1", "--dashboard-address", f"127.0.0.1:{free_port()}",
-                                            "--name", f"dask-{i}"], refine_env, logs / f"dask-worker-{i}.log"))
+            stack.enter_context(
+                background(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        scheduler,
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--dashboard-address",
+                        f"127.0.0.1:{free_port()}",
+                        "--name",
+                        f"dask-{i}",
+                    ],
+                    refine_env,
+                    logs / f"dask-worker-{i}.log",
+                )
+            )
 
         def dask_workers() -> int:
             from distributed import Client
@@ -268,21 +389,43 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         config = state / "sweep.yaml"
         config.write_text(config_text)
         t = time.perf_counter()
-        deployed = subprocess.run([str(BIN / "refine"), "deploy", str(config), "--pool", POOL, "--name", "rehearsal",
-                                   "--runner", f"dask://127.0.0.1:{dask_port}"],
-                                  env=refine_env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        deployed = subprocess.run(
+            [
+                str(BIN / "refine"),
+                "deploy",
+                str(config),
+                "--pool",
+                POOL,
+                "--name",
+                "rehearsal",
+                "--runner",
+                f"dask://127.0.0.1:{dask_port}",
+            ],
+            env=refine_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+        )
         if deployed.returncode != 0:
             raise RuntimeError(f"refine deploy failed: {deployed.stderr[-2000:]}")
         http = httpx.Client(base_url=api, timeout=30)
-        deployment = wait_for(lambda: (r := http.get("/deployments/name/refine-sweep/rehearsal")).status_code == 200
-                              and r.json(), 60, "the deployment")
+        deployment = wait_for(
+            lambda: (r := http.get("/deployments/name/refine-sweep/rehearsal")).status_code == 200 and r.json(),
+            60,
+            "the deployment",
+        )
         report["startup_s"]["deploy"] = time.perf_counter() - t
 
         workers = {}
         for name in ("worker-a", "worker-b"):
-            workers[name] = stack.enter_context(background(
-                [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name],
-                refine_env | {"PREFECT_HOME": str(state / name)}, logs / f"{name}.log"))
+            workers[name] = stack.enter_context(
+                background(
+                    [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name],
+                    refine_env | {"PREFECT_HOME": str(state / name)},
+                    logs / f"{name}.log",
+                )
+            )
         log(f"work pool {POOL}: worker-a and worker-b polling")
 
         def run_once() -> tuple[dict, float]:
@@ -290,8 +433,15 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
             response = http.post(f"/deployments/{deployment['id']}/create_flow_run", json={})
             response.raise_for_status()
             run_id = response.json()["id"]
-            final = wait_for(lambda: (r := http.get(f"/flow_runs/{run_id}").json())["state_type"] in
-                             ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r, 900, f"flow run {run_id}")
+            final = wait_for(
+                lambda: (
+                    (r := http.get(f"/flow_runs/{run_id}").json())["state_type"]
+                    in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+                    and r
+                ),
+                900,
+                f"flow run {run_id}",
+            )
             return final, time.perf_counter() - started
 
         def ran_on(run_id: str) -> str | None:
@@ -317,8 +467,13 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         client = MlflowClient(mlflow)
         name = next(line.split(":", 1)[1].strip() for line in config_text.splitlines() if line.startswith("name:"))
         experiment = client.get_experiment_by_name(name)
-        sweeps = client.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'sweep'",
-                                    order_by=["attributes.start_time ASC"]) if experiment else []
+        sweeps = (
+            client.search_runs(
+                [experiment.experiment_id], "tags.`refine.kind` = 'sweep'", order_by=["attributes.start_time ASC"]
+            )
+            if experiment
+            else []
+        )
         engine = sa.create_engine(f"postgresql+psycopg2://refine:{password}@{pg}/mlflow")
         with engine.connect() as conn:
             mlflow_runs = conn.execute(sa.text("SELECT count(*) FROM runs")).scalar_one()
@@ -333,22 +488,40 @@ def rehearse(config_text: str, state: Path, log: Callable[[str], None]) -> dict:
         with Client(scheduler, timeout=10) as dask_client:  # tasks each Dask worker executed
             executed = dask_client.run(lambda dask_worker: dask_worker.state.executed_count)
         report["measured"] = {
-            "mlflow_runs_in_postgresql": mlflow_runs, "artifacts_in_bucket": objects, "judgments_in_ledger": judgments,
+            "mlflow_runs_in_postgresql": mlflow_runs,
+            "artifacts_in_bucket": objects,
+            "judgments_in_ledger": judgments,
             "dask_tasks_per_worker": sorted(executed.values()),
-            "sweeps": [{"judgments_paid": s.data.metrics.get("judgments_paid"), "cells_cached": s.data.metrics.get("cells_cached"),
-                        "cells": s.data.params.get("cells")} for s in sweeps],
+            "sweeps": [
+                {
+                    "judgments_paid": s.data.metrics.get("judgments_paid"),
+                    "cells_cached": s.data.metrics.get("cells_cached"),
+                    "cells": s.data.params.get("cells"),
+                }
+                for s in sweeps
+            ],
         }
         checks = report["checks"]
         checks["both runs completed"] = first["state_type"] == second["state_type"] == "COMPLETED"
-        checks["the runs ran on different workers"] = bool(first_worker and second_worker and first_worker != second_worker)
-        checks["cells are in MLflow's PostgreSQL database"] = mlflow_runs >= 2 * (1 + int(sweeps[0].data.params["cells"])) if sweeps else False
+        checks["the runs ran on different workers"] = bool(
+            first_worker and second_worker and first_worker != second_worker
+        )
+        checks["cells are in MLflow's PostgreSQL database"] = (
+            mlflow_runs >= 2 * (1 + int(sweeps[0].data.params["cells"])) if sweeps else False
+        )
         checks["artifacts are in the bucket"] = objects > 0
         checks["judgments are in the PostgreSQL ledger"] = judgments > 0
-        checks["the first run paid for its judgments"] = bool(sweeps) and (sweeps[0].data.metrics.get("judgments_paid") or 0) > 0
+        checks["the first run paid for its judgments"] = (
+            bool(sweeps) and (sweeps[0].data.metrics.get("judgments_paid") or 0) > 0
+        )
         checks["the second run paid nothing"] = len(sweeps) == 2 and sweeps[1].data.metrics.get("judgments_paid") == 0
-        stored = subprocess.run(["grep", "-rl", password, str(state / "refine"), str(logs)], capture_output=True, text=True)
+        stored = subprocess.run(
+            ["grep", "-rl", password, str(state / "refine"), str(logs)], capture_output=True, text=True
+        )
         deployment_env = json.dumps(deployment.get("job_variables", {}))
-        checks["the password is in no log, state file or deployment"] = stored.stdout == "" and password not in deployment_env
+        checks["the password is in no log, state file or deployment"] = (
+            stored.stdout == "" and password not in deployment_env
+        )
         checks["both Dask workers ran tasks"] = len(executed) == 2 and all(n > 0 for n in executed.values())
         http.close()
     report["ok"] = all(report["checks"].values())
@@ -361,11 +534,17 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="end with the report as one JSON object")
     parser.add_argument("--keep-logs", type=Path, help="copy every service's log here")
     args = parser.parse_args()
-    text = args.config.read_text() if args.config else DEFAULT_CONFIG.format(toy=ROOT / "examples" / "data" / "toy-intents")
+    text = (
+        args.config.read_text()
+        if args.config
+        else DEFAULT_CONFIG.format(toy=ROOT / "examples" / "data" / "toy-intents")
+    )
     state = Path(tempfile.mkdtemp(prefix="refine-rehearsal-"))
     started = time.perf_counter()
     try:
-        report = rehearse(text, state, lambda line: print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True))
+        report = rehearse(
+            text, state, lambda line: print(f"[{time.perf_counter() - started:6.1f} s] {line}", flush=True)
+        )
     finally:
         if args.keep_logs and (state / "logs").is_dir():
             shutil.copytree(state / "logs", args.keep_logs, dirs_exist_ok=True)

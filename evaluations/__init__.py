@@ -6,4 +6,13 @@ from evaluations.benchmark import Benchmark
 from evaluations.errors import DatasetError, DatasetNotFound
 from evaluations.registry import REGISTRY, data_dir, load_benchmark, load_raw, missing_files
 
-__all__ = ["REGISTRY", "Benchmark", "DatasetError", "DatasetNotFound", "data_dir", "load_benchmark", "load_raw", "missing_files"]
+__all__ = [
+    "REGISTRY",
+    "Benchmark",
+    "DatasetError",
+    "DatasetNotFound",
+    "data_dir",
+    "load_benchmark",
+    "load_raw",
+    "missing_files",
+]

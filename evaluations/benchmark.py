@@ -142,8 +142,14 @@ class Benchmark:
             np.maximum(pairs["score"].fill_null(1.0).to_numpy(), 1.0),
             0.0,
         ).astype(np.float32)
-        return Qrels.from_pairs(pairs["_row"].to_numpy(), pairs["_col"].to_numpy(), gains, n_queries=self.n_queries,
-                                n_documents=self.n_documents, pooled=self.pool == "per-query")
+        return Qrels.from_pairs(
+            pairs["_row"].to_numpy(),
+            pairs["_col"].to_numpy(),
+            gains,
+            n_queries=self.n_queries,
+            n_documents=self.n_documents,
+            pooled=self.pool == "per-query",
+        )
 
     def label_matrix(self) -> tuple[np.ndarray, np.ndarray | None]:
         """Dense ``(labels (n, N) float32 graded, pool (n, N) bool or None)``: small benchmarks and tests
@@ -209,9 +215,16 @@ class Benchmark:
             tmp = out / f".{name}.parquet.tmp"
             getattr(self, name).write_parquet(tmp)
             tmp.replace(out / f"{name}.parquet")
-        meta = {"name": self.name, "version": self.version, "embed_instruction": self.embed_instruction,
-                "judge_instruction": self.judge_instruction, "pool": self.pool, "subset": self.subset,
-                "source": self.source, "hash": self.content_hash}
+        meta = {
+            "name": self.name,
+            "version": self.version,
+            "embed_instruction": self.embed_instruction,
+            "judge_instruction": self.judge_instruction,
+            "pool": self.pool,
+            "subset": self.subset,
+            "source": self.source,
+            "hash": self.content_hash,
+        }
         tmp = out / ".benchmark.json.tmp"
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(out / "benchmark.json")
@@ -223,10 +236,16 @@ class Benchmark:
         src = Path(folder)
         meta = json.loads((src / "benchmark.json").read_text())
         bench = cls(
-            name=meta["name"], version=meta["version"],
-            queries=pl.read_parquet(src / "queries.parquet"), documents=pl.read_parquet(src / "documents.parquet"),
-            labels=pl.read_parquet(src / "labels.parquet"), embed_instruction=meta["embed_instruction"],
-            judge_instruction=meta["judge_instruction"], pool=meta["pool"], subset=meta["subset"], source=meta["source"],
+            name=meta["name"],
+            version=meta["version"],
+            queries=pl.read_parquet(src / "queries.parquet"),
+            documents=pl.read_parquet(src / "documents.parquet"),
+            labels=pl.read_parquet(src / "labels.parquet"),
+            embed_instruction=meta["embed_instruction"],
+            judge_instruction=meta["judge_instruction"],
+            pool=meta["pool"],
+            subset=meta["subset"],
+            source=meta["source"],
         )
         if bench.content_hash != meta["hash"]:
             raise DatasetError(f"{src}: stored benchmark does not match its recorded hash (corrupt or edited)")
@@ -268,8 +287,11 @@ def validate_tables(
     """Check columns, emptiness, duplicate ids, empty texts and dangling label ids."""
     if pool not in ("corpus", "per-query"):
         raise DatasetError(f"{name}: pool must be 'corpus' or 'per-query', got {pool!r}")
-    for table, schema, label in ((queries, QUERY_SCHEMA, "queries"), (documents, DOCUMENT_SCHEMA, "documents"),
-                                 (labels, LABEL_SCHEMA, "labels")):
+    for table, schema, label in (
+        (queries, QUERY_SCHEMA, "queries"),
+        (documents, DOCUMENT_SCHEMA, "documents"),
+        (labels, LABEL_SCHEMA, "labels"),
+    ):
         if list(table.columns) != list(schema):
             raise DatasetError(f"{name}: {label} table must have columns {list(schema)}, got {table.columns}")
         if table.height == 0:
@@ -286,7 +308,9 @@ def validate_tables(
         dangling = labels.with_row_index().join(table.select(id_col), on=id_col, how="anti")
         if dangling.height:
             row = dangling.row(0, named=True)
-            raise DatasetError(f"{name}: labels row {row['index']} points at unknown {id_col} {row[id_col]!r} (not in {label})")
+            raise DatasetError(
+                f"{name}: labels row {row['index']} points at unknown {id_col} {row[id_col]!r} (not in {label})"
+            )
     bad = labels.with_row_index().filter(~pl.col("label").is_in([0, 1]))
     if bad.height:
         row = bad.row(0, named=True)

@@ -63,7 +63,9 @@ PAID_KINDS = ("anthropic", "anthropic-batch", "openai-compatible")
 
 
 class JudgeSpec(_Strict):
-    kind: Literal["oracle", "noisy-oracle", "anthropic", "anthropic-batch", "openai-compatible", "local-lm", "cross-encoder"]
+    kind: Literal[
+        "oracle", "noisy-oracle", "anthropic", "anthropic-batch", "openai-compatible", "local-lm", "cross-encoder"
+    ]
     model: str | None = None
     scheme: Literal["pointwise", "listwise"] = "listwise"
     flip_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
@@ -89,7 +91,9 @@ class JudgeSpec(_Strict):
             return "oracle"
         if self.kind == "noisy-oracle":
             return f"noisy-oracle-{self.flip_rate:g}"
-        return f"{self.kind}:{self.model or 'default'}" + (f"/{self.scheme}" if self.kind.startswith("anthropic") else "")
+        return f"{self.kind}:{self.model or 'default'}" + (
+            f"/{self.scheme}" if self.kind.startswith("anthropic") else ""
+        )
 
     @property
     def paid(self) -> bool:
@@ -193,7 +197,9 @@ class ExecutionSpec(_Strict):
     corpus_shard: Annotated[int | None, Field(ge=1)] = None
 
 
-RUNNER_HELP = "'local' (threads in this process), 'dask' (a local Dask cluster) or 'dask://host:port' (an existing scheduler)"
+RUNNER_HELP = (
+    "'local' (threads in this process), 'dask' (a local Dask cluster) or 'dask://host:port' (an existing scheduler)"
+)
 
 
 def check_runner(value: str) -> str:
@@ -233,8 +239,9 @@ class SweepConfig(_Strict):
             try:
                 template.format(query="q", instruction="i")
             except (KeyError, IndexError, ValueError) as exc:
-                raise ValueError(f"the template of {model!r} has a placeholder other than {{query}} and "
-                                 f"{{instruction}}: {exc}") from None
+                raise ValueError(
+                    f"the template of {model!r} has a placeholder other than {{query}} and {{instruction}}: {exc}"
+                ) from None
         return value
 
     @field_validator("benchmarks", "models", "judges")
@@ -254,8 +261,10 @@ class SweepConfig(_Strict):
         for bench in self.benchmarks:
             vectors = bench.document_vectors
             if vectors is not None and set(self.models) != {vectors.model}:
-                raise ValueError(f"benchmark {bench.name}: its document_vectors were computed with {vectors.model!r}, "
-                                 f"so models must be [{vectors.model!r}], not {self.models}")
+                raise ValueError(
+                    f"benchmark {bench.name}: its document_vectors were computed with {vectors.model!r}, "
+                    f"so models must be [{vectors.model!r}], not {self.models}"
+                )
         unknown = sorted(set(self.query_templates) - set(self.models))
         if unknown:
             raise ValueError(f"query_templates names {unknown[0]!r}, which is not in models {self.models}")
@@ -266,13 +275,35 @@ class SweepConfig(_Strict):
         g = self.grid
         out = []
         for bench, model, judge, lr, steps, k, ts, tc, rounds, opt, norm in itertools.product(
-            self.benchmarks, self.models, self.judges, g.lr, g.steps, g.k, g.score_temperature,
-            g.similarity_temperature, g.rounds, g.optimizer, g.normalize,
+            self.benchmarks,
+            self.models,
+            self.judges,
+            g.lr,
+            g.steps,
+            g.k,
+            g.score_temperature,
+            g.similarity_temperature,
+            g.rounds,
+            g.optimizer,
+            g.normalize,
         ):
-            out.append(CellSpec(benchmark=bench, model=model, judge=judge, lr=lr, steps=steps, k=k,
-                                score_temperature=ts, similarity_temperature=tc, rounds=rounds,
-                                optimizer=opt, normalize=norm, hyde=self.hyde,
-                                query_template=self.query_templates.get(model)))
+            out.append(
+                CellSpec(
+                    benchmark=bench,
+                    model=model,
+                    judge=judge,
+                    lr=lr,
+                    steps=steps,
+                    k=k,
+                    score_temperature=ts,
+                    similarity_temperature=tc,
+                    rounds=rounds,
+                    optimizer=opt,
+                    normalize=norm,
+                    hyde=self.hyde,
+                    query_template=self.query_templates.get(model),
+                )
+            )
         return out
 
 
@@ -294,9 +325,16 @@ class CellSpec(_Strict):
     query_template: str | None = None
 
     def hyperparameters(self) -> dict[str, object]:
-        return {"lr": self.lr, "steps": self.steps, "k": self.k, "score_temperature": self.score_temperature,
-                "similarity_temperature": self.similarity_temperature, "rounds": self.rounds,
-                "optimizer": self.optimizer, "normalize": self.normalize}
+        return {
+            "lr": self.lr,
+            "steps": self.steps,
+            "k": self.k,
+            "score_temperature": self.score_temperature,
+            "similarity_temperature": self.similarity_temperature,
+            "rounds": self.rounds,
+            "optimizer": self.optimizer,
+            "normalize": self.normalize,
+        }
 
 
 def default_config() -> SweepConfig:
@@ -305,8 +343,9 @@ def default_config() -> SweepConfig:
     judges = [JudgeSpec(kind="oracle"), JudgeSpec(kind="noisy-oracle", flip_rate=0.2, seed=0)]
     if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_API_KEY_FILE"):
         judges.append(JudgeSpec(kind="anthropic", scheme="listwise"))
-    return SweepConfig(name="default-sweep", benchmarks=[BenchmarkSpec(name="clinc150")], judges=judges,
-                       grid=Grid(lr=[1e-4, 1e-3]))
+    return SweepConfig(
+        name="default-sweep", benchmarks=[BenchmarkSpec(name="clinc150")], judges=judges, grid=Grid(lr=[1e-4, 1e-3])
+    )
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -340,6 +379,18 @@ def load_config(path: str | Path) -> SweepConfig:
     return parse_config(data, source=str(p))
 
 
-__all__ = ["BenchmarkSpec", "BudgetSpec", "CellSpec", "ConfigError", "DatasetError", "ExecutionSpec", "Grid", "HydeSpec",
-           "JudgeSpec",
-           "SweepConfig", "default_config", "load_config", "parse_config"]
+__all__ = [
+    "BenchmarkSpec",
+    "BudgetSpec",
+    "CellSpec",
+    "ConfigError",
+    "DatasetError",
+    "ExecutionSpec",
+    "Grid",
+    "HydeSpec",
+    "JudgeSpec",
+    "SweepConfig",
+    "default_config",
+    "load_config",
+    "parse_config",
+]

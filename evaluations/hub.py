@@ -29,10 +29,14 @@ def banking77() -> Benchmark:
     names = ds["train"].features["label"].names
     pairs = [(row["text"], names[row["label"]]) for split in ("train", "test") for row in ds[split]]
     return _intent_benchmark(
-        name="banking77", version="1", pairs=pairs,
+        name="banking77",
+        version="1",
+        pairs=pairs,
         query_text={n: n.replace("_", " ") for n in names},
         embed_instruction=PAPER_INSTRUCTIONS["banking77"],
-        source="hf:PolyAI/banking77", doc_prefix="text-", dedupe=True,
+        source="hf:PolyAI/banking77",
+        doc_prefix="text-",
+        dedupe=True,
     )
 
 
@@ -42,10 +46,14 @@ def clinc150_names() -> Benchmark:
     names = ds["train"].features["intent"].names
     pairs = [(row["text"], names[row["intent"]]) for row in ds["train"] if names[row["intent"]] != "oos"]
     return _intent_benchmark(
-        name="clinc150-names", version="1", pairs=pairs,
+        name="clinc150-names",
+        version="1",
+        pairs=pairs,
         query_text={n: n.replace("_", " ") for n in names},
         embed_instruction=CLINC150_NAMES_INSTRUCTION,
-        source="hf:clinc_oos/plus", doc_prefix="train-", dedupe=False,
+        source="hf:clinc_oos/plus",
+        doc_prefix="train-",
+        dedupe=False,
     )
 
 
@@ -62,9 +70,15 @@ def nfcorpus() -> Benchmark:
         [(str(r["query-id"]), str(r["corpus-id"]), 1, float(r["score"])) for r in qrels if float(r["score"]) > 0],
     )
     return Benchmark(
-        name="nfcorpus", version="1", queries=q, documents=d, labels=lab,
+        name="nfcorpus",
+        version="1",
+        queries=q,
+        documents=d,
+        labels=lab,
         embed_instruction=PAPER_INSTRUCTIONS["nfcorpus"],
-        judge_instruction=None, pool="corpus", source="hf:BeIR/nfcorpus",
+        judge_instruction=None,
+        pool="corpus",
+        source="hf:BeIR/nfcorpus",
     )
 
 
@@ -77,9 +91,14 @@ def followir(sub: str) -> Benchmark:
     top = _load(repo, "top_ranked")["test"]
     grades = {(str(r["query-id"]), str(r["corpus-id"])): float(r["score"]) for r in qrels}
     labels = [
-        (str(r["query-id"]), str(did), int(grades.get((str(r["query-id"]), str(did)), 0.0) > 0),
-         grades.get((str(r["query-id"]), str(did)), 0.0))
-        for r in top for did in dict.fromkeys(r["corpus-ids"])
+        (
+            str(r["query-id"]),
+            str(did),
+            int(grades.get((str(r["query-id"]), str(did)), 0.0) > 0),
+            grades.get((str(r["query-id"]), str(did)), 0.0),
+        )
+        for r in top
+        for did in dict.fromkeys(r["corpus-ids"])
     ]
     used = {d for _, d, _, _ in labels}
     q, d, lab = make_tables(
@@ -88,9 +107,15 @@ def followir(sub: str) -> Benchmark:
         labels,
     )
     return Benchmark(
-        name=f"followir-{sub}", version="1", queries=q, documents=d, labels=lab,
+        name=f"followir-{sub}",
+        version="1",
+        queries=q,
+        documents=d,
+        labels=lab,
         embed_instruction=PAPER_INSTRUCTIONS["followir"],
-        judge_instruction=None, pool="per-query", source=f"hf:{repo}",
+        judge_instruction=None,
+        pool="per-query",
+        source=f"hf:{repo}",
     )
 
 

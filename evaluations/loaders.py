@@ -25,8 +25,10 @@ PAPER_INSTRUCTIONS = {
     "banking77": "Given an intent category, identify utterances that express this intent.",
     "argkp21": "Given an argument, identify utterances from debates that convey this argument.",
     "nfcorpus": "Given a question, retrieve relevant documents that best answer the question.",
-    "realscholarquery": ("Given a fine-grained scientific inquiry, retrieve academic publications that strictly align "
-                         "with the specified research topic, methodology, and constraints."),
+    "realscholarquery": (
+        "Given a fine-grained scientific inquiry, retrieve academic publications that strictly align "
+        "with the specified research topic, methodology, and constraints."
+    ),
     "followir": "Retrieve text based on a fine-grained user query.",
 }
 # Datasets the paper did not use, worded the same way (classification: the judge gets it too).
@@ -130,8 +132,13 @@ def load_clinc150(folder: Path, *, descriptions: bool = True) -> Benchmark:
     )
 
 
-def load_intent_csv(folder: Path, *, splits: tuple[str, ...] | None = None, name: str | None = None,
-                    embed_instruction: str | None = None) -> Benchmark:
+def load_intent_csv(
+    folder: Path,
+    *,
+    splits: tuple[str, ...] | None = None,
+    name: str | None = None,
+    embed_instruction: str | None = None,
+) -> Benchmark:
     """Generic intent CSVs (``text,category``), one file per split; all splits by default.
 
     Queries are the categories with ``_`` replaced by spaces; documents are the unique texts.
@@ -211,14 +218,23 @@ def beir_document_text(record: dict) -> str:
     return f"{title} {body}".strip()
 
 
-def load_beir(folder: Path, *, split: str = "test", name: str | None = None,
-              embed_instruction: str = PAPER_INSTRUCTIONS["nfcorpus"]) -> Benchmark:
+def load_beir(
+    folder: Path,
+    *,
+    split: str = "test",
+    name: str | None = None,
+    embed_instruction: str = PAPER_INSTRUCTIONS["nfcorpus"],
+) -> Benchmark:
     """A BEIR folder: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/{split}.tsv``.
 
     Queries are those with qrels in the split; documents are the full corpus with text
     ``title + " " + text``; ``score > 0`` is relevant and the score is kept as the grade.
     """
-    corpus_path, queries_path, qrels_path = folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels" / f"{split}.tsv"
+    corpus_path, queries_path, qrels_path = (
+        folder / "corpus.jsonl",
+        folder / "queries.jsonl",
+        folder / "qrels" / f"{split}.tsv",
+    )
     documents = [(str(obj["_id"]), beir_document_text(obj)) for obj in read_jsonl(corpus_path, ("_id", "text"))]
     query_text = {str(o["_id"]): str(o["text"]) for o in read_jsonl(queries_path, ("_id", "text"))}
     labels: list[tuple[str, str, int, float]] = []
@@ -274,7 +290,9 @@ def load_argkp21(folder: Path, *, splits: tuple[str, ...] = ("dev", "train")) ->
                 raise DatasetError(f"{labels_path}: line {line}: column 'label' must be 0 or 1, got {row['label']!r}")
             for column, table in (("arg_id", arguments), ("key_point_id", key_points)):
                 if row[column] not in table:
-                    raise DatasetError(f"{labels_path}: line {line}: {column} {row[column]!r} is not defined in split {split!r}")
+                    raise DatasetError(
+                        f"{labels_path}: line {line}: {column} {row[column]!r} is not defined in split {split!r}"
+                    )
             labels.append((row["key_point_id"], row["arg_id"], int(value), value))
     used_docs = {doc for _, doc, _, _ in labels}
     used_queries = {q for q, _, _, _ in labels}
@@ -305,8 +323,10 @@ def load_followir_folder(folder: Path, *, name: str = "followir") -> Benchmark:
     The query is ``text + " " + instruction_og``; ``score > 0`` is relevant.
     """
     docs = {str(o["_id"]): beir_document_text(o) for o in read_jsonl(folder / "corpus.jsonl", ("_id", "text"))}
-    queries = [(str(o["_id"]), f"{str(o['text']).strip()} {str(o['instruction_og']).strip()}".strip())
-               for o in read_jsonl(folder / "queries.jsonl", ("_id", "text", "instruction_og"))]
+    queries = [
+        (str(o["_id"]), f"{str(o['text']).strip()} {str(o['instruction_og']).strip()}".strip())
+        for o in read_jsonl(folder / "queries.jsonl", ("_id", "text", "instruction_og"))
+    ]
     grades: dict[tuple[str, str], float] = {}
     for o in read_jsonl(folder / "qrels_og.jsonl", ("query-id", "corpus-id", "score")):
         grades[(str(o["query-id"]), str(o["corpus-id"]))] = float(o["score"])
@@ -391,8 +411,12 @@ def load_user_files(folder: Path) -> Benchmark:
     unknown = set(meta) - {"pool", "embed_instruction", "judge_instruction", "name"}
     if unknown:
         raise DatasetError(f"{folder / 'benchmark.json'}: unknown key(s) {sorted(unknown)}")
-    queries = [(_user_id(where, r, "query_id"), _user_text(where, r)) for where, r in table("queries", ("query_id", "text"))]
-    documents = [(_user_id(where, r, "doc_id"), _user_text(where, r)) for where, r in table("documents", ("doc_id", "text"))]
+    queries = [
+        (_user_id(where, r, "query_id"), _user_text(where, r)) for where, r in table("queries", ("query_id", "text"))
+    ]
+    documents = [
+        (_user_id(where, r, "doc_id"), _user_text(where, r)) for where, r in table("documents", ("doc_id", "text"))
+    ]
     labels = []
     for where, r in table("labels", ("query_id", "doc_id", "label")):
         label = _user_label(where, r["label"])
@@ -481,7 +505,9 @@ def load_realscholarquery(folder: Path, *, questions: int = 50, corpus_size: int
         queries.append((qid, str(row["question"]).strip()))
         answers = row["answer_arxiv_id"]
         if not isinstance(answers, list):
-            raise DatasetError(f"{folder / 'RealScholarQuery' / 'test.jsonl'}: line {n + 1}: 'answer_arxiv_id' must be a list")
+            raise DatasetError(
+                f"{folder / 'RealScholarQuery' / 'test.jsonl'}: line {n + 1}: 'answer_arxiv_id' must be a list"
+            )
         for arxiv_id in dict.fromkeys(str(a) for a in answers):
             key = key_of_id.get(arxiv_id)
             if key is None or key not in papers:

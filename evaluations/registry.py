@@ -69,49 +69,81 @@ REGISTRY: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec(
-            "clinc150", "clinc150", ("data_full.json", "clinc150_intent_mapping.csv"), load_clinc150,
+            "clinc150",
+            "clinc150",
+            ("data_full.json", "clinc150_intent_mapping.csv"),
+            load_clinc150,
             "CLINC150 train split: 150 intent descriptions x 15,000 utterances (paper construction)",
             "clinc/oos-eval data_full.json + IBM/task-aware-embedding-refinement clinc150_intent_mapping.csv",
             "CC BY 3.0 (data), Apache-2.0 (intent descriptions)",
         ),
         DatasetSpec(
-            "clinc150-names", "clinc150", ("data_full.json",), lambda p: load_clinc150(p, descriptions=False),
+            "clinc150-names",
+            "clinc150",
+            ("data_full.json",),
+            lambda p: load_clinc150(p, descriptions=False),
             "CLINC150 with intent names ('_' -> ' ') as queries instead of descriptions",
-            "clinc/oos-eval data_full.json", "CC BY 3.0", hub.clinc150_names,
+            "clinc/oos-eval data_full.json",
+            "CC BY 3.0",
+            hub.clinc150_names,
         ),
         DatasetSpec(
-            "banking77", "banking77", ("train.csv", "test.csv"), load_banking77,
+            "banking77",
+            "banking77",
+            ("train.csv", "test.csv"),
+            load_banking77,
             "Banking77 train+test: 77 category queries over the unique texts",
-            "PolyAI-LDN/task-specific-datasets banking_data/{train,test}.csv", "CC BY 4.0", hub.banking77,
+            "PolyAI-LDN/task-specific-datasets banking_data/{train,test}.csv",
+            "CC BY 4.0",
+            hub.banking77,
         ),
         DatasetSpec(
-            "nfcorpus", "nfcorpus", ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"), load_nfcorpus,
+            "nfcorpus",
+            "nfcorpus",
+            ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"),
+            load_nfcorpus,
             "NFCorpus (BEIR) test split over the full corpus; title + text",
-            "BEIR nfcorpus.zip", "see the BEIR / NFCorpus terms (non-commercial research)", hub.nfcorpus,
+            "BEIR nfcorpus.zip",
+            "see the BEIR / NFCorpus terms (non-commercial research)",
+            hub.nfcorpus,
         ),
         DatasetSpec(
-            "snips", "snips", tuple(f"{s}/{f}" for s in ("train", "valid", "test") for f in ("seq.in", "label")),
-            load_snips, "SNIPS: 7 intents over the unique utterances of train+valid+test",
-            "MiuLab/SlotGated-SLU data/snips (from sonos/nlu-benchmark)", "CC0 1.0",
+            "snips",
+            "snips",
+            tuple(f"{s}/{f}" for s in ("train", "valid", "test") for f in ("seq.in", "label")),
+            load_snips,
+            "SNIPS: 7 intents over the unique utterances of train+valid+test",
+            "MiuLab/SlotGated-SLU data/snips (from sonos/nlu-benchmark)",
+            "CC0 1.0",
         ),
         DatasetSpec(
-            "realscholarquery", "realscholarquery", RSQ_FILES, load_realscholarquery,
+            "realscholarquery",
+            "realscholarquery",
+            RSQ_FILES,
+            load_realscholarquery,
             "RealScholarQuery (PaSa): 50 research questions over 25,000 arXiv abstracts (gold papers kept, seed 42)",
             "Hugging Face Hub CarlanLark/pasa-dataset (paper_database/, RealScholarQuery/test.jsonl)",
-            "see the dataset card", hub.realscholarquery,
+            "see the dataset card",
+            hub.realscholarquery,
         ),
         DatasetSpec(
-            "argkp21", "argkp21", (), load_argkp21,
+            "argkp21",
+            "argkp21",
+            (),
+            load_argkp21,
             "ArgKP-21 key-point matching, dev+train: each key point over its labelled arguments",
-            "IBM ArgKP-2021 kpm_data (arguments_*, key_points_*, labels_*.csv)", "CC BY-SA 3.0 (IBM Debater)",
+            "IBM ArgKP-2021 kpm_data (arguments_*, key_points_*, labels_*.csv)",
+            "CC BY-SA 3.0 (IBM Debater)",
         ),
         *(
             DatasetSpec(
-                f"followir-{sub}", f"followir/{sub}",
+                f"followir-{sub}",
+                f"followir/{sub}",
                 ("corpus.jsonl", "queries.jsonl", "qrels_og.jsonl", "top_ranked.jsonl"),
                 lambda p, sub=sub: load_followir_folder(p, name=f"followir-{sub}"),
                 f"FollowIR {sub} (MTEB InstructionRetrieval): query + instruction over per-query pools",
-                f"Hugging Face Hub jhu-clsp/{sub}-instructions-mteb", "see the dataset card",
+                f"Hugging Face Hub jhu-clsp/{sub}-instructions-mteb",
+                "see the dataset card",
                 lambda sub=sub: hub.followir(sub),
             )
             for sub in ("core17", "robust04", "news21")
@@ -129,8 +161,12 @@ PARAMETRIC: dict[str, Callable[[Path], Benchmark]] = {
 
 def _argkp_missing(folder: Path) -> list[Path]:
     base = folder / "kpm_data" if (folder / "kpm_data").is_dir() else folder
-    return [base / f"{kind}_{split}.csv" for split in ("dev", "train")
-            for kind in ("arguments", "key_points", "labels") if not (base / f"{kind}_{split}.csv").is_file()]
+    return [
+        base / f"{kind}_{split}.csv"
+        for split in ("dev", "train")
+        for kind in ("arguments", "key_points", "labels")
+        if not (base / f"{kind}_{split}.csv").is_file()
+    ]
 
 
 def missing_files(name: str, root: Path | None = None) -> list[Path]:

@@ -55,9 +55,17 @@ from tasks.judging import answers_fingerprint
 from tasks.storage import atomic_write, code_version, digest, load_arrays, state_dir
 
 # What a cached judge result reports as paid in this run: nothing.
-PAID_METRICS = ("judge_requests", "judge_input_tokens", "judge_output_tokens", "judge_cache_read_tokens",
-                "judge_cost_usd", "judgments_paid", "judgments_from_ledger", "judgments_failed",
-                "judgments_not_submitted")
+PAID_METRICS = (
+    "judge_requests",
+    "judge_input_tokens",
+    "judge_output_tokens",
+    "judge_cache_read_tokens",
+    "judge_cost_usd",
+    "judgments_paid",
+    "judgments_from_ledger",
+    "judgments_failed",
+    "judgments_not_submitted",
+)
 
 
 def invalidate_task_cache(key: str) -> bool:
@@ -91,16 +99,30 @@ def invalidate_task_cache(key: str) -> bool:
 def embed_corpus(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> ArrayRef:
     """Document vectors, embedded in cached chunks (in parallel on a Dask runner)."""
     chunks = corpus_chunks(bench.counts["documents"], execution.chunk_size)
-    parts = fan_out(embed_corpus_chunk_task, [{"bench": bench, "model": model, "start": a, "stop": b} for a, b in chunks])
+    parts = fan_out(
+        embed_corpus_chunk_task, [{"bench": bench, "model": model, "start": a, "stop": b} for a, b in chunks]
+    )
     return join_corpus_chunks_task(corpus_digest(bench, model, chunks), parts)
 
 
-def refine_queries(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list[JudgmentsRef],
-                   config: dict, n_queries: int, execution: ExecutionSpec) -> ArrayRef:
+def refine_queries(
+    start: ArrayRef,
+    docs: ArrayRef,
+    feedback: list[ArrayRef],
+    judgments: list[JudgmentsRef],
+    config: dict,
+    n_queries: int,
+    execution: ExecutionSpec,
+) -> ArrayRef:
     """Refined vectors of every query, computed in cached query blocks (in parallel on Dask)."""
     blocks = query_blocks(n_queries, execution.query_block)
-    parts = fan_out(refine_block_task, [{"start": start, "docs": docs, "feedback": feedback, "judgments": judgments,
-                                         "config": config, "rows": rows} for rows in blocks])
+    parts = fan_out(
+        refine_block_task,
+        [
+            {"start": start, "docs": docs, "feedback": feedback, "judgments": judgments, "config": config, "rows": rows}
+            for rows in blocks
+        ],
+    )
     return join_refined_blocks_task(refined_digest(start, docs, feedback, judgments, config), parts)
 
 
@@ -110,35 +132,58 @@ def corpus_shards(bench: BenchmarkRef, execution: ExecutionSpec) -> list[tuple[i
     return None if size is None or n <= size else shard_bounds(n, size)
 
 
-def select_feedback(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int, exclude: list[ArrayRef],
-                    execution: ExecutionSpec) -> ArrayRef:
+def select_feedback(
+    bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int, exclude: list[ArrayRef], execution: ExecutionSpec
+) -> ArrayRef:
     """Top-K feedback documents; with corpus shards, each shard's best (on the Dask workers) merged."""
     shards = corpus_shards(bench, execution)
-    parts = None if shards is None else fan_out(select_shard_task, [
-        {"bench": bench, "vectors": vectors, "docs": docs, "k": k, "exclude": exclude, "shard": s} for s in shards])
+    parts = (
+        None
+        if shards is None
+        else fan_out(
+            select_shard_task,
+            [
+                {"bench": bench, "vectors": vectors, "docs": docs, "k": k, "exclude": exclude, "shard": s}
+                for s in shards
+            ],
+        )
+    )
     return select_feedback_task(bench, vectors, docs, k, exclude=exclude, shards=parts)
 
 
-def evaluate(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, judged: JudgmentsRef,
-             refined: list[ArrayRef], cell: CellSpec, extra: dict[str, ArrayRef] | None, execution: ExecutionSpec):
+def evaluate(
+    bench: BenchmarkRef,
+    queries: ArrayRef,
+    docs: ArrayRef,
+    feedback: ArrayRef,
+    judged: JudgmentsRef,
+    refined: list[ArrayRef],
+    cell: CellSpec,
+    extra: dict[str, ArrayRef] | None,
+    execution: ExecutionSpec,
+):
     """The evaluate task's final state; with corpus shards, the shards' counts (on the Dask workers) merged."""
     shards = corpus_shards(bench, execution)
     inputs = parts = None
     if shards is not None:
         inputs = shard_inputs_task(bench, queries, docs, feedback, judged, refined, extra)
-        parts = fan_out(evaluate_shard_task, [{"bench": bench, "inputs": inputs, "docs": docs, "shard": s}
-                                              for s in shards])
-    return evaluate_task(bench, queries, docs, feedback, judged, refined, cell, extra, inputs=inputs, shards=parts,
-                         return_state=True)
+        parts = fan_out(
+            evaluate_shard_task, [{"bench": bench, "inputs": inputs, "docs": docs, "shard": s} for s in shards]
+        )
+    return evaluate_task(
+        bench, queries, docs, feedback, judged, refined, cell, extra, inputs=inputs, shards=parts, return_state=True
+    )
 
 
-def judge_feedback(bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec,
-                   budget: BudgetSpec | None, account: str | None = None) -> tuple[JudgmentsRef, bool]:
+def judge_feedback(
+    bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec, budget: BudgetSpec | None, account: str | None = None
+) -> tuple[JudgmentsRef, bool]:
     """The judge task (on a Dask worker when the runner is Dask) and whether its result came
     from the task cache. When some judgments failed, the paid ones stay in the ledger but this
     result is not cached, so a re-run retries exactly the failures."""
-    state = fan_out_states(judge_task, [{"bench": bench, "feedback": feedback, "judge": cell.judge, "budget": budget,
-                                         "account": account}])[0]
+    state = fan_out_states(
+        judge_task, [{"bench": bench, "feedback": feedback, "judge": cell.judge, "budget": budget, "account": account}]
+    )[0]
     judged: JudgmentsRef = state.result()
     if judged.failed_queries:
         invalidate_task_cache(judge_cache_key(None, {"judge": cell.judge, "bench": bench, "feedback": feedback}))
@@ -147,8 +192,10 @@ def judge_feedback(bench: BenchmarkRef, feedback: ArrayRef, cell: CellSpec,
 
 def cell_label(cell: CellSpec) -> str:
     """Every coordinate of the cell, for logs and files (MLflow run names lead with what varies)."""
-    return (f"{short_benchmark(cell.benchmark.name)} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k}"
-            f" · r {cell.rounds}")
+    return (
+        f"{short_benchmark(cell.benchmark.name)} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k}"
+        f" · r {cell.rounds}"
+    )
 
 
 def short_benchmark(name: str) -> str:
@@ -180,19 +227,30 @@ def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
         params["query_template"] = cell.query_template
     if cell.hyde is not None:
         params.update({f"hyde.{k}": v for k, v in cell.hyde.model_dump().items() if v is not None})
-    params.update({"benchmark.name": bench.name, "benchmark.hash": bench.hash, "benchmark.version": bench.counts["version"],
-                   "benchmark.queries": bench.counts["queries"], "benchmark.documents": bench.counts["documents"],
-                   "benchmark.subset": bench.counts["subset"] or "full"})
+    params.update(
+        {
+            "benchmark.name": bench.name,
+            "benchmark.hash": bench.hash,
+            "benchmark.version": bench.counts["version"],
+            "benchmark.queries": bench.counts["queries"],
+            "benchmark.documents": bench.counts["documents"],
+            "benchmark.subset": bench.counts["subset"] or "full",
+        }
+    )
     return params
 
 
 def cell_tags(cell: CellSpec, prefect_url: str | None) -> dict[str, str]:
     """The tags a cell's MLflow run starts with."""
-    return {"refine.kind": "cell", "refine.judge": cell.judge.label, "refine.cell": cell_label(cell),
-            "mlflow.note.content": f"Cell {cell_label(cell)} (benchmark · model · judge · lr · k · rounds). "
-                                   "`*.p_raw`: one-sided paired t-test vs baseline; "
-                                   "`*.p_bh`: Benjamini–Hochberg corrected over the sweep.",
-            **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})}
+    return {
+        "refine.kind": "cell",
+        "refine.judge": cell.judge.label,
+        "refine.cell": cell_label(cell),
+        "mlflow.note.content": f"Cell {cell_label(cell)} (benchmark · model · judge · lr · k · rounds). "
+        "`*.p_raw`: one-sided paired t-test vs baseline; "
+        "`*.p_bh`: Benjamini–Hochberg corrected over the sweep.",
+        **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {}),
+    }
 
 
 @flow(name="evaluate-cell", flow_run_name=_cell_flow_run_name, log_prints=False)
@@ -220,8 +278,9 @@ def evaluate_cell(
     log = run_logger()
     tracker = Tracker(tracking_uri)
     prefect_url = prefect_run_url()
-    run_id = tracker.start(experiment_id, run_name or cell_label(cell), parent=parent_run_id,
-                           tags=cell_tags(cell, prefect_url))
+    run_id = tracker.start(
+        experiment_id, run_name or cell_label(cell), parent=parent_run_id, tags=cell_tags(cell, prefect_url)
+    )
     log.info("cell %s: MLflow run %s", cell_label(cell), run_id)
     if account is None and budget is not None and (budget.max_judgments or budget.max_cost_usd):
         account = f"cell-{runtime.flow_run.id or run_id}"
@@ -248,9 +307,14 @@ def evaluate_cell(
         judge_cached: list[bool] = []
         refined: list[ArrayRef] = []
         current = queries
-        config = {"lr": cell.lr, "steps": cell.steps, "optimizer": cell.optimizer,
-                  "score_temperature": cell.score_temperature, "similarity_temperature": cell.similarity_temperature,
-                  "normalize": cell.normalize}
+        config = {
+            "lr": cell.lr,
+            "steps": cell.steps,
+            "optimizer": cell.optimizer,
+            "score_temperature": cell.score_temperature,
+            "similarity_temperature": cell.similarity_temperature,
+            "normalize": cell.normalize,
+        }
         for _ in range(cell.rounds):
             t = time.perf_counter()
             fb = select_feedback(bench, current, docs, cell.k, list(feedback), execution)
@@ -262,8 +326,9 @@ def evaluate_cell(
             judgments.append(judged)
             judge_cached.append(cached)
             t = time.perf_counter()
-            current = refine_queries(current, docs, list(feedback), list(judgments), config,
-                                     bench.counts["queries"], execution)
+            current = refine_queries(
+                current, docs, list(feedback), list(judgments), config, bench.counts["queries"], execution
+            )
             timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t
             refined.append(current)
         extra: dict[str, ArrayRef] = {}
@@ -283,8 +348,9 @@ def evaluate_cell(
             judged, cached = judge_feedback(bench, fb, cell, budget, account)
             judgments.append(judged)
             judge_cached.append(cached)
-            extra["hyde_refined"] = refine_queries(extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"],
-                                                   execution)
+            extra["hyde_refined"] = refine_queries(
+                extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"], execution
+            )
             timings["hyde_refine"] = time.perf_counter() - t
         t = time.perf_counter()
         eval_state = evaluate(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None, execution)
@@ -292,7 +358,9 @@ def evaluate_cell(
         timings["evaluate"] = time.perf_counter() - t
         # The same inputs, code and settings give the same numbers: the key links re-runs.
         content_key = digest("cell", cell.model_dump(mode="json"), code_version(), evaluation.per_query_path)
-        original = None if eval_state.name != "Cached" else tracker.find_cell(experiment_id, content_key, exclude=run_id)
+        original = (
+            None if eval_state.name != "Cached" else tracker.find_cell(experiment_id, content_key, exclude=run_id)
+        )
 
         t = time.perf_counter()
         params = cell_params(cell, bench)
@@ -311,7 +379,9 @@ def evaluate_cell(
             flat[f"{method}.relative_gain"] = test["relative_gain"]
             flat[f"{method}.p_raw"] = test["pvalue"]
             if f"ap_{method}" in per_query.columns:
-                outcomes[method] = win_tie_loss(per_query["ap_baseline"].to_numpy(), per_query[f"ap_{method}"].to_numpy())
+                outcomes[method] = win_tie_loss(
+                    per_query["ap_baseline"].to_numpy(), per_query[f"ap_{method}"].to_numpy()
+                )
                 for label, count in zip(("queries_improved", "queries_unchanged", "queries_hurt"), outcomes[method]):
                     flat[f"{method}.{label}"] = count
         judged = [int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments]
@@ -330,17 +400,35 @@ def evaluate_cell(
         outcome = outcome_key(cell, bench, docs, queries)
         folder = outcome_folder(outcome)
         # The same table as CSV, which the MLflow UI previews (lists joined with ';').
-        flat_table = per_query.with_columns([pl.col(c).cast(pl.List(pl.String)).list.join(";")
-                                             for c, dtype in per_query.schema.items() if isinstance(dtype, pl.List)])
+        flat_table = per_query.with_columns(
+            [
+                pl.col(c).cast(pl.List(pl.String)).list.join(";")
+                for c, dtype in per_query.schema.items()
+                if isinstance(dtype, pl.List)
+            ]
+        )
         csv_path = folder / (Path(evaluation.per_query_path).stem + ".csv")
         atomic_write(csv_path, flat_table.write_csv().encode())
         cell_json = folder / "cell.json"
-        atomic_write(cell_json, json.dumps({"cell": cell.model_dump(mode="json"), "benchmark": bench.counts,
-                                            "tests": evaluation.tests, "judge_key": judgments[0].judge_key},
-                                           indent=2, default=_plain).encode())
-        artifacts = [(str(evaluation.per_query_path), "per_query"), (str(csv_path), "per_query"),
-                     *((str(png), "plots") for png in _plots(cell, per_query, evaluation.arrays_path)),
-                     (str(cell_json), None)]
+        atomic_write(
+            cell_json,
+            json.dumps(
+                {
+                    "cell": cell.model_dump(mode="json"),
+                    "benchmark": bench.counts,
+                    "tests": evaluation.tests,
+                    "judge_key": judgments[0].judge_key,
+                },
+                indent=2,
+                default=_plain,
+            ).encode(),
+        )
+        artifacts = [
+            (str(evaluation.per_query_path), "per_query"),
+            (str(csv_path), "per_query"),
+            *((str(png), "plots") for png in _plots(cell, per_query, evaluation.arrays_path)),
+            (str(cell_json), None),
+        ]
         for path, where in artifacts:
             tracker.log_artifact(run_id, path, where)
         timings["mlflow"] = time.perf_counter() - t
@@ -350,18 +438,29 @@ def evaluate_cell(
         for j in judgments:
             for reason, count in j.errors.items():
                 errors[reason] = errors.get(reason, 0) + count
-        tags = {"refine.failed_queries": str(failed_queries), "refine.content_key": content_key,
-                "refine.cached": str(eval_state.name == "Cached").lower()}
+        tags = {
+            "refine.failed_queries": str(failed_queries),
+            "refine.content_key": content_key,
+            "refine.cached": str(eval_state.name == "Cached").lower(),
+        }
         if original is not None:
             tags["refine.original_run_id"] = original
         tracker.set_tags(run_id, tags)
         tracker.finish(run_id, "FINISHED")
     link_mlflow_run(tracker, experiment_id, run_id, cell_label(cell))
     if errors:
-        log.warning("cell %s: %d judgments failed (%s); a re-run asks only for those", cell_label(cell),
-                    sum(errors.values()), ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])))
-    log.info("cell %s: MAP baseline %.4f, refined %.4f", cell_label(cell), evaluation.metrics["baseline"]["map"],
-             evaluation.metrics["refined"]["map"])
+        log.warning(
+            "cell %s: %d judgments failed (%s); a re-run asks only for those",
+            cell_label(cell),
+            sum(errors.values()),
+            ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])),
+        )
+    log.info(
+        "cell %s: MAP baseline %.4f, refined %.4f",
+        cell_label(cell),
+        evaluation.metrics["baseline"]["map"],
+        evaluation.metrics["refined"]["map"],
+    )
     result = {
         "run_id": run_id,
         "benchmark": bench.name,
@@ -380,21 +479,34 @@ def evaluate_cell(
         "original_run_id": original,
         "timings": timings,
     }
-    if not errors and not hyde_metrics.get("hyde_generations_failed") and not hyde_metrics.get(
-            "hyde_generations_not_submitted"):
+    if (
+        not errors
+        and not hyde_metrics.get("hyde_generations_failed")
+        and not hyde_metrics.get("hyde_generations_not_submitted")
+    ):
         # Nothing failed: an identical cell of a later sweep is logged from this record.
         usage = _judge_usage(judgments, judged, [True] * len(judgments))
-        save_outcome(outcome, {
-            # the store's digest, not its URI: a URI may carry a password, and records are plain files
-            "tracking": digest("tracking", tracker.uri), "original_run_id": original or run_id, "content_key": content_key,
-            "params": {k: v for k, v in params.items() if not k.startswith("prefect.")},
-            "metrics": {k: v for k, v in flat.items() if not k.startswith("time.")} | usage | _hyde_as_stored(hyde_metrics),
-            "series": series, "tags": {k: v for k, v in tags.items() if k != "refine.original_run_id"},
-            "benchmark": {"counts": bench.counts, "source": bench.source or bench.folder},
-            "artifacts": artifacts,
-            "result": {k: v for k, v in result.items() if k not in ("run_id", "timings", "original_run_id", "cached")}
-                      | {"judge_usage": usage},
-        })
+        save_outcome(
+            outcome,
+            {
+                # the store's digest, not its URI: a URI may carry a password, and records are plain files
+                "tracking": digest("tracking", tracker.uri),
+                "original_run_id": original or run_id,
+                "content_key": content_key,
+                "params": {k: v for k, v in params.items() if not k.startswith("prefect.")},
+                "metrics": {k: v for k, v in flat.items() if not k.startswith("time.")}
+                | usage
+                | _hyde_as_stored(hyde_metrics),
+                "series": series,
+                "tags": {k: v for k, v in tags.items() if k != "refine.original_run_id"},
+                "benchmark": {"counts": bench.counts, "source": bench.source or bench.folder},
+                "artifacts": artifacts,
+                "result": {
+                    k: v for k, v in result.items() if k not in ("run_id", "timings", "original_run_id", "cached")
+                }
+                | {"judge_usage": usage},
+            },
+        )
     return result
 
 
@@ -412,10 +524,21 @@ _THIS_MODULE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]  # t
 def outcome_key(cell: CellSpec, bench: BenchmarkRef, docs: ArrayRef, queries: ArrayRef) -> str:
     """What a cell's outcome depends on: its settings, the inputs' digests, the cached code and
     this module (which decides what a cell logs)."""
-    models = [answers_fingerprint(cell.judge.kind, cell.judge.model),
-              answers_fingerprint(cell.hyde.kind, cell.hyde.model) if cell.hyde is not None else None]
-    return digest("cell-outcome", OUTCOME_VERSION, cell.model_dump(mode="json"), models, bench.hash, docs.digest,
-                  queries.digest, code_version(), _THIS_MODULE)
+    models = [
+        answers_fingerprint(cell.judge.kind, cell.judge.model),
+        answers_fingerprint(cell.hyde.kind, cell.hyde.model) if cell.hyde is not None else None,
+    ]
+    return digest(
+        "cell-outcome",
+        OUTCOME_VERSION,
+        cell.model_dump(mode="json"),
+        models,
+        bench.hash,
+        docs.digest,
+        queries.digest,
+        code_version(),
+        _THIS_MODULE,
+    )
 
 
 def outcome_folder(key: str) -> Path:
@@ -466,8 +589,16 @@ def _hyde_as_stored(hyde_metrics: dict[str, float]) -> dict[str, float]:
     return {name: 0.0 for name in hyde_metrics} | {"hyde_generations_from_store": stored}
 
 
-def replay_cell(record: dict, cell: CellSpec, tracker: Tracker, experiment_id: str, *, parent_run_id: str | None,
-                run_name: str, prefect_url: str | None = None) -> dict:
+def replay_cell(
+    record: dict,
+    cell: CellSpec,
+    tracker: Tracker,
+    experiment_id: str,
+    *,
+    parent_run_id: str | None,
+    run_name: str,
+    prefect_url: str | None = None,
+) -> dict:
     """Log a stored cell outcome as a new run of ``experiment_id`` (five MLflow calls and the
     files); returns the cell's result as :func:`evaluate_cell` would."""
     start = time.perf_counter()
@@ -481,12 +612,20 @@ def replay_cell(record: dict, cell: CellSpec, tracker: Tracker, experiment_id: s
         for path, where in record["artifacts"]:
             tracker.log_artifact(run_id, path, where)
         seconds = time.perf_counter() - start
-        tracker.log_batch(run_id, params=record["params"] | {"prefect.flow_run_id": str(runtime.flow_run.id or "")},
-                          metrics=record["metrics"] | {"time.mlflow_s": seconds}, series=record["series"])
+        tracker.log_batch(
+            run_id,
+            params=record["params"] | {"prefect.flow_run_id": str(runtime.flow_run.id or "")},
+            metrics=record["metrics"] | {"time.mlflow_s": seconds},
+            series=record["series"],
+        )
         tracker.finish(run_id, "FINISHED")
-    return record["result"] | {"run_id": run_id, "cached": True, "original_run_id": original,
-                               "timings": {"mlflow": time.perf_counter() - start},
-                               "win_tie_loss": {m: tuple(v) for m, v in record["result"]["win_tie_loss"].items()}}
+    return record["result"] | {
+        "run_id": run_id,
+        "cached": True,
+        "original_run_id": original,
+        "timings": {"mlflow": time.perf_counter() - start},
+        "win_tie_loss": {m: tuple(v) for m, v in record["result"]["win_tie_loss"].items()},
+    }
 
 
 PLOT_NAMES = ("ap_before_after.png", "score_separation.png", "loss_curves.png")
@@ -503,10 +642,20 @@ def _plots(cell: CellSpec, per_query, arrays_path: str) -> list[Path]:
         staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
         staging.mkdir(parents=True, exist_ok=True)
         data = load_arrays(arrays_path)
-        plots.ap_scatter(per_query["ap_baseline"].to_numpy(), per_query["ap_refined"].to_numpy(),
-                         staging / "ap_before_after.png", title=title)
-        plots.separation(data["base_pos"], data["base_neg"], data["ref_pos"], data["ref_neg"],
-                         staging / "score_separation.png", title=title)
+        plots.ap_scatter(
+            per_query["ap_baseline"].to_numpy(),
+            per_query["ap_refined"].to_numpy(),
+            staging / "ap_before_after.png",
+            title=title,
+        )
+        plots.separation(
+            data["base_pos"],
+            data["base_neg"],
+            data["ref_pos"],
+            data["ref_neg"],
+            staging / "score_separation.png",
+            title=title,
+        )
         plots.loss_curves(data["losses"], staging / "loss_curves.png", title=title)
         shutil.rmtree(folder, ignore_errors=True)
         try:
@@ -524,8 +673,12 @@ def link_mlflow_run(tracker: Tracker, experiment_id: str, run_id: str, descripti
     try:
         from prefect.artifacts import create_link_artifact
 
-        create_link_artifact(tracker.run_url(experiment_id, run_id), link_text=f"MLflow run {run_id}",
-                             description=f"MLflow run of {description}", key="mlflow-run")
+        create_link_artifact(
+            tracker.run_url(experiment_id, run_id),
+            link_text=f"MLflow run {run_id}",
+            description=f"MLflow run of {description}",
+            key="mlflow-run",
+        )
     except Exception as exc:
         run_logger().warning("could not attach the MLflow link to the flow run: %s", exc)
 

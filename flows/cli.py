@@ -20,11 +20,14 @@ from flows.console import console, err_console, fail
 from flows.console import user_errors as _user_errors
 from tasks.storage import state_dir
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="LLM-guided test-time query refinement: evaluate and use it.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="LLM-guided test-time query refinement: evaluate and use it."
+)
 datasets_app = typer.Typer(help="List the registered benchmarks, or show one.", invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
-server_app = typer.Typer(help="A local Prefect server kept between commands (faster runs, the Prefect UI).",
-                         no_args_is_help=True)
+server_app = typer.Typer(
+    help="A local Prefect server kept between commands (faster runs, the Prefect UI).", no_args_is_help=True
+)
 app.add_typer(server_app, name="server")
 
 
@@ -51,8 +54,13 @@ def _preflight(config) -> None:
 
     benches = {}
     for spec in {c.benchmark for c in config.cells()}:
-        benches[spec] = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
-                                       max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
+        benches[spec] = load_benchmark(
+            spec.name,
+            queries=spec.queries,
+            query_seed=spec.query_seed,
+            max_documents=spec.max_documents,
+            corpus_seed=spec.corpus_seed,
+        )
     for spec, bench in benches.items():
         if spec.document_vectors is not None:
             _check_vectors_file(spec.name, spec.document_vectors.path, bench.n_documents)
@@ -75,12 +83,16 @@ def _preflight(config) -> None:
 
         check_local_model(config.hyde.model or "")
     for spec, bench in benches.items():
-        smallest = bench.n_documents if bench.pool == "corpus" else int(bench.labels.group_by("query_id").len()["len"].min())
+        smallest = (
+            bench.n_documents if bench.pool == "corpus" else int(bench.labels.group_by("query_id").len()["len"].min())
+        )
         for k in config.grid.k:
             for rounds in config.grid.rounds:
                 if k * rounds > smallest:
-                    raise ValueError(f"k={k} x rounds={rounds} is larger than the smallest pool of "
-                                     f"{spec.name} ({smallest} documents)")
+                    raise ValueError(
+                        f"k={k} x rounds={rounds} is larger than the smallest pool of "
+                        f"{spec.name} ({smallest} documents)"
+                    )
     if config.runner != "local":
         from flows.execution import check_scheduler, require_prefect_dask
 
@@ -99,8 +111,10 @@ def check_tracking_store() -> None:
     except ValueError:
         raise  # already one line naming the store
     except Exception as exc:
-        raise ValueError(f"MLflow tracking URI {uri} is unreachable: {type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
+        raise ValueError(
+            f"MLflow tracking URI {uri} is unreachable: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        ) from None
 
 
 def _results_table(title: str, cells: list[dict]) -> Table:
@@ -111,8 +125,11 @@ def _results_table(title: str, cells: list[dict]) -> Table:
     columns, rows = cell_rows(cells)
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="left" if column in ("benchmark", "judge", "model", "optimizer", "normalize")
-                         else "right", overflow="fold")
+        table.add_column(
+            column,
+            justify="left" if column in ("benchmark", "judge", "model", "optimizer", "normalize") else "right",
+            overflow="fold",
+        )
     table.caption = "+/=/−: queries refinement improved / left unchanged / hurt (AP)"
     for row in rows:
         table.add_row(*(str(row[c]) for c in columns))
@@ -122,8 +139,12 @@ def _results_table(title: str, cells: list[dict]) -> Table:
 def _public(cells: list[dict]) -> list[dict]:
     keys = ("run_id", "benchmark", "model", "judge", "params", "metrics")
     extra = ("judgments_failed", "judge_errors", "win_tie_loss", "cached", "original_run_id")
-    return [{k: c[k] for k in keys} | {"tests": c.get("tests", {}), "failed_queries": c.get("failed_queries", 0)}
-            | {k: c[k] for k in extra if k in c} for c in cells]
+    return [
+        {k: c[k] for k in keys}
+        | {"tests": c.get("tests", {}), "failed_queries": c.get("failed_queries", 0)}
+        | {k: c[k] for k in extra if k in c}
+        for c in cells
+    ]
 
 
 EXIT_JUDGMENTS_FAILED = 3
@@ -133,8 +154,9 @@ EXIT_JUDGMENTS_FAILED = 3
 # refine datasets
 # ---------------------------------------------------------------------------------------
 @datasets_app.callback()
-def datasets_list(ctx: typer.Context,
-                  as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False) -> None:
+def datasets_list(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False
+) -> None:
     """List the registered benchmarks and whether their files are present."""
     if ctx.invoked_subcommand is not None:
         return
@@ -144,17 +166,31 @@ def datasets_list(ctx: typer.Context,
     rows = []
     for name, spec in REGISTRY.items():
         missing = missing_files(name, root)
-        rows.append({"name": name, "present": not missing, "folder": str(spec.path(root)),
-                     "hub": spec.hub_loader is not None, "description": spec.description, "licence": spec.licence})
+        rows.append(
+            {
+                "name": name,
+                "present": not missing,
+                "folder": str(spec.path(root)),
+                "hub": spec.hub_loader is not None,
+                "description": spec.description,
+                "licence": spec.licence,
+            }
+        )
     if as_json:
-        print(json.dumps({"data_dir": str(root), "datasets": rows, "parametric": [f"{k}:<folder>" for k in PARAMETRIC]}))
+        print(
+            json.dumps({"data_dir": str(root), "datasets": rows, "parametric": [f"{k}:<folder>" for k in PARAMETRIC]})
+        )
         return
     table = Table(title=f"datasets (data dir: {root})")
     for column in ("name", "files", "hub", "description"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], "[green]present[/]" if row["present"] else "[yellow]missing[/]",
-                      "yes" if row["hub"] else "-", row["description"])
+        table.add_row(
+            row["name"],
+            "[green]present[/]" if row["present"] else "[yellow]missing[/]",
+            "yes" if row["hub"] else "-",
+            row["description"],
+        )
     console.print(table)
     console.print("Also: " + ", ".join(f"{k}:<folder>" for k in PARAMETRIC) + "  (see README: Datasets)")
 
@@ -232,7 +268,9 @@ def demo(
         t0 = time.perf_counter()
         with console.status(f"embedding {benchmark.n_documents} documents with {embedder.model_id} ..."):
             docs = embedder.embed_documents(benchmark.document_texts(), cache=cache)
-            qvecs = embedder.embed_queries(benchmark.query_texts(), instruction=benchmark.embed_instruction, cache=cache)
+            qvecs = embedder.embed_queries(
+                benchmark.query_texts(), instruction=benchmark.embed_instruction, cache=cache
+            )
         t_embed = time.perf_counter() - t0
         qrels = benchmark.qrels()
         query_texts, document_texts = benchmark.query_texts(), benchmark.document_texts()
@@ -241,8 +279,14 @@ def demo(
             raise ValueError(f"--k {k} x --rounds {rounds} exceeds the smallest query pool ({min_pool} documents)")
 
         def judge(rows, idx):
-            return noisy_oracle_scores(qrels.take(rows), idx, flip_rate=flip_rate, seed=seed,
-                                       query_texts=[query_texts[r] for r in rows], document_texts=document_texts)
+            return noisy_oracle_scores(
+                qrels.take(rows),
+                idx,
+                flip_rate=flip_rate,
+                seed=seed,
+                query_texts=[query_texts[r] for r in rows],
+                document_texts=document_texts,
+            )
 
         t1 = time.perf_counter()
         outcome = evaluate_cell_arrays(qvecs, docs, qrels, judge, k=k, rounds=rounds, config=config)
@@ -255,29 +299,44 @@ def demo(
     adjust_sweep_pvalues([{"tests": tests}])  # the project's one family: here every method of this one cell
     adjusted = {m: t["pvalue_bh"] for m, t in tests.items() if "pvalue_bh" in t}
     judge_name = "oracle" if flip_rate == 0 else f"noisy-oracle (flip {flip_rate:g})"
-    table = Table(title=f"{benchmark.name}: {benchmark.n_queries} queries x {benchmark.n_documents} documents, "
-                        f"{embedder.model_id}, judge {judge_name}, K={k}, lr={lr:g}, steps={steps}")
+    table = Table(
+        title=f"{benchmark.name}: {benchmark.n_queries} queries x {benchmark.n_documents} documents, "
+        f"{embedder.model_id}, judge {judge_name}, K={k}, lr={lr:g}, steps={steps}"
+    )
     for column in ("method", "MAP", "nDCG@10", "R@50", "ROC-AUC", "ΔMAP", "p (BH)"):
         table.add_column(column, justify="right" if column != "method" else "left")
     base_map = outcome.metrics["baseline"].means["map"]
     for method in methods:
         m = outcome.metrics[method].means
         p = adjusted.get(method)
-        table.add_row(method, f"{m['map']:.4f}", f"{m['ndcg@10']:.4f}", f"{m['recall@50']:.4f}", f"{m['roc_auc']:.4f}",
-                      "" if method == "baseline" else f"{m['map'] - base_map:+.4f}",
-                      "" if p is None else f"{p:.2g}")
+        table.add_row(
+            method,
+            f"{m['map']:.4f}",
+            f"{m['ndcg@10']:.4f}",
+            f"{m['recall@50']:.4f}",
+            f"{m['roc_auc']:.4f}",
+            "" if method == "baseline" else f"{m['map'] - base_map:+.4f}",
+            "" if p is None else f"{p:.2g}",
+        )
     console.print(table)
-    console.print(f"embedding {t_embed:.1f} s (cache: {state_dir() / 'embeddings'}), judging + refinement + "
-                  f"scoring {t_eval:.1f} s; {int(outcome.judge_mask.sum())} judgments")
+    console.print(
+        f"embedding {t_embed:.1f} s (cache: {state_dir() / 'embeddings'}), judging + refinement + "
+        f"scoring {t_eval:.1f} s; {int(outcome.judge_mask.sum())} judgments"
+    )
     if as_json:
-        print(json.dumps({
-            "benchmark": benchmark.counts(),
-            "model": embedder.model_id,
-            "judge": judge_name,
-            "params": {"k": k, "rounds": rounds, **config.as_params()},
-            "metrics": {m: outcome.metrics[m].means for m in methods},
-            "p_values_bh": adjusted,
-        }, default=float))
+        print(
+            json.dumps(
+                {
+                    "benchmark": benchmark.counts(),
+                    "model": embedder.model_id,
+                    "judge": judge_name,
+                    "params": {"k": k, "rounds": rounds, **config.as_params()},
+                    "metrics": {m: outcome.metrics[m].means for m in methods},
+                    "p_values_bh": adjusted,
+                },
+                default=float,
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,12 +344,24 @@ def demo(
 # ---------------------------------------------------------------------------------------
 @app.command()
 def run(
-    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
-    runner: Annotated[str | None, typer.Option(help="task runner: 'local' (default), 'dask' (a local cluster) or "
-                                                    "'dask://host:port' (a running scheduler); overrides the config")] = None,
+    config_path: Annotated[
+        Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")
+    ] = None,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            help="task runner: 'local' (default), 'dask' (a local cluster) or "
+            "'dask://host:port' (a running scheduler); overrides the config"
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print per cell the judgments and HyDE passages still to "
-                                                            "pay and their estimated cost; pay nothing")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print per cell the judgments and HyDE passages still to pay and their estimated cost; pay nothing",
+        ),
+    ] = False,
 ) -> None:
     """Run a sweep: every cell through the Prefect flow, every result to MLflow.
 
@@ -334,8 +405,14 @@ def run(
 
     started = time.perf_counter()
     console.print(f"running {n_cells} cells (the local Prefect server takes a while to start the first time) ...")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bars:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
         handles: dict[str, object] = {}
 
         def show(stage: str, done: int, total: int) -> None:
@@ -354,35 +431,59 @@ def run(
     elapsed = time.perf_counter() - started
     from flows.report import BH_FAMILY
 
-    console.print(_results_table(f"{config.name}: MAP per method; p (BH): one-sided paired t-test of refined vs "
-                                 f"baseline, Benjamini-Hochberg corrected over {BH_FAMILY}", result["cells"]))
+    console.print(
+        _results_table(
+            f"{config.name}: MAP per method; p (BH): one-sided paired t-test of refined vs "
+            f"baseline, Benjamini-Hochberg corrected over {BH_FAMILY}",
+            result["cells"],
+        )
+    )
     from flows.tracking import Tracker
 
     tracker = Tracker()
     cached = sum(bool(c.get("cached")) for c in result["cells"])
     paid = sum(c.get("judge_usage", {}).get("judgments_paid", 0) for c in result["cells"])
     cost = sum(c.get("judge_usage", {}).get("judge_cost_usd", 0) for c in result["cells"])
-    console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache; {int(paid)} judgments asked "
-                  f"of the judges in this run, estimated ${cost:.2f})")
+    console.print(
+        f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache; {int(paid)} judgments asked "
+        f"of the judges in this run, estimated ${cost:.2f})"
+    )
     if result.get("budget_line"):
         console.print(f"budget: {result['budget_line']}", highlight=False)
     console.print(f"MLflow runs table: {tracker.runs_table_url(result['experiment_id'])}", soft_wrap=True)
-    console.print(f"MLflow sweep run:  {tracker.run_url(result['experiment_id'], result['parent_run_id'])}  "
-                  "(start the UI with `refine ui`)", soft_wrap=True)
+    console.print(
+        f"MLflow sweep run:  {tracker.run_url(result['experiment_id'], result['parent_run_id'])}  "
+        "(start the UI with `refine ui`)",
+        soft_wrap=True,
+    )
     for failure in result["failures"]:
         err_console.print(f"[bold red]cell failed:[/] {failure}", highlight=False)
     judgment_failures = result.get("judgment_failures", [])
     for line in judgment_failures:
         err_console.print(f"[bold red]judgments failed:[/] {line}", highlight=False, soft_wrap=True)
     if judgment_failures:
-        again = " ".join(["refine", "run", *([str(config_path)] if config_path else []),
-                          *(["--runner", runner] if runner else [])])
-        err_console.print(f"retry only the failed judgments (everything else is cached and paid for): {again}",
-                          highlight=False, soft_wrap=True)
+        again = " ".join(
+            ["refine", "run", *([str(config_path)] if config_path else []), *(["--runner", runner] if runner else [])]
+        )
+        err_console.print(
+            f"retry only the failed judgments (everything else is cached and paid for): {again}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if as_json:
-        print(json.dumps({"experiment_id": result["experiment_id"], "parent_run_id": result["parent_run_id"],
-                          "cells": _public(result["cells"]), "failures": result["failures"],
-                          "judgment_failures": judgment_failures, "budget": result.get("budget")}, default=float))
+        print(
+            json.dumps(
+                {
+                    "experiment_id": result["experiment_id"],
+                    "parent_run_id": result["parent_run_id"],
+                    "cells": _public(result["cells"]),
+                    "failures": result["failures"],
+                    "judgment_failures": judgment_failures,
+                    "budget": result.get("budget"),
+                },
+                default=float,
+            )
+        )
     if result["failures"]:
         raise typer.Exit(code=1)
     if judgment_failures:
@@ -409,25 +510,42 @@ def _dry_run(config, as_json: bool) -> None:
         if not row["paid"] and not row["hyde_to_pay"]:
             table.add_row(row["cell"], "free", "", "", "", "", "")
             continue
-        table.add_row(row["cell"], str(row["judgments_to_pay"]), str(row["judgments_in_ledger"]),
-                      str(row["later_rounds_at_most"]), str(row["hyde_to_pay"]), f"{row['usd']:.4f}",
-                      f"{row['usd_at_most']:.4f}")
+        table.add_row(
+            row["cell"],
+            str(row["judgments_to_pay"]),
+            str(row["judgments_in_ledger"]),
+            str(row["later_rounds_at_most"]),
+            str(row["hyde_to_pay"]),
+            f"{row['usd']:.4f}",
+            f"{row['usd_at_most']:.4f}",
+        )
     console.print(table)
     total, budget = plan["total"], plan["budget"]
-    console.print(f"total (each pair counted once across cells): {total['judgments_to_pay']} judgments and "
-                  f"{total['hyde_to_pay']} HyDE passages to pay now, at most {total['judgments_at_most']} judgments "
-                  f"with later rounds; estimated ${total['usd']:.4f} (at most ${total['usd_at_most']:.4f})",
-                  highlight=False)
-    limits = [f"{budget['max_judgments']} judgments/passages" if budget["max_judgments"] else "",
-              f"${budget['max_cost_usd']:.2f}" if budget["max_cost_usd"] else ""]
+    console.print(
+        f"total (each pair counted once across cells): {total['judgments_to_pay']} judgments and "
+        f"{total['hyde_to_pay']} HyDE passages to pay now, at most {total['judgments_at_most']} judgments "
+        f"with later rounds; estimated ${total['usd']:.4f} (at most ${total['usd_at_most']:.4f})",
+        highlight=False,
+    )
+    limits = [
+        f"{budget['max_judgments']} judgments/passages" if budget["max_judgments"] else "",
+        f"${budget['max_cost_usd']:.2f}" if budget["max_cost_usd"] else "",
+    ]
     limits = [x for x in limits if x]
     if limits:
-        over = ((budget["max_judgments"] or 0) and total["judgments_at_most"] + total["hyde_to_pay"] > budget["max_judgments"]) or \
-               ((budget["max_cost_usd"] or 0) and total["usd_at_most"] > budget["max_cost_usd"])
-        console.print(f"budget: {' and '.join(limits)} per run" + (" — the run may stop at it (BudgetExceeded)" if over
-                                                                   else " — enough for this plan"), highlight=False)
+        over = (
+            (budget["max_judgments"] or 0)
+            and total["judgments_at_most"] + total["hyde_to_pay"] > budget["max_judgments"]
+        ) or ((budget["max_cost_usd"] or 0) and total["usd_at_most"] > budget["max_cost_usd"])
+        console.print(
+            f"budget: {' and '.join(limits)} per run"
+            + (" — the run may stop at it (BudgetExceeded)" if over else " — enough for this plan"),
+            highlight=False,
+        )
     else:
-        console.print("budget: none set (add `budget: {max_judgments: N, max_cost_usd: X}` to the config)", highlight=False)
+        console.print(
+            "budget: none set (add `budget: {max_judgments: N, max_cost_usd: X}` to the config)", highlight=False
+        )
     if as_json:
         print(json.dumps(plan, default=float))
 
@@ -443,8 +561,16 @@ def _metrics_from_run(run) -> dict[str, dict[str, float]]:
     return out
 
 
-_TEST_KEYS = ("delta_map", "pvalue", "p_raw", "p_bh", "relative_gain", "queries_improved", "queries_unchanged",
-              "queries_hurt")
+_TEST_KEYS = (
+    "delta_map",
+    "pvalue",
+    "p_raw",
+    "p_bh",
+    "relative_gain",
+    "queries_improved",
+    "queries_unchanged",
+    "queries_hurt",
+)
 
 
 def _cell_from_run(run) -> dict:
@@ -460,20 +586,34 @@ def _cell_from_run(run) -> dict:
             if "p_bh" in v:
                 tests[m]["pvalue_bh"] = v["p_bh"]
         if "queries_improved" in v:
-            outcomes[m] = (int(v["queries_improved"]), int(v.get("queries_unchanged", 0)), int(v.get("queries_hurt", 0)))
-    typed = {"lr": float(params.get("lr", "nan")), "k": int(params.get("k", 0)), "rounds": int(params.get("rounds", 1)),
-             **{k: v for k, v in params.items() if k not in ("lr", "k", "rounds")}}
+            outcomes[m] = (
+                int(v["queries_improved"]),
+                int(v.get("queries_unchanged", 0)),
+                int(v.get("queries_hurt", 0)),
+            )
+    typed = {
+        "lr": float(params.get("lr", "nan")),
+        "k": int(params.get("k", 0)),
+        "rounds": int(params.get("rounds", 1)),
+        **{k: v for k, v in params.items() if k not in ("lr", "k", "rounds")},
+    }
     for name in ("steps",):
         if name in typed:
             typed[name] = int(typed[name])
     for name in ("score_temperature", "similarity_temperature"):
         if name in typed:
             typed[name] = float(typed[name])
-    return {"run_id": run.info.run_id, "benchmark": params.get("benchmark.name", "?"), "model": params.get("model", "?"),
-            "judge": run.data.tags.get("refine.judge", params.get("judge.kind", "")), "params": typed,
-            "metrics": {m: {k: v for k, v in vals.items() if k not in _TEST_KEYS} for m, vals in metrics.items()},
-            "tests": tests, "win_tie_loss": outcomes,
-            "failed_queries": int(run.data.metrics.get("judge_failed_queries", 0))}
+    return {
+        "run_id": run.info.run_id,
+        "benchmark": params.get("benchmark.name", "?"),
+        "model": params.get("model", "?"),
+        "judge": run.data.tags.get("refine.judge", params.get("judge.kind", "")),
+        "params": typed,
+        "metrics": {m: {k: v for k, v in vals.items() if k not in _TEST_KEYS} for m, vals in metrics.items()},
+        "tests": tests,
+        "win_tie_loss": outcomes,
+        "failed_queries": int(run.data.metrics.get("judge_failed_queries", 0)),
+    }
 
 
 @app.command()
@@ -484,12 +624,19 @@ def compare(
     all_sweeps: Annotated[bool, typer.Option("--all", help="every finished cell of the experiment")] = False,
     benchmark: Annotated[str | None, typer.Option(help="only this benchmark")] = None,
     judge: Annotated[str | None, typer.Option(help="only judges whose label contains this")] = None,
-    where: Annotated[list[str] | None, typer.Option(help="keep cells with this coordinate, e.g. lr=1e-4 rounds=1 "
-                                                         "(repeatable)")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, csv or markdown (--layout paper: markdown or latex; "
-                                                      "default both)")] = "table",
-    layout: Annotated[str, typer.Option(help="'cells' (one row per cell) or 'paper' (model x method rows, one "
-                                             "column per benchmark, as in the paper)")] = "cells",
+    where: Annotated[
+        list[str] | None, typer.Option(help="keep cells with this coordinate, e.g. lr=1e-4 rounds=1 (repeatable)")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, csv or markdown (--layout paper: markdown or latex; default both)")
+    ] = "table",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="'cells' (one row per cell) or 'paper' (model x method rows, one "
+            "column per benchmark, as in the paper)"
+        ),
+    ] = "cells",
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
 ) -> None:
     """Compare cells from MLflow: MAP per method, ΔMAP and significance as stored by the sweep.
@@ -516,18 +663,23 @@ def compare(
     tracker = Tracker()
     exp = tracker.client.get_experiment_by_name(experiment)
     if exp is None:
-        fail(f"no experiment named {experiment!r} in {tracker.uri}; run `refine run` first (`refine experiments` "
-             "lists them)")
+        fail(
+            f"no experiment named {experiment!r} in {tracker.uri}; run `refine run` first (`refine experiments` "
+            "lists them)"
+        )
     if parent is None and not all_sweeps:
-        sweeps = tracker.client.search_runs([exp.experiment_id], "tags.`refine.kind` = 'sweep'",
-                                            order_by=["attributes.start_time DESC"], max_results=1)
+        sweeps = tracker.client.search_runs(
+            [exp.experiment_id], "tags.`refine.kind` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+        )
         if not sweeps:
             fail(f"experiment {experiment!r} has no sweep runs")
         parent = sweeps[0].info.run_id
     query = "tags.`refine.kind` = 'cell' and attributes.status = 'FINISHED'"
     if parent:
         query += f" and tags.`mlflow.parentRunId` = '{parent}'"
-    runs = tracker.client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=5000)
+    runs = tracker.client.search_runs(
+        [exp.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=5000
+    )
     cells = [_cell_from_run(r) for r in runs]
     cells = [c for c in cells if (not benchmark or c["benchmark"] == benchmark) and (not judge or judge in c["judge"])]
     try:
@@ -548,7 +700,9 @@ def compare(
         if fmt in ("table", "latex"):
             print(table.latex())
     elif fmt == "table":
-        console.print(_results_table(f"{experiment}: {len(cells)} cells" + (f" of sweep {parent}" if parent else ""), cells))
+        console.print(
+            _results_table(f"{experiment}: {len(cells)} cells" + (f" of sweep {parent}" if parent else ""), cells)
+        )
     else:
         from flows.sweep import summary_table
 
@@ -560,7 +714,11 @@ def compare(
 
             print(pl.DataFrame(rows).write_csv() if rows else "")
     if as_json:
-        print(json.dumps({"experiment_id": exp.experiment_id, "parent_run_id": parent, "cells": _public(cells)}, default=float))
+        print(
+            json.dumps(
+                {"experiment_id": exp.experiment_id, "parent_run_id": parent, "cells": _public(cells)}, default=float
+            )
+        )
 
 
 @app.command()
@@ -580,18 +738,29 @@ def experiments(
     tracker = Tracker()
     rows = []
     for exp in tracker.client.search_experiments(order_by=["last_update_time DESC"]):
-        runs = tracker.client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
-                                          order_by=["attributes.start_time DESC"], max_results=5000)
+        runs = tracker.client.search_runs(
+            [exp.experiment_id],
+            "attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=5000,
+        )
         cells = [r for r in runs if r.data.tags.get("refine.kind") == "cell"]
         sweeps = [r for r in runs if r.data.tags.get("refine.kind") == "sweep"]
         if not cells and not sweeps:
             continue
         best = max(cells, key=lambda r: r.data.metrics.get("refined.map", float("-inf")), default=None)
-        rows.append({"name": exp.name, "experiment_id": exp.experiment_id, "sweeps": len(sweeps), "cells": len(cells),
-                     "last_run": time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[0].info.start_time / 1000)),
-                     "best_refined_map": None if best is None else best.data.metrics.get("refined.map"),
-                     "best_run": None if best is None else best.info.run_name,
-                     "url": tracker.runs_table_url(exp.experiment_id)})
+        rows.append(
+            {
+                "name": exp.name,
+                "experiment_id": exp.experiment_id,
+                "sweeps": len(sweeps),
+                "cells": len(cells),
+                "last_run": time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[0].info.start_time / 1000)),
+                "best_refined_map": None if best is None else best.data.metrics.get("refined.map"),
+                "best_run": None if best is None else best.info.run_name,
+                "url": tracker.runs_table_url(exp.experiment_id),
+            }
+        )
     if as_json:
         print(json.dumps({"tracking_uri": tracker.uri, "experiments": rows}))
         return
@@ -599,8 +768,14 @@ def experiments(
     for column in ("experiment", "sweeps", "cells", "last run", "best refined MAP", "best cell"):
         table.add_column(column, justify="right" if column in ("sweeps", "cells", "best refined MAP") else "left")
     for r in rows:
-        table.add_row(r["name"], str(r["sweeps"]), str(r["cells"]), r["last_run"],
-                      "–" if r["best_refined_map"] is None else f"{r['best_refined_map']:.4f}", r["best_run"] or "–")
+        table.add_row(
+            r["name"],
+            str(r["sweeps"]),
+            str(r["cells"]),
+            r["last_run"],
+            "–" if r["best_refined_map"] is None else f"{r['best_refined_map']:.4f}",
+            r["best_run"] or "–",
+        )
     console.print(table)
     if not rows:
         console.print("no sweeps logged yet: `refine run` runs the default sweep")
@@ -624,7 +799,18 @@ def ui(
     from flows.tracking import Tracker, tracking_uri
 
     uri = tracking_uri()
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     os.environ["REFINE_MLFLOW_UI_URL"] = f"http://127.0.0.1:{port}"
     tracker = Tracker(uri)
     found = tracker.client.search_experiments(order_by=["last_update_time DESC"], max_results=1)
@@ -650,10 +836,20 @@ def ui(
 
 # The settings a flow run needs to find the same state as the CLI; a deployment passes them on.
 # The task cache is shared through PREFECT_LOCAL_STORAGE_PATH: every worker must read the same one.
-SHARED_SETTINGS = ("REFINE_HOME", "REFINE_DATA_DIR", "REFINE_LEDGER_URL", "REFINE_LEDGER_PASSWORD_FILE",
-                   "MLFLOW_TRACKING_URI", "REFINE_MLFLOW_UI_URL",
-                   "HF_HUB_OFFLINE", "REFINE_TORCH_THREADS", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
-                   "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+SHARED_SETTINGS = (
+    "REFINE_HOME",
+    "REFINE_DATA_DIR",
+    "REFINE_LEDGER_URL",
+    "REFINE_LEDGER_PASSWORD_FILE",
+    "MLFLOW_TRACKING_URI",
+    "REFINE_MLFLOW_UI_URL",
+    "HF_HUB_OFFLINE",
+    "REFINE_TORCH_THREADS",
+    "PREFECT_LOCAL_STORAGE_PATH",
+    "PREFECT_DEFAULT_RESULT_STORAGE_BLOCK",
+    "MLFLOW_DISABLE_TELEMETRY",
+    "DO_NOT_TRACK",
+)
 
 
 def _deployment_inputs(config_path: Path | None, cron: str | None, runner: str | None) -> tuple[dict, str]:
@@ -677,17 +873,28 @@ def _deployment_inputs(config_path: Path | None, cron: str | None, runner: str |
 
 def _require_prefect_server(command: str) -> None:
     if not os.environ.get("PREFECT_API_URL"):
-        fail(f"refine {command} needs a Prefect server: start one with `prefect server start` (or the compose stack) "
-             "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api")
+        fail(
+            f"refine {command} needs a Prefect server: start one with `prefect server start` (or the compose stack) "
+            "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api"
+        )
 
 
 @app.command()
 def serve(
-    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
-    cron: Annotated[str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")] = None,
+    config_path: Annotated[
+        Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")
+    ] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")
+    ] = None,
     name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
-    runner: Annotated[str | None, typer.Option(help="'dask://host:port': run the scheduled sweeps' embedding and "
-                                                    "cells on that Dask scheduler (overrides the config)")] = None,
+    runner: Annotated[
+        str | None,
+        typer.Option(
+            help="'dask://host:port': run the scheduled sweeps' embedding and "
+            "cells on that Dask scheduler (overrides the config)"
+        ),
+    ] = None,
 ) -> None:
     """Serve the sweep flow as a Prefect deployment on a cron schedule (needs a Prefect server).
 
@@ -701,17 +908,23 @@ def serve(
     _require_prefect_server("serve")
     from flows.sweep import sweep
 
-    console.print(f"serving deployment {name!r} of flow refine-sweep, cron {chosen!r}, sweep "
-                  f"{parameters['config']['name']!r}"
-                  + (f", Dask scheduler {parameters['address']}" if parameters["address"] else ""))
+    console.print(
+        f"serving deployment {name!r} of flow refine-sweep, cron {chosen!r}, sweep "
+        f"{parameters['config']['name']!r}"
+        + (f", Dask scheduler {parameters['address']}" if parameters["address"] else "")
+    )
     sweep.serve(name=name, cron=chosen, parameters=parameters)
 
 
 @app.command()
 def deploy(
-    config_path: Annotated[Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")] = None,
+    config_path: Annotated[
+        Path | None, typer.Argument(metavar="[CONFIG]", help="sweep YAML (default: the built-in sweep)")
+    ] = None,
     pool: Annotated[str, typer.Option(help="Prefect work pool (type process; created when missing)")] = "refine",
-    cron: Annotated[str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")
+    ] = None,
     name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
     runner: Annotated[str | None, typer.Option(help="'dask://host:port' for the sweeps' embedding and cells")] = None,
 ) -> None:
@@ -734,21 +947,27 @@ def deploy(
         from sqlalchemy.engine import make_url
 
         if "://" in env["REFINE_LEDGER_URL"] and make_url(env["REFINE_LEDGER_URL"]).password:
-            fail("REFINE_LEDGER_URL holds a password, which the deployment would store in Prefect: put the "
-                 "password in a file and set REFINE_LEDGER_PASSWORD_FILE to it")
+            fail(
+                "REFINE_LEDGER_URL holds a password, which the deployment would store in Prefect: put the "
+                "password in a file and set REFINE_LEDGER_PASSWORD_FILE to it"
+            )
     try:
         deployment_id = deploy_to_pool(parameters, name=name, pool=pool, cron=chosen, env=env)
     except Exception as exc:
         fail(f"could not register the deployment with {os.environ['PREFECT_API_URL']}: {type(exc).__name__}: {exc}")
-    console.print(f"deployment refine-sweep/{name} ({deployment_id}) in work pool {pool!r}, cron {chosen!r}; start "
-                  f"workers with: prefect worker start --pool {pool}")
+    console.print(
+        f"deployment refine-sweep/{name} ({deployment_id}) in work pool {pool!r}, cron {chosen!r}; start "
+        f"workers with: prefect worker start --pool {pool}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # refine server start / stop / status
 # ---------------------------------------------------------------------------------------
 @server_app.command("start")
-def server_start(port: Annotated[int, typer.Option(help="port on 127.0.0.1 (another is taken if busy)")] = 4200) -> None:
+def server_start(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (another is taken if busy)")] = 4200,
+) -> None:
     """Start a Prefect server (with its UI) that every later command of this REFINE_HOME uses."""
     from flows.environment import configure_environment
 
@@ -760,8 +979,10 @@ def server_start(port: Annotated[int, typer.Option(help="port on 127.0.0.1 (anot
     except RuntimeError as exc:
         fail(str(exc))
     verb = "started" if record["started"] else "already running"
-    console.print(f"Prefect server {verb}: UI {record['ui']}, API {record['api']} (pid {record['pid']}); "
-                  "`refine server stop` ends it")
+    console.print(
+        f"Prefect server {verb}: UI {record['ui']}, API {record['api']} (pid {record['pid']}); "
+        "`refine server stop` ends it"
+    )
 
 
 @server_app.command("stop")
@@ -781,8 +1002,11 @@ def server_status() -> None:
     from flows import local_server
 
     record = local_server.running()
-    console.print(f"running: UI {record['ui']}, API {record['api']} (pid {record['pid']})" if record
-                  else "not running: each command starts Prefect's ephemeral server")
+    console.print(
+        f"running: UI {record['ui']}, API {record['api']} (pid {record['pid']})"
+        if record
+        else "not running: each command starts Prefect's ephemeral server"
+    )
 
 
 def _register_corpus_commands() -> None:

@@ -41,12 +41,22 @@ from tasks.storage import digest, ledger_url, save_array, state_dir
 
 # ---- index ------------------------------------------------------------------------------------
 def _texts_chunk_key(context, parameters) -> str:
-    return _key("embed-texts", parameters["documents"], _embedder(parameters["model"]).cache_key,
-                parameters["start"], parameters["stop"])
+    return _key(
+        "embed-texts",
+        parameters["documents"],
+        _embedder(parameters["model"]).cache_key,
+        parameters["start"],
+        parameters["stop"],
+    )
 
 
-@task(name="embed-texts-chunk", cache_key_fn=_texts_chunk_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
-      retries=1)
+@task(
+    name="embed-texts-chunk",
+    cache_key_fn=_texts_chunk_key,
+    persist_result=True,
+    cache_expiration=CACHE_EXPIRATION,
+    retries=1,
+)
 def embed_texts_chunk_task(table: str, documents: str, model: str, start: int, stop: int) -> int:
     """Embed rows ``start:stop`` of a documents table into the embedding cache; returns the count."""
     texts = pl.scan_parquet(table).slice(start, stop - start).select("text").collect()["text"].to_list()
@@ -55,8 +65,14 @@ def embed_texts_chunk_task(table: str, documents: str, model: str, start: int, s
 
 
 @flow(name="index-corpus", log_prints=False)
-def index_corpus_flow(corpus: str, name: str | None = None, model: str = "all-MiniLM-L6-v2", id_column: str = "id",
-                      text_column: str = "text", chunk_size: int = 4096) -> dict:
+def index_corpus_flow(
+    corpus: str,
+    name: str | None = None,
+    model: str = "all-MiniLM-L6-v2",
+    id_column: str = "id",
+    text_column: str = "text",
+    chunk_size: int = 4096,
+) -> dict:
     """Build (or find up to date) the index ``$REFINE_HOME/indexes/<name>`` of a corpus file."""
     started = time.perf_counter()
     ids, texts = read_corpus(corpus, id_column=id_column, text_column=text_column)
@@ -65,18 +81,37 @@ def index_corpus_flow(corpus: str, name: str | None = None, model: str = "all-Mi
     table.parent.mkdir(parents=True, exist_ok=True)
     if not table.exists():
         pl.DataFrame({"id": ids, "text": texts}).write_parquet(table)
-    fan_out(embed_texts_chunk_task, [{"table": str(table), "documents": content, "model": model, "start": a, "stop": b}
-                                     for a, b in corpus_chunks(len(texts), chunk_size)])
+    fan_out(
+        embed_texts_chunk_task,
+        [
+            {"table": str(table), "documents": content, "model": model, "start": a, "stop": b}
+            for a, b in corpus_chunks(len(texts), chunk_size)
+        ],
+    )
     # Every chunk is in the embedding cache now: the assembly reads it back, embedding nothing.
-    index = build_index(texts, ids=ids, folder=state_dir() / "indexes" / (name or Path(corpus).stem),
-                        embedder=_embedder(model), cache=EmbeddingCache(state_dir() / "embeddings"), chunk_size=chunk_size)
-    return {"index": str(index.folder), "documents": index.count, "dimension": index.dimension, "model": index.model,
-            "documents_hash": index.documents_hash, "seconds": time.perf_counter() - started}
+    index = build_index(
+        texts,
+        ids=ids,
+        folder=state_dir() / "indexes" / (name or Path(corpus).stem),
+        embedder=_embedder(model),
+        cache=EmbeddingCache(state_dir() / "embeddings"),
+        chunk_size=chunk_size,
+    )
+    return {
+        "index": str(index.folder),
+        "documents": index.count,
+        "dimension": index.dimension,
+        "model": index.model,
+        "documents_hash": index.documents_hash,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 # ---- classify -----------------------------------------------------------------------------------
 @task(name="label-chunk")
-def label_chunk_task(index_folder: str, vector: str, threshold: float, judged: str, start: int, stop: int, part: str) -> str:
+def label_chunk_task(
+    index_folder: str, vector: str, threshold: float, judged: str, start: int, stop: int, part: str
+) -> str:
     """Score rows ``start:stop`` against the refined vector and write their labels as a parquet part."""
     index = CorpusIndex.open(index_folder)
     ids, _ = index.documents()
@@ -85,35 +120,69 @@ def label_chunk_task(index_folder: str, vector: str, threshold: float, judged: s
     labels = scores >= threshold
     verdict = judge_scores >= 0
     labels[verdict] = judge_scores[verdict] >= 0.5  # what the judge said wins over the threshold
-    pl.DataFrame({
-        "id": ids[start:stop],
-        "score": scores,
-        "label": labels,
-        "judged": ~np.isnan(judge_scores),
-        "judge_score": pl.Series([float(s) if s >= 0 else None for s in judge_scores], dtype=pl.Float32),
-    }).write_parquet(part)
+    pl.DataFrame(
+        {
+            "id": ids[start:stop],
+            "score": scores,
+            "label": labels,
+            "judged": ~np.isnan(judge_scores),
+            "judge_score": pl.Series([float(s) if s >= 0 else None for s in judge_scores], dtype=pl.Float32),
+        }
+    ).write_parquet(part)
     return part
 
 
 @flow(name="classify-corpus", log_prints=False)
-def classify_corpus_flow(index: str, criterion: str, judge: JudgeSpec, out: str, k: int = 20, rounds: int = 1,
-                         calibrate: int = 0, lr: float = 1e-4, instruction: str | None = None,
-                         score_chunk: int = 262_144) -> dict:
+def classify_corpus_flow(
+    index: str,
+    criterion: str,
+    judge: JudgeSpec,
+    out: str,
+    k: int = 20,
+    rounds: int = 1,
+    calibrate: int = 0,
+    lr: float = 1e-4,
+    instruction: str | None = None,
+    score_chunk: int = 262_144,
+) -> dict:
     """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``."""
     opened = CorpusIndex.open(index)
-    result = classify(opened, criterion, judge=build_judge(judge), embedder=_embedder(opened.model), k=k, rounds=rounds,
-                      calibrate=calibrate, config=RefineConfig(lr=lr), instruction=instruction,
-                      ledger=JudgmentLedger(ledger_url()), concurrency=judge.concurrency)
-    name = digest("classify", opened.documents_hash, criterion, judge.model_dump(), k, rounds, calibrate, lr, instruction)
+    result = classify(
+        opened,
+        criterion,
+        judge=build_judge(judge),
+        embedder=_embedder(opened.model),
+        k=k,
+        rounds=rounds,
+        calibrate=calibrate,
+        config=RefineConfig(lr=lr),
+        instruction=instruction,
+        ledger=JudgmentLedger(ledger_url()),
+        concurrency=judge.concurrency,
+    )
+    name = digest(
+        "classify", opened.documents_hash, criterion, judge.model_dump(), k, rounds, calibrate, lr, instruction
+    )
     vector = save_array(f"classify-{name}-vector", result.refinement.refined)
     judged = np.where(result.judged, result.judge_scores, np.nan).astype(np.float32)
     judged[result.judged & ~np.isfinite(result.judge_scores)] = -1.0  # judged but failed: kept apart from "not judged"
     judged_path = save_array(f"classify-{name}-judged", judged)
     with tempfile.TemporaryDirectory(dir=state_dir()) as tmp:
-        parts = fan_out(label_chunk_task, [{"index_folder": str(opened.folder), "vector": vector,
-                                            "threshold": result.threshold, "judged": judged_path, "start": a, "stop": b,
-                                            "part": str(Path(tmp) / f"part-{i:06d}.parquet")}
-                                           for i, (a, b) in enumerate(corpus_chunks(opened.count, score_chunk))])
+        parts = fan_out(
+            label_chunk_task,
+            [
+                {
+                    "index_folder": str(opened.folder),
+                    "vector": vector,
+                    "threshold": result.threshold,
+                    "judged": judged_path,
+                    "start": a,
+                    "stop": b,
+                    "part": str(Path(tmp) / f"part-{i:06d}.parquet"),
+                }
+                for i, (a, b) in enumerate(corpus_chunks(opened.count, score_chunk))
+            ],
+        )
         frame = pl.concat([pl.read_parquet(p) for p in parts])
         target = Path(out)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -127,14 +196,27 @@ def classify_corpus_flow(index: str, criterion: str, judge: JudgeSpec, out: str,
 def _benchmark_index(bench, model: str) -> CorpusIndex:
     embedder = _embedder(model)
     folder = state_dir() / "indexes" / f"benchmark-{bench.name}-{bench.content_hash}-{embedder.cache_key[-16:]}"
-    return build_index(bench.document_texts(), ids=bench.documents["doc_id"].to_list(), folder=folder, embedder=embedder,
-                       cache=EmbeddingCache(state_dir() / "embeddings"))
+    return build_index(
+        bench.document_texts(),
+        ids=bench.documents["doc_id"].to_list(),
+        folder=folder,
+        embedder=embedder,
+        cache=EmbeddingCache(state_dir() / "embeddings"),
+    )
 
 
 @flow(name="evaluate-classification", log_prints=False)
-def evaluate_classification(benchmark: BenchmarkSpec, judge: JudgeSpec, model: str = "all-MiniLM-L6-v2", k: int = 20,
-                            rounds: int = 1, calibrate: int = 0, lr: float = 1e-4, experiment: str = "classification",
-                            tracking: str | None = None) -> dict:
+def evaluate_classification(
+    benchmark: BenchmarkSpec,
+    judge: JudgeSpec,
+    model: str = "all-MiniLM-L6-v2",
+    k: int = 20,
+    rounds: int = 1,
+    calibrate: int = 0,
+    lr: float = 1e-4,
+    experiment: str = "classification",
+    tracking: str | None = None,
+) -> dict:
     """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
 
     For each query (the criterion) the corpus is labelled by :func:`refine_core.corpus.classify`
@@ -147,11 +229,18 @@ def evaluate_classification(benchmark: BenchmarkSpec, judge: JudgeSpec, model: s
     from flows.tracking import Tracker
 
     started = time.perf_counter()
-    bench = load_benchmark(benchmark.name, queries=benchmark.queries, query_seed=benchmark.query_seed,
-                           max_documents=benchmark.max_documents, corpus_seed=benchmark.corpus_seed)
+    bench = load_benchmark(
+        benchmark.name,
+        queries=benchmark.queries,
+        query_seed=benchmark.query_seed,
+        max_documents=benchmark.max_documents,
+        corpus_seed=benchmark.corpus_seed,
+    )
     if bench.pool != "corpus":
-        raise ValueError(f"{bench.name}: classification needs labels over the whole corpus; this benchmark only "
-                         "labels a pool of documents per query")
+        raise ValueError(
+            f"{bench.name}: classification needs labels over the whole corpus; this benchmark only "
+            "labels a pool of documents per query"
+        )
     index = _benchmark_index(bench, model)
     judge_obj = build_judge(judge, bench)
     ledger = JudgmentLedger(ledger_url())
@@ -166,9 +255,20 @@ def evaluate_classification(benchmark: BenchmarkSpec, judge: JudgeSpec, model: s
             continue
         row: dict[str, object] = {"query_id": bench.queries["query_id"][qi], "positives_gold": int(gold.sum())}
         for prefix, optimise in (("refined", True), ("baseline", False)):
-            result = classify(index, criterion, judge=judge_obj, embedder=embedder, k=k, rounds=rounds,
-                              calibrate=calibrate, config=RefineConfig(lr=lr), instruction=bench.embed_instruction,
-                              ledger=ledger, judge_instruction=bench.judge_instruction, optimise=optimise)
+            result = classify(
+                index,
+                criterion,
+                judge=judge_obj,
+                embedder=embedder,
+                k=k,
+                rounds=rounds,
+                calibrate=calibrate,
+                config=RefineConfig(lr=lr),
+                instruction=bench.embed_instruction,
+                ledger=ledger,
+                judge_instruction=bench.judge_instruction,
+                optimise=optimise,
+            )
             for name, value in binary_metrics(result.labels, gold).items():
                 row[f"{prefix}_{name}"] = value
             row[f"{prefix}_best_f1"] = best_threshold_f1(result.scores, gold)["f1"]
@@ -176,29 +276,51 @@ def evaluate_classification(benchmark: BenchmarkSpec, judge: JudgeSpec, model: s
             row[f"{prefix}_interval_low"], row[f"{prefix}_interval_high"] = result.interval
         rows.append(row)
     frame = pl.DataFrame(rows)
-    metrics = {c.replace("_", ".", 1): float(frame[c].mean()) for c in frame.columns
-               if c.startswith(("refined_", "baseline_")) and not c.endswith(("_estimate", "_low", "_high"))}
+    metrics = {
+        c.replace("_", ".", 1): float(frame[c].mean())
+        for c in frame.columns
+        if c.startswith(("refined_", "baseline_")) and not c.endswith(("_estimate", "_low", "_high"))
+    }
     for prefix in ("refined", "baseline"):
         gold_count = frame["positives_gold"]
         inside = (gold_count >= frame[f"{prefix}_interval_low"]) & (gold_count <= frame[f"{prefix}_interval_high"])
         metrics[f"{prefix}.interval_coverage"] = float(inside.mean())
-        metrics[f"{prefix}.count_relative_error"] = float(((frame[f"{prefix}_estimate"] - gold_count).abs()
-                                                           / gold_count).mean())
+        metrics[f"{prefix}.count_relative_error"] = float(
+            ((frame[f"{prefix}_estimate"] - gold_count).abs() / gold_count).mean()
+        )
     metrics["queries"] = float(frame.height)
     metrics["time.total_s"] = time.perf_counter() - started
     tracker = Tracker(tracking)
     experiment_id = tracker.experiment(experiment)
-    run_id = tracker.start(experiment_id, f"{bench.name} | {judge.label} | k={k} r={rounds} cal={calibrate}",
-                           tags={"refine.kind": "classification"})
+    run_id = tracker.start(
+        experiment_id,
+        f"{bench.name} | {judge.label} | k={k} r={rounds} cal={calibrate}",
+        tags={"refine.kind": "classification"},
+    )
     with tracker.ends_run_on_error(run_id):
-        tracker.log_params(run_id, {"benchmark.name": bench.name, "benchmark.hash": bench.content_hash, "model": model,
-                                    "k": k, "rounds": rounds, "calibrate": calibrate, "lr": lr,
-                                    **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None}})
+        tracker.log_params(
+            run_id,
+            {
+                "benchmark.name": bench.name,
+                "benchmark.hash": bench.content_hash,
+                "model": model,
+                "k": k,
+                "rounds": rounds,
+                "calibrate": calibrate,
+                "lr": lr,
+                **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None},
+            },
+        )
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "per_query_classification.parquet"
             frame.write_parquet(path)
             tracker.log_artifact(run_id, path, "per_query")
         tracker.finish(run_id, "FINISHED")
-    return {"run_id": run_id, "experiment_id": experiment_id, "benchmark": bench.name, "judge": judge.label,
-            "metrics": metrics}
+    return {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "benchmark": bench.name,
+        "judge": judge.label,
+        "metrics": metrics,
+    }

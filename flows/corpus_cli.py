@@ -14,8 +14,10 @@ from typing import Annotated
 
 import typer
 
-JUDGE_HELP = ("judge as KIND[:MODEL]: anthropic (default model claude-haiku-4-5), anthropic:claude-sonnet-4-5, "
-              "local-lm:smollm2-135m, openai-compatible:MODEL (with --base-url), cross-encoder:MODEL")
+JUDGE_HELP = (
+    "judge as KIND[:MODEL]: anthropic (default model claude-haiku-4-5), anthropic:claude-sonnet-4-5, "
+    "local-lm:smollm2-135m, openai-compatible:MODEL (with --base-url), cross-encoder:MODEL"
+)
 
 
 def index_folder(name_or_path: str) -> Path:
@@ -34,7 +36,9 @@ def judge_spec(text: str, base_url: str | None, concurrency: int):
     kind, _, model = text.partition(":")
     allowed = ("anthropic", "openai-compatible", "local-lm", "cross-encoder")
     if kind in ("oracle", "noisy-oracle"):
-        raise ConfigError(f"--judge {text}: oracle judges read gold labels and only work on benchmarks; use one of {', '.join(allowed)}")
+        raise ConfigError(
+            f"--judge {text}: oracle judges read gold labels and only work on benchmarks; use one of {', '.join(allowed)}"
+        )
     if kind not in allowed:
         raise ConfigError(f"--judge {text!r}: unknown judge kind {kind!r}; use one of {', '.join(allowed)}")
     try:
@@ -89,11 +93,21 @@ def register(app: typer.Typer) -> None:
         id_column: Annotated[str, typer.Option(help="column of document ids")] = "id",
         text_column: Annotated[str, typer.Option(help="column of document texts")] = "text",
         chunk_size: Annotated[int, typer.Option(help="documents embedded (and cached) per step")] = 4096,
-        vectors: Annotated[Path | None, typer.Option(help="the documents' vectors computed elsewhere (.npy in corpus "
-                                                          "order, or .parquet with id and vector), made by --model: "
-                                                          "nothing is embedded")] = None,
-        ann: Annotated[str, typer.Option(help="ANN structure for search: none (brute force), flat, ivf, hnsw, or "
-                                              f"auto (hnsw from {ANN_AUTO_FROM:,} documents)")] = "none",
+        vectors: Annotated[
+            Path | None,
+            typer.Option(
+                help="the documents' vectors computed elsewhere (.npy in corpus "
+                "order, or .parquet with id and vector), made by --model: "
+                "nothing is embedded"
+            ),
+        ] = None,
+        ann: Annotated[
+            str,
+            typer.Option(
+                help="ANN structure for search: none (brute force), flat, ivf, hnsw, or "
+                f"auto (hnsw from {ANN_AUTO_FROM:,} documents)"
+            ),
+        ] = "none",
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
         """Embed a corpus into a persistent index (resumable: the embedding cache keeps every chunk).
@@ -116,25 +130,48 @@ def register(app: typer.Typer) -> None:
             folder = state_dir() / "indexes" / (name or corpus.stem)
             kind = ann_kind(ann, len(texts))
             given = read_vectors(vectors, ids) if vectors is not None else None
-            index = build_index(texts, ids=ids, folder=folder, embedder=embedder,
-                                cache=EmbeddingCache(state_dir() / "embeddings"), chunk_size=chunk_size,
-                                progress=lambda done, total: console.print(
-                                    f"{'copied' if given is not None else 'embedded'} {done}/{total}", highlight=False),
-                                vectors=given)
+            index = build_index(
+                texts,
+                ids=ids,
+                folder=folder,
+                embedder=embedder,
+                cache=EmbeddingCache(state_dir() / "embeddings"),
+                chunk_size=chunk_size,
+                progress=lambda done, total: console.print(
+                    f"{'copied' if given is not None else 'embedded'} {done}/{total}", highlight=False
+                ),
+                vectors=given,
+            )
             ann_record = ensure_ann(index, kind)
         except user_errors() as exc:
             fail(str(exc))
         seconds = time.perf_counter() - started
-        console.print(f"index [bold]{index.folder.name}[/]: {index.count} documents, d={index.dimension}, "
-                      f"model {index.model}, in {index.folder} ({seconds:.1f} s)")
+        console.print(
+            f"index [bold]{index.folder.name}[/]: {index.count} documents, d={index.dimension}, "
+            f"model {index.model}, in {index.folder} ({seconds:.1f} s)"
+        )
         if ann_record:
-            console.print(f"ANN {ann_record['settings']['kind']}: recall@20 {ann_record['recall@20']:.3f} against "
-                          f"brute force ({ann_record['recall_sample']} sample queries), built in "
-                          f"{ann_record['build_seconds']:.1f} s", highlight=False)
+            console.print(
+                f"ANN {ann_record['settings']['kind']}: recall@20 {ann_record['recall@20']:.3f} against "
+                f"brute force ({ann_record['recall_sample']} sample queries), built in "
+                f"{ann_record['build_seconds']:.1f} s",
+                highlight=False,
+            )
         if as_json:
-            print(json.dumps({"index": str(index.folder), "name": index.folder.name, "documents": index.count,
-                              "dimension": index.dimension, "model": index.model, "documents_hash": index.documents_hash,
-                              "seconds": seconds, "ann": ann_record}))
+            print(
+                json.dumps(
+                    {
+                        "index": str(index.folder),
+                        "name": index.folder.name,
+                        "documents": index.count,
+                        "dimension": index.dimension,
+                        "model": index.model,
+                        "documents_hash": index.documents_hash,
+                        "seconds": seconds,
+                        "ann": ann_record,
+                    }
+                )
+            )
 
     def _open(index: str, model: str | None, judge: str, base_url: str | None, concurrency: int):
         from refine_core.corpus import CorpusIndex
@@ -154,17 +191,27 @@ def register(app: typer.Typer) -> None:
         index: Annotated[str, typer.Argument(help="index name (see `refine index`) or folder")],
         query: Annotated[str, typer.Argument(help="what to search for")],
         judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "anthropic",
-        base_url: Annotated[str | None, typer.Option(help="judge endpoint (openai-compatible, or another Messages API)")] = None,
-        model: Annotated[str | None, typer.Option(help="embedding model (default: the index's; another one is an error)")] = None,
+        base_url: Annotated[
+            str | None, typer.Option(help="judge endpoint (openai-compatible, or another Messages API)")
+        ] = None,
+        model: Annotated[
+            str | None, typer.Option(help="embedding model (default: the index's; another one is an error)")
+        ] = None,
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
         top: Annotated[int, typer.Option(help="results to print")] = 10,
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
-        instruction: Annotated[str | None, typer.Option(help="task instruction for the query template and the judge")] = None,
+        instruction: Annotated[
+            str | None, typer.Option(help="task instruction for the query template and the judge")
+        ] = None,
         concurrency: Annotated[int, typer.Option(help="judge calls in flight")] = 4,
-        use_ann: Annotated[bool, typer.Option("--ann/--no-ann", help="use the index's ANN structure if it has one")] = True,
-        check_ann: Annotated[bool, typer.Option("--check-ann", help="also score the whole corpus and report the ANN's "
-                                                                   "recall for this query")] = False,
+        use_ann: Annotated[
+            bool, typer.Option("--ann/--no-ann", help="use the index's ANN structure if it has one")
+        ] = True,
+        check_ann: Annotated[
+            bool,
+            typer.Option("--check-ann", help="also score the whole corpus and report the ANN's recall for this query"),
+        ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the table")] = False,
     ) -> None:
         """Search an index: judge the top K, refine the query vector, print the refined ranking."""
@@ -178,9 +225,21 @@ def register(app: typer.Typer) -> None:
 
         try:
             opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
-            result = search(opened, query, judge=judge_obj, embedder=embedder, k=k, rounds=rounds, top=top,
-                            config=RefineConfig(lr=lr), instruction=instruction, ledger=ledger,
-                            concurrency=spec.concurrency, use_ann=use_ann, check_ann=check_ann)
+            result = search(
+                opened,
+                query,
+                judge=judge_obj,
+                embedder=embedder,
+                k=k,
+                rounds=rounds,
+                top=top,
+                config=RefineConfig(lr=lr),
+                instruction=instruction,
+                ledger=ledger,
+                concurrency=spec.concurrency,
+                use_ann=use_ann,
+                check_ann=check_ann,
+            )
         except user_errors() as exc:
             fail(str(exc))
         out = result.as_dict()
@@ -191,13 +250,20 @@ def register(app: typer.Typer) -> None:
         for column in ("rank", "id", "score", "was", "judge", "text"):
             table.add_column(column, justify="right" if column in ("rank", "score", "was", "judge") else "left")
         for hit in result.hits:
-            table.add_row(str(hit.rank), hit.id, f"{hit.score:.4f}",
-                          f"{hit.original_rank}" + (" (new)" if hit.moved_in else ""),
-                          "" if hit.judge_score is None else f"{hit.judge_score:.2f}", hit.text[:80])
+            table.add_row(
+                str(hit.rank),
+                hit.id,
+                f"{hit.score:.4f}",
+                f"{hit.original_rank}" + (" (new)" if hit.moved_in else ""),
+                "" if hit.judge_score is None else f"{hit.judge_score:.2f}",
+                hit.text[:80],
+            )
         console.print(table)
-        console.print(f"{len(out['moved_in'])} of the top {top} moved in because of refinement; "
-                      f"{out['judged']} documents judged ({out['judgments_paid']} paid, {out['judgments_from_ledger']} "
-                      f"from the ledger, {out['judge_failed']} failed); cost ${out['cost_usd']:.4f}")
+        console.print(
+            f"{len(out['moved_in'])} of the top {top} moved in because of refinement; "
+            f"{out['judged']} documents judged ({out['judgments_paid']} paid, {out['judgments_from_ledger']} "
+            f"from the ledger, {out['judge_failed']} failed); cost ${out['cost_usd']:.4f}"
+        )
 
     @app.command("classify")
     def classify_cmd(
@@ -205,14 +271,25 @@ def register(app: typer.Typer) -> None:
         criterion: Annotated[str, typer.Argument(help="what makes a document positive, in words")],
         out: Annotated[Path, typer.Option(help="labels file to write (.parquet)")] = Path("labels.parquet"),
         judge: Annotated[str, typer.Option(help=JUDGE_HELP)] = "anthropic",
-        base_url: Annotated[str | None, typer.Option(help="judge endpoint (openai-compatible, or another Messages API)")] = None,
-        model: Annotated[str | None, typer.Option(help="embedding model (default: the index's; another one is an error)")] = None,
+        base_url: Annotated[
+            str | None, typer.Option(help="judge endpoint (openai-compatible, or another Messages API)")
+        ] = None,
+        model: Annotated[
+            str | None, typer.Option(help="embedding model (default: the index's; another one is an error)")
+        ] = None,
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
-        calibrate: Annotated[int, typer.Option(help="extra documents judged, sampled across the ranking, to estimate "
-                                                    "the positive count and set the threshold from it")] = 0,
+        calibrate: Annotated[
+            int,
+            typer.Option(
+                help="extra documents judged, sampled across the ranking, to estimate "
+                "the positive count and set the threshold from it"
+            ),
+        ] = 0,
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
-        instruction: Annotated[str | None, typer.Option(help="task instruction for the query template and the judge")] = None,
+        instruction: Annotated[
+            str | None, typer.Option(help="task instruction for the query template and the judge")
+        ] = None,
         concurrency: Annotated[int, typer.Option(help="judge calls in flight")] = 4,
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
@@ -229,28 +306,46 @@ def register(app: typer.Typer) -> None:
             if out.parent.exists() and not out.parent.is_dir():
                 raise CorpusError(f"--out {out}: {out.parent} is not a folder")
             opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
-            result = classify(opened, criterion, judge=judge_obj, embedder=embedder, k=k, rounds=rounds,
-                              calibrate=calibrate, config=RefineConfig(lr=lr), instruction=instruction, ledger=ledger,
-                              concurrency=spec.concurrency)
+            result = classify(
+                opened,
+                criterion,
+                judge=judge_obj,
+                embedder=embedder,
+                k=k,
+                rounds=rounds,
+                calibrate=calibrate,
+                config=RefineConfig(lr=lr),
+                instruction=instruction,
+                ledger=ledger,
+                concurrency=spec.concurrency,
+            )
             path = write_labels(result, opened, out)
         except user_errors() as exc:
             fail(str(exc))
         summary = result.as_dict()
         summary["out"] = str(path)
-        source = ("a stratified sample of the ranking" if result.method == "stratified-sample"
-                  else "the threshold's uncertainty only; --calibrate N estimates it from a sample")
-        console.print(f"{criterion!r}: {result.positives} of {result.scores.size} documents labelled positive; "
-                      f"estimated positives {result.estimate:.0f} (90% interval {result.interval[0]}-{result.interval[1]}, "
-                      f"from {source}); "
-                      f"threshold {result.threshold:.4f}; {summary['judged']} judged, cost ${summary['cost_usd']:.4f}; "
-                      f"labels in {path}", highlight=False)
+        source = (
+            "a stratified sample of the ranking"
+            if result.method == "stratified-sample"
+            else "the threshold's uncertainty only; --calibrate N estimates it from a sample"
+        )
+        console.print(
+            f"{criterion!r}: {result.positives} of {result.scores.size} documents labelled positive; "
+            f"estimated positives {result.estimate:.0f} (90% interval {result.interval[0]}-{result.interval[1]}, "
+            f"from {source}); "
+            f"threshold {result.threshold:.4f}; {summary['judged']} judged, cost ${summary['cost_usd']:.4f}; "
+            f"labels in {path}",
+            highlight=False,
+        )
         if as_json:
             print(json.dumps(summary))
 
     @app.command("evaluate-classification")
     def evaluate_classification_cmd(
         benchmark: Annotated[str, typer.Argument(help="a labelled benchmark (see `refine datasets`)")],
-        judge: Annotated[str, typer.Option(help="oracle, noisy-oracle:FLIP_RATE, or any judge of `refine search`")] = "oracle",
+        judge: Annotated[
+            str, typer.Option(help="oracle, noisy-oracle:FLIP_RATE, or any judge of `refine search`")
+        ] = "oracle",
         base_url: Annotated[str | None, typer.Option(help="judge endpoint")] = None,
         queries: Annotated[int | None, typer.Option(help="first N queries only")] = None,
         max_documents: Annotated[int | None, typer.Option(help="subsample the corpus (keeps every positive)")] = None,
@@ -288,15 +383,19 @@ def register(app: typer.Typer) -> None:
         from flows.corpus import evaluate_classification
 
         try:
-            result = evaluate_classification(bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr)
+            result = evaluate_classification(
+                bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr
+            )
         except user_errors() as exc:
             fail(str(exc))
         m = result["metrics"]
-        console.print(f"{result['benchmark']} ({int(m['queries'])} criteria), judge {result['judge']}: F1 refined "
-                      f"{m['refined.f1']:.3f} (best threshold {m['refined.best_f1']:.3f}) vs unrefined "
-                      f"{m['baseline.f1']:.3f} (best {m['baseline.best_f1']:.3f}); precision {m['refined.precision']:.3f}, "
-                      f"recall {m['refined.recall']:.3f}; positive-count interval covers the truth for "
-                      f"{100 * m['refined.interval_coverage']:.0f}% of criteria; MLflow run {result['run_id']}",
-                      highlight=False)
+        console.print(
+            f"{result['benchmark']} ({int(m['queries'])} criteria), judge {result['judge']}: F1 refined "
+            f"{m['refined.f1']:.3f} (best threshold {m['refined.best_f1']:.3f}) vs unrefined "
+            f"{m['baseline.f1']:.3f} (best {m['baseline.best_f1']:.3f}); precision {m['refined.precision']:.3f}, "
+            f"recall {m['refined.recall']:.3f}; positive-count interval covers the truth for "
+            f"{100 * m['refined.interval_coverage']:.0f}% of criteria; MLflow run {result['run_id']}",
+            highlight=False,
+        )
         if as_json:
             print(json.dumps(result, default=float))

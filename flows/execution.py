@@ -40,7 +40,9 @@ def check_scheduler(runner: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise ConfigError(f"runner {runner!r}: no Dask scheduler answers at {host}:{port} ({exc.strerror or exc})") from None
+        raise ConfigError(
+            f"runner {runner!r}: no Dask scheduler answers at {host}:{port} ({exc.strerror or exc})"
+        ) from None
 
 
 def require_prefect_dask() -> None:
@@ -71,8 +73,9 @@ def dask_cluster(runner: str, workers: int = 2) -> Iterator[str | None]:
     previous = os.environ.get("REFINE_TORCH_THREADS")
     os.environ["REFINE_TORCH_THREADS"] = "1"  # inherited by the worker processes
     try:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, host="127.0.0.1")
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+        )
     finally:
         if previous is None:
             os.environ.pop("REFINE_TORCH_THREADS", None)

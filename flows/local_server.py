@@ -82,9 +82,14 @@ def start(port: int = 4200, timeout: float = 120.0) -> dict:
     env["PREFECT_UI_ENABLED"] = "true"
     env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     with log.open("ab") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                                 str(port)], env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + timeout
     while not _healthy(api):
@@ -151,11 +156,27 @@ def start_ephemeral() -> str | None:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     with log.open("wb") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-                                 "--fd", str(sock.fileno()), "--log-level", "error", "--lifespan", "on"],
-                                env=env, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                pass_fds=(sock.fileno(),),
-                                start_new_session=True)  # Ctrl-C reaches the command, which then stops it
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--fd",
+                str(sock.fileno()),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            pass_fds=(sock.fileno(),),
+            start_new_session=True,
+        )  # Ctrl-C reaches the command, which then stops it
     sock.close()  # the server holds its own copy
     api = f"http://127.0.0.1:{port}/api"
     _EPHEMERAL.update(proc=proc, api=api, log=log)
@@ -176,13 +197,21 @@ def ready(timeout: float | None = None) -> None:
         return
     proc: subprocess.Popen = _EPHEMERAL["proc"]  # type: ignore[assignment]
     api = str(_EPHEMERAL["api"])
-    limit = timeout if timeout is not None else float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
+    limit = (
+        timeout
+        if timeout is not None
+        else float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
+    )
     deadline = time.monotonic() + limit
     while not _healthy(api, timeout=2.0):
         if proc.poll() is not None or time.monotonic() > deadline:
             log = Path(str(_EPHEMERAL["log"]))
             tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-            why = f"exited with status {proc.returncode}" if proc.poll() is not None else f"did not answer in {limit:.0f} s"
+            why = (
+                f"exited with status {proc.returncode}"
+                if proc.poll() is not None
+                else f"did not answer in {limit:.0f} s"
+            )
             raise RuntimeError(f"the local Prefect server {why} (log {log}){': ' + ' | '.join(tail) if tail else ''}")
         time.sleep(0.1)
     _EPHEMERAL["ready"] = True

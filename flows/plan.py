@@ -21,13 +21,14 @@ from tasks.core import embed_queries_task, load_benchmark_task, select_feedback_
 from tasks.storage import ledger_url, load_arrays
 
 
-def _call_estimate(model: str, query: str, instruction: str | None, documents: list[str], per_request: int | None,
-                   batch: bool) -> float:
+def _call_estimate(
+    model: str, query: str, instruction: str | None, documents: list[str], per_request: int | None, batch: bool
+) -> float:
     """Estimated USD of judging ``documents`` for one query, in calls of ``per_request`` documents."""
     size = per_request or max(len(documents), 1)
     total = 0.0
     for start in range(0, len(documents), size):
-        total += estimate_call_cost(model, query, instruction, documents[start:start + size])
+        total += estimate_call_cost(model, query, instruction, documents[start : start + size])
     return total / 2 if batch else total
 
 
@@ -54,9 +55,17 @@ def plan_sweep(config: SweepConfig) -> dict:
     for cell in cells:
         bench, ref = loaded[cell.benchmark], benches[cell.benchmark]
         n_queries = bench.n_queries
-        row = {"cell": f"{cell.benchmark.name} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k} · "
-                       f"r {cell.rounds}", "paid": cell.judge.paid, "judgments_to_pay": 0, "judgments_in_ledger": 0,
-               "later_rounds_at_most": 0, "hyde_to_pay": 0, "usd": 0.0, "usd_at_most": 0.0}
+        row = {
+            "cell": f"{cell.benchmark.name} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k} · "
+            f"r {cell.rounds}",
+            "paid": cell.judge.paid,
+            "judgments_to_pay": 0,
+            "judgments_in_ledger": 0,
+            "later_rounds_at_most": 0,
+            "hyde_to_pay": 0,
+            "usd": 0.0,
+            "usd_at_most": 0.0,
+        }
         if cell.judge.paid:
             key = cell.judge.model_dump_json()
             if key not in judges:
@@ -85,8 +94,9 @@ def plan_sweep(config: SweepConfig) -> dict:
             later = n_queries * cell.k * ((cell.rounds - 1) + (1 if cell.hyde is not None else 0))
             mean_doc = sum(len(t) for t in texts) / max(len(texts), 1)
             mean_query = sum(len(q) for q in qtexts) / max(len(qtexts), 1)
-            per_query = _call_estimate(model, "x" * int(mean_query), ref.judge_instruction,
-                                       ["x" * int(mean_doc)] * cell.k, per_request, batch)
+            per_query = _call_estimate(
+                model, "x" * int(mean_query), ref.judge_instruction, ["x" * int(mean_doc)] * cell.k, per_request, batch
+            )
             row["later_rounds_at_most"] = later
             row["later_usd_at_most"] = per_query * n_queries * (later // max(cell.k * n_queries, 1))
             total["judgments_at_most"] += later
@@ -97,8 +107,10 @@ def plan_sweep(config: SweepConfig) -> dict:
             stored = GenerationStore(ledger_url()).lookup(generator.identity.key, prompts, cell.hyde.seed)
             missing = [p for p in prompts if prompt_hash(p) not in stored]
             row["hyde_to_pay"] = len(missing)
-            cost = sum(estimate_cost(generator.identity.model, estimate_usage(len(p), 1, cell.hyde.max_tokens))
-                       for p in missing)
+            cost = sum(
+                estimate_cost(generator.identity.model, estimate_usage(len(p), 1, cell.hyde.max_tokens))
+                for p in missing
+            )
             row["usd"] += cost
             hkey = (generator.identity.key, ref.hash)
             if hkey not in hyde_done:
@@ -109,5 +121,8 @@ def plan_sweep(config: SweepConfig) -> dict:
         rows.append(row)
     total["judgments_at_most"] += total["judgments_to_pay"]
     total["usd_at_most"] = total["usd"] + later_usd
-    return {"cells": rows, "total": total,
-            "budget": {"max_judgments": config.budget.max_judgments, "max_cost_usd": config.budget.max_cost_usd}}
+    return {
+        "cells": rows,
+        "total": total,
+        "budget": {"max_judgments": config.budget.max_judgments, "max_cost_usd": config.budget.max_cost_usd},
+    }

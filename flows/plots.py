@@ -31,8 +31,16 @@ def ap_scatter(ap_before: np.ndarray, ap_after: np.ndarray, path: Path, *, title
     ax.scatter(ap_before, ap_after, s=12, alpha=0.7)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
     improved, unchanged, hurt = win_tie_loss(np.asarray(ap_before), np.asarray(ap_after))
-    ax.text(0.03, 0.97, f"improved {improved}\nunchanged {unchanged}\nhurt {hurt}", transform=ax.transAxes,
-            va="top", ha="left", fontsize=9, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+    ax.text(
+        0.03,
+        0.97,
+        f"improved {improved}\nunchanged {unchanged}\nhurt {hurt}",
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize=9,
+        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+    )
     ax.set(xlabel="AP, original query", ylabel="AP, refined query", xlim=(0, 1), ylim=(0, 1))
     ax.set_title(_wrap(title, 48), fontsize=9)
     fig.tight_layout()
@@ -41,8 +49,9 @@ def ap_scatter(ap_before: np.ndarray, ap_after: np.ndarray, path: Path, *, title
     return path
 
 
-def separation(base_pos: np.ndarray, base_neg: np.ndarray, ref_pos: np.ndarray, ref_neg: np.ndarray,
-               path: Path, *, title: str) -> Path:
+def separation(
+    base_pos: np.ndarray, base_neg: np.ndarray, ref_pos: np.ndarray, ref_neg: np.ndarray, path: Path, *, title: str
+) -> Path:
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
     bins = np.linspace(min(base_neg.min(initial=0), ref_neg.min(initial=0)), 1, 60)

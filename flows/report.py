@@ -39,8 +39,17 @@ class ReportError(ValueError):
 
 BH_FAMILY = "every method-vs-baseline test of every cell of the run"
 # Grid coordinates that can differ between cells, in the order tables show them.
-CELL_COORDINATES = ("model", "lr", "k", "rounds", "steps", "optimizer", "normalize", "score_temperature",
-                    "similarity_temperature")
+CELL_COORDINATES = (
+    "model",
+    "lr",
+    "k",
+    "rounds",
+    "steps",
+    "optimizer",
+    "normalize",
+    "score_temperature",
+    "similarity_temperature",
+)
 METHOD_ORDER = ("baseline", "rerank_only", "rocchio", "refined")
 
 
@@ -51,8 +60,12 @@ def adjust_sweep_pvalues(cells: list[dict]) -> list[float]:
     ``pvalue_bh`` beside every finite ``pvalue`` (a NaN p, e.g. no query changed, is left out of
     the family and gets none) and returns the adjusted values in cell, then method, order.
     """
-    tested = [test for c in cells for test in c.get("tests", {}).values()
-              if test.get("pvalue") is not None and np.isfinite(test["pvalue"])]
+    tested = [
+        test
+        for c in cells
+        for test in c.get("tests", {}).values()
+        if test.get("pvalue") is not None and np.isfinite(test["pvalue"])
+    ]
     adjusted = benjamini_hochberg([test["pvalue"] for test in tested]) if tested else []
     for test, p in zip(tested, adjusted):
         test["pvalue_bh"] = float(p)
@@ -88,8 +101,16 @@ def cell_rows(cells: list[dict]) -> tuple[list[str], list[dict[str, object]]]:
     hurt by refined, and failed queries."""
     coords = [n for n in CELL_COORDINATES if n in varying_coordinates(cells) or n in ("lr", "k")]
     methods = methods_present(cells)
-    columns = ["benchmark", "judge", *coords, *(f"MAP {m}" for m in methods), "ΔMAP", "p (BH)", "+/=/−",
-               "failed queries"]
+    columns = [
+        "benchmark",
+        "judge",
+        *coords,
+        *(f"MAP {m}" for m in methods),
+        "ΔMAP",
+        "p (BH)",
+        "+/=/−",
+        "failed queries",
+    ]
     rows = []
     for c in cells:
         test = c.get("tests", {}).get("refined", {})
@@ -109,25 +130,33 @@ def cell_rows(cells: list[dict]) -> tuple[list[str], list[dict[str, object]]]:
 def summary_markdown(cells: list[dict], *, title: str | None = None) -> str:
     """:func:`cell_rows` as a markdown table with a caption that says what the numbers are."""
     columns, rows = cell_rows(cells)
-    lines = ([f"**{title}**", ""] if title else []) + ["| " + " | ".join(columns).replace("+/=/−", "improved/same/hurt")
-                                                     + " |", "|" + "---|" * len(columns)]
+    lines = ([f"**{title}**", ""] if title else []) + [
+        "| " + " | ".join(columns).replace("+/=/−", "improved/same/hurt") + " |",
+        "|" + "---|" * len(columns),
+    ]
     for r in rows:
         p = r["p (BH)"]
-        lines.append("| " + " | ".join(str(r[c]) + (" *" if c == "p (BH)" and p != "–" and float(p) < 0.05 else "")
-                                      for c in columns) + " |")
-    lines += ["", "MAP over each query's full pool per method. ΔMAP: refined minus baseline. p (BH): one-sided paired "
-              f"t-test of per-query AP (refined > baseline), Benjamini–Hochberg corrected over {BH_FAMILY}; "
-              "* p < 0.05. improved/same/hurt: queries whose AP refinement raised, left equal, lowered. "
-              "failed queries: queries with at least one failed judgment (refined from the judgments that "
-              "succeeded; with none, the query keeps the baseline ranking)."]
+        lines.append(
+            "| "
+            + " | ".join(str(r[c]) + (" *" if c == "p (BH)" and p != "–" and float(p) < 0.05 else "") for c in columns)
+            + " |"
+        )
+    lines += [
+        "",
+        "MAP over each query's full pool per method. ΔMAP: refined minus baseline. p (BH): one-sided paired "
+        f"t-test of per-query AP (refined > baseline), Benjamini–Hochberg corrected over {BH_FAMILY}; "
+        "* p < 0.05. improved/same/hurt: queries whose AP refinement raised, left equal, lowered. "
+        "failed queries: queries with at least one failed judgment (refined from the judgments that "
+        "succeeded; with none, the query keeps the baseline ranking).",
+    ]
     return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class Entry:
     map: float
-    relative: float | None   # (MAP - original MAP) / original MAP; None for the original row
-    p_bh: float | None       # BH-corrected one-sided p-value; None for the original row
+    relative: float | None  # (MAP - original MAP) / original MAP; None for the original row
+    p_bh: float | None  # BH-corrected one-sided p-value; None for the original row
 
     @property
     def marker(self) -> str:
@@ -169,8 +198,10 @@ class PaperTable:
             rel = "" if mean_rel is None else f"{'+' if mean_rel >= 0 else '−'}{abs(mean_rel) * 100:.1f}%"
             lines.append("| " + " | ".join([model, label, *cells, f"{mean_map:.3f}", rel]) + " |")
         lines.append("")
-        lines.append("MAP (relative change vs Original); * p < 0.05, ** p < 0.01: one-sided paired t-test on "
-                     f"per-query AP, Benjamini–Hochberg corrected over {BH_FAMILY}.")
+        lines.append(
+            "MAP (relative change vs Original); * p < 0.05, ** p < 0.01: one-sided paired t-test on "
+            f"per-query AP, Benjamini–Hochberg corrected over {BH_FAMILY}."
+        )
         return "\n".join(lines)
 
     def latex(self) -> str:
@@ -178,9 +209,12 @@ class PaperTable:
             return text.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%")
 
         cols = "ll" + "r" * (len(self.benchmarks) + 2)
-        out = ["\\begin{tabular}{" + cols + "}", "\\toprule",
-               " & ".join(["Model", "Method", *(esc(b) for b in self.benchmarks), "Avg MAP", "Avg $\\Delta$"]) + " \\\\",
-               "\\midrule"]
+        out = [
+            "\\begin{tabular}{" + cols + "}",
+            "\\toprule",
+            " & ".join(["Model", "Method", *(esc(b) for b in self.benchmarks), "Avg MAP", "Avg $\\Delta$"]) + " \\\\",
+            "\\midrule",
+        ]
         previous = None
         for model, label, entries in self.rows:
             if previous is not None and model != previous:
@@ -188,7 +222,9 @@ class PaperTable:
             mean_map, mean_rel = self.averages(entries)
             rel = "" if mean_rel is None else f"{'+' if mean_rel >= 0 else '-'}{abs(mean_rel) * 100:.1f}\\%"
             cells = [self._cell(entries.get(b), True) for b in self.benchmarks]
-            out.append(" & ".join([esc(model) if model != previous else "", label, *cells, f"{mean_map:.3f}", rel]) + " \\\\")
+            out.append(
+                " & ".join([esc(model) if model != previous else "", label, *cells, f"{mean_map:.3f}", rel]) + " \\\\"
+            )
             previous = model
         out += ["\\bottomrule", "\\end{tabular}"]
         return "\n".join(out)
@@ -238,19 +274,25 @@ def paper_table(cells: list[dict]) -> PaperTable:
         if len(group) > 1:
             differ = [n for n in ("judge", *CELL_COORDINATES) if len({str(coordinate(c, n)) for c in group}) > 1]
             example = " ".join(f"{n}={_fmt(coordinate(group[0], n))}" for n in differ)
-            raise ReportError(f"{len(group)} cells for model {model!r} on {bench!r} differ in "
-                              f"{', '.join(differ) or 'nothing but their sweep (use --parent)'}: pick one with "
-                              f"--where {example}" if differ else
-                              f"{len(group)} cells for model {model!r} on {bench!r} come from different sweeps: "
-                              "pick one with --parent")
+            raise ReportError(
+                f"{len(group)} cells for model {model!r} on {bench!r} differ in "
+                f"{', '.join(differ) or 'nothing but their sweep (use --parent)'}: pick one with "
+                f"--where {example}"
+                if differ
+                else f"{len(group)} cells for model {model!r} on {bench!r} come from different sweeps: "
+                "pick one with --parent"
+            )
     by_key = {key: group[0] for key, group in groups.items()}
     models = list(dict.fromkeys(c["model"] for c in cells))
     benchmarks = list(dict.fromkeys(c["benchmark"] for c in cells))
     present = [(m, label) for m, label in PAPER_METHODS if any(m in c["metrics"] for c in cells)]
     # p (BH) as the run stored it; cells without stored values (runs logged before every method
     # had one) get the same family applied over the table's cells.
-    if any(t.get("pvalue") is not None and "pvalue_bh" not in t
-           for c in by_key.values() for t in c.get("tests", {}).values()):
+    if any(
+        t.get("pvalue") is not None and "pvalue_bh" not in t
+        for c in by_key.values()
+        for t in c.get("tests", {}).values()
+    ):
         by_key = {key: {**c, "tests": {m: dict(t) for m, t in c.get("tests", {}).items()}} for key, c in by_key.items()}
         adjust_sweep_pvalues(list(by_key.values()))
     rows = []

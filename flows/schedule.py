@@ -22,8 +22,10 @@ def check_cron(cron: str) -> str:
         CronSchedule(cron=cron)
     except ValidationError as exc:
         reason = exc.errors()[0].get("msg", "invalid") if exc.errors() else "invalid"
-        raise ScheduleError(f"--cron {cron!r} is not a valid cron schedule ({reason}); "
-                            "expected five fields, e.g. '0 3 * * *' for 03:00 every day") from None
+        raise ScheduleError(
+            f"--cron {cron!r} is not a valid cron schedule ({reason}); "
+            "expected five fields, e.g. '0 3 * * *' for 03:00 every day"
+        ) from None
     return cron
 
 
@@ -57,7 +59,15 @@ def deploy_to_pool(parameters: dict, *, name: str, pool: str, cron: str | None, 
     # A module entrypoint, not "flows/sweep.py:sweep": loaded from a file path the flow's module
     # would be "sweep", and functions it sends to a Dask cluster would not unpickle there.
     flow = Flow.from_source(source=str(root), entrypoint="flows.sweep.sweep")
-    deployment_id = flow.deploy(name=name, work_pool_name=pool, parameters=parameters, cron=cron, build=False,
-                                push=False, print_next_steps=False, job_variables={"env": env} if env else None,
-                                description=f"refine sweep {parameters['config'].get('name')}")
+    deployment_id = flow.deploy(
+        name=name,
+        work_pool_name=pool,
+        parameters=parameters,
+        cron=cron,
+        build=False,
+        push=False,
+        print_next_steps=False,
+        job_variables={"env": env} if env else None,
+        description=f"refine sweep {parameters['config'].get('name')}",
+    )
     return str(deployment_id)

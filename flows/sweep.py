@@ -62,8 +62,13 @@ def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
     hurt queries) and the same as markdown with its caption."""
     rows = []
     for c in cells:
-        row = {"run_id": c["run_id"], "benchmark": c["benchmark"], "model": c["model"], "judge": c["judge"],
-               **{k: v for k, v in c["params"].items() if not k.startswith(("benchmark.", "judge.", "hyde.", "code_"))}}
+        row = {
+            "run_id": c["run_id"],
+            "benchmark": c["benchmark"],
+            "model": c["model"],
+            "judge": c["judge"],
+            **{k: v for k, v in c["params"].items() if not k.startswith(("benchmark.", "judge.", "hyde.", "code_"))},
+        }
         for m, values in c["metrics"].items():
             row[f"map_{m}"] = values["map"]
             test = c.get("tests", {}).get(m)
@@ -83,11 +88,20 @@ def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
 def varying(cells: list[CellSpec]) -> list[str]:
     """The coordinates that differ between a sweep's cells, in the order run names show them."""
     coords = {
-        "benchmark": lambda c: c.benchmark.name if c.benchmark.queries is None and c.benchmark.max_documents is None
-        else c.benchmark.model_dump_json(),
-        "model": lambda c: c.model, "judge": lambda c: c.judge.label, "lr": lambda c: c.lr, "k": lambda c: c.k,
-        "rounds": lambda c: c.rounds, "steps": lambda c: c.steps, "optimizer": lambda c: c.optimizer,
-        "normalize": lambda c: c.normalize, "score_temperature": lambda c: c.score_temperature,
+        "benchmark": lambda c: (
+            c.benchmark.name
+            if c.benchmark.queries is None and c.benchmark.max_documents is None
+            else c.benchmark.model_dump_json()
+        ),
+        "model": lambda c: c.model,
+        "judge": lambda c: c.judge.label,
+        "lr": lambda c: c.lr,
+        "k": lambda c: c.k,
+        "rounds": lambda c: c.rounds,
+        "steps": lambda c: c.steps,
+        "optimizer": lambda c: c.optimizer,
+        "normalize": lambda c: c.normalize,
+        "score_temperature": lambda c: c.score_temperature,
         "similarity_temperature": lambda c: c.similarity_temperature,
     }
     return [name for name, get in coords.items() if len({str(get(c)) for c in cells}) > 1]
@@ -96,11 +110,19 @@ def varying(cells: list[CellSpec]) -> list[str]:
 def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
     """``lr=0.001 · noisy-oracle-0.2 · clinc150 · all-MiniLM-L6-v2``: what differs between the
     sweep's cells first, then judge, lr, benchmark and model where they do not differ."""
-    short = {"benchmark": short_benchmark(cell.benchmark.name), "model": cell.model.rsplit("/", 1)[-1], "judge": cell.judge.label,
-             "lr": f"lr={cell.lr:g}", "k": f"k={cell.k}", "rounds": f"r={cell.rounds}", "steps": f"steps={cell.steps}",
-             "optimizer": cell.optimizer, "normalize": f"norm={cell.normalize}",
-             "score_temperature": f"τs={cell.score_temperature:g}",
-             "similarity_temperature": f"τc={cell.similarity_temperature:g}"}
+    short = {
+        "benchmark": short_benchmark(cell.benchmark.name),
+        "model": cell.model.rsplit("/", 1)[-1],
+        "judge": cell.judge.label,
+        "lr": f"lr={cell.lr:g}",
+        "k": f"k={cell.k}",
+        "rounds": f"r={cell.rounds}",
+        "steps": f"steps={cell.steps}",
+        "optimizer": cell.optimizer,
+        "normalize": f"norm={cell.normalize}",
+        "score_temperature": f"τs={cell.score_temperature:g}",
+        "similarity_temperature": f"τc={cell.similarity_temperature:g}",
+    }
     lead = [short[n] for n in differing]
     rest = [short[n] for n in ("judge", "lr", "benchmark", "model") if n not in differing]
     return " · ".join(lead + rest)
@@ -139,10 +161,12 @@ def embed_corpus_flow(bench: BenchmarkRef, model: str, execution: ExecutionSpec)
 def _description(config: SweepConfig, cells: list[CellSpec], differing: list[str]) -> str:
     benches = sorted({c.benchmark.name for c in cells})
     judges = list(dict.fromkeys(c.judge.label for c in cells))
-    return (f"Sweep **{config.name}**: {len(cells)} cells; benchmarks {', '.join(benches)}; models "
-            f"{', '.join(config.models)}; judges {', '.join(judges)}; cells differ in "
-            f"{', '.join(differing) or 'nothing'}. Child runs are named by what differs. "
-            f"`<method>.p_bh`: Benjamini–Hochberg over {BH_FAMILY}; `*.p_raw`: uncorrected one-sided paired t-test.")
+    return (
+        f"Sweep **{config.name}**: {len(cells)} cells; benchmarks {', '.join(benches)}; models "
+        f"{', '.join(config.models)}; judges {', '.join(judges)}; cells differ in "
+        f"{', '.join(differing) or 'nothing'}. Child runs are named by what differs. "
+        f"`<method>.p_bh`: Benjamini–Hochberg over {BH_FAMILY}; `*.p_raw`: uncorrected one-sided paired t-test."
+    )
 
 
 @flow(name="refine-sweep", flow_run_name=_sweep_flow_run_name, log_prints=False)
@@ -164,23 +188,41 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
     cells = config.cells()
     differing = varying(cells)
     prefect_url = prefect_run_url()
-    parent = tracker.start(experiment_id, f"{config.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                           tags={"refine.kind": "sweep", "mlflow.note.content": _description(config, cells, differing),
-                                 **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {})})
+    parent = tracker.start(
+        experiment_id,
+        f"{config.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        tags={
+            "refine.kind": "sweep",
+            "mlflow.note.content": _description(config, cells, differing),
+            **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {}),
+        },
+    )
     log.info("sweep %s: %d cells, MLflow parent run %s", config.name, len(cells), parent)
     # One spend account per sweep run (a Prefect retry of this flow run keeps spending from it).
-    account = SpendAccount(ledger_url(), f"sweep-{runtime.flow_run.id or parent}",
-                           max_items=config.budget.max_judgments, max_cost=config.budget.max_cost_usd)
+    account = SpendAccount(
+        ledger_url(),
+        f"sweep-{runtime.flow_run.id or parent}",
+        max_items=config.budget.max_judgments,
+        max_cost=config.budget.max_cost_usd,
+    )
     started = time.perf_counter()
     results: list[dict] = []
     failures: list[str] = []
     timings: dict[str, float] = {}
     with tracker.ends_run_on_error(parent):
-        tracker.log_params(parent, {"config.name": config.name, "cells": len(cells), "code_version": code_version(),
-                                    "runner": config.runner, "execution.chunk_size": config.execution.chunk_size,
-                                    "execution.query_block": config.execution.query_block,
-                                    "cells_differ_in": ",".join(differing) or "-",
-                                    "prefect.flow_run_id": str(runtime.flow_run.id or "")})
+        tracker.log_params(
+            parent,
+            {
+                "config.name": config.name,
+                "cells": len(cells),
+                "code_version": code_version(),
+                "runner": config.runner,
+                "execution.chunk_size": config.execution.chunk_size,
+                "execution.query_block": config.execution.query_block,
+                "cells_differ_in": ",".join(differing) or "-",
+                "prefect.flow_run_id": str(runtime.flow_run.id or ""),
+            },
+        )
         tracker.log_text(parent, "config.yaml", _yaml(config))
         benches = {}
         shared = {}
@@ -190,11 +232,18 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         timings["load"] = time.perf_counter() - t
         for spec, model in {(c.benchmark, c.model) for c in cells}:
             t = time.perf_counter()
-            docs = provided_corpus(benches[spec], spec.document_vectors) if spec.document_vectors else \
-                stored_corpus(benches[spec], model, config.execution)
+            docs = (
+                provided_corpus(benches[spec], spec.document_vectors)
+                if spec.document_vectors
+                else stored_corpus(benches[spec], model, config.execution)
+            )
             if spec.document_vectors:
-                log.info("corpus of %s: the vectors of %s (model %s), not embedded", spec.name,
-                         spec.document_vectors.path, model)
+                log.info(
+                    "corpus of %s: the vectors of %s (model %s), not embedded",
+                    spec.name,
+                    spec.document_vectors.path,
+                    model,
+                )
             elif docs is None:
                 docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
             else:
@@ -214,20 +263,44 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                 log.warning("cell %s: no stored outcome looked up (%s: %s)", name, type(exc).__name__, exc)
             if record is not None:
                 try:
-                    results.append(replay_cell(record, cell, tracker, experiment_id, parent_run_id=parent, run_name=name,
-                                               prefect_url=prefect_url))
-                    log.info("cell %s: unchanged since MLflow run %s; logged from its stored outcome", name,
-                             record["original_run_id"])
+                    results.append(
+                        replay_cell(
+                            record,
+                            cell,
+                            tracker,
+                            experiment_id,
+                            parent_run_id=parent,
+                            run_name=name,
+                            prefect_url=prefect_url,
+                        )
+                    )
+                    log.info(
+                        "cell %s: unchanged since MLflow run %s; logged from its stored outcome",
+                        name,
+                        record["original_run_id"],
+                    )
                     continue
                 except Exception as exc:
-                    log.warning("cell %s: stored outcome not usable (%s: %s); running the cell", name,
-                                type(exc).__name__, exc)
+                    log.warning(
+                        "cell %s: stored outcome not usable (%s: %s); running the cell", name, type(exc).__name__, exc
+                    )
             try:
-                results.append(run_cell(cell, experiment_id, address=address, parent_run_id=parent,
-                                        tracking_uri=tracker.uri, budget=config.budget, account=account.account,
-                                        bench=benches[cell.benchmark],
-                                        docs=docs, queries=queries, execution=config.execution,
-                                        run_name=name))
+                results.append(
+                    run_cell(
+                        cell,
+                        experiment_id,
+                        address=address,
+                        parent_run_id=parent,
+                        tracking_uri=tracker.uri,
+                        budget=config.budget,
+                        account=account.account,
+                        bench=benches[cell.benchmark],
+                        docs=docs,
+                        queries=queries,
+                        execution=config.execution,
+                        run_name=name,
+                    )
+                )
             except Exception as exc:
                 failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
                 log.error("cell %s failed: %s: %s", name, type(exc).__name__, exc)
@@ -239,8 +312,11 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             if stored:
                 tracker.log_metrics(cell_result["run_id"], stored)
         rows, markdown = summary_table(results)
-        caption = (f"**{config.name}** — {len(results)} cells" + (f", {len(failures)} failed" if failures else "")
-                   + f"; cells differ in {', '.join(differing) or 'nothing'}.\n\n")
+        caption = (
+            f"**{config.name}** — {len(results)} cells"
+            + (f", {len(failures)} failed" if failures else "")
+            + f"; cells differ in {', '.join(differing) or 'nothing'}.\n\n"
+        )
         tracker.log_json(parent, "summary.json", rows)
         tracker.log_text(parent, "summary.md", caption + markdown)
         if rows:
@@ -250,29 +326,49 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                 tracker.log_artifact(parent, path)
         spend = account.status()
         log.info("budget: %s", spend.line())
-        tracker.log_metrics(parent, {f"budget.{k}": float(v) for k, v in spend.as_dict().items()
-                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracker.log_metrics(
+            parent,
+            {
+                f"budget.{k}": float(v)
+                for k, v in spend.as_dict().items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+        )
         refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
         judgment_failures = [r for r in results if r.get("judgments_failed")]
         timings["report"] = time.perf_counter() - t
-        tracker.log_metrics(parent, {"cells_completed": len(results), "cells_failed": len(failures),
-                                     "cells_with_failed_judgments": len(judgment_failures),
-                                     "cells_cached": sum(bool(r.get("cached")) for r in results),
-                                     "judgments_paid": sum(r["judge_usage"].get("judgments_paid", 0) for r in results),
-                                     "judge_cost_usd": sum(r["judge_usage"].get("judge_cost_usd", 0) for r in results),
-                                     "mean_delta_map_refined": float(np.mean(refined)) if refined else float("nan"),
-                                     **{f"time.{k}_s": v for k, v in timings.items()},
-                                     "time.sweep_s": time.perf_counter() - started})
+        tracker.log_metrics(
+            parent,
+            {
+                "cells_completed": len(results),
+                "cells_failed": len(failures),
+                "cells_with_failed_judgments": len(judgment_failures),
+                "cells_cached": sum(bool(r.get("cached")) for r in results),
+                "judgments_paid": sum(r["judge_usage"].get("judgments_paid", 0) for r in results),
+                "judge_cost_usd": sum(r["judge_usage"].get("judge_cost_usd", 0) for r in results),
+                "mean_delta_map_refined": float(np.mean(refined)) if refined else float("nan"),
+                **{f"time.{k}_s": v for k, v in timings.items()},
+                "time.sweep_s": time.perf_counter() - started,
+            },
+        )
         if failures:
             tracker.log_text(parent, "failures.txt", "\n".join(failures))
         if judgment_failures:
             tracker.log_text(parent, "judge_failures.txt", "\n".join(failure_lines(results)))
         tracker.finish(parent, "FAILED" if failures and not results else "FINISHED")
     link_mlflow_run(tracker, experiment_id, parent, f"sweep {config.name}")
-    result = {"experiment_id": experiment_id, "parent_run_id": parent, "cells": results, "failures": failures,
-              "summary_markdown": markdown, "shared_timings": timings, "bh_adjusted": adjusted,
-              "budget": spend.as_dict(), "budget_line": spend.line(),
-              "columns": cell_rows(results)[0] if results else []}
+    result = {
+        "experiment_id": experiment_id,
+        "parent_run_id": parent,
+        "cells": results,
+        "failures": failures,
+        "summary_markdown": markdown,
+        "shared_timings": timings,
+        "bh_adjusted": adjusted,
+        "budget": spend.as_dict(),
+        "budget_line": spend.line(),
+        "columns": cell_rows(results)[0] if results else [],
+    }
     if judgment_failures:
         lines = failure_lines(results)
         for line in lines:
@@ -317,9 +413,11 @@ def failure_lines(results: list[dict]) -> list[str]:
         total = r["judgments_failed"]
         others = f" (and {len(errors) - 1} other reasons)" if len(errors) > 1 else ""
         queries = r["failed_queries"]
-        lines.append(f"{r['benchmark']} · {r['judge']} · lr {r['params']['lr']:g}: {total} judgment"
-                     f"{'s' if total != 1 else ''} failed in {queries} quer{'ies' if queries != 1 else 'y'}: "
-                     f"{reason}{others}: {hint(reason)}")
+        lines.append(
+            f"{r['benchmark']} · {r['judge']} · lr {r['params']['lr']:g}: {total} judgment"
+            f"{'s' if total != 1 else ''} failed in {queries} quer{'ies' if queries != 1 else 'y'}: "
+            f"{reason}{others}: {hint(reason)}"
+        )
     return lines
 
 

@@ -62,7 +62,9 @@ class Tracker:
             location = folder.as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def start(self, experiment_id: str, name: str, *, parent: str | None = None, tags: dict[str, str] | None = None) -> str:
+    def start(
+        self, experiment_id: str, name: str, *, parent: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
         all_tags = {"refine.host": socket.gethostname(), "refine.pid": str(os.getpid()), **(tags or {})}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
@@ -77,17 +79,29 @@ class Tracker:
     def log_series(self, run_id: str, key: str, values: list[float]) -> None:
         self.log_batch(run_id, series={key: values})
 
-    def log_batch(self, run_id: str, *, params: dict[str, object] | None = None,
-                  metrics: dict[str, float] | None = None, series: dict[str, list[float]] | None = None,
-                  step: int = 0) -> None:
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        params: dict[str, object] | None = None,
+        metrics: dict[str, float] | None = None,
+        series: dict[str, list[float]] | None = None,
+        step: int = 0,
+    ) -> None:
         """Params, metrics (at ``step``) and metric series (one step per value) in as few
         requests as MLflow's limits allow (100 params and 1,000 entries per request): one for a
         cell. Metrics go in key order (the MLflow UI lists a run's metrics in the order they
         were written); non-finite values are left out."""
         now = int(time.time() * 1000)
         p = [Param(k, str(v)[:6000]) for k, v in sorted((params or {}).items())]
-        m = sorted((Metric(metric_key(k), float(v), now, step) for k, v in (metrics or {}).items()
-                    if v is not None and math.isfinite(float(v))), key=lambda x: x.key)
+        m = sorted(
+            (
+                Metric(metric_key(k), float(v), now, step)
+                for k, v in (metrics or {}).items()
+                if v is not None and math.isfinite(float(v))
+            ),
+            key=lambda x: x.key,
+        )
         for key, values in (series or {}).items():
             m += [Metric(metric_key(key), float(v), now, i) for i, v in enumerate(values) if math.isfinite(float(v))]
         while p or m:
@@ -121,8 +135,14 @@ class Tracker:
             origin = resolve_dataset_source(str(source), candidate_sources=None)
         dataset = MetaDataset(origin, name=str(counts["name"]), digest=str(counts["hash"]))
         entity = dataset._to_mlflow_entity()
-        self.client.log_inputs(run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", "evaluation"),
-                                                                   InputTag("source", source[:500])])])
+        self.client.log_inputs(
+            run_id,
+            [
+                DatasetInput(
+                    entity, tags=[InputTag("mlflow.data.context", "evaluation"), InputTag("source", source[:500])]
+                )
+            ],
+        )
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -147,7 +167,9 @@ class Tracker:
         """
         closed = []
         host = socket.gethostname()
-        for run in self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        for run in self.client.search_runs(
+            [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+        ):
             tags = run.data.tags
             if tags.get("refine.host") != host or not tags.get("refine.pid", "").isdigit():
                 continue
@@ -168,9 +190,12 @@ class Tracker:
     def find_cell(self, experiment_id: str, content_key: str, *, exclude: str | None = None) -> str | None:
         """The first finished cell run with the same content key (same cell, inputs and code):
         the original that a cached re-run links to."""
-        runs = self.client.search_runs([experiment_id], f"tags.`refine.content_key` = '{content_key}' and "
-                                       "attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"],
-                                       max_results=5)
+        runs = self.client.search_runs(
+            [experiment_id],
+            f"tags.`refine.content_key` = '{content_key}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=5,
+        )
         for run in runs:
             if run.info.run_id != exclude:
                 return run.data.tags.get("refine.original_run_id", run.info.run_id)
@@ -204,8 +229,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     try:
         response = httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
     except httpx.HTTPError as exc:
-        raise ValueError(f"MLflow tracking URI {uri} is unreachable: the server does not answer within "
-                         f"{timeout:g} s ({type(exc).__name__})") from None
+        raise ValueError(
+            f"MLflow tracking URI {uri} is unreachable: the server does not answer within "
+            f"{timeout:g} s ({type(exc).__name__})"
+        ) from None
     if response.status_code != 200:
         raise ValueError(f"MLflow tracking URI {uri} is unreachable: /health answered HTTP {response.status_code}")
 

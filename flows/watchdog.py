@@ -52,8 +52,13 @@ def guard() -> subprocess.Popen | None:
         return None
     pid = os.getpid()
     if pid not in _GUARDS or _GUARDS[pid].poll() is not None:
-        _GUARDS[pid] = subprocess.Popen([sys.executable, "-m", "flows.watchdog", str(pid)], start_new_session=True,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _GUARDS[pid] = subprocess.Popen(
+            [sys.executable, "-m", "flows.watchdog", str(pid)],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     return _GUARDS[pid]
 
 
@@ -113,17 +118,22 @@ def crash_orphaned_flow_runs() -> list[str]:
     host = f"{HOST_TAG}{socket.gethostname()}"
     crashed = []
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
-            tags=FlowRunFilterTags(all_=[host])), limit=200)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
+                tags=FlowRunFilterTags(all_=[host]),
+            ),
+            limit=200,
+        )
         for run in runs:
             if run.state is None or run.state.type not in (StateType.RUNNING, StateType.PENDING):
                 continue
             pids = [t.removeprefix(PID_TAG) for t in run.tags if t.startswith(PID_TAG)]
             if not pids or not pids[0].isdigit() or psutil.pid_exists(int(pids[0])):
                 continue
-            client.set_flow_run_state(run.id, Crashed(message=f"the refine process {pids[0]} that ran it is gone"),
-                                      force=True)
+            client.set_flow_run_state(
+                run.id, Crashed(message=f"the refine process {pids[0]} that ran it is gone"), force=True
+            )
             crashed.append(run.name)
     return crashed
 

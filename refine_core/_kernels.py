@@ -271,6 +271,22 @@ def refine_kernel(
     """
     for i in prange(z0.shape[0]):
         _refine_one(
-            z0[i], docs, idx[i], target[i], valid[i], lr, steps, use_adam, tc, minmax, kl_eps,
-            b1, b2, adam_eps, momentum, out_z[i], out_loss[i], out_doc_norms[i],
+            z0[i],
+            docs,
+            idx[i],
+            target[i],
+            valid[i],
+            lr,
+            steps,
+            use_adam,
+            tc,
+            minmax,
+            kl_eps,
+            b1,
+            b2,
+            adam_eps,
+            momentum,
+            out_z[i],
+            out_loss[i],
+            out_doc_norms[i],
         )

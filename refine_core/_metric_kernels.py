@@ -31,8 +31,20 @@ N_STATS = 5
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def special_counts(scores, offset, use_all, cand_indptr, cand_docs, sp_indptr, sp_docs, sp_scores,
-                   out_greater, out_equal, out_before, out_stats):
+def special_counts(
+    scores,
+    offset,
+    use_all,
+    cand_indptr,
+    cand_docs,
+    sp_indptr,
+    sp_docs,
+    sp_scores,
+    out_greater,
+    out_equal,
+    out_before,
+    out_stats,
+):
     """Fill the per-special counts and the per-query statistics of the other candidates.
 
     ``scores`` ``(B, S)`` holds the columns ``offset .. offset+S-1`` of the corpus; with
@@ -54,7 +66,7 @@ def special_counts(scores, offset, use_all, cand_indptr, cand_docs, sp_indptr, s
             c_hi = cand_indptr[b + 1]
         s_lo = sp_indptr[b]
         m = sp_indptr[b + 1] - s_lo
-        sdocs = sp_docs[s_lo:s_lo + m]
+        sdocs = sp_docs[s_lo : s_lo + m]
         t = np.empty(m, dtype=np.float64)
         for r in range(m):
             t[r] = sp_scores[s_lo + r]

@@ -29,11 +29,11 @@ ANN_KINDS = ("flat", "ivf", "hnsw")
 @dataclass(frozen=True)
 class AnnSettings:
     kind: str = "hnsw"
-    m: int = 32                 # hnsw: links per node
-    ef_construction: int = 80   # hnsw: beam while building
-    ef_search: int = 128        # hnsw: beam while searching
-    nlist: int = 0              # ivf: cells (0 = 4·sqrt(N))
-    nprobe: int = 16            # ivf: cells searched per query
+    m: int = 32  # hnsw: links per node
+    ef_construction: int = 80  # hnsw: beam while building
+    ef_search: int = 128  # hnsw: beam while searching
+    nlist: int = 0  # ivf: cells (0 = 4·sqrt(N))
+    nprobe: int = 16  # ivf: cells searched per query
 
     def __post_init__(self) -> None:
         if self.kind not in ANN_KINDS:
@@ -124,8 +124,9 @@ class AnnIndex:
         return out, info
 
 
-def exact_top(vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int,
-              exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_top(
+    vectors: np.ndarray, query: np.ndarray, candidates: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best of ``candidates`` by exact cosine (ties to the lower document index), with scores."""
     cand = np.unique(candidates[candidates >= 0])
     if exclude is not None and exclude.size:

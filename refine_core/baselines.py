@@ -56,7 +56,9 @@ def rerank_only_scores(
     if base.ndim != 2:
         raise ValueError(f"base_scores must be 2-D, got shape {base.shape}")
     if idx.ndim != 2 or idx.shape[0] != base.shape[0] or judge.shape != idx.shape:
-        raise ValueError(f"feedback_idx {idx.shape} and judge_scores {judge.shape} must both be (n, K) with n={base.shape[0]}")
+        raise ValueError(
+            f"feedback_idx {idx.shape} and judge_scores {judge.shape} must both be (n, K) with n={base.shape[0]}"
+        )
     valid = _feedback_mask(idx, judge, mask)
     out = base.copy()
     k = idx.shape[1]

@@ -46,7 +46,9 @@ class CorpusError(ValueError):
 
 
 # ---- reading a corpus ------------------------------------------------------------------------
-def read_corpus(path: str | os.PathLike[str], *, id_column: str = "id", text_column: str = "text") -> tuple[list[str], list[str]]:
+def read_corpus(
+    path: str | os.PathLike[str], *, id_column: str = "id", text_column: str = "text"
+) -> tuple[list[str], list[str]]:
     """Ids and texts from a ``.jsonl``, ``.parquet`` or ``.csv`` file.
 
     Raises:
@@ -82,8 +84,14 @@ def read_corpus(path: str | os.PathLike[str], *, id_column: str = "id", text_col
     return check_corpus(ids, texts, source=str(p), id_column=id_column, text_column=text_column)
 
 
-def check_corpus(ids: Sequence[str | None], texts: Sequence[str | None], *, source: str = "corpus",
-                 id_column: str = "id", text_column: str = "text") -> tuple[list[str], list[str]]:
+def check_corpus(
+    ids: Sequence[str | None],
+    texts: Sequence[str | None],
+    *,
+    source: str = "corpus",
+    id_column: str = "id",
+    text_column: str = "text",
+) -> tuple[list[str], list[str]]:
     """Validate ids and texts (same length, non-empty, unique ids, no blank text)."""
     if len(ids) != len(texts):
         raise CorpusError(f"{source}: {len(ids)} ids but {len(texts)} texts")
@@ -126,8 +134,14 @@ class CorpusIndex:
             raise CorpusError(f"index {f}: index.json is not valid JSON ({exc})") from None
         if meta.get("format") != INDEX_FORMAT:
             raise CorpusError(f"index {f}: format {meta.get('format')!r}, this version reads {INDEX_FORMAT}")
-        return cls(folder=f, model=meta["model"], model_key=meta["model_key"], documents_hash=meta["documents_hash"],
-                   count=int(meta["count"]), dimension=int(meta["dimension"]))
+        return cls(
+            folder=f,
+            model=meta["model"],
+            model_key=meta["model_key"],
+            documents_hash=meta["documents_hash"],
+            count=int(meta["count"]),
+            dimension=int(meta["dimension"]),
+        )
 
     def vectors(self) -> np.ndarray:
         """``(count, dimension)`` float32, memory-mapped."""
@@ -144,17 +158,22 @@ class CorpusIndex:
         if not (self.folder / "ann.json").is_file():
             return None
         ann, info = AnnIndex.load(self.folder)
-        if info.get("documents_hash") != self.documents_hash or info.get("model_key") != self.model_key \
-                or ann.count != self.count:
+        if (
+            info.get("documents_hash") != self.documents_hash
+            or info.get("model_key") != self.model_key
+            or ann.count != self.count
+        ):
             return None
         return ann, info
 
     def check_model(self, embedder: SentenceTransformerEmbedder) -> None:
         """Refuse to mix vector spaces: the query must be embedded by the index's model."""
         if embedder.cache_key != self.model_key:
-            raise CorpusError(f"index {self.folder} was built with model {self.model!r} ({self.model_key}); "
-                              f"the query model {embedder.model_id!r} ({embedder.cache_key}) is another one — "
-                              "rebuild the index with that model or search with the index's model")
+            raise CorpusError(
+                f"index {self.folder} was built with model {self.model!r} ({self.model_key}); "
+                f"the query model {embedder.model_id!r} ({embedder.cache_key}) is another one — "
+                "rebuild the index with that model or search with the index's model"
+            )
 
 
 @lru_cache(maxsize=8)
@@ -219,15 +238,15 @@ def build_index(
     partial = f / "vectors.partial.npy"
     out = None
     for start in range(0, len(texts), chunk_size):
-        chunk = texts[start:start + chunk_size]
+        chunk = texts[start : start + chunk_size]
         if vectors is None:
             part = embedder.embed_documents(chunk, cache=cache)
         else:
-            part = np.asarray(vectors[start:start + len(chunk)], dtype=np.float32)
+            part = np.asarray(vectors[start : start + len(chunk)], dtype=np.float32)
             part = part / np.linalg.norm(part, axis=1, keepdims=True)  # stored unit length, like the model's
         if out is None:
             out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(texts), part.shape[1]))
-        out[start:start + len(chunk)] = part
+        out[start : start + len(chunk)] = part
         if progress is not None:
             progress(min(start + chunk_size, len(texts)), len(texts))
     assert out is not None
@@ -236,8 +255,14 @@ def build_index(
     del out
     os.replace(partial, f / "vectors.npy")
     pl.DataFrame({"id": ids, "text": texts}).write_parquet(f / "documents.parquet")
-    meta = {"format": INDEX_FORMAT, "model": embedder.model_id, "model_key": embedder.cache_key,
-            "documents_hash": content, "count": len(texts), "dimension": dimension}
+    meta = {
+        "format": INDEX_FORMAT,
+        "model": embedder.model_id,
+        "model_key": embedder.cache_key,
+        "documents_hash": content,
+        "count": len(texts),
+        "dimension": dimension,
+    }
     tmp = f / "index.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
     os.replace(tmp, f / "index.json")
@@ -283,8 +308,14 @@ def build_ann(index: CorpusIndex, settings: AnnSettings | None = None, *, sample
     queries = np.asarray(vectors[picks], dtype=np.float32)
     queries = queries + 0.5 * rng.standard_normal(queries.shape).astype(np.float32) / np.sqrt(queries.shape[1])
     recall = {f"recall@{k}": round(recall_at(ann, vectors, queries, min(k, index.count)), 4) for k in (10, 20, 100)}
-    meta = {"documents_hash": index.documents_hash, "model_key": index.model_key, "count": index.count,
-            "build_seconds": round(build_s, 2), "recall_sample": int(picks.size), **recall}
+    meta = {
+        "documents_hash": index.documents_hash,
+        "model_key": index.model_key,
+        "count": index.count,
+        "build_seconds": round(build_s, 2),
+        "recall_sample": int(picks.size),
+        **recall,
+    }
     ann.save(index.folder, meta)
     return {"settings": ann.settings.__dict__, **meta}
 
@@ -299,7 +330,7 @@ def corpus_scores(vectors: np.ndarray, query: np.ndarray, *, chunk: int = SCORE_
     q = q / max(float(np.linalg.norm(q)), 1e-12)
     out = np.empty(vectors.shape[0], dtype=np.float32)
     for start in range(0, vectors.shape[0], chunk):
-        out[start:start + chunk] = np.asarray(vectors[start:start + chunk]) @ q
+        out[start : start + chunk] = np.asarray(vectors[start : start + chunk]) @ q
     return out
 
 
@@ -309,10 +340,10 @@ class Refinement:
     """What one query's judged refinement produced."""
 
     query: str
-    original: np.ndarray           # query vector as embedded
-    refined: np.ndarray            # after the last round
-    judged_idx: np.ndarray         # document rows judged, in order
-    judged_scores: np.ndarray      # judge scores in [0, 1] (NaN where the judge failed)
+    original: np.ndarray  # query vector as embedded
+    refined: np.ndarray  # after the last round
+    judged_idx: np.ndarray  # document rows judged, in order
+    judged_scores: np.ndarray  # judge scores in [0, 1] (NaN where the judge failed)
     report: RunReport = field(default_factory=lambda: RunReport(judgments=[]))
 
     @property
@@ -322,12 +353,22 @@ class Refinement:
 
 def _check_text(value: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise CorpusError(f"the {what} is empty or whitespace; give the text to {'search for' if what == 'query' else 'classify by'}")
+        raise CorpusError(
+            f"the {what} is empty or whitespace; give the text to {'search for' if what == 'query' else 'classify by'}"
+        )
     return value
 
 
-def _judge_rows(judge, query: str, rows: np.ndarray, texts: list[str], instruction: str | None,
-                ledger: JudgmentLedger | None, concurrency: int, report: RunReport) -> np.ndarray:
+def _judge_rows(
+    judge,
+    query: str,
+    rows: np.ndarray,
+    texts: list[str],
+    instruction: str | None,
+    ledger: JudgmentLedger | None,
+    concurrency: int,
+    report: RunReport,
+) -> np.ndarray:
     request = JudgeRequest(query=query, documents=tuple(texts[int(j)] for j in rows), task_instruction=instruction)
     result = run_judge(judge, [request], ledger=ledger, concurrency=concurrency)
     report.usage.add(result.usage)
@@ -394,11 +435,23 @@ def refine_query(
         ok = np.isfinite(judged_scores)
         if ok.sum() < 2 or not optimise:
             continue  # nothing to learn from (or asked not to): keep the current vector
-        result = refine(current[None, :], judged_idx[None, :], np.nan_to_num(judged_scores)[None, :],
-                        mask=ok[None, :], documents=np.asarray(vectors), config=config)
+        result = refine(
+            current[None, :],
+            judged_idx[None, :],
+            np.nan_to_num(judged_scores)[None, :],
+            mask=ok[None, :],
+            documents=np.asarray(vectors),
+            config=config,
+        )
         current = result.vectors[0]
-    return Refinement(query=query, original=original, refined=current, judged_idx=judged_idx,
-                      judged_scores=judged_scores, report=report)
+    return Refinement(
+        query=query,
+        original=original,
+        refined=current,
+        judged_idx=judged_idx,
+        judged_scores=judged_scores,
+        report=report,
+    )
 
 
 # ---- search -------------------------------------------------------------------------------------
@@ -407,8 +460,8 @@ class SearchHit:
     id: str
     text: str
     score: float
-    rank: int                # 1-based, refined ranking
-    original_rank: int       # 1-based, ranking of the query as embedded
+    rank: int  # 1-based, refined ranking
+    original_rank: int  # 1-based, ranking of the query as embedded
     judge_score: float | None
 
     @property
@@ -424,7 +477,7 @@ class SearchResult:
     query: str
     hits: list[SearchHit]
     refinement: Refinement
-    ann: dict | None = None   # kind, candidates and measured recall when an ANN index served the search
+    ann: dict | None = None  # kind, candidates and measured recall when an ANN index served the search
 
     @property
     def top_ids(self) -> list[str]:
@@ -438,8 +491,18 @@ class SearchResult:
         r = self.refinement.report
         return {
             "query": self.query,
-            "results": [{"id": h.id, "rank": h.rank, "score": h.score, "original_rank": h.original_rank,
-                         "moved_in": h.moved_in, "judge_score": h.judge_score, "text": h.text} for h in self.hits],
+            "results": [
+                {
+                    "id": h.id,
+                    "rank": h.rank,
+                    "score": h.score,
+                    "original_rank": h.original_rank,
+                    "moved_in": h.moved_in,
+                    "judge_score": h.judge_score,
+                    "text": h.text,
+                }
+                for h in self.hits
+            ],
             "moved_in": [h.id for h in self.moved_in],
             "judged": int(self.refinement.judged_idx.size),
             "judge_failed": int((~self.refinement.judged_ok).sum()),
@@ -459,10 +522,22 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,
-           k: int = 20, rounds: int = 1, top: int = 10, config: RefineConfig | None = None,
-           instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
-           use_ann: bool = True, check_ann: bool = False) -> SearchResult:
+def search(
+    index: CorpusIndex,
+    query: str,
+    *,
+    judge,
+    embedder: SentenceTransformerEmbedder | None = None,
+    k: int = 20,
+    rounds: int = 1,
+    top: int = 10,
+    config: RefineConfig | None = None,
+    instruction: str | None = None,
+    ledger: JudgmentLedger | None = None,
+    concurrency: int = 4,
+    use_ann: bool = True,
+    check_ann: bool = False,
+) -> SearchResult:
     """The top ``top`` documents for ``query`` after judged refinement (see the module docs).
 
     An index with an ANN structure (:func:`build_ann`) is searched through it: candidates from
@@ -471,8 +546,19 @@ def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransform
     if top < 1:
         raise CorpusError(f"top must be >= 1, got {top}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
-    ref = refine_query(index, query, judge=judge, embedder=embedder, k=k, rounds=rounds, config=config,
-                       instruction=instruction, ledger=ledger, concurrency=concurrency, use_ann=use_ann)
+    ref = refine_query(
+        index,
+        query,
+        judge=judge,
+        embedder=embedder,
+        k=k,
+        rounds=rounds,
+        config=config,
+        instruction=instruction,
+        ledger=ledger,
+        concurrency=concurrency,
+        use_ann=use_ann,
+    )
     vectors = index.vectors()
     ids, texts = index.documents()
     judged = {int(j): float(s) for j, s in zip(ref.judged_idx, ref.judged_scores) if np.isfinite(s)}
@@ -483,9 +569,18 @@ def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransform
         before = _ranks(corpus_scores(vectors, ref.original))
         after_scores = corpus_scores(vectors, ref.refined)
         order = np.argsort(-after_scores, kind="stable")[:top]
-        hits = [SearchHit(id=ids[j], text=texts[j], score=float(after_scores[j]), rank=r + 1,
-                          original_rank=int(before[j]), judge_score=judged.get(int(j)), top_n=top_n)
-                for r, j in enumerate(order)]
+        hits = [
+            SearchHit(
+                id=ids[j],
+                text=texts[j],
+                score=float(after_scores[j]),
+                rank=r + 1,
+                original_rank=int(before[j]),
+                judge_score=judged.get(int(j)),
+                top_n=top_n,
+            )
+            for r, j in enumerate(order)
+        ]
     else:
         # exact cosine on ANN candidates; an original rank beyond the candidates is reported as
         # candidates + 1 (it was not among the original query's first `candidates` documents)
@@ -495,11 +590,23 @@ def search(index: CorpusIndex, query: str, *, judge, embedder: SentenceTransform
         orig_rank = {int(j): r + 1 for r, j in enumerate(orig_order)}
         new_cands, _ = ann[0].search(ref.refined, c)
         order, after = exact_top(vectors, ref.refined, new_cands[0], top)
-        hits = [SearchHit(id=ids[j], text=texts[j], score=float(s), rank=r + 1,
-                          original_rank=orig_rank.get(int(j), c + 1), judge_score=judged.get(int(j)), top_n=top_n)
-                for r, (j, s) in enumerate(zip(order, after))]
-        ann_info = {"kind": ann[0].settings.kind, "candidates": c,
-                    **{key: ann[1][key] for key in ("recall@10", "recall@20", "recall@100") if key in ann[1]}}
+        hits = [
+            SearchHit(
+                id=ids[j],
+                text=texts[j],
+                score=float(s),
+                rank=r + 1,
+                original_rank=orig_rank.get(int(j), c + 1),
+                judge_score=judged.get(int(j)),
+                top_n=top_n,
+            )
+            for r, (j, s) in enumerate(zip(order, after))
+        ]
+        ann_info = {
+            "kind": ann[0].settings.kind,
+            "candidates": c,
+            **{key: ann[1][key] for key in ("recall@10", "recall@20", "recall@100") if key in ann[1]},
+        }
         if check_ann:  # measure this query: the ANN top list against brute force
             exact = np.argsort(-corpus_scores(vectors, ref.refined), kind="stable")[:top]
             ann_info["recall_this_query"] = round(float(np.intersect1d(exact, order).size) / max(1, exact.size), 4)
@@ -527,7 +634,7 @@ def choose_threshold(similarities: np.ndarray, positive: np.ndarray) -> float:
     cuts = np.concatenate([[values[0]], (values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])
     pos, neg = np.sort(s[y]), np.sort(s[~y])
     tpr = (pos.size - np.searchsorted(pos, cuts, side="left")) / pos.size  # positives at or above the cut
-    tnr = np.searchsorted(neg, cuts, side="left") / neg.size               # negatives below it
+    tnr = np.searchsorted(neg, cuts, side="left") / neg.size  # negatives below it
     balanced = (tpr + tnr) / 2
     best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
     return float(cuts[best[len(best) // 2]])
@@ -546,11 +653,11 @@ class Classification:
 
     criterion: str
     threshold: float
-    scores: np.ndarray        # refined similarity of every document
-    labels: np.ndarray        # bool per document
-    judged: np.ndarray        # bool per document
+    scores: np.ndarray  # refined similarity of every document
+    labels: np.ndarray  # bool per document
+    judged: np.ndarray  # bool per document
     judge_scores: np.ndarray  # NaN where not judged (or the judge failed)
-    positives: int            # labels.sum()
+    positives: int  # labels.sum()
     estimate: float
     interval: tuple[int, int]
     refinement: Refinement
@@ -559,15 +666,32 @@ class Classification:
 
     def as_dict(self) -> dict:
         r = self.refinement.report
-        return {"criterion": self.criterion, "documents": int(self.scores.size), "threshold": self.threshold,
-                "positives": self.positives, "positives_estimate": self.estimate,
-                "positives_interval": list(self.interval), "estimate_method": self.method,
-                "judged": int(self.judged.sum()), "calibration_judged": self.calibrated, "cost_usd": r.cost,
-                "judgments_paid": r.judged, "judgments_from_ledger": r.from_ledger, "judge_failed": int(r.failed)}
+        return {
+            "criterion": self.criterion,
+            "documents": int(self.scores.size),
+            "threshold": self.threshold,
+            "positives": self.positives,
+            "positives_estimate": self.estimate,
+            "positives_interval": list(self.interval),
+            "estimate_method": self.method,
+            "judged": int(self.judged.sum()),
+            "calibration_judged": self.calibrated,
+            "cost_usd": r.cost,
+            "judgments_paid": r.judged,
+            "judgments_from_ledger": r.from_ledger,
+            "judge_failed": int(r.failed),
+        }
 
 
-def positive_interval(scores: np.ndarray, judged_sims: np.ndarray, judged_positive: np.ndarray, *,
-                      samples: int = 1000, level: float = 0.9, seed: int = 0) -> tuple[int, int]:
+def positive_interval(
+    scores: np.ndarray,
+    judged_sims: np.ndarray,
+    judged_positive: np.ndarray,
+    *,
+    samples: int = 1000,
+    level: float = 0.9,
+    seed: int = 0,
+) -> tuple[int, int]:
     """Interval on the count above the threshold from the threshold's uncertainty: the judged
     documents are resampled with replacement, the threshold re-chosen, and the documents above
     it counted. (It says nothing about positives the threshold misses.)"""
@@ -602,7 +726,7 @@ def stratified_sample(order: np.ndarray, budget: int, first_band: int, seed: int
     """
     bands = rank_bands(order.size, first_band)
     if budget < len(bands):
-        bands = bands[:budget - 1] + [(bands[budget - 1][0], order.size)] if budget > 0 else []
+        bands = bands[: budget - 1] + [(bands[budget - 1][0], order.size)] if budget > 0 else []
     rng = np.random.default_rng(seed)
     out = []
     for i, (a, b) in enumerate(bands):
@@ -612,8 +736,9 @@ def stratified_sample(order: np.ndarray, budget: int, first_band: int, seed: int
     return out
 
 
-def stratified_estimate(known_positives: int, strata: list[tuple[int, int, int]], *, z: float = 1.645,
-                        total: int | None = None) -> tuple[float, tuple[int, int]]:
+def stratified_estimate(
+    known_positives: int, strata: list[tuple[int, int, int]], *, z: float = 1.645, total: int | None = None
+) -> tuple[float, tuple[int, int]]:
     """Positives in a corpus: the judged positives, plus per band ``(size, sampled, positives found)``
     the band size times the sampled rate. The variance uses the finite-population correction and a
     rate of (x + 0.5) / (m + 1), so a band whose sample found nothing still counts as uncertain."""
@@ -623,8 +748,8 @@ def stratified_estimate(known_positives: int, strata: list[tuple[int, int, int]]
             continue
         estimate += size * x / m
         rate = (x + 0.5) / (m + 1)
-        variance += size ** 2 * rate * (1 - rate) / m * (1 - m / size if size > 1 else 0)
-    half = z * variance ** 0.5
+        variance += size**2 * rate * (1 - rate) / m * (1 - m / size if size > 1 else 0)
+    half = z * variance**0.5
     lo = max(known_positives + sum(x for _, _, x in strata), int(np.floor(estimate - half)))
     hi = int(np.ceil(estimate + half))
     if total is not None:
@@ -632,11 +757,24 @@ def stratified_estimate(known_positives: int, strata: list[tuple[int, int, int]]
     return estimate, (lo, hi)
 
 
-def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTransformerEmbedder | None = None,
-             k: int = 20, rounds: int = 1, calibrate: int = 0, config: RefineConfig | None = None,
-             instruction: str | None = None, ledger: JudgmentLedger | None = None, concurrency: int = 4,
-             positive_at: float = 0.5, judge_instruction: str | None = None, seed: int = 0,
-             optimise: bool = True) -> Classification:
+def classify(
+    index: CorpusIndex,
+    criterion: str,
+    *,
+    judge,
+    embedder: SentenceTransformerEmbedder | None = None,
+    k: int = 20,
+    rounds: int = 1,
+    calibrate: int = 0,
+    config: RefineConfig | None = None,
+    instruction: str | None = None,
+    ledger: JudgmentLedger | None = None,
+    concurrency: int = 4,
+    positive_at: float = 0.5,
+    judge_instruction: str | None = None,
+    seed: int = 0,
+    optimise: bool = True,
+) -> Classification:
     """Label every document of ``index`` for ``criterion`` (see the module docs).
 
     Args:
@@ -652,13 +790,27 @@ def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTra
     if calibrate < 0:
         raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
-    ref = refine_query(index, criterion, judge=judge, embedder=embedder, k=k, rounds=rounds, config=config,
-                       instruction=instruction, ledger=ledger, concurrency=concurrency, what="criterion",
-                       judge_instruction=judge_instruction, optimise=optimise)
+    ref = refine_query(
+        index,
+        criterion,
+        judge=judge,
+        embedder=embedder,
+        k=k,
+        rounds=rounds,
+        config=config,
+        instruction=instruction,
+        ledger=ledger,
+        concurrency=concurrency,
+        what="criterion",
+        judge_instruction=judge_instruction,
+        optimise=optimise,
+    )
     scores = corpus_scores(index.vectors(), ref.refined)
     if ref.judged_ok.sum() == 0:
-        raise CorpusError(f"the judge failed on every document judged for {criterion!r}; nothing to set a threshold from "
-                          "(the judgments that did succeed are kept in the ledger)")
+        raise CorpusError(
+            f"the judge failed on every document judged for {criterion!r}; nothing to set a threshold from "
+            "(the judgments that did succeed are kept in the ledger)"
+        )
     order = np.argsort(-scores, kind="stable")
     added, method = 0, "threshold"
     if calibrate:
@@ -669,14 +821,15 @@ def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTra
         extra = np.concatenate([rows for rows, _ in sample]) if sample else np.empty(0, dtype=np.int64)
         if extra.size:
             _, texts = index.documents()
-            extra_scores = _judge_rows(judge, criterion, extra, texts, judge_instruction or instruction, ledger,
-                                       concurrency, ref.report)
+            extra_scores = _judge_rows(
+                judge, criterion, extra, texts, judge_instruction or instruction, ledger, concurrency, ref.report
+            )
             ref.judged_idx = np.concatenate([ref.judged_idx, extra])
             ref.judged_scores = np.concatenate([ref.judged_scores, extra_scores])
             added = int(extra.size)
             strata, at = [], 0
             for rows, size in sample:
-                got = extra_scores[at:at + rows.size]
+                got = extra_scores[at : at + rows.size]
                 at += rows.size
                 ok = np.isfinite(got)  # a failed judgment is dropped from its band's sample
                 strata.append((size, int(ok.sum()), int((got[ok] >= positive_at).sum())))
@@ -695,9 +848,20 @@ def classify(index: CorpusIndex, criterion: str, *, judge, embedder: SentenceTra
     labels = scores >= threshold
     verdict = np.isfinite(judge_scores)
     labels[verdict] = judge_scores[verdict] >= positive_at  # what the judge said wins over the threshold
-    return Classification(criterion=criterion, threshold=threshold, scores=scores, labels=labels, judged=judged,
-                          judge_scores=judge_scores, positives=int(labels.sum()), estimate=estimate, interval=interval,
-                          refinement=ref, calibrated=added, method=method)
+    return Classification(
+        criterion=criterion,
+        threshold=threshold,
+        scores=scores,
+        labels=labels,
+        judged=judged,
+        judge_scores=judge_scores,
+        positives=int(labels.sum()),
+        estimate=estimate,
+        interval=interval,
+        refinement=ref,
+        calibrated=added,
+        method=method,
+    )
 
 
 def write_labels(result: Classification, index: CorpusIndex, path: str | os.PathLike[str]) -> Path:
@@ -709,13 +873,17 @@ def write_labels(result: Classification, index: CorpusIndex, path: str | os.Path
     if out.suffix.lower() != ".parquet":
         raise CorpusError(f"--out {out}: labels are written as parquet; give a path ending in .parquet")
     out.parent.mkdir(parents=True, exist_ok=True)
-    frame = pl.DataFrame({
-        "id": ids,
-        "score": result.scores.astype(np.float32),
-        "label": result.labels,
-        "judged": result.judged,
-        "judge_score": pl.Series([None if not np.isfinite(s) else float(s) for s in result.judge_scores], dtype=pl.Float32),
-    })
+    frame = pl.DataFrame(
+        {
+            "id": ids,
+            "score": result.scores.astype(np.float32),
+            "label": result.labels,
+            "judged": result.judged,
+            "judge_score": pl.Series(
+                [None if not np.isfinite(s) else float(s) for s in result.judge_scores], dtype=pl.Float32
+            ),
+        }
+    )
     tmp = out.with_suffix(".parquet.tmp")
     frame.write_parquet(tmp)
     os.replace(tmp, out)
@@ -743,5 +911,9 @@ def best_threshold_f1(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     recall = tp / max(g.sum(), 1)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     i = int(np.argmax(f1))
-    return {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-            "threshold": float(np.asarray(scores)[order[i]])}
+    return {
+        "precision": float(precision[i]),
+        "recall": float(recall[i]),
+        "f1": float(f1[i]),
+        "threshold": float(np.asarray(scores)[order[i]]),
+    }

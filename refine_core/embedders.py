@@ -78,15 +78,18 @@ def check_model(name: str) -> str:
     model_id, path = resolve_model(name)
     if path is not None:
         if not any((path / f).is_file() for f in ("modules.json", "config.json", "config_sentence_transformers.json")):
-            raise EmbeddingModelError(f"embedding model {name!r}: the folder {path} holds no model (no config.json "
-                                      "or modules.json)")
+            raise EmbeddingModelError(
+                f"embedding model {name!r}: the folder {path} holds no model (no config.json or modules.json)"
+            )
         return model_id
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         from huggingface_hub import try_to_load_from_cache
 
         if not any(isinstance(try_to_load_from_cache(model_id, f), str) for f in ("modules.json", "config.json")):
-            raise EmbeddingModelError(f"embedding model {name!r}: not a folder and not in the local Hugging Face "
-                                      "cache (HF_HUB_OFFLINE is set)")
+            raise EmbeddingModelError(
+                f"embedding model {name!r}: not a folder and not in the local Hugging Face "
+                "cache (HF_HUB_OFFLINE is set)"
+            )
     return model_id
 
 
@@ -122,11 +125,18 @@ class Embedder(Protocol):
     @property
     def cache_key(self) -> str: ...
 
-    def embed_queries(self, texts: Sequence[str], *, instruction: str | None,
-                      cache: EmbeddingCache | None = None, progress: ProgressFn | None = None) -> np.ndarray: ...
+    def embed_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        instruction: str | None,
+        cache: EmbeddingCache | None = None,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray: ...
 
-    def embed_documents(self, texts: Sequence[str], *, cache: EmbeddingCache | None = None,
-                        progress: ProgressFn | None = None) -> np.ndarray: ...
+    def embed_documents(
+        self, texts: Sequence[str], *, cache: EmbeddingCache | None = None, progress: ProgressFn | None = None
+    ) -> np.ndarray: ...
 
 
 class SentenceTransformerEmbedder:
@@ -247,12 +257,19 @@ class SentenceTransformerEmbedder:
             return out
         return cache.get_or_compute(self.cache_key, texts, self.encode, progress=progress)
 
-    def embed_queries(self, texts: Sequence[str], *, instruction: str | None,
-                      cache: EmbeddingCache | None = None, progress: ProgressFn | None = None) -> np.ndarray:
+    def embed_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        instruction: str | None,
+        cache: EmbeddingCache | None = None,
+        progress: ProgressFn | None = None,
+    ) -> np.ndarray:
         """Embed queries through the query template."""
         return self._embed([self.format_query(t, instruction) for t in texts], cache, progress)
 
-    def embed_documents(self, texts: Sequence[str], *, cache: EmbeddingCache | None = None,
-                        progress: ProgressFn | None = None) -> np.ndarray:
+    def embed_documents(
+        self, texts: Sequence[str], *, cache: EmbeddingCache | None = None, progress: ProgressFn | None = None
+    ) -> np.ndarray:
         """Embed documents as plain text."""
         return self._embed(list(texts), cache, progress)

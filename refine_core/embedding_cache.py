@@ -63,7 +63,9 @@ class EmbeddingCache:
         folder.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(folder / "index.sqlite", timeout=60)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, shard TEXT NOT NULL, row INTEGER NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, shard TEXT NOT NULL, row INTEGER NOT NULL)"
+        )
         return conn
 
     def count(self, model_key: str) -> int:
@@ -135,7 +137,8 @@ class EmbeddingCache:
                 if vectors.shape[0] != len(chunk) or not np.isfinite(vectors).all():
                     raise ValueError(
                         f"embedding model returned {vectors.shape[0]} vectors for {len(chunk)} texts"
-                        if vectors.shape[0] != len(chunk) else "embedding model returned NaN or inf"
+                        if vectors.shape[0] != len(chunk)
+                        else "embedding model returned NaN or inf"
                     )
                 shard = self._write_shard(model_key, vectors)
                 with conn:

@@ -111,15 +111,26 @@ def evaluate_cell_arrays(
     """
     config = config or RefineConfig()
     qrels = as_qrels(labels, pool)
-    outcome = refine_rounds(query_vectors, doc_vectors, judge, rounds=rounds, k=k,
-                            pool=qrels if qrels.pooled else None, strategy=strategy, config=config)
+    outcome = refine_rounds(
+        query_vectors,
+        doc_vectors,
+        judge,
+        rounds=rounds,
+        k=k,
+        pool=qrels if qrels.pooled else None,
+        strategy=strategy,
+        config=config,
+    )
     metrics, tests = score_methods(
-        query_vectors, doc_vectors, qrels,
+        query_vectors,
+        doc_vectors,
+        qrels,
         feedback_idx=outcome.feedback_idx[:, :k],
         judge_scores=np.nan_to_num(outcome.scores[:, :k]),
         judge_mask=outcome.mask[:, :k],
         round_vectors=list(outcome.round_vectors),
-        rocchio_params=rocchio_params, ks=ks,
+        rocchio_params=rocchio_params,
+        ks=ks,
     )
     return CellOutcome(
         metrics=metrics,
@@ -153,8 +164,17 @@ def method_vectors(
     fb_vectors = document_array(doc_vectors)[np.maximum(feedback_idx, 0)]
     vectors: dict[str, np.ndarray] = {
         "baseline": np.asarray(query_vectors),
-        "rocchio": rocchio(query_vectors, fb_vectors, judge_scores, mask=judge_mask, alpha=rp.alpha, beta=rp.beta,
-                           gamma=rp.gamma, positive_threshold=rp.threshold, negative_threshold=rp.threshold),
+        "rocchio": rocchio(
+            query_vectors,
+            fb_vectors,
+            judge_scores,
+            mask=judge_mask,
+            alpha=rp.alpha,
+            beta=rp.beta,
+            gamma=rp.gamma,
+            positive_threshold=rp.threshold,
+            negative_threshold=rp.threshold,
+        ),
         "refined": np.asarray(round_vectors[0]),
     }
     for r in range(2, len(round_vectors) + 1):
@@ -185,13 +205,21 @@ def method_score_blocks(
     each query's pool. Methods: ``baseline``, ``rerank_only``, ``rocchio``, ``refined``,
     ``refined_r2``..., then ``extra_vectors`` (e.g. ``hyde``).
     """
-    vectors = method_vectors(query_vectors, doc_vectors, feedback_idx=feedback_idx, judge_scores=judge_scores,
-                             judge_mask=judge_mask, round_vectors=round_vectors, rocchio_params=rocchio_params,
-                             extra_vectors=extra_vectors)
+    vectors = method_vectors(
+        query_vectors,
+        doc_vectors,
+        feedback_idx=feedback_idx,
+        judge_scores=judge_scores,
+        judge_mask=judge_mask,
+        round_vectors=round_vectors,
+        rocchio_params=rocchio_params,
+        extra_vectors=extra_vectors,
+    )
     docs_unit = unit_documents(doc_vectors)
     n = vectors["baseline"].shape[0]
     step = block_rows or score_block_rows(docs_unit.shape[0])
     pooled = pool is not None and pool.pooled
+
     def ranking(v: np.ndarray, in_pool: np.ndarray | None) -> np.ndarray:
         scores = cosine_block(v, docs_unit)
         return scores if in_pool is None else np.where(in_pool, scores, -np.inf)
@@ -200,17 +228,19 @@ def method_score_blocks(
         hi = min(lo + step, n)
         in_pool = pool.pool_block(lo, hi) if pool is not None and pooled else None
         base = ranking(vectors["baseline"][lo:hi], in_pool)
-        blocks = {"baseline": base,
-                  "rerank_only": rerank_only_scores(base, feedback_idx[lo:hi], judge_scores[lo:hi],
-                                                    mask=judge_mask[lo:hi])}
+        blocks = {
+            "baseline": base,
+            "rerank_only": rerank_only_scores(base, feedback_idx[lo:hi], judge_scores[lo:hi], mask=judge_mask[lo:hi]),
+        }
         for name, v in vectors.items():
             if name != "baseline":
                 blocks[name] = ranking(v[lo:hi], in_pool)
         yield lo, hi, blocks
 
 
-def method_rankings(query_vectors: np.ndarray, doc_vectors: np.ndarray, *, pool: np.ndarray | None = None,
-                    **kwargs: object) -> dict[str, np.ndarray]:
+def method_rankings(
+    query_vectors: np.ndarray, doc_vectors: np.ndarray, *, pool: np.ndarray | None = None, **kwargs: object
+) -> dict[str, np.ndarray]:
     """Dense ``(n, N)`` ranking scores of every method (small inputs; see :func:`method_score_blocks`)."""
     qpool = Qrels.from_dense(np.zeros(np.shape(pool), np.float32), pool) if pool is not None else None
     parts: dict[str, list[np.ndarray]] = {}
@@ -252,19 +282,36 @@ def score_methods(
         if visit is not None:
             raise ValueError("visit needs whole-corpus score blocks; leave corpus_shard out to use it")
         docs = document_array(doc_vectors)
-        inputs = shard_inputs(query_vectors, docs, qrels, feedback_idx=feedback_idx, judge_scores=judge_scores,
-                              judge_mask=judge_mask, round_vectors=round_vectors, rocchio_params=rocchio_params,
-                              extra_vectors=extra_vectors)
-        shards = [score_shard(inputs, np.asarray(docs[a:b]), a, qrels, block_rows=block_rows, sampled=())
-                  for a, b in shard_bounds(qrels.n_documents, corpus_shard)]
+        inputs = shard_inputs(
+            query_vectors,
+            docs,
+            qrels,
+            feedback_idx=feedback_idx,
+            judge_scores=judge_scores,
+            judge_mask=judge_mask,
+            round_vectors=round_vectors,
+            rocchio_params=rocchio_params,
+            extra_vectors=extra_vectors,
+        )
+        shards = [
+            score_shard(inputs, np.asarray(docs[a:b]), a, qrels, block_rows=block_rows, sampled=())
+            for a, b in shard_bounds(qrels.n_documents, corpus_shard)
+        ]
         metrics, tests, _ = finish_shards(inputs, shards, qrels, ks)
         return metrics, tests
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
-    for lo, hi, blocks in method_score_blocks(query_vectors, doc_vectors, feedback_idx=feedback_idx,
-                                              judge_scores=judge_scores, judge_mask=judge_mask,
-                                              round_vectors=round_vectors, pool=qrels if qrels.pooled else None,
-                                              rocchio_params=rocchio_params, extra_vectors=extra_vectors,
-                                              block_rows=block_rows):
+    for lo, hi, blocks in method_score_blocks(
+        query_vectors,
+        doc_vectors,
+        feedback_idx=feedback_idx,
+        judge_scores=judge_scores,
+        judge_mask=judge_mask,
+        round_vectors=round_vectors,
+        pool=qrels if qrels.pooled else None,
+        rocchio_params=rocchio_params,
+        extra_vectors=extra_vectors,
+        block_rows=block_rows,
+    ):
         block_qrels = qrels.rows(lo, hi)
         for name, scores in blocks.items():
             parts.setdefault(name, []).append(rank_metrics(scores, block_qrels, ks))
@@ -350,13 +397,24 @@ def shard_inputs(
     """Every method's query vectors and the scores of its special documents (relevant; for
     rerank-only also judged). Reads only the rows of ``doc_vectors`` it needs: a memory map of a
     corpus larger than this process's memory is fine."""
-    vectors = method_vectors(query_vectors, doc_vectors, feedback_idx=feedback_idx, judge_scores=judge_scores,
-                             judge_mask=judge_mask, round_vectors=round_vectors, rocchio_params=rocchio_params,
-                             extra_vectors=extra_vectors)
+    vectors = method_vectors(
+        query_vectors,
+        doc_vectors,
+        feedback_idx=feedback_idx,
+        judge_scores=judge_scores,
+        judge_mask=judge_mask,
+        round_vectors=round_vectors,
+        rocchio_params=rocchio_params,
+        extra_vectors=extra_vectors,
+    )
     rel = qrels.gains > 0
     rows, docs = qrels.row_ids()[rel], qrels.docs[rel]
-    relevant_qrels = Qrels(np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=qrels.n_queries))]).astype(np.int64),
-                           docs, qrels.gains[rel], qrels.n_documents)
+    relevant_qrels = Qrels(
+        np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=qrels.n_queries))]).astype(np.int64),
+        docs,
+        qrels.gains[rel],
+        qrels.n_documents,
+    )
     specials: dict[str, Specials] = {}
     for name, v in vectors.items():
         specials[name] = relevant_specials(relevant_qrels, pair_scores(v, doc_vectors, rows, docs))
@@ -365,15 +423,23 @@ def shard_inputs(
             r, c = np.nonzero(idx >= 0)
             judged_base = np.full(idx.shape, np.nan)
             judged_base[r, c] = pair_scores(v, doc_vectors, r, idx[r, c])
-            specials["rerank_only"] = rerank_only_specials(specials["baseline"], idx, judge_scores, judge_mask,
-                                                           judged_base, pool=qrels if qrels.pooled else None)
+            specials["rerank_only"] = rerank_only_specials(
+                specials["baseline"], idx, judge_scores, judge_mask, judged_base, pool=qrels if qrels.pooled else None
+            )
     order = ("baseline", "rerank_only", *[m for m in vectors if m != "baseline"])
     return ShardInputs(vectors, {m: specials[m] for m in order}, order)
 
 
-def score_shard(inputs: ShardInputs, doc_shard: np.ndarray, offset: int, qrels: Qrels, *,
-                block_rows: int | None = None, sampled: tuple[str, ...] = ("baseline", "refined"),
-                max_negatives: int = 200_000) -> ShardScores:
+def score_shard(
+    inputs: ShardInputs,
+    doc_shard: np.ndarray,
+    offset: int,
+    qrels: Qrels,
+    *,
+    block_rows: int | None = None,
+    sampled: tuple[str, ...] = ("baseline", "refined"),
+    max_negatives: int = 200_000,
+) -> ShardScores:
     """Counts of every method over the documents ``offset .. offset + len(doc_shard) - 1``, in query blocks."""
     docs_unit = unit_documents(doc_shard)
     width = docs_unit.shape[0]
@@ -397,8 +463,10 @@ def score_shard(inputs: ShardInputs, doc_shard: np.ndarray, offset: int, qrels: 
                 counts[name][lo:hi] += np.bincount(r, minlength=hi - lo)
                 kept[name].append(values)
                 room[name] -= values.size
-    return ShardScores({m: ShardPart.concat(p) for m, p in parts.items()},
-                       {m: (np.concatenate(kept[m]) if kept[m] else np.zeros(0, np.float32), counts[m]) for m in sampled})
+    return ShardScores(
+        {m: ShardPart.concat(p) for m, p in parts.items()},
+        {m: (np.concatenate(kept[m]) if kept[m] else np.zeros(0, np.float32), counts[m]) for m in sampled},
+    )
 
 
 def _shard_negatives(block: Qrels, offset: int, width: int) -> np.ndarray:
@@ -416,9 +484,14 @@ def _shard_negatives(block: Qrels, offset: int, width: int) -> np.ndarray:
     return out
 
 
-def finish_shards(inputs: ShardInputs, shards: list[ShardScores], qrels: Qrels,
-                  ks: tuple[int, ...] = DEFAULT_KS, *, max_negatives: int = 200_000
-                  ) -> tuple[dict[str, MetricsResult], dict[str, PairedTest], dict[str, np.ndarray]]:
+def finish_shards(
+    inputs: ShardInputs,
+    shards: list[ShardScores],
+    qrels: Qrels,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    *,
+    max_negatives: int = 200_000,
+) -> tuple[dict[str, MetricsResult], dict[str, PairedTest], dict[str, np.ndarray]]:
     """Metrics and tests of every method from all shards' counts (as :func:`score_methods` returns
     them), and the plot samples (``<method>_pos``/``<method>_neg``, as :class:`ScoreSamples` keeps them)."""
     ks = check_ks(ks)
@@ -446,8 +519,11 @@ def finish_shards(inputs: ShardInputs, shards: list[ShardScores], qrels: Qrels,
 def _paired_tests(metrics: dict[str, MetricsResult], qrels: Qrels) -> dict[str, PairedTest]:
     n_without = int((qrels.n_relevant() == 0).sum())
     if n_without:
-        warnings.warn(f"{n_without} of {qrels.n_queries} queries have no relevant document in their pool; "
-                      "they are excluded from every mean", stacklevel=3)
+        warnings.warn(
+            f"{n_without} of {qrels.n_queries} queries have no relevant document in their pool; "
+            "they are excluded from every mean",
+            stacklevel=3,
+        )
     base_ap = metrics["baseline"].per_query["ap"]
     tests: dict[str, PairedTest] = {}
     for name, result in metrics.items():
@@ -463,8 +539,9 @@ class ScoreSamples:
     ``max_negatives`` other in-pool pairs, both in (query, document) order.
     """
 
-    def __init__(self, qrels: Qrels, methods: tuple[str, ...] = ("baseline", "refined"), *,
-                 max_negatives: int = 200_000) -> None:
+    def __init__(
+        self, qrels: Qrels, methods: tuple[str, ...] = ("baseline", "refined"), *, max_negatives: int = 200_000
+    ) -> None:
         self.qrels = qrels
         self.methods = methods
         self.max_negatives = max_negatives
@@ -476,8 +553,11 @@ class ScoreSamples:
         block = self.qrels.rows(lo, hi)
         rows, docs = block.row_ids(), block.docs
         relevant = block.gains > 0
-        negative = np.ones((hi - lo, self.qrels.n_documents), dtype=bool) if not block.pooled else \
-            np.zeros((hi - lo, self.qrels.n_documents), dtype=bool)
+        negative = (
+            np.ones((hi - lo, self.qrels.n_documents), dtype=bool)
+            if not block.pooled
+            else np.zeros((hi - lo, self.qrels.n_documents), dtype=bool)
+        )
         if block.pooled:
             negative[rows[~relevant], docs[~relevant]] = True
         else:
@@ -496,6 +576,10 @@ class ScoreSamples:
         out: dict[str, np.ndarray] = {}
         for method in self.methods:
             prefix = (prefixes or {}).get(method, method)
-            out[f"{prefix}_pos"] = np.concatenate(self.positives[method]) if self.positives[method] else np.zeros(0, np.float32)
-            out[f"{prefix}_neg"] = np.concatenate(self.negatives[method]) if self.negatives[method] else np.zeros(0, np.float32)
+            out[f"{prefix}_pos"] = (
+                np.concatenate(self.positives[method]) if self.positives[method] else np.zeros(0, np.float32)
+            )
+            out[f"{prefix}_neg"] = (
+                np.concatenate(self.negatives[method]) if self.negatives[method] else np.zeros(0, np.float32)
+            )
         return out

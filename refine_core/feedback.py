@@ -73,9 +73,9 @@ def top_k_indices(scores: np.ndarray, k: int, *, block_rows: int = 256) -> np.nd
             order = np.argsort(-block, axis=1, kind="stable")[:, :take]
         else:
             kth = -np.partition(-block, take - 1, axis=1)[:, take - 1]
-            r, c = np.nonzero(block >= kth[:, None])   # every entry that can be in the top (ties included)
+            r, c = np.nonzero(block >= kth[:, None])  # every entry that can be in the top (ties included)
             v = block[r, c]
-            pick = np.lexsort((c, -v, r))              # by row, then score descending, then index
+            pick = np.lexsort((c, -v, r))  # by row, then score descending, then index
             r, c = r[pick], c[pick]
             first = np.searchsorted(r, np.arange(rows))
             nth = np.arange(r.size) - first[r]

@@ -99,16 +99,30 @@ class GenerationStore:
         found: dict[str, str] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(hashes), 400):
-                rows = conn.execute(select(t.c.query_hash, t.c.text).where(and_(
-                    t.c.generator_key == generator_key, t.c.seed == seed, t.c.query_hash.in_(hashes[start:start + 400]))))
+                rows = conn.execute(
+                    select(t.c.query_hash, t.c.text).where(
+                        and_(
+                            t.c.generator_key == generator_key,
+                            t.c.seed == seed,
+                            t.c.query_hash.in_(hashes[start : start + 400]),
+                        )
+                    )
+                )
                 found.update({h: text for h, text in rows})
         return found
 
     def store(self, generator_key: str, prompt: str, seed: int, generation: Generation, cost: float) -> None:
         """One transaction per generation, written before it is used; a repeat is ignored."""
-        values = {"generator_key": generator_key, "query_hash": prompt_hash(prompt), "seed": seed,
-                  "text": generation.text, "input_tokens": generation.usage.input_tokens,
-                  "output_tokens": generation.usage.output_tokens, "cost": cost, "created_at": time.time()}
+        values = {
+            "generator_key": generator_key,
+            "query_hash": prompt_hash(prompt),
+            "seed": seed,
+            "text": generation.text,
+            "input_tokens": generation.usage.input_tokens,
+            "output_tokens": generation.usage.output_tokens,
+            "cost": cost,
+            "created_at": time.time(),
+        }
         with self.engine.begin() as conn:
             insert_new(conn, generations_table, [values])
 
@@ -124,10 +138,15 @@ class GenerationReport:
     not_submitted: int = 0
 
     def as_metrics(self) -> dict[str, float]:
-        return {"hyde_generations_paid": float(self.generated), "hyde_generations_from_store": float(self.from_store),
-                "hyde_generations_failed": float(self.failed),
-                "hyde_generations_not_submitted": float(self.not_submitted), "hyde_input_tokens": float(self.usage.input_tokens),
-                "hyde_output_tokens": float(self.usage.output_tokens), "hyde_cost_usd": self.cost}
+        return {
+            "hyde_generations_paid": float(self.generated),
+            "hyde_generations_from_store": float(self.from_store),
+            "hyde_generations_failed": float(self.failed),
+            "hyde_generations_not_submitted": float(self.not_submitted),
+            "hyde_input_tokens": float(self.usage.input_tokens),
+            "hyde_output_tokens": float(self.usage.output_tokens),
+            "hyde_cost_usd": self.cost,
+        }
 
 
 def run_generator(
@@ -163,9 +182,11 @@ def run_generator(
         if account is not None:
             from refine_core.judges.spend import estimate_usage
 
-            estimate = estimate_cost(generator.identity.model,
-                                     estimate_usage(len(prompts[i]), 1, getattr(generator, "max_tokens", 512)),
-                                     prices or DEFAULT_PRICES)
+            estimate = estimate_cost(
+                generator.identity.model,
+                estimate_usage(len(prompts[i]), 1, getattr(generator, "max_tokens", 512)),
+                prices or DEFAULT_PRICES,
+            )
             if not account.reserve(1, estimate):
                 with lock:
                     report.failed += 1
@@ -203,8 +224,16 @@ def run_generator(
 class ClaudeGenerator:
     """Passages from Claude through the anthropic SDK (key from the environment only)."""
 
-    def __init__(self, model: str = "claude-haiku-4-5", *, base_url: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 temperature: float = DEFAULT_TEMPERATURE, max_retries: int = 4, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        model: str = "claude-haiku-4-5",
+        *,
+        base_url: str | None = None,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        max_retries: int = 4,
+        timeout: float = 60.0,
+    ) -> None:
         import anthropic
 
         from refine_core.judges.anthropic_judge import read_api_key
@@ -212,9 +241,12 @@ class ClaudeGenerator:
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.client = anthropic.Anthropic(api_key=read_api_key(), base_url=base_url, max_retries=max_retries, timeout=timeout)
-        self.identity = JudgeIdentity.of("anthropic-hyde", model, "passage", PROMPT_VERSION, temperature=temperature,
-                                         max_tokens=max_tokens)
+        self.client = anthropic.Anthropic(
+            api_key=read_api_key(), base_url=base_url, max_retries=max_retries, timeout=timeout
+        )
+        self.identity = JudgeIdentity.of(
+            "anthropic-hyde", model, "passage", PROMPT_VERSION, temperature=temperature, max_tokens=max_tokens
+        )
 
     def __repr__(self) -> str:  # never show the client: it holds the key
         return f"ClaudeGenerator(model={self.model!r})"
@@ -225,24 +257,39 @@ class ClaudeGenerator:
         started = time.perf_counter()
         try:
             # The Messages API has no seed: the seed only names the stored sample.
-            message = self.client.messages.create(model=self.model, max_tokens=self.max_tokens,
-                                                  messages=[{"role": "user", "content": prompt}],
-                                                  extra_body={"temperature": self.temperature})
+            message = self.client.messages.create(
+                model=self.model,
+                max_tokens=self.max_tokens,
+                messages=[{"role": "user", "content": prompt}],
+                extra_body={"temperature": self.temperature},
+            )
         except anthropic.APIError as exc:
             return Generation(None, Usage(requests=1, latency_s=time.perf_counter() - started), type(exc).__name__)
         text = "".join(getattr(block, "text", "") for block in message.content).strip()
         u = message.usage
-        usage = Usage(requests=1, input_tokens=int(u.input_tokens or 0), output_tokens=int(u.output_tokens or 0),
-                      latency_s=time.perf_counter() - started)
+        usage = Usage(
+            requests=1,
+            input_tokens=int(u.input_tokens or 0),
+            output_tokens=int(u.output_tokens or 0),
+            latency_s=time.perf_counter() - started,
+        )
         return Generation(text or None, usage, None if text else "EmptyPassage")
 
 
 class OpenAICompatibleGenerator:
     """Passages from any server speaking the OpenAI ``/chat/completions`` protocol (vLLM, llama.cpp, ...)."""
 
-    def __init__(self, model: str, *, base_url: str, max_tokens: int = DEFAULT_MAX_TOKENS,
-                 temperature: float = DEFAULT_TEMPERATURE, max_retries: int = 4, timeout: float = 120.0,
-                 api_key_env: str = "OPENAI_API_KEY") -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        max_retries: int = 4,
+        timeout: float = 120.0,
+        api_key_env: str = "OPENAI_API_KEY",
+    ) -> None:
         import httpx
 
         if not base_url:
@@ -254,8 +301,9 @@ class OpenAICompatibleGenerator:
         self.max_retries = max_retries
         key = os.environ.get(api_key_env, "")
         self._client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
-        self.identity = JudgeIdentity.of("openai-compatible-hyde", model, "passage", PROMPT_VERSION,
-                                         temperature=temperature, max_tokens=max_tokens)
+        self.identity = JudgeIdentity.of(
+            "openai-compatible-hyde", model, "passage", PROMPT_VERSION, temperature=temperature, max_tokens=max_tokens
+        )
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleGenerator(model={self.model!r}, base_url={self.base_url!r})"
@@ -263,8 +311,13 @@ class OpenAICompatibleGenerator:
     def generate(self, prompt: str, *, seed: int) -> Generation:
         import httpx
 
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": self.max_tokens,
-                "temperature": self.temperature, "seed": seed}
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": seed,
+        }
         started = time.perf_counter()
         error = "unknown"
         delay = 0.5
@@ -281,8 +334,12 @@ class OpenAICompatibleGenerator:
                         u = payload.get("usage") or {}
                     except (ValueError, KeyError, IndexError, TypeError):
                         return Generation(None, Usage(requests=1), "MalformedBody")
-                    usage = Usage(requests=1, input_tokens=int(u.get("prompt_tokens", 0)),
-                                  output_tokens=int(u.get("completion_tokens", 0)), latency_s=time.perf_counter() - started)
+                    usage = Usage(
+                        requests=1,
+                        input_tokens=int(u.get("prompt_tokens", 0)),
+                        output_tokens=int(u.get("completion_tokens", 0)),
+                        latency_s=time.perf_counter() - started,
+                    )
                     return Generation(text or None, usage, None if text else "EmptyPassage")
                 error = f"HTTP {response.status_code}"
                 if response.status_code not in (408, 409, 429, 500, 502, 503, 504):
@@ -300,16 +357,23 @@ class LocalLMGenerator:
     yields the same passage on the same machine.
     """
 
-    def __init__(self, model: str, *, max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = DEFAULT_TEMPERATURE,
-                 device: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        device: str | None = None,
+    ) -> None:
         from refine_core.judges.local_lm import load_causal_lm
 
         self.tokenizer, self.model, self.device, name = load_causal_lm(model, device, role="generator")
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._lock = threading.Lock()  # one generation at a time: the seed is process-global
-        self.identity = JudgeIdentity.of("local-lm-hyde", name, "passage", PROMPT_VERSION,
-                                         temperature=temperature, max_tokens=max_tokens)
+        self.identity = JudgeIdentity.of(
+            "local-lm-hyde", name, "passage", PROMPT_VERSION, temperature=temperature, max_tokens=max_tokens
+        )
 
     def __repr__(self) -> str:
         return f"LocalLMGenerator(model={self.identity.model!r}, device={self.device!r})"
@@ -319,18 +383,27 @@ class LocalLMGenerator:
 
         started = time.perf_counter()
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
         else:
             text = prompt
         inputs = self.tokenizer(text, return_tensors="pt").to(self.device)
         with self._lock, torch.no_grad():
             torch.manual_seed(seed)
-            output = self.model.generate(**inputs, max_new_tokens=self.max_tokens, do_sample=self.temperature > 0,
-                                         temperature=self.temperature if self.temperature > 0 else None,
-                                         pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        new = output[0, inputs["input_ids"].shape[1]:]
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_tokens,
+                do_sample=self.temperature > 0,
+                temperature=self.temperature if self.temperature > 0 else None,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        new = output[0, inputs["input_ids"].shape[1] :]
         passage = self.tokenizer.decode(new, skip_special_tokens=True).strip()
-        usage = Usage(requests=1, input_tokens=int(inputs["input_ids"].shape[1]), output_tokens=int(new.shape[0]),
-                      latency_s=time.perf_counter() - started)
+        usage = Usage(
+            requests=1,
+            input_tokens=int(inputs["input_ids"].shape[1]),
+            output_tokens=int(new.shape[0]),
+            latency_s=time.perf_counter() - started,
+        )
         return Generation(passage or None, usage, None if passage else "EmptyPassage")

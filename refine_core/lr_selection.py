@@ -85,8 +85,9 @@ def select_lr(
     scored = 0
     for lr in sorted(candidates):
         params = {**base.__dict__, "lr": lr}
-        vectors = refine(queries, safe_idx, np.nan_to_num(scores), mask=fit, documents=documents,
-                         config=RefineConfig(**params)).vectors
+        vectors = refine(
+            queries, safe_idx, np.nan_to_num(scores), mask=fit, documents=documents, config=RefineConfig(**params)
+        ).vectors
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         per_query = []
         for i in np.flatnonzero(held.any(axis=1)).tolist():

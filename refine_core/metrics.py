@@ -201,8 +201,9 @@ def check_ks(ks: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(k) for k in ks)
 
 
-def collect_metrics(parts: list[dict[str, np.ndarray]], qrels: Qrels, ks: tuple[int, ...], *,
-                    stacklevel: int = 2, warn: bool = True) -> MetricsResult:
+def collect_metrics(
+    parts: list[dict[str, np.ndarray]], qrels: Qrels, ks: tuple[int, ...], *, stacklevel: int = 2, warn: bool = True
+) -> MetricsResult:
     """One :class:`MetricsResult` from the per-block outputs of :func:`rank_metrics`, in query order.
 
     ``warn=False`` leaves the warning about queries without a relevant document to the caller
@@ -255,6 +256,8 @@ def evaluate_rankings(
     qrels = as_qrels(labels, pool)
     ks = check_ks(ks)
     s = _check_scores(scores, qrels.n_queries)
-    parts = [rank_metrics(s[lo : lo + block_rows], qrels.rows(lo, min(lo + block_rows, qrels.n_queries)), ks)
-             for lo in range(0, qrels.n_queries, block_rows)]
+    parts = [
+        rank_metrics(s[lo : lo + block_rows], qrels.rows(lo, min(lo + block_rows, qrels.n_queries)), ks)
+        for lo in range(0, qrels.n_queries, block_rows)
+    ]
     return collect_metrics(parts, qrels, ks)

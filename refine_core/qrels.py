@@ -44,7 +44,9 @@ class Qrels:
         if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or (np.diff(indptr) < 0).any():
             raise ValueError("qrels indptr must be a non-decreasing 1-D array starting at 0")
         if docs.shape != (int(indptr[-1]),) or gains.shape != docs.shape:
-            raise ValueError(f"qrels docs {docs.shape} and gains {gains.shape} must both have indptr[-1]={int(indptr[-1])} entries")
+            raise ValueError(
+                f"qrels docs {docs.shape} and gains {gains.shape} must both have indptr[-1]={int(indptr[-1])} entries"
+            )
         if docs.size and (docs.min() < 0 or docs.max() >= self.n_documents):
             raise ValueError(f"qrels document indices must lie in [0, {self.n_documents})")
         if gains.size and (not np.isfinite(gains).all() or (gains < 0).any()):
@@ -52,8 +54,16 @@ class Qrels:
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
-    def from_pairs(cls, rows: np.ndarray, docs: np.ndarray, gains: np.ndarray, *, n_queries: int, n_documents: int,
-                   pooled: bool = False) -> Qrels:
+    def from_pairs(
+        cls,
+        rows: np.ndarray,
+        docs: np.ndarray,
+        gains: np.ndarray,
+        *,
+        n_queries: int,
+        n_documents: int,
+        pooled: bool = False,
+    ) -> Qrels:
         """From ``(query row, document index, gain)`` triples in any order (a repeated pair keeps its last gain)."""
         rows = np.asarray(rows, dtype=np.int64)
         docs = np.asarray(docs, dtype=np.int64)
@@ -122,8 +132,13 @@ class Qrels:
     def relevant(self) -> Qrels:
         """Only the pairs with gain > 0 (a corpus-kind view: pooling is dropped)."""
         keep = self.gains > 0
-        return Qrels.from_pairs(self.row_ids()[keep], self.docs[keep], self.gains[keep],
-                                n_queries=self.n_queries, n_documents=self.n_documents)
+        return Qrels.from_pairs(
+            self.row_ids()[keep],
+            self.docs[keep],
+            self.gains[keep],
+            n_queries=self.n_queries,
+            n_documents=self.n_documents,
+        )
 
     def n_relevant(self) -> np.ndarray:
         """Relevant documents per query, ``(n,)``."""

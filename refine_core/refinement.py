@@ -263,8 +263,9 @@ def refine(
         if docs.shape[1] != d:
             raise ValueError(f"documents must have dimension {d} like queries, got {docs.shape[1]}")
         if fb_array.size and (fb_array.min() < 0 or fb_array.max() >= docs.shape[0]):
-            raise ValueError(f"feedback indices must lie in [0, {docs.shape[0]}), got range "
-                             f"[{fb_array.min()}, {fb_array.max()}]")
+            raise ValueError(
+                f"feedback indices must lie in [0, {docs.shape[0]}), got range [{fb_array.min()}, {fb_array.max()}]"
+            )
         k = fb_array.shape[1]
         doc_idx = fb_array.astype(np.int64)
         feedback_name = "documents (selected as feedback)"
@@ -298,8 +299,11 @@ def refine(
     skipped = valid.sum(axis=1) < 2
     vectors = q.copy()
     losses = np.full((n, config.steps), np.nan, dtype=np.float32)
-    kernel = _reference_kernel if chosen_implementation(implementation) == "reference" \
-        else sys.modules[__name__].refine_kernel  # imported on first use (see __getattr__)
+    kernel = (
+        _reference_kernel
+        if chosen_implementation(implementation) == "reference"
+        else sys.modules[__name__].refine_kernel
+    )  # imported on first use (see __getattr__)
     from refine_core._parallel import KERNEL_LOCK
 
     active = np.flatnonzero(~skipped)
@@ -348,10 +352,26 @@ def refine(
     return RefineResult(vectors=vectors, losses=losses, skipped=skipped, config=config)
 
 
-def _reference_kernel(z0: np.ndarray, docs: np.ndarray, doc_idx: np.ndarray, target: np.ndarray, valid: np.ndarray,
-                      lr: float, steps: int, use_adam: bool, tc: float, minmax: bool, kl_eps: float, b1: float,
-                      b2: float, adam_eps: float, momentum: float, out_z: np.ndarray, out_loss: np.ndarray,
-                      out_norms: np.ndarray) -> None:
+def _reference_kernel(
+    z0: np.ndarray,
+    docs: np.ndarray,
+    doc_idx: np.ndarray,
+    target: np.ndarray,
+    valid: np.ndarray,
+    lr: float,
+    steps: int,
+    use_adam: bool,
+    tc: float,
+    minmax: bool,
+    kl_eps: float,
+    b1: float,
+    b2: float,
+    adam_eps: float,
+    momentum: float,
+    out_z: np.ndarray,
+    out_loss: np.ndarray,
+    out_norms: np.ndarray,
+) -> None:
     """The kernel's calling convention over :func:`refine_core.refinement_reference.refine_one`."""
     from refine_core.refinement_reference import refine_one
 
@@ -362,9 +382,20 @@ def _reference_kernel(z0: np.ndarray, docs: np.ndarray, doc_idx: np.ndarray, tar
         if (out_norms[i][keep] < 1e-30).any():
             out_norms[i][keep & (out_norms[i] < 1e-30)] = 0.0
             return
-        z, loss = refine_one(z0[i], rows[keep], target[i][keep], lr=lr, steps=steps, adam=use_adam,
-                             similarity_temperature=tc, minmax=minmax, kl_eps=kl_eps, betas=(b1, b2),
-                             adam_eps=adam_eps, momentum=momentum)
+        z, loss = refine_one(
+            z0[i],
+            rows[keep],
+            target[i][keep],
+            lr=lr,
+            steps=steps,
+            adam=use_adam,
+            similarity_temperature=tc,
+            minmax=minmax,
+            kl_eps=kl_eps,
+            betas=(b1, b2),
+            adam_eps=adam_eps,
+            momentum=momentum,
+        )
         out_z[i] = z
         out_loss[i] = loss
 

@@ -33,10 +33,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def refine_one(z0: np.ndarray, docs: np.ndarray, target: np.ndarray, *, lr: float, steps: int, adam: bool,
-               similarity_temperature: float = 1.0, minmax: bool = False, kl_eps: float = 1e-8,
-               betas: tuple[float, float] = (0.9, 0.999), adam_eps: float = 1e-8,
-               momentum: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def refine_one(
+    z0: np.ndarray,
+    docs: np.ndarray,
+    target: np.ndarray,
+    *,
+    lr: float,
+    steps: int,
+    adam: bool,
+    similarity_temperature: float = 1.0,
+    minmax: bool = False,
+    kl_eps: float = 1e-8,
+    betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+    momentum: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Refine one query vector ``z0`` ``(d,)`` against its valid judged documents ``docs`` ``(K, d)``
     and target ``p`` ``(K,)``; returns the final vector and the loss before each step ``(steps,)``."""
     z = np.asarray(z0, dtype=np.float64).copy()
@@ -60,12 +71,12 @@ def refine_one(z0: np.ndarray, docs: np.ndarray, target: np.ndarray, *, lr: floa
         q /= q.sum()
         losses[step] = float(np.sum(p * np.log((p + kl_eps) / (q + kl_eps))))
         r = p * q / (q + kl_eps)
-        g = (q * r.sum() - r) / similarity_temperature           # dL/dx
+        g = (q * r.sum() - r) / similarity_temperature  # dL/dx
         if minmax:
             g_c = g / span
             g_c[lo] += (np.dot(g, x) - g.sum()) / span
             g_c[hi] -= np.dot(g, x) / span
-            g = g_c                                             # dL/dc
+            g = g_c  # dL/dc
         grad = (g @ d_unit) / norm - np.dot(g, c) * z / norm**2
         if adam:
             t = step + 1

@@ -68,13 +68,23 @@ class Specials:
         def cut(x: np.ndarray | None) -> np.ndarray | None:
             return None if x is None else x[a:b]
 
-        return Specials(self.indptr[lo : hi + 1] - a, self.docs[a:b], self.scores[a:b], self.gains[a:b],
-                        cut(self.lift), cut(self.base))
+        return Specials(
+            self.indptr[lo : hi + 1] - a,
+            self.docs[a:b],
+            self.scores[a:b],
+            self.gains[a:b],
+            cut(self.lift),
+            cut(self.base),
+        )
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         """The fields as named arrays (for saving with numpy); :meth:`from_arrays` reads them back."""
-        out = {f"{prefix}.indptr": self.indptr, f"{prefix}.docs": self.docs, f"{prefix}.scores": self.scores,
-               f"{prefix}.gains": self.gains}
+        out = {
+            f"{prefix}.indptr": self.indptr,
+            f"{prefix}.docs": self.docs,
+            f"{prefix}.scores": self.scores,
+            f"{prefix}.gains": self.gains,
+        }
         if self.lift is not None and self.base is not None:
             out[f"{prefix}.lift"] = self.lift
             out[f"{prefix}.base"] = self.base
@@ -82,8 +92,14 @@ class Specials:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], prefix: str) -> Specials:
-        return cls(arrays[f"{prefix}.indptr"], arrays[f"{prefix}.docs"], arrays[f"{prefix}.scores"],
-                   arrays[f"{prefix}.gains"], arrays.get(f"{prefix}.lift"), arrays.get(f"{prefix}.base"))
+        return cls(
+            arrays[f"{prefix}.indptr"],
+            arrays[f"{prefix}.docs"],
+            arrays[f"{prefix}.scores"],
+            arrays[f"{prefix}.gains"],
+            arrays.get(f"{prefix}.lift"),
+            arrays.get(f"{prefix}.base"),
+        )
 
 
 def relevant_specials(qrels: Qrels, scores: np.ndarray) -> Specials:
@@ -91,8 +107,9 @@ def relevant_specials(qrels: Qrels, scores: np.ndarray) -> Specials:
     keep = qrels.gains > 0
     indptr = np.zeros(qrels.n_queries + 1, dtype=np.int64)
     np.cumsum(np.bincount(qrels.row_ids()[keep], minlength=qrels.n_queries), out=indptr[1:])
-    return Specials(indptr, qrels.docs[keep], np.asarray(scores, dtype=np.float64)[keep],
-                    qrels.gains[keep].astype(np.float64))
+    return Specials(
+        indptr, qrels.docs[keep], np.asarray(scores, dtype=np.float64)[keep], qrels.gains[keep].astype(np.float64)
+    )
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
@@ -101,8 +118,9 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def pair_scores(query_vectors: np.ndarray, documents: np.ndarray, rows: np.ndarray, docs: np.ndarray,
-                *, chunk: int = 65536) -> np.ndarray:
+def pair_scores(
+    query_vectors: np.ndarray, documents: np.ndarray, rows: np.ndarray, docs: np.ndarray, *, chunk: int = 65536
+) -> np.ndarray:
     """Cosine of ``query_vectors[rows[e]]`` with ``documents[docs[e]]`` for every pair ``e``, float64.
 
     Reads only the rows of ``documents`` it needs (a memory map stays on disk). Each product is
@@ -178,14 +196,26 @@ def count_shard(scores: np.ndarray, offset: int, qrels: Qrels, specials: Special
     before = np.empty(n_sp, dtype=np.int64)
     stats = np.zeros((b, N_STATS), dtype=np.float64)
     with KERNEL_LOCK:
-        special_counts(s, int(offset), not qrels.pooled, cand_indptr, cand_docs, specials.indptr,
-                       specials.docs.astype(np.int64, copy=False), specials.scores.astype(np.float64, copy=False),
-                       greater, equal, before, stats)
+        special_counts(
+            s,
+            int(offset),
+            not qrels.pooled,
+            cand_indptr,
+            cand_docs,
+            specials.indptr,
+            specials.docs.astype(np.int64, copy=False),
+            specials.scores.astype(np.float64, copy=False),
+            greater,
+            equal,
+            before,
+            stats,
+        )
     return ShardPart(greater, equal, before, stats)
 
 
-def _merge_moments(n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray,
-                   n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge_moments(
+    n_a: np.ndarray, mean_a: np.ndarray, m2_a: np.ndarray, n_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Count, mean and squared deviations of two groups together (Chan et al.'s pairwise update)."""
     n = n_a + n_b
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -208,16 +238,28 @@ def merge_shards(parts: Sequence[ShardPart]) -> ShardPart:
         greater += part.greater
         equal += part.equal
         before += part.before
-        n, mean, m2 = _merge_moments(stats[:, N_OTHER], stats[:, MEAN_OTHER], stats[:, M2_OTHER],
-                                     part.stats[:, N_OTHER], part.stats[:, MEAN_OTHER], part.stats[:, M2_OTHER])
+        n, mean, m2 = _merge_moments(
+            stats[:, N_OTHER],
+            stats[:, MEAN_OTHER],
+            stats[:, M2_OTHER],
+            part.stats[:, N_OTHER],
+            part.stats[:, MEAN_OTHER],
+            part.stats[:, M2_OTHER],
+        )
         stats[:, N_OTHER], stats[:, MEAN_OTHER], stats[:, M2_OTHER] = n, mean, m2
         stats[:, MAX_OTHER] = np.maximum(stats[:, MAX_OTHER], part.stats[:, MAX_OTHER])
         stats[:, NON_FINITE] += part.stats[:, NON_FINITE]
     return ShardPart(greater, equal, before, stats)
 
 
-def rerank_only_specials(relevant: Specials, feedback_idx: np.ndarray, judge_scores: np.ndarray,
-                         judge_mask: np.ndarray, judged_base: np.ndarray, pool: Qrels | None = None) -> Specials:
+def rerank_only_specials(
+    relevant: Specials,
+    feedback_idx: np.ndarray,
+    judge_scores: np.ndarray,
+    judge_mask: np.ndarray,
+    judged_base: np.ndarray,
+    pool: Qrels | None = None,
+) -> Specials:
     """Rerank-only's special documents: the relevant ones and every validly judged one (in the pool).
 
     As :func:`refine_core.baselines.rerank_only_scores`: the judged documents go above the query's
@@ -266,8 +308,14 @@ def rerank_only_specials(relevant: Specials, feedback_idx: np.ndarray, judge_sco
     def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
 
-    return Specials(indptr, cat(docs_out, np.int64), cat(scores_out, np.float64), cat(gains_out, np.float64),
-                    cat(lift_out, np.float64), cat(base_out, np.float64))
+    return Specials(
+        indptr,
+        cat(docs_out, np.int64),
+        cat(scores_out, np.float64),
+        cat(gains_out, np.float64),
+        cat(lift_out, np.float64),
+        cat(base_out, np.float64),
+    )
 
 
 def finish_rerank_only(specials: Specials, merged: ShardPart) -> Specials:
@@ -336,9 +384,9 @@ def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict
     n_pos = np.diff(rel_indptr).astype(np.float64)
     n_neg = n_pool - n_pos
 
-    order = np.lexsort((rank, rel_rows))   # relevant documents in ranking order within each query
+    order = np.lexsort((rank, rel_rows))  # relevant documents in ranking order within each query
     rows_o, rank_o, gains_o = rel_rows[order], rank[order], gains[order]
-    nth = np.arange(rows_o.size, dtype=np.float64) - rel_indptr[rows_o] + 1.0   # i-th relevant of its query
+    nth = np.arange(rows_o.size, dtype=np.float64) - rel_indptr[rows_o] + 1.0  # i-th relevant of its query
     ideal = np.lexsort((-gains, rel_rows))
     ideal_pos = np.arange(rows_o.size, dtype=np.float64) - rel_indptr[rel_rows[ideal]] + 1.0
     ideal_gain = gains[ideal]
@@ -369,8 +417,9 @@ def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict
         n_sn = np.bincount(ns_rows, minlength=b).astype(np.float64)
         mean_sn = np.bincount(ns_rows, weights=specials.scores[neg_sp], minlength=b) / np.maximum(n_sn, 1)
         m2_sn = np.bincount(ns_rows, weights=(specials.scores[neg_sp] - mean_sn[ns_rows]) ** 2, minlength=b)
-        _, mean_neg, ss_neg = _merge_moments(stats[:, N_OTHER], stats[:, MEAN_OTHER], stats[:, M2_OTHER],
-                                             n_sn, mean_sn, m2_sn)
+        _, mean_neg, ss_neg = _merge_moments(
+            stats[:, N_OTHER], stats[:, MEAN_OTHER], stats[:, M2_OTHER], n_sn, mean_sn, m2_sn
+        )
         pooled_sd = np.sqrt((ss_pos + ss_neg) / (n_pos + n_neg - 2))
         out["separation"] = (mean_pos - mean_neg) / pooled_sd
     undefined = n_pos == 0

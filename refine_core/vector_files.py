@@ -92,8 +92,10 @@ def check_vectors(vectors: np.ndarray, count: int, dimension: int, model: str) -
     if vectors.ndim != 2 or vectors.shape[0] != count:
         raise VectorFileError(f"shape {tuple(vectors.shape)} for {count} documents (one row each)")
     if vectors.shape[1] != dimension:
-        raise VectorFileError(f"dimension {vectors.shape[1]}, but {model} embeds queries in {dimension}: "
-                              "queries and documents must share one vector space")
+        raise VectorFileError(
+            f"dimension {vectors.shape[1]}, but {model} embeds queries in {dimension}: "
+            "queries and documents must share one vector space"
+        )
     for lo in range(0, count, CHECK_ROWS):
         part = np.asarray(vectors[lo : lo + CHECK_ROWS], dtype=np.float32)
         finite = np.isfinite(part).all(axis=1)

@@ -67,7 +67,7 @@ class BenchmarkRef:
     counts: dict
     embed_instruction: str
     judge_instruction: str | None
-    source: str = ""   # where the raw data came from (files or Hub ids)
+    source: str = ""  # where the raw data came from (files or Hub ids)
 
     def load(self) -> Benchmark:
         return Benchmark.load(self.folder)
@@ -88,10 +88,10 @@ class JudgmentsRef:
     digest: str
     judge_key: str
     metrics: dict = field(default_factory=dict)
-    failed_queries: int = 0          # queries with at least one failed judgment
+    failed_queries: int = 0  # queries with at least one failed judgment
     seconds: float = 0.0
-    errors: dict = field(default_factory=dict)   # failure reason -> how many judgments
-    fallback_queries: int = 0        # queries with no judgment at all (they keep the baseline ranking)
+    errors: dict = field(default_factory=dict)  # failure reason -> how many judgments
+    fallback_queries: int = 0  # queries with no judgment at all (they keep the baseline ranking)
 
     @property
     def failed_judgments(self) -> int:
@@ -106,14 +106,26 @@ def _key(*parts: object) -> str:
 @task(name="load-benchmark", retries=0)
 def load_benchmark_task(spec: BenchmarkSpec) -> BenchmarkRef:
     """Read the raw files, apply the subset, store the tables as parquet by content hash."""
-    bench = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
-                           max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
+    bench = load_benchmark(
+        spec.name,
+        queries=spec.queries,
+        query_seed=spec.query_seed,
+        max_documents=spec.max_documents,
+        corpus_seed=spec.corpus_seed,
+    )
     folder = state_dir() / "benchmarks" / bench.content_hash
     if not (folder / "benchmark.json").exists():
         bench.save(folder)
-    return BenchmarkRef(name=bench.name, hash=bench.content_hash, documents_hash=bench.documents_hash,
-                        folder=str(folder), counts=bench.counts(), embed_instruction=bench.embed_instruction,
-                        judge_instruction=bench.judge_instruction, source=bench.source)
+    return BenchmarkRef(
+        name=bench.name,
+        hash=bench.content_hash,
+        documents_hash=bench.documents_hash,
+        folder=str(folder),
+        counts=bench.counts(),
+        embed_instruction=bench.embed_instruction,
+        judge_instruction=bench.judge_instruction,
+        source=bench.source,
+    )
 
 
 # ---- embed -------------------------------------------------------------------------------------
@@ -132,19 +144,33 @@ def corpus_chunks(n_documents: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def _chunk_key(context, parameters) -> str:
     b: BenchmarkRef = parameters["bench"]
-    return _key("embed-chunk", b.documents_hash, _embedder(parameters["model"]).cache_key,
-                parameters["start"], parameters["stop"])
+    return _key(
+        "embed-chunk",
+        b.documents_hash,
+        _embedder(parameters["model"]).cache_key,
+        parameters["start"],
+        parameters["stop"],
+    )
 
 
-@task(name="embed-corpus-chunk", task_run_name="embed {bench.name} documents {start}-{stop}", cache_key_fn=_chunk_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
-      retries=1)
+@task(
+    name="embed-corpus-chunk",
+    task_run_name="embed {bench.name} documents {start}-{stop}",
+    cache_key_fn=_chunk_key,
+    persist_result=True,
+    cache_expiration=CACHE_EXPIRATION,
+    retries=1,
+)
 def embed_corpus_chunk_task(bench: BenchmarkRef, model: str, start: int, stop: int) -> ArrayRef:
     """Document vectors of rows ``start:stop`` of a benchmark's corpus (through the embedding cache)."""
     t0 = time.perf_counter()
     embedder = _embedder(model)
     texts = bench.load().document_texts()[start:stop]
-    vectors = embedder.embed_documents(texts, cache=EmbeddingCache(state_dir() / "embeddings"),
-                                       progress=progress.callback(f"embedding {bench.name} documents {start}-{stop}"))
+    vectors = embedder.embed_documents(
+        texts,
+        cache=EmbeddingCache(state_dir() / "embeddings"),
+        progress=progress.callback(f"embedding {bench.name} documents {start}-{stop}"),
+    )
     name = digest("docs-chunk", bench.documents_hash, embedder.cache_key, start, stop)
     return ArrayRef(save_array(f"docs-chunk-{name}", vectors), name, time.perf_counter() - t0)
 
@@ -207,17 +233,26 @@ def embed_queries_task(bench: BenchmarkRef, model: str, query_template: str | No
     """Query vectors with the query template (default: the model's) and the benchmark's instruction."""
     start = time.perf_counter()
     embedder = _embedder(model, query_template)
-    vectors = embedder.embed_queries(bench.load().query_texts(), instruction=bench.embed_instruction,
-                                     cache=EmbeddingCache(state_dir() / "embeddings"),
-                                     progress=progress.callback(f"embedding {bench.name} queries"))
+    vectors = embedder.embed_queries(
+        bench.load().query_texts(),
+        instruction=bench.embed_instruction,
+        cache=EmbeddingCache(state_dir() / "embeddings"),
+        progress=progress.callback(f"embedding {bench.name} queries"),
+    )
     name = digest("queries", bench.hash, embedder.cache_key, embedder.query_template)
     return ArrayRef(save_array(f"queries-{name}", vectors), name, time.perf_counter() - start)
 
 
 # ---- select feedback ------------------------------------------------------------------------------
 def _select_key(context, parameters) -> str:
-    return _key("select", parameters["bench"].hash, parameters["vectors"].digest, parameters["docs"].digest,
-                parameters["k"], [e.digest for e in parameters["exclude"]])
+    return _key(
+        "select",
+        parameters["bench"].hash,
+        parameters["vectors"].digest,
+        parameters["docs"].digest,
+        parameters["k"],
+        [e.digest for e in parameters["exclude"]],
+    )
 
 
 def _exclude_idx(exclude: list[ArrayRef] | None) -> np.ndarray | None:
@@ -228,22 +263,47 @@ def _select_shard_key(context, parameters) -> str:
     return _key(_select_key(context, parameters), "shard", list(parameters["shard"]))
 
 
-@task(name="select-feedback-shard", task_run_name="select feedback in documents {shard[0]}-{shard[1]}",
-      cache_key_fn=_select_shard_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def select_shard_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int,
-                      exclude: list[ArrayRef] | None, shard: tuple[int, int]) -> ArrayRef:
+@task(
+    name="select-feedback-shard",
+    task_run_name="select feedback in documents {shard[0]}-{shard[1]}",
+    cache_key_fn=_select_shard_key,
+    persist_result=True,
+    cache_expiration=CACHE_EXPIRATION,
+)
+def select_shard_task(
+    bench: BenchmarkRef,
+    vectors: ArrayRef,
+    docs: ArrayRef,
+    k: int,
+    exclude: list[ArrayRef] | None,
+    shard: tuple[int, int],
+) -> ArrayRef:
     """Top-K of one corpus shard (documents ``shard[0]:shard[1]``) for every query, with the scores."""
     qrels = bench.load().qrels()
     lo, hi = shard
-    idx, scores = top_k_shard(load_array(vectors.path), np.asarray(load_array(docs.path)[lo:hi]), lo, k=k,
-                              pool=qrels if qrels.pooled else None, exclude_idx=_exclude_idx(exclude))
-    name = digest("feedback-shard", bench.hash, vectors.digest, docs.digest, k, [e.digest for e in exclude or []], lo, hi)
+    idx, scores = top_k_shard(
+        load_array(vectors.path),
+        np.asarray(load_array(docs.path)[lo:hi]),
+        lo,
+        k=k,
+        pool=qrels if qrels.pooled else None,
+        exclude_idx=_exclude_idx(exclude),
+    )
+    name = digest(
+        "feedback-shard", bench.hash, vectors.digest, docs.digest, k, [e.digest for e in exclude or []], lo, hi
+    )
     return ArrayRef(save_arrays(f"feedback-shard-{name}", idx=idx, scores=scores), name)
 
 
 @task(name="select-feedback", cache_key_fn=_select_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef, k: int,
-                         exclude: list[ArrayRef] | None = None, shards: list[ArrayRef] | None = None) -> ArrayRef:
+def select_feedback_task(
+    bench: BenchmarkRef,
+    vectors: ArrayRef,
+    docs: ArrayRef,
+    k: int,
+    exclude: list[ArrayRef] | None = None,
+    shards: list[ArrayRef] | None = None,
+) -> ArrayRef:
     """Top-K documents of each query's current ranking, skipping documents judged before.
 
     Scored one query block at a time: memory grows with the corpus, not queries × corpus. With
@@ -253,8 +313,13 @@ def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef,
         idx = merge_top_k([(p["idx"], p["scores"]) for p in parts], k)
     else:
         qrels = bench.load().qrels()
-        idx = select_feedback_blocks(load_array(vectors.path), load_array(docs.path), k=k,
-                                     pool=qrels if qrels.pooled else None, exclude_idx=_exclude_idx(exclude))
+        idx = select_feedback_blocks(
+            load_array(vectors.path),
+            load_array(docs.path),
+            k=k,
+            pool=qrels if qrels.pooled else None,
+            exclude_idx=_exclude_idx(exclude),
+        )
     name = digest("feedback", bench.hash, vectors.digest, docs.digest, k, [e.digest for e in exclude or []])
     return ArrayRef(save_arrays(f"feedback-{name}", idx=idx), name)
 
@@ -262,16 +327,25 @@ def select_feedback_task(bench: BenchmarkRef, vectors: ArrayRef, docs: ArrayRef,
 # ---- judge (the LLM stage) --------------------------------------------------------------------------
 def judge_cache_key(context, parameters) -> str:
     spec: JudgeSpec = parameters["judge"]
-    return _key("judge", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash,
-                parameters["feedback"].digest)
+    return _key(
+        "judge",
+        spec.model_dump(),
+        answers_fingerprint(spec.kind, spec.model),
+        parameters["bench"].hash,
+        parameters["feedback"].digest,
+    )
 
 
 def spend_account(account: str | None, budget: BudgetSpec | None) -> SpendAccount | None:
     """The run's spend account in the ledger database (None without an account id)."""
     if account is None:
         return None
-    return SpendAccount(ledger_url(), account, max_items=budget.max_judgments if budget else None,
-                        max_cost=budget.max_cost_usd if budget else None)
+    return SpendAccount(
+        ledger_url(),
+        account,
+        max_items=budget.max_judgments if budget else None,
+        max_cost=budget.max_cost_usd if budget else None,
+    )
 
 
 def retry_unless_judge_bug(task, task_run, state) -> bool:
@@ -279,11 +353,23 @@ def retry_unless_judge_bug(task, task_run, state) -> bool:
     return not isinstance(state.data, JudgeCrashed)
 
 
-@task(name="judge", cache_key_fn=judge_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
-      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5), retry_jitter_factor=0.5,
-      retry_condition_fn=retry_unless_judge_bug)
-def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget: BudgetSpec | None = None,
-               account: str | None = None) -> JudgmentsRef:
+@task(
+    name="judge",
+    cache_key_fn=judge_cache_key,
+    persist_result=True,
+    cache_expiration=CACHE_EXPIRATION,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_unless_judge_bug,
+)
+def judge_task(
+    bench: BenchmarkRef,
+    feedback: ArrayRef,
+    judge: JudgeSpec,
+    budget: BudgetSpec | None = None,
+    account: str | None = None,
+) -> JudgmentsRef:
     """Scores for every feedback document; failures are recorded, never raised.
 
     The ledger makes a re-run free for every pair already judged; the flow drops this
@@ -297,19 +383,31 @@ def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget
     queries = b.query_texts()
     docs = b.document_texts()
     judge_obj = build_judge(judge, b)
-    requests = [JudgeRequest(query=queries[i], documents=tuple(docs[j] for j in row if j >= 0),
-                             task_instruction=bench.judge_instruction) for i, row in enumerate(idx)]
+    requests = [
+        JudgeRequest(
+            query=queries[i], documents=tuple(docs[j] for j in row if j >= 0), task_instruction=bench.judge_instruction
+        )
+        for i, row in enumerate(idx)
+    ]
     ledger = JudgmentLedger(ledger_url())
     if judge.kind == "anthropic-batch":
         from refine_core.judges.batches import run_judge_batches
 
-        report = run_judge_batches(judge_obj, requests, ledger=ledger,  # type: ignore[arg-type]
-                                   account=spend_account(account, budget))
+        report = run_judge_batches(
+            judge_obj,
+            requests,
+            ledger=ledger,  # type: ignore[arg-type]
+            account=spend_account(account, budget),
+        )
     else:
         report = run_judge(
-            judge_obj, requests, ledger=ledger, concurrency=judge.concurrency,
+            judge_obj,
+            requests,
+            ledger=ledger,
+            concurrency=judge.concurrency,
             budget=Budget(max_judgments=budget.max_judgments, max_cost=budget.max_cost_usd)
-            if budget and not account and judge.paid else None,
+            if budget and not account and judge.paid
+            else None,
             progress=progress.callback(f"judging with {judge.label}"),
             account=spend_account(account, budget) if judge.paid else None,  # local judges are free
         )
@@ -334,9 +432,16 @@ def judge_task(bench: BenchmarkRef, feedback: ArrayRef, judge: JudgeSpec, budget
     metrics = report.as_metrics()
     metrics["judge_failed_queries"] = float(failed_queries)
     metrics["judge_fallback_queries"] = float(fallback_queries)
-    return JudgmentsRef(path=path, digest=name, judge_key=judge_obj.identity.key, metrics=metrics,
-                        failed_queries=failed_queries, seconds=time.perf_counter() - start, errors=errors,
-                        fallback_queries=fallback_queries)
+    return JudgmentsRef(
+        path=path,
+        digest=name,
+        judge_key=judge_obj.identity.key,
+        metrics=metrics,
+        failed_queries=failed_queries,
+        seconds=time.perf_counter() - start,
+        errors=errors,
+        fallback_queries=fallback_queries,
+    )
 
 
 # ---- HyDE ---------------------------------------------------------------------------------------------
@@ -356,10 +461,17 @@ def hyde_cache_key(context, parameters) -> str:
     return _key("hyde", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash)
 
 
-@task(name="generate-hyde", cache_key_fn=hyde_cache_key, persist_result=True, cache_expiration=CACHE_EXPIRATION,
-      retries=1, retry_delay_seconds=10)
-def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec, budget: BudgetSpec | None = None,
-                       account: str | None = None) -> PassagesRef:
+@task(
+    name="generate-hyde",
+    cache_key_fn=hyde_cache_key,
+    persist_result=True,
+    cache_expiration=CACHE_EXPIRATION,
+    retries=1,
+    retry_delay_seconds=10,
+)
+def generate_hyde_task(
+    bench: BenchmarkRef, spec: HydeSpec, budget: BudgetSpec | None = None, account: str | None = None
+) -> PassagesRef:
     """A hypothetical document per query; paid once (the generation store), failures left null.
     Each paid generation reserves from the run's spend ``account`` first (see :func:`judge_task`)."""
     import polars as pl
@@ -369,26 +481,41 @@ def generate_hyde_task(bench: BenchmarkRef, spec: HydeSpec, budget: BudgetSpec |
 
     b = bench.load()
     generator = build_generator(spec)
-    report = run_generator(generator, b.query_texts(), instruction=bench.embed_instruction,
-                           store=GenerationStore(ledger_url()), seed=spec.seed, concurrency=spec.concurrency,
-                           progress=progress.callback(f"HyDE passages with {spec.label}"),
-                           account=spend_account(account, budget) if spec.paid else None)
+    report = run_generator(
+        generator,
+        b.query_texts(),
+        instruction=bench.embed_instruction,
+        store=GenerationStore(ledger_url()),
+        seed=spec.seed,
+        concurrency=spec.concurrency,
+        progress=progress.callback(f"HyDE passages with {spec.label}"),
+        account=spend_account(account, budget) if spec.paid else None,
+    )
     content = digest("hyde", generator.identity.key, bench.hash, spec.seed, report.texts)
     path = state_dir() / "arrays" / f"hyde-{content}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"query_id": b.queries["query_id"].to_list(),
-                  "passage": pl.Series(report.texts, dtype=pl.String)}).write_parquet(path)
+    pl.DataFrame(
+        {"query_id": b.queries["query_id"].to_list(), "passage": pl.Series(report.texts, dtype=pl.String)}
+    ).write_parquet(path)
     return PassagesRef(str(path), content, generator.identity.key, report.as_metrics(), report.failed)
 
 
 def _hyde_embed_key(context, parameters) -> str:
     e = _embedder(parameters["model"], parameters.get("query_template"))
-    return _key("embed-hyde", parameters["passages"].digest, parameters["bench"].hash, e.cache_key, e.query_template,
-                parameters["bench"].embed_instruction)
+    return _key(
+        "embed-hyde",
+        parameters["passages"].digest,
+        parameters["bench"].hash,
+        e.cache_key,
+        e.query_template,
+        parameters["bench"].embed_instruction,
+    )
 
 
 @task(name="embed-hyde", cache_key_fn=_hyde_embed_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def embed_hyde_task(bench: BenchmarkRef, model: str, passages: PassagesRef, query_template: str | None = None) -> ArrayRef:
+def embed_hyde_task(
+    bench: BenchmarkRef, model: str, passages: PassagesRef, query_template: str | None = None
+) -> ArrayRef:
     """HyDE vectors: each passage embedded with the query template (the query itself where generation failed)."""
     import polars as pl
 
@@ -396,8 +523,11 @@ def embed_hyde_task(bench: BenchmarkRef, model: str, passages: PassagesRef, quer
     texts = pl.read_parquet(passages.path)["passage"].to_list()
     queries = bench.load().query_texts()
     embedder = _embedder(model, query_template)
-    vectors = embedder.embed_queries([t if t is not None else q for t, q in zip(texts, queries)],
-                                     instruction=bench.embed_instruction, cache=EmbeddingCache(state_dir() / "embeddings"))
+    vectors = embedder.embed_queries(
+        [t if t is not None else q for t, q in zip(texts, queries)],
+        instruction=bench.embed_instruction,
+        cache=EmbeddingCache(state_dir() / "embeddings"),
+    )
     name = digest("hyde-vectors", passages.digest, embedder.cache_key, embedder.query_template)
     return ArrayRef(save_array(f"hyde-{name}", vectors), name, time.perf_counter() - start)
 
@@ -412,18 +542,32 @@ def query_blocks(n_queries: int, block: int) -> list[tuple[int, int]]:
 
 def refined_digest(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list, config: dict) -> str:
     """Names refined vectors by their inputs, not by how the queries were split into blocks."""
-    return digest("refined", start.digest, docs.digest, [f.digest for f in feedback], [j.digest for j in judgments], config)
+    return digest(
+        "refined", start.digest, docs.digest, [f.digest for f in feedback], [j.digest for j in judgments], config
+    )
 
 
 def _refine_key(context, parameters) -> str:
-    return _key("refine", parameters["start"].digest, parameters["docs"].digest,
-                [f.digest for f in parameters["feedback"]], [j.digest for j in parameters["judgments"]],
-                parameters["config"], parameters["rows"])
+    return _key(
+        "refine",
+        parameters["start"].digest,
+        parameters["docs"].digest,
+        [f.digest for f in parameters["feedback"]],
+        [j.digest for j in parameters["judgments"]],
+        parameters["config"],
+        parameters["rows"],
+    )
 
 
 @task(name="refine-block", cache_key_fn=_refine_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def refine_block_task(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list[ArrayRef | JudgmentsRef],
-                      config: dict, rows: tuple[int, int]) -> ArrayRef:
+def refine_block_task(
+    start: ArrayRef,
+    docs: ArrayRef,
+    feedback: list[ArrayRef],
+    judgments: list[ArrayRef | JudgmentsRef],
+    config: dict,
+    rows: tuple[int, int],
+) -> ArrayRef:
     """Refine queries ``rows[0]:rows[1]`` from ``start`` using every round's judgments so far."""
     t0 = time.perf_counter()
     lo, hi = rows
@@ -433,9 +577,15 @@ def refine_block_task(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef],
     mask = np.concatenate([p["mask"][lo:hi] for p in parts], axis=1) & (idx >= 0)
     # only the judged documents' rows are read from the (memory-mapped) corpus
     rows, local = np.unique(np.maximum(idx, 0), return_inverse=True)
-    result = refine(np.asarray(load_array(start.path)[lo:hi]), local.reshape(idx.shape), scores, mask=mask,
-                    documents=np.asarray(load_array(docs.path)[rows]), config=RefineConfig(**config),
-                    query_ids=[f"#{i} of the benchmark" for i in range(lo, hi)])
+    result = refine(
+        np.asarray(load_array(start.path)[lo:hi]),
+        local.reshape(idx.shape),
+        scores,
+        mask=mask,
+        documents=np.asarray(load_array(docs.path)[rows]),
+        config=RefineConfig(**config),
+        query_ids=[f"#{i} of the benchmark" for i in range(lo, hi)],
+    )
     name = digest(refined_digest(start, docs, feedback, judgments, config), lo, hi)
     save_arrays(f"refined-block-{name}-extra", losses=result.losses, skipped=result.skipped)
     return ArrayRef(save_array(f"refined-block-{name}", result.vectors), name, time.perf_counter() - t0)
@@ -447,9 +597,14 @@ def join_refined_blocks_task(name: str, parts: list[ArrayRef]) -> ArrayRef:
     t0 = time.perf_counter()
     vectors = np.concatenate([np.asarray(load_array(p.path)) for p in parts], axis=0)
     extras = [refine_extras(p) for p in parts]
-    save_arrays(f"refined-{name}-extra", losses=np.concatenate([e["losses"] for e in extras], axis=0),
-                skipped=np.concatenate([e["skipped"] for e in extras], axis=0))
-    return ArrayRef(save_array(f"refined-{name}", vectors), name, sum(p.seconds for p in parts) + time.perf_counter() - t0)
+    save_arrays(
+        f"refined-{name}-extra",
+        losses=np.concatenate([e["losses"] for e in extras], axis=0),
+        skipped=np.concatenate([e["skipped"] for e in extras], axis=0),
+    )
+    return ArrayRef(
+        save_array(f"refined-{name}", vectors), name, sum(p.seconds for p in parts) + time.perf_counter() - t0
+    )
 
 
 def refine_extras(ref: ArrayRef) -> dict[str, np.ndarray]:
@@ -470,19 +625,35 @@ class CellEvaluation:
 
 def _evaluate_key(context, parameters) -> str:
     extra = parameters.get("extra") or {}
-    return _key("evaluate", parameters["bench"].hash, parameters["queries"].digest, parameters["docs"].digest,
-                parameters["feedback"].digest, parameters["judgments"].digest, [r.digest for r in parameters["refined"]],
-                {name: ref.digest for name, ref in sorted(extra.items())})
+    return _key(
+        "evaluate",
+        parameters["bench"].hash,
+        parameters["queries"].digest,
+        parameters["docs"].digest,
+        parameters["feedback"].digest,
+        parameters["judgments"].digest,
+        [r.digest for r in parameters["refined"]],
+        {name: ref.digest for name, ref in sorted(extra.items())},
+    )
 
 
-def _evaluation_inputs(queries: ArrayRef, feedback: ArrayRef, judgments: JudgmentsRef, refined: list[ArrayRef],
-                       extra: dict[str, ArrayRef] | None) -> dict:
+def _evaluation_inputs(
+    queries: ArrayRef,
+    feedback: ArrayRef,
+    judgments: JudgmentsRef,
+    refined: list[ArrayRef],
+    extra: dict[str, ArrayRef] | None,
+) -> dict:
     idx = load_arrays(feedback.path)["idx"]
     judged = load_arrays(judgments.path)
-    return {"query_vectors": np.asarray(load_array(queries.path)), "feedback_idx": idx,
-            "judge_scores": judged["scores"], "judge_mask": judged["mask"] & (idx >= 0),
-            "round_vectors": [np.asarray(load_array(r.path)) for r in refined],
-            "extra_vectors": {name: np.asarray(load_array(ref.path)) for name, ref in (extra or {}).items()}}
+    return {
+        "query_vectors": np.asarray(load_array(queries.path)),
+        "feedback_idx": idx,
+        "judge_scores": judged["scores"],
+        "judge_mask": judged["mask"] & (idx >= 0),
+        "round_vectors": [np.asarray(load_array(r.path)) for r in refined],
+        "extra_vectors": {name: np.asarray(load_array(ref.path)) for name, ref in (extra or {}).items()},
+    }
 
 
 def _inputs_key(context, parameters) -> str:
@@ -494,34 +665,70 @@ def _evaluate_shard_key(context, parameters) -> str:
 
 
 @task(name="evaluate-inputs", cache_key_fn=_inputs_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def shard_inputs_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef,
-                      judgments: JudgmentsRef, refined: list[ArrayRef], extra: dict[str, ArrayRef] | None = None) -> ArrayRef:
+def shard_inputs_task(
+    bench: BenchmarkRef,
+    queries: ArrayRef,
+    docs: ArrayRef,
+    feedback: ArrayRef,
+    judgments: JudgmentsRef,
+    refined: list[ArrayRef],
+    extra: dict[str, ArrayRef] | None = None,
+) -> ArrayRef:
     """What every corpus shard of the evaluation needs: each method's query vectors and the
     scores of its relevant (and, for rerank-only, judged) documents. Reads only those rows of the corpus."""
     inputs = _evaluation_inputs(queries, feedback, judgments, refined, extra)
     prepared = shard_inputs(inputs.pop("query_vectors"), load_array(docs.path), bench.load().qrels(), **inputs)
-    name = digest("evaluate-inputs", _inputs_key(None, {"bench": bench, "queries": queries, "docs": docs,
-                                                        "feedback": feedback, "judgments": judgments,
-                                                        "refined": refined, "extra": extra}))
+    name = digest(
+        "evaluate-inputs",
+        _inputs_key(
+            None,
+            {
+                "bench": bench,
+                "queries": queries,
+                "docs": docs,
+                "feedback": feedback,
+                "judgments": judgments,
+                "refined": refined,
+                "extra": extra,
+            },
+        ),
+    )
     return ArrayRef(save_arrays(f"evaluate-inputs-{name}", **prepared.arrays()), name)
 
 
-@task(name="evaluate-shard", task_run_name="evaluate documents {shard[0]}-{shard[1]}",
-      cache_key_fn=_evaluate_shard_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+@task(
+    name="evaluate-shard",
+    task_run_name="evaluate documents {shard[0]}-{shard[1]}",
+    cache_key_fn=_evaluate_shard_key,
+    persist_result=True,
+    cache_expiration=CACHE_EXPIRATION,
+)
 def evaluate_shard_task(bench: BenchmarkRef, inputs: ArrayRef, docs: ArrayRef, shard: tuple[int, int]) -> ArrayRef:
     """Every method's rank counts and score summaries over one corpus shard (documents ``shard[0]:shard[1]``)."""
     lo, hi = shard
-    result = score_shard(ShardInputs.from_arrays(load_arrays(inputs.path)), np.asarray(load_array(docs.path)[lo:hi]),
-                         lo, bench.load().qrels())
+    result = score_shard(
+        ShardInputs.from_arrays(load_arrays(inputs.path)),
+        np.asarray(load_array(docs.path)[lo:hi]),
+        lo,
+        bench.load().qrels(),
+    )
     name = digest("evaluate-shard", inputs.digest, docs.digest, lo, hi)
     return ArrayRef(save_arrays(f"evaluate-shard-{name}", **result.arrays()), name)
 
 
 @task(name="evaluate", cache_key_fn=_evaluate_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef,
-                  judgments: JudgmentsRef, refined: list[ArrayRef], cell: CellSpec,
-                  extra: dict[str, ArrayRef] | None = None, inputs: ArrayRef | None = None,
-                  shards: list[ArrayRef] | None = None) -> CellEvaluation:
+def evaluate_task(
+    bench: BenchmarkRef,
+    queries: ArrayRef,
+    docs: ArrayRef,
+    feedback: ArrayRef,
+    judgments: JudgmentsRef,
+    refined: list[ArrayRef],
+    cell: CellSpec,
+    extra: dict[str, ArrayRef] | None = None,
+    inputs: ArrayRef | None = None,
+    shards: list[ArrayRef] | None = None,
+) -> CellEvaluation:
     """Score every method on the full pool and compare each with the baseline.
 
     ``extra`` adds methods given as query vectors (``hyde``, ``hyde_refined``). With ``inputs``
@@ -537,35 +744,54 @@ def evaluate_task(bench: BenchmarkRef, queries: ArrayRef, docs: ArrayRef, feedba
     idx = arrays["feedback_idx"]
     judged = load_arrays(judgments.path)
     if shards:
-        metrics, tests, sample_arrays = finish_shards(ShardInputs.from_arrays(load_arrays(inputs.path)),
-                                                      [ShardScores.from_arrays(load_arrays(s.path)) for s in shards], qrels)
-        plot_arrays = {f"{short}_{kind}": sample_arrays[f"{method}_{kind}"]
-                       for method, short in (("baseline", "base"), ("refined", "ref")) for kind in ("pos", "neg")}
+        metrics, tests, sample_arrays = finish_shards(
+            ShardInputs.from_arrays(load_arrays(inputs.path)),
+            [ShardScores.from_arrays(load_arrays(s.path)) for s in shards],
+            qrels,
+        )
+        plot_arrays = {
+            f"{short}_{kind}": sample_arrays[f"{method}_{kind}"]
+            for method, short in (("baseline", "base"), ("refined", "ref"))
+            for kind in ("pos", "neg")
+        }
     else:
         samples = ScoreSamples(qrels, methods=("baseline", "refined"))
-        metrics, tests = score_methods(arrays.pop("query_vectors"), np.asarray(load_array(docs.path)), qrels,
-                                       visit=samples, **arrays)
+        metrics, tests = score_methods(
+            arrays.pop("query_vectors"), np.asarray(load_array(docs.path)), qrels, visit=samples, **arrays
+        )
         plot_arrays = samples.arrays(prefixes={"baseline": "base", "refined": "ref"})
     valid = judged["mask"] & (idx >= 0)
     failed = ~valid.any(axis=1)
-    per_query = {"query_id": b.queries["query_id"].to_list(), "judge_failed": failed.tolist(),
-                 "judgments_failed": ((~judged["mask"]) & (idx >= 0)).sum(axis=1).tolist(),
-                 "judged_doc_ids": [[b.documents["doc_id"][int(j)] for j in row if j >= 0] for row in idx],
-                 "judge_scores": [[float(s) if m else None for s, m, j in zip(srow, mrow, irow) if j >= 0]
-                                  for srow, mrow, irow in zip(judged["scores"], judged["mask"], idx)]}
+    per_query = {
+        "query_id": b.queries["query_id"].to_list(),
+        "judge_failed": failed.tolist(),
+        "judgments_failed": ((~judged["mask"]) & (idx >= 0)).sum(axis=1).tolist(),
+        "judged_doc_ids": [[b.documents["doc_id"][int(j)] for j in row if j >= 0] for row in idx],
+        "judge_scores": [
+            [float(s) if m else None for s, m, j in zip(srow, mrow, irow) if j >= 0]
+            for srow, mrow, irow in zip(judged["scores"], judged["mask"], idx)
+        ],
+    }
     for method, result in metrics.items():
         per_query[f"ap_{method}"] = result.per_query["ap"].tolist()
         per_query[f"roc_auc_{method}"] = result.per_query["roc_auc"].tolist()
-    name = digest("evaluation", cell.model_dump(), judgments.digest, [r.digest for r in refined],
-                  {n: r.digest for n, r in sorted((extra or {}).items())})
+    name = digest(
+        "evaluation",
+        cell.model_dump(),
+        judgments.digest,
+        [r.digest for r in refined],
+        {n: r.digest for n, r in sorted((extra or {}).items())},
+    )
     per_query_path = str(Path(state_dir() / "arrays" / f"per-query-{name}.parquet"))
     pl.DataFrame(per_query).write_parquet(per_query_path)
     # Score distributions for the separation plots: baseline and refined similarities.
     arrays_path = save_arrays(f"plots-{name}", **plot_arrays, losses=refine_extras(refined[0])["losses"])
     return CellEvaluation(
         metrics={m: r.means for m, r in metrics.items()},
-        tests={m: {"pvalue": t.pvalue, "delta_map": t.delta, "relative_gain": t.relative_gain, "n": t.n}
-               for m, t in tests.items()},
+        tests={
+            m: {"pvalue": t.pvalue, "delta_map": t.delta, "relative_gain": t.relative_gain, "n": t.n}
+            for m, t in tests.items()
+        },
         per_query_path=per_query_path,
         arrays_path=arrays_path,
         n_without_positives=metrics["baseline"].n_without_positives,

@@ -34,19 +34,27 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
         if bench is None:
             from refine_core.judges import JudgeConfigError
 
-            raise JudgeConfigError(f"the {spec.kind} judge reads gold labels and only works on a benchmark; "
-                                   "for your own corpus use anthropic, openai-compatible, local-lm or cross-encoder")
+            raise JudgeConfigError(
+                f"the {spec.kind} judge reads gold labels and only works on a benchmark; "
+                "for your own corpus use anthropic, openai-compatible, local-lm or cross-encoder"
+            )
         return OracleJudge(bench.relevant_texts(), flip_rate=spec.flip_rate, seed=spec.seed)
     if spec.kind in ("anthropic", "anthropic-batch"):
         from refine_core.judges.anthropic_judge import DEFAULT_CLAUDE_MODEL, AnthropicJudge
 
-        return AnthropicJudge(spec.model or DEFAULT_CLAUDE_MODEL, scheme=spec.scheme, max_retries=spec.max_retries,
-                              timeout=spec.timeout_s, base_url=spec.base_url)
+        return AnthropicJudge(
+            spec.model or DEFAULT_CLAUDE_MODEL,
+            scheme=spec.scheme,
+            max_retries=spec.max_retries,
+            timeout=spec.timeout_s,
+            base_url=spec.base_url,
+        )
     if spec.kind == "openai-compatible":
         from refine_core.judges.openai_compatible import OpenAICompatibleJudge
 
-        return OpenAICompatibleJudge(spec.model or "", base_url=spec.base_url or "", max_retries=spec.max_retries,
-                                     timeout=spec.timeout_s)
+        return OpenAICompatibleJudge(
+            spec.model or "", base_url=spec.base_url or "", max_retries=spec.max_retries, timeout=spec.timeout_s
+        )
     if spec.kind == "local-lm":
         from refine_core.judges.local_lm import LocalLMJudge
 
@@ -63,12 +71,23 @@ def build_generator(spec: HydeSpec):
     from refine_core import hyde
 
     if spec.kind == "anthropic":
-        return hyde.ClaudeGenerator(spec.model or "claude-haiku-4-5", base_url=spec.base_url, max_tokens=spec.max_tokens,
-                                    temperature=spec.temperature, max_retries=spec.max_retries, timeout=spec.timeout_s)
+        return hyde.ClaudeGenerator(
+            spec.model or "claude-haiku-4-5",
+            base_url=spec.base_url,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            max_retries=spec.max_retries,
+            timeout=spec.timeout_s,
+        )
     if spec.kind == "openai-compatible":
-        return hyde.OpenAICompatibleGenerator(spec.model or "", base_url=spec.base_url or "", max_tokens=spec.max_tokens,
-                                              temperature=spec.temperature, max_retries=spec.max_retries,
-                                              timeout=spec.timeout_s)
+        return hyde.OpenAICompatibleGenerator(
+            spec.model or "",
+            base_url=spec.base_url or "",
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            max_retries=spec.max_retries,
+            timeout=spec.timeout_s,
+        )
     if spec.kind == "local-lm":
         return hyde.LocalLMGenerator(spec.model or "", max_tokens=spec.max_tokens, temperature=spec.temperature)
     raise ValueError(f"unknown HyDE generator kind {spec.kind!r}")

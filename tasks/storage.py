@@ -146,7 +146,9 @@ def save_stacked(name: str, parts: list[str]) -> str:
         raise ValueError("no array to stack")
     width, dtype = arrays[0].shape[1:], arrays[0].dtype
     if any(a.shape[1:] != width or a.dtype != dtype for a in arrays):
-        raise ValueError(f"cannot stack arrays of different columns or dtypes: {[(a.shape, str(a.dtype)) for a in arrays]}")
+        raise ValueError(
+            f"cannot stack arrays of different columns or dtypes: {[(a.shape, str(a.dtype)) for a in arrays]}"
+        )
     path = arrays_dir() / f"{name}.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

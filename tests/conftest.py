@@ -68,7 +68,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
     if _IN_CI and report.skipped and not hasattr(report, "wasxfail"):
-        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix("Skipped: ")
+        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix(
+            "Skipped: "
+        )
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"
 
@@ -78,12 +80,16 @@ def pytest_make_collect_report(collector: pytest.Collector):
     outcome = yield
     report = outcome.get_result()
     if _IN_CI and report.skipped:
-        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix("Skipped: ")
+        reason = (report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)).removeprefix(
+            "Skipped: "
+        )
         report.outcome = "failed"
         report.longrepr = f"{collector.nodeid} skipped in CI (CI=true), which counts as a failure: {reason}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int) -> None:
-    counts = {key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "error", "skipped", "xfailed")}
+    counts = {
+        key: len(terminalreporter.stats.get(key, [])) for key in ("passed", "failed", "error", "skipped", "xfailed")
+    }
     line = ", ".join(f"{value} {key}" for key, value in counts.items())
     terminalreporter.write_line(f"refine-eval tests: {line}" + (" (CI=true: a skip fails)" if _IN_CI else ""))

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def _check_inputs(scores: np.ndarray, labels: np.ndarray, pool: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_inputs(
+    scores: np.ndarray, labels: np.ndarray, pool: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if s.ndim != 2:
@@ -74,7 +76,6 @@ def _block_metrics(s: np.ndarray, y: np.ndarray, p: np.ndarray, ks: tuple[int, .
         if name in ("roc_auc", "separation"):
             values[no_neg] = np.nan
     return out
-
 
 
 def dense_reference(scores, labels, pool=None, ks=(5, 10, 20, 30, 40, 50)):

@@ -29,9 +29,17 @@ def free_port() -> int:
 def base_env(home: Path) -> dict[str, str]:
     """The test process's environment without anything that points at another Prefect/MLflow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
-    env.update({"DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "REFINE_HOME": str(home / "refine"),
-                "PREFECT_HOME": str(home / "prefect-client")})
+    env.update(
+        {
+            "DO_NOT_TRACK": "1",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "REFINE_HOME": str(home / "refine"),
+            "PREFECT_HOME": str(home / "prefect-client"),
+        }
+    )
     return env
 
 
@@ -73,12 +81,20 @@ def prefect_server(home: Path) -> Iterator[str]:
     """``prefect server start`` on a free port with its own SQLite database; yields the API URL."""
     port = free_port()
     env = base_env(home)
-    env.update({"PREFECT_HOME": str(home / "prefect-server"),
-                "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect-server.db'}",
-                "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    env.update(
+        {
+            "PREFECT_HOME": str(home / "prefect-server"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect-server.db'}",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
     api = f"http://127.0.0.1:{port}/api"
-    with process([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env,
-                 home / "prefect-server.log"):
+    with process(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        home / "prefect-server.log",
+    ):
         wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 120, "the Prefect server")
         yield api
 
@@ -92,7 +108,7 @@ class _RetryingClient(httpx.Client):
             response = super().request(*args, **kwargs)
             if response.status_code not in (429, 503):
                 return response
-            time.sleep(min(0.5 * 2 ** attempt, 8))
+            time.sleep(min(0.5 * 2**attempt, 8))
         return response
 
 
@@ -120,7 +136,9 @@ class PrefectAPI:
 
     def wait_final(self, run_id: str, timeout: float) -> dict:
         final = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-        return wait_for(lambda: (r := self.flow_run(run_id))["state_type"] in final and r, timeout, f"flow run {run_id}")
+        return wait_for(
+            lambda: (r := self.flow_run(run_id))["state_type"] in final and r, timeout, f"flow run {run_id}"
+        )
 
     def flow_runs(self, **flow_runs_filter: object) -> list[dict]:
         response = self.http.post("/flow_runs/filter", json={"flow_runs": flow_runs_filter, "limit": 200})
@@ -139,8 +157,13 @@ class PrefectAPI:
 
     def retry(self, run_id: str) -> None:
         """What the UI's Retry button does: schedule the finished run again."""
-        response = self.http.post(f"/flow_runs/{run_id}/set_state", json={
-            "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the test"}, "force": True})
+        response = self.http.post(
+            f"/flow_runs/{run_id}/set_state",
+            json={
+                "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the test"},
+                "force": True,
+            },
+        )
         response.raise_for_status()
 
 
@@ -151,7 +174,9 @@ def postgres_server() -> Iterator[str]:
     its SQLAlchemy URL."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rehearse", Path(__file__).resolve().parents[1] / "deploy" / "rehearse.py")
+    spec = importlib.util.spec_from_file_location(
+        "rehearse", Path(__file__).resolve().parents[1] / "deploy" / "rehearse.py"
+    )
     rehearse = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rehearse)
     if rehearse.postgres_bindir() is None:

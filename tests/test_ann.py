@@ -38,7 +38,7 @@ def test_a_poor_index_is_measured_as_poor() -> None:
     docs = _unit(rng, 4000)
     queries = _unit(rng, 50)
     poor = AnnIndex.build(docs, AnnSettings(kind="ivf", nlist=64, nprobe=1))
-    assert recall_at(poor, docs, queries, 10) < 0.6   # one cell of 64 searched: most neighbours are missed
+    assert recall_at(poor, docs, queries, 10) < 0.6  # one cell of 64 searched: most neighbours are missed
 
 
 def test_exact_rescoring_of_candidates() -> None:
@@ -62,8 +62,13 @@ def test_search_through_an_ann_index_equals_brute_force_with_flat(data_root: Pat
     from refine_core.judges import OracleJudge
 
     bench = load_benchmark("clinc150", queries=2, max_documents=1200, corpus_seed=3)
-    index = build_index(bench.document_texts(), ids=bench.documents["doc_id"].to_list(), folder=tmp_path / "idx",
-                        embedder=minilm, cache=EmbeddingCache(tmp_path / "emb"))
+    index = build_index(
+        bench.document_texts(),
+        ids=bench.documents["doc_id"].to_list(),
+        folder=tmp_path / "idx",
+        embedder=minilm,
+        cache=EmbeddingCache(tmp_path / "emb"),
+    )
     judge = OracleJudge(bench.relevant_texts())
     criterion = bench.query_texts()[0]
     brute = search(index, criterion, judge=judge, embedder=minilm, k=10, top=20)
@@ -79,23 +84,29 @@ def test_search_through_an_ann_index_equals_brute_force_with_flat(data_root: Pat
 
 
 @pytest.mark.data
-def test_cli_index_builds_the_ann_it_is_asked_for_and_names_a_bad_kind(data_root: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_index_builds_the_ann_it_is_asked_for_and_names_a_bad_kind(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from evaluations.registry import load_benchmark
     from flows.cli import app
 
     monkeypatch.setenv("REFINE_HOME", str(tmp_path / "home"))
     bench = load_benchmark("clinc150", queries=1, max_documents=600, corpus_seed=4)
     path = tmp_path / "notes.jsonl"
-    path.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in
-                              zip(bench.documents["doc_id"].to_list(), bench.document_texts())) + "\n")
+    path.write_text(
+        "\n".join(
+            json.dumps({"id": i, "text": t})
+            for i, t in zip(bench.documents["doc_id"].to_list(), bench.document_texts())
+        )
+        + "\n"
+    )
     runner = CliRunner()
     built = runner.invoke(app, ["index", str(path), "--ann", "hnsw", "--json"])
     assert built.exit_code == 0, built.output
     info = json.loads(built.output.strip().splitlines()[-1])
     assert info["ann"]["settings"]["kind"] == "hnsw" and 0.0 <= info["ann"]["recall@20"] <= 1.0
     assert (Path(info["index"]) / "ann.faiss").is_file()
-    plain = runner.invoke(app, ["index", str(path), "--name", "plain", "--json"])   # auto: small corpus, no ANN
+    plain = runner.invoke(app, ["index", str(path), "--name", "plain", "--json"])  # auto: small corpus, no ANN
     assert plain.exit_code == 0 and json.loads(plain.output.strip().splitlines()[-1])["ann"] is None
     bad = runner.invoke(app, ["index", str(path), "--ann", "lsh"])
     assert bad.exit_code != 0 and "--ann must be none, auto or one of flat, ivf, hnsw, got 'lsh'" in bad.output
@@ -103,8 +114,9 @@ def test_cli_index_builds_the_ann_it_is_asked_for_and_names_a_bad_kind(data_root
 
 
 @pytest.mark.data
-def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(data_root: Path, minilm,
-                                                                                tmp_path: Path) -> None:
+def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(
+    data_root: Path, minilm, tmp_path: Path
+) -> None:
     import polars as pl
 
     from evaluations.registry import load_benchmark
@@ -114,11 +126,13 @@ def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(
 
     bench = load_benchmark("clinc150", queries=2, max_documents=700, corpus_seed=6)
     ids, texts = bench.documents["doc_id"].to_list(), bench.document_texts()
-    embedded = build_index(texts, ids=ids, folder=tmp_path / "embedded", embedder=minilm,
-                           cache=EmbeddingCache(tmp_path / "emb"))
+    embedded = build_index(
+        texts, ids=ids, folder=tmp_path / "embedded", embedder=minilm, cache=EmbeddingCache(tmp_path / "emb")
+    )
     np.save(tmp_path / "v.npy", np.asarray(embedded.vectors()))
-    pl.DataFrame({"id": ids[::-1], "vector": [row.tolist() for row in np.asarray(embedded.vectors())[::-1]]}) \
-        .write_parquet(tmp_path / "v.parquet")
+    pl.DataFrame(
+        {"id": ids[::-1], "vector": [row.tolist() for row in np.asarray(embedded.vectors())[::-1]]}
+    ).write_parquet(tmp_path / "v.parquet")
     judge = OracleJudge(bench.relevant_texts())
     expected = search(embedded, bench.query_texts()[0], judge=judge, embedder=minilm, k=10, top=15).top_ids
     for name in ("v.npy", "v.parquet"):
@@ -127,7 +141,9 @@ def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(
         np.testing.assert_allclose(np.asarray(index.vectors()), np.asarray(embedded.vectors()), atol=1e-6)
         assert search(index, bench.query_texts()[0], judge=judge, embedder=minilm, k=10, top=15).top_ids == expected
     with pytest.raises(CorpusError, match="vectors: dimension 5, but .* embeds queries in 384"):
-        build_index(texts, ids=ids, folder=tmp_path / "bad", embedder=minilm, vectors=np.ones((len(texts), 5), np.float32))
+        build_index(
+            texts, ids=ids, folder=tmp_path / "bad", embedder=minilm, vectors=np.ones((len(texts), 5), np.float32)
+        )
     with pytest.raises(CorpusError, match=f"vectors: shape \\(3, 384\\) for {len(texts)} documents"):
         build_index(texts, ids=ids, folder=tmp_path / "bad", embedder=minilm, vectors=np.ones((3, 384), np.float32))
     with pytest.raises(CorpusError, match=f"1 of {len(ids)} documents have no vector"):
@@ -142,8 +158,9 @@ def test_one_reader_of_vector_files_names_what_is_wrong(tmp_path: Path) -> None:
 
     v = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
     np.save(tmp_path / "v.npy", v)
-    pl.DataFrame({"doc_id": ["d3", "d1", "d0", "d2"], "vector": [v[i].tolist() for i in (3, 1, 0, 2)]}) \
-        .write_parquet(tmp_path / "v.parquet")
+    pl.DataFrame({"doc_id": ["d3", "d1", "d0", "d2"], "vector": [v[i].tolist() for i in (3, 1, 0, 2)]}).write_parquet(
+        tmp_path / "v.parquet"
+    )
     assert vector_rows(tmp_path / "v.npy") == 4 == vector_rows(tmp_path / "v.parquet", id_column="doc_id")
     ids = ["d0", "d1", "d2", "d3"]
     np.testing.assert_array_equal(read_vectors(tmp_path / "v.parquet", ids, id_column="doc_id"), v)
@@ -157,8 +174,10 @@ def test_one_reader_of_vector_files_names_what_is_wrong(tmp_path: Path) -> None:
         (lambda: vector_rows(tmp_path / "broken.npy"), "not a readable .npy matrix"),
         (lambda: vector_rows(tmp_path / "v.parquet"), "needs columns id and vector (has doc_id, vector)"),
         (lambda: read_vectors(tmp_path / "v.parquet", ids), "needs columns id and vector"),
-        (lambda: read_vectors(tmp_path / "v.parquet", ["d0", "d9"], id_column="doc_id"),
-         "1 of 2 documents have no vector (first: 'd9')"),
+        (
+            lambda: read_vectors(tmp_path / "v.parquet", ["d0", "d9"], id_column="doc_id"),
+            "1 of 2 documents have no vector (first: 'd9')",
+        ),
         (lambda: check_vectors(v, 5, 3, "m"), "shape (4, 3) for 5 documents"),
         (lambda: check_vectors(v, 4, 8, "m"), "dimension 3, but m embeds queries in 8"),
         (lambda: check_vectors(np.where(np.arange(4)[:, None] == 2, np.nan, v), 4, 3, "m"), "row 2 is not finite"),

@@ -36,35 +36,95 @@ def dataset(tmp: Path, **files: str | bytes) -> Path:
 CASES = [
     ("unknown dataset", None, ["datasets", "show", "no-such-dataset"], "unknown dataset 'no-such-dataset'"),
     ("missing data files", {"labels__jsonl": None}, ["datasets", "show"], "missing labels.jsonl or labels.parquet"),
-    ("malformed JSONL line", {"documents__jsonl": GOOD_DOCS + '{"doc_id": "d4", "text": \n'}, ["datasets", "show"],
-     "documents.jsonl: line 4: malformed JSON"),
-    ("duplicate ids", {"documents__jsonl": GOOD_DOCS + '{"doc_id": "d1", "text": "again"}\n'}, ["datasets", "show"],
-     "duplicate doc_id 'd1' in documents (row 3)"),
-    ("non-UTF-8 text", {"documents__jsonl": GOOD_DOCS.encode() + b'{"doc_id": "d9", "text": "\xff"}\n'}, ["datasets", "show"],
-     "documents.jsonl: line 4 is not valid UTF-8"),
-    ("empty string", {"queries__jsonl": GOOD_QUERIES + '{"query_id": "q3", "text": "  "}\n'}, ["datasets", "show"],
-     "queries.jsonl: line 3: 'text' must be a non-empty string, got '  '"),
-    ("null text", {"documents__jsonl": GOOD_DOCS + '{"doc_id": "d4", "text": null}\n'}, ["datasets", "show"],
-     "documents.jsonl: line 4: 'text' must be a non-empty string, got None"),
-    ("null id", {"queries__jsonl": GOOD_QUERIES + '{"query_id": null, "text": "hello"}\n'}, ["datasets", "show"],
-     "queries.jsonl: line 3: 'query_id' must be a non-empty string or an integer, got None"),
-    ("label pointing at an unknown id", {"labels__jsonl": GOOD_LABELS + '{"query_id": "q1", "doc_id": "d7", "label": 1}\n'},
-     ["datasets", "show"], "labels row 2 points at unknown doc_id 'd7'"),
-    ("a query with no documents (per-query pool)", {"benchmark__json": json.dumps({"pool": "per-query"}),
-     "queries__jsonl": GOOD_QUERIES + '{"query_id": "q3", "text": "orphan"}\n'}, ["datasets", "show"],
-     "query 'q3' has no documents in its pool"),
-    ("a label that is not 0/1", {"labels__jsonl": GOOD_LABELS + '{"query_id": "q1", "doc_id": "d2", "label": 300}\n'},
-     ["datasets", "show"], "labels.jsonl: line 3: 'label' must be 0 or 1 (put a graded relevance in 'score'), got 300"),
-    ("a null label", {"labels__jsonl": '{"query_id": "q1", "doc_id": "d1", "label": null}\n'}, ["datasets", "show"],
-     "labels.jsonl: line 1: 'label' must be 0 or 1 (put a graded relevance in 'score'), got None"),
-    ("a label written as text", {"labels__jsonl": '{"query_id": "q1", "doc_id": "d1", "label": "yes"}\n'},
-     ["datasets", "show"], "labels.jsonl: line 1: 'label' must be 0 or 1 (put a graded relevance in 'score'), got 'yes'"),
-    ("a score that is not a number", {"labels__jsonl": '{"query_id": "q1", "doc_id": "d1", "label": 1, "score": "high"}\n'},
-     ["datasets", "show"], "labels.jsonl: line 1: 'score' must be a finite number (a graded relevance), got 'high'"),
+    (
+        "malformed JSONL line",
+        {"documents__jsonl": GOOD_DOCS + '{"doc_id": "d4", "text": \n'},
+        ["datasets", "show"],
+        "documents.jsonl: line 4: malformed JSON",
+    ),
+    (
+        "duplicate ids",
+        {"documents__jsonl": GOOD_DOCS + '{"doc_id": "d1", "text": "again"}\n'},
+        ["datasets", "show"],
+        "duplicate doc_id 'd1' in documents (row 3)",
+    ),
+    (
+        "non-UTF-8 text",
+        {"documents__jsonl": GOOD_DOCS.encode() + b'{"doc_id": "d9", "text": "\xff"}\n'},
+        ["datasets", "show"],
+        "documents.jsonl: line 4 is not valid UTF-8",
+    ),
+    (
+        "empty string",
+        {"queries__jsonl": GOOD_QUERIES + '{"query_id": "q3", "text": "  "}\n'},
+        ["datasets", "show"],
+        "queries.jsonl: line 3: 'text' must be a non-empty string, got '  '",
+    ),
+    (
+        "null text",
+        {"documents__jsonl": GOOD_DOCS + '{"doc_id": "d4", "text": null}\n'},
+        ["datasets", "show"],
+        "documents.jsonl: line 4: 'text' must be a non-empty string, got None",
+    ),
+    (
+        "null id",
+        {"queries__jsonl": GOOD_QUERIES + '{"query_id": null, "text": "hello"}\n'},
+        ["datasets", "show"],
+        "queries.jsonl: line 3: 'query_id' must be a non-empty string or an integer, got None",
+    ),
+    (
+        "label pointing at an unknown id",
+        {"labels__jsonl": GOOD_LABELS + '{"query_id": "q1", "doc_id": "d7", "label": 1}\n'},
+        ["datasets", "show"],
+        "labels row 2 points at unknown doc_id 'd7'",
+    ),
+    (
+        "a query with no documents (per-query pool)",
+        {
+            "benchmark__json": json.dumps({"pool": "per-query"}),
+            "queries__jsonl": GOOD_QUERIES + '{"query_id": "q3", "text": "orphan"}\n',
+        },
+        ["datasets", "show"],
+        "query 'q3' has no documents in its pool",
+    ),
+    (
+        "a label that is not 0/1",
+        {"labels__jsonl": GOOD_LABELS + '{"query_id": "q1", "doc_id": "d2", "label": 300}\n'},
+        ["datasets", "show"],
+        "labels.jsonl: line 3: 'label' must be 0 or 1 (put a graded relevance in 'score'), got 300",
+    ),
+    (
+        "a null label",
+        {"labels__jsonl": '{"query_id": "q1", "doc_id": "d1", "label": null}\n'},
+        ["datasets", "show"],
+        "labels.jsonl: line 1: 'label' must be 0 or 1 (put a graded relevance in 'score'), got None",
+    ),
+    (
+        "a label written as text",
+        {"labels__jsonl": '{"query_id": "q1", "doc_id": "d1", "label": "yes"}\n'},
+        ["datasets", "show"],
+        "labels.jsonl: line 1: 'label' must be 0 or 1 (put a graded relevance in 'score'), got 'yes'",
+    ),
+    (
+        "a score that is not a number",
+        {"labels__jsonl": '{"query_id": "q1", "doc_id": "d1", "label": 1, "score": "high"}\n'},
+        ["datasets", "show"],
+        "labels.jsonl: line 1: 'score' must be a finite number (a graded relevance), got 'high'",
+    ),
     ("negative lr", {}, ["demo", "--lr", "-0.5"], "lr must be a positive finite number, got -0.5"),
     ("steps = 0", {}, ["demo", "--steps", "0"], "steps must be an integer >= 1, got 0"),
-    ("K larger than the pool", {}, ["demo", "--k", "50"], "--k 50 x --rounds 1 exceeds the smallest query pool (3 documents)"),
-    ("an embedding model that does not exist", {}, ["demo", "--model", "./nowhere/model"], "embedding model './nowhere/model': no such folder"),
+    (
+        "K larger than the pool",
+        {},
+        ["demo", "--k", "50"],
+        "--k 50 x --rounds 1 exceeds the smallest query pool (3 documents)",
+    ),
+    (
+        "an embedding model that does not exist",
+        {},
+        ["demo", "--model", "./nowhere/model"],
+        "embedding model './nowhere/model': no such folder",
+    ),
 ]
 
 
@@ -78,8 +138,9 @@ def test_bad_input(tmp_path: Path, label: str, files: dict | None, args: list[st
         else:
             argv += ["--dataset", f"files:{folder}"]
     env = {**os.environ, "REFINE_HOME": str(tmp_path / ".refine"), "COLUMNS": "200"}
-    res = subprocess.run([sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, env=env,
-                         timeout=300, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
+    )
     assert res.returncode == 2, (label, res.stdout, res.stderr)
     assert message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
@@ -92,10 +153,13 @@ def test_a_parquet_label_that_is_not_0_or_1_names_the_file_and_row(tmp_path: Pat
     from evaluations.loaders import load_user_files
 
     folder = dataset(tmp_path, labels__jsonl=None)
-    pl.DataFrame({"query_id": ["q1", "q2"], "doc_id": ["d1", "d2"], "label": [1.0, 0.5]}).write_parquet(folder / "labels.parquet")
+    pl.DataFrame({"query_id": ["q1", "q2"], "doc_id": ["d1", "d2"], "label": [1.0, 0.5]}).write_parquet(
+        folder / "labels.parquet"
+    )
     with pytest.raises(DatasetError, match=r"labels.parquet: row 2: 'label' must be 0 or 1 .* got 0.5"):
         load_user_files(folder)
-    pl.DataFrame({"query_id": ["q1", "q2"], "doc_id": ["d1", "d2"], "label": [1.0, 0.0], "score": [2.0, None]}
-                 ).write_parquet(folder / "labels.parquet")
+    pl.DataFrame(
+        {"query_id": ["q1", "q2"], "doc_id": ["d1", "d2"], "label": [1.0, 0.0], "score": [2.0, None]}
+    ).write_parquet(folder / "labels.parquet")
     bench = load_user_files(folder)  # 1.0 / 0.0 read as 1 / 0; a missing score defaults to the label
     assert bench.n_queries == 2

@@ -61,7 +61,9 @@ def test_rerank_only_keeps_unjudged_documents_in_place() -> None:
 
 def test_rerank_only_drops_failed_judgments_out_of_the_block() -> None:
     base = np.array([[0.9, 0.8, 0.7, 0.1]])
-    new = rerank_only_scores(base, np.array([[0, 1, 2]]), np.array([[0.1, 0.0, 0.9]]), mask=np.array([[True, False, True]]))
+    new = rerank_only_scores(
+        base, np.array([[0, 1, 2]]), np.array([[0.1, 0.0, 0.9]]), mask=np.array([[True, False, True]])
+    )
     assert np.argsort(-new[0], kind="stable").tolist() == [2, 0, 1, 3]
 
 
@@ -160,8 +162,9 @@ def _two_cluster_problem(seed: int = 0, n: int = 40, k: int = 20, d: int = 16):
     rng = np.random.default_rng(seed)
     relevant = rng.standard_normal(d)
     irrelevant = rng.standard_normal(d)
-    docs = np.concatenate([relevant + 0.6 * rng.standard_normal((200, d)),
-                           irrelevant + 0.6 * rng.standard_normal((200, d))]).astype(np.float32)
+    docs = np.concatenate(
+        [relevant + 0.6 * rng.standard_normal((200, d)), irrelevant + 0.6 * rng.standard_normal((200, d))]
+    ).astype(np.float32)
     docs /= np.linalg.norm(docs, axis=1, keepdims=True)
     queries = (relevant + irrelevant + 0.3 * rng.standard_normal((n, d))).astype(np.float32)
     sims = queries @ docs.T

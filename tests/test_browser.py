@@ -24,8 +24,16 @@ from servers import BIN, base_env, free_port, process, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def _chromium() -> str:
@@ -49,18 +57,26 @@ def _artifacts() -> Path:
 
 
 def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_shows_map_and_plots(
-        tmp_path: Path, data_root: Path) -> None:
+    tmp_path: Path, data_root: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
     chromium = _chromium()
     port = free_port()
-    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root), "REFINE_MLFLOW_UI_URL": f"http://127.0.0.1:{port}",
-                                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = base_env(tmp_path) | {
+        "REFINE_DATA_DIR": str(data_root),
+        "REFINE_MLFLOW_UI_URL": f"http://127.0.0.1:{port}",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     config = tmp_path / "browser.yaml"
-    config.write_text(f"name: browser-sweep\nbenchmarks:\n  - name: files:{FIXTURES / 'userdata'}\n"
-                      "judges:\n  - kind: oracle\n  - {kind: noisy-oracle, flip_rate: 0.3}\n"
-                      "grid:\n  lr: [0.01]\n  k: [5]\n")
-    ran = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=600)
+    config.write_text(
+        f"name: browser-sweep\nbenchmarks:\n  - name: files:{FIXTURES / 'userdata'}\n"
+        "judges:\n  - kind: oracle\n  - {kind: noisy-oracle, flip_rate: 0.3}\n"
+        "grid:\n  lr: [0.01]\n  k: [5]\n"
+    )
+    ran = subprocess.run(
+        [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert ran.returncode == 0, ran.stderr[-3000:]
     (url,) = re.findall(r"MLflow runs table: (\S+)", ran.stdout)
     assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and url.endswith("workflowType=machine_learning")
@@ -88,8 +104,10 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
             children = [t for t in page.locator("a[href*='/runs/']").all_inner_texts() if "lr=" in t]
             page.screenshot(path=str(shots / "mlflow-child-runs.png"))
             # two cells differing in the judge: each name leads with its judge, so they read apart
-            assert sorted(children) == ["noisy-oracle-0.3 · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
-                                        "oracle · lr=0.01 · files:userdata · all-MiniLM-L6-v2"]
+            assert sorted(children) == [
+                "noisy-oracle-0.3 · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
+                "oracle · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
+            ]
             page.locator("a:has-text('oracle · lr=0.01')").last.click()
             page.get_by_text("refined.map").first.wait_for(timeout=30_000)
             assert page.get_by_text("refined.p_bh").count() >= 1

@@ -23,8 +23,14 @@ from refine_core.judges.spend import SpendAccount
 
 KEY = "sk-test-budget-key-0000"
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["my card is missing", "the weather is nice", "card stolen yesterday", "play some music",
-        "block my card please", "book a flight"]
+DOCS = [
+    "my card is missing",
+    "the weather is nice",
+    "card stolen yesterday",
+    "play some music",
+    "block my card please",
+    "book a flight",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +52,10 @@ def _claude(server: FakeAnthropic, scheme: str = "pointwise"):
 
 
 def _requests(n: int) -> list[JudgeRequest]:
-    return [JudgeRequest(query=f"query {i} about a card", documents=tuple(DOCS), task_instruction="intent") for i in range(n)]
+    return [
+        JudgeRequest(query=f"query {i} about a card", documents=tuple(DOCS), task_instruction="intent")
+        for i in range(n)
+    ]
 
 
 # ---- the account ------------------------------------------------------------------------------------
@@ -94,8 +103,13 @@ def test_judge_calls_share_one_account_across_calls(server: FakeAnthropic, tmp_p
     ledger = JudgmentLedger(tmp_path / "l.sqlite")
     account = SpendAccount(tmp_path / "l.sqlite", "run", max_items=8)
     first = run_judge(_claude(server), _requests(1), ledger=ledger, account=account, concurrency=3)
-    second = run_judge(_claude(server), [JudgeRequest("another card query", tuple(DOCS), "intent")], ledger=ledger,
-                       account=account, concurrency=3)
+    second = run_judge(
+        _claude(server),
+        [JudgeRequest("another card query", tuple(DOCS), "intent")],
+        ledger=ledger,
+        account=account,
+        concurrency=3,
+    )
     assert (first.judged, second.judged, second.not_submitted) == (6, 2, 4)
     assert server.stats.message_requests == 8 and account.status().items == 8
     assert account.status().cost > 0  # claude-haiku-4-5 is in the price table
@@ -109,8 +123,9 @@ def test_a_message_batch_holds_only_what_the_account_allows(server: FakeAnthropi
 
     ledger = JudgmentLedger(tmp_path / "l.sqlite")
     account = SpendAccount(tmp_path / "l.sqlite", "run", max_items=4)
-    report = run_judge_batches(_claude(server), _requests(1), ledger=ledger, account=account, poll_interval=0,
-                               sleep=lambda s: None)
+    report = run_judge_batches(
+        _claude(server), _requests(1), ledger=ledger, account=account, poll_interval=0, sleep=lambda s: None
+    )
     assert report.judged == 4 and sum(v.error == "BudgetExceeded" for v in report.judgments[0]) == 2
     assert ledger.count() == 4 and account.status().items == 4
 
@@ -119,8 +134,13 @@ def test_hyde_generations_reserve_from_the_account(server: FakeAnthropic, tmp_pa
     from refine_core.hyde import ClaudeGenerator, GenerationStore, run_generator
 
     account = SpendAccount(tmp_path / "l.sqlite", "run", max_items=2)
-    report = run_generator(ClaudeGenerator(base_url=server.base_url), ["q1", "q2", "q3"],
-                           store=GenerationStore(tmp_path / "l.sqlite"), account=account, concurrency=1)
+    report = run_generator(
+        ClaudeGenerator(base_url=server.base_url),
+        ["q1", "q2", "q3"],
+        store=GenerationStore(tmp_path / "l.sqlite"),
+        account=account,
+        concurrency=1,
+    )
     assert report.generated == 2 and report.not_submitted == 1 and report.texts[2] is None
     assert sum(server.stats.generations.values()) == 2 and account.status().items == 2
 
@@ -128,8 +148,9 @@ def test_hyde_generations_reserve_from_the_account(server: FakeAnthropic, tmp_pa
 # ---- a whole sweep -------------------------------------------------------------------------------------
 @pytest.mark.data
 @pytest.mark.integration
-def test_a_sweep_budget_caps_requests_across_cells_rounds_and_hyde(platform: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sweep_budget_caps_requests_across_cells_rounds_and_hyde(
+    platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two cells x two rounds with HyDE would ask about 76 paid answers; a budget of 30 sends at most 30."""
     from evaluations.config import BenchmarkSpec, BudgetSpec, Grid, HydeSpec, JudgeSpec, SweepConfig
     from evaluations.registry import load_benchmark
@@ -141,13 +162,20 @@ def test_a_sweep_budget_caps_requests_across_cells_rounds_and_hyde(platform: Pat
     relevant = load_benchmark("clinc150", queries=4, max_documents=600).relevant_texts()
     with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=KEY) as server:
         judge = JudgeSpec(kind="anthropic", scheme="pointwise", base_url=server.base_url, max_retries=1, concurrency=3)
-        config = SweepConfig(name="budget-test", benchmarks=[spec], judges=[judge],
-                             grid=Grid(lr=[1e-3, 1e-2], k=[5], rounds=[2]),
-                             hyde=HydeSpec(kind="anthropic", base_url=server.base_url), budget=BudgetSpec(max_judgments=30))
+        config = SweepConfig(
+            name="budget-test",
+            benchmarks=[spec],
+            judges=[judge],
+            grid=Grid(lr=[1e-3, 1e-2], k=[5], rounds=[2]),
+            hyde=HydeSpec(kind="anthropic", base_url=server.base_url),
+            budget=BudgetSpec(max_judgments=30),
+        )
 
         plan = plan_sweep(config)  # the dry run: free stages only
         assert server.stats.requests == 0
-        assert plan["total"]["judgments_to_pay"] == 20 and plan["total"]["hyde_to_pay"] == 4  # 4 queries x k 5; 4 passages
+        assert (
+            plan["total"]["judgments_to_pay"] == 20 and plan["total"]["hyde_to_pay"] == 4
+        )  # 4 queries x k 5; 4 passages
         assert [c["judgments_to_pay"] for c in plan["cells"]] == [20, 20]  # per cell; the pairs are shared
         assert plan["total"]["judgments_at_most"] == 20 + 2 * 4 * 5 * 2  # + round 2 and HyDE-refined, per cell
 
@@ -161,7 +189,10 @@ def test_a_sweep_budget_caps_requests_across_cells_rounds_and_hyde(platform: Pat
 
         # a new run has a new account: it pays for more, never for what the ledger holds
         second = run_sweep(config)
-        assert 0 < server.stats.message_requests - sent <= 30 and second["budget"]["account"] != result["budget"]["account"]
+        assert (
+            0 < server.stats.message_requests - sent <= 30
+            and second["budget"]["account"] != result["budget"]["account"]
+        )
         repeated = [pair for pair, n in server.stats.pairs_answered.items() if n > 1]
         assert repeated == [], repeated
 
@@ -174,13 +205,25 @@ def test_refine_run_dry_run_prints_the_plan_and_pays_nothing(tmp_path: Path, dat
         config.write_text(
             "name: dry\nbenchmarks: [{name: clinc150, queries: 3, max_documents: 450}]\n"
             f"judges: [{{kind: anthropic, scheme: listwise, base_url: '{server.base_url}'}}, {{kind: oracle}}]\n"
-            "grid: {k: [4], rounds: [2]}\nbudget: {max_judgments: 10}\n")
-        env = {**os.environ, "REFINE_HOME": str(tmp_path / "home"), "ANTHROPIC_API_KEY": KEY, "COLUMNS": "220",
-               "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+            "grid: {k: [4], rounds: [2]}\nbudget: {max_judgments: 10}\n"
+        )
+        env = {
+            **os.environ,
+            "REFINE_HOME": str(tmp_path / "home"),
+            "ANTHROPIC_API_KEY": KEY,
+            "COLUMNS": "220",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        }
         env.pop("MLFLOW_TRACKING_URI", None)
         env.pop("PREFECT_API_URL", None)
-        res = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config), "--dry-run", "--json"],
-                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        res = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", str(config), "--dry-run", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         assert server.stats.requests == 0
     plan = json.loads(res.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SKIPPING = '''
+SKIPPING = """
 import pytest
 
 def test_needs_data():
@@ -18,7 +18,7 @@ def test_needs_data():
 
 def test_fine():
     assert 1 + 1 == 2
-'''
+"""
 
 
 def _run(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
@@ -27,14 +27,23 @@ def _run(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("ci,code,counts", [
-    (None, 0, "refine-eval tests: 1 passed, 0 failed, 0 error, 1 skipped"),
-    ("true", 1, "refine-eval tests: 1 passed, 1 failed, 0 error, 0 skipped"),
-])
+@pytest.mark.parametrize(
+    "ci,code,counts",
+    [
+        (None, 0, "refine-eval tests: 1 passed, 0 failed, 0 error, 1 skipped"),
+        ("true", 1, "refine-eval tests: 1 passed, 1 failed, 0 error, 0 skipped"),
+    ],
+)
 def test_a_skip_fails_only_in_ci(tmp_path: Path, ci: str | None, code: int, counts: str) -> None:
     result = _run(tmp_path, ci)
     assert result.returncode == code, result.stdout + result.stderr

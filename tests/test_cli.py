@@ -16,8 +16,14 @@ REFINE = [sys.executable, "-m", "flows.cli"]
 
 def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "REFINE_HOME": str(tmp_path / ".refine"), "COLUMNS": "200", **env}
-    return subprocess.run([*REFINE, *args], capture_output=True, text=True, env=environ, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
+    return subprocess.run(
+        [*REFINE, *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 @pytest.mark.data

@@ -47,8 +47,9 @@ def corpus(data_root: Path):
 def index(corpus, minilm, tmp_path_factory: pytest.TempPathFactory) -> CorpusIndex:
     _, ids, texts = corpus
     root = tmp_path_factory.mktemp("corpus")
-    return build_index(texts, ids=ids, folder=root / "idx", embedder=minilm, cache=EmbeddingCache(root / "emb"),
-                       chunk_size=256)
+    return build_index(
+        texts, ids=ids, folder=root / "idx", embedder=minilm, cache=EmbeddingCache(root / "emb"), chunk_size=256
+    )
 
 
 def _gold(bench, criterion: str, ids: list[str]) -> np.ndarray:
@@ -69,9 +70,14 @@ def test_read_corpus_formats_and_errors(tmp_path: Path) -> None:
     (tmp_path / "blank.jsonl").write_text(json.dumps({"id": "x", "text": "  "}) + "\n")
     (tmp_path / "dup.csv").write_text("id,text\na,one\na,two\n")
     (tmp_path / "cols.csv").write_text("doc,body\na,one\n")
-    cases = {"empty.jsonl": "is empty: it has no documents", "blank.jsonl": "row 0 (id 'x') has an empty 'text'",
-             "dup.csv": "id 'a' appears more than once", "cols.csv": "has no column 'id' (columns: doc, body)",
-             "missing.jsonl": "no such file", "c.txt": "unknown format '.txt'"}
+    cases = {
+        "empty.jsonl": "is empty: it has no documents",
+        "blank.jsonl": "row 0 (id 'x') has an empty 'text'",
+        "dup.csv": "id 'a' appears more than once",
+        "cols.csv": "has no column 'id' (columns: doc, body)",
+        "missing.jsonl": "no such file",
+        "c.txt": "unknown format '.txt'",
+    }
     (tmp_path / "c.txt").write_text("x")
     for name, message in cases.items():
         with pytest.raises(CorpusError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -91,8 +97,15 @@ def test_index_is_content_addressed_and_resumes_after_an_interruption(corpus, mi
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build_index(texts, ids=ids, folder=tmp_path / "idx", embedder=embedder, cache=cache, chunk_size=100,
-                    progress=stop_after_first)
+        build_index(
+            texts,
+            ids=ids,
+            folder=tmp_path / "idx",
+            embedder=embedder,
+            cache=cache,
+            chunk_size=100,
+            progress=stop_after_first,
+        )
     assert not (tmp_path / "idx" / "index.json").exists()  # an unfinished index is never opened
     with pytest.raises(CorpusError, match="no index.json"):
         CorpusIndex.open(tmp_path / "idx")
@@ -103,8 +116,14 @@ def test_index_is_content_addressed_and_resumes_after_an_interruption(corpus, mi
     np.testing.assert_array_equal(index.vectors(), minilm.embed_documents(texts, cache=cache))
     again = build_index(texts, ids=ids, folder=tmp_path / "idx", embedder=embedder, cache=cache, chunk_size=100)
     assert again == index and embedder.forward_calls == 300  # up to date: nothing embedded, nothing rewritten
-    changed = build_index([*texts[:-1], "a different last document"], ids=ids, folder=tmp_path / "idx",
-                          embedder=embedder, cache=cache, chunk_size=100)
+    changed = build_index(
+        [*texts[:-1], "a different last document"],
+        ids=ids,
+        folder=tmp_path / "idx",
+        embedder=embedder,
+        cache=cache,
+        chunk_size=100,
+    )
     assert changed.documents_hash != index.documents_hash and embedder.forward_calls == 301
 
 
@@ -134,8 +153,9 @@ def test_search_with_a_judge_improves_the_top_and_reports_what_moved_in(corpus, 
 
 def test_two_rounds_judge_new_documents(corpus, index: CorpusIndex, minilm) -> None:
     bench, _, _ = corpus
-    result = search(index, bench.query_texts()[1], judge=OracleJudge(bench.relevant_texts()), embedder=minilm,
-                    k=10, rounds=2)
+    result = search(
+        index, bench.query_texts()[1], judge=OracleJudge(bench.relevant_texts()), embedder=minilm, k=10, rounds=2
+    )
     judged = result.refinement.judged_idx
     assert judged.size == 20 and np.unique(judged).size == 20
 
@@ -155,7 +175,8 @@ def test_choose_threshold() -> None:
 def test_binary_metrics_and_best_threshold() -> None:
     gold = np.array([1, 1, 0, 1, 0, 0], bool)
     assert binary_metrics(np.array([1, 0, 0, 1, 1, 0], bool), gold) == pytest.approx(
-        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3}
+    )
     best = best_threshold_f1(np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4]), gold)
     assert best["f1"] == pytest.approx(2 * 0.75 * 1.0 / 1.75) and best["threshold"] == pytest.approx(0.6)
 
@@ -182,8 +203,9 @@ def test_stratified_estimate_by_hand() -> None:
     assert stratified_estimate(3, [], total=10) == (3.0, (3, 3))
 
 
-def test_classify_labels_every_document_and_calibration_estimates_the_count(corpus, index: CorpusIndex, minilm,
-                                                                           tmp_path: Path) -> None:
+def test_classify_labels_every_document_and_calibration_estimates_the_count(
+    corpus, index: CorpusIndex, minilm, tmp_path: Path
+) -> None:
     from refine_core.refinement import RefineConfig
 
     bench, _, _ = corpus
@@ -192,7 +214,9 @@ def test_classify_labels_every_document_and_calibration_estimates_the_count(corp
     ids, _ = index.documents()
     gold = _gold(bench, criterion, ids)
     plain = classify(index, criterion, judge=judge, embedder=minilm, k=20, config=RefineConfig(lr=1e-3))
-    calibrated = classify(index, criterion, judge=judge, embedder=minilm, k=20, calibrate=30, config=RefineConfig(lr=1e-3))
+    calibrated = classify(
+        index, criterion, judge=judge, embedder=minilm, k=20, calibrate=30, config=RefineConfig(lr=1e-3)
+    )
     assert plain.judged.sum() == 20 and calibrated.judged.sum() == 50 and calibrated.calibrated == 30
     assert plain.method == "threshold" and calibrated.method == "stratified-sample"
     assert np.array_equal(plain.scores, calibrated.scores)  # calibration moves the threshold, not the scores
@@ -255,16 +279,19 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
     relevant = bench.relevant_texts()
     criterion = bench.query_texts()[0]
     with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=KEY) as server:
-        res = runner.invoke(app, ["search", "tickets", criterion, "--base-url", server.base_url, "--k", "10",
-                                  "--top", "5", "--json"])
+        res = runner.invoke(
+            app, ["search", "tickets", criterion, "--base-url", server.base_url, "--k", "10", "--top", "5", "--json"]
+        )
         assert res.exit_code == 0, res.output
         found = json.loads(res.output.strip().splitlines()[-1])
         assert len(found["results"]) == 5 and found["judged"] == 10 and found["cost_usd"] > 0
         assert {"id", "rank", "score", "original_rank", "moved_in", "judge_score", "text"} <= found["results"][0].keys()
         requests_after_search = server.stats.message_requests
         out = tmp_path / "labels.parquet"
-        res = runner.invoke(app, ["classify", "tickets", criterion, "--base-url", server.base_url, "--k", "10",
-                                  "--out", str(out), "--json"])
+        res = runner.invoke(
+            app,
+            ["classify", "tickets", criterion, "--base-url", server.base_url, "--k", "10", "--out", str(out), "--json"],
+        )
         assert res.exit_code == 0, res.output
         summary = json.loads(res.output.strip().splitlines()[-1])
         # the same ten documents were judged by search: the ledger answers, nothing is paid twice

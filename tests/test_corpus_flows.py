@@ -23,12 +23,16 @@ def _task_states_since(t0: float) -> list[tuple[str, str]]:
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
-    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs
-            if r.state is not None and r.state.timestamp.timestamp() >= t0]
+    return [
+        (r.name.rsplit("-", 1)[0], r.state.name)
+        for r in runs
+        if r.state is not None and r.state.timestamp.timestamp() >= t0
+    ]
 
 
-def test_index_and_classify_flows_match_the_library(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    minilm) -> None:
+def test_index_and_classify_flows_match_the_library(
+    platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm
+) -> None:
     from evaluations.registry import load_benchmark
     from flows.corpus import classify_corpus_flow, index_corpus_flow
     from refine_core.corpus import CorpusIndex, classify
@@ -39,8 +43,13 @@ def test_index_and_classify_flows_match_the_library(platform: Path, tmp_path: Pa
 
     bench = load_benchmark("clinc150", queries=2, max_documents=500, corpus_seed=9)
     path = tmp_path / "notes.jsonl"
-    path.write_text("\n".join(json.dumps({"id": i, "text": t})
-                              for i, t in zip(bench.documents["doc_id"].to_list(), bench.document_texts())) + "\n")
+    path.write_text(
+        "\n".join(
+            json.dumps({"id": i, "text": t})
+            for i, t in zip(bench.documents["doc_id"].to_list(), bench.document_texts())
+        )
+        + "\n"
+    )
     t0 = time.time()
     built = index_corpus_flow(str(path), name="notes-flow", chunk_size=128)
     index = CorpusIndex.open(built["index"])
@@ -59,11 +68,20 @@ def test_index_and_classify_flows_match_the_library(platform: Path, tmp_path: Pa
     with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=KEY) as server:
         judge = JudgeSpec(kind="anthropic", base_url=server.base_url, max_retries=1)
         out = tmp_path / "labels.parquet"
-        summary = classify_corpus_flow(str(index.folder), criterion, judge, str(out), k=10, calibrate=6, lr=1e-3,
-                                       score_chunk=150)
+        summary = classify_corpus_flow(
+            str(index.folder), criterion, judge, str(out), k=10, calibrate=6, lr=1e-3, score_chunk=150
+        )
         paid = server.stats.message_requests
-        direct = classify(index, criterion, judge=AnthropicJudge(base_url=server.base_url), embedder=minilm, k=10,
-                          calibrate=6, config=RefineConfig(lr=1e-3), ledger=JudgmentLedger(ledger_url()))
+        direct = classify(
+            index,
+            criterion,
+            judge=AnthropicJudge(base_url=server.base_url),
+            embedder=minilm,
+            k=10,
+            calibrate=6,
+            config=RefineConfig(lr=1e-3),
+            ledger=JudgmentLedger(ledger_url()),
+        )
         assert server.stats.message_requests == paid  # the library run found every judgment in the ledger
     frame = pl.read_parquet(out)
     assert frame.height == 500 and frame["id"].to_list() == index.documents()[0]
@@ -82,8 +100,14 @@ def test_classification_evaluation_is_logged_to_mlflow(platform: Path) -> None:
     from flows.corpus import evaluate_classification
     from flows.tracking import tracking_uri
 
-    result = evaluate_classification(BenchmarkSpec(name="clinc150", queries=4, max_documents=800),
-                                     JudgeSpec(kind="oracle"), k=20, calibrate=10, lr=1e-3, experiment="classification-test")
+    result = evaluate_classification(
+        BenchmarkSpec(name="clinc150", queries=4, max_documents=800),
+        JudgeSpec(kind="oracle"),
+        k=20,
+        calibrate=10,
+        lr=1e-3,
+        experiment="classification-test",
+    )
     m = result["metrics"]
     assert m["queries"] == 4
     for prefix in ("refined", "baseline"):

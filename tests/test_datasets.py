@@ -52,7 +52,9 @@ def test_nfcorpus_counts_and_grades(data_root: Path) -> None:
     assert c["mean_positives_per_query"] == pytest.approx(38.2, abs=0.05)
     assert set(b.labels["score"].unique().to_list()) <= {1.0, 2.0}
     first = b.documents.filter(pl.col("doc_id") == "MED-10")["text"].item()
-    assert first.startswith("Statin Use and Breast Cancer Survival: A Nationwide Cohort Study from Finland Recent studies")
+    assert first.startswith(
+        "Statin Use and Breast Cancer Survival: A Nationwide Cohort Study from Finland Recent studies"
+    )
     labels, pool = b.label_matrix()
     assert pool is None and labels.shape == (323, 3633) and set(np.unique(labels)) <= {0.0, 1.0, 2.0}
 
@@ -84,8 +86,14 @@ def test_corpus_subsample_keeps_every_positive(data_root: Path) -> None:
     kept = set(small.documents["doc_id"].to_list())
     assert set(b.labels["doc_id"].to_list()) <= kept
     assert small.labels.height == b.labels.height
-    assert small.documents["doc_id"].to_list() == [d for d in b.documents["doc_id"].to_list() if d in kept]  # order kept
-    assert small.content_hash == b.subsample_corpus(1000, seed=42).content_hash != b.subsample_corpus(1000, seed=1).content_hash
+    assert small.documents["doc_id"].to_list() == [
+        d for d in b.documents["doc_id"].to_list() if d in kept
+    ]  # order kept
+    assert (
+        small.content_hash
+        == b.subsample_corpus(1000, seed=42).content_hash
+        != b.subsample_corpus(1000, seed=1).content_hash
+    )
     with pytest.raises(DatasetError, match="while keeping all"):
         b.subsample_corpus(10)
 
@@ -94,7 +102,12 @@ def test_corpus_subsample_keeps_every_positive(data_root: Path) -> None:
 def test_argkp21_pools_by_hand() -> None:
     b = load_argkp21(FIXTURES / "argkp21")
     assert b.pool == "per-query"
-    assert b.query_texts() == ["Guns cause deaths", "Guns protect people", "Uniforms harm expression", "Uniforms cost money"]
+    assert b.query_texts() == [
+        "Guns cause deaths",
+        "Guns protect people",
+        "Uniforms harm expression",
+        "Uniforms cost money",
+    ]
     labels, pool = b.label_matrix()
     docs = b.documents["doc_id"].to_list()
     pools = {q: sorted(docs[j] for j in np.flatnonzero(pool[i])) for i, q in enumerate(b.queries["query_id"].to_list())}
@@ -105,7 +118,10 @@ def test_argkp21_pools_by_hand() -> None:
         "kp_1_1": ["arg_1_1", "arg_1_2"],
     }
     assert labels[3, docs.index("arg_1_2")] == 1 and labels[3, docs.index("arg_1_1")] == 0
-    assert b.documents.filter(pl.col("doc_id") == "arg_0_2")["text"].item() == 'Hunting is a tradition, and "tradition" matters'
+    assert (
+        b.documents.filter(pl.col("doc_id") == "arg_0_2")["text"].item()
+        == 'Hunting is a tradition, and "tradition" matters'
+    )
     # the same files directly in the folder (no kpm_data/) load the same benchmark
     dev_only = load_argkp21(FIXTURES / "argkp21" / "kpm_data", splits=("dev",))
     assert dev_only.n_queries == 2
@@ -234,7 +250,7 @@ PAPER = {
     "argkp21": "Given an argument, identify utterances from debates that convey this argument.",
     "nfcorpus": "Given a question, retrieve relevant documents that best answer the question.",
     "realscholarquery": "Given a fine-grained scientific inquiry, retrieve academic publications that strictly align "
-                        "with the specified research topic, methodology, and constraints.",
+    "with the specified research topic, methodology, and constraints.",
     "followir": "Retrieve text based on a fine-grained user query.",
 }
 

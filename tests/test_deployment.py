@@ -61,7 +61,9 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def schema() -> dict:
-    candidates = [Path(os.environ[v]) / ".." / "schemas" / "compose-spec.json" for v in ("REFINE_DATA_DIR",) if os.environ.get(v)]
+    candidates = [
+        Path(os.environ[v]) / ".." / "schemas" / "compose-spec.json" for v in ("REFINE_DATA_DIR",) if os.environ.get(v)
+    ]
     candidates.append(ROOT.parent / "shared" / "schemas" / "compose-spec.json")
     for path in candidates:
         if path.is_file():
@@ -80,7 +82,15 @@ ONE_SHOT = {"minio-init", "work-pool-init"}
 
 def test_service_graph(compose: dict) -> None:
     services = compose["services"]
-    assert {"postgres", "prefect-server", "mlflow", "worker", "minio", "minio-init", "work-pool-init"} <= services.keys()
+    assert {
+        "postgres",
+        "prefect-server",
+        "mlflow",
+        "worker",
+        "minio",
+        "minio-init",
+        "work-pool-init",
+    } <= services.keys()
     for name, service in services.items():
         if name in ONE_SHOT:  # init jobs run once and exit; their dependents wait for success
             assert service["restart"] == "no" and "healthcheck" not in service, name
@@ -112,8 +122,9 @@ def test_secrets_come_from_files_and_reach_no_command_line(compose: dict) -> Non
     every /run/secrets/X a service reads is a secret it mounts, the ledger URL holds no password."""
     text = (ROOT / "docker-compose.yml").read_text()
     raw = yaml.safe_load(text)
-    assert not re.search(r"\$\{[A-Z_]*(PASSWORD|SECRET|API_KEY)[A-Z_]*(?<!_FILE)(:[-?][^}]*)?\}", text), \
+    assert not re.search(r"\$\{[A-Z_]*(PASSWORD|SECRET|API_KEY)[A-Z_]*(?<!_FILE)(:[-?][^}]*)?\}", text), (
         "a password is interpolated into the compose file"
+    )
     for name, secret in raw["secrets"].items():
         assert re.fullmatch(r"\$\{[A-Z0-9_]+_FILE:\?.+\}", secret["file"]), f"secret {name} is not a required *_FILE"
     for name, service in raw["services"].items():
@@ -125,7 +136,10 @@ def test_secrets_come_from_files_and_reach_no_command_line(compose: dict) -> Non
     from sqlalchemy.engine import make_url
 
     x_env = compose["x-refine-env"]
-    assert make_url(x_env["REFINE_LEDGER_URL"]).username == "refine" and make_url(x_env["REFINE_LEDGER_URL"]).password is None
+    assert (
+        make_url(x_env["REFINE_LEDGER_URL"]).username == "refine"
+        and make_url(x_env["REFINE_LEDGER_URL"]).password is None
+    )
     assert x_env["REFINE_LEDGER_PASSWORD_FILE"] == "/run/secrets/postgres_password"
     assert x_env["ANTHROPIC_API_KEY_FILE"] == "/run/secrets/anthropic_api_key"
     # required settings fail with a message, not an empty string
@@ -155,15 +169,23 @@ def test_the_prefect_image_is_the_version_the_packages_resolve_to(compose: dict)
 
 
 def test_one_constraints_file_for_the_makefile_ci_and_the_image() -> None:
-    pins = {name.lower().replace("_", "-"): pin for name, pin in (
-        line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#"))}
+    pins = {
+        name.lower().replace("_", "-"): pin
+        for name, pin in (
+            line.split("==", 1)
+            for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+    }
     from importlib.metadata import version
 
     for package in ("prefect", "mlflow", "sentence-transformers", "sqlalchemy", "anthropic"):
         assert pins[package] == version(package), package  # the environment the tests run in
     assert pins["mlflow"] == "3.17.2" and pins["torch"].startswith("2.13.0")
     makefile = (ROOT / "Makefile").read_text()
-    assert makefile.count("-c constraints.txt") >= 3 and "constraints.txt" in makefile.split("$(STAMP):")[1].split("\n")[0]
+    assert (
+        makefile.count("-c constraints.txt") >= 3 and "constraints.txt" in makefile.split("$(STAMP):")[1].split("\n")[0]
+    )
     assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI installs through the Makefile
     docker = (ROOT / "Dockerfile").read_text()
     assert "COPY constraints.txt" in docker and docker.count("-c constraints.txt") >= 2
@@ -187,7 +209,9 @@ def test_compose_and_the_rehearsal_describe_the_same_stack(compose: dict) -> Non
     assert "MLFLOW_BACKEND_STORE_URI" in mlflow_command and "--backend-store-uri" not in mlflow_command
     assert services["mlflow"]["environment"]["ARTIFACT_BUCKET"] == rehearse.BUCKET
     assert rehearse.POOL in services["worker"]["command"] and rehearse.POOL in services["work-pool-init"]["command"]
-    assert set(rehearse.DATABASES) == {services["postgres"]["environment"][k] for k in ("PREFECT_DB", "MLFLOW_DB", "LEDGER_DB")}
+    assert set(rehearse.DATABASES) == {
+        services["postgres"]["environment"][k] for k in ("PREFECT_DB", "MLFLOW_DB", "LEDGER_DB")
+    }
 
 
 def test_ports_are_bound_to_localhost(compose: dict) -> None:

@@ -71,13 +71,19 @@ def test_assert_same_numbers_tolerates_only_float_noise() -> None:
 
 
 def _config(name: str, runner: str, corpus_shard: int | None = None) -> SweepConfig:
-    return SweepConfig(name=name, benchmarks=[BenchmarkSpec(name="clinc150", queries=16, max_documents=1600)],
-                       judges=[JudgeSpec(kind="noisy-oracle", flip_rate=0.2, seed=3)], grid=Grid(lr=[1e-4], rounds=[2]),
-                       runner=runner, execution=ExecutionSpec(chunk_size=400, query_block=4, corpus_shard=corpus_shard))
+    return SweepConfig(
+        name=name,
+        benchmarks=[BenchmarkSpec(name="clinc150", queries=16, max_documents=1600)],
+        judges=[JudgeSpec(kind="noisy-oracle", flip_rate=0.2, seed=3)],
+        grid=Grid(lr=[1e-4], rounds=[2]),
+        runner=runner,
+        execution=ExecutionSpec(chunk_size=400, query_block=4, corpus_shard=corpus_shard),
+    )
 
 
-def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(platform: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(
+    platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from distributed import Client
     from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 

@@ -18,7 +18,9 @@ def test_default_alias_resolves_offline_to_the_bundled_copy() -> None:
 
 
 def test_query_template_and_plain_documents(minilm: SentenceTransformerEmbedder) -> None:
-    assert minilm.format_query("cancel my card", "Find the intent") == "Instruct: Find the intent\nQuery: cancel my card"
+    assert (
+        minilm.format_query("cancel my card", "Find the intent") == "Instruct: Find the intent\nQuery: cancel my card"
+    )
     assert minilm.format_query("cancel my card", None) == "cancel my card"
     q = minilm.embed_queries(["cancel my card"], instruction="Find the intent")
     direct = minilm.encode(["Instruct: Find the intent\nQuery: cancel my card"])

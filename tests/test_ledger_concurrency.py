@@ -51,8 +51,15 @@ def test_processes_writing_the_same_judgments_at_once_lose_nothing_and_duplicate
     from refine_core.judges import JudgmentLedger
 
     JudgmentLedger(ledger_url)  # tables created once, as a sweep does before its workers start
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT), url=ledger_url, seed=seed)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER.format(root=str(ROOT), url=ledger_url, seed=seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in range(4)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
     duplicates = [int(out.strip()) for out, _ in outputs]
@@ -75,8 +82,9 @@ print(json.dumps({{"judged": report.judged, "from_ledger": report.from_ledger, "
 """
 
 
-def test_workers_sharing_a_ledger_pay_each_pair_once_and_count_the_calls_that_raced(ledger_url: str,
-                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_sharing_a_ledger_pay_each_pair_once_and_count_the_calls_that_raced(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three processes judge overlapping queries (0-5, 3-8, 0-8) at once; the server counts what was paid."""
     from refine_core.judges import JudgmentLedger
 
@@ -84,9 +92,19 @@ def test_workers_sharing_a_ledger_pay_each_pair_once_and_count_the_calls_that_ra
     JudgmentLedger(ledger_url)
     with FakeAnthropic(lambda q, d: "card 1" in d, api_key=KEY, latency=0.02) as server:
         plans = [list(range(0, 6)), list(range(3, 9)), list(range(0, 9))]
-        procs = [subprocess.Popen([sys.executable, "-c", JUDGE_RUN.format(root=str(ROOT), base_url=server.base_url,
-                                                                          url=ledger_url, queries=queries)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for queries in plans]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    JUDGE_RUN.format(root=str(ROOT), base_url=server.base_url, url=ledger_url, queries=queries),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for queries in plans
+        ]
         outputs = [p.communicate(timeout=300) for p in procs]
         assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
         reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]

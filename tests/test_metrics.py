@@ -69,7 +69,9 @@ def test_roc_auc_and_separation_match_direct_definitions() -> None:
         pos, neg = scores[i][labels[i] == 1], scores[i][labels[i] == 0]
         pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
         assert res["roc_auc"][i] == pytest.approx(pairs, abs=1e-12)
-        pooled = np.sqrt(((pos.size - 1) * pos.var(ddof=1) + (neg.size - 1) * neg.var(ddof=1)) / (pos.size + neg.size - 2))
+        pooled = np.sqrt(
+            ((pos.size - 1) * pos.var(ddof=1) + (neg.size - 1) * neg.var(ddof=1)) / (pos.size + neg.size - 2)
+        )
         assert res["separation"][i] == pytest.approx((pos.mean() - neg.mean()) / pooled, abs=1e-12)
 
 

@@ -30,8 +30,11 @@ def _task_states_since(t0: float) -> list[tuple[str, str]]:
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
-    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in runs
-            if r.state is not None and r.state.timestamp.timestamp() >= t0]
+    return [
+        (r.name.rsplit("-", 1)[0], r.state.name)
+        for r in runs
+        if r.state is not None and r.state.timestamp.timestamp() >= t0
+    ]
 
 
 def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
@@ -65,9 +68,19 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
         for method in ("baseline", "rerank_only", "rocchio", "refined"):
             for name in ("map", "ndcg_at_10", "recall_at_50", "precision_at_10", "roc_auc", "separation"):
                 assert np.isfinite(child.data.metrics[f"{method}.{name}"]), (method, name)
-        for name in ("refined.delta_map", "refined.relative_gain", "refined.p_raw", "refined.p_bh", "judge_cost_usd",
-                     "judgments_failed", "judgments_paid", "judgments_cached", "refined.queries_improved",
-                     "time.judge_s", "time.refine_s"):
+        for name in (
+            "refined.delta_map",
+            "refined.relative_gain",
+            "refined.p_raw",
+            "refined.p_bh",
+            "judge_cost_usd",
+            "judgments_failed",
+            "judgments_paid",
+            "judgments_cached",
+            "refined.queries_improved",
+            "time.judge_s",
+            "time.refine_s",
+        ):
             assert name in child.data.metrics
         # the sweep embeds once for all cells: those timings are on the parent, not ~0 on each child
         assert "time.embed_corpus_s" not in child.data.metrics
@@ -99,12 +112,16 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     labels, _ = bench.label_matrix()
     by_label = {(c["judge"], c["params"]["lr"]): c for c in result["cells"]}
     for lr in (1e-4, 1e-3):
-        direct = evaluate_cell_arrays(queries, docs, labels, lambda r, i: oracle_scores(labels[r], i),
-                                      config=RefineConfig(lr=lr)).summary()
+        direct = evaluate_cell_arrays(
+            queries, docs, labels, lambda r, i: oracle_scores(labels[r], i), config=RefineConfig(lr=lr)
+        ).summary()
         for method, value in direct.items():
             assert by_label[("oracle", lr)]["metrics"][method]["map"] == pytest.approx(value, abs=1e-6)
     # the noisy oracle of the flow (hash-based flips per pair) is worse than the exact one at lr 1e-3
-    assert by_label[("noisy-oracle-0.2", 1e-3)]["metrics"]["refined"]["map"] < by_label[("oracle", 1e-3)]["metrics"]["refined"]["map"]
+    assert (
+        by_label[("noisy-oracle-0.2", 1e-3)]["metrics"]["refined"]["map"]
+        < by_label[("oracle", 1e-3)]["metrics"]["refined"]["map"]
+    )
 
     # A second identical run computes nothing: every cell is logged from its stored outcome
     # (no cell sub-flow, no embedding, judging or refinement task) as a run tagged cached that
@@ -126,20 +143,37 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
         assert b.info.run_name == a.info.run_name
         stable = lambda run: {k: v for k, v in run.data.params.items() if k != "prefect.flow_run_id"}  # noqa: E731
         assert stable(a) == stable(b)
-        paid = {"judgments_paid", "judgments_cached", "judge_requests", "judge_input_tokens", "judge_output_tokens",
-                "judge_cost_usd", "judgments_from_ledger"}
-        same = lambda run, paid=paid: {k: v for k, v in run.data.metrics.items()  # noqa: E731
-                                       if not k.startswith("time.") and k not in paid}
+        paid = {
+            "judgments_paid",
+            "judgments_cached",
+            "judge_requests",
+            "judge_input_tokens",
+            "judge_output_tokens",
+            "judge_cost_usd",
+            "judgments_from_ledger",
+        }
+
+        def same(run, paid=paid):
+            return {k: v for k, v in run.data.metrics.items() if not k.startswith("time.") and k not in paid}
+
         assert same(a) == same(b)
         assert b.data.metrics["judgments_paid"] == 0
-        assert b.data.metrics["judgments_cached"] == a.data.metrics["judgments_paid"] + a.data.metrics["judgments_cached"] \
+        assert (
+            b.data.metrics["judgments_cached"]
+            == a.data.metrics["judgments_paid"]
+            + a.data.metrics["judgments_cached"]
             + a.data.metrics["judgments_from_ledger"]
-        assert [m.value for m in client.get_metric_history(b.info.run_id, "refine.mean_loss")] == \
-            [m.value for m in client.get_metric_history(a.info.run_id, "refine.mean_loss")]
-        assert [d.dataset.digest for d in b.inputs.dataset_inputs] == [d.dataset.digest for d in a.inputs.dataset_inputs]
+        )
+        assert [m.value for m in client.get_metric_history(b.info.run_id, "refine.mean_loss")] == [
+            m.value for m in client.get_metric_history(a.info.run_id, "refine.mean_loss")
+        ]
+        assert [d.dataset.digest for d in b.inputs.dataset_inputs] == [
+            d.dataset.digest for d in a.inputs.dataset_inputs
+        ]
         for folder in (None, "plots", "per_query"):
-            assert [f.path for f in client.list_artifacts(b.info.run_id, folder)] == \
-                [f.path for f in client.list_artifacts(a.info.run_id, folder)]
+            assert [f.path for f in client.list_artifacts(b.info.run_id, folder)] == [
+                f.path for f in client.list_artifacts(a.info.run_id, folder)
+            ]
     # Without the stored outcomes the cells run again, every expensive task from Prefect's cache.
     import shutil
 
@@ -160,11 +194,16 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
     bench = load_benchmark("clinc150", queries=4, max_documents=600)
     relevant = bench.relevant_texts()
     broken_query = bench.query_texts()[2]
-    with FakeAnthropic(lambda q, d: d in relevant.get(q, set()), api_key=SENTINEL_KEY,
-                       faults=FaultPlan(fail_queries={broken_query})) as server:
+    with FakeAnthropic(
+        lambda q, d: d in relevant.get(q, set()), api_key=SENTINEL_KEY, faults=FaultPlan(fail_queries={broken_query})
+    ) as server:
         judge = JudgeSpec(kind="anthropic", scheme="listwise", base_url=server.base_url, max_retries=1, concurrency=2)
-        config = SweepConfig(name="retry-test", benchmarks=[BenchmarkSpec(name="clinc150", queries=4, max_documents=600)],
-                             judges=[judge], grid=Grid(k=[10]))
+        config = SweepConfig(
+            name="retry-test",
+            benchmarks=[BenchmarkSpec(name="clinc150", queries=4, max_documents=600)],
+            judges=[judge],
+            grid=Grid(k=[10]),
+        )
         first = run_sweep(config)
         cell = first["cells"][0]
         assert cell["failed_queries"] == 1 and len(first["judgment_failures"]) == 1
@@ -180,7 +219,9 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
         server.reset_stats()
         second = run_sweep(config)
         assert second["cells"][0]["failed_queries"] == 0 and second["judgment_failures"] == []
-        assert {q for (q, _) in server.stats.pairs_requested} == {broken_query}  # only the failed query was judged again
+        assert {q for (q, _) in server.stats.pairs_requested} == {
+            broken_query
+        }  # only the failed query was judged again
         assert server.stats.message_requests == 1
         assert second["cells"][0]["metrics"]["refined"]["map"] >= cell["metrics"]["refined"]["map"] - 1e-9
         # a cell with failed judgments stored no outcome (it ran again above); the complete one did
@@ -192,9 +233,11 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
     # (all under REFINE_HOME) and the Prefect database (flow/task parameters, logs, states)
     from prefect.settings import get_current_settings
 
-    url = str(get_current_settings().server.database.connection_url.get_secret_value()
-              if hasattr(get_current_settings().server.database.connection_url, "get_secret_value")
-              else get_current_settings().server.database.connection_url)
+    url = str(
+        get_current_settings().server.database.connection_url.get_secret_value()
+        if hasattr(get_current_settings().server.database.connection_url, "get_secret_value")
+        else get_current_settings().server.database.connection_url
+    )
     places = [str(platform)]
     if url.startswith("sqlite"):
         db = Path(url.split("///", 1)[1])
@@ -241,7 +284,9 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
     compared = json.loads(res.output.strip().splitlines()[-1])
     assert compared["parent_run_id"] == out["parent_run_id"]
     assert compared["cells"][0]["metrics"]["refined"]["map"] == pytest.approx(cell["metrics"]["refined"]["map"])
-    assert compared["cells"][0]["metrics"]["baseline"]["ndcg@10"] == pytest.approx(cell["metrics"]["baseline"]["ndcg@10"])
+    assert compared["cells"][0]["metrics"]["baseline"]["ndcg@10"] == pytest.approx(
+        cell["metrics"]["baseline"]["ndcg@10"]
+    )
     res = runner.invoke(app, ["compare", "--experiment", "cli-test", "--format", "csv"])
     assert res.exit_code == 0 and res.output.splitlines()[0].startswith("run_id,benchmark,model,judge")
 
@@ -250,7 +295,10 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
     "yaml_text,message",
     [
         ("name: x\nbenchmarks: [{name: clinc150}]\nbogus: 1\n", "unknown key 'bogus'"),
-        ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {lr: [-0.1]}\n", "grid.lr: Value error, lr values must be > 0"),
+        (
+            "name: x\nbenchmarks: [{name: clinc150}]\ngrid: {lr: [-0.1]}\n",
+            "grid.lr: Value error, lr values must be > 0",
+        ),
         ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {steps: [0]}\n", "steps values must be integers >= 1"),
         ("name: x\nbenchmarks: [{name: nope}]\n", "unknown dataset 'nope'"),
         ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {k: [20000]}\n", "is larger than the smallest pool"),
@@ -259,16 +307,27 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
         ("- just\n- a list\n", "expected a mapping at the top level"),
         ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: spark\n", "runner 'spark' is not known"),
         ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1\n", "expected dask://host:port"),
-        ("name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1:9\n", "no Dask scheduler answers at 127.0.0.1:9"),
+        (
+            "name: x\nbenchmarks: [{name: clinc150}]\nrunner: dask://127.0.0.1:9\n",
+            "no Dask scheduler answers at 127.0.0.1:9",
+        ),
         ("name: x\nbenchmarks: [{name: clinc150}]\nexecution: {chunk_size: 0}\n", "execution.chunk_size"),
-        ("name: x\nbenchmarks: [{name: clinc150}]\nquery_templates: {all-MiniLM-L6-v2: 'Q: {text}'}\n",
-         "must contain {query}"),
-        ("name: x\nbenchmarks: [{name: clinc150}]\nquery_templates: {other-model: '{query}'}\n",
-         "query_templates names 'other-model', which is not in models"),
-        ("name: x\nbenchmarks: [{name: clinc150, document_vectors: {path: /no/such.npy, model: all-MiniLM-L6-v2}}]\n",
-         "benchmark clinc150: document_vectors /no/such.npy: no such file"),
-        ("name: x\nbenchmarks: [{name: clinc150, document_vectors: {path: /etc/passwd, model: all-MiniLM-L6-v2}}]\n",
-         "unknown format '' (.npy or .parquet)"),
+        (
+            "name: x\nbenchmarks: [{name: clinc150}]\nquery_templates: {all-MiniLM-L6-v2: 'Q: {text}'}\n",
+            "must contain {query}",
+        ),
+        (
+            "name: x\nbenchmarks: [{name: clinc150}]\nquery_templates: {other-model: '{query}'}\n",
+            "query_templates names 'other-model', which is not in models",
+        ),
+        (
+            "name: x\nbenchmarks: [{name: clinc150, document_vectors: {path: /no/such.npy, model: all-MiniLM-L6-v2}}]\n",
+            "benchmark clinc150: document_vectors /no/such.npy: no such file",
+        ),
+        (
+            "name: x\nbenchmarks: [{name: clinc150, document_vectors: {path: /etc/passwd, model: all-MiniLM-L6-v2}}]\n",
+            "unknown format '' (.npy or .parquet)",
+        ),
     ],
 )
 def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path, yaml_text: str, message: str) -> None:
@@ -278,14 +337,22 @@ def test_cli_config_errors_exit_2_with_one_line(tmp_path: Path, data_root: Path,
     config.write_text(yaml_text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     env["REFINE_HOME"] = str(tmp_path / ".refine")
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert res.returncode == 2, res.stderr
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-def test_judge_cache_invalidation_works_on_local_and_remote_result_storage(platform: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_judge_cache_invalidation_works_on_local_and_remote_result_storage(
+    platform: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import prefect.results
     from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
@@ -312,16 +379,22 @@ def test_a_per_model_query_template_reaches_the_query_embeddings(platform: Path)
     from refine_core.embedding_cache import EmbeddingCache
     from refine_core.metrics import cosine_scores, evaluate_rankings
 
-    config = SweepConfig(name="template-test", benchmarks=[BenchmarkSpec(name="clinc150", queries=5, max_documents=600)],
-                         query_templates={"all-MiniLM-L6-v2": "{query}"})
+    config = SweepConfig(
+        name="template-test",
+        benchmarks=[BenchmarkSpec(name="clinc150", queries=5, max_documents=600)],
+        query_templates={"all-MiniLM-L6-v2": "{query}"},
+    )
     result = sweep(config)
     bench = load_benchmark("clinc150", queries=5, max_documents=600)
     bare = SentenceTransformerEmbedder(query_template="{query}")
     cache = EmbeddingCache(platform / "embeddings")
-    direct = evaluate_rankings(cosine_scores(bare.embed_queries(bench.query_texts(), instruction=bench.embed_instruction,
-                                                                cache=cache),
-                                             bare.embed_documents(bench.document_texts(), cache=cache)),
-                               bench.label_matrix()[0]).means["map"]
+    direct = evaluate_rankings(
+        cosine_scores(
+            bare.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache),
+            bare.embed_documents(bench.document_texts(), cache=cache),
+        ),
+        bench.label_matrix()[0],
+    ).means["map"]
     cell = result["cells"][0]
     assert cell["metrics"]["baseline"]["map"] == pytest.approx(direct, abs=1e-6)
     templated = sweep(config.model_copy(update={"name": "template-default", "query_templates": {}}))
@@ -329,7 +402,9 @@ def test_a_per_model_query_template_reaches_the_query_embeddings(platform: Path)
     assert MlflowClient(tracking_uri()).get_run(cell["run_id"]).data.params["query_template"] == "{query}"
 
 
-def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_corpus(platform: Path, tmp_path: Path) -> None:
+def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_corpus(
+    platform: Path, tmp_path: Path
+) -> None:
     """Vectors computed elsewhere (.npy in document order, or parquet by doc_id) give the figures the
     sweep gets when it embeds the corpus itself; bad files are named before anything runs."""
     from evaluations.config import VectorsSpec
@@ -340,13 +415,19 @@ def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_cor
 
     spec = BenchmarkSpec(name="clinc150", queries=4, max_documents=500, corpus_seed=11)
     bench = load_benchmark("clinc150", queries=4, max_documents=500, corpus_seed=11)
-    vectors = SentenceTransformerEmbedder().embed_documents(bench.document_texts(), cache=EmbeddingCache(platform / "embeddings"))
+    vectors = SentenceTransformerEmbedder().embed_documents(
+        bench.document_texts(), cache=EmbeddingCache(platform / "embeddings")
+    )
     npy = tmp_path / "docs.npy"
     np.save(npy, vectors)
-    order = np.random.default_rng(0).permutation(len(vectors))   # parquet rows in any order, matched by doc_id
+    order = np.random.default_rng(0).permutation(len(vectors))  # parquet rows in any order, matched by doc_id
     parquet = tmp_path / "docs.parquet"
-    pl.DataFrame({"doc_id": [bench.documents["doc_id"][int(i)] for i in order],
-                  "vector": [vectors[int(i)].tolist() for i in order]}).write_parquet(parquet)
+    pl.DataFrame(
+        {
+            "doc_id": [bench.documents["doc_id"][int(i)] for i in order],
+            "vector": [vectors[int(i)].tolist() for i in order],
+        }
+    ).write_parquet(parquet)
     embedded = run_sweep(SweepConfig(name="own-vectors-reference", benchmarks=[spec], grid=Grid(k=[10])))
     for path in (npy, parquet):
         own = spec.model_copy(update={"document_vectors": VectorsSpec(path=str(path), model="all-MiniLM-L6-v2")})
@@ -357,5 +438,7 @@ def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_cor
     bad = spec.model_copy(update={"document_vectors": VectorsSpec(path=str(wrong), model="all-MiniLM-L6-v2")})
     with pytest.raises(Exception, match=r"dimension 100, but all-MiniLM-L6-v2 embeds queries in 384"):
         run_sweep(SweepConfig(name="own-vectors-bad", benchmarks=[bad], grid=Grid(k=[10])))
-    with pytest.raises(ValueError, match="its document_vectors were computed with 'all-MiniLM-L6-v2', so models must be"):
+    with pytest.raises(
+        ValueError, match="its document_vectors were computed with 'all-MiniLM-L6-v2', so models must be"
+    ):
         SweepConfig(name="x", benchmarks=[bad], models=["other-model"])

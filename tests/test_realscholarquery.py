@@ -23,15 +23,31 @@ def write_pasa(root: Path, n_papers: int = 40, questions: int = 3) -> Path:
             title = f"Paper Number {i}: A Study"
             id2paper[f"2401.{i:05d}"] = title
             # file names and title spelling differ from id2paper on purpose: the loader matches normalised titles
-            zf.writestr(f"cs_paper_2nd/p{i}.json", json.dumps({"title": title.upper(), "abstract": f"Abstract of paper {i}.",
-                                                              "authors": ["A"], "arxiv_id": f"2401.{i:05d}"}))
+            zf.writestr(
+                f"cs_paper_2nd/p{i}.json",
+                json.dumps(
+                    {
+                        "title": title.upper(),
+                        "abstract": f"Abstract of paper {i}.",
+                        "authors": ["A"],
+                        "arxiv_id": f"2401.{i:05d}",
+                    }
+                ),
+            )
         zf.writestr("cs_paper_2nd/broken-but-skipped.txt", "not json")
     id2paper["9999.00001"] = "A paper that is not in the database"
     (root / "paper_database" / "id2paper.json").write_text(json.dumps(id2paper))
     with (root / "RealScholarQuery" / "test.jsonl").open("w") as f:
         for q in range(questions):
-            f.write(json.dumps({"question": f"Which papers study topic {q}?", "answer_arxiv_id":
-                                [f"2401.{2 * q:05d}", f"2401.{2 * q + 1:05d}", "9999.00001"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "question": f"Which papers study topic {q}?",
+                        "answer_arxiv_id": [f"2401.{2 * q:05d}", f"2401.{2 * q + 1:05d}", "9999.00001"],
+                    }
+                )
+                + "\n"
+            )
     return root
 
 
@@ -64,5 +80,7 @@ def test_registry_and_bad_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(DatasetError, match="is not a zip file"):
         load_benchmark("realscholarquery")
     (tmp_path / "data" / "realscholarquery" / "RealScholarQuery" / "test.jsonl").unlink()
-    with pytest.raises(DatasetError, match=r"RealScholarQuery/test.jsonl.*CarlanLark/pasa-dataset.*HF_HUB_OFFLINE is set"):
+    with pytest.raises(
+        DatasetError, match=r"RealScholarQuery/test.jsonl.*CarlanLark/pasa-dataset.*HF_HUB_OFFLINE is set"
+    ):
         load_benchmark("realscholarquery")

@@ -91,16 +91,26 @@ def test_matches_per_query_autograd(d: int, optimizer: str, lr: float, masked: b
 def test_temperatures_match_autograd(tc: float, ts: float) -> None:
     q, fb, s = _inputs(4, 10, 16, seed=3)
     got = refine(q, fb, s, lr=1e-2, steps=25, score_temperature=ts, similarity_temperature=tc)
-    want, _ = reference_refine(q, fb, s, np.ones(s.shape, bool), lr=1e-2, steps=25, optimizer="adam",
-                               score_temperature=ts, similarity_temperature=tc)
+    want, _ = reference_refine(
+        q,
+        fb,
+        s,
+        np.ones(s.shape, bool),
+        lr=1e-2,
+        steps=25,
+        optimizer="adam",
+        score_temperature=ts,
+        similarity_temperature=tc,
+    )
     assert _rel_err(got.vectors - q, want - q) <= 1e-3
 
 
 def test_refit_minmax_matches_autograd() -> None:
     q, fb, s = _inputs(5, 12, 32, seed=4)
     got = refine(q, fb, s, config=dataclasses.replace(REFIT, steps=40))
-    want, want_loss = reference_refine(q, fb, s, np.ones(s.shape, bool), lr=REFIT.lr, steps=40, optimizer="adam",
-                                       score_temperature=2.0, minmax=True)
+    want, want_loss = reference_refine(
+        q, fb, s, np.ones(s.shape, bool), lr=REFIT.lr, steps=40, optimizer="adam", score_temperature=2.0, minmax=True
+    )
     assert _rel_err(got.vectors - q, want - q) <= 1e-3
     assert _rel_err(got.losses, want_loss) <= 1e-3
 
@@ -275,7 +285,7 @@ def test_the_kernel_equals_the_packaged_reference(settings: dict, masked: bool) 
     if masked:
         mask = np.random.default_rng(2).random(s.shape) > 0.3
         mask[:, :2] = True
-        mask[0, 1:] = False        # a query with one judgment: skipped by both
+        mask[0, 1:] = False  # a query with one judgment: skipped by both
     kernel = refine(q, fb, s, mask=mask, **settings)
     reference = refine(q, fb, s, mask=mask, implementation="reference", **settings)
     np.testing.assert_array_equal(kernel.skipped, reference.skipped)
@@ -289,14 +299,19 @@ def test_the_packaged_reference_equals_autograd_in_float64() -> None:
     from refine_core.refinement_reference import refine_one
 
     q, fb, s = _inputs(3, 9, 16, seed=12)
-    for kwargs, minmax, ts in (({"optimizer": "adam", "lr": 1e-2}, False, 1.0), ({"optimizer": "sgd", "lr": 0.5}, False, 1.0),
-                               ({"optimizer": "adam", "lr": 5e-3}, True, 2.0)):
-        want, want_loss = reference_refine(q, fb, s, np.ones(s.shape, bool), steps=20, minmax=minmax,
-                                           score_temperature=ts, **kwargs)
+    for kwargs, minmax, ts in (
+        ({"optimizer": "adam", "lr": 1e-2}, False, 1.0),
+        ({"optimizer": "sgd", "lr": 0.5}, False, 1.0),
+        ({"optimizer": "adam", "lr": 5e-3}, True, 2.0),
+    ):
+        want, want_loss = reference_refine(
+            q, fb, s, np.ones(s.shape, bool), steps=20, minmax=minmax, score_temperature=ts, **kwargs
+        )
         p = target_distribution(s, np.ones(s.shape, bool), temperature=ts, normalize="minmax" if minmax else "none")
         for i in range(3):
-            z, loss = refine_one(q[i], fb[i], p[i], lr=kwargs["lr"], steps=20, adam=kwargs["optimizer"] == "adam",
-                                 minmax=minmax)
+            z, loss = refine_one(
+                q[i], fb[i], p[i], lr=kwargs["lr"], steps=20, adam=kwargs["optimizer"] == "adam", minmax=minmax
+            )
             np.testing.assert_allclose(z - q[i], want[i] - q[i], rtol=1e-7, atol=1e-10)
             np.testing.assert_allclose(loss, want_loss[i], rtol=1e-7, atol=1e-12)
 

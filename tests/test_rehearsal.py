@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_team_topology_runs_a_sweep_twice_and_the_second_run_pays_nothing(tmp_path: Path) -> None:
     """PostgreSQL, S3 (moto), Prefect server, MLflow server, Dask (2 workers), a work pool with two
     Prefect workers: a sweep triggered through the Prefect API runs; again on the other worker, free."""
-    res = subprocess.run([sys.executable, str(ROOT / "deploy" / "rehearse.py"), "--json", "--keep-logs", str(tmp_path)],
-                         capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "rehearse.py"), "--json", "--keep-logs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+    )
     report = json.loads(res.stdout.strip().splitlines()[-1])
     failed = [check for check, held in report["checks"].items() if not held]
     assert res.returncode == 0 and not failed, (failed, res.stdout[-3000:], res.stderr[-3000:])

@@ -28,7 +28,9 @@ def _per_query(result: dict) -> dict[str, pl.DataFrame]:
     out = {}
     for cell in result["cells"]:
         (artifact,) = [a for a in client.list_artifacts(cell["run_id"], "per_query") if a.path.endswith(".parquet")]
-        out[cell["params"]["benchmark.hash"]] = pl.read_parquet(client.download_artifacts(cell["run_id"], artifact.path))
+        out[cell["params"]["benchmark.hash"]] = pl.read_parquet(
+            client.download_artifacts(cell["run_id"], artifact.path)
+        )
     return out
 
 
@@ -45,14 +47,17 @@ def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     specs = [BenchmarkSpec(name="clinc150", queries=30, query_seed=seed, max_documents=3100) for seed in (1, 2, 3)]
     relevant: dict[str, set[str]] = {}
     for spec in specs:
-        relevant.update(load_benchmark("clinc150", queries=30, query_seed=spec.query_seed, max_documents=3100).relevant_texts())
+        relevant.update(
+            load_benchmark("clinc150", queries=30, query_seed=spec.query_seed, max_documents=3100).relevant_texts()
+        )
 
     def gold(q: str, d: str) -> bool:
         return d in relevant.get(q, set())
 
     def config(server: FakeAnthropic, name: str) -> SweepConfig:
-        judge = JudgeSpec(kind="anthropic", scheme="pointwise", base_url=server.base_url, max_retries=3,
-                          timeout_s=3.0, concurrency=16)
+        judge = JudgeSpec(
+            kind="anthropic", scheme="pointwise", base_url=server.base_url, max_retries=3, timeout_s=3.0, concurrency=16
+        )
         return SweepConfig(name=name, benchmarks=specs, judges=[judge], grid=Grid(k=[10]))
 
     # Fault-free reference, with its own ledger.
@@ -82,8 +87,9 @@ def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
             same = ok & complete
             assert same.sum() >= 10
             for method in ("baseline", "rerank_only", "rocchio", "refined"):
-                np.testing.assert_array_equal(table[f"ap_{method}"].to_numpy()[same],
-                                              ref_pq[bench_hash][f"ap_{method}"].to_numpy()[same])
+                np.testing.assert_array_equal(
+                    table[f"ap_{method}"].to_numpy()[same], ref_pq[bench_hash][f"ap_{method}"].to_numpy()[same]
+                )
         faulty_stats = (server.stats.message_requests, dict(server.stats.faults))
 
         # Faults off: a re-run completes the rest and equals the fault-free run exactly.
@@ -96,9 +102,11 @@ def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
         paid_twice = sum(1 for count in server.stats.pairs_answered.values() if count > 1)
         assert paid_twice == 0
         assert ledger.count() == len({(q, d) for (q, d) in server.stats.pairs_answered})  # each pair stored once
-    print(f"\nsoak: {faulty_stats[0]} requests in the faulty run, injected {faulty_stats[1]}, "
-          f"{len(failures)} judgments recorded as failed, {server.stats.message_requests} requests in total, "
-          f"paid twice: {paid_twice}, answers the client gave up on: {sum(server.stats.late_answers.values())}")
+    print(
+        f"\nsoak: {faulty_stats[0]} requests in the faulty run, injected {faulty_stats[1]}, "
+        f"{len(failures)} judgments recorded as failed, {server.stats.message_requests} requests in total, "
+        f"paid twice: {paid_twice}, answers the client gave up on: {sum(server.stats.late_answers.values())}"
+    )
 
 
 def test_long_documents_are_truncated_for_the_judge_and_counted(tmp_path: Path) -> None:
@@ -109,8 +117,12 @@ def test_long_documents_are_truncated_for_the_judge_and_counted(tmp_path: Path) 
     huge = "card " * 200_000  # 1 MB
     with FakeAnthropic(lambda q, d: "card" in d, api_key=os.environ["ANTHROPIC_API_KEY"], keep_bodies=True) as server:
         judge = AnthropicJudge(scheme="pointwise", base_url=server.base_url)
-        report = run_judge(judge, [JudgeRequest("lost card", (huge, "short"))], ledger=JudgmentLedger(tmp_path / "l.sqlite"),
-                           max_document_chars=20_000)
+        report = run_judge(
+            judge,
+            [JudgeRequest("lost card", (huge, "short"))],
+            ledger=JudgmentLedger(tmp_path / "l.sqlite"),
+            max_document_chars=20_000,
+        )
         assert report.truncated_documents == 1 and report.judged == 2
         sent = max(len(json_text(b)) for b in server.stats.bodies)
         assert sent < 30_000  # never sent whole
@@ -126,10 +138,21 @@ def json_text(body: dict) -> str:
 def test_unreachable_tracking_uri_is_a_one_line_error(tmp_path: Path, data_root: Path) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text("name: x\nbenchmarks: [{name: clinc150, queries: 2}]\n")
-    env = {**os.environ, "REFINE_HOME": str(tmp_path / ".refine"), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/",
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", str(config)], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "REFINE_HOME": str(tmp_path / ".refine"),
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert res.returncode == 2, res.stderr
     assert "MLflow tracking URI http://127.0.0.1:9/ is unreachable" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

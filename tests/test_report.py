@@ -19,10 +19,16 @@ RUNS = {
 
 
 def _cells() -> list[dict]:
-    return [{"run_id": f"{m}{b}", "model": m, "benchmark": b,
-             "metrics": {meth: {"map": v} for meth, (v, _) in methods.items()},
-             "tests": {meth: {"pvalue": p} for meth, (_, p) in methods.items() if p is not None}}
-            for (m, b), methods in RUNS.items()]
+    return [
+        {
+            "run_id": f"{m}{b}",
+            "model": m,
+            "benchmark": b,
+            "metrics": {meth: {"map": v} for meth, (v, _) in methods.items()},
+            "tests": {meth: {"pvalue": p} for meth, (_, p) in methods.items() if p is not None},
+        }
+        for (m, b), methods in RUNS.items()
+    ]
 
 
 # BH over the 8 p-values: .001->.008, .01->.04, .02->.0533, .03->.06, .04->.064, .30->.4, .5->.571, .9->.9
@@ -66,7 +72,9 @@ def test_hyde_rows_appear_when_runs_have_them_and_missing_entries_show_a_dash() 
 
 def test_duplicate_cells_are_refused() -> None:
     cells = _cells() + [dict(_cells()[0], run_id="again")]
-    with pytest.raises(ReportError, match="2 cells for model 'A' on 'X' come from different sweeps: pick one with --parent"):
+    with pytest.raises(
+        ReportError, match="2 cells for model 'A' on 'X' come from different sweeps: pick one with --parent"
+    ):
         paper_table(cells)
     grid = _cells() + [dict(_cells()[0], run_id="lr", params={"lr": 1e-3})]
     for c in grid[:-1]:
@@ -95,12 +103,14 @@ def test_cli_renders_runs_from_mlflow(tmp_path: Path, monkeypatch: pytest.Monkey
         metrics.update({f"{meth}.pvalue": p for meth, (_, p) in methods.items() if p is not None})
         tracker.log_metrics(run, metrics)
         tracker.finish(run, "FINISHED")
-    result = CliRunner().invoke(app, ["compare", "--experiment", "paper-test", "--all", "--layout", "paper",
-                                      "--format", "markdown"])
+    result = CliRunner().invoke(
+        app, ["compare", "--experiment", "paper-test", "--all", "--layout", "paper", "--format", "markdown"]
+    )
     assert result.exit_code == 0, result.output
     assert EXPECTED_MARKDOWN in result.output
-    latex = CliRunner().invoke(app, ["compare", "--experiment", "paper-test", "--all", "--layout", "paper",
-                                     "--format", "latex"])
+    latex = CliRunner().invoke(
+        app, ["compare", "--experiment", "paper-test", "--all", "--layout", "paper", "--format", "latex"]
+    )
     assert latex.exit_code == 0 and "\\begin{tabular}" in latex.output and "| model |" not in latex.output
     bad = CliRunner().invoke(app, ["compare", "--experiment", "paper-test", "--all", "--layout", "poster"])
     assert bad.exit_code == 2 and "--layout must be cells or paper" in bad.output
@@ -121,8 +131,10 @@ def test_the_table_shows_the_stored_p_bh_and_never_recomputes_it_over_its_subset
 def test_nan_p_values_stay_out_of_the_family() -> None:
     from flows.report import adjust_sweep_pvalues
 
-    cells = [{"tests": {"refined": {"pvalue": 0.01}, "rerank_only": {"pvalue": float("nan")}}},
-             {"tests": {"refined": {"pvalue": 0.04}}}]
+    cells = [
+        {"tests": {"refined": {"pvalue": 0.01}, "rerank_only": {"pvalue": float("nan")}}},
+        {"tests": {"refined": {"pvalue": 0.04}}},
+    ]
     assert adjust_sweep_pvalues(cells) == pytest.approx([0.02, 0.04])
     assert "pvalue_bh" not in cells[0]["tests"]["rerank_only"]
 
@@ -131,8 +143,12 @@ def test_one_function_applies_benjamini_hochberg() -> None:
     """Every table, report, metric and benchmark gets p (BH) from flows.report.adjust_sweep_pvalues:
     no other module calls the statistics function (a second family would disagree with the first)."""
     root = Path(__file__).resolve().parents[1]
-    callers = {str(f.relative_to(root)) for package in ("flows", "tasks", "refine_core", "evaluations", "benchmarks")
-               for f in (root / package).rglob("*.py") if "benjamini_hochberg(" in f.read_text()}
+    callers = {
+        str(f.relative_to(root))
+        for package in ("flows", "tasks", "refine_core", "evaluations", "benchmarks")
+        for f in (root / package).rglob("*.py")
+        if "benjamini_hochberg(" in f.read_text()
+    }
     assert callers == {"flows/report.py", "refine_core/statistics.py"}, callers
     for module in ("flows/cli.py", "flows/sweep.py", "benchmarks/quality.py"):
         assert "adjust_sweep_pvalues(" in (root / module).read_text(), module

@@ -35,9 +35,9 @@ def _case(seed: int):
     else:
         scores = rng.standard_normal((n, total))
     labels = np.where(rng.random((n, total)) < 0.2, rng.integers(1, 4, (n, total)), 0).astype(np.float32)
-    labels[0] = 0 if seed % 5 == 0 else labels[0]          # a query without positives
+    labels[0] = 0 if seed % 5 == 0 else labels[0]  # a query without positives
     if n > 1 and seed % 7 == 0:
-        labels[1] = 1                                       # a query without negatives
+        labels[1] = 1  # a query without negatives
     pool = None if seed % 2 else rng.random((n, total)) < 0.6
     return scores, labels, pool
 
@@ -79,7 +79,9 @@ def test_qrels_round_trip_and_lookups() -> None:
 
 
 def test_repeated_pairs_keep_the_last_gain_and_bad_pairs_are_named() -> None:
-    q = Qrels.from_pairs(np.array([0, 0, 1]), np.array([3, 3, 1]), np.array([1.0, 2.0, 1.0]), n_queries=2, n_documents=5)
+    q = Qrels.from_pairs(
+        np.array([0, 0, 1]), np.array([3, 3, 1]), np.array([1.0, 2.0, 1.0]), n_queries=2, n_documents=5
+    )
     np.testing.assert_array_equal(q.to_dense()[0][0], [0, 0, 0, 2, 0])
     with pytest.raises(ValueError, match="document indices must lie in"):
         Qrels.from_pairs(np.array([0]), np.array([5]), np.array([1.0]), n_queries=1, n_documents=5)
@@ -103,9 +105,11 @@ def test_scores_outside_a_pool_are_never_read_and_non_finite_inside_is_an_error(
 def test_top_k_equals_a_stable_descending_sort(seed: int) -> None:
     rng = np.random.default_rng(seed)
     n, total, k = int(rng.integers(1, 20)), int(rng.integers(1, 600)), int(rng.integers(1, 40))
-    scores = rng.integers(0, 4, (n, total)).astype(np.float32) if seed % 2 else rng.random((n, total)).astype(np.float32)
+    scores = (
+        rng.integers(0, 4, (n, total)).astype(np.float32) if seed % 2 else rng.random((n, total)).astype(np.float32)
+    )
     if seed % 3 == 0:
-        scores[rng.random((n, total)) < 0.8] = -np.inf      # pools smaller than k
+        scores[rng.random((n, total)) < 0.8] = -np.inf  # pools smaller than k
     order = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, total)]
     finite = np.isfinite(np.take_along_axis(scores, order, axis=1))
     expected = np.full((n, k), -1)
@@ -146,8 +150,13 @@ def test_score_methods_in_blocks_equals_one_block_and_the_dense_engine() -> None
     judge = (np.take_along_axis(labels, fb, axis=1) > 0).astype(np.float32)
     mask = rng.random(fb.shape) < 0.9
     rounds = [q + 0.1 * rng.standard_normal(q.shape).astype(np.float32) for _ in range(2)]
-    kwargs = {"feedback_idx": fb, "judge_scores": judge, "judge_mask": mask, "round_vectors": rounds,
-              "extra_vectors": {"hyde": q[::-1].copy()}}
+    kwargs = {
+        "feedback_idx": fb,
+        "judge_scores": judge,
+        "judge_mask": mask,
+        "round_vectors": rounds,
+        "extra_vectors": {"hyde": q[::-1].copy()},
+    }
     one, tests_one = score_methods(q, docs, labels, block_rows=100, **kwargs)
     many, tests_many = score_methods(q, docs, Qrels.from_dense(labels), block_rows=3, **kwargs)
     dense = method_rankings(q, docs, **kwargs)
@@ -170,8 +179,17 @@ def test_score_samples_are_the_relevant_and_first_negative_scores() -> None:
     qrels = Qrels.from_dense(labels, pool)
     samples = ScoreSamples(qrels, methods=("baseline",), max_negatives=500)
     fb = np.zeros((q.shape[0], 2), dtype=np.int64)
-    score_methods(q, docs, qrels, feedback_idx=fb, judge_scores=np.zeros(fb.shape, np.float32),
-                  judge_mask=np.zeros(fb.shape, bool), round_vectors=[q], visit=samples, block_rows=4)
+    score_methods(
+        q,
+        docs,
+        qrels,
+        feedback_idx=fb,
+        judge_scores=np.zeros(fb.shape, np.float32),
+        judge_mask=np.zeros(fb.shape, bool),
+        round_vectors=[q],
+        visit=samples,
+        block_rows=4,
+    )
     base = cosine_scores(q, docs)
     arrays = samples.arrays()
     # blocks of 4 rows: BLAS may round the last float32 bit differently from one product (see above)
@@ -248,7 +266,7 @@ def test_rerank_only_from_shards_equals_the_dense_rerank_scores(seed: int) -> No
     k = min(6, total)
     base = np.where(pool, scores, -np.inf) if pool is not None else scores
     idx = top_k_indices(base, k)
-    judge = rng.integers(0, 3, idx.shape).astype(np.float64) / 2    # ties among judge scores
+    judge = rng.integers(0, 3, idx.shape).astype(np.float64) / 2  # ties among judge scores
     mask = rng.random(idx.shape) < 0.85
     dense = rerank_only_scores(base, idx, judge, mask=mask)
     expected = rank_metrics(np.where(pool, dense, -np.inf) if pool is not None else dense, qrels)
@@ -267,9 +285,9 @@ def test_top_k_merged_from_shards_equals_top_k_of_the_whole_corpus(seed: int) ->
     from refine_core.shards import merge_top_k
 
     rng = np.random.default_rng(seed)
-    scores = rng.integers(0, 6, (9, 300)).astype(np.float32)   # many ties: the lower index must win
+    scores = rng.integers(0, 6, (9, 300)).astype(np.float32)  # many ties: the lower index must win
     scores[0, :] = -np.inf
-    scores[1, 5:] = -np.inf                                     # fewer finite documents than k
+    scores[1, 5:] = -np.inf  # fewer finite documents than k
     k = 12
     parts = []
     for a, b in _shard_bounds(rng, 300):
@@ -291,8 +309,13 @@ def test_score_methods_over_corpus_shards_equals_the_whole_corpus(pooled: bool) 
     judge = rng.integers(0, 3, fb.shape).astype(np.float32) / 2
     mask = rng.random(fb.shape) < 0.9
     rounds = [q + 0.1 * rng.standard_normal(q.shape).astype(np.float32) for _ in range(2)]
-    kwargs = {"feedback_idx": fb, "judge_scores": judge, "judge_mask": mask, "round_vectors": rounds,
-              "extra_vectors": {"hyde": q[::-1].copy()}}
+    kwargs = {
+        "feedback_idx": fb,
+        "judge_scores": judge,
+        "judge_mask": mask,
+        "round_vectors": rounds,
+        "extra_vectors": {"hyde": q[::-1].copy()},
+    }
     samples = ScoreSamples(qrels, methods=("baseline", "refined"), max_negatives=500)
     whole, tests = score_methods(q, docs, qrels, visit=samples, **kwargs)
     sharded, sharded_tests = score_methods(q, docs, qrels, corpus_shard=70, block_rows=4, **kwargs)
@@ -300,8 +323,9 @@ def test_score_methods_over_corpus_shards_equals_the_whole_corpus(pooled: bool) 
     for method, result in whole.items():
         for name, values in result.per_query.items():
             # the relevant documents' own scores come from a separate product: last-bit rounding only
-            np.testing.assert_allclose(sharded[method].per_query[name], values, rtol=0, atol=1e-6, equal_nan=True,
-                                       err_msg=f"{method} {name}")
+            np.testing.assert_allclose(
+                sharded[method].per_query[name], values, rtol=0, atol=1e-6, equal_nan=True, err_msg=f"{method} {name}"
+            )
     for method, test in tests.items():
         assert sharded_tests[method].pvalue == pytest.approx(test.pvalue, rel=1e-5)
     # the plot samples: the same relevant scores and the same first negatives, in the same order
@@ -326,7 +350,9 @@ def test_selection_from_corpus_shards_equals_selection_over_the_whole_corpus(poo
     first = select_feedback_blocks(q, docs, k=8, pool=qrels)
     again = select_feedback_blocks(q, docs, k=8, pool=qrels, exclude_idx=first)
     for exclude, expected in ((None, first), (first, again)):
-        parts = [top_k_shard(q, docs[a:b], a, k=8, pool=qrels, exclude_idx=exclude, block_rows=4)
-                 for a, b in shard_bounds(260, 60)]
+        parts = [
+            top_k_shard(q, docs[a:b], a, k=8, pool=qrels, exclude_idx=exclude, block_rows=4)
+            for a, b in shard_bounds(260, 60)
+        ]
         np.testing.assert_array_equal(merge_top_k(parts, 8), expected)
-    assert not any(np.isin(a[a >= 0], f).any() for a, f in zip(again, first))   # the second round skips the first's
+    assert not any(np.isin(a[a >= 0], f).any() for a, f in zip(again, first))  # the second round skips the first's

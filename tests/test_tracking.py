@@ -62,8 +62,12 @@ def test_the_code_version_covers_every_module_that_defines_a_cached_task(tmp_pat
     for entry in CACHED_CODE:
         path = root / entry
         covered |= {f.relative_to(root) for f in (path.rglob("*.py") if path.is_dir() else [path])}
-    defining = {f.relative_to(root) for package in ("refine_core", "evaluations", "tasks", "flows")
-                for f in (root / package).rglob("*.py") if "cache_key_fn=" in f.read_text()}
+    defining = {
+        f.relative_to(root)
+        for package in ("refine_core", "evaluations", "tasks", "flows")
+        for f in (root / package).rglob("*.py")
+        if "cache_key_fn=" in f.read_text()
+    }
     assert defining and defining <= covered, sorted(defining - covered)
 
     for entry in CACHED_CODE:
@@ -103,14 +107,17 @@ def test_a_local_model_replaced_at_the_same_path_is_asked_again(tmp_path: Path) 
     local = JudgeSpec(kind="local-lm", model=str(gguf))
     cross = JudgeSpec(kind="cross-encoder", model=str(folder))
     hyde = HydeSpec(kind="local-lm", model=str(gguf))
-    cell = CellSpec(benchmark=BenchmarkSpec(name="clinc150"), model="all-MiniLM-L6-v2", judge=local, lr=1e-3, k=20,
-                    hyde=hyde)
+    cell = CellSpec(
+        benchmark=BenchmarkSpec(name="clinc150"), model="all-MiniLM-L6-v2", judge=local, lr=1e-3, k=20, hyde=hyde
+    )
 
     def keys() -> list[str]:
-        return [judge_cache_key(None, {"judge": local, "bench": bench, "feedback": feedback}),
-                judge_cache_key(None, {"judge": cross, "bench": bench, "feedback": feedback}),
-                hyde_cache_key(None, {"spec": hyde, "bench": bench}),
-                outcome_key(cell, bench, docs, queries)]
+        return [
+            judge_cache_key(None, {"judge": local, "bench": bench, "feedback": feedback}),
+            judge_cache_key(None, {"judge": cross, "bench": bench, "feedback": feedback}),
+            hyde_cache_key(None, {"spec": hyde, "bench": bench}),
+            outcome_key(cell, bench, docs, queries),
+        ]
 
     before = keys()
     assert keys() == before  # deterministic
@@ -120,5 +127,6 @@ def test_a_local_model_replaced_at_the_same_path_is_asked_again(tmp_path: Path) 
     assert all(a != b for a, b in zip(before, after)), (before, after)
     # API judges: the spec names everything (the oracle has no files)
     oracle = JudgeSpec(kind="oracle")
-    assert judge_cache_key(None, {"judge": oracle, "bench": bench, "feedback": feedback}) == \
-        judge_cache_key(None, {"judge": oracle, "bench": bench, "feedback": feedback})
+    assert judge_cache_key(None, {"judge": oracle, "bench": bench, "feedback": feedback}) == judge_cache_key(
+        None, {"judge": oracle, "bench": bench, "feedback": feedback}
+    )

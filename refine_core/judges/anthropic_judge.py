@@ -136,7 +136,9 @@ def read_api_key(env: str = "ANTHROPIC_API_KEY") -> str:
         except OSError as exc:
             raise JudgeConfigError(f"{env}_FILE={path} cannot be read: {exc.strerror}") from None
     if not key:
-        raise JudgeConfigError(f"{env} is not set (nor {env}_FILE): the Claude judge needs an API key from the environment")
+        raise JudgeConfigError(
+            f"{env} is not set (nor {env}_FILE): the Claude judge needs an API key from the environment"
+        )
     return key
 
 
@@ -185,8 +187,9 @@ class AnthropicJudge:
         self.scheme = scheme
         self.cache_min_chars = cache_min_chars
         self.temperature = temperature
-        self.client = anthropic.Anthropic(api_key=read_api_key(), base_url=base_url, max_retries=max_retries,
-                                          timeout=timeout)
+        self.client = anthropic.Anthropic(
+            api_key=read_api_key(), base_url=base_url, max_retries=max_retries, timeout=timeout
+        )
         self.identity = JudgeIdentity.of("anthropic", model, scheme, PROMPT_VERSION, temperature=temperature)
         self.documents_per_request: int | None = 1 if scheme == "pointwise" else None
 
@@ -205,10 +208,15 @@ class AnthropicJudge:
             "model": self.model,
             "max_tokens": 8,
             "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": [
-                self._prefix(query, task_instruction),
-                {"type": "text", "text": f"{document_block(document)}\n{POINTWISE_INSTRUCTION}"},
-            ]}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        self._prefix(query, task_instruction),
+                        {"type": "text", "text": f"{document_block(document)}\n{POINTWISE_INSTRUCTION}"},
+                    ],
+                }
+            ],
             "extra_body": {"temperature": self.temperature},
         }
 
@@ -218,10 +226,15 @@ class AnthropicJudge:
             "model": self.model,
             "max_tokens": 64 + 24 * len(documents),
             "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": [
-                self._prefix(query, task_instruction),
-                {"type": "text", "text": f"{docs}\n{LISTWISE_INSTRUCTION}"},
-            ]}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        self._prefix(query, task_instruction),
+                        {"type": "text", "text": f"{docs}\n{LISTWISE_INSTRUCTION}"},
+                    ],
+                }
+            ],
             "tools": [tool_schema(len(documents))],
             "tool_choice": {"type": "tool", "name": TOOL_NAME},
             "extra_body": {"temperature": self.temperature},
@@ -254,12 +267,23 @@ class AnthropicJudge:
         except anthropic.APIStatusError as exc:
             body = exc.body if isinstance(exc.body, dict) else {}
             kind = body.get("error", {}).get("type", "") if isinstance(body.get("error"), dict) else ""
-            return (None, f"{type(exc).__name__}: HTTP {exc.status_code}" + (f" {kind}" if kind else ""),
-                    Usage(requests=1, latency_s=time.perf_counter() - started))
+            return (
+                None,
+                f"{type(exc).__name__}: HTTP {exc.status_code}" + (f" {kind}" if kind else ""),
+                Usage(requests=1, latency_s=time.perf_counter() - started),
+            )
         except anthropic.APIError as exc:  # timeouts, connection errors
-            return None, f"{type(exc).__name__}: {str(exc)[:200]}", Usage(requests=1, latency_s=time.perf_counter() - started)
+            return (
+                None,
+                f"{type(exc).__name__}: {str(exc)[:200]}",
+                Usage(requests=1, latency_s=time.perf_counter() - started),
+            )
         except ValueError as exc:  # a 200 whose body is not valid JSON
-            return None, f"MalformedBody: {type(exc).__name__}", Usage(requests=1, latency_s=time.perf_counter() - started)
+            return (
+                None,
+                f"MalformedBody: {type(exc).__name__}",
+                Usage(requests=1, latency_s=time.perf_counter() - started),
+            )
         return message, None, _usage(message, started)
 
     def judge(self, *, query: str, documents: Sequence[str], task_instruction: str | None) -> JudgeResponse:

@@ -52,8 +52,13 @@ class JudgeIdentity:
 
     def as_params(self) -> dict[str, str]:
         """Flat view for run parameters (``judge.kind``, ``judge.model``, ...)."""
-        out = {"judge.kind": self.kind, "judge.model": self.model, "judge.scheme": self.scheme,
-               "judge.prompt_version": self.prompt_version, "judge.key": self.key}
+        out = {
+            "judge.kind": self.kind,
+            "judge.model": self.model,
+            "judge.scheme": self.scheme,
+            "judge.prompt_version": self.prompt_version,
+            "judge.key": self.key,
+        }
         out.update({f"judge.{k}": v for k, v in self.params})
         return out
 

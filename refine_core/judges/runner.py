@@ -40,8 +40,10 @@ def estimate_cost(model: str, usage: Usage, prices: dict[str, tuple[float, float
         return 0.0
     p_in, p_out = table[model]
     return (
-        usage.input_tokens * p_in + usage.output_tokens * p_out
-        + usage.cache_read_tokens * p_in * 0.1 + usage.cache_write_tokens * p_in * 1.25
+        usage.input_tokens * p_in
+        + usage.output_tokens * p_out
+        + usage.cache_read_tokens * p_in * 0.1
+        + usage.cache_write_tokens * p_in * 1.25
     ) / 1e6
 
 
@@ -184,7 +186,9 @@ def run_judge(
                         report.truncated_documents += 1
             # Judges turn transport and answer errors into failed verdicts; an exception here is
             # a bug: it propagates (the loop below drains the calls in flight, then raises).
-            response = judge.judge(query=requests[i].query, documents=docs, task_instruction=requests[i].task_instruction)
+            response = judge.judge(
+                query=requests[i].query, documents=docs, task_instruction=requests[i].task_instruction
+            )
             if len(response.judgments) != len(docs):
                 response = JudgeResponse([Judgment.failure("WrongNumberOfVerdicts")] * len(docs), response.usage)
             check_scores(response.judgments)
@@ -211,12 +215,18 @@ def run_judge(
         from refine_core.judges.spend import estimate_call_cost
 
         request = requests[i]
-        estimate = estimate_call_cost(judge.identity.model, request.query, request.task_instruction,
-                                      [request.documents[j][:max_document_chars] for j in positions], prices)
+        estimate = estimate_call_cost(
+            judge.identity.model,
+            request.query,
+            request.task_instruction,
+            [request.documents[j][:max_document_chars] for j in positions],
+            prices,
+        )
         if not account.reserve(len(positions), estimate):
             return False
         reserved[(i, positions[0])] = estimate
         return True
+
     queue = list(reversed(calls))
     submitted_docs = 0
     # Claims: this run's mark on the pairs it is paying for, so another process sharing the ledger
@@ -259,7 +269,9 @@ def run_judge(
                         queue.pop()
                         continue
                     queue[-1] = (i, positions)
-                if over_budget(submitted_docs - report.judged - report.failed + len(positions)) or not reserve(i, positions):
+                if over_budget(submitted_docs - report.judged - report.failed + len(positions)) or not reserve(
+                    i, positions
+                ):
                     if ledger is not None:
                         ledger.release(key, pairs_of(i, positions), owner)
                     break
@@ -287,13 +299,17 @@ def run_judge(
                 cost = estimate_cost(judge.identity.model, response.usage, prices)
                 qh, dhs = hashes[i]
                 if account is not None:  # failed verdicts go back to the account; the estimate becomes the cost
-                    account.settle(len(positions), reserved.pop((i, positions[0])),
-                                   sum(j.ok for j in response.judgments), cost)
+                    account.settle(
+                        len(positions), reserved.pop((i, positions[0])), sum(j.ok for j in response.judgments), cost
+                    )
                 if ledger is not None:
                     ok = sum(j.ok for j in response.judgments)
                     # pairs another process stored while this call was in flight: paid twice, reported
-                    report.paid_twice += ledger.record(key, [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
-                                                       cost_each=cost / ok if ok else 0.0)
+                    report.paid_twice += ledger.record(
+                        key,
+                        [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
+                        cost_each=cost / ok if ok else 0.0,
+                    )
                     ledger.release(key, pairs_of(i, positions), owner)
                 report.usage.add(response.usage)
                 report.cost += cost

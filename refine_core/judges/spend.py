@@ -47,12 +47,20 @@ OUTPUT_TOKENS_PER_ITEM = 16
 
 def estimate_usage(texts_chars: int, items: int, output_tokens_per_item: int = OUTPUT_TOKENS_PER_ITEM) -> Usage:
     """A high estimate of one call's tokens from the characters it sends and the items it asks for."""
-    return Usage(requests=1, input_tokens=math.ceil((texts_chars + PROMPT_OVERHEAD_CHARS) / CHARS_PER_TOKEN),
-                 output_tokens=items * output_tokens_per_item)
+    return Usage(
+        requests=1,
+        input_tokens=math.ceil((texts_chars + PROMPT_OVERHEAD_CHARS) / CHARS_PER_TOKEN),
+        output_tokens=items * output_tokens_per_item,
+    )
 
 
-def estimate_call_cost(model: str, query: str, instruction: str | None, documents: Sequence[str],
-                       prices: dict[str, tuple[float, float]] | None = None) -> float:
+def estimate_call_cost(
+    model: str,
+    query: str,
+    instruction: str | None,
+    documents: Sequence[str],
+    prices: dict[str, tuple[float, float]] | None = None,
+) -> float:
     """High estimate of the USD of one judge call on ``documents`` for ``query`` (see the module)."""
     from refine_core.judges.runner import estimate_cost
 
@@ -91,13 +99,23 @@ class SpendStatus:
         if self.cost_left is not None:
             left.append(f"${self.cost_left:.4f}")
         refused = f"; {self.refused} calls held back by the budget" if self.refused else ""
-        return (f"spent {items} paid judgments/passages and {cost}"
-                + (f"; left {' and '.join(left)}" if left else "; no limit set") + refused)
+        return (
+            f"spent {items} paid judgments/passages and {cost}"
+            + (f"; left {' and '.join(left)}" if left else "; no limit set")
+            + refused
+        )
 
     def as_dict(self) -> dict[str, object]:
-        return {"account": self.account, "spent_items": self.items, "spent_usd": self.cost,
-                "max_items": self.max_items, "max_usd": self.max_cost, "items_left": self.items_left,
-                "usd_left": self.cost_left, "calls_refused": self.refused}
+        return {
+            "account": self.account,
+            "spent_items": self.items,
+            "spent_usd": self.cost,
+            "max_items": self.max_items,
+            "max_usd": self.max_cost,
+            "items_left": self.items_left,
+            "usd_left": self.cost_left,
+            "calls_refused": self.refused,
+        }
 
 
 class SpendAccount:
@@ -113,14 +131,27 @@ class SpendAccount:
     spending from the same account). Limits given when creating it are stored with it.
     """
 
-    def __init__(self, url: str | Path, account: str, *, max_items: int | None = None,
-                 max_cost: float | None = None) -> None:
+    def __init__(
+        self, url: str | Path, account: str, *, max_items: int | None = None, max_cost: float | None = None
+    ) -> None:
         self.engine = open_engine(url)
         self.account = account
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(spend_table), [{"account": account, "max_items": max_items, "max_cost": max_cost,
-                                                    "spent_items": 0, "spent_cost": 0.0, "refused": 0, "created_at": time.time()}])
+                conn.execute(
+                    insert(spend_table),
+                    [
+                        {
+                            "account": account,
+                            "max_items": max_items,
+                            "max_cost": max_cost,
+                            "spent_items": 0,
+                            "spent_cost": 0.0,
+                            "refused": 0,
+                            "created_at": time.time(),
+                        }
+                    ],
+                )
         except IntegrityError:
             pass  # it exists: keep its limits and spending
 
@@ -133,9 +164,13 @@ class SpendAccount:
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(t)
-                .where(and_(t.c.account == self.account,
-                            or_(t.c.max_items.is_(None), t.c.spent_items + items <= t.c.max_items),
-                            or_(t.c.max_cost.is_(None), t.c.spent_cost + cost <= t.c.max_cost)))
+                .where(
+                    and_(
+                        t.c.account == self.account,
+                        or_(t.c.max_items.is_(None), t.c.spent_items + items <= t.c.max_items),
+                        or_(t.c.max_cost.is_(None), t.c.spent_cost + cost <= t.c.max_cost),
+                    )
+                )
                 .values(spent_items=t.c.spent_items + items, spent_cost=t.c.spent_cost + cost)
             ).rowcount
             if done != 1:
@@ -146,12 +181,24 @@ class SpendAccount:
         """Replace a reservation by what the call used: ``items`` answered, ``cost`` measured."""
         t = spend_table
         with self.engine.begin() as conn:
-            conn.execute(update(t).where(t.c.account == self.account).values(
-                spent_items=t.c.spent_items - reserved_items + items, spent_cost=t.c.spent_cost - reserved_cost + cost))
+            conn.execute(
+                update(t)
+                .where(t.c.account == self.account)
+                .values(
+                    spent_items=t.c.spent_items - reserved_items + items,
+                    spent_cost=t.c.spent_cost - reserved_cost + cost,
+                )
+            )
 
     def status(self) -> SpendStatus:
         t = spend_table
         with self.engine.connect() as conn:
             row = conn.execute(select(t).where(t.c.account == self.account)).one()
-        return SpendStatus(self.account, int(row.spent_items), float(row.spent_cost), row.max_items,
-                           None if row.max_cost is None else float(row.max_cost), int(row.refused))
+        return SpendStatus(
+            self.account,
+            int(row.spent_items),
+            float(row.spent_cost),
+            row.max_items,
+            None if row.max_cost is None else float(row.max_cost),
+            int(row.refused),
+        )

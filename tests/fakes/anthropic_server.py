@@ -175,11 +175,22 @@ class FakeAnthropic:
             if self.keep_bodies:
                 self.stats.bodies.append(body)
         passage = self.passage(query)
-        usage = {"input_tokens": len(text) // 4 + 10, "output_tokens": len(passage) // 4 + 1,
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        return 200, {"id": f"msg_{next(self._ids)}", "type": "message", "role": "assistant",
-                     "model": body.get("model", "fake"), "stop_sequence": None, "usage": usage,
-                     "content": [{"type": "text", "text": passage}], "stop_reason": "end_turn"}
+        usage = {
+            "input_tokens": len(text) // 4 + 10,
+            "output_tokens": len(passage) // 4 + 1,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        return 200, {
+            "id": f"msg_{next(self._ids)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "fake"),
+            "stop_sequence": None,
+            "usage": usage,
+            "content": [{"type": "text", "text": passage}],
+            "stop_reason": "end_turn",
+        }
 
     def message(self, body: dict, fault: str | None) -> tuple[int, dict | str]:
         content = body["messages"][0]["content"]
@@ -192,14 +203,25 @@ class FakeAnthropic:
                 self.stats.pairs_requested[(query, d)] += 1
         if query in self.faults.fail_queries:
             return 500, _error("api_error", "injected failure for this query")
-        usage = {"input_tokens": sum(len(b.get("text", "")) for b in body["messages"][0]["content"]) // 4 + 50,
-                 "output_tokens": 3 if not body.get("tools") else 8 * len(docs),
-                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        base = {"id": f"msg_{next(self._ids)}", "type": "message", "role": "assistant",
-                "model": body.get("model", "fake"), "stop_sequence": None, "usage": usage}
+        usage = {
+            "input_tokens": sum(len(b.get("text", "")) for b in body["messages"][0]["content"]) // 4 + 50,
+            "output_tokens": 3 if not body.get("tools") else 8 * len(docs),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+        base = {
+            "id": f"msg_{next(self._ids)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "fake"),
+            "stop_sequence": None,
+            "usage": usage,
+        }
         if body.get("tools"):
-            scores = [{"index": i if i is not None else k, "relevance": 90 if self.gold(query, d) else 10}
-                      for k, (i, d) in enumerate(docs)]
+            scores = [
+                {"index": i if i is not None else k, "relevance": 90 if self.gold(query, d) else 10}
+                for k, (i, d) in enumerate(docs)
+            ]
             if fault == "missing_index" and scores:
                 scores = scores[1:]
             if fault == "extra_index":
@@ -207,11 +229,17 @@ class FakeAnthropic:
             if fault == "truncated":
                 return 200, {**base, "content": [{"type": "text", "text": "I will rate"}], "stop_reason": "max_tokens"}
             answered = docs if fault != "missing_index" else docs[1:]
-            content = [{"type": "tool_use", "id": f"toolu_{next(self._ids)}", "name": body["tools"][0]["name"],
-                        "input": {"scores": scores}}]
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_{next(self._ids)}",
+                    "name": body["tools"][0]["name"],
+                    "input": {"scores": scores},
+                }
+            ]
             stop = "tool_use"
         else:
-            (_, doc), = docs
+            ((_, doc),) = docs
             rating = "90" if self.gold(query, doc) else "10"
             answered = docs
             if fault == "bad_text":
@@ -249,12 +277,20 @@ class FakeAnthropic:
         n = len(info["results"])
         ok = sum(r["result"]["type"] == "succeeded" for r in info["results"])
         return {
-            "id": batch_id, "type": "message_batch",
+            "id": batch_id,
+            "type": "message_batch",
             "processing_status": "ended" if ended else "in_progress",
-            "request_counts": {"processing": 0 if ended else n, "succeeded": ok if ended else 0,
-                               "errored": (n - ok) if ended else 0, "canceled": 0, "expired": 0},
-            "created_at": "2026-11-26T00:00:00Z", "expires_at": "2026-11-27T00:00:00Z",
-            "ended_at": "2026-11-26T00:00:01Z" if ended else None, "archived_at": None,
+            "request_counts": {
+                "processing": 0 if ended else n,
+                "succeeded": ok if ended else 0,
+                "errored": (n - ok) if ended else 0,
+                "canceled": 0,
+                "expired": 0,
+            },
+            "created_at": "2026-11-26T00:00:00Z",
+            "expires_at": "2026-11-27T00:00:00Z",
+            "ended_at": "2026-11-26T00:00:01Z" if ended else None,
+            "archived_at": None,
             "cancel_initiated_at": None,
             "results_url": f"{self.base_url}/v1/messages/batches/{batch_id}/results" if ended else None,
         }
@@ -280,8 +316,13 @@ def _handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:  # keep test output clean
             return
 
-        def _send(self, status: int, payload: dict | str, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json") -> None:
+        def _send(
+            self,
+            status: int,
+            payload: dict | str,
+            headers: dict[str, str] | None = None,
+            content_type: str = "application/json",
+        ) -> None:
             data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
             try:
                 self.send_response(status)
@@ -346,7 +387,9 @@ def _handler(fake: FakeAnthropic) -> type[BaseHTTPRequestHandler]:
                     with fake._lock:
                         fake.stats.faults[fault] += 1
                 if fault == "429":
-                    return self._send(429, _error("rate_limit_error", "slow down"), {"retry-after": fake.faults.retry_after})
+                    return self._send(
+                        429, _error("rate_limit_error", "slow down"), {"retry-after": fake.faults.retry_after}
+                    )
                 if fault == "529":
                     return self._send(529, _error("overloaded_error", "overloaded"))
                 if fault == "500":
