@@ -18,6 +18,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 
+from refine_core.measures import from_mlflow_key, mlflow_key
 from tasks.storage import state_dir
 
 _BAD_KEY_CHARS = re.compile(r"[^0-9A-Za-z_\-. /]")
@@ -28,20 +29,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"
 
 
-_CUTOFF = re.compile(r"@(\d+)")
-_CUTOFF_KEY = re.compile(r"_at_0*(\d+)")
-
-
 def metric_key(name: str) -> str:
-    """MLflow-safe metric name with cut-offs padded to two digits so keys sort as numbers:
-    ``ndcg@10`` -> ``ndcg_at_10``, ``precision@5`` -> ``precision_at_05``."""
-    return _BAD_KEY_CHARS.sub("_", _CUTOFF.sub(lambda m: f"_at_{int(m.group(1)):02d}", name))
+    """MLflow-safe metric name, measures spelled by the one documented mapping
+    (:func:`refine_core.measures.mlflow_key`): ``ndcg@10`` -> ``ndcg_at_10``, ``precision@5`` -> ``precision_at_05``."""
+    return _BAD_KEY_CHARS.sub("_", mlflow_key(name))
 
 
 def measure_name(key: str) -> str:
     """The inverse of :func:`metric_key` for measure names: ``precision_at_05`` -> ``precision@5``
     (the spelling of per-query files, ``compare`` and ``--json``)."""
-    return _CUTOFF_KEY.sub(lambda m: f"@{int(m.group(1))}", key)
+    return from_mlflow_key(key)
 
 
 class Tracker:

@@ -16,7 +16,8 @@ Conventions (each tested):
   Queries without negatives get NaN ROC-AUC and separation only.
 * ``precision@k`` divides by k even when the pool is smaller (trec_eval's convention).
 
-Formulas, for one query with relevant set R and ranking d_1, d_2, ...:
+The measures, their names in every spelling and their definitions are values in
+:mod:`refine_core.measures`. Formulas, for one query with relevant set R and ranking d_1, d_2, ...:
 
     AP          = (1/|R|) * sum_{i: d_i in R} precision@i
     nDCG@k      = DCG@k / IDCG@k,   DCG@k = sum_{i<=k} label(d_i) / log2(i + 1)
@@ -35,12 +36,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from refine_core._validation import MIN_NORM
+from refine_core.measures import DEFAULT_KS as DEFAULT_KS  # re-exported: the cut-offs every caller defaults to
+from refine_core.measures import ranking_measures
 from refine_core.qrels import Qrels, as_qrels
 
 if TYPE_CHECKING:
     import polars as pl
-
-DEFAULT_KS: tuple[int, ...] = (5, 10, 20, 30, 40, 50)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,11 @@ class MetricsResult:
     @property
     def means(self) -> dict[str, float]:
         """Mean of each measure over the queries where it is defined (``ap`` -> ``map``)."""
+        mean_keys = {m.key: m.mean_key for m in ranking_measures(self.ks)}
         out: dict[str, float] = {}
         for name, values in self.per_query.items():
             finite = values[np.isfinite(values)]
-            out["map" if name == "ap" else name] = float(finite.mean()) if finite.size else float("nan")
+            out[mean_keys.get(name, name)] = float(finite.mean()) if finite.size else float("nan")
         return out
 
     def __getitem__(self, name: str) -> float:

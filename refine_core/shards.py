@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refine_core._metric_kernels import M2_OTHER, MAX_OTHER, MEAN_OTHER, N_OTHER, N_STATS, NON_FINITE
+from refine_core.measures import ranking_measures
 from refine_core.qrels import Qrels
 
 
@@ -360,7 +361,8 @@ def _special_ties(specials: Specials) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Every measure of :mod:`refine_core.metrics`, per query, from the merged counts of all shards."""
+    """Every measure of :func:`refine_core.measures.ranking_measures`, per query (keyed by
+    :attr:`~refine_core.measures.Measure.key`, in that order), from the merged counts of all shards."""
     b = specials.n_queries
     stats = merged.stats
     if stats[:, NON_FINITE].any() or not np.isfinite(specials.scores).all():
@@ -394,21 +396,22 @@ def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict
     def per_query(values: np.ndarray, rows: np.ndarray = rows_o) -> np.ndarray:
         return np.bincount(rows, weights=values, minlength=b)
 
+    by_name: dict[str, np.ndarray] = {}  # canonical name -> per-query values (refine_core.measures)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out: dict[str, np.ndarray] = {"ap": per_query(nth / rank_o) / n_pos}
+        by_name["AP"] = per_query(nth / rank_o) / n_pos
         discount = 1.0 / np.log2(rank_o + 1.0)
         ideal_discount = 1.0 / np.log2(ideal_pos + 1.0)
         for k in ks:
             dcg = per_query(np.where(rank_o <= k, gains_o * discount, 0.0))
             idcg = per_query(np.where(ideal_pos <= k, ideal_gain * ideal_discount, 0.0), rel_rows[ideal])
-            out[f"ndcg@{k}"] = dcg / idcg
+            by_name[f"nDCG@{k}"] = dcg / idcg
         for k in ks:
             hits = per_query((rank_o <= k).astype(np.float64))
-            out[f"recall@{k}"] = hits / n_pos
-            out[f"precision@{k}"] = hits / k
-        out["r_precision"] = per_query((rank_o <= n_pos[rows_o]).astype(np.float64)) / n_pos
+            by_name[f"R@{k}"] = hits / n_pos
+            by_name[f"P@{k}"] = hits / k
+        by_name["Rprec"] = per_query((rank_o <= n_pos[rows_o]).astype(np.float64)) / n_pos
         rank_sum = np.bincount(rel_rows, weights=avg_asc, minlength=b)
-        out["roc_auc"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        by_name["ROC-AUC"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
         # separation: relevant scores against the rest (other candidates and non-relevant specials)
         mean_pos = np.bincount(rel_rows, weights=t_rel, minlength=b) / n_pos
         ss_pos = np.bincount(rel_rows, weights=(t_rel - mean_pos[rel_rows]) ** 2, minlength=b)
@@ -421,13 +424,16 @@ def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict
             stats[:, N_OTHER], stats[:, MEAN_OTHER], stats[:, M2_OTHER], n_sn, mean_sn, m2_sn
         )
         pooled_sd = np.sqrt((ss_pos + ss_neg) / (n_pos + n_neg - 2))
-        out["separation"] = (mean_pos - mean_neg) / pooled_sd
+        by_name["separation"] = (mean_pos - mean_neg) / pooled_sd
     undefined = n_pos == 0
     no_neg = n_neg == 0
-    for name, values in out.items():
+    out: dict[str, np.ndarray] = {}
+    for measure in ranking_measures(ks):
+        values = by_name[measure.name]
         values[undefined] = np.nan
-        if name in ("roc_auc", "separation"):
+        if measure.name in ("ROC-AUC", "separation"):  # need a non-relevant document too
             values[no_neg] = np.nan
+        out[measure.key] = values
     return out
 
 

@@ -142,3 +142,35 @@ def test_cosine_scores() -> None:
 def test_bad_inputs(args: tuple, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         evaluate_rankings(*args)
+
+
+# ---- the measures registry: one name per measure, every spelling derived from it ------------------------
+def test_every_measure_has_one_canonical_name_and_each_spelling_leads_back_to_it() -> None:
+    from flows.tracking import measure_name, metric_key
+    from refine_core.measures import parse_measure, ranking_measures
+
+    measures = ranking_measures((5, 10))
+    assert [m.name for m in measures] == [
+        "AP", "nDCG@5", "nDCG@10", "R@5", "R@10", "P@5", "P@10", "Rprec", "ROC-AUC", "separation",
+    ]  # fmt: skip
+    for m in measures:
+        for spelling in (m.name, m.key, m.mean_key, m.mlflow_key, m.name.upper()):
+            assert parse_measure(spelling) == m, spelling
+        assert metric_key(m.mean_key) == m.mlflow_key and measure_name(m.mlflow_key) == m.mean_key
+        assert m.definition and (m.cutoff is None) == ("@" not in m.name)
+    assert parse_measure("MAP").key == "ap" and parse_measure("precision_at_05").name == "P@5"
+    assert [m.mlflow_key for m in measures if m.cutoff == 5] == ["ndcg_at_05", "recall_at_05", "precision_at_05"]
+    with pytest.raises(ValueError, match="unknown measure 'mrr'; measures: AP, nDCG@10"):
+        parse_measure("mrr")
+
+
+def test_the_engine_and_the_means_are_keyed_by_the_registry() -> None:
+    from refine_core.measures import ranking_measures
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((4, 30)) < 0.3).astype(np.float32)
+    labels[:, 0] = 1
+    result = evaluate_rankings(rng.random((4, 30)), labels, ks=(3, 7))
+    measures = ranking_measures((3, 7))
+    assert list(result.per_query) == [m.key for m in measures]
+    assert list(result.means) == [m.mean_key for m in measures]
