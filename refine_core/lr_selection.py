@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refine_core.metrics import cosine_block, unit_documents
 from refine_core.refinement import RefineConfig, refine
 
 DEFAULT_CANDIDATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -88,11 +89,10 @@ def select_lr(
         vectors = refine(
             queries, safe_idx, np.nan_to_num(scores), mask=fit, documents=documents, config=RefineConfig(**params)
         ).vectors
-        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         per_query = []
         for i in np.flatnonzero(held.any(axis=1)).tolist():
             cols = np.flatnonzero(held[i])
-            sims = documents[safe_idx[i, cols]] @ unit[i]
+            sims = cosine_block(vectors[i : i + 1], unit_documents(documents[safe_idx[i, cols]]))[0]
             per_query.append(_pairwise_auc(sims, scores[i, cols] >= positive_at))
         values = np.array(per_query, dtype=float)
         finite = values[np.isfinite(values)]

@@ -113,12 +113,6 @@ def relevant_specials(qrels: Qrels, scores: np.ndarray) -> Specials:
     )
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length in float32, as :func:`refine_core.metrics.unit_documents` does."""
-    v = np.asarray(vectors, dtype=np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 def pair_scores(
     query_vectors: np.ndarray, documents: np.ndarray, rows: np.ndarray, docs: np.ndarray, *, chunk: int = 65536
 ) -> np.ndarray:
@@ -132,9 +126,11 @@ def pair_scores(
     out = np.empty(rows.size, dtype=np.float64)
     if rows.size == 0:
         return out
-    q = unit_rows(query_vectors)
+    from refine_core.metrics import unit_documents
+
+    q = unit_documents(query_vectors)
     wanted, inverse = np.unique(docs, return_inverse=True)
-    d = unit_rows(np.asarray(documents[wanted]))
+    d = unit_documents(np.asarray(documents[wanted]))
     for a in range(0, rows.size, chunk):
         b = min(a + chunk, rows.size)
         prod = np.einsum("ij,ij->i", q[rows[a:b]].astype(np.float64), d[inverse[a:b]].astype(np.float64))

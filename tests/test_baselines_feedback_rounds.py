@@ -202,3 +202,21 @@ def test_select_lr_ties_go_to_the_smaller_lr_and_bad_arguments_fail() -> None:
         select_lr(queries, docs, idx, gold, mask, holdout=1.0)
     with pytest.raises(ValueError, match="at least one learning rate"):
         select_lr(queries, docs, idx, gold, mask, candidates=())
+
+
+def test_lr_selection_scores_by_cosine_so_document_lengths_do_not_matter() -> None:
+    from refine_core.lr_selection import select_lr
+
+    rng = np.random.default_rng(4)
+    q = rng.standard_normal((12, 16)).astype(np.float32)
+    docs = rng.standard_normal((200, 16)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    idx = np.stack([rng.choice(200, 10, replace=False) for _ in range(12)])
+    scores = (rng.random(idx.shape) < 0.4).astype(np.float32)
+    mask = np.ones(idx.shape, dtype=bool)
+    unit = select_lr(q, docs, idx, scores, mask)
+    stretched = docs * rng.uniform(0.1, 20.0, size=(200, 1)).astype(np.float32)  # same directions
+    other = select_lr(q, stretched, idx, scores, mask)
+    assert other.lr == unit.lr
+    for lr, auc in unit.heldout_auc.items():
+        assert other.heldout_auc[lr] == pytest.approx(auc, abs=1e-6)
