@@ -29,6 +29,7 @@ from refine_core.corpus import (
     classify,
     corpus_scores,
     documents_hash,
+    label_documents,
     read_corpus,
 )
 from refine_core.embedding_cache import EmbeddingCache
@@ -110,16 +111,21 @@ def index_corpus_flow(
 # ---- classify -----------------------------------------------------------------------------------
 @task(name="label-chunk")
 def label_chunk_task(
-    index_folder: str, vector: str, threshold: float, judged: str, start: int, stop: int, part: str
+    index_folder: str,
+    vector: str,
+    threshold: float,
+    judged: str,
+    start: int,
+    stop: int,
+    part: str,
+    positive_at: float = 0.5,
 ) -> str:
     """Score rows ``start:stop`` against the refined vector and write their labels as a parquet part."""
     index = CorpusIndex.open(index_folder)
     ids, _ = index.documents()
     scores = corpus_scores(index.vectors()[start:stop], np.load(vector))
     judge_scores = np.load(judged)[start:stop]  # NaN: not judged; -1: judged, the judge failed
-    labels = scores >= threshold
-    verdict = judge_scores >= 0
-    labels[verdict] = judge_scores[verdict] >= 0.5  # what the judge said wins over the threshold
+    labels = label_documents(scores, threshold, np.where(judge_scores >= 0, judge_scores, np.nan), positive_at)
     pl.DataFrame(
         {
             "id": ids[start:stop],
@@ -179,6 +185,7 @@ def classify_corpus_flow(
                     "start": a,
                     "stop": b,
                     "part": str(Path(tmp) / f"part-{i:06d}.parquet"),
+                    "positive_at": result.positive_at,
                 }
                 for i, (a, b) in enumerate(corpus_chunks(opened.count, score_chunk))
             ],

@@ -663,6 +663,7 @@ class Classification:
     refinement: Refinement
     calibrated: int = 0
     method: str = "threshold"
+    positive_at: float = 0.5  # a judge score at or above this is a positive verdict
 
     def as_dict(self) -> dict:
         r = self.refinement.report
@@ -845,9 +846,7 @@ def classify(
     judged[ref.judged_idx] = True
     judge_scores = np.full(scores.size, np.nan, dtype=np.float32)
     judge_scores[ref.judged_idx] = ref.judged_scores
-    labels = scores >= threshold
-    verdict = np.isfinite(judge_scores)
-    labels[verdict] = judge_scores[verdict] >= positive_at  # what the judge said wins over the threshold
+    labels = label_documents(scores, threshold, judge_scores, positive_at)
     return Classification(
         criterion=criterion,
         threshold=threshold,
@@ -861,7 +860,21 @@ def classify(
         refinement=ref,
         calibrated=added,
         method=method,
+        positive_at=positive_at,
     )
+
+
+def label_documents(
+    scores: np.ndarray, threshold: float, judge_scores: np.ndarray, positive_at: float = 0.5
+) -> np.ndarray:
+    """The labels of a classification: ``score >= threshold``, except where the judge gave a verdict
+    (a finite judge score; NaN = not judged or the judge failed), which wins: ``judge score >= positive_at``.
+    Works on any slice of the corpus (the classify flow labels it in chunks)."""
+    labels = np.asarray(scores) >= threshold
+    judge = np.asarray(judge_scores, dtype=np.float64)
+    verdict = np.isfinite(judge)
+    labels[verdict] = judge[verdict] >= positive_at
+    return labels
 
 
 def write_labels(result: Classification, index: CorpusIndex, path: str | os.PathLike[str]) -> Path:

@@ -315,3 +315,15 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
     (tmp_path / "empty.csv").write_text("id,text\n")
     res = runner.invoke(app, ["index", str(tmp_path / "empty.csv")])
     assert res.exit_code == 2 and "is empty" in res.output
+
+
+def test_labels_follow_the_threshold_except_where_the_judge_gave_a_verdict() -> None:
+    from refine_core.corpus import label_documents
+
+    scores = np.array([0.9, 0.8, 0.3, 0.2, 0.1])
+    judge = np.array([np.nan, 0.6, 0.9, np.nan, 0.4])  # not judged / judged 0.6 / 0.9 / failed / 0.4
+    assert label_documents(scores, 0.5, judge).tolist() == [True, True, True, False, False]
+    # the judge's own cut decides its verdicts, not a fixed 0.5
+    assert label_documents(scores, 0.5, judge, positive_at=0.7).tolist() == [True, False, True, False, False]
+    # any slice of the corpus gives the labels of that slice
+    assert label_documents(scores[1:4], 0.5, judge[1:4], 0.7).tolist() == [False, True, False]
