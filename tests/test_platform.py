@@ -442,3 +442,38 @@ def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_cor
         ValueError, match="its document_vectors were computed with 'all-MiniLM-L6-v2', so models must be"
     ):
         SweepConfig(name="x", benchmarks=[bad], models=["other-model"])
+
+
+def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Path) -> None:
+    """The flow runs rounds as cached tasks (select excluding earlier judgments, judge, refine from
+    the last round's vector on every judgment so far); refine_core.rounds does the same in one
+    process. Both must give the same numbers for every round's method."""
+    from evaluations.registry import load_benchmark
+    from flows.sweep import sweep
+    from refine_core import RefineConfig
+    from refine_core.embedders import SentenceTransformerEmbedder
+    from refine_core.embedding_cache import EmbeddingCache
+    from refine_core.evaluation import evaluate_cell_arrays
+    from refine_core.judges import oracle_scores
+
+    config = SweepConfig(
+        name="rounds-vs-library",
+        benchmarks=[SUBSET],
+        judges=[JudgeSpec(kind="oracle")],
+        grid=Grid(lr=[1e-3], rounds=[3], k=[10]),
+    )
+    cell = sweep(config)["cells"][0]
+    bench = load_benchmark("clinc150", queries=12, max_documents=1500)
+    embedder = SentenceTransformerEmbedder()
+    cache = EmbeddingCache(platform / "embeddings")
+    docs = embedder.embed_documents(bench.document_texts(), cache=cache)
+    queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
+    labels, _ = bench.label_matrix()
+    direct = evaluate_cell_arrays(
+        queries, docs, labels, lambda r, i: oracle_scores(labels[r], i), k=10, rounds=3, config=RefineConfig(lr=1e-3)
+    )
+    assert set(direct.metrics) == {"baseline", "rerank_only", "rocchio", "refined", "refined_r2", "refined_r3"}
+    for method, result in direct.metrics.items():
+        for name in ("map", "ndcg@10", "roc_auc"):
+            assert cell["metrics"][method][name] == pytest.approx(result.means[name], abs=1e-6), (method, name)
+    assert direct.metrics["refined_r3"].means["map"] != direct.metrics["refined"].means["map"]  # the rounds differ
