@@ -86,9 +86,9 @@ def embedding_runs(documents: int, chunk_size: int) -> list[dict[str, float | st
 
 
 def _load_model() -> int:
-    from tasks.core import _embedder
+    from tasks.core import embedder_for
 
-    return _embedder("all-MiniLM-L6-v2").dimension
+    return embedder_for("all-MiniLM-L6-v2").dimension
 
 
 def _warm_up(address: str | None) -> float:

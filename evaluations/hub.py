@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from evaluations.benchmark import Benchmark, make_tables
-from evaluations.loaders import CLINC150_NAMES_INSTRUCTION, PAPER_INSTRUCTIONS, _intent_benchmark, beir_document_text
+from evaluations.loaders import CLINC150_NAMES_INSTRUCTION, PAPER_INSTRUCTIONS, beir_document_text, intent_benchmark
 
 
 def hub_enabled() -> bool:
@@ -28,7 +28,7 @@ def banking77() -> Benchmark:
     ds = _load("PolyAI/banking77")
     names = ds["train"].features["label"].names
     pairs = [(row["text"], names[row["label"]]) for split in ("train", "test") for row in ds[split]]
-    return _intent_benchmark(
+    return intent_benchmark(
         name="banking77",
         version="1",
         pairs=pairs,
@@ -45,7 +45,7 @@ def clinc150_names() -> Benchmark:
     ds = _load("clinc_oos", "plus")
     names = ds["train"].features["intent"].names
     pairs = [(row["text"], names[row["intent"]]) for row in ds["train"] if names[row["intent"]] != "oos"]
-    return _intent_benchmark(
+    return intent_benchmark(
         name="clinc150-names",
         version="1",
         pairs=pairs,

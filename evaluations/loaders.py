@@ -40,7 +40,7 @@ INTENT_CSV_INSTRUCTION = "Given an intent category, identify user messages that 
 # ---------------------------------------------------------------------------------------
 # Intent classification datasets: every intent is a query, every utterance a document.
 # ---------------------------------------------------------------------------------------
-def _intent_benchmark(
+def intent_benchmark(
     *,
     name: str,
     version: str,
@@ -120,7 +120,7 @@ def load_clinc150(folder: Path, *, descriptions: bool = True) -> Benchmark:
     else:
         query_text = {i: _underscores_to_spaces(i) for i in intents}
         name, instruction = "clinc150-names", CLINC150_NAMES_INSTRUCTION
-    return _intent_benchmark(
+    return intent_benchmark(
         name=name,
         version="1",
         pairs=pairs,
@@ -151,7 +151,7 @@ def load_intent_csv(
         for row in read_csv(path, ("text", "category")):
             pairs.append((row["text"], row["category"]))
     intents = {intent for _, intent in pairs}
-    return _intent_benchmark(
+    return intent_benchmark(
         name=name or f"intent-csv:{folder}",
         version="1",
         pairs=pairs,
@@ -196,7 +196,7 @@ def load_snips(folder: Path, *, splits: tuple[str, ...] = ("train", "valid", "te
                 raise DatasetError(f"{folder / split}: line {line}: empty utterance or label")
             pairs.append((text.strip(), intent.strip()))
     intents_all = {i for _, i in pairs}
-    return _intent_benchmark(
+    return intent_benchmark(
         name="snips",
         version="1",
         pairs=pairs,

@@ -35,17 +35,17 @@ from refine_core.corpus import (
 from refine_core.embedding_cache import EmbeddingCache
 from refine_core.judges import JudgmentLedger
 from refine_core.refinement import RefineConfig
-from tasks.core import CACHE_EXPIRATION, _embedder, _key, corpus_chunks
+from tasks.core import CACHE_EXPIRATION, corpus_chunks, embedder_for, task_key
 from tasks.judging import build_judge
 from tasks.storage import digest, ledger_url, save_array, state_dir
 
 
 # ---- index ------------------------------------------------------------------------------------
 def _texts_chunk_key(context, parameters) -> str:
-    return _key(
+    return task_key(
         "embed-texts",
         parameters["documents"],
-        _embedder(parameters["model"]).cache_key,
+        embedder_for(parameters["model"]).cache_key,
         parameters["start"],
         parameters["stop"],
     )
@@ -61,7 +61,7 @@ def _texts_chunk_key(context, parameters) -> str:
 def embed_texts_chunk_task(table: str, documents: str, model: str, start: int, stop: int) -> int:
     """Embed rows ``start:stop`` of a documents table into the embedding cache; returns the count."""
     texts = pl.scan_parquet(table).slice(start, stop - start).select("text").collect()["text"].to_list()
-    _embedder(model).embed_documents(texts, cache=EmbeddingCache(state_dir() / "embeddings"))
+    embedder_for(model).embed_documents(texts, cache=EmbeddingCache(state_dir() / "embeddings"))
     return len(texts)
 
 
@@ -94,7 +94,7 @@ def index_corpus_flow(
         texts,
         ids=ids,
         folder=state_dir() / "indexes" / (name or Path(corpus).stem),
-        embedder=_embedder(model),
+        embedder=embedder_for(model),
         cache=EmbeddingCache(state_dir() / "embeddings"),
         chunk_size=chunk_size,
     )
@@ -157,7 +157,7 @@ def classify_corpus_flow(
         opened,
         criterion,
         judge=build_judge(judge),
-        embedder=_embedder(opened.model),
+        embedder=embedder_for(opened.model),
         k=k,
         rounds=rounds,
         calibrate=calibrate,
@@ -201,7 +201,7 @@ def classify_corpus_flow(
 
 # ---- evaluation of the classification mode ----------------------------------------------------------
 def _benchmark_index(bench, model: str) -> CorpusIndex:
-    embedder = _embedder(model)
+    embedder = embedder_for(model)
     folder = state_dir() / "indexes" / f"benchmark-{bench.name}-{bench.content_hash}-{embedder.cache_key[-16:]}"
     return build_index(
         bench.document_texts(),
@@ -252,7 +252,7 @@ def evaluate_classification(
     judge_obj = build_judge(judge, bench)
     ledger = JudgmentLedger(ledger_url())
     qrels = bench.qrels()
-    embedder = _embedder(model)
+    embedder = embedder_for(model)
     rows = []
     for qi, criterion in enumerate(bench.query_texts()):
         gold = np.zeros(bench.n_documents, dtype=bool)

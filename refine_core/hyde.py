@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, select
 
 from refine_core.judges.base import JudgeConfigError, JudgeIdentity, Usage
-from refine_core.judges.ledger import _metadata, insert_new, open_engine
+from refine_core.judges.ledger import METADATA, insert_new, open_engine
 from refine_core.judges.runner import DEFAULT_PRICES, estimate_cost
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Generator(Protocol):
 # ---- the store --------------------------------------------------------------------------------
 generations_table = Table(
     "generations",
-    _metadata,
+    METADATA,
     Column("generator_key", String(64), primary_key=True),
     Column("query_hash", String(64), primary_key=True),
     Column("seed", Integer, primary_key=True),

@@ -98,7 +98,7 @@ class JudgmentsRef:
         return int(sum(self.errors.values()))
 
 
-def _key(*parts: object) -> str:
+def task_key(*parts: object) -> str:
     return f"refine-{digest(*parts, code_version())}"
 
 
@@ -130,7 +130,7 @@ def load_benchmark_task(spec: BenchmarkSpec) -> BenchmarkRef:
 
 # ---- embed -------------------------------------------------------------------------------------
 @lru_cache(maxsize=4)
-def _embedder(model: str, query_template: str | None = None) -> SentenceTransformerEmbedder:
+def embedder_for(model: str, query_template: str | None = None) -> SentenceTransformerEmbedder:
     """One loaded model per process, name and query template (Dask workers keep theirs between chunks)."""
     return SentenceTransformerEmbedder(model, threads=torch_threads(), query_template=query_template)
 
@@ -144,10 +144,10 @@ def corpus_chunks(n_documents: int, chunk_size: int) -> list[tuple[int, int]]:
 
 def _chunk_key(context, parameters) -> str:
     b: BenchmarkRef = parameters["bench"]
-    return _key(
+    return task_key(
         "embed-chunk",
         b.documents_hash,
-        _embedder(parameters["model"]).cache_key,
+        embedder_for(parameters["model"]).cache_key,
         parameters["start"],
         parameters["stop"],
     )
@@ -164,7 +164,7 @@ def _chunk_key(context, parameters) -> str:
 def embed_corpus_chunk_task(bench: BenchmarkRef, model: str, start: int, stop: int) -> ArrayRef:
     """Document vectors of rows ``start:stop`` of a benchmark's corpus (through the embedding cache)."""
     t0 = time.perf_counter()
-    embedder = _embedder(model)
+    embedder = embedder_for(model)
     texts = bench.load().document_texts()[start:stop]
     vectors = embedder.embed_documents(
         texts,
@@ -176,7 +176,7 @@ def embed_corpus_chunk_task(bench: BenchmarkRef, model: str, start: int, stop: i
 
 
 def _join_key(context, parameters) -> str:
-    return _key("join", parameters["name"], [p.digest for p in parameters["parts"]])
+    return task_key("join", parameters["name"], [p.digest for p in parameters["parts"]])
 
 
 @task(name="embed-corpus", cache_key_fn=_join_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
@@ -202,7 +202,7 @@ def provided_corpus(bench: BenchmarkRef, vectors: VectorsSpec) -> ArrayRef:
     try:
         ids = [str(d) for d in bench.load().documents["doc_id"].to_list()] if path.suffix == ".parquet" else []
         matrix = read_vectors(path, ids, id_column="doc_id")
-        check_vectors(matrix, int(bench.counts["documents"]), _embedder(vectors.model).dimension, vectors.model)
+        check_vectors(matrix, int(bench.counts["documents"]), embedder_for(vectors.model).dimension, vectors.model)
     except VectorFileError as exc:
         raise DatasetError(f"{where}: {exc}") from None
     h = hashlib.sha256()
@@ -219,20 +219,20 @@ def provided_corpus(bench: BenchmarkRef, vectors: VectorsSpec) -> ArrayRef:
 
 
 def corpus_digest(bench: BenchmarkRef, model: str, chunks: list[tuple[int, int]]) -> str:
-    return digest("docs", bench.documents_hash, _embedder(model).cache_key, chunks)
+    return digest("docs", bench.documents_hash, embedder_for(model).cache_key, chunks)
 
 
 def _queries_key(context, parameters) -> str:
     b: BenchmarkRef = parameters["bench"]
-    e = _embedder(parameters["model"], parameters.get("query_template"))
-    return _key("embed-queries", b.hash, e.cache_key, e.query_template, b.embed_instruction)
+    e = embedder_for(parameters["model"], parameters.get("query_template"))
+    return task_key("embed-queries", b.hash, e.cache_key, e.query_template, b.embed_instruction)
 
 
 @task(name="embed-queries", cache_key_fn=_queries_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
 def embed_queries_task(bench: BenchmarkRef, model: str, query_template: str | None = None) -> ArrayRef:
     """Query vectors with the query template (default: the model's) and the benchmark's instruction."""
     start = time.perf_counter()
-    embedder = _embedder(model, query_template)
+    embedder = embedder_for(model, query_template)
     vectors = embedder.embed_queries(
         bench.load().query_texts(),
         instruction=bench.embed_instruction,
@@ -245,7 +245,7 @@ def embed_queries_task(bench: BenchmarkRef, model: str, query_template: str | No
 
 # ---- select feedback ------------------------------------------------------------------------------
 def _select_key(context, parameters) -> str:
-    return _key(
+    return task_key(
         "select",
         parameters["bench"].hash,
         parameters["vectors"].digest,
@@ -260,7 +260,7 @@ def _exclude_idx(exclude: list[ArrayRef] | None) -> np.ndarray | None:
 
 
 def _select_shard_key(context, parameters) -> str:
-    return _key(_select_key(context, parameters), "shard", list(parameters["shard"]))
+    return task_key(_select_key(context, parameters), "shard", list(parameters["shard"]))
 
 
 @task(
@@ -327,7 +327,7 @@ def select_feedback_task(
 # ---- judge (the LLM stage) --------------------------------------------------------------------------
 def judge_cache_key(context, parameters) -> str:
     spec: JudgeSpec = parameters["judge"]
-    return _key(
+    return task_key(
         "judge",
         spec.model_dump(),
         answers_fingerprint(spec.kind, spec.model),
@@ -458,7 +458,7 @@ class PassagesRef:
 
 def hyde_cache_key(context, parameters) -> str:
     spec: HydeSpec = parameters["spec"]
-    return _key("hyde", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash)
+    return task_key("hyde", spec.model_dump(), answers_fingerprint(spec.kind, spec.model), parameters["bench"].hash)
 
 
 @task(
@@ -501,8 +501,8 @@ def generate_hyde_task(
 
 
 def _hyde_embed_key(context, parameters) -> str:
-    e = _embedder(parameters["model"], parameters.get("query_template"))
-    return _key(
+    e = embedder_for(parameters["model"], parameters.get("query_template"))
+    return task_key(
         "embed-hyde",
         parameters["passages"].digest,
         parameters["bench"].hash,
@@ -522,7 +522,7 @@ def embed_hyde_task(
     start = time.perf_counter()
     texts = pl.read_parquet(passages.path)["passage"].to_list()
     queries = bench.load().query_texts()
-    embedder = _embedder(model, query_template)
+    embedder = embedder_for(model, query_template)
     vectors = embedder.embed_queries(
         [t if t is not None else q for t, q in zip(texts, queries)],
         instruction=bench.embed_instruction,
@@ -548,7 +548,7 @@ def refined_digest(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], ju
 
 
 def _refine_key(context, parameters) -> str:
-    return _key(
+    return task_key(
         "refine",
         parameters["start"].digest,
         parameters["docs"].digest,
@@ -625,7 +625,7 @@ class CellEvaluation:
 
 def _evaluate_key(context, parameters) -> str:
     extra = parameters.get("extra") or {}
-    return _key(
+    return task_key(
         "evaluate",
         parameters["bench"].hash,
         parameters["queries"].digest,
@@ -657,11 +657,11 @@ def _evaluation_inputs(
 
 
 def _inputs_key(context, parameters) -> str:
-    return _key("evaluate-inputs", _evaluate_key(context, parameters))
+    return task_key("evaluate-inputs", _evaluate_key(context, parameters))
 
 
 def _evaluate_shard_key(context, parameters) -> str:
-    return _key("evaluate-shard", parameters["inputs"].digest, parameters["docs"].digest, list(parameters["shard"]))
+    return task_key("evaluate-shard", parameters["inputs"].digest, parameters["docs"].digest, list(parameters["shard"]))
 
 
 @task(name="evaluate-inputs", cache_key_fn=_inputs_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)

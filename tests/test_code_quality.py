@@ -58,3 +58,21 @@ def test_the_layers_hold_and_a_crossing_import_breaks_them(tmp_path: Path, viola
     result = _run(_lint_imports(), "--no-cache", cwd=tmp_path, env=env)
     assert result.returncode != 0, result.stdout
     assert "BROKEN" in result.stdout and violation.replace("/", ".").removesuffix(".py") in result.stdout
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """``from m import _name`` reaches into another module's internals; a private submodule of a
+    package (``from refine_core import _parallel``) is the package's own business and allowed."""
+    import ast
+
+    found = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    for alias in node.names:
+                        private = alias.name.startswith("_") and not alias.name.startswith("__")
+                        submodule = (ROOT / node.module.replace(".", "/") / f"{alias.name}.py").is_file()
+                        if private and not submodule:
+                            found.append(f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}")
+    assert not found, found

@@ -40,10 +40,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from refine_core.judges.base import Judgment
 
-_metadata = MetaData()
+METADATA = MetaData()
 judgments_table = Table(
     "judgments",
-    _metadata,
+    METADATA,
     Column("judge_key", String(64), primary_key=True),
     Column("query_hash", String(64), primary_key=True),
     Column("doc_hash", String(64), primary_key=True),
@@ -54,7 +54,7 @@ judgments_table = Table(
 )
 failures_table = Table(
     "failures",
-    _metadata,
+    METADATA,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("judge_key", String(64), nullable=False, index=True),
     Column("query_hash", String(64), nullable=False),
@@ -67,7 +67,7 @@ failures_table = Table(
 # answer instead of paying again. A claim expires (its process may have died) after its TTL.
 claims_table = Table(
     "claims",
-    _metadata,
+    METADATA,
     Column("judge_key", String(64), primary_key=True),
     Column("query_hash", String(64), primary_key=True),
     Column("doc_hash", String(64), primary_key=True),
@@ -76,7 +76,7 @@ claims_table = Table(
 )
 batches_table = Table(
     "batches",
-    _metadata,
+    METADATA,
     Column("batch_id", String(128), primary_key=True),
     Column("judge_key", String(64), nullable=False),
     Column("payload", Text, nullable=False),
@@ -95,12 +95,12 @@ def open_engine(url: str | Path) -> Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
-        _metadata.create_all(engine)
+        METADATA.create_all(engine)
     except OperationalError as exc:
         # Another process created the tables between the check and the CREATE: check again.
         if "already exists" not in str(exc):
             raise
-        _metadata.create_all(engine)
+        METADATA.create_all(engine)
     return engine
 
 

@@ -25,11 +25,11 @@ from sqlalchemy import Column, Float, Integer, String, Table, and_, insert, or_,
 from sqlalchemy.exc import IntegrityError
 
 from refine_core.judges.base import Usage
-from refine_core.judges.ledger import _metadata, open_engine
+from refine_core.judges.ledger import METADATA, open_engine
 
 spend_table = Table(
     "spend_accounts",
-    _metadata,
+    METADATA,
     Column("account", String(200), primary_key=True),
     Column("max_items", Integer, nullable=True),
     Column("max_cost", Float, nullable=True),
