@@ -31,6 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from refine_core.ann import AnnIndex, AnnSettings, exact_top
+
+# The classification statistics live in refine_core.calibration (numeric, no I/O); re-exported
+# here because they were part of this module's API.
+from refine_core.calibration import best_threshold_f1 as best_threshold_f1
+from refine_core.calibration import binary_metrics as binary_metrics
+from refine_core.calibration import choose_threshold as choose_threshold
+from refine_core.calibration import label_documents as label_documents
+from refine_core.calibration import positive_interval as positive_interval
+from refine_core.calibration import rank_bands as rank_bands
+from refine_core.calibration import stratified_estimate as stratified_estimate
+from refine_core.calibration import stratified_sample as stratified_sample
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
 from refine_core.judges.ledger import JudgmentLedger
@@ -614,30 +625,6 @@ def search(
 
 
 # ---- classify -----------------------------------------------------------------------------------
-def choose_threshold(similarities: np.ndarray, positive: np.ndarray) -> float:
-    """The cut that best separates judged positives from judged negatives.
-
-    Maximises balanced accuracy over the midpoints between consecutive judged similarities
-    (ties: the middle of the best run of cuts). With one class only, the cut sits at the
-    weakest judged positive (everything at least that similar is positive) or just above the
-    strongest judged negative.
-    """
-    s = np.asarray(similarities, dtype=np.float64)
-    y = np.asarray(positive, dtype=bool)
-    if s.size == 0:
-        raise CorpusError("no judged documents to choose a threshold from")
-    if y.all():
-        return float(s.min())
-    if not y.any():
-        return float(np.nextafter(s.max(), np.inf))
-    values = np.unique(s)
-    cuts = np.concatenate([[values[0]], (values[:-1] + values[1:]) / 2, [np.nextafter(values[-1], np.inf)]])
-    pos, neg = np.sort(s[y]), np.sort(s[~y])
-    tpr = (pos.size - np.searchsorted(pos, cuts, side="left")) / pos.size  # positives at or above the cut
-    tnr = np.searchsorted(neg, cuts, side="left") / neg.size  # negatives below it
-    balanced = (tpr + tnr) / 2
-    best = np.flatnonzero(balanced >= balanced.max() - 1e-12)
-    return float(cuts[best[len(best) // 2]])
 
 
 @dataclass
@@ -682,80 +669,6 @@ class Classification:
             "judgments_from_ledger": r.from_ledger,
             "judge_failed": int(r.failed),
         }
-
-
-def positive_interval(
-    scores: np.ndarray,
-    judged_sims: np.ndarray,
-    judged_positive: np.ndarray,
-    *,
-    samples: int = 1000,
-    level: float = 0.9,
-    seed: int = 0,
-) -> tuple[int, int]:
-    """Interval on the count above the threshold from the threshold's uncertainty: the judged
-    documents are resampled with replacement, the threshold re-chosen, and the documents above
-    it counted. (It says nothing about positives the threshold misses.)"""
-    rng = np.random.default_rng(seed)
-    sorted_scores = np.sort(scores)
-    counts = []
-    n = judged_sims.size
-    for _ in range(samples):
-        pick = rng.integers(0, n, n)
-        t = choose_threshold(judged_sims[pick], judged_positive[pick])
-        counts.append(sorted_scores.size - np.searchsorted(sorted_scores, t, side="left"))
-    lo, hi = np.quantile(counts, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return int(np.floor(lo)), int(np.ceil(hi))
-
-
-def rank_bands(n: int, first: int) -> list[tuple[int, int]]:
-    """Geometric bands ``[a, b)`` of a ranking of ``n``: ``first``, then doubling."""
-    bands, start, size = [], 0, max(first, 1)
-    while start < n:
-        bands.append((start, min(start + size, n)))
-        start += size
-        size *= 2
-    return bands
-
-
-def stratified_sample(order: np.ndarray, budget: int, first_band: int, seed: int = 0) -> list[tuple[np.ndarray, int]]:
-    """A uniform random sample inside each geometric band of ``order`` (document rows, best first).
-
-    The budget is split evenly over the bands (the top bands get the remainder); when it is
-    smaller than the number of bands the deepest bands are merged. Returns (sampled rows,
-    band size) per band.
-    """
-    bands = rank_bands(order.size, first_band)
-    if budget < len(bands):
-        bands = bands[: budget - 1] + [(bands[budget - 1][0], order.size)] if budget > 0 else []
-    rng = np.random.default_rng(seed)
-    out = []
-    for i, (a, b) in enumerate(bands):
-        share = budget // len(bands) + (1 if i < budget % len(bands) else 0)
-        share = min(share, b - a)
-        out.append((order[a:b][rng.choice(b - a, size=share, replace=False)], b - a))
-    return out
-
-
-def stratified_estimate(
-    known_positives: int, strata: list[tuple[int, int, int]], *, z: float = 1.645, total: int | None = None
-) -> tuple[float, tuple[int, int]]:
-    """Positives in a corpus: the judged positives, plus per band ``(size, sampled, positives found)``
-    the band size times the sampled rate. The variance uses the finite-population correction and a
-    rate of (x + 0.5) / (m + 1), so a band whose sample found nothing still counts as uncertain."""
-    estimate, variance = float(known_positives), 0.0
-    for size, m, x in strata:
-        if m == 0:
-            continue
-        estimate += size * x / m
-        rate = (x + 0.5) / (m + 1)
-        variance += size**2 * rate * (1 - rate) / m * (1 - m / size if size > 1 else 0)
-    half = z * variance**0.5
-    lo = max(known_positives + sum(x for _, _, x in strata), int(np.floor(estimate - half)))
-    hi = int(np.ceil(estimate + half))
-    if total is not None:
-        hi = min(hi, total)
-    return estimate, (lo, hi)
 
 
 def classify(
@@ -864,19 +777,6 @@ def classify(
     )
 
 
-def label_documents(
-    scores: np.ndarray, threshold: float, judge_scores: np.ndarray, positive_at: float = 0.5
-) -> np.ndarray:
-    """The labels of a classification: ``score >= threshold``, except where the judge gave a verdict
-    (a finite judge score; NaN = not judged or the judge failed), which wins: ``judge score >= positive_at``.
-    Works on any slice of the corpus (the classify flow labels it in chunks)."""
-    labels = np.asarray(scores) >= threshold
-    judge = np.asarray(judge_scores, dtype=np.float64)
-    verdict = np.isfinite(judge)
-    labels[verdict] = judge[verdict] >= positive_at
-    return labels
-
-
 def write_labels(result: Classification, index: CorpusIndex, path: str | os.PathLike[str]) -> Path:
     """Every document's id, refined score, label, whether it was judged and the judge's score, as parquet."""
     import polars as pl
@@ -901,32 +801,3 @@ def write_labels(result: Classification, index: CorpusIndex, path: str | os.Path
     frame.write_parquet(tmp)
     os.replace(tmp, out)
     return out
-
-
-def binary_metrics(predicted: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """Precision, recall and F1 of boolean predictions (0 where undefined)."""
-    p = np.asarray(predicted, dtype=bool)
-    g = np.asarray(gold, dtype=bool)
-    tp = float((p & g).sum())
-    precision = tp / p.sum() if p.sum() else 0.0
-    recall = tp / g.sum() if g.sum() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
-def best_threshold_f1(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
-    """The best F1 any threshold on ``scores`` reaches against ``gold`` (the ceiling)."""
-    g = np.asarray(gold, dtype=bool)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    tp = np.cumsum(g[order])
-    predicted = np.arange(1, g.size + 1)
-    precision = tp / predicted
-    recall = tp / max(g.sum(), 1)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    i = int(np.argmax(f1))
-    return {
-        "precision": float(precision[i]),
-        "recall": float(recall[i]),
-        "f1": float(f1[i]),
-        "threshold": float(np.asarray(scores)[order[i]]),
-    }

@@ -168,7 +168,7 @@ def test_choose_threshold() -> None:
     # overlapping classes: the best balanced accuracy
     t = choose_threshold(np.array([0.9, 0.7, 0.6, 0.5, 0.4]), np.array([1, 0, 1, 0, 0]))
     assert 0.5 < t <= 0.6
-    with pytest.raises(CorpusError, match="no judged documents"):
+    with pytest.raises(ValueError, match="no judged documents"):
         choose_threshold(np.array([]), np.array([], bool))
 
 
