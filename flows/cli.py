@@ -550,72 +550,6 @@ def _dry_run(config, as_json: bool) -> None:
         print(json.dumps(plan, default=float))
 
 
-def _metrics_from_run(run) -> dict[str, dict[str, float]]:
-    from flows.tracking import measure_name
-
-    out: dict[str, dict[str, float]] = {}
-    for key, value in run.data.metrics.items():
-        method, _, name = key.partition(".")
-        if method in ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined") or method.startswith("refined"):
-            out.setdefault(method, {})[measure_name(name)] = value
-    return out
-
-
-_TEST_KEYS = (
-    "delta_map",
-    "pvalue",
-    "p_raw",
-    "p_bh",
-    "relative_gain",
-    "queries_improved",
-    "queries_unchanged",
-    "queries_hurt",
-)
-
-
-def _cell_from_run(run) -> dict:
-    """A finished cell run read back into the shape ``refine run`` returns."""
-    params = dict(run.data.params)
-    metrics = _metrics_from_run(run)
-    tests = {}
-    outcomes = {}
-    for m, v in metrics.items():
-        raw = v.get("p_raw", v.get("pvalue"))  # runs logged before p_raw was named so
-        if raw is not None:
-            tests[m] = {"delta_map": v.get("delta_map"), "pvalue": raw}
-            if "p_bh" in v:
-                tests[m]["pvalue_bh"] = v["p_bh"]
-        if "queries_improved" in v:
-            outcomes[m] = (
-                int(v["queries_improved"]),
-                int(v.get("queries_unchanged", 0)),
-                int(v.get("queries_hurt", 0)),
-            )
-    typed = {
-        "lr": float(params.get("lr", "nan")),
-        "k": int(params.get("k", 0)),
-        "rounds": int(params.get("rounds", 1)),
-        **{k: v for k, v in params.items() if k not in ("lr", "k", "rounds")},
-    }
-    for name in ("steps",):
-        if name in typed:
-            typed[name] = int(typed[name])
-    for name in ("score_temperature", "similarity_temperature"):
-        if name in typed:
-            typed[name] = float(typed[name])
-    return {
-        "run_id": run.info.run_id,
-        "benchmark": params.get("benchmark.name", "?"),
-        "model": params.get("model", "?"),
-        "judge": run.data.tags.get("refine.judge", params.get("judge.kind", "")),
-        "params": typed,
-        "metrics": {m: {k: v for k, v in vals.items() if k not in _TEST_KEYS} for m, vals in metrics.items()},
-        "tests": tests,
-        "win_tie_loss": outcomes,
-        "failed_queries": int(run.data.metrics.get("judge_failed_queries", 0)),
-    }
-
-
 @app.command()
 def compare(
     filters: Annotated[list[str] | None, typer.Argument(metavar="[NAME=VALUE]...", help="more --where filters")] = None,
@@ -647,7 +581,7 @@ def compare(
     from flows.environment import configure_environment
 
     configure_environment()
-    from flows.report import ReportError, filter_cells
+    from flows.report import ReportError, cells_from_mlflow
     from flows.tracking import Tracker
 
     if layout not in ("cells", "paper"):
@@ -660,30 +594,16 @@ def compare(
         check_tracking_store()
     except ValueError as exc:
         fail(str(exc))
-    tracker = Tracker()
-    exp = tracker.client.get_experiment_by_name(experiment)
-    if exp is None:
-        fail(
-            f"no experiment named {experiment!r} in {tracker.uri}; run `refine run` first (`refine experiments` "
-            "lists them)"
-        )
-    if parent is None and not all_sweeps:
-        sweeps = tracker.client.search_runs(
-            [exp.experiment_id], "tags.`refine.kind` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
-        )
-        if not sweeps:
-            fail(f"experiment {experiment!r} has no sweep runs")
-        parent = sweeps[0].info.run_id
-    query = "tags.`refine.kind` = 'cell' and attributes.status = 'FINISHED'"
-    if parent:
-        query += f" and tags.`mlflow.parentRunId` = '{parent}'"
-    runs = tracker.client.search_runs(
-        [exp.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=5000
-    )
-    cells = [_cell_from_run(r) for r in runs]
-    cells = [c for c in cells if (not benchmark or c["benchmark"] == benchmark) and (not judge or judge in c["judge"])]
     try:
-        cells = filter_cells(cells, [*(where or []), *(filters or [])])
+        experiment_id, parent, cells = cells_from_mlflow(
+            Tracker(),
+            experiment,
+            parent=parent,
+            all_sweeps=all_sweeps,
+            benchmark=benchmark,
+            judge=judge,
+            where=[*(where or []), *(filters or [])],
+        )
     except ReportError as exc:
         fail(str(exc))
     if layout == "paper":
@@ -716,7 +636,7 @@ def compare(
     if as_json:
         print(
             json.dumps(
-                {"experiment_id": exp.experiment_id, "parent_run_id": parent, "cells": _public(cells)}, default=float
+                {"experiment_id": experiment_id, "parent_run_id": parent, "cells": _public(cells)}, default=float
             )
         )
 

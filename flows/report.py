@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refine_core.measures import from_mlflow_key
 from refine_core.statistics import benjamini_hochberg
 
 PAPER_METHODS: tuple[tuple[str, str], ...] = (
@@ -314,3 +315,108 @@ def paper_table(cells: list[dict]) -> PaperTable:
             if entries:
                 rows.append((model, label, entries))
     return PaperTable(benchmarks=benchmarks, rows=rows)
+
+
+# ---- cells read back from MLflow (what `refine compare` shows) ------------------------------------------
+def metrics_from_run(run) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        method, _, name = key.partition(".")
+        if method in ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined") or method.startswith("refined"):
+            out.setdefault(method, {})[from_mlflow_key(name)] = value
+    return out
+
+
+_TEST_KEYS = (
+    "delta_map",
+    "pvalue",
+    "p_raw",
+    "p_bh",
+    "relative_gain",
+    "queries_improved",
+    "queries_unchanged",
+    "queries_hurt",
+)
+
+
+def cell_from_run(run) -> dict:
+    """A finished cell run read back into the shape ``refine run`` returns."""
+    params = dict(run.data.params)
+    metrics = metrics_from_run(run)
+    tests = {}
+    outcomes = {}
+    for m, v in metrics.items():
+        raw = v.get("p_raw", v.get("pvalue"))  # runs logged before p_raw was named so
+        if raw is not None:
+            tests[m] = {"delta_map": v.get("delta_map"), "pvalue": raw}
+            if "p_bh" in v:
+                tests[m]["pvalue_bh"] = v["p_bh"]
+        if "queries_improved" in v:
+            outcomes[m] = (
+                int(v["queries_improved"]),
+                int(v.get("queries_unchanged", 0)),
+                int(v.get("queries_hurt", 0)),
+            )
+    typed = {
+        "lr": float(params.get("lr", "nan")),
+        "k": int(params.get("k", 0)),
+        "rounds": int(params.get("rounds", 1)),
+        **{k: v for k, v in params.items() if k not in ("lr", "k", "rounds")},
+    }
+    for name in ("steps",):
+        if name in typed:
+            typed[name] = int(typed[name])
+    for name in ("score_temperature", "similarity_temperature"):
+        if name in typed:
+            typed[name] = float(typed[name])
+    return {
+        "run_id": run.info.run_id,
+        "benchmark": params.get("benchmark.name", "?"),
+        "model": params.get("model", "?"),
+        "judge": run.data.tags.get("refine.judge", params.get("judge.kind", "")),
+        "params": typed,
+        "metrics": {m: {k: v for k, v in vals.items() if k not in _TEST_KEYS} for m, vals in metrics.items()},
+        "tests": tests,
+        "win_tie_loss": outcomes,
+        "failed_queries": int(run.data.metrics.get("judge_failed_queries", 0)),
+    }
+
+
+def cells_from_mlflow(
+    tracker,
+    experiment: str,
+    *,
+    parent: str | None = None,
+    all_sweeps: bool = False,
+    benchmark: str | None = None,
+    judge: str | None = None,
+    where: list[str] | None = None,
+) -> tuple[str, str | None, list[dict]]:
+    """The finished cells of one sweep (``parent``; default the latest) or of the whole experiment
+    (``all_sweeps``), filtered: ``(experiment id, parent run id, cells)``.
+
+    Raises:
+        ReportError: no such experiment, no sweep in it, or a bad ``where`` filter.
+    """
+    exp = tracker.client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ReportError(
+            f"no experiment named {experiment!r} in {tracker.uri}; run `refine run` first (`refine experiments` "
+            "lists them)"
+        )
+    if parent is None and not all_sweeps:
+        sweeps = tracker.client.search_runs(
+            [exp.experiment_id], "tags.`refine.kind` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        if not sweeps:
+            raise ReportError(f"experiment {experiment!r} has no sweep runs")
+        parent = sweeps[0].info.run_id
+    query = "tags.`refine.kind` = 'cell' and attributes.status = 'FINISHED'"
+    if parent:
+        query += f" and tags.`mlflow.parentRunId` = '{parent}'"
+    runs = tracker.client.search_runs(
+        [exp.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=5000
+    )
+    cells = [cell_from_run(r) for r in runs]
+    cells = [c for c in cells if (not benchmark or c["benchmark"] == benchmark) and (not judge or judge in c["judge"])]
+    return exp.experiment_id, parent, filter_cells(cells, list(where or []))
