@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -319,6 +320,37 @@ def score_methods(
             visit(lo, hi, blocks)
     metrics = {name: collect_metrics(p, qrels, ks, warn=False) for name, p in parts.items()}
     return metrics, _paired_tests(metrics, qrels)
+
+
+def per_query_columns(
+    metrics: dict[str, MetricsResult],
+    *,
+    feedback_idx: np.ndarray,
+    judge_scores: np.ndarray,
+    judge_mask: np.ndarray,
+    query_ids: list[str],
+    doc_ids: list[str],
+) -> dict[str, list[Any]]:
+    """The per-query file of a cell, as columns: query id, whether every judgment failed, how many
+    failed, the judged documents' ids and the judge's scores (None where it failed), then
+    ``ap_<method>`` and ``roc_auc_<method>`` for every method."""
+    idx = np.asarray(feedback_idx)
+    mask = np.asarray(judge_mask, dtype=bool)
+    asked = idx >= 0
+    columns: dict[str, list[Any]] = {
+        "query_id": list(query_ids),
+        "judge_failed": [not bool(x) for x in np.any(mask & asked, axis=1).tolist()],
+        "judgments_failed": [int(x) for x in (~mask & asked).sum(axis=1)],
+        "judged_doc_ids": [[doc_ids[int(j)] for j in row if j >= 0] for row in idx],
+        "judge_scores": [
+            [float(s) if m else None for s, m, j in zip(srow, mrow, irow) if j >= 0]
+            for srow, mrow, irow in zip(judge_scores, mask, idx)
+        ],
+    }
+    for method, result in metrics.items():
+        columns[f"ap_{method}"] = result.per_query["ap"].tolist()
+        columns[f"roc_auc_{method}"] = result.per_query["roc_auc"].tolist()
+    return columns
 
 
 # ---- the same evaluation over corpus shards ------------------------------------------------------------

@@ -31,6 +31,7 @@ from refine_core.evaluation import (
     ShardInputs,
     ShardScores,
     finish_shards,
+    per_query_columns,
     score_methods,
     score_shard,
     shard_inputs,
@@ -760,21 +761,14 @@ def evaluate_task(
             arrays.pop("query_vectors"), np.asarray(load_array(docs.path)), qrels, visit=samples, **arrays
         )
         plot_arrays = samples.arrays(prefixes={"baseline": "base", "refined": "ref"})
-    valid = judged["mask"] & (idx >= 0)
-    failed = ~valid.any(axis=1)
-    per_query = {
-        "query_id": b.queries["query_id"].to_list(),
-        "judge_failed": failed.tolist(),
-        "judgments_failed": ((~judged["mask"]) & (idx >= 0)).sum(axis=1).tolist(),
-        "judged_doc_ids": [[b.documents["doc_id"][int(j)] for j in row if j >= 0] for row in idx],
-        "judge_scores": [
-            [float(s) if m else None for s, m, j in zip(srow, mrow, irow) if j >= 0]
-            for srow, mrow, irow in zip(judged["scores"], judged["mask"], idx)
-        ],
-    }
-    for method, result in metrics.items():
-        per_query[f"ap_{method}"] = result.per_query["ap"].tolist()
-        per_query[f"roc_auc_{method}"] = result.per_query["roc_auc"].tolist()
+    per_query = per_query_columns(
+        metrics,
+        feedback_idx=idx,
+        judge_scores=judged["scores"],
+        judge_mask=judged["mask"],
+        query_ids=b.queries["query_id"].to_list(),
+        doc_ids=b.documents["doc_id"].to_list(),
+    )
     name = digest(
         "evaluation",
         cell.model_dump(),
