@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, select
 
 from refine_core.judges.base import JudgeConfigError, JudgeIdentity, Usage
+from refine_core.judges.http_retry import post_with_retries
 from refine_core.judges.ledger import METADATA, insert_new, open_engine
 from refine_core.judges.runner import DEFAULT_PRICES, estimate_cost
 
@@ -309,8 +309,6 @@ class OpenAICompatibleGenerator:
         return f"OpenAICompatibleGenerator(model={self.model!r}, base_url={self.base_url!r})"
 
     def generate(self, prompt: str, *, seed: int) -> Generation:
-        import httpx
-
         body = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -319,34 +317,23 @@ class OpenAICompatibleGenerator:
             "seed": seed,
         }
         started = time.perf_counter()
-        error = "unknown"
-        delay = 0.5
-        for attempt in range(self.max_retries + 1):
+        response, error, _ = post_with_retries(
+            self._client, f"{self.base_url}/chat/completions", body, max_retries=self.max_retries
+        )
+        if response is not None:
             try:
-                response = self._client.post(f"{self.base_url}/chat/completions", json=body)
-            except httpx.HTTPError as exc:
-                error = type(exc).__name__
-            else:
-                if response.status_code == 200:
-                    try:
-                        payload = response.json()
-                        text = (payload["choices"][0]["message"]["content"] or "").strip()
-                        u = payload.get("usage") or {}
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        return Generation(None, Usage(requests=1), "MalformedBody")
-                    usage = Usage(
-                        requests=1,
-                        input_tokens=int(u.get("prompt_tokens", 0)),
-                        output_tokens=int(u.get("completion_tokens", 0)),
-                        latency_s=time.perf_counter() - started,
-                    )
-                    return Generation(text or None, usage, None if text else "EmptyPassage")
-                error = f"HTTP {response.status_code}"
-                if response.status_code not in (408, 409, 429, 500, 502, 503, 504):
-                    break
-            if attempt < self.max_retries:
-                time.sleep(delay * (1 + random.random() * 0.25))
-                delay = min(delay * 2, 30.0)
+                payload = response.json()
+                text = (payload["choices"][0]["message"]["content"] or "").strip()
+                u = payload.get("usage") or {}
+            except (ValueError, KeyError, IndexError, TypeError):
+                return Generation(None, Usage(requests=1), "MalformedBody")
+            usage = Usage(
+                requests=1,
+                input_tokens=int(u.get("prompt_tokens", 0)),
+                output_tokens=int(u.get("completion_tokens", 0)),
+                latency_s=time.perf_counter() - started,
+            )
+            return Generation(text or None, usage, None if text else "EmptyPassage")
         return Generation(None, Usage(requests=1, latency_s=time.perf_counter() - started), error)
 
 

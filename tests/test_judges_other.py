@@ -470,3 +470,32 @@ def test_the_judge_task_retries_transient_errors_but_not_a_judge_bug() -> None:
 
     assert retry_unless_judge_bug(None, None, Failed(data=ConnectionError("reset"))) is True
     assert retry_unless_judge_bug(None, None, Failed(data=JudgeCrashed("bug"))) is False
+
+
+def test_one_retry_policy_for_the_http_endpoints() -> None:
+    import httpx
+
+    from refine_core.judges.http_retry import post_with_retries
+
+    def client(statuses: list[int], headers: dict[str, str] | None = None) -> tuple[httpx.Client, list[int]]:
+        seen: list[int] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            status = statuses[min(len(seen), len(statuses) - 1)]
+            seen.append(status)
+            return httpx.Response(status, json={"ok": status == 200}, headers=headers or {})
+
+        return httpx.Client(transport=httpx.MockTransport(handler)), seen
+
+    waits: list[float] = []
+    c, seen = client([503, 429, 200], {"retry-after": "2"})
+    response, error, exhausted = post_with_retries(c, "http://x/v1", {}, max_retries=4, sleep=waits.append)
+    assert response is not None and response.json() == {"ok": True} and error is None and not exhausted
+    assert seen == [503, 429, 200] and len(waits) == 2 and all(2.0 <= w <= 2.5 for w in waits[:1])
+    c, seen = client([400])
+    assert post_with_retries(c, "http://x/v1", {}, max_retries=4, sleep=waits.append) == (None, "HTTP 400", False)
+    assert seen == [400]  # a client error is not retried
+    waits.clear()
+    c, seen = client([500])
+    assert post_with_retries(c, "http://x/v1", {}, max_retries=3, sleep=waits.append) == (None, "HTTP 500", True)
+    assert len(seen) == 4 and len(waits) == 3 and waits[1] > waits[0]  # backoff grows

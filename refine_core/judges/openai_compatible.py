@@ -11,7 +11,6 @@ if the server needs one, comes from ``$OPENAI_API_KEY`` (or the variable named b
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections.abc import Sequence
 
@@ -26,9 +25,8 @@ from refine_core.judges.base import (
     Usage,
     paper_prompt,
 )
+from refine_core.judges.http_retry import post_with_retries
 from refine_core.judges.yes_no import yes_probability
-
-_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 
 
 class OpenAICompatibleJudge:
@@ -87,31 +85,15 @@ class OpenAICompatibleJudge:
         }
 
     def _post(self, body: dict[str, object]) -> tuple[dict | None, str | None]:
-        delay = 0.5
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self._client.post(f"{self.base_url}/chat/completions", json=body)
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        return response.json(), None
-                    except ValueError:
-                        return None, "MalformedBody"
-                error = f"HTTP {response.status_code}"
-                if response.status_code not in _RETRY_STATUS:
-                    return None, error
-                retry_after = response.headers.get("retry-after")
-                if retry_after:
-                    try:
-                        delay = max(delay, float(retry_after))
-                    except ValueError:
-                        pass
-            if attempt < self.max_retries:
-                time.sleep(delay * (1 + random.random() * 0.25))
-                delay = min(delay * 2, 30.0)
-        return None, f"RetriesExhausted: {error}"
+        response, error, exhausted = post_with_retries(
+            self._client, f"{self.base_url}/chat/completions", body, max_retries=self.max_retries
+        )
+        if response is None:
+            return None, f"RetriesExhausted: {error}" if exhausted else error
+        try:
+            return response.json(), None
+        except ValueError:
+            return None, "MalformedBody"
 
     @staticmethod
     def parse(payload: dict) -> tuple[Judgment, Usage]:
