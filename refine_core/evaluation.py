@@ -484,9 +484,17 @@ def score_shard(
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         block = qrels.rows(lo, hi)
+        baseline_scores = None
         for name in inputs.order:
-            vec = inputs.vectors["baseline" if name == "rerank_only" else name]
-            scores = cosine_block(vec[lo:hi], docs_unit)
+            if name == "rerank_only" and baseline_scores is not None:
+                scores = (
+                    baseline_scores  # rerank-only ranks by the baseline's scores (its judged documents are special)
+                )
+            else:
+                vec = inputs.vectors["baseline" if name == "rerank_only" else name]
+                scores = cosine_block(vec[lo:hi], docs_unit)
+                if name == "baseline":
+                    baseline_scores = scores
             parts[name].append(count_shard(scores, offset, block, inputs.specials[name].rows(lo, hi)))
             if name in room and room[name] > 0:
                 negative = _shard_negatives(block, offset, width)
