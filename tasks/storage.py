@@ -17,6 +17,8 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -99,18 +101,26 @@ def _hash_code(root: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_target(path: Path) -> Iterator[str]:
+    """A temporary file beside ``path`` to write; once the block ends it is synced to disk and
+    renamed onto ``path`` (readers see the old file or the whole new one), or removed on error."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    with atomic_target(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def save_arrays(name: str, **arrays: np.ndarray) -> str:
@@ -150,10 +160,7 @@ def save_stacked(name: str, parts: list[str]) -> str:
             f"cannot stack arrays of different columns or dtypes: {[(a.shape, str(a.dtype)) for a in arrays]}"
         )
     path = arrays_dir() / f"{name}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(sum(a.shape[0] for a in arrays), *width))
         row = 0
         for a in arrays:
@@ -161,12 +168,6 @@ def save_stacked(name: str, parts: list[str]) -> str:
             row += a.shape[0]
         out.flush()
         del out
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return str(path)
 
 
