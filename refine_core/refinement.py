@@ -299,11 +299,7 @@ def refine(
     skipped = valid.sum(axis=1) < 2
     vectors = q.copy()
     losses = np.full((n, config.steps), np.nan, dtype=np.float32)
-    kernel = (
-        _reference_kernel
-        if chosen_implementation(implementation) == "reference"
-        else sys.modules[__name__].refine_kernel
-    )  # imported on first use (see __getattr__)
+    reference = chosen_implementation(implementation) == "reference"
     from refine_core._parallel import KERNEL_LOCK
 
     active = np.flatnonzero(~skipped)
@@ -314,27 +310,32 @@ def refine(
         out_z = block_vectors[: rows.size]
         out_loss = np.empty((rows.size, config.steps), dtype=np.float64)
         out_norms = np.empty((rows.size, k), dtype=np.float64)
-        with KERNEL_LOCK:  # see refine_core._parallel
-            kernel(
-                np.ascontiguousarray(q[rows]),
-                docs,
-                np.ascontiguousarray(doc_idx[rows]),
-                np.ascontiguousarray(target[rows]),
-                np.ascontiguousarray(valid[rows]),
-                config.lr,
-                config.steps,
-                config.optimizer == "adam",
-                config.similarity_temperature,
-                config.normalize == "minmax",
-                config.kl_eps,
-                config.betas[0],
-                config.betas[1],
-                config.adam_eps,
-                config.momentum,
-                out_z,
-                out_loss,
-                out_norms,
+        if reference:
+            _reference_block(
+                q[rows], docs, doc_idx[rows], target[rows], valid[rows], config, out_z, out_loss, out_norms
             )
+        else:
+            with KERNEL_LOCK:  # see refine_core._parallel
+                sys.modules[__name__].refine_kernel(  # imported on first use (see __getattr__)
+                    np.ascontiguousarray(q[rows]),
+                    docs,
+                    np.ascontiguousarray(doc_idx[rows]),
+                    np.ascontiguousarray(target[rows]),
+                    np.ascontiguousarray(valid[rows]),
+                    config.lr,
+                    config.steps,
+                    config.optimizer == "adam",
+                    config.similarity_temperature,
+                    config.normalize == "minmax",
+                    config.kl_eps,
+                    config.betas[0],
+                    config.betas[1],
+                    config.adam_eps,
+                    config.momentum,
+                    out_z,
+                    out_loss,
+                    out_norms,
+                )
         zero = (out_norms == 0) & valid[rows]
         if zero.any():
             r, c = np.argwhere(zero)[0]
@@ -352,27 +353,19 @@ def refine(
     return RefineResult(vectors=vectors, losses=losses, skipped=skipped, config=config)
 
 
-def _reference_kernel(
+def _reference_block(
     z0: np.ndarray,
     docs: np.ndarray,
     doc_idx: np.ndarray,
     target: np.ndarray,
     valid: np.ndarray,
-    lr: float,
-    steps: int,
-    use_adam: bool,
-    tc: float,
-    minmax: bool,
-    kl_eps: float,
-    b1: float,
-    b2: float,
-    adam_eps: float,
-    momentum: float,
+    config: RefineConfig,
     out_z: np.ndarray,
     out_loss: np.ndarray,
     out_norms: np.ndarray,
 ) -> None:
-    """The kernel's calling convention over :func:`refine_core.refinement_reference.refine_one`."""
+    """What the kernel does for a block of queries, through
+    :func:`refine_core.refinement_reference.refine_one`, filling the same outputs."""
     from refine_core.refinement_reference import refine_one
 
     for i in range(z0.shape[0]):
@@ -386,15 +379,15 @@ def _reference_kernel(
             z0[i],
             rows[keep],
             target[i][keep],
-            lr=lr,
-            steps=steps,
-            adam=use_adam,
-            similarity_temperature=tc,
-            minmax=minmax,
-            kl_eps=kl_eps,
-            betas=(b1, b2),
-            adam_eps=adam_eps,
-            momentum=momentum,
+            lr=config.lr,
+            steps=config.steps,
+            adam=config.optimizer == "adam",
+            similarity_temperature=config.similarity_temperature,
+            minmax=config.normalize == "minmax",
+            kl_eps=config.kl_eps,
+            betas=config.betas,
+            adam_eps=config.adam_eps,
+            momentum=config.momentum,
         )
         out_z[i] = z
         out_loss[i] = loss
