@@ -219,7 +219,6 @@ def method_score_blocks(
     docs_unit = unit_documents(doc_vectors)
     n = vectors["baseline"].shape[0]
     step = block_rows or score_block_rows(docs_unit.shape[0])
-    pooled = pool is not None and pool.pooled
 
     def ranking(v: np.ndarray, in_pool: np.ndarray | None) -> np.ndarray:
         scores = cosine_block(v, docs_unit)
@@ -227,7 +226,7 @@ def method_score_blocks(
 
     for lo in range(0, n, step):
         hi = min(lo + step, n)
-        in_pool = pool.pool_block(lo, hi) if pool is not None and pooled else None
+        in_pool = pool.pool_block(lo, hi) if pool is not None else None  # None for corpus qrels
         base = ranking(vectors["baseline"][lo:hi], in_pool)
         blocks = {
             "baseline": base,
@@ -439,14 +438,8 @@ def shard_inputs(
         rocchio_params=rocchio_params,
         extra_vectors=extra_vectors,
     )
-    rel = qrels.gains > 0
-    rows, docs = qrels.row_ids()[rel], qrels.docs[rel]
-    relevant_qrels = Qrels(
-        np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=qrels.n_queries))]).astype(np.int64),
-        docs,
-        qrels.gains[rel],
-        qrels.n_documents,
-    )
+    relevant_qrels = qrels.relevant()
+    rows, docs = relevant_qrels.row_ids(), relevant_qrels.docs
     specials: dict[str, Specials] = {}
     for name, v in vectors.items():
         specials[name] = relevant_specials(relevant_qrels, pair_scores(v, doc_vectors, rows, docs))
@@ -497,7 +490,7 @@ def score_shard(
                     baseline_scores = scores
             parts[name].append(count_shard(scores, offset, block, inputs.specials[name].rows(lo, hi)))
             if name in room and room[name] > 0:
-                negative = _shard_negatives(block, offset, width)
+                negative = block.negative_block(0, hi - lo, (offset, offset + width))
                 values = scores[negative][: room[name]]
                 r = np.nonzero(negative)[0][: values.size]
                 counts[name][lo:hi] += np.bincount(r, minlength=hi - lo)
@@ -507,21 +500,6 @@ def score_shard(
         {m: ShardPart.concat(p) for m, p in parts.items()},
         {m: (np.concatenate(kept[m]) if kept[m] else np.zeros(0, np.float32), counts[m]) for m in sampled},
     )
-
-
-def _shard_negatives(block: Qrels, offset: int, width: int) -> np.ndarray:
-    """``(B, width)`` bool: the shard's non-relevant pool pairs of a query block."""
-    rows, docs, relevant = block.row_ids(), block.docs, block.gains > 0
-    inside = (docs >= offset) & (docs < offset + width)
-    if block.pooled:
-        out = np.zeros((block.n_queries, width), dtype=bool)
-        pick = inside & ~relevant
-        out[rows[pick], docs[pick] - offset] = True
-    else:
-        out = np.ones((block.n_queries, width), dtype=bool)
-        pick = inside & relevant
-        out[rows[pick], docs[pick] - offset] = False
-    return out
 
 
 def finish_shards(
@@ -593,15 +571,7 @@ class ScoreSamples:
         block = self.qrels.rows(lo, hi)
         rows, docs = block.row_ids(), block.docs
         relevant = block.gains > 0
-        negative = (
-            np.ones((hi - lo, self.qrels.n_documents), dtype=bool)
-            if not block.pooled
-            else np.zeros((hi - lo, self.qrels.n_documents), dtype=bool)
-        )
-        if block.pooled:
-            negative[rows[~relevant], docs[~relevant]] = True
-        else:
-            negative[rows[relevant], docs[relevant]] = False
+        negative = self.qrels.negative_block(lo, hi)
         for method in self.methods:
             scores = blocks[method]
             self.positives[method].append(scores[rows[relevant], docs[relevant]])

@@ -188,12 +188,9 @@ def top_k_shard(
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         sims = cosine_block(q[lo:hi], docs_unit)
-        if pool is not None and pool.pooled:
-            block = pool.rows(lo, hi)
-            inside = (block.docs >= offset) & (block.docs < offset + width)
-            keep = np.zeros(sims.shape, dtype=bool)
-            keep[block.row_ids()[inside], block.docs[inside] - offset] = True
-            sims = np.where(keep, sims, -np.inf)
+        in_pool = pool.pool_block(lo, hi, (offset, offset + width)) if pool is not None else None
+        if in_pool is not None:
+            sims = np.where(in_pool, sims, -np.inf)
         if exclude_idx is not None and exclude_idx.size:
             ex = np.asarray(exclude_idx[lo:hi])
             r, c = np.nonzero((ex >= offset) & (ex < offset + width))

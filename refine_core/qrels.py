@@ -161,13 +161,29 @@ class Qrels:
             out[i, hit] = self.gains[a:b][pos[hit]]
         return out
 
-    def pool_block(self, lo: int, hi: int) -> np.ndarray | None:
-        """``(hi - lo, N)`` bool pool of queries ``lo:hi``; None for corpus qrels (everything)."""
+    def _block_pairs(self, lo: int, hi: int, columns: tuple[int, int] | None) -> tuple[Qrels, np.ndarray, int, int]:
+        block = self.rows(lo, hi)
+        a, b = columns if columns is not None else (0, self.n_documents)
+        return block, (block.docs >= a) & (block.docs < b), a, b
+
+    def pool_block(self, lo: int, hi: int, columns: tuple[int, int] | None = None) -> np.ndarray | None:
+        """``(hi - lo, N)`` bool pool of queries ``lo:hi``; None for corpus qrels (everything).
+        ``columns=(a, b)``: only documents ``a .. b-1`` (a corpus shard), ``(hi - lo, b - a)``."""
         if not self.pooled:
             return None
-        block = self.rows(lo, hi)
-        out = np.zeros((hi - lo, self.n_documents), dtype=bool)
-        out[block.row_ids(), block.docs] = True
+        block, inside, a, b = self._block_pairs(lo, hi, columns)
+        out = np.zeros((hi - lo, b - a), dtype=bool)
+        out[block.row_ids()[inside], block.docs[inside] - a] = True
+        return out
+
+    def negative_block(self, lo: int, hi: int, columns: tuple[int, int] | None = None) -> np.ndarray:
+        """``(hi - lo, N)`` bool: the non-relevant pairs of each query's pool (every document but
+        the relevant ones for corpus qrels); ``columns`` as in :meth:`pool_block`."""
+        block, inside, a, b = self._block_pairs(lo, hi, columns)
+        pool = self.pool_block(lo, hi, columns)
+        out = np.ones((hi - lo, b - a), dtype=bool) if pool is None else pool
+        relevant = inside & (block.gains > 0)
+        out[block.row_ids()[relevant], block.docs[relevant] - a] = False
         return out
 
     def to_dense(self) -> tuple[np.ndarray, np.ndarray | None]:

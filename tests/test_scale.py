@@ -76,6 +76,11 @@ def test_qrels_round_trip_and_lookups() -> None:
     np.testing.assert_array_equal(qrels.rows(2, 5).to_dense()[0], labels[2:5])
     np.testing.assert_array_equal(qrels.n_relevant(), (labels > 0).sum(axis=1))
     assert qrels.nbytes < labels.nbytes
+    pooled = Qrels.from_dense(labels, pool)
+    np.testing.assert_array_equal(pooled.pool_block(1, 4, (10, 30)), pool[1:4, 10:30])
+    np.testing.assert_array_equal(pooled.negative_block(1, 4, (10, 30)), (pool & (labels == 0))[1:4, 10:30])
+    np.testing.assert_array_equal(qrels.negative_block(0, 6), labels == 0)
+    assert qrels.pool_block(0, 6, (10, 30)) is None
 
 
 def test_repeated_pairs_keep_the_last_gain_and_bad_pairs_are_named() -> None:
