@@ -148,20 +148,25 @@ def test_blocked_selection_equals_dense_selection(pooled: bool) -> None:
         np.testing.assert_array_equal(blocked, dense)
 
 
-def test_score_methods_in_blocks_equals_one_block_and_the_dense_engine() -> None:
-    q, docs, labels = _vectors(2)
-    rng = np.random.default_rng(2)
-    fb = np.argsort(-cosine_scores(q, docs), axis=1)[:, :5]
-    judge = (np.take_along_axis(labels, fb, axis=1) > 0).astype(np.float32)
+def _cell_inputs(q: np.ndarray, fb: np.ndarray, judge: np.ndarray, rng: np.random.Generator) -> dict:
+    """score_methods' keyword inputs: the judgments (10 % missing), two rounds of moved vectors, a HyDE vector."""
     mask = rng.random(fb.shape) < 0.9
     rounds = [q + 0.1 * rng.standard_normal(q.shape).astype(np.float32) for _ in range(2)]
-    kwargs = {
+    return {
         "feedback_idx": fb,
         "judge_scores": judge,
         "judge_mask": mask,
         "round_vectors": rounds,
         "extra_vectors": {"hyde": q[::-1].copy()},
     }
+
+
+def test_score_methods_in_blocks_equals_one_block_and_the_dense_engine() -> None:
+    q, docs, labels = _vectors(2)
+    rng = np.random.default_rng(2)
+    fb = np.argsort(-cosine_scores(q, docs), axis=1)[:, :5]
+    judge = (np.take_along_axis(labels, fb, axis=1) > 0).astype(np.float32)
+    kwargs = _cell_inputs(q, fb, judge, rng)
     one, tests_one = score_methods(q, docs, labels, block_rows=100, **kwargs)
     many, tests_many = score_methods(q, docs, Qrels.from_dense(labels), block_rows=3, **kwargs)
     dense = method_rankings(q, docs, **kwargs)
@@ -312,15 +317,7 @@ def test_score_methods_over_corpus_shards_equals_the_whole_corpus(pooled: bool) 
     qrels = Qrels.from_dense(labels, pool)
     fb = select_feedback_blocks(q, docs, k=6, pool=qrels if pooled else None)
     judge = rng.integers(0, 3, fb.shape).astype(np.float32) / 2
-    mask = rng.random(fb.shape) < 0.9
-    rounds = [q + 0.1 * rng.standard_normal(q.shape).astype(np.float32) for _ in range(2)]
-    kwargs = {
-        "feedback_idx": fb,
-        "judge_scores": judge,
-        "judge_mask": mask,
-        "round_vectors": rounds,
-        "extra_vectors": {"hyde": q[::-1].copy()},
-    }
+    kwargs = _cell_inputs(q, fb, judge, rng)
     samples = ScoreSamples(qrels, methods=("baseline", "refined"), max_negatives=500)
     whole, tests = score_methods(q, docs, qrels, visit=samples, **kwargs)
     sharded, sharded_tests = score_methods(q, docs, qrels, corpus_shard=70, block_rows=4, **kwargs)
