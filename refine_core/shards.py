@@ -319,12 +319,11 @@ def finish_rerank_only(specials: Specials, merged: ShardPart) -> Specials:
     """Rerank-only's specials with the judged documents' final scores: the query's best score plus the lift."""
     if specials.lift is None or specials.base is None:
         raise ValueError("these special documents carry no rerank-only lift")
-    n = specials.n_queries
     rows = specials.row_ids()
     best = merged.stats[:, MAX_OTHER].copy()
     finite = np.isfinite(specials.base)
     np.maximum.at(best, rows[finite], specials.base[finite])
-    best = np.where(np.isfinite(best), best, 0.0)[:n]
+    best = np.where(np.isfinite(best), best, 0.0)  # no finite score at all: 0, as rerank_only_scores
     judged = np.isfinite(specials.lift)
     scores = np.where(judged, best[rows] + np.nan_to_num(specials.lift), specials.base)
     return Specials(specials.indptr, specials.docs, scores, specials.gains, specials.lift, specials.base)

@@ -742,8 +742,6 @@ def evaluate_task(
     b = bench.load()
     qrels = b.qrels()
     arrays = _evaluation_inputs(queries, feedback, judgments, refined, extra)
-    idx = arrays["feedback_idx"]
-    judged = load_arrays(judgments.path)
     if shards:
         metrics, tests, sample_arrays = finish_shards(
             ShardInputs.from_arrays(load_arrays(inputs.path)),
@@ -763,9 +761,9 @@ def evaluate_task(
         plot_arrays = samples.arrays(prefixes={"baseline": "base", "refined": "ref"})
     per_query = per_query_columns(
         metrics,
-        feedback_idx=idx,
-        judge_scores=judged["scores"],
-        judge_mask=judged["mask"],
+        feedback_idx=arrays["feedback_idx"],
+        judge_scores=arrays["judge_scores"],
+        judge_mask=arrays["judge_mask"],  # already limited to asked entries: the same counts
         query_ids=b.queries["query_id"].to_list(),
         doc_ids=b.documents["doc_id"].to_list(),
     )
