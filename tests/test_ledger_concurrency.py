@@ -68,6 +68,64 @@ def test_processes_writing_the_same_judgments_at_once_lose_nothing_and_duplicate
     assert sum(duplicates) == 3 * 300  # every pair went in once; the other three writes saw it stored
 
 
+OPENER = """
+import sys
+sys.path.insert(0, {root!r})
+from refine_core.judges.ledger import METADATA, open_engine
+print(" ".join(sorted(METADATA.tables)), flush=True)  # the tables a process with these imports creates
+for url in sys.stdin:  # one fresh ledger per line, sent to every opener at the same moment
+    try:
+        open_engine(url.strip()).dispose()
+        print("ok", flush=True)
+    except Exception as exc:
+        print(type(exc).__name__, str(exc).splitlines()[0], flush=True)
+"""
+
+
+def test_processes_opening_a_new_ledger_at_the_same_moment_all_get_every_table(ledger_url: str, tmp_path: Path) -> None:
+    """Regression: two processes creating a fresh ledger's tables at once failed with "table …
+    already exists" (a check-then-create window), which made a judging process and a reader of its
+    ledger fail in CI. Six openers race on each of several fresh ledgers."""
+    from sqlalchemy import create_engine, inspect
+
+    from refine_core.judges.ledger import METADATA
+
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER.format(root=str(ROOT))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    try:
+        tables = {p.stdout.readline().strip() for p in openers}
+        assert len(tables) == 1 and "judgments" in next(iter(tables)).split()
+        tables = set(next(iter(tables)).split())
+        sqlite = "://" not in ledger_url
+        for round_ in range(6 if sqlite else 3):
+            url = str(tmp_path / f"fresh{round_}.sqlite") if sqlite else ledger_url
+            if not sqlite:  # the same server database, emptied: every opener creates from nothing
+                engine = create_engine(url)
+                METADATA.drop_all(engine)
+                engine.dispose()
+            for p in openers:
+                p.stdin.write(url + "\n")
+            for p in openers:
+                p.stdin.flush()
+            answers = [p.stdout.readline().strip() for p in openers]
+            assert answers == ["ok"] * 6, (round_, answers)
+            engine = create_engine(url if not sqlite else f"sqlite:///{url}")
+            assert set(inspect(engine).get_table_names()) >= tables
+            engine.dispose()
+    finally:
+        for p in openers:
+            p.stdin.close()
+            p.wait(timeout=60)
+
+
 JUDGE_RUN = """
 import json, sys
 sys.path[:0] = [{root!r}]

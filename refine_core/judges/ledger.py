@@ -36,7 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from refine_core.judges.base import Judgment
 
@@ -94,14 +95,32 @@ def open_engine(url: str | Path) -> Engine:
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    try:
-        METADATA.create_all(engine)
-    except OperationalError as exc:
-        # Another process created the tables between the check and the CREATE: check again.
-        if "already exists" not in str(exc):
-            raise
-        METADATA.create_all(engine)
+    create_tables(engine)
     return engine
+
+
+def create_tables(engine: Engine, attempts: int = 5) -> None:
+    """Create every missing table and index, safe when several processes open a new ledger at once.
+
+    ``CREATE … IF NOT EXISTS`` in one transaction: no check-then-create window in which another
+    process's table appears (``MetaData.create_all`` checks first, so two processes starting
+    together on a fresh SQLite file failed with "table … already exists"). PostgreSQL can still
+    refuse a concurrent ``IF NOT EXISTS`` on its catalog's unique index; that attempt is rolled
+    back whole and tried again."""
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                for table in METADATA.sorted_tables:
+                    conn.execute(CreateTable(table, if_not_exists=True))
+                    for index in sorted(table.indexes, key=lambda i: str(i.name)):
+                        conn.execute(CreateIndex(index, if_not_exists=True))
+            return
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            text = str(exc).lower()
+            concurrent = "already exists" in text or "duplicate key" in text or "locked" in text
+            if not concurrent or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def insert_new(conn: Connection, table: Table, rows: list[dict]) -> int:
@@ -178,9 +197,11 @@ def doc_hash(document: str) -> str:
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
+    # The busy timeout first: switching a new file to WAL takes a lock that a second process
+    # opening the same ledger must wait for rather than fail on ("database is locked").
+    cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=60000")
     cursor.close()
 
 
