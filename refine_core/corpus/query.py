@@ -1,0 +1,139 @@
+"""The refinement loop on one query of an index: embed, judge the top ``k``, refine, repeat.
+
+Shared by :func:`refine_core.corpus.search` and :func:`refine_core.corpus.classify`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from refine_core.ann import exact_top
+from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
+from refine_core.embedders import SentenceTransformerEmbedder
+from refine_core.judges.ledger import JudgmentLedger
+from refine_core.judges.runner import JudgeRequest, RunReport, run_judge
+from refine_core.refinement import RefineConfig, refine
+
+
+@dataclass
+class Refinement:
+    """What one query's judged refinement produced."""
+
+    query: str
+    original: np.ndarray  # query vector as embedded
+    refined: np.ndarray  # after the last round
+    judged_idx: np.ndarray  # document rows judged, in order
+    judged_scores: np.ndarray  # judge scores in [0, 1] (NaN where the judge failed)
+    report: RunReport = field(default_factory=lambda: RunReport(judgments=[]))
+
+    @property
+    def judged_ok(self) -> np.ndarray:
+        return np.isfinite(self.judged_scores)
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` itself, or a CorpusError when it is empty or whitespace (``what``: query or criterion)."""
+    if not isinstance(value, str) or not value.strip():
+        raise CorpusError(
+            f"the {what} is empty or whitespace; give the text to {'search for' if what == 'query' else 'classify by'}"
+        )
+    return value
+
+
+def judge_rows(
+    judge,
+    query: str,
+    rows: np.ndarray,
+    texts: list[str],
+    instruction: str | None,
+    ledger: JudgmentLedger | None,
+    concurrency: int,
+    report: RunReport,
+) -> np.ndarray:
+    """The judge's scores for documents ``rows`` (NaN where it failed); its usage, cost and counts
+    are added to ``report``."""
+    request = JudgeRequest(query=query, documents=tuple(texts[int(j)] for j in rows), task_instruction=instruction)
+    result = run_judge(judge, [request], ledger=ledger, concurrency=concurrency)
+    report.usage.add(result.usage)
+    report.cost += result.cost
+    report.judged += result.judged
+    report.from_ledger += result.from_ledger
+    report.failed += result.failed
+    return np.array([v.score if v.ok else np.nan for v in result.judgments[0]], dtype=np.float32)
+
+
+def refine_query(
+    index: CorpusIndex,
+    query: str,
+    *,
+    judge,
+    embedder: SentenceTransformerEmbedder,
+    k: int = 20,
+    rounds: int = 1,
+    config: RefineConfig | None = None,
+    instruction: str | None = None,
+    ledger: JudgmentLedger | None = None,
+    concurrency: int = 4,
+    what: str = "query",
+    judge_instruction: str | None = None,
+    optimise: bool = True,
+    use_ann: bool = True,
+) -> Refinement:
+    """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine.
+
+    ``instruction`` goes into the query template; the judge gets ``judge_instruction``
+    (default: the same text). ``optimise=False`` judges the same way but keeps the query vector
+    (the control the evaluation compares with). With an ANN structure in the index (and
+    ``use_ann``), each round's top ``k`` is chosen by exact cosine among ANN candidates.
+    """
+    check_text(query, what)
+    if k < 2:
+        raise CorpusError(f"k must be >= 2 (the refinement compares judged documents), got {k}")
+    if rounds < 1:
+        raise CorpusError(f"rounds must be >= 1, got {rounds}")
+    if k * rounds > index.count:
+        raise CorpusError(f"k={k} x rounds={rounds} is more than the {index.count} documents of the index")
+    index.check_model(embedder)
+    config = config or RefineConfig()
+    vectors = index.vectors()
+    _, texts = index.documents()
+    original = embedder.embed_queries([query], instruction=instruction)[0]
+    current = original.copy()
+    judged_idx = np.empty(0, dtype=np.int64)
+    judged_scores = np.empty(0, dtype=np.float32)
+    report = RunReport(judgments=[])
+    ann = index.ann() if use_ann else None
+    for _ in range(rounds):
+        if ann is not None:  # ANN candidates, exact cosine on them
+            cands, _ = ann[0].search(current, max(ANN_CANDIDATES, 10 * k + judged_idx.size))
+            top, _ = exact_top(vectors, current, cands[0], k, exclude=judged_idx)
+        else:
+            sims = corpus_scores(vectors, current)
+            sims[judged_idx] = -np.inf
+            top = np.argpartition(-sims, k - 1)[:k]
+            top = top[np.argsort(-sims[top], kind="stable")]
+        scores = judge_rows(judge, query, top, texts, judge_instruction or instruction, ledger, concurrency, report)
+        judged_idx = np.concatenate([judged_idx, top])
+        judged_scores = np.concatenate([judged_scores, scores])
+        ok = np.isfinite(judged_scores)
+        if ok.sum() < 2 or not optimise:
+            continue  # nothing to learn from (or asked not to): keep the current vector
+        result = refine(
+            current[None, :],
+            judged_idx[None, :],
+            np.nan_to_num(judged_scores)[None, :],
+            mask=ok[None, :],
+            documents=np.asarray(vectors),
+            config=config,
+        )
+        current = result.vectors[0]
+    return Refinement(
+        query=query,
+        original=original,
+        refined=current,
+        judged_idx=judged_idx,
+        judged_scores=judged_scores,
+        report=report,
+    )

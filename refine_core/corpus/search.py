@@ -1,0 +1,172 @@
+"""Search an index: the top documents for a query after judged refinement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refine_core.ann import exact_top
+from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
+from refine_core.corpus.query import Refinement, refine_query
+from refine_core.embedders import SentenceTransformerEmbedder
+from refine_core.judges.ledger import JudgmentLedger
+from refine_core.refinement import RefineConfig
+
+
+@dataclass
+class SearchHit:
+    id: str
+    text: str
+    score: float
+    rank: int  # 1-based, refined ranking
+    original_rank: int  # 1-based, ranking of the query as embedded
+    judge_score: float | None
+
+    @property
+    def moved_in(self) -> bool:
+        """True when refinement brought this document into the top N."""
+        return self.original_rank > self.top_n
+
+    top_n: int = 0
+
+
+@dataclass
+class SearchResult:
+    query: str
+    hits: list[SearchHit]
+    refinement: Refinement
+    ann: dict | None = None  # kind, candidates and measured recall when an ANN index served the search
+
+    @property
+    def top_ids(self) -> list[str]:
+        return [h.id for h in self.hits]
+
+    @property
+    def moved_in(self) -> list[SearchHit]:
+        return [h for h in self.hits if h.moved_in]
+
+    def as_dict(self) -> dict:
+        r = self.refinement.report
+        return {
+            "query": self.query,
+            "results": [
+                {
+                    "id": h.id,
+                    "rank": h.rank,
+                    "score": h.score,
+                    "original_rank": h.original_rank,
+                    "moved_in": h.moved_in,
+                    "judge_score": h.judge_score,
+                    "text": h.text,
+                }
+                for h in self.hits
+            ],
+            "moved_in": [h.id for h in self.moved_in],
+            "judged": int(self.refinement.judged_idx.size),
+            "judge_failed": int((~self.refinement.judged_ok).sum()),
+            "cost_usd": r.cost,
+            "judge_input_tokens": r.usage.input_tokens,
+            "judge_output_tokens": r.usage.output_tokens,
+            "judgments_paid": r.judged,
+            "judgments_from_ledger": r.from_ledger,
+            **({"ann": self.ann} if self.ann is not None else {}),
+        }
+
+
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")
+    ranks = np.empty(scores.size, dtype=np.int64)
+    ranks[order] = np.arange(1, scores.size + 1)
+    return ranks
+
+
+def search(
+    index: CorpusIndex,
+    query: str,
+    *,
+    judge,
+    embedder: SentenceTransformerEmbedder | None = None,
+    k: int = 20,
+    rounds: int = 1,
+    top: int = 10,
+    config: RefineConfig | None = None,
+    instruction: str | None = None,
+    ledger: JudgmentLedger | None = None,
+    concurrency: int = 4,
+    use_ann: bool = True,
+    check_ann: bool = False,
+) -> SearchResult:
+    """The top ``top`` documents for ``query`` after judged refinement (see the module docs).
+
+    An index with an ANN structure (:func:`build_ann`) is searched through it: candidates from
+    the ANN, exact cosine on them; ``check_ann`` also scores the whole corpus once and reports
+    the recall of the ANN top list for this query. ``use_ann=False`` forces brute force."""
+    if top < 1:
+        raise CorpusError(f"top must be >= 1, got {top}")
+    embedder = embedder or SentenceTransformerEmbedder(index.model)
+    ref = refine_query(
+        index,
+        query,
+        judge=judge,
+        embedder=embedder,
+        k=k,
+        rounds=rounds,
+        config=config,
+        instruction=instruction,
+        ledger=ledger,
+        concurrency=concurrency,
+        use_ann=use_ann,
+    )
+    vectors = index.vectors()
+    ids, texts = index.documents()
+    judged = {int(j): float(s) for j, s in zip(ref.judged_idx, ref.judged_scores) if np.isfinite(s)}
+    top_n = min(top, index.count)
+    ann = index.ann() if use_ann else None
+    ann_info: dict | None = None
+    if ann is None:
+        before = _ranks(corpus_scores(vectors, ref.original))
+        after_scores = corpus_scores(vectors, ref.refined)
+        order = np.argsort(-after_scores, kind="stable")[:top]
+        hits = [
+            SearchHit(
+                id=ids[j],
+                text=texts[j],
+                score=float(after_scores[j]),
+                rank=r + 1,
+                original_rank=int(before[j]),
+                judge_score=judged.get(int(j)),
+                top_n=top_n,
+            )
+            for r, j in enumerate(order)
+        ]
+    else:
+        # exact cosine on ANN candidates; an original rank beyond the candidates is reported as
+        # candidates + 1 (it was not among the original query's first `candidates` documents)
+        c = max(ANN_CANDIDATES, 10 * top)
+        orig_cands, _ = ann[0].search(ref.original, c)
+        orig_order, _ = exact_top(vectors, ref.original, orig_cands[0], c)
+        orig_rank = {int(j): r + 1 for r, j in enumerate(orig_order)}
+        new_cands, _ = ann[0].search(ref.refined, c)
+        order, after = exact_top(vectors, ref.refined, new_cands[0], top)
+        hits = [
+            SearchHit(
+                id=ids[j],
+                text=texts[j],
+                score=float(s),
+                rank=r + 1,
+                original_rank=orig_rank.get(int(j), c + 1),
+                judge_score=judged.get(int(j)),
+                top_n=top_n,
+            )
+            for r, (j, s) in enumerate(zip(order, after))
+        ]
+        ann_info = {
+            "kind": ann[0].settings.kind,
+            "candidates": c,
+            **{key: ann[1][key] for key in ("recall@10", "recall@20", "recall@100") if key in ann[1]},
+        }
+        if check_ann:  # measure this query: the ANN top list against brute force
+            exact = np.argsort(-corpus_scores(vectors, ref.refined), kind="stable")[:top]
+            ann_info["recall_this_query"] = round(float(np.intersect1d(exact, order).size) / max(1, exact.size), 4)
+    return SearchResult(query=query, hits=hits, refinement=ref, ann=ann_info)
