@@ -434,8 +434,8 @@ def load_user_files(folder: Path) -> Benchmark:
         documents=d,
         labels=lab,
         embed_instruction=str(meta.get("embed_instruction") or "Given a query, retrieve relevant documents"),
-        judge_instruction=meta.get("judge_instruction"),  # type: ignore[arg-type]
-        pool=meta.get("pool", "corpus"),  # type: ignore[arg-type]
+        judge_instruction=meta.get("judge_instruction"),
+        pool=meta.get("pool", "corpus"),
         source=str(folder),
     )
 

@@ -395,9 +395,9 @@ def judge_task(
         from refine_core.judges.batches import run_judge_batches
 
         report = run_judge_batches(
-            judge_obj,
+            judge_obj,  # type: ignore[arg-type]  # an AnthropicJudge: build_judge makes one for this kind
             requests,
-            ledger=ledger,  # type: ignore[arg-type]
+            ledger=ledger,
             account=spend_account(account, budget),
         )
     else:

@@ -263,7 +263,7 @@ class AnthropicJudge:
 
         started = time.perf_counter()
         try:
-            message = self.client.messages.create(**params)  # type: ignore[arg-type]
+            message = self.client.messages.create(**params)  # type: ignore[call-overload]
         except anthropic.APIStatusError as exc:
             body = exc.body if isinstance(exc.body, dict) else {}
             kind = body.get("error", {}).get("type", "") if isinstance(body.get("error"), dict) else ""

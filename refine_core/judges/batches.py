@@ -162,5 +162,5 @@ def run_judge_batches(
 def _batch_params(params: dict[str, object]) -> dict[str, object]:
     """Request params for a batch entry: ``extra_body`` fields are inlined."""
     out = {k: v for k, v in params.items() if k != "extra_body"}
-    out.update(params.get("extra_body") or {})  # type: ignore[arg-type]
+    out.update(params.get("extra_body") or {})  # type: ignore[call-overload]
     return out
