@@ -8,9 +8,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from refine_core._validation import as_float_array, as_mask
+
+
+@dataclass(frozen=True)
+class RocchioParams:
+    """Rocchio's weights (SMART defaults) and the judge score at which a document counts as positive."""
+
+    alpha: float = 1.0
+    beta: float = 0.75
+    gamma: float = 0.15
+    threshold: float = 0.5
 
 
 def _feedback_mask(feedback_idx: np.ndarray, scores: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -119,3 +131,25 @@ def rocchio(
     pos_mean = np.einsum("nk,nkd->nd", pos, unit_fb) / np.maximum(pos.sum(1, keepdims=True), 1)
     neg_mean = np.einsum("nk,nkd->nd", neg, unit_fb) / np.maximum(neg.sum(1, keepdims=True), 1)
     return (alpha * unit_q + beta * pos_mean - gamma * neg_mean).astype(np.float32)
+
+
+def rocchio_vectors(
+    queries: np.ndarray,
+    feedback_vectors: np.ndarray,
+    judge_scores: np.ndarray,
+    mask: np.ndarray | None,
+    params: RocchioParams | None = None,
+) -> np.ndarray:
+    """:func:`rocchio` with its weights and one threshold taken from ``params``."""
+    rp = params or RocchioParams()
+    return rocchio(
+        queries,
+        feedback_vectors,
+        judge_scores,
+        mask=mask,
+        alpha=rp.alpha,
+        beta=rp.beta,
+        gamma=rp.gamma,
+        positive_threshold=rp.threshold,
+        negative_threshold=rp.threshold,
+    )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_core.baselines import rerank_only_scores, rocchio
+from refine_core.baselines import RocchioParams, rerank_only_scores, rocchio_vectors
 from refine_core.feedback import FeedbackStrategy
 from refine_core.metrics import (
     DEFAULT_KS,
@@ -31,7 +31,7 @@ from refine_core.metrics import (
 )
 from refine_core.qrels import Qrels, as_qrels
 from refine_core.refinement import RefineConfig
-from refine_core.rounds import JudgeFn, refine_rounds
+from refine_core.rounds import JudgeFn, refine_rounds, rocchio_rounds
 from refine_core.shards import (
     ShardPart,
     Specials,
@@ -44,14 +44,6 @@ from refine_core.shards import (
     rerank_only_specials,
 )
 from refine_core.statistics import PairedTest, paired_ttest
-
-
-@dataclass(frozen=True)
-class RocchioParams:
-    alpha: float = 1.0
-    beta: float = 0.75
-    gamma: float = 0.15
-    threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -94,6 +86,7 @@ def evaluate_cell_arrays(
     strategy: FeedbackStrategy | None = None,
     rocchio_params: RocchioParams | None = None,
     ks: tuple[int, ...] = DEFAULT_KS,
+    variants: tuple[str, ...] = (),
 ) -> CellOutcome:
     """Score baseline, rerank-only, Rocchio and refinement on one set of embeddings.
 
@@ -109,7 +102,17 @@ def evaluate_cell_arrays(
         strategy: feedback selection (default: top-K).
         rocchio_params: Rocchio weights and threshold.
         ks: metric cut-offs.
+        variants: more methods (:data:`VARIANTS`), each at the budget of the refinement it sits
+            beside: ``"rocchio_rounds"`` adds ``rocchio_r2`` ... ``rocchio_rR`` (Rocchio after R
+            rounds of its own top-K judgments, :func:`refine_core.rounds.rocchio_rounds`);
+            ``"rocchio_kl"`` adds ``rocchio_kl`` (the KL refinement started from the Rocchio
+            vector, on the first round's judgments) and ``rocchio_kl_r2`` ... with rounds. Their
+            first round judges the same documents as the refinement's; later rounds judge the
+            documents their own vector ranks first (``judge`` is called for them).
     """
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"variants: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}")
     config = config or RefineConfig()
     qrels = as_qrels(labels, pool)
     outcome = refine_rounds(
@@ -132,6 +135,18 @@ def evaluate_cell_arrays(
         round_vectors=list(outcome.round_vectors),
         rocchio_params=rocchio_params,
         ks=ks,
+        extra_vectors=variant_vectors(
+            query_vectors,
+            doc_vectors,
+            judge,
+            variants,
+            rounds=rounds,
+            k=k,
+            pool=qrels if qrels.pooled else None,
+            strategy=strategy,
+            config=config,
+            rocchio_params=rocchio_params,
+        ),
     )
     return CellOutcome(
         metrics=metrics,
@@ -143,6 +158,49 @@ def evaluate_cell_arrays(
         losses=outcome.losses,
         failed_queries=np.asarray(~outcome.mask[:, :k].any(axis=1)),
     )
+
+
+VARIANTS = ("rocchio_rounds", "rocchio_kl")
+"""Methods beyond the paper's controls that :func:`evaluate_cell_arrays` can add."""
+
+
+def variant_vectors(
+    query_vectors: np.ndarray,
+    doc_vectors: np.ndarray | UnitDocuments,
+    judge: JudgeFn,
+    variants: tuple[str, ...],
+    *,
+    rounds: int,
+    k: int,
+    pool: Qrels | None,
+    strategy: FeedbackStrategy | None,
+    config: RefineConfig,
+    rocchio_params: RocchioParams | None,
+) -> dict[str, np.ndarray]:
+    """The query vectors of the requested :data:`VARIANTS`, by method name (see
+    :func:`evaluate_cell_arrays`)."""
+    out: dict[str, np.ndarray] = {}
+    wanted: list[tuple[str, RefineConfig | None]] = (
+        [("rocchio_r", None)] if "rocchio_rounds" in variants and rounds > 1 else []
+    )
+    wanted += [("rocchio_kl_r", config)] if "rocchio_kl" in variants else []
+    for prefix, then_refine in wanted:
+        result = rocchio_rounds(
+            query_vectors,
+            doc_vectors,
+            judge,
+            rounds=rounds,
+            k=k,
+            pool=pool,
+            strategy=strategy,
+            params=rocchio_params,
+            then_refine=then_refine,
+        )
+        if then_refine is not None:
+            out["rocchio_kl"] = result.round_vectors[0]
+        for r in range(2, rounds + 1):
+            out[f"{prefix}{r}"] = result.round_vectors[r - 1]
+    return out
 
 
 BlockVisitor = Callable[[int, int, dict[str, np.ndarray]], None]
@@ -161,21 +219,10 @@ def method_vectors(
     extra_vectors: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The query vector ``(n, d)`` of every method that ranks by cosine (all but ``rerank_only``)."""
-    rp = rocchio_params or RocchioParams()
     fb_vectors = document_array(doc_vectors)[np.maximum(feedback_idx, 0)]
     vectors: dict[str, np.ndarray] = {
         "baseline": np.asarray(query_vectors),
-        "rocchio": rocchio(
-            query_vectors,
-            fb_vectors,
-            judge_scores,
-            mask=judge_mask,
-            alpha=rp.alpha,
-            beta=rp.beta,
-            gamma=rp.gamma,
-            positive_threshold=rp.threshold,
-            negative_threshold=rp.threshold,
-        ),
+        "rocchio": rocchio_vectors(query_vectors, fb_vectors, judge_scores, judge_mask, rocchio_params),
         "refined": np.asarray(round_vectors[0]),
     }
     for r in range(2, len(round_vectors) + 1):

@@ -1,5 +1,7 @@
 """Multi-round refinement: judge, refine, look again, judge more.
 
+One loop (:func:`feedback_rounds`) for every multi-round method; they differ in the update.
+
 Round 1 is exactly the paper: the top-K documents of the original vector are judged and the
 vector is refined from the original. Round r >= 2 ranks the pool with the current refined
 vector, judges the K best documents not judged yet, and refines from the previous round's
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refine_core._validation import as_float_array, check_positive_int
+from refine_core.baselines import RocchioParams, rocchio_vectors
 from refine_core.feedback import FeedbackStrategy, TopK, select_feedback_blocks
 from refine_core.metrics import UnitDocuments, document_array
 from refine_core.qrels import Qrels
@@ -48,31 +51,30 @@ class RoundsResult:
     losses: list[np.ndarray]
 
 
-def refine_rounds(
+UpdateFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+"""``update(current, feedback_idx, scores, mask)`` -> ``(vectors, losses)``.
+
+Called after each round with every judgment so far (``feedback_idx`` clipped to >= 0, ``scores``
+0 where ``mask`` is False); returns the next query vectors ``(n, d)`` and the round's loss
+curves ``(n, steps)`` (``(n, 0)`` for an update that optimises nothing)."""
+
+
+def feedback_rounds(
     queries: np.ndarray,
     documents: np.ndarray | UnitDocuments,
     judge: JudgeFn,
+    update: UpdateFn,
     *,
     rounds: int = 1,
     k: int = 20,
     pool: np.ndarray | Qrels | None = None,
     strategy: FeedbackStrategy | None = None,
-    config: RefineConfig | None = None,
 ) -> RoundsResult:
-    """Run ``rounds`` rounds of select → judge → refine.
+    """``rounds`` rounds of select → judge → ``update``: the loop every multi-round method shares.
 
-    Args:
-        queries: ``(n, d)`` original query vectors.
-        documents: ``(N, d)`` document matrix.
-        judge: callback returning scores for chosen documents (see :data:`JudgeFn`).
-        rounds: number of rounds (1 = the paper).
-        k: documents judged per query per round.
-        pool: each query's candidate pool: ``(n, N)`` bool or pooled :class:`Qrels` (all documents if None).
-        strategy: feedback selection (default top-K).
-        config: refinement hyperparameters (default the paper's).
-
-    Returns:
-        A :class:`RoundsResult`.
+    Each round ranks the pool with the current vector, judges the ``k`` best documents not judged
+    yet and calls ``update`` with every judgment gathered so far, so methods that differ only in
+    their update spend the same budget (``rounds * k`` judgments per query) the same way.
     """
     check_positive_int(rounds, "rounds")
     check_positive_int(k, "k")
@@ -86,7 +88,6 @@ def refine_rounds(
     elif pool is not None and pool.shape != (n, docs.shape[0]):
         raise ValueError(f"pool must cover {(n, docs.shape[0])} (queries, documents), got {pool.shape}")
     strategy = strategy or TopK()
-    config = config or RefineConfig()
     rows = np.arange(n)
     all_idx = np.empty((n, 0), dtype=np.int64)
     all_scores = np.empty((n, 0), dtype=np.float32)
@@ -104,17 +105,9 @@ def refine_rounds(
         all_idx = np.concatenate([all_idx, idx], axis=1)
         all_scores = np.concatenate([all_scores, np.where(mask, scores, np.nan)], axis=1)
         all_mask = np.concatenate([all_mask, mask], axis=1)
-        result = refine(
-            current,
-            np.maximum(all_idx, 0),
-            np.where(all_mask, all_scores, 0.0),
-            mask=all_mask,
-            documents=docs,
-            config=config,
-        )
-        current = result.vectors
+        current, round_losses = update(current, np.maximum(all_idx, 0), np.where(all_mask, all_scores, 0.0), all_mask)
         history.append(current)
-        losses.append(result.losses)
+        losses.append(round_losses)
     return RoundsResult(
         vectors=current,
         feedback_idx=all_idx,
@@ -123,3 +116,80 @@ def refine_rounds(
         round_vectors=np.stack(history),
         losses=losses,
     )
+
+
+def refine_rounds(
+    queries: np.ndarray,
+    documents: np.ndarray | UnitDocuments,
+    judge: JudgeFn,
+    *,
+    rounds: int = 1,
+    k: int = 20,
+    pool: np.ndarray | Qrels | None = None,
+    strategy: FeedbackStrategy | None = None,
+    config: RefineConfig | None = None,
+) -> RoundsResult:
+    """Run ``rounds`` rounds of select → judge → refine (each round refines from the previous
+    round's vector with every score so far; :func:`feedback_rounds`).
+
+    Args:
+        queries: ``(n, d)`` original query vectors.
+        documents: ``(N, d)`` document matrix.
+        judge: callback returning scores for chosen documents (see :data:`JudgeFn`).
+        rounds: number of rounds (1 = the paper).
+        k: documents judged per query per round.
+        pool: each query's candidate pool: ``(n, N)`` bool or pooled :class:`Qrels` (all documents if None).
+        strategy: feedback selection (default top-K).
+        config: refinement hyperparameters (default the paper's).
+
+    Returns:
+        A :class:`RoundsResult`.
+    """
+    config = config or RefineConfig()
+    docs = as_float_array(document_array(documents), "documents", ndim=2)
+
+    def update(
+        current: np.ndarray, idx: np.ndarray, scores: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        result = refine(current, idx, scores, mask=mask, documents=docs, config=config)
+        return result.vectors, result.losses
+
+    return feedback_rounds(queries, documents, judge, update, rounds=rounds, k=k, pool=pool, strategy=strategy)
+
+
+def rocchio_rounds(
+    queries: np.ndarray,
+    documents: np.ndarray | UnitDocuments,
+    judge: JudgeFn,
+    *,
+    rounds: int = 1,
+    k: int = 20,
+    pool: np.ndarray | Qrels | None = None,
+    strategy: FeedbackStrategy | None = None,
+    params: RocchioParams | None = None,
+    then_refine: RefineConfig | None = None,
+) -> RoundsResult:
+    """Rocchio at the budget of ``rounds`` rounds: after each round the vector is Rocchio's update
+    of the *original* query with every judgment so far, and the next round judges the top ``k``
+    unjudged documents of that vector — the same selection as :func:`refine_rounds`, so both
+    spend ``rounds * k`` judgments per query.
+
+    ``then_refine``: the KL refinement (:func:`refine_core.refinement.refine`) is run on the
+    judgments from the Rocchio vector instead of from the original one (the ``rocchio_kl``
+    method): Rocchio moves the query toward the judged-positive centroid in one step, the KL
+    objective then fits the similarities of the judged documents to the judge's scores.
+    """
+    rp = params or RocchioParams()
+    q0 = as_float_array(queries, "queries", ndim=2)
+    docs = as_float_array(document_array(documents), "documents", ndim=2)
+
+    def update(
+        current: np.ndarray, idx: np.ndarray, scores: np.ndarray, mask: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        moved = rocchio_vectors(q0, docs[idx], scores, mask, rp)
+        if then_refine is None:
+            return moved, np.zeros((q0.shape[0], 0), dtype=np.float32)
+        result = refine(moved, idx, scores, mask=mask, documents=docs, config=then_refine)
+        return result.vectors, result.losses
+
+    return feedback_rounds(q0, documents, judge, update, rounds=rounds, k=k, pool=pool, strategy=strategy)

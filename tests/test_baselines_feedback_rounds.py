@@ -111,6 +111,74 @@ def test_later_rounds_judge_new_documents_and_refine_from_previous_vector() -> N
     assert len(res.losses) == 3
 
 
+def test_rocchio_rounds_spend_the_same_budget_chosen_the_same_way_as_refinement() -> None:
+    from refine_core.baselines import RocchioParams
+    from refine_core.rounds import rocchio_rounds
+
+    queries, docs, judge, _ = _toy_problem(3)
+    params = RocchioParams(beta=1.5, gamma=0.25)
+    res = rocchio_rounds(queries, docs, judge, rounds=3, k=5, params=params)
+    assert res.feedback_idx.shape == (6, 15) and res.round_vectors.shape == (3, 6, 16)
+    for row in res.feedback_idx:
+        assert len(set(row.tolist())) == 15  # never the same document twice
+    rows = np.arange(6)
+    # round 1 judges the original vector's top 5, like refinement's round 1
+    first = select_feedback(cosine_scores(queries, docs), k=5)
+    np.testing.assert_array_equal(res.feedback_idx[:, :5], first)
+    # round r: Rocchio of the ORIGINAL query with every judgment so far; the next round judges
+    # that vector's top 5 not judged yet
+    for r in range(3):
+        idx = res.feedback_idx[:, : 5 * (r + 1)]
+        scores, mask = judge(rows, idx)
+        expected = rocchio(queries, docs[idx], scores, mask=mask, beta=1.5, gamma=0.25)
+        np.testing.assert_allclose(res.round_vectors[r], expected, rtol=1e-6, atol=1e-7)
+        if r < 2:
+            exclude = np.zeros((6, docs.shape[0]), bool)
+            np.put_along_axis(exclude, idx, True, axis=1)
+            nxt = select_feedback(cosine_scores(expected, docs), k=5, exclude=exclude)
+            np.testing.assert_array_equal(res.feedback_idx[:, 5 * (r + 1) : 5 * (r + 2)], nxt)
+    assert all(loss.shape == (6, 0) for loss in res.losses)  # nothing optimised
+
+
+def test_rocchio_then_refine_is_the_kl_refinement_started_from_the_rocchio_vector() -> None:
+    from refine_core.refinement import RefineConfig
+    from refine_core.rounds import rocchio_rounds
+
+    queries, docs, judge, _ = _toy_problem(4)
+    config = RefineConfig(lr=3e-3, steps=40)
+    res = rocchio_rounds(queries, docs, judge, rounds=1, k=8, then_refine=config)
+    idx = select_feedback(cosine_scores(queries, docs), k=8)
+    scores, mask = judge(np.arange(6), idx)
+    start = rocchio(queries, docs[idx], scores, mask=mask)
+    expected = refine(start, idx, scores, mask=mask, documents=docs, config=config)
+    np.testing.assert_allclose(res.vectors, expected.vectors, rtol=1e-6, atol=1e-7)
+    assert res.losses[0].shape == (6, 40)
+    # it moved from the Rocchio start, and differs from refinement started at the query
+    assert not np.allclose(res.vectors, start)
+    assert not np.allclose(res.vectors, refine_rounds(queries, docs, judge, rounds=1, k=8, config=config).vectors)
+
+
+def test_a_cell_with_variants_scores_them_beside_the_paper_methods() -> None:
+    from refine_core.evaluation import VARIANTS, evaluate_cell_arrays
+    from refine_core.metrics import evaluate_rankings
+    from refine_core.rounds import rocchio_rounds
+
+    queries, docs, judge, gold = _toy_problem(5)
+    labels = (gold > 0.3).astype(np.float32)
+    plain = evaluate_cell_arrays(queries, docs, labels, judge, k=5, rounds=2)
+    both = evaluate_cell_arrays(queries, docs, labels, judge, k=5, rounds=2, variants=VARIANTS)
+    assert set(both.metrics) - set(plain.metrics) == {"rocchio_r2", "rocchio_kl", "rocchio_kl_r2"}
+    for method in plain.metrics:  # the paper's methods are untouched by the variants
+        assert both.metrics[method].means == plain.metrics[method].means
+    r2 = rocchio_rounds(queries, docs, judge, rounds=2, k=5).vectors
+    by_hand = evaluate_rankings(cosine_scores(r2, docs), labels).means
+    for key in ("map", "ndcg@10"):
+        assert both.metrics["rocchio_r2"].means[key] == pytest.approx(by_hand[key], abs=1e-9)
+    assert "rocchio_kl" in both.tests  # tested against the baseline like every method
+    with pytest.raises(ValueError, match="variants: unknown 'rochio'"):
+        evaluate_cell_arrays(queries, docs, labels, judge, k=5, variants=("rochio",))
+
+
 def test_paired_ttest_matches_scipy_and_handles_nan() -> None:
     rng = np.random.default_rng(4)
     a = rng.random(30)
