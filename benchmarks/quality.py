@@ -14,6 +14,8 @@ accuracy, and the local SmolLM2 judge. Sections:
 5. The local SmolLM2-135M judge on 20 CLINC150 and 20 NFCorpus queries.
 6. The paper's numbers beside ours.
 7. The paper's query template against the bare query on this (not instruction-tuned) model.
+8. Beyond the paper (benchmarks/beyond.py): every method at 20/40/60 judgments, settings chosen
+   on a seeded half of the queries and reported on the other half.
 
     REFINE_DATA_DIR=... python benchmarks/quality.py [--out docs] [--quick] [--json]
 """
@@ -106,6 +108,26 @@ def refined_map(q, d, labels, pool, fb, scores, mask, lr: float, steps: int = 10
 
 def first_feedback(q, d, pool, k: int) -> np.ndarray:
     return select_feedback(pooled_scores(q, d, pool), k=k)
+
+
+def load_data(names: tuple[str, ...], started: float | None = None) -> tuple[dict, dict]:
+    """Each benchmark's embedded queries and documents, labels, pool, mean document tokens and
+    texts (``data``), and the benchmark objects beside the arrays (``raw``)."""
+    from tasks.storage import state_dir
+
+    started = time.perf_counter() if started is None else started
+    data, raw = {}, {}
+    for name in names:
+        bench = load_benchmark(name)
+        q, d = embed(bench, state_dir() / "embeddings")
+        labels, pool = bench.label_matrix()
+        doc_tokens = int(np.mean([len(t) for t in bench.document_texts()]) / 4)
+        data[name] = (q, d, labels, pool, doc_tokens, (bench.query_texts(), bench.document_texts()))
+        raw[name] = (bench, q, d, labels, pool)
+        print(
+            f"{name}: {q.shape[0]} queries x {d.shape[0]} documents ({time.perf_counter() - started:.0f} s)", flush=True
+        )
+    return data, raw
 
 
 # ---- sections -------------------------------------------------------------------------------------------
@@ -455,6 +477,10 @@ def render(results: dict, out: Path, meta: dict) -> str:
             f"| {name} | {r['instruction']} | {r['template']:.4f} | {r['bare']:.4f} | {r['bare_refined']:.4f} |"
         )
     lines.append("")
+    if "beyond" in results:
+        from beyond import render_beyond
+
+        lines += render_beyond(results["beyond"])
     text = "\n".join(lines)
     (out / "results.md").write_text(text, encoding="utf-8")
     return text
@@ -546,20 +572,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
-    from tasks.storage import state_dir
-
     args.out.mkdir(parents=True, exist_ok=True)
-    data, raw = {}, {}
-    for name in DATASETS:
-        bench = load_benchmark(name)
-        q, d = embed(bench, state_dir() / "embeddings")
-        labels, pool = bench.label_matrix()
-        doc_tokens = int(np.mean([len(t) for t in bench.document_texts()]) / 4)
-        data[name] = (q, d, labels, pool, doc_tokens, (bench.query_texts(), bench.document_texts()))
-        raw[name] = (bench, q, d, labels, pool)
-        print(
-            f"{name}: {q.shape[0]} queries x {d.shape[0]} documents ({time.perf_counter() - started:.0f} s)", flush=True
-        )
+    data, raw = load_data(DATASETS, started)
     results = {"main": section_main(data)}
     print(f"section 1 done ({time.perf_counter() - started:.0f} s)", flush=True)
     results["accuracy"] = section_accuracy(data)
@@ -575,6 +589,10 @@ def main() -> None:
     )
     print(f"section 5 done ({time.perf_counter() - started:.0f} s)", flush=True)
     results["template"] = section_template(raw)
+    from beyond import section_beyond
+
+    results["beyond"] = section_beyond(data)
+    print(f"section 8 done ({time.perf_counter() - started:.0f} s)", flush=True)
     commit = (
         subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
