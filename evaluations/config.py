@@ -215,6 +215,10 @@ def check_runner(value: str) -> str:
     raise ValueError(f"runner {value!r} is not known; use {RUNNER_HELP}")
 
 
+ExtraMethod = Literal["rocchio_kl"]
+"""A method a sweep can add beside baseline, rerank-only, Rocchio and refined (README, Results)."""
+
+
 class SweepConfig(_Strict):
     name: str = "default-sweep"
     benchmarks: list[BenchmarkSpec]
@@ -225,6 +229,9 @@ class SweepConfig(_Strict):
     runner: str = "local"
     execution: ExecutionSpec = ExecutionSpec()
     hyde: HydeSpec | None = None
+    # Methods beyond the paper's, scored in every cell on the same judgments (no extra judge calls):
+    # "rocchio_kl", the KL refinement started from the Rocchio vector.
+    methods: list[ExtraMethod] = []
     # Per model, the string its queries are embedded as ({instruction}, {query}); default: the
     # paper's "Instruct: {instruction}\nQuery: {query}" (or the model's own convention).
     query_templates: dict[str, str] = {}
@@ -302,6 +309,7 @@ class SweepConfig(_Strict):
                     normalize=norm,
                     hyde=self.hyde,
                     query_template=self.query_templates.get(model),
+                    methods=list(self.methods),
                 )
             )
         return out
@@ -323,6 +331,7 @@ class CellSpec(_Strict):
     normalize: Literal["none", "minmax"] = "none"
     hyde: HydeSpec | None = None
     query_template: str | None = None
+    methods: list[ExtraMethod] = []
 
     def hyperparameters(self) -> dict[str, object]:
         return {

@@ -47,6 +47,7 @@ from tasks.core import (
     refine_block_task,
     refine_extras,
     refined_digest,
+    rocchio_start_task,
     select_feedback_task,
     select_shard_task,
     shard_inputs_task,
@@ -227,6 +228,8 @@ def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
         params["query_template"] = cell.query_template
     if cell.hyde is not None:
         params.update({f"hyde.{k}": v for k, v in cell.hyde.model_dump().items() if v is not None})
+    if cell.methods:
+        params["methods"] = ",".join(cell.methods)
     params.update(
         {
             "benchmark.name": bench.name,
@@ -352,6 +355,14 @@ def evaluate_cell(
                 extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"], execution
             )
             timings["hyde_refine"] = time.perf_counter() - t
+        if "rocchio_kl" in cell.methods:
+            # the KL refinement started from the Rocchio vector, on the first round's judgments
+            t = time.perf_counter()
+            start = rocchio_start_task(queries, docs, feedback[0], judgments[0])
+            extra["rocchio_kl"] = refine_queries(
+                start, docs, [feedback[0]], [judgments[0]], config, bench.counts["queries"], execution
+            )
+            timings["rocchio_kl"] = time.perf_counter() - t
         t = time.perf_counter()
         eval_state = evaluate(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None, execution)
         evaluation = eval_state.result()

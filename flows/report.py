@@ -31,7 +31,10 @@ PAPER_METHODS: tuple[tuple[str, str], ...] = (
     ("refined", "Refined"),
     ("hyde", "HyDE"),
     ("hyde_refined", "HyDE-refined"),
+    ("rocchio_kl", "Rocchio → KL"),
 )
+# Every method a cell can log besides refined_rN (MLflow metric keys are "<method>.<measure>").
+LOGGED_METHODS = ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined", "rocchio_kl")
 
 
 class ReportError(ValueError):
@@ -322,7 +325,7 @@ def metrics_from_run(run) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for key, value in run.data.metrics.items():
         method, _, name = key.partition(".")
-        if method in ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined") or method.startswith("refined"):
+        if method in LOGGED_METHODS or method.startswith("refined"):
             out.setdefault(method, {})[from_mlflow_key(name)] = value
     return out
 

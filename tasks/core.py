@@ -24,6 +24,7 @@ from evaluations.benchmark import Benchmark
 from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, HydeSpec, JudgeSpec, VectorsSpec
 from evaluations.errors import DatasetError
 from evaluations.registry import load_benchmark
+from refine_core.baselines import rocchio_vectors
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
 from refine_core.evaluation import (
@@ -590,6 +591,33 @@ def refine_block_task(
     name = digest(refined_digest(start, docs, feedback, judgments, config), lo, hi)
     save_arrays(f"refined-block-{name}-extra", losses=result.losses, skipped=result.skipped)
     return ArrayRef(save_array(f"refined-block-{name}", result.vectors), name, time.perf_counter() - t0)
+
+
+def _rocchio_key(context, parameters) -> str:
+    return task_key(
+        "rocchio-start",
+        parameters["queries"].digest,
+        parameters["docs"].digest,
+        parameters["feedback"].digest,
+        parameters["judgments"].digest,
+    )
+
+
+@task(name="rocchio-start", cache_key_fn=_rocchio_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def rocchio_start_task(queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, judgments: JudgmentsRef) -> ArrayRef:
+    """The Rocchio vectors (SMART weights) of the first round's judgments: the start of ``rocchio_kl``."""
+    t0 = time.perf_counter()
+    idx = load_arrays(feedback.path)["idx"]
+    judged = load_arrays(judgments.path)
+    rows, local = np.unique(np.maximum(idx, 0), return_inverse=True)  # only the judged rows are read
+    vectors = rocchio_vectors(
+        np.asarray(load_array(queries.path)),
+        np.asarray(load_array(docs.path)[rows])[local.reshape(idx.shape)],
+        judged["scores"],
+        judged["mask"] & (idx >= 0),
+    )
+    name = digest("rocchio-start", queries.digest, docs.digest, feedback.digest, judgments.digest)
+    return ArrayRef(save_array(f"rocchio-{name}", vectors), name, time.perf_counter() - t0)
 
 
 @task(name="refine", cache_key_fn=_join_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)

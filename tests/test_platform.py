@@ -295,6 +295,7 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
     "yaml_text,message",
     [
         ("name: x\nbenchmarks: [{name: clinc150}]\nbogus: 1\n", "unknown key 'bogus'"),
+        ("name: x\nbenchmarks: [{name: clinc150}]\nmethods: [rochio_kl]\n", "methods.0: Input should be 'rocchio_kl'"),
         (
             "name: x\nbenchmarks: [{name: clinc150}]\ngrid: {lr: [-0.1]}\n",
             "grid.lr: Value error, lr values must be > 0",
@@ -447,7 +448,8 @@ def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_cor
 def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Path) -> None:
     """The flow runs rounds as cached tasks (select excluding earlier judgments, judge, refine from
     the last round's vector on every judgment so far); refine_core.rounds does the same in one
-    process. Both must give the same numbers for every round's method."""
+    process. Both must give the same numbers for every round's method, and for ``rocchio_kl``
+    (the sweep's ``methods``: refinement from the Rocchio vector on the first round's judgments)."""
     from evaluations.registry import load_benchmark
     from flows.sweep import sweep
     from refine_core import RefineConfig
@@ -461,6 +463,7 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
         benchmarks=[SUBSET],
         judges=[JudgeSpec(kind="oracle")],
         grid=Grid(lr=[1e-3], rounds=[3], k=[10]),
+        methods=["rocchio_kl"],
     )
     cell = sweep(config)["cells"][0]
     bench = load_benchmark("clinc150", queries=12, max_documents=1500)
@@ -470,10 +473,32 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
     labels, _ = bench.label_matrix()
     direct = evaluate_cell_arrays(
-        queries, docs, labels, lambda r, i: oracle_scores(labels[r], i), k=10, rounds=3, config=RefineConfig(lr=1e-3)
+        queries,
+        docs,
+        labels,
+        lambda r, i: oracle_scores(labels[r], i),
+        k=10,
+        rounds=3,
+        config=RefineConfig(lr=1e-3),
+        variants=("rocchio_kl",),
     )
-    assert set(direct.metrics) == {"baseline", "rerank_only", "rocchio", "refined", "refined_r2", "refined_r3"}
-    for method, result in direct.metrics.items():
+    paper = {"baseline", "rerank_only", "rocchio", "refined", "refined_r2", "refined_r3"}
+    assert set(direct.metrics) == paper | {"rocchio_kl", "rocchio_kl_r2", "rocchio_kl_r3"}
+    # the platform adds the one-round variant only (later rounds of it would need judgments of their own)
+    assert set(cell["metrics"]) == paper | {"rocchio_kl"}
+    for method in paper | {"rocchio_kl"}:
+        result = direct.metrics[method]
         for name in ("map", "ndcg@10", "roc_auc"):
             assert cell["metrics"][method][name] == pytest.approx(result.means[name], abs=1e-6), (method, name)
     assert direct.metrics["refined_r3"].means["map"] != direct.metrics["refined"].means["map"]  # the rounds differ
+    # MLflow has the method and the setting that asked for it; `refine compare` reads it back
+    from mlflow import MlflowClient
+
+    from flows.report import metrics_from_run
+    from flows.tracking import tracking_uri
+
+    run = MlflowClient(tracking_uri()).get_run(cell["run_id"])
+    assert run.data.params["methods"] == "rocchio_kl"
+    assert metrics_from_run(run)["rocchio_kl"]["map"] == pytest.approx(
+        direct.metrics["rocchio_kl"].means["map"], abs=1e-6
+    )
