@@ -32,12 +32,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit_json
 
+from flows.report import adjust_sweep_pvalues
 from refine_core.baselines import RocchioParams, rerank_only_scores
 from refine_core.feedback import select_feedback
 from refine_core.metrics import evaluate_rankings
 from refine_core.refinement import RefineConfig
 from refine_core.rounds import refine_rounds, rocchio_rounds
-from refine_core.statistics import benjamini_hochberg, paired_ttest, win_tie_loss
+from refine_core.statistics import paired_ttest, win_tie_loss
 
 ACCURACIES = (1.0, 0.9, 0.8)
 ROUNDS = 3
@@ -183,9 +184,12 @@ def section_beyond(data: dict) -> dict:
         out[name] = {}
         for acc in ACCURACIES:
             out[name][str(acc)] = run_dataset(q, d, labels, pool, judge_of(labels, texts, acc, seed=JUDGE_SEED))
-    tests = [t for per in out.values() for cell in per.values() for t in cell["tests"].values()]
-    for test, p in zip(tests, benjamini_hochberg([t["pvalue"] for t in tests])):
-        test["p_bh"] = float(p)
+    # one Benjamini–Hochberg family for the section, through the project's one BH function
+    adjust_sweep_pvalues([cell for per in out.values() for cell in per.values()])
+    for per in out.values():
+        for cell in per.values():
+            for test in cell["tests"].values():
+                test["p_bh"] = test.pop("pvalue_bh", float("nan"))
     return out
 
 
