@@ -146,7 +146,7 @@ def refine_rounds(
         A :class:`RoundsResult`.
     """
     config = config or RefineConfig()
-    docs = as_float_array(document_array(documents), "documents", ndim=2)
+    docs = document_array(documents)  # checked once by feedback_rounds, and by refine itself
 
     def update(
         current: np.ndarray, idx: np.ndarray, scores: np.ndarray, mask: np.ndarray
@@ -180,16 +180,15 @@ def rocchio_rounds(
     objective then fits the similarities of the judged documents to the judge's scores.
     """
     rp = params or RocchioParams()
-    q0 = as_float_array(queries, "queries", ndim=2)
-    docs = as_float_array(document_array(documents), "documents", ndim=2)
+    docs = document_array(documents)  # checked once by feedback_rounds; rocchio checks what it reads
 
     def update(
         current: np.ndarray, idx: np.ndarray, scores: np.ndarray, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        moved = rocchio_vectors(q0, docs[idx], scores, mask, rp)
+        moved = rocchio_vectors(queries, docs[idx], scores, mask, rp)
         if then_refine is None:
-            return moved, np.zeros((q0.shape[0], 0), dtype=np.float32)
+            return moved, np.zeros((moved.shape[0], 0), dtype=np.float32)
         result = refine(moved, idx, scores, mask=mask, documents=docs, config=then_refine)
         return result.vectors, result.losses
 
-    return feedback_rounds(q0, documents, judge, update, rounds=rounds, k=k, pool=pool, strategy=strategy)
+    return feedback_rounds(queries, documents, judge, update, rounds=rounds, k=k, pool=pool, strategy=strategy)
