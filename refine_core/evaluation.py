@@ -31,7 +31,7 @@ from refine_core.metrics import (
 )
 from refine_core.qrels import Qrels, as_qrels
 from refine_core.refinement import RefineConfig
-from refine_core.rounds import JudgeFn, refine_rounds, rocchio_rounds
+from refine_core.rounds import JudgeFn, refine_rounds, remembering, rocchio_rounds
 from refine_core.shards import (
     ShardPart,
     Specials,
@@ -108,13 +108,17 @@ def evaluate_cell_arrays(
             ``"rocchio_kl"`` adds ``rocchio_kl`` (the KL refinement started from the Rocchio
             vector, on the first round's judgments) and ``rocchio_kl_r2`` ... with rounds. Their
             first round judges the same documents as the refinement's; later rounds judge the
-            documents their own vector ranks first (``judge`` is called for them).
+            documents their own vector ranks first. ``judge`` is asked about each (query,
+            document) pair once (:func:`refine_core.rounds.remembering`): a variant's first round,
+            and any document another method already judged, costs no call.
     """
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"variants: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(VARIANTS)}")
     config = config or RefineConfig()
     qrels = as_qrels(labels, pool)
+    if variants:
+        judge = remembering(judge)
     outcome = refine_rounds(
         query_vectors,
         doc_vectors,

@@ -30,6 +30,51 @@ padding and must come back with mask False). ``mask`` is False for failed judgme
 """
 
 
+def remembering(judge: JudgeFn) -> JudgeFn:
+    """``judge`` with a memory: a (query row, document) pair it has answered is answered again from
+    memory, so methods that run their own rounds beside the refinement (:func:`rocchio_rounds`)
+    pay only for documents nobody has judged yet.
+
+    Only rows with at least one new pair reach ``judge``, and in them only the new pairs (the rest
+    is ``-1`` padding). A failed judgment (mask False) is remembered as failed: every method
+    sees the same verdicts, as it would from one judge stage. Meant for one evaluation: the
+    memory grows with the pairs judged and is dropped with the returned function.
+    """
+    memory: dict[tuple[int, int], tuple[float, bool]] = {}
+
+    def ask(query_rows: np.ndarray, doc_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, idx = np.asarray(query_rows), np.asarray(doc_idx)
+        scores = np.zeros(idx.shape, dtype=np.float32)
+        mask = np.zeros(idx.shape, dtype=bool)
+        new = np.zeros(idx.shape, dtype=bool)
+        for (i, c), j in np.ndenumerate(idx):
+            if j < 0:
+                continue
+            known = memory.get((int(rows[i]), int(j)))
+            if known is None:
+                new[i, c] = True
+            else:
+                scores[i, c], mask[i, c] = known
+        need = np.flatnonzero(new.any(axis=1))
+        if need.size:
+            asked = np.where(new[need], idx[need], -1)
+            got_scores, got_mask = judge(rows[need], asked)
+            got_scores = np.asarray(got_scores, dtype=np.float32)
+            got_mask = np.asarray(got_mask, dtype=bool)
+            if got_scores.shape != asked.shape or got_mask.shape != asked.shape:
+                raise ValueError(
+                    f"judge returned scores {got_scores.shape} / mask {got_mask.shape}, expected {asked.shape}"
+                )
+            for a, i in enumerate(need.tolist()):
+                for c in np.flatnonzero(new[i]).tolist():
+                    verdict = (float(got_scores[a, c]), bool(got_mask[a, c]))
+                    memory[(int(rows[i]), int(idx[i, c]))] = verdict
+                    scores[i, c], mask[i, c] = verdict
+        return scores, mask
+
+    return ask
+
+
 @dataclass(frozen=True)
 class RoundsResult:
     """Outcome of :func:`refine_rounds`.

@@ -19,6 +19,7 @@ from refine_core import (
     rocchio,
     select_feedback,
 )
+from refine_core.refinement import RefineConfig
 
 
 def test_top_k_orders_best_first_and_respects_pool_and_exclude() -> None:
@@ -177,6 +178,39 @@ def test_a_cell_with_variants_scores_them_beside_the_paper_methods() -> None:
     assert "rocchio_kl" in both.tests  # tested against the baseline like every method
     with pytest.raises(ValueError, match="variants: unknown 'rochio'"):
         evaluate_cell_arrays(queries, docs, labels, judge, k=5, variants=("rochio",))
+
+
+def test_a_cell_with_variants_asks_the_judge_about_each_pair_once() -> None:
+    """A paid judge must not pay twice: the variants' first round is the refinement's, and a
+    document another method already judged is answered from memory."""
+    from refine_core.evaluation import VARIANTS, evaluate_cell_arrays
+    from refine_core.rounds import rocchio_rounds
+
+    queries, docs, judge, gold = _toy_problem(6)
+    labels = (gold > 0.3).astype(np.float32)
+    asked: list[tuple[int, int]] = []
+
+    def failing(rows: np.ndarray, idx: np.ndarray):
+        scores, mask = judge(rows, idx)
+        return scores, mask & (idx % 7 != 3)  # some judgments fail: remembered as failed, not re-asked
+
+    def counting(rows: np.ndarray, idx: np.ndarray):
+        asked.extend((int(r), int(j)) for r, row in zip(rows, idx, strict=True) for j in row if j >= 0)
+        return failing(rows, idx)
+
+    both = evaluate_cell_arrays(queries, docs, labels, counting, k=5, rounds=2, variants=VARIANTS)
+    assert len(asked) == len(set(asked))  # no pair twice
+    refinement_pairs = {(i, int(j)) for i, row in enumerate(both.feedback_idx) for j in row}
+    variant_pairs = set()
+    for then_refine in (None, RefineConfig()):
+        res = rocchio_rounds(queries, docs, failing, rounds=2, k=5, then_refine=then_refine)
+        variant_pairs |= {(i, int(j)) for i, row in enumerate(res.feedback_idx) for j in row}
+    assert set(asked) == refinement_pairs | variant_pairs  # exactly the union, nothing more
+    assert len(asked) < 6 * 5 * 2 * 3  # less than three methods judging their own 2 rounds
+    # the same numbers as a judge without memory (the toy judge is deterministic)
+    again = evaluate_cell_arrays(queries, docs, labels, failing, k=5, rounds=2)
+    for method in again.metrics:
+        assert both.metrics[method].means == again.metrics[method].means
 
 
 def test_paired_ttest_matches_scipy_and_handles_nan() -> None:
