@@ -21,6 +21,7 @@ from refine_core.metrics import (
     DEFAULT_KS,
     MetricsResult,
     UnitDocuments,
+    auto_corpus_shard,
     check_ks,
     collect_metrics,
     cosine_block,
@@ -316,7 +317,7 @@ def score_methods(
     extra_vectors: dict[str, np.ndarray] | None = None,
     visit: BlockVisitor | None = None,
     block_rows: int | None = None,
-    corpus_shard: int | None = None,
+    corpus_shard: int | str | None = "auto",
 ) -> tuple[dict[str, MetricsResult], dict[str, PairedTest]]:
     """Metrics of every method and a paired one-sided t-test of each against the baseline.
 
@@ -325,10 +326,15 @@ def score_methods(
     ``visit`` sees each block's scores (e.g. to sample score distributions for plots).
     ``corpus_shard``: score the corpus that many documents at a time and merge the counts
     (:func:`shard_inputs`, :func:`score_shard`, :func:`finish_shards`; a memory-mapped corpus is
-    then read one shard at a time); ``visit`` is not available then.
+    then read one shard at a time); ``visit`` is not available then. ``"auto"`` (the default)
+    shards a corpus above :data:`refine_core.metrics.AUTO_SHARD_DOCUMENTS` when no ``visit`` or
+    ``block_rows`` is given (every shipped benchmark is far below it: one whole-corpus pass).
     """
     qrels = as_qrels(labels, pool)
     ks = check_ks(ks)
+    if corpus_shard == "auto" and (visit is not None or block_rows is not None):
+        corpus_shard = None
+    corpus_shard = auto_corpus_shard(corpus_shard, qrels.n_documents)
     if corpus_shard is not None:
         if visit is not None:
             raise ValueError("visit needs whole-corpus score blocks; leave corpus_shard out to use it")

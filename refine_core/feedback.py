@@ -161,7 +161,7 @@ def select_feedback(
 
 def top_k_shard(
     vectors: np.ndarray,
-    doc_shard: np.ndarray,
+    doc_shard: np.ndarray | UnitDocuments,
     offset: int,
     *,
     k: int = 20,
@@ -211,6 +211,7 @@ def select_feedback_blocks(
     pool: Qrels | None = None,
     exclude_idx: np.ndarray | None = None,
     block_rows: int | None = None,
+    corpus_shard: int | str | None = "auto",
 ) -> np.ndarray:
     """:func:`select_feedback` on the cosine ranking of ``vectors``, one query block at a time.
 
@@ -218,13 +219,35 @@ def select_feedback_blocks(
     each query's candidates; ``exclude_idx`` ``(n, E)`` lists documents never to select
     (already judged; ``-1`` pads). A strategy with ``blockwise = False`` (one random stream
     over every row) sees all rows at once.
+
+    ``corpus_shard``: with :class:`TopK`, take each shard's best ``k`` (:func:`top_k_shard`) and
+    merge them (:func:`refine_core.shards.merge_top_k`: by score, then document index — the whole
+    corpus's top K). ``"auto"`` shards only a corpus above
+    :data:`refine_core.metrics.AUTO_SHARD_DOCUMENTS` when no ``block_rows`` is given; None never
+    shards; other strategies always see whole-corpus blocks.
     """
-    from refine_core.metrics import cosine_block, score_block_rows, unit_documents
+    from refine_core.metrics import UnitDocuments, auto_corpus_shard, cosine_block, score_block_rows, unit_documents
+    from refine_core.shards import merge_top_k
 
     strategy = strategy or TopK()
     docs_unit = unit_documents(documents)
     q = np.asarray(vectors, dtype=np.float32)
     n = q.shape[0]
+    shard = auto_corpus_shard(None if corpus_shard == "auto" and block_rows else corpus_shard, docs_unit.shape[0])
+    if shard is not None and type(strategy) is TopK:
+        parts = [
+            top_k_shard(
+                q,
+                UnitDocuments(docs_unit[a : a + shard]),
+                a,
+                k=k,
+                pool=pool,
+                exclude_idx=exclude_idx,
+                block_rows=block_rows,
+            )
+            for a in range(0, docs_unit.shape[0], shard)
+        ]
+        return merge_top_k(parts, k)
     step = block_rows or score_block_rows(docs_unit.shape[0])
     if not getattr(strategy, "blockwise", True):
         step = max(n, 1)

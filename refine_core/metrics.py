@@ -147,6 +147,26 @@ SCORE_BLOCK_BYTES = 256 << 20
 SCORE_BLOCK_CAP = 1024
 
 
+AUTO_SHARD_DOCUMENTS = 1 << 18
+"""The shard size of the whole-corpus passes — feedback selection and scoring every method — for
+a corpus of more than twice this many documents, unless the caller says otherwise.
+
+A query block holds ``SCORE_BLOCK_BYTES / (8 N)`` rows, so in one pass over an N-document corpus
+each block serves fewer queries as N grows and the bytes read grow as N² (``benchmarks/scale.py
+--one-pass``). In shards the block is sized by the shard (128 rows here) and the bytes read grow
+as N. Below twice the shard size one pass is as fast (the blocks are large already)."""
+
+
+def auto_corpus_shard(corpus_shard: int | str | None, n_documents: int) -> int | None:
+    """Resolve a ``corpus_shard`` argument: ``"auto"`` is :data:`AUTO_SHARD_DOCUMENTS` for a corpus
+    of more than twice that and None (the whole corpus in one pass) otherwise; None and sizes are kept."""
+    if corpus_shard == "auto":
+        return AUTO_SHARD_DOCUMENTS if n_documents > 2 * AUTO_SHARD_DOCUMENTS else None
+    if corpus_shard is not None and (isinstance(corpus_shard, str) or corpus_shard < 1):
+        raise ValueError(f"corpus_shard must be a positive document count, 'auto' or None, got {corpus_shard!r}")
+    return corpus_shard
+
+
 def score_block_rows(n_documents: int) -> int:
     """Queries per scoring block for a corpus of ``n_documents``."""
     return int(max(1, min(SCORE_BLOCK_CAP, SCORE_BLOCK_BYTES // max(1, 8 * n_documents))))

@@ -358,3 +358,57 @@ def test_selection_from_corpus_shards_equals_selection_over_the_whole_corpus(poo
         ]
         np.testing.assert_array_equal(merge_top_k(parts, 8), expected)
     assert not any(np.isin(a[a >= 0], f).any() for a, f in zip(again, first))  # the second round skips the first's
+
+
+def test_a_corpus_above_the_auto_threshold_is_read_in_shards_with_the_same_results(monkeypatch) -> None:
+    """Above twice AUTO_SHARD_DOCUMENTS, selection and scoring go shard by shard on their own (so the
+    bytes read grow as N, not N²); the results are those of one whole-corpus pass."""
+    import refine_core.evaluation as evaluation
+    import refine_core.feedback as feedback
+    import refine_core.metrics as metrics
+
+    q, docs, labels = _vectors(9, n=12, total=400)
+    rng = np.random.default_rng(9)
+    qrels = Qrels.from_dense(labels)
+    whole_fb = select_feedback_blocks(q, docs, k=6, corpus_shard=None)
+    fb_again = select_feedback_blocks(q, docs, k=6, exclude_idx=whole_fb, corpus_shard=None)
+    judge = (np.take_along_axis(labels, whole_fb, axis=1) > 0).astype(np.float32)
+    kwargs = _cell_inputs(q, whole_fb, judge, rng)
+    whole, whole_tests = score_methods(q, docs, qrels, corpus_shard=None, **kwargs)
+
+    calls = {"select": 0, "score": 0}
+    real_top, real_score = feedback.top_k_shard, evaluation.score_shard
+
+    def top_spy(*args, **kw):
+        calls["select"] += 1
+        return real_top(*args, **kw)
+
+    def score_spy(*args, **kw):
+        calls["score"] += 1
+        return real_score(*args, **kw)
+
+    monkeypatch.setattr(feedback, "top_k_shard", top_spy)
+    monkeypatch.setattr(evaluation, "score_shard", score_spy)
+    # at the real threshold this small corpus is one pass: no shard is touched
+    assert metrics.auto_corpus_shard("auto", 400) is None
+    np.testing.assert_array_equal(select_feedback_blocks(q, docs, k=6), whole_fb)
+    score_methods(q, docs, qrels, **kwargs)
+    assert calls == {"select": 0, "score": 0}
+
+    monkeypatch.setattr(metrics, "AUTO_SHARD_DOCUMENTS", 90)  # 400 > 2 × 90: shards of 90
+    np.testing.assert_array_equal(select_feedback_blocks(q, docs, k=6), whole_fb)
+    np.testing.assert_array_equal(select_feedback_blocks(q, docs, k=6, exclude_idx=whole_fb), fb_again)
+    assert calls["select"] == 2 * 5  # ceil(400 / 90) shards, twice
+    auto, auto_tests = score_methods(q, docs, qrels, **kwargs)
+    assert calls["score"] == 5
+    for method, result in whole.items():
+        for name, values in result.per_query.items():
+            np.testing.assert_allclose(auto[method].per_query[name], values, rtol=0, atol=1e-6, equal_nan=True)
+    for method, test in whole_tests.items():
+        assert auto_tests[method].pvalue == pytest.approx(test.pvalue, rel=1e-5)
+    # a visitor needs whole-corpus blocks, and a strategy other than top-K one stream: no shards then
+    score_methods(q, docs, qrels, visit=lambda lo, hi, blocks: None, **kwargs)
+    select_feedback_blocks(q, docs, k=6, strategy=TopKPlusRandom(extra=2, seed=1))
+    assert calls == {"select": 10, "score": 5}
+    with pytest.raises(ValueError, match="corpus_shard must be"):
+        select_feedback_blocks(q, docs, k=6, corpus_shard="all")
