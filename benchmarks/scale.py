@@ -7,11 +7,17 @@ corpus sizes N and query counts Q. Each stage's wall time and peak RSS (the kern
 before the stage) are printed, with the growth exponents fitted over N and over Q. The pipeline
 holds sparse qrels and one query block of scores at a time, never a (Q, N) array.
 
+Part 1b (``--real``): the select stage through FAISS on *real* embeddings — every document and
+query of the shipped benchmarks (MiniLM, the embedding cache of quality.py) in one corpus — with
+recall@20 against brute force, because random directions are the hardest case for an ANN and a
+recall measured only on them says little about a user's corpus.
+
 Part 2 (``--embedding``): corpus embedding of CLINC150 documents through the platform's chunked,
 cached tasks: this process with the local runner (2 torch threads), a local Dask cluster of 1 and
 of 2 workers; then a 10M-document projection from the measured rates.
 
     python benchmarks/scale.py [--sizes 100000 1000000] [--queries 1000] [--json]
+    REFINE_DATA_DIR=... python benchmarks/scale.py --real [--ann flat ivf hnsw]
     REFINE_DATA_DIR=... python benchmarks/scale.py --embedding [--documents 6000]
 """
 
@@ -286,8 +292,39 @@ def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -
     return rows
 
 
+REAL_DATASETS = ("clinc150", "banking77", "nfcorpus", "snips")
+
+
+def real_ann(kinds: tuple[str, ...], names: tuple[str, ...] = REAL_DATASETS) -> dict[str, object]:
+    """ANN recall on real embeddings: the documents of ``names`` as one corpus, all their queries."""
+    import numpy as np
+    from quality import load_data
+
+    from refine_core.feedback import select_feedback_blocks
+    from refine_core.metrics import UnitDocuments
+
+    data, _ = load_data(names)
+    docs = UnitDocuments(np.concatenate([d for (_, d, *_rest) in data.values()]).astype(np.float32))
+    queries = np.concatenate([q for (q, *_rest) in data.values()]).astype(np.float32)
+    start = time.perf_counter()
+    brute = select_feedback_blocks(queries, docs, k=K)
+    brute_s = time.perf_counter() - start
+    return {
+        "datasets": list(names),
+        "documents": int(docs.vectors.shape[0]),
+        "queries": int(queries.shape[0]),
+        "brute_select_s": round(brute_s, 2),
+        "ann": ann_side_by_side(docs.vectors, queries, brute, K, kinds),
+    }
+
+
 def one_cell(
-    n_docs: int, n_queries: int, k: int = K, ann_kinds: tuple[str, ...] = (), corpus_shard: int | None = None
+    n_docs: int,
+    n_queries: int,
+    k: int = K,
+    ann_kinds: tuple[str, ...] = (),
+    corpus_shard: int | None = None,
+    one_pass: bool = False,
 ) -> dict[str, object]:
     """Time and peak RSS of each stage of one cell on a synthetic corpus; with ``corpus_shard``, the
     evaluate stage once more over corpus shards of that size (counts merged, as Dask workers do)."""
@@ -318,6 +355,29 @@ def one_cell(
             queries, docs, qrels, feedback_idx=idx, judge_scores=scores, judge_mask=mask, round_vectors=[refined]
         ),
     )
+    if one_pass:
+        # the whole corpus in one pass per query block, as before automatic shards (AUTO_SHARD_DOCUMENTS)
+        idx_one = timed(
+            "select top-K, one pass (not in the cell)",
+            lambda: select_feedback_blocks(queries, docs, k=k, corpus_shard=None),
+        )
+        whole, _ = timed(
+            "evaluate 4 methods, one pass (not in the cell)",
+            lambda: score_methods(
+                queries,
+                docs,
+                qrels,
+                feedback_idx=idx,
+                judge_scores=scores,
+                judge_mask=mask,
+                round_vectors=[refined],
+                corpus_shard=None,
+            ),
+        )
+        out["one_pass_same_selection"] = float((np.sort(idx_one, axis=1) == np.sort(idx, axis=1)).mean())
+        out["one_pass_max_abs_diff_of_means"] = max(
+            abs(whole[m].means[key] - v) for m, r in metrics.items() for key, v in r.means.items() if np.isfinite(v)
+        )
     if corpus_shard:
         sharded, _ = timed(
             f"evaluate, shards of {corpus_shard:,} (not in the cell)",
@@ -374,13 +434,14 @@ def growth(
     fixed_docs: int,
     ann_kinds: tuple[str, ...] = (),
     corpus_shard: int | None = None,
+    one_pass: bool = False,
 ) -> dict[str, object]:
     import gc
 
     one_cell(5_000, 50, corpus_shard=1_000 if corpus_shard else None)  # compile the kernels first
     runs = []
     for n in sizes:
-        runs.append(one_cell(n, queries, ann_kinds=ann_kinds, corpus_shard=corpus_shard))
+        runs.append(one_cell(n, queries, ann_kinds=ann_kinds, corpus_shard=corpus_shard, one_pass=one_pass))
         gc.collect()
     q_runs = []
     for q in query_sizes:
@@ -393,6 +454,8 @@ def growth(
     )
     if corpus_shard:
         head.append("sharded vs whole: max |Δ| per query (measure) / of a mean")
+    if one_pass:
+        head.append("one pass vs the cell: same selection / max |Δ| of a mean")
     table = []
     for r in runs + q_runs:
         table.append(
@@ -407,6 +470,11 @@ def growth(
                 ]
                 if corpus_shard
                 else []
+            )
+            + (
+                [f"{r['one_pass_same_selection']:.4f} / {r['one_pass_max_abs_diff_of_means']:.1e}"]
+                if "one_pass_same_selection" in r
+                else ([""] if one_pass else [])
             )
         )
     exps = {
@@ -469,6 +537,14 @@ def main() -> None:
         default=None,
         help="also evaluate over corpus shards of this many documents (merged counts, as on Dask)",
     )
+    parser.add_argument(
+        "--one-pass",
+        action="store_true",
+        help="also select and evaluate with the whole corpus in one pass per query block (no automatic shards)",
+    )
+    parser.add_argument(
+        "--real", action="store_true", help="part 1b: FAISS recall on the shipped benchmarks' real embeddings"
+    )
     parser.add_argument("--embedding", action="store_true", help="part 2: corpus embedding scale-out and projection")
     parser.add_argument("--documents", type=int, default=6000, help="CLINC150 documents to embed per run (part 2)")
     parser.add_argument("--chunk-size", type=int, default=1000)
@@ -480,8 +556,27 @@ def main() -> None:
     info = machine_info()
     print(f"machine: {info}")
     result: dict[str, object] = {"machine": info}
+    if args.real:
+        real = real_ann(tuple(args.ann) or ("flat", "ivf", "hnsw"))
+        print(
+            f"\nthe select stage through FAISS on real embeddings ({', '.join(real['datasets'])} in one corpus: "
+            f"{real['documents']:,} documents, {real['queries']} queries; {10 * K} candidates, exact cosine on "
+            f"them); recall@{K} against brute force ({real['brute_select_s']} s):"
+        )
+        print_table(list(real["ann"][0]), [list(r.values()) for r in real["ann"]])
+        if args.json:
+            emit_json({**result, "real": real})
+        return
     if not args.embedding:
-        g = growth(args.sizes, args.queries, args.query_sizes, args.fixed_documents, tuple(args.ann), args.corpus_shard)
+        g = growth(
+            args.sizes,
+            args.queries,
+            args.query_sizes,
+            args.fixed_documents,
+            tuple(args.ann),
+            args.corpus_shard,
+            args.one_pass,
+        )
         print(
             f"\none cell (select K={K}, oracle judge, refine, evaluate 4 methods), synthetic d=384, "
             f"{RELEVANT_PER_QUERY} relevant per query; time / peak RSS per stage:"
