@@ -1,0 +1,163 @@
+"""Label-free choice of the refinement's lr: how close each rule lands to the best lr in hindsight.
+
+The settings are those of quality.py's learning-rate section (docs/results.md): five datasets ×
+judge accuracies 0.6, 0.7, 0.8, 0.9 and the oracle (the noisy oracle, seed 2), the top 20
+documents of the original ranking judged, lr from {1e-4, 3e-4, 1e-3, 3e-3, 1e-2}. For every
+setting the MAP of each lr is computed with the gold labels (the hindsight-best is the largest);
+each rule then picks an lr **without** labels and is scored by how much MAP it gives up:
+
+* ``fixed <lr>``: the same lr everywhere (no data used at all);
+* ``select_lr``: the library's :func:`refine_core.lr_selection.select_lr` (a quarter of each
+  query's judgments held out once; the lr whose refined vectors order the held-out documents best,
+  by mean per-query ROC-AUC against the judge's verdicts);
+* ``4-fold AUC``: every judged document held out once (4 folds per query, seeded), each fold's
+  vector fitted on the other three, the per-query AUC of the out-of-fold cosines; best mean wins;
+* ``4-fold AUC, one-SE``: the smallest lr whose mean is within one standard error (of the paired
+  per-query difference) of the best — the usual cross-validation guard against noise.
+
+The target of issue 17 item 3: within 0.01 MAP of the hindsight-best in at least 90 % of the
+settings and never more than 0.03 below it.
+
+    REFINE_DATA_DIR=... python benchmarks/lr_rules.py [--datasets clinc150 ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit_json, print_table
+
+from refine_core.lr_selection import select_lr
+from refine_core.refinement import RefineConfig, refine
+
+FOLDS = 4
+WITHIN = 0.01
+NEVER_MORE_THAN = 0.03
+
+
+def _auc(sims: np.ndarray, positive: np.ndarray) -> float:
+    pos, neg = sims[positive], sims[~positive]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    return float(
+        ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+    )
+
+
+def out_of_fold_auc(q, d, fb, scores, mask, lr: float, seed: int = 0) -> np.ndarray:
+    """Per query: the ROC-AUC of out-of-fold cosines of the judged documents against the verdicts."""
+    n, k = fb.shape
+    rng = np.random.default_rng(seed)
+    fold = np.stack([rng.permutation(k) % FOLDS for _ in range(n)])
+    oof = np.full((n, k), np.nan)
+    judged = d[fb] / np.linalg.norm(d[fb], axis=2, keepdims=True)
+    for f in range(FOLDS):
+        held = (fold == f) & mask
+        v = refine(q, fb, scores, mask=mask & (fold != f), documents=d, config=RefineConfig(lr=lr)).vectors
+        sims = np.einsum("nd,nkd->nk", v / np.linalg.norm(v, axis=1, keepdims=True), judged)
+        oof[held] = sims[held]
+    return np.array([_auc(oof[i, mask[i]], scores[i, mask[i]] >= 0.5) for i in range(n)])
+
+
+def pick_best(auc: dict[float, np.ndarray]) -> float:
+    means = {lr: float(np.nanmean(a)) for lr, a in auc.items()}
+    top = max(means.values())
+    return min(lr for lr, m in means.items() if m >= top - 1e-12)
+
+
+def pick_one_se(auc: dict[float, np.ndarray]) -> float:
+    best = pick_best(auc)
+    means = {lr: float(np.nanmean(a)) for lr, a in auc.items()}
+    for lr in sorted(auc):
+        diff = auc[best] - auc[lr]
+        diff = diff[np.isfinite(diff)]
+        se = float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        if means[lr] >= means[best] - se:
+            return lr
+    return best
+
+
+def run(data: dict) -> dict:
+    from quality import LR_ACCURACIES, LR_GRID, first_feedback, judge_of, refined_map
+
+    settings = []
+    for name, (q, d, labels, pool, _, texts) in data.items():
+        fb = first_feedback(q, d, pool, 20)
+        rows = np.arange(q.shape[0])
+        for acc in LR_ACCURACIES:
+            scores, mask = judge_of(labels, texts, acc, seed=2)(rows, fb)
+            scores, mask = np.nan_to_num(np.asarray(scores, np.float32)), np.asarray(mask, bool)
+            grid = {lr: refined_map(q, d, labels, pool, fb, scores, mask, lr) for lr in LR_GRID}
+            auc = {lr: out_of_fold_auc(q, d, np.maximum(fb, 0), scores, mask, lr) for lr in LR_GRID}
+            picks = {f"fixed {lr:g}": lr for lr in LR_GRID}
+            picks["select_lr"] = select_lr(q, d, fb, scores, mask, candidates=LR_GRID, seed=0).lr
+            picks["4-fold AUC"] = pick_best(auc)
+            picks["4-fold AUC, one-SE"] = pick_one_se(auc)
+            best = max(grid.values())
+            settings.append(
+                {
+                    "dataset": name,
+                    "accuracy": acc,
+                    "map": {f"{lr:g}": v for lr, v in grid.items()},
+                    "oof_auc": {f"{lr:g}": float(np.nanmean(a)) for lr, a in auc.items()},
+                    "picks": {rule: f"{lr:g}" for rule, lr in picks.items()},
+                    "loss": {rule: best - grid[lr] for rule, lr in picks.items()},
+                }
+            )
+            print(f"{name} acc {acc}: " + ", ".join(f"{r} {settings[-1]['loss'][r]:.3f}" for r in picks), flush=True)
+    rules = list(settings[0]["loss"])
+    summary = {}
+    for rule in rules:
+        losses = np.array([s["loss"][rule] for s in settings])
+        summary[rule] = {
+            "within": int((losses <= WITHIN + 1e-12).sum()),
+            "settings": len(settings),
+            "max_loss": float(losses.max()),
+            "over_limit": int((losses > NEVER_MORE_THAN).sum()),
+            "meets_target": bool((losses <= WITHIN + 1e-12).mean() >= 0.9 and losses.max() <= NEVER_MORE_THAN),
+        }
+    return {"settings": settings, "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="*", default=None)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    from quality import DATASETS, load_data
+
+    started = time.perf_counter()
+    data, _ = load_data(tuple(args.datasets or DATASETS))
+    result = run(data)
+    print(
+        f"\nlabel-free lr rules over {len(result['settings'])} dataset × judge-accuracy settings "
+        f"(loss = hindsight-best MAP − the rule's MAP):"
+    )
+    print_table(
+        ["rule", f"within {WITHIN}", "max loss", f"loss > {NEVER_MORE_THAN}", "meets item 3"],
+        [
+            [
+                rule,
+                f"{s['within']}/{s['settings']}",
+                f"{s['max_loss']:.3f}",
+                s["over_limit"],
+                "yes" if s["meets_target"] else "no",
+            ]
+            for rule, s in result["summary"].items()
+        ],
+    )
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        emit_json(result)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
