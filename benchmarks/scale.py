@@ -9,8 +9,8 @@ holds sparse qrels and one query block of scores at a time, never a (Q, N) array
 
 Part 1b (``--real``): the select stage through FAISS on *real* embeddings — every document and
 query of the shipped benchmarks (MiniLM, the embedding cache of quality.py) in one corpus — with
-recall@20 against brute force, because random directions are the hardest case for an ANN and a
-recall measured only on them says little about a user's corpus.
+recall@20 against brute force: a recall measured only on synthetic vectors says little about a
+user's corpus (run part 1 with ``--sizes`` equal to the real corpus's size to compare the two).
 
 Part 2 (``--embedding``): corpus embedding of CLINC150 documents through the platform's chunked,
 cached tasks: this process with the local runner (2 torch threads), a local Dask cluster of 1 and
