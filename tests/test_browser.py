@@ -72,7 +72,7 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
     config.write_text(
         f"name: browser-sweep\nbenchmarks:\n  - name: files:{FIXTURES / 'userdata'}\n"
         "judges:\n  - kind: oracle\n  - {kind: noisy-oracle, flip_rate: 0.3}\n"
-        "grid:\n  lr: [0.01]\n  k: [5]\n"
+        "grid:\n  lr: [0.01]\n  k: [5]\nmethods: [rocchio_kl]\n"
     )
     ran = subprocess.run(
         [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=600
@@ -111,6 +111,8 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
             page.locator("a:has-text('oracle · lr=0.01')").last.click()
             page.get_by_text("refined.map").first.wait_for(timeout=30_000)
             assert page.get_by_text("refined.p_bh").count() >= 1
+            # a method beyond the paper's, asked for in the config, reads beside the others
+            page.get_by_text("rocchio_kl.map").first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "mlflow-child-run.png"), full_page=True)
             page.get_by_role("tab", name="Artifacts").click()
             page.get_by_text("plots").first.wait_for(timeout=30_000)
