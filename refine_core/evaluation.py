@@ -327,8 +327,8 @@ def score_methods(
     ``corpus_shard``: score the corpus that many documents at a time and merge the counts
     (:func:`shard_inputs`, :func:`score_shard`, :func:`finish_shards`; a memory-mapped corpus is
     then read one shard at a time); ``visit`` is not available then. ``"auto"`` (the default)
-    shards a corpus above :data:`refine_core.metrics.AUTO_SHARD_DOCUMENTS` when no ``visit`` or
-    ``block_rows`` is given (every shipped benchmark is far below it: one whole-corpus pass).
+    shards a corpus of more than twice :data:`refine_core.metrics.AUTO_SHARD_DOCUMENTS` when no
+    ``visit`` or ``block_rows`` is given (every shipped benchmark is far below it: one whole-corpus pass).
     """
     qrels = as_qrels(labels, pool)
     ks = check_ks(ks)

@@ -222,7 +222,7 @@ def select_feedback_blocks(
 
     ``corpus_shard``: with :class:`TopK`, take each shard's best ``k`` (:func:`top_k_shard`) and
     merge them (:func:`refine_core.shards.merge_top_k`: by score, then document index — the whole
-    corpus's top K). ``"auto"`` shards only a corpus above
+    corpus's top K). ``"auto"`` shards only a corpus of more than twice
     :data:`refine_core.metrics.AUTO_SHARD_DOCUMENTS` when no ``block_rows`` is given; None never
     shards; other strategies always see whole-corpus blocks.
     """
