@@ -149,7 +149,7 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
     config = tmp_path / "team.yaml"
     config.write_text(
         f"name: team\nbenchmarks:\n  - name: files:{USERDATA}\njudges:\n  - kind: oracle\n"
-        "grid:\n  lr: [0.01]\n  k: [5]\nschedule: '30 2 * * 1-5'\n"
+        "grid:\n  lr: [0.01]\n  k: [5]\nschedule: '30 2 * * 1-5'\nmethods: [rocchio_kl]\n"
     )
     with prefect_server(tmp_path) as api:
         env = base_env(tmp_path) | {"PREFECT_API_URL": api, "REFINE_DATA_DIR": str(data_root)}
@@ -193,6 +193,9 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
     assert len(sweeps) == 2 and all(s.info.status == "FINISHED" for s in sweeps)
     assert sweeps[0].data.metrics["judgments_paid"] == 20 and sweeps[1].data.metrics["judgments_paid"] == 0
     assert sweeps[1].data.metrics["cells_cached"] == 1
+    # the config's extra method ran on the workers, on the refinement's own judgments (20 paid above)
+    cells = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'cell'")
+    assert len(cells) == 2 and all("rocchio_kl.map" in c.data.metrics for c in cells)
 
 
 @pytest.mark.slow
