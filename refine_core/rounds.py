@@ -30,6 +30,16 @@ padding and must come back with mask False). ``mask`` is False for failed judgme
 """
 
 
+def ask_judge(judge: JudgeFn, query_rows: np.ndarray, doc_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``judge(query_rows, doc_idx)`` as float32 scores and a bool mask of ``doc_idx``'s shape
+    (a ``ValueError`` names a judge that answers in another shape); padding (``-1``) is never valid."""
+    scores, mask = judge(query_rows, doc_idx)
+    scores, mask = np.asarray(scores, dtype=np.float32), np.asarray(mask, dtype=bool)
+    if scores.shape != doc_idx.shape or mask.shape != doc_idx.shape:
+        raise ValueError(f"judge returned scores {scores.shape} / mask {mask.shape}, expected {doc_idx.shape}")
+    return scores, mask & (doc_idx >= 0)
+
+
 def remembering(judge: JudgeFn) -> JudgeFn:
     """``judge`` with a memory: a (query row, document) pair it has answered is answered again from
     memory, so methods that run their own rounds beside the refinement (:func:`rocchio_rounds`)
@@ -57,14 +67,7 @@ def remembering(judge: JudgeFn) -> JudgeFn:
                 scores[i, c], mask[i, c] = known
         need = np.flatnonzero(new.any(axis=1))
         if need.size:
-            asked = np.where(new[need], idx[need], -1)
-            got_scores, got_mask = judge(rows[need], asked)
-            got_scores = np.asarray(got_scores, dtype=np.float32)
-            got_mask = np.asarray(got_mask, dtype=bool)
-            if got_scores.shape != asked.shape or got_mask.shape != asked.shape:
-                raise ValueError(
-                    f"judge returned scores {got_scores.shape} / mask {got_mask.shape}, expected {asked.shape}"
-                )
+            got_scores, got_mask = ask_judge(judge, rows[need], np.where(new[need], idx[need], -1))
             for a, i in enumerate(need.tolist()):
                 for c in np.flatnonzero(new[i]).tolist():
                     verdict = (float(got_scores[a, c]), bool(got_mask[a, c]))
@@ -142,11 +145,7 @@ def feedback_rounds(
     losses: list[np.ndarray] = []
     for _ in range(rounds):
         idx = select_feedback_blocks(current, documents, k=k, strategy=strategy, pool=pool, exclude_idx=all_idx)
-        scores, mask = judge(rows, idx)
-        scores = np.asarray(scores, dtype=np.float32)
-        mask = np.asarray(mask, dtype=bool) & (idx >= 0)
-        if scores.shape != idx.shape or mask.shape != idx.shape:
-            raise ValueError(f"judge returned scores {scores.shape} / mask {mask.shape}, expected {idx.shape}")
+        scores, mask = ask_judge(judge, rows, idx)
         all_idx = np.concatenate([all_idx, idx], axis=1)
         all_scores = np.concatenate([all_scores, np.where(mask, scores, np.nan)], axis=1)
         all_mask = np.concatenate([all_mask, mask], axis=1)
