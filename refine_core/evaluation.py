@@ -332,9 +332,9 @@ def score_methods(
     """
     qrels = as_qrels(labels, pool)
     ks = check_ks(ks)
-    if corpus_shard == "auto" and (visit is not None or block_rows is not None):
-        corpus_shard = None
-    corpus_shard = auto_corpus_shard(corpus_shard, qrels.n_documents)
+    corpus_shard = auto_corpus_shard(
+        corpus_shard, qrels.n_documents, one_pass=visit is not None or block_rows is not None
+    )
     if corpus_shard is not None:
         if visit is not None:
             raise ValueError("visit needs whole-corpus score blocks; leave corpus_shard out to use it")

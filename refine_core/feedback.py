@@ -233,7 +233,7 @@ def select_feedback_blocks(
     docs_unit = unit_documents(documents)
     q = np.asarray(vectors, dtype=np.float32)
     n = q.shape[0]
-    shard = auto_corpus_shard(None if corpus_shard == "auto" and block_rows else corpus_shard, docs_unit.shape[0])
+    shard = auto_corpus_shard(corpus_shard, docs_unit.shape[0], one_pass=bool(block_rows))
     if shard is not None and type(strategy) is TopK:
         parts = [
             top_k_shard(

@@ -157,11 +157,13 @@ each block serves fewer queries as N grows and the bytes read grow as N² (``ben
 as N. Below twice the shard size one pass is as fast (the blocks are large already)."""
 
 
-def auto_corpus_shard(corpus_shard: int | str | None, n_documents: int) -> int | None:
+def auto_corpus_shard(corpus_shard: int | str | None, n_documents: int, *, one_pass: bool = False) -> int | None:
     """Resolve a ``corpus_shard`` argument: ``"auto"`` is :data:`AUTO_SHARD_DOCUMENTS` for a corpus
-    of more than twice that and None (the whole corpus in one pass) otherwise; None and sizes are kept."""
+    of more than twice that and None (the whole corpus in one pass) otherwise, or whenever the
+    caller needs one pass (``one_pass``: it chose its own block size, or reads whole-corpus
+    blocks); None and sizes are kept."""
     if corpus_shard == "auto":
-        return AUTO_SHARD_DOCUMENTS if n_documents > 2 * AUTO_SHARD_DOCUMENTS else None
+        return AUTO_SHARD_DOCUMENTS if n_documents > 2 * AUTO_SHARD_DOCUMENTS and not one_pass else None
     if corpus_shard is not None and (isinstance(corpus_shard, str) or corpus_shard < 1):
         raise ValueError(f"corpus_shard must be a positive document count, 'auto' or None, got {corpus_shard!r}")
     return corpus_shard
