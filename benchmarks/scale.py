@@ -349,48 +349,38 @@ def one_cell(
     idx = timed("select top-K", lambda: select_feedback_blocks(queries, docs, k=k))
     scores, mask = timed("judge (oracle)", lambda: oracle_scores(qrels, idx))
     refined = timed("refine", lambda: refine(queries, idx, scores, mask=mask, documents=docs.vectors).vectors)
-    metrics, _ = timed(
-        "evaluate 4 methods",
-        lambda: score_methods(
-            queries, docs, qrels, feedback_idx=idx, judge_scores=scores, judge_mask=mask, round_vectors=[refined]
-        ),
-    )
+
+    def evaluate(documents, corpus_shard: int | str | None = "auto"):
+        """Every method's measures over the whole corpus (the cell's inputs; corpus read as asked)."""
+        return score_methods(
+            queries,
+            documents,
+            qrels,
+            feedback_idx=idx,
+            judge_scores=scores,
+            judge_mask=mask,
+            round_vectors=[refined],
+            corpus_shard=corpus_shard,
+        )[0]
+
+    def largest_change_of_a_mean(other) -> float:
+        return max(
+            abs(other[m].means[key] - v) for m, r in metrics.items() for key, v in r.means.items() if np.isfinite(v)
+        )
+
+    metrics = timed("evaluate 4 methods", lambda: evaluate(docs))
     if one_pass:
         # the whole corpus in one pass per query block, as before automatic shards (AUTO_SHARD_DOCUMENTS)
         idx_one = timed(
             "select top-K, one pass (not in the cell)",
             lambda: select_feedback_blocks(queries, docs, k=k, corpus_shard=None),
         )
-        whole, _ = timed(
-            "evaluate 4 methods, one pass (not in the cell)",
-            lambda: score_methods(
-                queries,
-                docs,
-                qrels,
-                feedback_idx=idx,
-                judge_scores=scores,
-                judge_mask=mask,
-                round_vectors=[refined],
-                corpus_shard=None,
-            ),
-        )
+        whole = timed("evaluate 4 methods, one pass (not in the cell)", lambda: evaluate(docs, None))
         out["one_pass_same_selection"] = float((np.sort(idx_one, axis=1) == np.sort(idx, axis=1)).mean())
-        out["one_pass_max_abs_diff_of_means"] = max(
-            abs(whole[m].means[key] - v) for m, r in metrics.items() for key, v in r.means.items() if np.isfinite(v)
-        )
+        out["one_pass_max_abs_diff_of_means"] = largest_change_of_a_mean(whole)
     if corpus_shard:
-        sharded, _ = timed(
-            f"evaluate, shards of {corpus_shard:,} (not in the cell)",
-            lambda: score_methods(
-                queries,
-                docs.vectors,
-                qrels,
-                feedback_idx=idx,
-                judge_scores=scores,
-                judge_mask=mask,
-                round_vectors=[refined],
-                corpus_shard=corpus_shard,
-            ),
+        sharded = timed(
+            f"evaluate, shards of {corpus_shard:,} (not in the cell)", lambda: evaluate(docs.vectors, corpus_shard)
         )
         diffs = [
             (float(np.nanmax(np.abs(sharded[m].per_query[name] - r.per_query[name]))), f"{m} {name}")
@@ -399,9 +389,7 @@ def one_cell(
             if np.isfinite(r.per_query[name]).any()
         ]
         out["sharded_max_abs_diff"], out["sharded_worst"] = max(diffs)
-        out["sharded_max_abs_diff_of_means"] = max(
-            abs(sharded[m].means[k] - v) for m, r in metrics.items() for k, v in r.means.items() if np.isfinite(v)
-        )
+        out["sharded_max_abs_diff_of_means"] = largest_change_of_a_mean(sharded)
     if ann_kinds:
         out["ann"] = ann_side_by_side(docs.vectors, queries, idx, k, ann_kinds)
     cell = sum(s for name, (s, _) in stages.items() if "(not in the cell)" not in name)
