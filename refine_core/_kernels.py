@@ -13,6 +13,9 @@ after optional min-max scaling, ``T`` = similarity temperature):
     dL/dc_j = q_j * sum_k r_k - r_j,        r_k = p_k q_k / (q_k + eps)
     dL/dz  = (sum_k a_k f_k - (a . cos) z / |z|) / |z|,   a = dL/dcos
 
+With ``pull`` > 0 the loss gains ``-pull * cos(z, c)``, ``c = sum_k w_k f_k / |f_k|``, i.e.
+``-sum_k pull_c_k cos_k`` with ``pull_c_k = pull * w_k / |c|``: ``a_k`` gains ``-pull_c_k``.
+
 The displacement ``z - z0`` is tracked separately in float32 so that steps of size 1e-4 are
 not lost to the rounding of ``z`` itself; the dot products with the start vector are
 computed once in float64.
@@ -87,6 +90,8 @@ def _refine_one(
     idx: np.ndarray,
     target: np.ndarray,
     valid: np.ndarray,
+    pull_w: np.ndarray,
+    pull: float,
     lr: float,
     steps: int,
     use_adam: bool,
@@ -132,6 +137,24 @@ def _refine_one(
             inv_doc[k] = 1.0 / math.sqrt(sq)
             dots0[k] = acc * inv_doc[k]
             p_log_p += target[k] * math.log(target[k] + kl_eps)
+    # the pull toward the judged-positive centroid c = sum_k w_k f_k / |f_k|: its term
+    # -pull * cos(z, c) = -sum_k pull_c[k] cos_k, pull_c[k] = pull * w_k / |c|
+    pull_c = np.zeros(k_total, dtype=np.float64)
+    if pull > 0.0:
+        centroid = np.zeros(d, dtype=np.float64)
+        for k in range(k_total):
+            if valid[k] and pull_w[k] > 0.0:
+                row = docs[idx[k]]
+                for j in range(d):
+                    centroid[j] += pull_w[k] * inv_doc[k] * np.float64(row[j])
+        c_sq = 0.0
+        for j in range(d):
+            c_sq += centroid[j] * centroid[j]
+        if c_sq > 1e-24:
+            c_norm = math.sqrt(c_sq)
+            for k in range(k_total):
+                if valid[k] and pull_w[k] > 0.0:
+                    pull_c[k] = pull * pull_w[k] / c_norm
     # z = z0 + delta and its squared norm; refreshed inside the update loop after each step.
     nrm2 = np.float32(0.0)
     for j in range(d):
@@ -181,7 +204,6 @@ def _refine_one(
                 loss -= target[k] * math.log(q[k] + kl_eps)
                 a[k] = target[k] * q[k] / (q[k] + kl_eps)  # r_k for now
                 r_sum += a[k]
-        out_loss[step] = loss
         for k in range(k_total):
             a[k] = (q[k] * r_sum - a[k]) / tc if valid[k] else 0.0  # dL/dx
         if minmax:
@@ -194,6 +216,11 @@ def _refine_one(
                 a[k] /= span
             a[lo_i] += (a_x - a_sum) / span
             a[hi_i] -= a_x / span
+        if pull > 0.0:  # the pull's term acts on the raw cosines: dL/dcos_k gains -pull_c[k]
+            for k in range(k_total):
+                loss -= pull_c[k] * cos[k]
+                a[k] -= pull_c[k]
+        out_loss[step] = loss
         along = 0.0
         for k in range(k_total):
             along += a[k] * cos[k]
@@ -249,6 +276,8 @@ def refine_kernel(
     idx: np.ndarray,
     target: np.ndarray,
     valid: np.ndarray,
+    pull_w: np.ndarray,
+    pull: float,
     lr: float,
     steps: int,
     use_adam: bool,
@@ -276,6 +305,8 @@ def refine_kernel(
             idx[i],
             target[i],
             valid[i],
+            pull_w[i],
+            pull,
             lr,
             steps,
             use_adam,

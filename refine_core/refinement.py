@@ -16,6 +16,15 @@ Only the query vector ``z`` moves; it minimises
 with Adam (paper: lr 1e-4, 100 steps) or plain SGD, starting from the original query vector.
 Judgments that are missing (a failed LLM call) are removed from both softmaxes.
 
+With ``pull = lambda > 0`` (not in the paper; 0 by default) the objective gains a pull toward the
+judged-positive centroid:
+
+    L(z) = KL(p || q(z)) - lambda * cos(z, c),    c = sum_k w_k d_k / |d_k|
+
+where ``w`` is each query's valid judge scores rescaled to [0, 1] (min-max; binary verdicts give
+the centroid of the documents judged relevant, graded scores a graded one; a query whose scores
+are all equal gets no pull).
+
 The gradient is written out analytically and the whole optimisation of one query runs in a
 compiled kernel (``refine_core._kernels``) whose working set (K x d feedback, a few d-vectors)
 stays in the CPU cache; queries run in parallel over the cores. Each query has its own Adam
@@ -25,6 +34,7 @@ in blocks so that memory is bounded by the block, not by the number of queries.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -74,6 +84,7 @@ class RefineConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     momentum: float = 0.0
+    pull: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive(self.lr, "lr")
@@ -92,6 +103,8 @@ class RefineConfig:
         check_positive(self.adam_eps, "adam_eps")
         if not (0 <= self.momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (isinstance(self.pull, (int, float)) and math.isfinite(self.pull) and self.pull >= 0):
+            raise ValueError(f"pull must be a finite number >= 0, got {self.pull!r}")
 
     def as_params(self) -> dict[str, object]:
         """Flat, loggable view of the configuration."""
@@ -157,6 +170,18 @@ def target_distribution(
     return np.divide(e, total, out=np.zeros_like(e), where=total > 0)
 
 
+def pull_weights(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Weights ``w`` of the positive centroid of the ``pull`` term: each row's valid scores
+    rescaled to [0, 1] (min-max), zero where a judgment is missing and for a row whose valid
+    scores are all equal. ``(n, K)`` float64."""
+    s = np.where(valid, np.asarray(scores, dtype=np.float64), 0.0)
+    lo = np.where(valid, s, np.inf).min(axis=1, keepdims=True)
+    hi = np.where(valid, s, -np.inf).max(axis=1, keepdims=True)
+    span = hi - lo
+    ok = valid & np.isfinite(span) & (span > 0)
+    return np.where(ok, (s - np.where(np.isfinite(lo), lo, 0.0)) / np.where(ok, span, 1.0), 0.0)
+
+
 def refine(
     queries: np.ndarray,
     feedback: np.ndarray,
@@ -173,6 +198,7 @@ def refine(
     betas: tuple[float, float] = (0.9, 0.999),
     adam_eps: float = 1e-8,
     momentum: float = 0.0,
+    pull: float = 0.0,
     documents: np.ndarray | None = None,
     block_size: int | None = None,
     config: RefineConfig | None = None,
@@ -198,6 +224,8 @@ def refine(
         score_temperature, similarity_temperature: divide judge scores / similarities.
         normalize: ``"minmax"`` rescales both score vectors to [0, 1] per query (ReFIT).
         kl_eps: the epsilon in the KL term.
+        pull: weight of the pull toward the judged-positive centroid (module docstring); 0, the
+            default, is the paper's objective.
         documents: ``(N, d)`` document matrix when ``feedback`` holds indices.
         block_size: queries handed to the kernel at once (bounds the per-block buffers).
             Feedback given by index is never gathered into an ``(n, K, d)`` tensor: memory
@@ -240,6 +268,7 @@ def refine(
         betas=tuple(betas),  # type: ignore[arg-type]
         adam_eps=adam_eps,
         momentum=momentum,
+        pull=pull,
     )
     if config is None:
         config = keywords
@@ -304,6 +333,7 @@ def refine(
 
     active = np.flatnonzero(~skipped)
     target = target_distribution(raw_scores, valid, temperature=config.score_temperature, normalize=config.normalize)
+    weights = pull_weights(raw_scores, valid) if config.pull > 0 else np.zeros((n, k))
     block_vectors = np.empty((min(block_size, active.size), d), dtype=np.float32)
     for start in range(0, active.size, block_size):
         rows = active[start : start + block_size]
@@ -312,7 +342,7 @@ def refine(
         out_norms = np.empty((rows.size, k), dtype=np.float64)
         if reference:
             _reference_block(
-                q[rows], docs, doc_idx[rows], target[rows], valid[rows], config, out_z, out_loss, out_norms
+                q[rows], docs, doc_idx[rows], target[rows], valid[rows], weights[rows], config, out_z, out_loss, out_norms
             )
         else:
             with KERNEL_LOCK:  # see refine_core._parallel
@@ -322,6 +352,8 @@ def refine(
                     np.ascontiguousarray(doc_idx[rows]),
                     np.ascontiguousarray(target[rows]),
                     np.ascontiguousarray(valid[rows]),
+                    np.ascontiguousarray(weights[rows]),
+                    float(config.pull),
                     config.lr,
                     config.steps,
                     config.optimizer == "adam",
@@ -359,6 +391,7 @@ def _reference_block(
     doc_idx: np.ndarray,
     target: np.ndarray,
     valid: np.ndarray,
+    weights: np.ndarray,
     config: RefineConfig,
     out_z: np.ndarray,
     out_loss: np.ndarray,
@@ -388,6 +421,8 @@ def _reference_block(
             betas=config.betas,
             adam_eps=config.adam_eps,
             momentum=config.momentum,
+            pull=config.pull,
+            pull_weights=weights[i][keep],
         )
         out_z[i] = z
         out_loss[i] = loss

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from refine_core import REFIT, RefineConfig, refine
-from refine_core.refinement import target_distribution
+from refine_core.refinement import pull_weights, target_distribution
 
 
 def reference_refine(
@@ -25,8 +25,11 @@ def reference_refine(
     score_temperature: float = 1.0,
     similarity_temperature: float = 1.0,
     minmax: bool = False,
+    pull: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One query at a time, torch autograd and torch.optim, float64: the obvious implementation."""
+    """One query at a time, torch autograd and torch.optim, float64: the obvious implementation
+    (``pull``: minus ``pull`` times the cosine to the centroid of the unit documents weighted by the
+    min-max-scaled scores)."""
     out, all_losses = [], []
     for i in range(q.shape[0]):
         keep = valid[i]
@@ -35,6 +38,9 @@ def reference_refine(
         if minmax:
             judge = (judge - judge.min()) / (judge.max() - judge.min())
         p = torch.softmax(judge / score_temperature, dim=0)
+        raw = torch.tensor(s[i][keep], dtype=torch.float64)
+        w = (raw - raw.min()) / (raw.max() - raw.min())
+        centroid = (w[:, None] * F.normalize(docs, dim=1)).sum(dim=0)
         z = torch.nn.Parameter(torch.tensor(q[i], dtype=torch.float64))
         opt = torch.optim.Adam([z], lr=lr) if optimizer == "adam" else torch.optim.SGD([z], lr=lr)
         losses = []
@@ -45,6 +51,8 @@ def reference_refine(
                 cos = (cos - cos.min()) / (cos.max() - cos.min())
             qd = torch.softmax(cos / similarity_temperature, dim=0)
             loss = (p * torch.log((p + 1e-8) / (qd + 1e-8))).sum()
+            if pull:
+                loss = loss - pull * F.cosine_similarity(z, centroid, dim=0)
             loss.backward()
             opt.step()
             losses.append(loss.item())
@@ -198,6 +206,8 @@ def test_target_distribution_respects_mask_and_temperature() -> None:
         ({"optimizer": "rmsprop"}, "optimizer must be"),
         ({"mask": np.ones((2, 3), bool)}, "mask must have shape"),
         ({"kl_eps": 0.0}, r"kl_eps must be in \(0, 1\)"),
+        ({"pull": -0.1}, "pull must be a finite number >= 0, got -0.1"),
+        ({"pull": float("nan")}, "pull must be a finite number >= 0, got nan"),
         ({"query_ids": ["only-one"]}, "query_ids has 1 names for 2 queries"),
     ],
 )
@@ -208,6 +218,33 @@ def test_bad_inputs_name_the_argument(kwargs: dict, message: str) -> None:
     queries, feedback, scores = args.pop("queries"), args.pop("feedback"), args.pop("scores")
     with pytest.raises(ValueError, match=message):
         refine(queries, feedback, scores, **args)
+
+
+def test_pull_weights_are_the_scores_rescaled_per_query_and_zero_where_nothing_separates() -> None:
+    scores = np.array([[1.0, 0.0, 1.0, 0.0], [0.2, 0.8, 0.5, 9.0], [0.7, 0.7, 0.7, 0.7]])
+    valid = np.array([[True, True, True, True], [True, True, True, False], [True, True, True, True]])
+    w = pull_weights(scores, valid)
+    np.testing.assert_allclose(w[0], [1, 0, 1, 0])  # binary verdicts: the judged-relevant documents
+    np.testing.assert_allclose(w[1], [0, 1, 0.5, 0])  # graded; the missing judgment has no weight
+    np.testing.assert_array_equal(w[2], 0)  # all equal: no centroid, no pull
+
+
+def test_the_pull_moves_the_vector_toward_the_positive_centroid_and_zero_is_the_paper() -> None:
+    rng = np.random.default_rng(21)
+    q, fb = rng.normal(size=(6, 32)).astype(np.float32), rng.normal(size=(6, 10, 32)).astype(np.float32)
+    s = (rng.random((6, 10)) > 0.5).astype(np.float32)
+    s[:, 0], s[:, 1] = 1, 0
+    unit = fb / np.linalg.norm(fb, axis=2, keepdims=True)
+    centroid = (s[:, :, None] * unit).sum(axis=1)
+
+    def cos_to_centroid(v: np.ndarray) -> np.ndarray:
+        return (v * centroid).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(centroid, axis=1)
+
+    paper = refine(q, fb, s, lr=3e-3, steps=50)
+    np.testing.assert_array_equal(refine(q, fb, s, lr=3e-3, steps=50, pull=0.0).vectors, paper.vectors)
+    pulled = refine(q, fb, s, lr=3e-3, steps=50, pull=1.0)
+    assert (cos_to_centroid(pulled.vectors) > cos_to_centroid(paper.vectors)).all()
+    assert RefineConfig(pull=0.1).as_params()["pull"] == 0.1
 
 
 def test_zero_feedback_vector_is_rejected() -> None:
@@ -274,6 +311,9 @@ REFERENCE_SETTINGS = [
     {"lr": 0.2, "steps": 30, "optimizer": "sgd", "momentum": 0.9},
     {"lr": 5e-3, "steps": 40, "optimizer": "adam", "score_temperature": 2.0, "normalize": "minmax"},
     {"lr": 1e-2, "steps": 25, "optimizer": "adam", "similarity_temperature": 0.05},
+    {"lr": 3e-3, "steps": 40, "optimizer": "adam", "pull": 0.1},
+    {"lr": 0.5, "steps": 30, "optimizer": "sgd", "pull": 2.0},
+    {"lr": 5e-3, "steps": 40, "optimizer": "adam", "score_temperature": 2.0, "normalize": "minmax", "pull": 0.3},
 ]
 
 
@@ -299,18 +339,29 @@ def test_the_packaged_reference_equals_autograd_in_float64() -> None:
     from refine_core.refinement_reference import refine_one
 
     q, fb, s = _inputs(3, 9, 16, seed=12)
-    for kwargs, minmax, ts in (
-        ({"optimizer": "adam", "lr": 1e-2}, False, 1.0),
-        ({"optimizer": "sgd", "lr": 0.5}, False, 1.0),
-        ({"optimizer": "adam", "lr": 5e-3}, True, 2.0),
+    for kwargs, minmax, ts, pull in (
+        ({"optimizer": "adam", "lr": 1e-2}, False, 1.0, 0.0),
+        ({"optimizer": "sgd", "lr": 0.5}, False, 1.0, 0.0),
+        ({"optimizer": "adam", "lr": 5e-3}, True, 2.0, 0.0),
+        ({"optimizer": "adam", "lr": 1e-2}, False, 1.0, 0.3),
+        ({"optimizer": "sgd", "lr": 0.5}, True, 2.0, 2.0),
     ):
         want, want_loss = reference_refine(
-            q, fb, s, np.ones(s.shape, bool), steps=20, minmax=minmax, score_temperature=ts, **kwargs
+            q, fb, s, np.ones(s.shape, bool), steps=20, minmax=minmax, score_temperature=ts, pull=pull, **kwargs
         )
         p = target_distribution(s, np.ones(s.shape, bool), temperature=ts, normalize="minmax" if minmax else "none")
+        w = pull_weights(s, np.ones(s.shape, bool))
         for i in range(3):
             z, loss = refine_one(
-                q[i], fb[i], p[i], lr=kwargs["lr"], steps=20, adam=kwargs["optimizer"] == "adam", minmax=minmax
+                q[i],
+                fb[i],
+                p[i],
+                lr=kwargs["lr"],
+                steps=20,
+                adam=kwargs["optimizer"] == "adam",
+                minmax=minmax,
+                pull=pull,
+                pull_weights=w[i],
             )
             np.testing.assert_allclose(z - q[i], want[i] - q[i], rtol=1e-7, atol=1e-10)
             np.testing.assert_allclose(loss, want_loss[i], rtol=1e-7, atol=1e-12)
