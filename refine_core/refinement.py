@@ -342,7 +342,16 @@ def refine(
         out_norms = np.empty((rows.size, k), dtype=np.float64)
         if reference:
             _reference_block(
-                q[rows], docs, doc_idx[rows], target[rows], valid[rows], weights[rows], config, out_z, out_loss, out_norms
+                q[rows],
+                docs,
+                doc_idx[rows],
+                target[rows],
+                valid[rows],
+                weights[rows],
+                config,
+                out_z,
+                out_loss,
+                out_norms,
             )
         else:
             with KERNEL_LOCK:  # see refine_core._parallel
