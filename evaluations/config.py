@@ -19,6 +19,7 @@ x optimizer x normalize``; each point is one *cell*. Example::
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -154,11 +155,19 @@ class Grid(_Strict):
     rounds: list[int] = [1]
     optimizer: list[Literal["adam", "sgd"]] = ["adam"]
     normalize: list[Literal["none", "minmax"]] = ["none"]
+    pull: list[float] = [0.0]
 
     @field_validator("lr", "score_temperature", "similarity_temperature")
     @classmethod
     def _positive_floats(cls, values: list[float], info) -> list[float]:
         return _positive_list(info.field_name)(values)
+
+    @field_validator("pull")
+    @classmethod
+    def _pulls(cls, values: list[float]) -> list[float]:
+        if not values or any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"pull values must be finite numbers >= 0 (0 = the paper's objective), got {values}")
+        return values
 
     @field_validator("steps", "rounds")
     @classmethod
@@ -281,7 +290,7 @@ class SweepConfig(_Strict):
         """Every point of the grid, in a stable order."""
         g = self.grid
         out = []
-        for bench, model, judge, lr, steps, k, ts, tc, rounds, opt, norm in itertools.product(
+        for bench, model, judge, lr, steps, k, ts, tc, rounds, opt, norm, pull in itertools.product(
             self.benchmarks,
             self.models,
             self.judges,
@@ -293,6 +302,7 @@ class SweepConfig(_Strict):
             g.rounds,
             g.optimizer,
             g.normalize,
+            g.pull,
         ):
             out.append(
                 CellSpec(
@@ -307,6 +317,7 @@ class SweepConfig(_Strict):
                     rounds=rounds,
                     optimizer=opt,
                     normalize=norm,
+                    pull=pull,
                     hyde=self.hyde,
                     query_template=self.query_templates.get(model),
                     methods=list(self.methods),
@@ -329,6 +340,7 @@ class CellSpec(_Strict):
     rounds: int = 1
     optimizer: Literal["adam", "sgd"] = "adam"
     normalize: Literal["none", "minmax"] = "none"
+    pull: float = 0.0
     hyde: HydeSpec | None = None
     query_template: str | None = None
     methods: list[ExtraMethod] = []
@@ -343,6 +355,7 @@ class CellSpec(_Strict):
             "rounds": self.rounds,
             "optimizer": self.optimizer,
             "normalize": self.normalize,
+            "pull": self.pull,
         }
 
 

@@ -317,6 +317,7 @@ def evaluate_cell(
             "score_temperature": cell.score_temperature,
             "similarity_temperature": cell.similarity_temperature,
             "normalize": cell.normalize,
+            "pull": cell.pull,
         }
         for _ in range(cell.rounds):
             t = time.perf_counter()

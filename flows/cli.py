@@ -232,6 +232,7 @@ def demo(
     queries: Annotated[int | None, typer.Option(help="evaluate only the first N queries")] = None,
     k: Annotated[int, typer.Option(help="documents judged per query")] = 20,
     lr: Annotated[float, typer.Option(help="Adam learning rate (paper 1e-4)")] = 1e-4,
+    pull: Annotated[float, typer.Option(help="pull toward the judged-positive centroid (paper 0)")] = 0.0,
     steps: Annotated[int, typer.Option(help="optimisation steps (paper 100)")] = 100,
     rounds: Annotated[int, typer.Option(help="refinement rounds (paper 1)")] = 1,
     flip_rate: Annotated[float, typer.Option(help="noisy oracle: probability of flipping each gold judgment")] = 0.0,
@@ -255,7 +256,7 @@ def demo(
     from refine_core.judges import noisy_oracle_scores
 
     try:
-        config = RefineConfig(lr=lr, steps=steps)
+        config = RefineConfig(lr=lr, steps=steps, pull=pull)
         if k < 2:
             raise ValueError(f"--k must be at least 2, got {k}")
         if rounds < 1:

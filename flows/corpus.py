@@ -150,6 +150,7 @@ def classify_corpus_flow(
     lr: float = 1e-4,
     instruction: str | None = None,
     score_chunk: int = 262_144,
+    pull: float = 0.0,
 ) -> dict:
     """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``."""
     opened = CorpusIndex.open(index)
@@ -161,13 +162,13 @@ def classify_corpus_flow(
         k=k,
         rounds=rounds,
         calibrate=calibrate,
-        config=RefineConfig(lr=lr),
+        config=RefineConfig(lr=lr, pull=pull),
         instruction=instruction,
         ledger=JudgmentLedger(ledger_url()),
         concurrency=judge.concurrency,
     )
     name = digest(
-        "classify", opened.documents_hash, criterion, judge.model_dump(), k, rounds, calibrate, lr, instruction
+        "classify", opened.documents_hash, criterion, judge.model_dump(), k, rounds, calibrate, lr, instruction, pull
     )
     vector = save_array(f"classify-{name}-vector", result.refinement.refined)
     judged = np.where(result.judged, result.judge_scores, np.nan).astype(np.float32)
@@ -223,6 +224,7 @@ def evaluate_classification(
     lr: float = 1e-4,
     experiment: str = "classification",
     tracking: str | None = None,
+    pull: float = 0.0,
 ) -> dict:
     """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
 
@@ -270,7 +272,7 @@ def evaluate_classification(
                 k=k,
                 rounds=rounds,
                 calibrate=calibrate,
-                config=RefineConfig(lr=lr),
+                config=RefineConfig(lr=lr, pull=pull),
                 instruction=bench.embed_instruction,
                 ledger=ledger,
                 judge_instruction=bench.judge_instruction,
@@ -315,6 +317,7 @@ def evaluate_classification(
                 "rounds": rounds,
                 "calibrate": calibrate,
                 "lr": lr,
+                "pull": pull,
                 **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None},
             },
         )

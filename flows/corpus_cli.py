@@ -201,6 +201,9 @@ def register(app: typer.Typer) -> None:
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
         top: Annotated[int, typer.Option(help="results to print")] = 10,
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
+        pull: Annotated[
+            float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
+        ] = 0.0,
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -233,7 +236,7 @@ def register(app: typer.Typer) -> None:
                 k=k,
                 rounds=rounds,
                 top=top,
-                config=RefineConfig(lr=lr),
+                config=RefineConfig(lr=lr, pull=pull),
                 instruction=instruction,
                 ledger=ledger,
                 concurrency=spec.concurrency,
@@ -287,6 +290,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 0,
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
+        pull: Annotated[
+            float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
+        ] = 0.0,
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -314,7 +320,7 @@ def register(app: typer.Typer) -> None:
                 k=k,
                 rounds=rounds,
                 calibrate=calibrate,
-                config=RefineConfig(lr=lr),
+                config=RefineConfig(lr=lr, pull=pull),
                 instruction=instruction,
                 ledger=ledger,
                 concurrency=spec.concurrency,
@@ -354,6 +360,9 @@ def register(app: typer.Typer) -> None:
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
         calibrate: Annotated[int, typer.Option(help="extra documents judged, sampled across the ranking")] = 0,
         lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
+        pull: Annotated[
+            float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
+        ] = 0.0,
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
         """Classification mode on a labelled benchmark: P/R/F1 of the chosen threshold vs the best and vs
@@ -384,7 +393,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             result = evaluate_classification(
-                bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr
+                bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr, pull=pull
             )
         except user_errors() as exc:
             fail(str(exc))

@@ -53,6 +53,7 @@ CELL_COORDINATES = (
     "normalize",
     "score_temperature",
     "similarity_temperature",
+    "pull",
 )
 METHOD_ORDER = ("baseline", "rerank_only", "rocchio", "refined")
 
@@ -369,7 +370,7 @@ def cell_from_run(run) -> dict:
     for name in ("steps",):
         if name in typed:
             typed[name] = int(typed[name])
-    for name in ("score_temperature", "similarity_temperature"):
+    for name in ("score_temperature", "similarity_temperature", "pull"):
         if name in typed:
             typed[name] = float(typed[name])
     return {

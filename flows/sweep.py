@@ -103,6 +103,7 @@ def varying(cells: list[CellSpec]) -> list[str]:
         "normalize": lambda c: c.normalize,
         "score_temperature": lambda c: c.score_temperature,
         "similarity_temperature": lambda c: c.similarity_temperature,
+        "pull": lambda c: c.pull,
     }
     return [name for name, get in coords.items() if len({str(get(c)) for c in cells}) > 1]
 
@@ -122,6 +123,7 @@ def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
         "normalize": f"norm={cell.normalize}",
         "score_temperature": f"τs={cell.score_temperature:g}",
         "similarity_temperature": f"τc={cell.similarity_temperature:g}",
+        "pull": f"pull={cell.pull:g}",
     }
     lead = [short[n] for n in differing]
     rest = [short[n] for n in ("judge", "lr", "benchmark", "model") if n not in differing]

@@ -301,6 +301,10 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
             "grid.lr: Value error, lr values must be > 0",
         ),
         ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {steps: [0]}\n", "steps values must be integers >= 1"),
+        (
+            "name: x\nbenchmarks: [{name: clinc150}]\ngrid: {pull: [0.1, -1]}\n",
+            "grid.pull: Value error, pull values must be finite numbers >= 0",
+        ),
         ("name: x\nbenchmarks: [{name: nope}]\n", "unknown dataset 'nope'"),
         ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {k: [20000]}\n", "is larger than the smallest pool"),
         ("name: x\nbenchmarks: [{name: clinc150}]\njudges: [{kind: anthropic}]\n", "ANTHROPIC_API_KEY is not set"),
@@ -449,7 +453,8 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     """The flow runs rounds as cached tasks (select excluding earlier judgments, judge, refine from
     the last round's vector on every judgment so far); refine_core.rounds does the same in one
     process. Both must give the same numbers for every round's method, and for ``rocchio_kl``
-    (the sweep's ``methods``: refinement from the Rocchio vector on the first round's judgments)."""
+    (the sweep's ``methods``: refinement from the Rocchio vector on the first round's judgments),
+    with the paper's objective and with the pull toward the judged-positive centroid (grid ``pull``)."""
     from evaluations.registry import load_benchmark
     from flows.sweep import sweep
     from refine_core import RefineConfig
@@ -462,26 +467,31 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
         name="rounds-vs-library",
         benchmarks=[SUBSET],
         judges=[JudgeSpec(kind="oracle")],
-        grid=Grid(lr=[1e-3], rounds=[3], k=[10]),
+        grid=Grid(lr=[1e-3], rounds=[3], k=[10], pull=[0.0, 0.1]),
         methods=["rocchio_kl"],
     )
-    cell = sweep(config)["cells"][0]
+    cells = sweep(config)["cells"]
+    assert [c["params"]["pull"] for c in cells] == [0.0, 0.1]
     bench = load_benchmark("clinc150", queries=12, max_documents=1500)
     embedder = SentenceTransformerEmbedder()
     cache = EmbeddingCache(platform / "embeddings")
     docs = embedder.embed_documents(bench.document_texts(), cache=cache)
     queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
     labels, _ = bench.label_matrix()
-    direct = evaluate_cell_arrays(
-        queries,
-        docs,
-        labels,
-        lambda r, i: oracle_scores(labels[r], i),
-        k=10,
-        rounds=3,
-        config=RefineConfig(lr=1e-3),
-        variants=("rocchio_kl",),
+    direct, pulled = (
+        evaluate_cell_arrays(
+            queries,
+            docs,
+            labels,
+            lambda r, i: oracle_scores(labels[r], i),
+            k=10,
+            rounds=3,
+            config=RefineConfig(lr=1e-3, pull=pull),
+            variants=("rocchio_kl",),
+        )
+        for pull in (0.0, 0.1)
     )
+    cell = cells[0]
     paper = {"baseline", "rerank_only", "rocchio", "refined", "refined_r2", "refined_r3"}
     assert set(direct.metrics) == paper | {"rocchio_kl", "rocchio_kl_r2", "rocchio_kl_r3"}
     # the platform adds the one-round variant only (later rounds of it would need judgments of their own)
@@ -491,6 +501,9 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
         for name in ("map", "ndcg@10", "roc_auc"):
             assert cell["metrics"][method][name] == pytest.approx(result.means[name], abs=1e-6), (method, name)
     assert direct.metrics["refined_r3"].means["map"] != direct.metrics["refined"].means["map"]  # the rounds differ
+    for method in paper | {"rocchio_kl"}:
+        assert cells[1]["metrics"][method]["map"] == pytest.approx(pulled.metrics[method].means["map"], abs=1e-6)
+    assert pulled.metrics["refined"].means["map"] != direct.metrics["refined"].means["map"]  # the pull acts
     # MLflow has the method and the setting that asked for it; `refine compare` reads it back
     from mlflow import MlflowClient
 
@@ -499,6 +512,8 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
 
     run = MlflowClient(tracking_uri()).get_run(cell["run_id"])
     assert run.data.params["methods"] == "rocchio_kl"
+    pulled_run = MlflowClient(tracking_uri()).get_run(cells[1]["run_id"])
+    assert pulled_run.data.params["pull"] == "0.1" and pulled_run.info.run_name.startswith("pull=0.1 · ")
     assert metrics_from_run(run)["rocchio_kl"]["map"] == pytest.approx(
         direct.metrics["rocchio_kl"].means["map"], abs=1e-6
     )
