@@ -8,11 +8,13 @@ vector's top 20 not judged yet):
 * Rocchio with the SMART weights, and Rocchio with (beta, gamma) chosen on the tuning half;
 * the paper's refinement (lr 1e-4) and the refinement with lr chosen on the tuning half;
 * ``rocchio_kl``: the KL refinement started from the (tuned) Rocchio vector, lr chosen on the
-  tuning half (refine_core.rounds.rocchio_rounds with ``then_refine``).
+  tuning half (refine_core.rounds.rocchio_rounds with ``then_refine``);
+* ``pull``: the refinement whose objective adds a pull toward the judged-positive centroid
+  (``RefineConfig.pull``), (lr, pull) chosen on the tuning half.
 
 Queries are split in halves with a seeded permutation; every setting is chosen by MAP on the
 tuning half and reported on the other half only (both halves printed). On the report half:
-paired one-sided t-tests of ``rocchio_kl`` against tuned Rocchio at the same budget and against
+paired one-sided t-tests of ``rocchio_kl`` and ``pull`` against tuned Rocchio at the same budget and against
 rerank-only, Benjamini–Hochberg over every test of the section, and per-query win/tie/loss.
 
     REFINE_DATA_DIR=... python benchmarks/beyond.py [--json]
@@ -50,6 +52,8 @@ ROCCHIO_GRID = tuple(
 )
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 KL_LR_GRID = (1e-4, 3e-4, 1e-3)
+PULL_GRID = tuple(itertools.product((1e-3, 3e-3), (0.03, 0.1, 0.3)))  # (lr, pull)
+NEW_METHODS = ("rocchio_kl", "pull")
 TIE = 1e-6  # per-query AP differences below this count as ties
 
 
@@ -91,6 +95,10 @@ def one_setting(q, d, labels, pool, judge) -> dict:
     for lr in LR_GRID:
         res = refine_rounds(q, d, judge, rounds=ROUNDS, k=K, pool=pool, config=RefineConfig(lr=lr))
         runs["refined"][lr] = {r + 1: _ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
+    runs["pull"] = {}
+    for lr, pull in PULL_GRID:
+        res = refine_rounds(q, d, judge, rounds=ROUNDS, k=K, pool=pool, config=RefineConfig(lr=lr, pull=pull))
+        runs["pull"][(lr, pull)] = {r + 1: _ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
     return runs
 
 
@@ -114,6 +122,7 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
     runs = one_setting(q, d, labels, pool, judge)
     rocchio_choice = choose(runs["rocchio"], tune)
     lr_choice = choose(runs["refined"], tune)
+    pull_choice = choose(runs["pull"], tune)
     # the KL refinement from the Rocchio vector: Rocchio's weights as chosen at each budget
     kl_runs: dict = {}
     for params in sorted(set(rocchio_choice.values()), key=ROCCHIO_GRID.index):
@@ -139,6 +148,7 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
         "refined_paper": runs["refined"][1e-4],
         "refined_tuned": {b: runs["refined"][lr_choice[b]][b] for b in lr_choice},
         "rocchio_kl": {b: kl_runs[kl_choice[b]][b] for b in kl_choice},
+        "pull": {b: runs["pull"][pull_choice[b]][b] for b in pull_choice},
     }
     table = {
         method: {b: {"tune": _mean(ap, tune), "report": _mean(ap, report)} for b, ap in per.items()}
@@ -148,17 +158,18 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
         "rocchio_tuned": {b: {"beta": p.beta, "gamma": p.gamma} for b, p in rocchio_choice.items()},
         "refined_tuned": {b: {"lr": lr} for b, lr in lr_choice.items()},
         "rocchio_kl": {b: {"beta": p.beta, "gamma": p.gamma, "lr": lr} for b, (p, lr) in kl_choice.items()},
+        "pull": {b: {"lr": lr, "pull": pull} for b, (lr, pull) in pull_choice.items()},
     }
     tests = {}
-    for b in range(1, ROUNDS + 1):
-        new = methods["rocchio_kl"][b][report]
+    for method, b in itertools.product(NEW_METHODS, range(1, ROUNDS + 1)):
+        new = methods[method][b][report]
         for against in ("rocchio_tuned", "rerank_only"):
             if against == "rerank_only" and b != 1:
                 continue
             old = methods[against][b][report]
             test = paired_ttest(old, new, alternative="greater")
             wins, ties, losses = win_tie_loss(old, new, tol=TIE)
-            tests[f"rocchio_kl vs {against} @{b}"] = {
+            tests[f"{method} vs {against} @{b}"] = {
                 "delta": float(np.nanmean(new - old)),
                 "pvalue": float(test.pvalue),
                 "wins": wins,
@@ -193,6 +204,19 @@ def section_beyond(data: dict) -> dict:
     return out
 
 
+def _test_label(key: str) -> str:
+    """``pull vs rocchio_tuned @2`` as the table shows it."""
+    for code, shown in (
+        ("rocchio_kl", "Rocchio → KL"),
+        ("pull", "refined + pull"),
+        ("rocchio_tuned", "tuned Rocchio"),
+        ("rerank_only", "rerank-only"),
+        ("@", "at "),
+    ):
+        key = key.replace(code, shown)
+    return key
+
+
 def render_beyond(result: dict) -> list[str]:
     lines = [
         "## 8. Beyond the paper: equal judgments, settings chosen on half the queries",
@@ -202,13 +226,15 @@ def render_beyond(result: dict) -> list[str]:
         "round judges the current vector's top 20 not yet judged). `Rocchio, tuned`: (beta, gamma) from "
         f"{len(ROCCHIO_GRID)} pairs; `refined, tuned`: lr from {', '.join(f'{x:g}' for x in LR_GRID)}; "
         "`Rocchio → KL`: the KL refinement started from the tuned Rocchio vector, lr from "
-        f"{', '.join(f'{x:g}' for x in KL_LR_GRID)}. Judge: oracle or noisy oracle of the given accuracy.",
+        f"{', '.join(f'{x:g}' for x in KL_LR_GRID)}; `refined + pull`: the objective with the pull toward the "
+        "judged-positive centroid, (lr, pull) from "
+        f"{', '.join(f'({lr:g}, {p:g})' for lr, p in PULL_GRID)}. Judge: oracle or noisy oracle of the given accuracy.",
         "",
         "| dataset | judge | budget | rerank-only | Rocchio (SMART) | Rocchio, tuned | refined (lr 1e-4) | "
-        "refined, tuned | Rocchio → KL |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "refined, tuned | Rocchio → KL | refined + pull |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = ("rerank_only", "rocchio_smart", "rocchio_tuned", "refined_paper", "refined_tuned", "rocchio_kl")
+    order = ("rerank_only", "rocchio_smart", "rocchio_tuned", "refined_paper", "refined_tuned", "rocchio_kl", "pull")
     for name, per in result.items():
         for acc, cell in per.items():
             for b in range(1, ROUNDS + 1):
@@ -220,7 +246,7 @@ def render_beyond(result: dict) -> list[str]:
                 lines.append(f"| {name} | {judge} | {b * K} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Rocchio → KL against tuned Rocchio at the same budget and against rerank-only (20 judgments), on the "
+        "Rocchio → KL and refined + pull against tuned Rocchio at the same budget and against rerank-only (20 judgments), on the "
         "report half: mean ΔAP, one-sided paired t-test, Benjamini–Hochberg over every test of this table, "
         f"queries won / tied / lost (|ΔAP| < {TIE:g} is a tie).",
         "",
@@ -233,7 +259,7 @@ def render_beyond(result: dict) -> list[str]:
             for label, t in cell["tests"].items():
                 star = " *" if t["p_bh"] < 0.05 else ""
                 lines.append(
-                    f"| {name} | {judge} | {label.replace('rocchio_kl', 'Rocchio → KL').replace('rocchio_tuned', 'tuned Rocchio').replace('rerank_only', 'rerank-only').replace('@', 'at ')} "
+                    f"| {name} | {judge} | {_test_label(label)} "
                     f"| {t['delta']:+.4f} | {t['p_bh']:.2g}{star} | {t['wins']} / {t['ties']} / {t['losses']} |"
                 )
     lines.append("")

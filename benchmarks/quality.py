@@ -99,10 +99,9 @@ def map_of(vectors: np.ndarray, d: np.ndarray, labels: np.ndarray, pool: np.ndar
     return evaluate_rankings(pooled_scores(vectors, d, pool), labels, pool=pool, ks=(10,)).means["map"]
 
 
-def refined_map(q, d, labels, pool, fb, scores, mask, lr: float, steps: int = 100) -> float:
-    vectors = refine(
-        q, np.maximum(fb, 0), scores, mask=mask, documents=d, config=RefineConfig(lr=lr, steps=steps)
-    ).vectors
+def refined_map(q, d, labels, pool, fb, scores, mask, lr: float, steps: int = 100, pull: float = 0.0) -> float:
+    config = RefineConfig(lr=lr, steps=steps, pull=pull)
+    vectors = refine(q, np.maximum(fb, 0), scores, mask=mask, documents=d, config=config).vectors
     return map_of(vectors, d, labels, pool)
 
 
@@ -481,6 +480,10 @@ def render(results: dict, out: Path, meta: dict) -> str:
         from beyond import render_beyond
 
         lines += render_beyond(results["beyond"])
+    if "unseen" in results:
+        from unseen import render_unseen
+
+        lines += render_unseen(results["unseen"])
     text = "\n".join(lines)
     (out / "results.md").write_text(text, encoding="utf-8")
     return text
@@ -593,6 +596,13 @@ def main() -> None:
 
     results["beyond"] = section_beyond(data)
     print(f"section 8 done ({time.perf_counter() - started:.0f} s)", flush=True)
+    from unseen import DATASETS as UNSEEN
+    from unseen import run as run_unseen
+
+    from evaluations.registry import data_dir
+
+    results["unseen"] = run_unseen(UNSEEN, data_dir())
+    print(f"section 9 done ({time.perf_counter() - started:.0f} s)", flush=True)
     commit = (
         subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent

@@ -65,8 +65,12 @@ def test_report_half_labels_cannot_move_a_chosen_setting(beyond) -> None:
         "refined_paper",
         "refined_tuned",
         "rocchio_kl",
+        "pull",
     }
     assert set(result["map"]["rocchio_kl"]) == {1, 2, 3} and set(result["map"]["rerank_only"]) == {1}
+    assert set(result["map"]["pull"]) == {1, 2, 3}
+    assert all(tuple(c.values()) in beyond.PULL_GRID for c in result["settings"]["pull"].values())
+    assert {t.split(" vs ")[0] for t in result["tests"]} == {"rocchio_kl", "pull"}
     for b, chosen in result["settings"]["rocchio_kl"].items():
         assert chosen["lr"] in beyond.KL_LR_GRID
         # the KL refinement starts from the Rocchio weights chosen at the same budget
