@@ -113,6 +113,7 @@ CASES = [
     ),
     ("negative lr", {}, ["demo", "--lr", "-0.5"], "lr must be a positive finite number, got -0.5"),
     ("steps = 0", {}, ["demo", "--steps", "0"], "steps must be an integer >= 1, got 0"),
+    ("negative pull", {}, ["demo", "--pull", "-0.1"], "pull must be a finite number >= 0, got -0.1"),
     (
         "K larger than the pool",
         {},
