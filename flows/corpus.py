@@ -151,6 +151,7 @@ def classify_corpus_flow(
     instruction: str | None = None,
     score_chunk: int = 262_144,
     pull: float = 0.0,
+    start: str = "query",
 ) -> dict:
     """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``."""
     opened = CorpusIndex.open(index)
@@ -166,9 +167,20 @@ def classify_corpus_flow(
         instruction=instruction,
         ledger=JudgmentLedger(ledger_url()),
         concurrency=judge.concurrency,
+        start=start,
     )
     name = digest(
-        "classify", opened.documents_hash, criterion, judge.model_dump(), k, rounds, calibrate, lr, instruction, pull
+        "classify",
+        opened.documents_hash,
+        criterion,
+        judge.model_dump(),
+        k,
+        rounds,
+        calibrate,
+        lr,
+        instruction,
+        pull,
+        start,
     )
     vector = save_array(f"classify-{name}-vector", result.refinement.refined)
     judged = np.where(result.judged, result.judge_scores, np.nan).astype(np.float32)
@@ -225,6 +237,7 @@ def evaluate_classification(
     experiment: str = "classification",
     tracking: str | None = None,
     pull: float = 0.0,
+    start: str = "query",
 ) -> dict:
     """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
 
@@ -277,6 +290,7 @@ def evaluate_classification(
                 ledger=ledger,
                 judge_instruction=bench.judge_instruction,
                 optimise=optimise,
+                start=start,
             )
             for name, value in binary_metrics(result.labels, gold).items():
                 row[f"{prefix}_{name}"] = value
@@ -318,6 +332,7 @@ def evaluate_classification(
                 "calibrate": calibrate,
                 "lr": lr,
                 "pull": pull,
+                "start": start,
                 **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None},
             },
         )

@@ -204,6 +204,9 @@ def register(app: typer.Typer) -> None:
         pull: Annotated[
             float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
         ] = 0.0,
+        start: Annotated[
+            str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
+        ] = "query",
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -242,6 +245,7 @@ def register(app: typer.Typer) -> None:
                 concurrency=spec.concurrency,
                 use_ann=use_ann,
                 check_ann=check_ann,
+                start=start,
             )
         except user_errors() as exc:
             fail(str(exc))
@@ -293,6 +297,9 @@ def register(app: typer.Typer) -> None:
         pull: Annotated[
             float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
         ] = 0.0,
+        start: Annotated[
+            str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
+        ] = "query",
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -324,6 +331,7 @@ def register(app: typer.Typer) -> None:
                 instruction=instruction,
                 ledger=ledger,
                 concurrency=spec.concurrency,
+                start=start,
             )
             path = write_labels(result, opened, out)
         except user_errors() as exc:
@@ -363,6 +371,9 @@ def register(app: typer.Typer) -> None:
         pull: Annotated[
             float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
         ] = 0.0,
+        start: Annotated[
+            str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
+        ] = "query",
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
         """Classification mode on a labelled benchmark: P/R/F1 of the chosen threshold vs the best and vs
@@ -393,7 +404,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             result = evaluate_classification(
-                bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr, pull=pull
+                bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr, pull=pull, start=start
             )
         except user_errors() as exc:
             fail(str(exc))

@@ -160,6 +160,28 @@ def test_two_rounds_judge_new_documents(corpus, index: CorpusIndex, minilm) -> N
     assert judged.size == 20 and np.unique(judged).size == 20
 
 
+def test_search_from_the_rocchio_vector_is_rocchio_then_the_kl_refinement(corpus, index: CorpusIndex, minilm) -> None:
+    from refine_core.baselines import rocchio_vectors
+    from refine_core.refinement import RefineConfig, refine
+
+    bench, _, _ = corpus
+    criterion = bench.query_texts()[2]
+    judge = OracleJudge(bench.relevant_texts())
+    config = RefineConfig(lr=1e-3)
+    ref = search(index, criterion, judge=judge, embedder=minilm, config=config, start="rocchio").refinement
+    vectors = np.asarray(index.vectors())
+    scores = ref.judged_scores[None, :]
+    assert np.isfinite(scores).all() and 0 < scores.sum() < scores.size  # both kinds of verdict
+    moved = rocchio_vectors(ref.original[None, :], vectors[ref.judged_idx][None], scores, None)
+    want = refine(moved, ref.judged_idx[None, :], scores, documents=vectors, config=config).vectors[0]
+    np.testing.assert_allclose(ref.refined, want, rtol=1e-6, atol=1e-7)
+    plain = search(index, criterion, judge=judge, embedder=minilm, config=config).refinement
+    np.testing.assert_array_equal(plain.judged_idx, ref.judged_idx)  # same judgments, another start
+    assert not np.allclose(plain.refined, ref.refined)
+    with pytest.raises(CorpusError, match="start must be one of query, rocchio, got 'centroid'"):
+        search(index, criterion, judge=judge, embedder=minilm, start="centroid")
+
+
 # ---- classify -------------------------------------------------------------------------------------
 def test_choose_threshold() -> None:
     assert choose_threshold(np.array([0.9, 0.8, 0.3, 0.2]), np.array([1, 1, 0, 0])) == pytest.approx(0.55)

@@ -87,6 +87,7 @@ def classify(
     judge_instruction: str | None = None,
     seed: int = 0,
     optimise: bool = True,
+    start: str = "query",
 ) -> Classification:
     """Label every document of ``index`` for ``criterion`` (see the module docs).
 
@@ -99,6 +100,8 @@ def classify(
         positive_at: a judge score at or above this counts as a positive.
         seed: the calibration sample's seed.
         optimise: False labels with the unrefined query vector (same judging and threshold rule).
+        start: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector; see
+            :func:`refine_core.corpus.query.refine_query`).
     """
     if calibrate < 0:
         raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
@@ -117,6 +120,7 @@ def classify(
         what="criterion",
         judge_instruction=judge_instruction,
         optimise=optimise,
+        start=start,
     )
     scores = corpus_scores(index.vectors(), ref.refined)
     if ref.judged_ok.sum() == 0:

@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from refine_core.ann import exact_top
+from refine_core.baselines import rocchio_vectors
 from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.judges.ledger import JudgmentLedger
 from refine_core.judges.runner import JudgeRequest, RunReport, run_judge
 from refine_core.refinement import RefineConfig, refine
+
+STARTS = ("query", "rocchio")
+"""Where each round's refinement starts: the current vector (the paper) or the Rocchio vector."""
 
 
 @dataclass
@@ -80,8 +84,14 @@ def refine_query(
     judge_instruction: str | None = None,
     optimise: bool = True,
     use_ann: bool = True,
+    start: str = "query",
 ) -> Refinement:
     """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine.
+
+    ``start="query"`` (the paper) refines from the current vector each round; ``start="rocchio"``
+    (the ``rocchio_kl`` method) refines from Rocchio's update (SMART weights) of the original
+    query with every judgment so far, like :func:`refine_core.rounds.rocchio_rounds` with
+    ``then_refine``.
 
     ``instruction`` goes into the query template; the judge gets ``judge_instruction``
     (default: the same text). ``optimise=False`` judges the same way but keeps the query vector
@@ -93,6 +103,8 @@ def refine_query(
         raise CorpusError(f"k must be >= 2 (the refinement compares judged documents), got {k}")
     if rounds < 1:
         raise CorpusError(f"rounds must be >= 1, got {rounds}")
+    if start not in STARTS:
+        raise CorpusError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     if k * rounds > index.count:
         raise CorpusError(f"k={k} x rounds={rounds} is more than the {index.count} documents of the index")
     index.check_model(embedder)
@@ -120,8 +132,16 @@ def refine_query(
         ok = np.isfinite(judged_scores)
         if ok.sum() < 2 or not optimise:
             continue  # nothing to learn from (or asked not to): keep the current vector
+        origin = current
+        if start == "rocchio":
+            origin = rocchio_vectors(
+                original[None, :],
+                np.asarray(vectors[judged_idx])[None, :, :],
+                np.nan_to_num(judged_scores)[None, :],
+                ok[None, :],
+            )[0]
         result = refine(
-            current[None, :],
+            origin[None, :],
             judged_idx[None, :],
             np.nan_to_num(judged_scores)[None, :],
             mask=ok[None, :],

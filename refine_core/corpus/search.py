@@ -96,12 +96,15 @@ def search(
     concurrency: int = 4,
     use_ann: bool = True,
     check_ann: bool = False,
+    start: str = "query",
 ) -> SearchResult:
     """The top ``top`` documents for ``query`` after judged refinement (see the module docs).
 
     An index with an ANN structure (:func:`build_ann`) is searched through it: candidates from
     the ANN, exact cosine on them; ``check_ann`` also scores the whole corpus once and reports
-    the recall of the ANN top list for this query. ``use_ann=False`` forces brute force."""
+    the recall of the ANN top list for this query. ``use_ann=False`` forces brute force.
+    ``start``: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector; see
+    :func:`refine_core.corpus.query.refine_query`)."""
     if top < 1:
         raise CorpusError(f"top must be >= 1, got {top}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
@@ -117,6 +120,7 @@ def search(
         ledger=ledger,
         concurrency=concurrency,
         use_ann=use_ann,
+        start=start,
     )
     vectors = index.vectors()
     ids, texts = index.documents()
