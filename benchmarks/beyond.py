@@ -160,22 +160,7 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
         "rocchio_kl": {b: {"beta": p.beta, "gamma": p.gamma, "lr": lr} for b, (p, lr) in kl_choice.items()},
         "pull": {b: {"lr": lr, "pull": pull} for b, (lr, pull) in pull_choice.items()},
     }
-    tests = {}
-    for method, b in itertools.product(NEW_METHODS, range(1, ROUNDS + 1)):
-        new = methods[method][b][report]
-        for against in ("rocchio_tuned", "rerank_only"):
-            if against == "rerank_only" and b != 1:
-                continue
-            old = methods[against][b][report]
-            test = paired_ttest(old, new, alternative="greater")
-            wins, ties, losses = win_tie_loss(old, new, tol=TIE)
-            tests[f"{method} vs {against} @{b}"] = {
-                "delta": float(np.nanmean(new - old)),
-                "pvalue": float(test.pvalue),
-                "wins": wins,
-                "ties": ties,
-                "losses": losses,
-            }
+    tests = new_method_tests(methods, NEW_METHODS, "rocchio_tuned", report)
     return {
         "queries": int(q.shape[0]),
         "tune": int(tune.size),
@@ -195,13 +180,44 @@ def section_beyond(data: dict) -> dict:
         out[name] = {}
         for acc in ACCURACIES:
             out[name][str(acc)] = run_dataset(q, d, labels, pool, judge_of(labels, texts, acc, seed=JUDGE_SEED))
-    # one Benjamini–Hochberg family for the section, through the project's one BH function
-    adjust_sweep_pvalues([cell for per in out.values() for cell in per.values()])
-    for per in out.values():
-        for cell in per.values():
-            for test in cell["tests"].values():
-                test["p_bh"] = test.pop("pvalue_bh", float("nan"))
+    adjust_tests([cell for per in out.values() for cell in per.values()])
     return out
+
+
+def new_method_tests(ap: dict, methods: tuple[str, ...], against: str, rows=slice(None)) -> dict:
+    """One-sided paired t-tests (raw p), mean ΔAP and queries won / tied / lost of each of
+    ``methods`` against ``against`` at every budget and against rerank-only at one round, on the
+    queries ``rows`` of the per-query AP arrays ``ap[method][budget]``."""
+    tests = {}
+    for method, b in itertools.product(methods, range(1, ROUNDS + 1)):
+        new = ap[method][b][rows]
+        for other in (against, "rerank_only"):
+            if other == "rerank_only" and b != 1:
+                continue
+            old = ap[other][b][rows]
+            wins, ties, losses = win_tie_loss(old, new, tol=TIE)
+            tests[f"{method} vs {other} @{b}"] = {
+                "delta": float(np.nanmean(new - old)),
+                "pvalue": float(paired_ttest(old, new, alternative="greater").pvalue),
+                "wins": wins,
+                "ties": ties,
+                "losses": losses,
+            }
+    return tests
+
+
+def adjust_tests(cells: list[dict]) -> None:
+    """One Benjamini–Hochberg family over every test of ``cells`` (the project's one BH function);
+    each test's adjusted p is stored as ``p_bh``."""
+    adjust_sweep_pvalues(cells)
+    for cell in cells:
+        for test in cell["tests"].values():
+            test["p_bh"] = test.pop("pvalue_bh", float("nan"))
+
+
+def judge_label(acc: str) -> str:
+    """``oracle`` or ``acc 0.8``: a judge accuracy as the tables show it."""
+    return "oracle" if float(acc) == 1.0 else f"acc {acc}"
 
 
 def _test_label(key: str) -> str:
@@ -242,7 +258,7 @@ def render_beyond(result: dict) -> list[str]:
                 for method in order:
                     m = cell["map"][method].get(b)
                     cells.append("" if m is None else f"{m['report']:.3f} ({m['tune']:.3f})")
-                judge = "oracle" if float(acc) == 1.0 else f"acc {acc}"
+                judge = judge_label(acc)
                 lines.append(f"| {name} | {judge} | {b * K} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -255,7 +271,7 @@ def render_beyond(result: dict) -> list[str]:
     ]
     for name, per in result.items():
         for acc, cell in per.items():
-            judge = "oracle" if float(acc) == 1.0 else f"acc {acc}"
+            judge = judge_label(acc)
             for label, t in cell["tests"].items():
                 star = " *" if t["p_bh"] < 0.05 else ""
                 lines.append(

@@ -29,7 +29,6 @@ Benjamini–Hochberg over the whole table, queries won / tied / lost.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import time
@@ -39,20 +38,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit_json
+from beyond import ROUNDS, TIE, K, _ap, adjust_tests, judge_label, new_method_tests
 
-from flows.report import adjust_sweep_pvalues
 from refine_core.baselines import RocchioParams, rerank_only_scores
 from refine_core.feedback import select_feedback
 from refine_core.metrics import evaluate_rankings
 from refine_core.refinement import RefineConfig
 from refine_core.rounds import refine_rounds, rocchio_rounds
-from refine_core.statistics import paired_ttest, win_tie_loss
 
 ACCURACIES = (1.0, 0.9, 0.8)
-ROUNDS = 3
-K = 20
 JUDGE_SEED = 3
-TIE = 1e-6
 ROCCHIO = RocchioParams(beta=1.5, gamma=0.5)
 REFINED_LR = 3e-4
 KL = RefineConfig(lr=3e-4)
@@ -101,7 +96,6 @@ def unseen_benchmark(name: str, root: Path):
 
 def run_setting(q, d, labels, pool, judge) -> dict[str, dict[int, np.ndarray]]:
     """Per-query AP of every method at every budget (1..ROUNDS rounds), on all queries."""
-    from beyond import _ap
     from quality import pooled_scores
 
     rows = np.arange(q.shape[0])
@@ -131,21 +125,7 @@ def run_setting(q, d, labels, pool, judge) -> dict[str, dict[int, np.ndarray]]:
 def compare(ap: dict[str, dict[int, np.ndarray]]) -> dict:
     """MAP of every method and budget, and the paired tests of the new methods (raw p)."""
     table = {m: {b: float(np.nanmean(v)) for b, v in per.items()} for m, per in ap.items()}
-    tests = {}
-    for method, b in itertools.product(NEW, range(1, ROUNDS + 1)):
-        for against in ("rocchio", "rerank_only"):
-            if against == "rerank_only" and b != 1:
-                continue
-            old, new = ap[against][b], ap[method][b]
-            wins, ties, losses = win_tie_loss(old, new, tol=TIE)
-            tests[f"{method} vs {against} @{b}"] = {
-                "delta": float(np.nanmean(new - old)),
-                "pvalue": float(paired_ttest(old, new, alternative="greater").pvalue),
-                "wins": wins,
-                "ties": ties,
-                "losses": losses,
-            }
-    return {"map": table, "tests": tests}
+    return {"map": table, "tests": new_method_tests(ap, NEW, "rocchio")}
 
 
 def run(names: tuple[str, ...], root: Path) -> dict:
@@ -164,16 +144,8 @@ def run(names: tuple[str, ...], root: Path) -> dict:
         for acc in ACCURACIES:
             ap = run_setting(q, d, labels, pool, judge_of(labels, texts, acc, seed=JUDGE_SEED))
             out[name]["judges"][str(acc)] = compare(ap)
-    cells = [cell for per in out.values() for cell in per["judges"].values()]
-    adjust_sweep_pvalues(cells)  # one Benjamini–Hochberg family: every test of the table
-    for cell in cells:
-        for test in cell["tests"].values():
-            test["p_bh"] = test.pop("pvalue_bh", float("nan"))
+    adjust_tests([cell for per in out.values() for cell in per["judges"].values()])
     return out
-
-
-def _judge(acc: str) -> str:
-    return "oracle" if float(acc) == 1.0 else f"acc {acc}"
 
 
 def render(result: dict) -> list[str]:
@@ -187,7 +159,7 @@ def render(result: dict) -> list[str]:
                 values = [cell["map"][m].get(b) for m, _ in METHODS]
                 shown = ["" if v is None else f"{v:.3f}" for v in values]
                 original = f"{cell['map']['baseline'][0]:.3f}" if b == 1 else ""
-                lines.append(f"| {name} | {_judge(acc)} | {b * K} | {original} | " + " | ".join(shown) + " |")
+                lines.append(f"| {name} | {judge_label(acc)} | {b * K} | {original} | " + " | ".join(shown) + " |")
     lines += ["", "| data | judge | comparison | ΔMAP | p (BH) | W / T / L |", "|---|---|---|---|---|---|"]
     labels = dict(METHODS)
     for name, per in result.items():
@@ -197,7 +169,7 @@ def render(result: dict) -> list[str]:
                 against, budget = rest.split(" @")
                 star = " *" if t["p_bh"] < 0.05 else ""
                 lines.append(
-                    f"| {name} | {_judge(acc)} | {labels[method]} vs {labels[against]} at {int(budget) * K} "
+                    f"| {name} | {judge_label(acc)} | {labels[method]} vs {labels[against]} at {int(budget) * K} "
                     f"| {t['delta']:+.4f} | {t['p_bh']:.2g}{star} | {t['wins']} / {t['ties']} / {t['losses']} |"
                 )
     return lines
