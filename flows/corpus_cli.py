@@ -18,6 +18,12 @@ JUDGE_HELP = (
     "judge as KIND[:MODEL]: anthropic (default model claude-haiku-4-5), anthropic:claude-sonnet-4-5, "
     "local-lm:smollm2-135m, openai-compatible:MODEL (with --base-url), cross-encoder:MODEL"
 )
+# the refinement's options, shared by search, classify and evaluate-classification
+LrOption = Annotated[float, typer.Option(help="learning rate of the refinement")]
+PullOption = Annotated[float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")]
+StartOption = Annotated[
+    str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
+]
 
 
 def index_folder(name_or_path: str) -> Path:
@@ -200,13 +206,9 @@ def register(app: typer.Typer) -> None:
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
         top: Annotated[int, typer.Option(help="results to print")] = 10,
-        lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
-        pull: Annotated[
-            float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
-        ] = 0.0,
-        start: Annotated[
-            str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
-        ] = "query",
+        lr: LrOption = 1e-4,
+        pull: PullOption = 0.0,
+        start: StartOption = "query",
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -293,13 +295,9 @@ def register(app: typer.Typer) -> None:
                 "the positive count and set the threshold from it"
             ),
         ] = 0,
-        lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
-        pull: Annotated[
-            float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
-        ] = 0.0,
-        start: Annotated[
-            str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
-        ] = "query",
+        lr: LrOption = 1e-4,
+        pull: PullOption = 0.0,
+        start: StartOption = "query",
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -367,13 +365,9 @@ def register(app: typer.Typer) -> None:
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
         calibrate: Annotated[int, typer.Option(help="extra documents judged, sampled across the ranking")] = 0,
-        lr: Annotated[float, typer.Option(help="learning rate of the refinement")] = 1e-4,
-        pull: Annotated[
-            float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")
-        ] = 0.0,
-        start: Annotated[
-            str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
-        ] = "query",
+        lr: LrOption = 1e-4,
+        pull: PullOption = 0.0,
+        start: StartOption = "query",
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
         """Classification mode on a labelled benchmark: P/R/F1 of the chosen threshold vs the best and vs
