@@ -10,11 +10,13 @@ vector's top 20 not judged yet):
 * ``rocchio_kl``: the KL refinement started from the (tuned) Rocchio vector, lr chosen on the
   tuning half (refine_core.rounds.rocchio_rounds with ``then_refine``);
 * ``pull``: the refinement whose objective adds a pull toward the judged-positive centroid
-  (``RefineConfig.pull``), (lr, pull) chosen on the tuning half.
+  (``RefineConfig.pull``), (lr, pull) chosen on the tuning half;
+* ``rocchio_kl_pull``: the two together — the pull's objective started from the tuned Rocchio
+  vector, (lr, pull) from the pull's grid, chosen on the tuning half.
 
 Queries are split in halves with a seeded permutation; every setting is chosen by MAP on the
 tuning half and reported on the other half only (both halves printed). On the report half:
-paired one-sided t-tests of ``rocchio_kl`` and ``pull`` against tuned Rocchio at the same budget and against
+paired one-sided t-tests of each new method against tuned Rocchio at the same budget and against
 rerank-only, Benjamini–Hochberg over every test of the section, and per-query win/tie/loss.
 
     REFINE_DATA_DIR=... python benchmarks/beyond.py [--json]
@@ -53,7 +55,7 @@ ROCCHIO_GRID = tuple(
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 KL_LR_GRID = (1e-4, 3e-4, 1e-3)
 PULL_GRID = tuple(itertools.product((1e-3, 3e-3), (0.03, 0.1, 0.3)))  # (lr, pull)
-NEW_METHODS = ("rocchio_kl", "pull")
+NEW_METHODS = ("rocchio_kl", "pull", "rocchio_kl_pull")
 TIE = 1e-6  # per-query AP differences below this count as ties
 
 
@@ -123,22 +125,8 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
     rocchio_choice = choose(runs["rocchio"], tune)
     lr_choice = choose(runs["refined"], tune)
     pull_choice = choose(runs["pull"], tune)
-    # the KL refinement from the Rocchio vector: Rocchio's weights as chosen at each budget
-    kl_runs: dict = {}
-    for params in sorted(set(rocchio_choice.values()), key=ROCCHIO_GRID.index):
-        for lr in KL_LR_GRID:
-            res = rocchio_rounds(
-                q, d, judge, rounds=ROUNDS, k=K, pool=pool, params=params, then_refine=RefineConfig(lr=lr)
-            )
-            kl_runs[(params, lr)] = {
-                r + 1: _ap(res.round_vectors[r], d, labels, pool)
-                for r in range(ROUNDS)
-                if rocchio_choice[r + 1] == params
-            }
-    kl_choice = {}
-    for b in range(1, ROUNDS + 1):
-        candidates = {key: per for key, per in kl_runs.items() if b in per}
-        kl_choice[b] = choose({key: {b: per[b]} for key, per in candidates.items()}, tune)[b]
+    kl_ap, kl_choice = from_rocchio(q, d, labels, pool, judge, rocchio_choice, tune, [(lr, 0.0) for lr in KL_LR_GRID])
+    kl_pull_ap, kl_pull_choice = from_rocchio(q, d, labels, pool, judge, rocchio_choice, tune, PULL_GRID)
     smart = RocchioParams()
     methods: dict[str, dict[int, np.ndarray]] = {
         "baseline": runs["baseline"][None],
@@ -147,8 +135,9 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
         "rocchio_tuned": {b: runs["rocchio"][rocchio_choice[b]][b] for b in rocchio_choice},
         "refined_paper": runs["refined"][1e-4],
         "refined_tuned": {b: runs["refined"][lr_choice[b]][b] for b in lr_choice},
-        "rocchio_kl": {b: kl_runs[kl_choice[b]][b] for b in kl_choice},
+        "rocchio_kl": kl_ap,
         "pull": {b: runs["pull"][pull_choice[b]][b] for b in pull_choice},
+        "rocchio_kl_pull": kl_pull_ap,
     }
     table = {
         method: {b: {"tune": _mean(ap, tune), "report": _mean(ap, report)} for b, ap in per.items()}
@@ -157,8 +146,11 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
     settings = {
         "rocchio_tuned": {b: {"beta": p.beta, "gamma": p.gamma} for b, p in rocchio_choice.items()},
         "refined_tuned": {b: {"lr": lr} for b, lr in lr_choice.items()},
-        "rocchio_kl": {b: {"beta": p.beta, "gamma": p.gamma, "lr": lr} for b, (p, lr) in kl_choice.items()},
+        "rocchio_kl": {b: {"beta": p.beta, "gamma": p.gamma, "lr": lr} for b, (p, lr, _) in kl_choice.items()},
         "pull": {b: {"lr": lr, "pull": pull} for b, (lr, pull) in pull_choice.items()},
+        "rocchio_kl_pull": {
+            b: {"beta": p.beta, "gamma": p.gamma, "lr": lr, "pull": pull} for b, (p, lr, pull) in kl_pull_choice.items()
+        },
     }
     tests = new_method_tests(methods, NEW_METHODS, "rocchio_tuned", report)
     return {
@@ -169,6 +161,28 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
         "settings": settings,
         "tests": tests,
     }
+
+
+def from_rocchio(q, d, labels, pool, judge, rocchio_choice: dict, tune: np.ndarray, grid) -> tuple[dict, dict]:
+    """The KL refinement started from the Rocchio vector, at each budget from the Rocchio weights
+    chosen for that budget, with (lr, pull) from ``grid`` chosen on the tuning half: per-query AP
+    per budget and the chosen (params, lr, pull) per budget."""
+    runs: dict = {}
+    for params in sorted(set(rocchio_choice.values()), key=ROCCHIO_GRID.index):
+        for lr, pull in grid:
+            res = rocchio_rounds(
+                q, d, judge, rounds=ROUNDS, k=K, pool=pool, params=params, then_refine=RefineConfig(lr=lr, pull=pull)
+            )
+            runs[(params, lr, pull)] = {
+                r + 1: _ap(res.round_vectors[r], d, labels, pool)
+                for r in range(ROUNDS)
+                if rocchio_choice[r + 1] == params
+            }
+    choice = {}
+    for b in range(1, ROUNDS + 1):
+        candidates = {key: {b: per[b]} for key, per in runs.items() if b in per}
+        choice[b] = choose(candidates, tune)[b]
+    return {b: runs[choice[b]][b] for b in choice}, choice
 
 
 def section_beyond(data: dict) -> dict:
@@ -223,6 +237,7 @@ def judge_label(acc: str) -> str:
 def _test_label(key: str) -> str:
     """``pull vs rocchio_tuned @2`` as the table shows it."""
     for code, shown in (
+        ("rocchio_kl_pull", "Rocchio → KL + pull"),
         ("rocchio_kl", "Rocchio → KL"),
         ("pull", "refined + pull"),
         ("rocchio_tuned", "tuned Rocchio"),
@@ -244,13 +259,24 @@ def render_beyond(result: dict) -> list[str]:
         "`Rocchio → KL`: the KL refinement started from the tuned Rocchio vector, lr from "
         f"{', '.join(f'{x:g}' for x in KL_LR_GRID)}; `refined + pull`: the objective with the pull toward the "
         "judged-positive centroid, (lr, pull) from "
-        f"{', '.join(f'({lr:g}, {p:g})' for lr, p in PULL_GRID)}. Judge: oracle or noisy oracle of the given accuracy.",
+        f"{', '.join(f'({lr:g}, {p:g})' for lr, p in PULL_GRID)}; `Rocchio → KL + pull`: the pull's objective started "
+        "from the tuned Rocchio vector, (lr, pull) from the same pairs. Judge: oracle or noisy oracle of the given "
+        "accuracy.",
         "",
         "| dataset | judge | budget | rerank-only | Rocchio (SMART) | Rocchio, tuned | refined (lr 1e-4) | "
-        "refined, tuned | Rocchio → KL | refined + pull |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "refined, tuned | Rocchio → KL | refined + pull | Rocchio → KL + pull |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = ("rerank_only", "rocchio_smart", "rocchio_tuned", "refined_paper", "refined_tuned", "rocchio_kl", "pull")
+    order = (
+        "rerank_only",
+        "rocchio_smart",
+        "rocchio_tuned",
+        "refined_paper",
+        "refined_tuned",
+        "rocchio_kl",
+        "pull",
+        "rocchio_kl_pull",
+    )
     for name, per in result.items():
         for acc, cell in per.items():
             for b in range(1, ROUNDS + 1):
@@ -262,7 +288,7 @@ def render_beyond(result: dict) -> list[str]:
                 lines.append(f"| {name} | {judge} | {b * K} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Rocchio → KL and refined + pull against tuned Rocchio at the same budget and against rerank-only (20 judgments), on the "
+        "Rocchio → KL, refined + pull and Rocchio → KL + pull against tuned Rocchio at the same budget and against rerank-only (20 judgments), on the "
         "report half: mean ΔAP, one-sided paired t-test, Benjamini–Hochberg over every test of this table, "
         f"queries won / tied / lost (|ΔAP| < {TIE:g} is a tie).",
         "",
