@@ -56,9 +56,10 @@ def test_the_comparisons_pair_every_query_and_point_the_right_way(unseen) -> Non
         "refined": {b: base for b in (1, 2, 3)},
         "rocchio_kl": {b: base + 0.05 + 0.02 * rng.random(n) for b in (1, 2, 3)},  # better than Rocchio
         "pull": {b: base + 0.05 - 0.02 * rng.random(n) for b in (1, 2, 3)},  # worse than Rocchio
+        "rocchio_kl_pull": {b: base + 0.05 for b in (1, 2, 3)},  # Rocchio itself: every query a tie
     }
     out = unseen.compare(ap)
-    assert len(out["tests"]) == 8  # two methods x (three budgets vs Rocchio + one vs rerank-only)
+    assert len(out["tests"]) == 12  # three methods x (three budgets vs Rocchio + one vs rerank-only)
     for test in out["tests"].values():
         assert test["wins"] + test["ties"] + test["losses"] == n
     assert (
@@ -66,4 +67,6 @@ def test_the_comparisons_pair_every_query_and_point_the_right_way(unseen) -> Non
         and out["tests"]["rocchio_kl vs rocchio @2"]["pvalue"] < 1e-6
     )
     assert out["tests"]["pull vs rocchio @2"]["delta"] < 0 and out["tests"]["pull vs rocchio @2"]["pvalue"] > 0.99
+    tie = out["tests"]["rocchio_kl_pull vs rocchio @1"]
+    assert tie["delta"] == 0 and (tie["wins"], tie["ties"], tie["losses"]) == (0, n, 0)
     assert out["map"]["rocchio"][3] == pytest.approx(float(np.mean(base + 0.05)))
