@@ -72,7 +72,7 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
     config.write_text(
         f"name: browser-sweep\nbenchmarks:\n  - name: files:{FIXTURES / 'userdata'}\n"
         "judges:\n  - kind: oracle\n  - {kind: noisy-oracle, flip_rate: 0.3}\n"
-        "grid:\n  lr: [0.01]\n  k: [5]\nmethods: [rocchio_kl]\n"
+        "grid:\n  lr: [0.01]\n  k: [5]\n  pull: [0.0, 0.1]\nmethods: [rocchio_kl]\n"
     )
     ran = subprocess.run(
         [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=600
@@ -103,16 +103,22 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
             page.locator("a:has-text('lr=')").first.wait_for(timeout=10_000)
             children = [t for t in page.locator("a[href*='/runs/']").all_inner_texts() if "lr=" in t]
             page.screenshot(path=str(shots / "mlflow-child-runs.png"))
-            # two cells differing in the judge: each name leads with its judge, so they read apart
+            # four cells differing in the judge and the pull: each name leads with both, so they read apart
             assert sorted(children) == [
-                "noisy-oracle-0.3 · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
-                "oracle · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
+                "noisy-oracle-0.3 · pull=0 · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
+                "noisy-oracle-0.3 · pull=0.1 · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
+                "oracle · pull=0 · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
+                "oracle · pull=0.1 · lr=0.01 · files:userdata · all-MiniLM-L6-v2",
             ]
-            page.locator("a:has-text('oracle · lr=0.01')").last.click()
+            page.get_by_role("link", name=re.compile(r"^oracle · pull=0\.1 · ")).click()
             page.get_by_text("refined.map").first.wait_for(timeout=30_000)
             assert page.get_by_text("refined.p_bh").count() >= 1
             # a method beyond the paper's, asked for in the config, reads beside the others
             page.get_by_text("rocchio_kl.map").first.wait_for(timeout=30_000)
+            # the pull it ran with reads in the run's parameters table
+            pull_row = page.get_by_role("row").filter(has=page.get_by_role("cell", name="pull", exact=True))
+            pull_row.first.wait_for(timeout=30_000)
+            assert pull_row.first.get_by_role("cell").all_inner_texts() == ["pull", "0.1"]
             page.screenshot(path=str(shots / "mlflow-child-run.png"), full_page=True)
             page.get_by_role("tab", name="Artifacts").click()
             page.get_by_text("plots").first.wait_for(timeout=30_000)
