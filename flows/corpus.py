@@ -245,7 +245,8 @@ def evaluate_classification(
     (``refined``) and by the same procedure without the optimisation (``baseline``: same
     judging, same threshold rule, unrefined scores); ``*.best_f1`` is the best F1 any threshold
     on those scores reaches (the ceiling). Metrics are means over queries; ``*.interval_coverage``
-    is how often the 90% interval on the positive count holds the true count.
+    is how often the 90% interval on the positive count holds the true count; ``*.warned`` the share
+    of criteria whose calibrated estimate came with a warning (:func:`refine_core.calibration.tail_warning`).
     """
     from evaluations.registry import load_benchmark
     from flows.tracking import Tracker
@@ -297,6 +298,7 @@ def evaluate_classification(
             row[f"{prefix}_best_f1"] = best_threshold_f1(result.scores, gold)["f1"]
             row[f"{prefix}_estimate"] = result.estimate
             row[f"{prefix}_interval_low"], row[f"{prefix}_interval_high"] = result.interval
+            row[f"{prefix}_warned"] = float(bool(result.warnings))
         rows.append(row)
     frame = pl.DataFrame(rows)
     metrics = {

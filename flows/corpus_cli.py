@@ -89,7 +89,7 @@ def ensure_ann(index, kind: str | None) -> dict | None:
 
 
 def register(app: typer.Typer) -> None:
-    from flows.console import console, fail, user_errors
+    from flows.console import console, err_console, fail, user_errors
 
     @app.command("index")
     def index_cmd(
@@ -349,6 +349,8 @@ def register(app: typer.Typer) -> None:
             f"labels in {path}",
             highlight=False,
         )
+        for warning in result.warnings:
+            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if as_json:
             print(json.dumps(summary))
 
@@ -411,5 +413,13 @@ def register(app: typer.Typer) -> None:
             f"{100 * m['refined.interval_coverage']:.0f}% of criteria; MLflow run {result['run_id']}",
             highlight=False,
         )
+        if m.get("refined.warned"):
+            err_console.print(
+                f"[bold yellow]warning:[/] the calibrated count of {100 * m['refined.warned']:.0f}% of criteria rests "
+                "mostly on positives sampled at the bottom of the ranking (see `refine classify`'s warning): "
+                "their F1 reflects the judge's false positives",
+                highlight=False,
+                soft_wrap=True,
+            )
         if as_json:
             print(json.dumps(result, default=float))

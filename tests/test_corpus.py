@@ -25,6 +25,7 @@ from refine_core.corpus import (
     search,
     stratified_estimate,
     stratified_sample,
+    tail_warning,
     write_labels,
 )
 from refine_core.embedding_cache import EmbeddingCache
@@ -225,6 +226,22 @@ def test_stratified_estimate_by_hand() -> None:
     assert stratified_estimate(3, [], total=10) == (3.0, (3, 3))
 
 
+def test_a_count_the_judges_mistakes_could_explain_is_flagged() -> None:
+    # nothing judged positive at the bottom of the ranking: nothing to flag
+    assert tail_warning([(20, 5, 4), (40, 5, 2), (100, 5, 0), (400, 5, 0)], 60.0) is None
+    # 1 of 10 sampled among the 500 lowest-ranked: at that rate, 52 of the 520 documents sampled
+    # from would be mistakes, more than half of the estimate of 60
+    warning = tail_warning([(20, 5, 4), (100, 5, 0), (400, 5, 1)], 60.0)
+    assert warning is not None
+    assert warning.startswith("1 of the 10 documents sampled among the 500 lowest-ranked were judged positive")
+    assert "account for 52 of the 60 positives estimated" in warning
+    # the same bottom under an estimate of 200: the mistakes would explain 52, not half of it
+    assert tail_warning([(20, 5, 4), (100, 5, 0), (400, 5, 1)], 200.0) is None
+    # one or two bands: the deepest alone is the bottom
+    assert tail_warning([(20, 5, 0), (400, 5, 1)], 10.0).startswith("1 of the 5 documents sampled among the 400")
+    assert tail_warning([], 3.0) is None
+
+
 def test_classify_labels_every_document_and_calibration_estimates_the_count(
     corpus, index: CorpusIndex, minilm, tmp_path: Path
 ) -> None:
@@ -260,6 +277,26 @@ def test_classify_labels_every_document_and_calibration_estimates_the_count(
     assert frame["id"].to_list() == ids
     assert frame["judged"].sum() == 50 and frame["judge_score"].null_count() == index.count - 50
     assert frame["label"].sum() == calibrated.positives
+    assert plain.warnings == () and calibrated.warnings == ()  # the oracle's count needs no warning
+
+
+def test_a_judge_that_accepts_negatives_gets_a_calibration_warning(corpus, index: CorpusIndex, minilm) -> None:
+    """One verdict in five wrong (seeded flips): the sample of the bottom of the ranking finds
+    "positives", the estimate overshoots the 100 true positives, and the result says that the
+    judge's mistakes could explain it."""
+    from refine_core.refinement import RefineConfig
+
+    bench, _, _ = corpus
+    criterion = bench.query_texts()[1]
+    ids, _ = index.documents()
+    gold = _gold(bench, criterion, ids)
+    noisy = OracleJudge(bench.relevant_texts(), flip_rate=0.2, seed=1)
+    result = classify(index, criterion, judge=noisy, embedder=minilm, k=20, calibrate=30, config=RefineConfig(lr=1e-3))
+    assert result.estimate > 1.5 * gold.sum(), (result.estimate, gold.sum())
+    assert (
+        len(result.warnings) == 1 and "2 of the 10 documents sampled among the 580 lowest-ranked" in result.warnings[0]
+    )
+    assert result.as_dict()["warnings"] == list(result.warnings)
 
 
 def test_bad_requests_name_the_problem(corpus, index: CorpusIndex, minilm, tmp_path: Path) -> None:

@@ -117,5 +117,7 @@ def test_classification_evaluation_is_logged_to_mlflow(platform: Path) -> None:
     assert run.info.status == "FINISHED"
     assert run.data.params["benchmark.name"] == "clinc150" and run.data.params["calibrate"] == "10"
     assert run.data.metrics["refined.f1"] == pytest.approx(m["refined.f1"])
+    # the share of criteria whose calibrated count came with refine_core.calibration.tail_warning's warning
+    assert m["refined.warned"] in (0, 0.25, 0.5, 0.75, 1) and run.data.metrics["refined.warned"] == m["refined.warned"]
     arts = {a.path for a in MlflowClient(tracking_uri()).list_artifacts(result["run_id"], "per_query")}
     assert arts == {"per_query/per_query_classification.parquet"}

@@ -30,6 +30,7 @@ from refine_core.calibration import positive_interval as positive_interval
 from refine_core.calibration import rank_bands as rank_bands
 from refine_core.calibration import stratified_estimate as stratified_estimate
 from refine_core.calibration import stratified_sample as stratified_sample
+from refine_core.calibration import tail_warning as tail_warning
 from refine_core.corpus.classify import Classification, classify, write_labels
 from refine_core.corpus.index import (
     ANN_CANDIDATES,

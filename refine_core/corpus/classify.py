@@ -18,6 +18,7 @@ from refine_core.calibration import (
     positive_interval,
     stratified_estimate,
     stratified_sample,
+    tail_warning,
 )
 from refine_core.corpus.index import CorpusError, CorpusIndex, corpus_scores
 from refine_core.corpus.query import Refinement, judge_rows, refine_query
@@ -50,6 +51,7 @@ class Classification:
     calibrated: int = 0
     method: str = "threshold"
     positive_at: float = 0.5  # a judge score at or above this is a positive verdict
+    warnings: tuple[str, ...] = ()  # what makes the estimate doubtful (see :func:`tail_warning`)
 
     def as_dict(self) -> dict:
         r = self.refinement.report
@@ -67,6 +69,7 @@ class Classification:
             "judgments_paid": r.judged,
             "judgments_from_ledger": r.from_ledger,
             "judge_failed": int(r.failed),
+            "warnings": list(self.warnings),
         }
 
 
@@ -129,7 +132,7 @@ def classify(
             "(the judgments that did succeed are kept in the ledger)"
         )
     order = np.argsort(-scores, kind="stable")
-    added, method = 0, "threshold"
+    added, method, warnings = 0, "threshold", []
     if calibrate:
         judged_mask = np.zeros(scores.size, dtype=bool)
         judged_mask[ref.judged_idx] = True
@@ -151,6 +154,8 @@ def classify(
                 ok = np.isfinite(got)  # a failed judgment is dropped from its band's sample
                 strata.append((size, int(ok.sum()), int((got[ok] >= positive_at).sum())))
             estimate, interval = stratified_estimate(known, strata, total=scores.size)
+            if (warning := tail_warning(strata, estimate)) is not None:
+                warnings.append(warning)
             threshold = float(scores[order[max(int(round(estimate)), 1) - 1]])
             method = "stratified-sample"
     if method == "threshold":
@@ -177,6 +182,7 @@ def classify(
         calibrated=added,
         method=method,
         positive_at=positive_at,
+        warnings=tuple(warnings),
     )
 
 
