@@ -371,6 +371,30 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
             res = runner.invoke(app, args)
             assert res.exit_code == 2, (args, res.output)
             assert message in res.output and "Traceback" not in res.output, (args, res.output)
+    # a careless judge (it also accepts every third utterance by length): --calibrate's count is
+    # mostly its mistakes, and classify says so on stderr and in --json, still exit 0
+    careless = bench.query_texts()[1]
+    with FakeAnthropic(lambda q, d: d in relevant.get(q, set()) or len(d) % 3 == 0, api_key=KEY) as server:
+        res = runner.invoke(
+            app,
+            [
+                "classify",
+                "tickets",
+                careless,
+                "--base-url",
+                server.base_url,
+                "--k",
+                "10",
+                "--calibrate",
+                "20",
+                "--json",
+            ],
+        )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["estimate_method"] == "stratified-sample" and len(summary["warnings"]) == 1
+    assert "if those are the judge's mistakes" in summary["warnings"][0]
+    assert "warning:" in res.stderr and "lowest-ranked" in res.stderr
     (tmp_path / "empty.csv").write_text("id,text\n")
     res = runner.invoke(app, ["index", str(tmp_path / "empty.csv")])
     assert res.exit_code == 2 and "is empty" in res.output
