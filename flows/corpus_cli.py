@@ -377,6 +377,11 @@ def register(app: typer.Typer) -> None:
         from flows.environment import configure_environment
 
         configure_environment()
+        from flows.local_server import ready, start_ephemeral
+        from flows.watchdog import guard
+
+        if start_ephemeral():  # this command's own Prefect server, as `refine run`'s
+            guard()  # ends it if this process is killed
         from evaluations.config import BenchmarkSpec, ConfigError, JudgeSpec
 
         try:
@@ -399,6 +404,7 @@ def register(app: typer.Typer) -> None:
         from flows.corpus import evaluate_classification
 
         try:
+            ready()
             result = evaluate_classification(
                 bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr, pull=pull, start=start
             )

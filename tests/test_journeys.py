@@ -413,6 +413,42 @@ def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_cra
     assert "RUNNING" not in {r.info.status for r in runs}  # the killed sweep's MLflow runs are closed too
 
 
+def test_a_killed_classification_evaluation_leaves_no_process(tmp_path: Path, data_root: Path) -> None:
+    """`refine evaluate-classification` runs a Prefect flow too: killed while it runs, it leaves no
+    Prefect server behind (its own server, under the same watchdog as `refine run`'s)."""
+    import sqlite3
+
+    import psutil
+
+    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
+    proc = subprocess.Popen(
+        [str(BIN / "refine"), "evaluate-classification", "clinc150", "--queries", "30", "--max-documents", "3000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+
+        def running_flow() -> bool:
+            try:
+                with sqlite3.connect(f"file:{tmp_path / 'refine' / 'prefect' / 'prefect.db'}?mode=ro", uri=True) as db:
+                    return bool(db.execute("select 1 from flow_run where state_type = 'RUNNING'").fetchall())
+            except sqlite3.Error:
+                return False
+
+        wait_for(running_flow, 240, "the evaluation's flow run to start")
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("uvicorn" in " ".join(p.cmdline()) for p in started), [p.cmdline() for p in started]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.parametrize(
     "judge,message",
     [
