@@ -421,9 +421,9 @@ def register(app: typer.Typer) -> None:
         )
         if m.get("refined.warned"):
             err_console.print(
-                f"[bold yellow]warning:[/] the calibrated count of {100 * m['refined.warned']:.0f}% of criteria rests "
-                "mostly on positives sampled at the bottom of the ranking (see `refine classify`'s warning): "
-                "their F1 reflects the judge's false positives",
+                f"[bold yellow]warning:[/] for {100 * m['refined.warned']:.0f}% of criteria the judge's mistakes could "
+                "explain most of the calibrated count (positives judged at the bottom of the ranking; see "
+                "`refine classify`'s warning): their cut, and so their F1, follows the judge's false positives",
                 highlight=False,
                 soft_wrap=True,
             )

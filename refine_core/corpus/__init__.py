@@ -79,5 +79,6 @@ __all__ = [
     "search",
     "stratified_estimate",
     "stratified_sample",
+    "tail_warning",
     "write_labels",
 ]
