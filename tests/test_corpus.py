@@ -387,10 +387,13 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
                 "10",
                 "--calibrate",
                 "20",
+                "--out",
+                str(tmp_path / "careless.parquet"),
                 "--json",
             ],
         )
     assert res.exit_code == 0, res.output
+    assert pl.read_parquet(tmp_path / "careless.parquet").height == 400
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["estimate_method"] == "stratified-sample" and len(summary["warnings"]) == 1
     assert "if those are the judge's mistakes" in summary["warnings"][0]

@@ -354,12 +354,25 @@ def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed
 
 @pytest.mark.slow
 @pytest.mark.integration
+def _kill_and_expect_no_process_left(proc: subprocess.Popen) -> None:
+    """``kill -9`` a running command whose Prefect server (uvicorn) is among its descendants; every
+    process it started must end within 30 s."""
+    import psutil
+
+    started = psutil.Process(proc.pid).children(recursive=True)
+    servers = [p for p in started if "uvicorn" in " ".join(p.cmdline())]
+    assert servers, [p.cmdline() for p in started]  # the command's Prefect server, a child of it
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive]
+
+
 def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_crashed(
     tmp_path: Path, data_root: Path
 ) -> None:
     import sqlite3
 
-    import psutil
     from mlflow import MlflowClient
 
     config = tmp_path / "kill.yaml"
@@ -386,13 +399,7 @@ def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_cra
                 return False
 
         wait_for(running_sweep, 240, "the sweep to start")
-        started = psutil.Process(proc.pid).children(recursive=True)
-        servers = [p for p in started if "uvicorn" in " ".join(p.cmdline())]
-        assert servers, [p.cmdline() for p in started]  # Prefect's ephemeral server, a child of the command
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        gone, alive = psutil.wait_procs(started, timeout=30)
-        assert alive == [], [p.cmdline() for p in alive]
+        _kill_and_expect_no_process_left(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -418,8 +425,6 @@ def test_a_killed_classification_evaluation_leaves_no_process(tmp_path: Path, da
     Prefect server behind (its own server, under the same watchdog as `refine run`'s)."""
     import sqlite3
 
-    import psutil
-
     env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
     proc = subprocess.Popen(
         [str(BIN / "refine"), "evaluate-classification", "clinc150", "--queries", "30", "--max-documents", "3000"],
@@ -438,12 +443,7 @@ def test_a_killed_classification_evaluation_leaves_no_process(tmp_path: Path, da
                 return False
 
         wait_for(running_flow, 240, "the evaluation's flow run to start")
-        started = psutil.Process(proc.pid).children(recursive=True)
-        assert any("uvicorn" in " ".join(p.cmdline()) for p in started), [p.cmdline() for p in started]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        gone, alive = psutil.wait_procs(started, timeout=30)
-        assert alive == [], [p.cmdline() for p in alive]
+        _kill_and_expect_no_process_left(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
