@@ -42,7 +42,7 @@ from refine_core.feedback import select_feedback
 from refine_core.metrics import evaluate_rankings
 from refine_core.refinement import RefineConfig
 from refine_core.rounds import refine_rounds, rocchio_rounds
-from refine_core.statistics import paired_ttest, win_tie_loss
+from refine_core.statistics import benjamini_hochberg, paired_ttest, win_tie_loss
 
 ACCURACIES = (1.0, 0.9, 0.8)
 ROUNDS = 3
@@ -119,14 +119,46 @@ def choose(runs: dict, tune: np.ndarray) -> dict[int, object]:
 
 
 def run_dataset(q, d, labels, pool, judge) -> dict:
-    """Every method's report-half AP per budget, with the settings chosen on the tuning half."""
+    """Every method's report-half AP per budget, with the settings chosen on the tuning half, and
+    the cross-fitted comparison (``crossfit``): the halves swap roles, so every query is reported
+    once, under the settings chosen on the half it is not in."""
     tune, report = halves(q.shape[0])
     runs = one_setting(q, d, labels, pool, judge)
+    started: dict = {}  # runs from a Rocchio vector, shared by both directions of the split
+    methods, settings = tuned_methods(q, d, labels, pool, judge, runs, tune, started)
+    table = {
+        method: {b: {"tune": _mean(ap, tune), "report": _mean(ap, report)} for b, ap in per.items()}
+        for method, per in methods.items()
+    }
+    tests = new_method_tests(methods, NEW_METHODS, "rocchio_tuned", report)
+    swapped, swapped_settings = tuned_methods(q, d, labels, pool, judge, runs, report, started)
+    in_report = np.zeros(q.shape[0], dtype=bool)
+    in_report[report] = True
+    crossed = {m: {b: np.where(in_report, ap, swapped[m][b]) for b, ap in per.items()} for m, per in methods.items()}
+    return {
+        "queries": int(q.shape[0]),
+        "tune": int(tune.size),
+        "report": int(report.size),
+        "map": table,
+        "settings": settings,
+        "tests": tests,
+        "crossfit": {
+            "map": {m: {b: _mean(ap, slice(None)) for b, ap in per.items()} for m, per in crossed.items()},
+            "settings_on_report_half": swapped_settings,
+            "tests": new_method_tests(crossed, NEW_METHODS, "rocchio_tuned"),
+        },
+    }
+
+
+def tuned_methods(q, d, labels, pool, judge, runs: dict, tune: np.ndarray, started: dict) -> tuple[dict, dict]:
+    """Per-query AP (every query) of every method per budget with each setting chosen by MAP on the
+    queries ``tune``, and the chosen settings. ``started``: a cache of the runs from a Rocchio vector."""
     rocchio_choice = choose(runs["rocchio"], tune)
     lr_choice = choose(runs["refined"], tune)
     pull_choice = choose(runs["pull"], tune)
-    kl_ap, kl_choice = from_rocchio(q, d, labels, pool, judge, rocchio_choice, tune, [(lr, 0.0) for lr in KL_LR_GRID])
-    kl_pull_ap, kl_pull_choice = from_rocchio(q, d, labels, pool, judge, rocchio_choice, tune, PULL_GRID)
+    kl_grid = [(lr, 0.0) for lr in KL_LR_GRID]
+    kl_ap, kl_choice = from_rocchio(q, d, labels, pool, judge, rocchio_choice, tune, kl_grid, started)
+    kl_pull_ap, kl_pull_choice = from_rocchio(q, d, labels, pool, judge, rocchio_choice, tune, PULL_GRID, started)
     smart = RocchioParams()
     methods: dict[str, dict[int, np.ndarray]] = {
         "baseline": runs["baseline"][None],
@@ -139,10 +171,6 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
         "pull": {b: runs["pull"][pull_choice[b]][b] for b in pull_choice},
         "rocchio_kl_pull": kl_pull_ap,
     }
-    table = {
-        method: {b: {"tune": _mean(ap, tune), "report": _mean(ap, report)} for b, ap in per.items()}
-        for method, per in methods.items()
-    }
     settings = {
         "rocchio_tuned": {b: {"beta": p.beta, "gamma": p.gamma} for b, p in rocchio_choice.items()},
         "refined_tuned": {b: {"lr": lr} for b, lr in lr_choice.items()},
@@ -152,32 +180,33 @@ def run_dataset(q, d, labels, pool, judge) -> dict:
             b: {"beta": p.beta, "gamma": p.gamma, "lr": lr, "pull": pull} for b, (p, lr, pull) in kl_pull_choice.items()
         },
     }
-    tests = new_method_tests(methods, NEW_METHODS, "rocchio_tuned", report)
-    return {
-        "queries": int(q.shape[0]),
-        "tune": int(tune.size),
-        "report": int(report.size),
-        "map": table,
-        "settings": settings,
-        "tests": tests,
-    }
+    return methods, settings
 
 
-def from_rocchio(q, d, labels, pool, judge, rocchio_choice: dict, tune: np.ndarray, grid) -> tuple[dict, dict]:
+def from_rocchio(
+    q, d, labels, pool, judge, rocchio_choice: dict, tune: np.ndarray, grid, started: dict | None = None
+) -> tuple[dict, dict]:
     """The KL refinement started from the Rocchio vector, at each budget from the Rocchio weights
     chosen for that budget, with (lr, pull) from ``grid`` chosen on the tuning half: per-query AP
-    per budget and the chosen (params, lr, pull) per budget."""
+    per budget and the chosen (params, lr, pull) per budget. ``started`` caches each run's AP."""
+    started = {} if started is None else started
     runs: dict = {}
     for params in sorted(set(rocchio_choice.values()), key=ROCCHIO_GRID.index):
         for lr, pull in grid:
-            res = rocchio_rounds(
-                q, d, judge, rounds=ROUNDS, k=K, pool=pool, params=params, then_refine=RefineConfig(lr=lr, pull=pull)
-            )
-            runs[(params, lr, pull)] = {
-                r + 1: _ap(res.round_vectors[r], d, labels, pool)
-                for r in range(ROUNDS)
-                if rocchio_choice[r + 1] == params
-            }
+            key = (params, lr, pull)
+            if key not in started:
+                res = rocchio_rounds(
+                    q,
+                    d,
+                    judge,
+                    rounds=ROUNDS,
+                    k=K,
+                    pool=pool,
+                    params=params,
+                    then_refine=RefineConfig(lr=lr, pull=pull),
+                )
+                started[key] = {r + 1: _ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
+            runs[key] = {b: ap for b, ap in started[key].items() if rocchio_choice[b] == params}
     choice = {}
     for b in range(1, ROUNDS + 1):
         candidates = {key: {b: per[b]} for key, per in runs.items() if b in per}
@@ -195,11 +224,12 @@ def section_beyond(data: dict) -> dict:
         for acc in ACCURACIES:
             out[name][str(acc)] = run_dataset(q, d, labels, pool, judge_of(labels, texts, acc, seed=JUDGE_SEED))
     adjust_tests([cell for per in out.values() for cell in per.values()])
+    adjust_tests([cell["crossfit"] for per in out.values() for cell in per.values()])
     return out
 
 
 def new_method_tests(ap: dict, methods: tuple[str, ...], against: str, rows=slice(None)) -> dict:
-    """One-sided paired t-tests (raw p), mean ΔAP and queries won / tied / lost of each of
+    """One-sided paired t-tests (raw p of a gain, ``pvalue``, and of a loss, ``pvalue_loss``), mean ΔAP and queries won / tied / lost of each of
     ``methods`` against ``against`` at every budget and against rerank-only at one round, on the
     queries ``rows`` of the per-query AP arrays ``ap[method][budget]``."""
     tests = {}
@@ -213,6 +243,7 @@ def new_method_tests(ap: dict, methods: tuple[str, ...], against: str, rows=slic
             tests[f"{method} vs {other} @{b}"] = {
                 "delta": float(np.nanmean(new - old)),
                 "pvalue": float(paired_ttest(old, new, alternative="greater").pvalue),
+                "pvalue_loss": float(paired_ttest(old, new, alternative="less").pvalue),
                 "wins": wins,
                 "ties": ties,
                 "losses": losses,
@@ -222,8 +253,12 @@ def new_method_tests(ap: dict, methods: tuple[str, ...], against: str, rows=slic
 
 def adjust_tests(cells: list[dict]) -> None:
     """One Benjamini–Hochberg family over every test of ``cells`` (the project's one BH function);
-    each test's adjusted p is stored as ``p_bh``."""
+    each test's adjusted p is stored as ``p_bh``; the tests for a loss, where present, form a
+    family of their own (``p_loss_bh``)."""
     adjust_sweep_pvalues(cells)
+    losses = [test for cell in cells for test in cell["tests"].values() if "pvalue_loss" in test]
+    for test, p in zip(losses, benjamini_hochberg([t["pvalue_loss"] for t in losses]) if losses else []):
+        test["p_loss_bh"] = float(p)
     for cell in cells:
         for test in cell["tests"].values():
             test["p_bh"] = test.pop("pvalue_bh", float("nan"))
@@ -234,18 +269,20 @@ def judge_label(acc: str) -> str:
     return "oracle" if float(acc) == 1.0 else f"acc {acc}"
 
 
+SHOWN = {
+    "rocchio_kl_pull": "Rocchio → KL + pull",
+    "rocchio_kl": "Rocchio → KL",
+    "pull": "refined + pull",
+    "rocchio_tuned": "tuned Rocchio",
+    "rerank_only": "rerank-only",
+}
+
+
 def _test_label(key: str) -> str:
-    """``pull vs rocchio_tuned @2`` as the table shows it."""
-    for code, shown in (
-        ("rocchio_kl_pull", "Rocchio → KL + pull"),
-        ("rocchio_kl", "Rocchio → KL"),
-        ("pull", "refined + pull"),
-        ("rocchio_tuned", "tuned Rocchio"),
-        ("rerank_only", "rerank-only"),
-        ("@", "at "),
-    ):
-        key = key.replace(code, shown)
-    return key
+    """``pull vs rocchio_tuned @2`` as the table shows it: ``refined + pull vs tuned Rocchio at 2``."""
+    method, rest = key.split(" vs ")
+    against, budget = rest.split(" @")
+    return f"{SHOWN[method]} vs {SHOWN[against]} at {budget}"
 
 
 def render_beyond(result: dict) -> list[str]:
@@ -304,6 +341,83 @@ def render_beyond(result: dict) -> list[str]:
                     f"| {name} | {judge} | {_test_label(label)} "
                     f"| {t['delta']:+.4f} | {t['p_bh']:.2g}{star} | {t['wins']} / {t['ties']} / {t['losses']} |"
                 )
+    lines.append("")
+    if all("crossfit" in cell for per in result.values() for cell in per.values()):
+        lines += render_crossfit(result)
+    return lines
+
+
+def goal_summary(result: dict, part: str = "crossfit") -> dict[str, dict]:
+    """Issue 17's goal, counted per new method over the tests of ``part`` (``crossfit``: every
+    query, settings from the other half; ``report``: the report half of the single split):
+    comparisons with tuned Rocchio whose mean ΔAP is ≥ 0, significant gains (BH p < 0.05),
+    significant losses (the loss family's BH p < 0.05), the largest loss, and the same count
+    against rerank-only."""
+    out: dict[str, dict] = {}
+    for method in NEW_METHODS:
+        rocchio, rerank = [], []
+        for per in result.values():
+            for cell in per.values():
+                tests = cell["crossfit"]["tests"] if part == "crossfit" else cell["tests"]
+                for key, t in tests.items():
+                    name, rest = key.split(" vs ")
+                    if name == method:
+                        (rerank if rest.startswith("rerank_only") else rocchio).append(t)
+        out[method] = {
+            "comparisons": len(rocchio),
+            "at_or_above": sum(t["delta"] >= 0 for t in rocchio),
+            "significant_gains": sum(t["p_bh"] < 0.05 for t in rocchio),
+            "significant_losses": sum(t.get("p_loss_bh", 1.0) < 0.05 for t in rocchio),
+            "largest_loss": float(min([0.0] + [t["delta"] for t in rocchio])),
+            "rerank_comparisons": len(rerank),
+            "above_rerank": sum(t["delta"] > 0 and t["p_bh"] < 0.05 for t in rerank),
+        }
+    return out
+
+
+def render_crossfit(result: dict) -> list[str]:
+    """Section 8's second part: the same choices made on each half in turn, every query reported."""
+    lines = [
+        "### Every query reported: the halves swapped (cross-fitting)",
+        "",
+        "The same procedure run twice with the halves' roles swapped: each query's AP is the one it gets under the "
+        "settings chosen on the half it is *not* in, so every query is reported once and no setting saw the query it "
+        "is scored on. ΔMAP against tuned Rocchio (chosen the same way) at the same budget; * BH p < 0.05 over every "
+        "test of this part (gains); a loss is marked ! where the one-sided test for a loss is BH p < 0.05 (a family of "
+        f"its own); W/T/L: queries won / tied / lost (|ΔAP| < {TIE:g}).",
+        "",
+        "| dataset | judge | judgments | rerank-only | Rocchio, tuned | "
+        + " | ".join(f"{SHOWN[m]} (Δ, W/T/L)" for m in NEW_METHODS)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(NEW_METHODS),
+    ]
+    for name, per in result.items():
+        for acc, cell in per.items():
+            cf = cell["crossfit"]
+            for b in range(1, ROUNDS + 1):
+                rerank = cf["map"]["rerank_only"].get(b)
+                row = [name, judge_label(acc), str(b * K), "" if rerank is None else f"{rerank:.3f}"]
+                row.append(f"{cf['map']['rocchio_tuned'][b]:.3f}")
+                for method in NEW_METHODS:
+                    t = cf["tests"][f"{method} vs rocchio_tuned @{b}"]
+                    mark = " *" if t["p_bh"] < 0.05 else (" !" if t.get("p_loss_bh", 1.0) < 0.05 else "")
+                    row.append(
+                        f"{cf['map'][method][b]:.3f} ({t['delta']:+.3f}{mark}, {t['wins']}/{t['ties']}/{t['losses']})"
+                    )
+                lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "The goal, counted (Δ ≥ 0 against tuned Rocchio at equal judgments; rerank-only: BH-significant gains at 20):",
+        "",
+        "| method | part | ≥ tuned Rocchio | significant gains | significant losses | largest loss | beats rerank-only |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for part, shown in (("report", "report half"), ("crossfit", "every query")):
+        for method, g in goal_summary(result, part).items():
+            lines.append(
+                f"| {SHOWN[method]} | {shown} | {g['at_or_above']} / {g['comparisons']} | {g['significant_gains']} | "
+                f"{g['significant_losses']} | {g['largest_loss']:+.3f} | {g['above_rerank']} / {g['rerank_comparisons']} |"
+            )
     lines.append("")
     return lines
 

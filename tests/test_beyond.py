@@ -106,3 +106,63 @@ def test_report_half_labels_cannot_move_a_chosen_setting(beyond) -> None:
         assert again["map"][method][1]["report"] != result["map"][method][1]["report"], method
     for test in result["tests"].values():
         assert test["wins"] + test["ties"] + test["losses"] == result["report"]
+
+
+def test_cross_fitting_reports_every_query_under_settings_from_the_other_half(beyond) -> None:
+    queries, documents, labels, judge = _toy(seed=1)
+    result = beyond.run_dataset(queries, documents, labels, None, judge)
+    crossfit = result["crossfit"]
+    for test in crossfit["tests"].values():
+        assert test["wins"] + test["ties"] + test["losses"] == 12
+    # the report half's share of a cross-fitted mean is the single split's report-half mean
+    tune, report = beyond.halves(12)
+    for method, per in crossfit["map"].items():
+        for b, value in per.items():
+            shares = result["map"][method][b]
+            if method in ("baseline", "rerank_only"):
+                assert value == pytest.approx((shares["tune"] * tune.size + shares["report"] * report.size) / 12)
+    # tuned Rocchio's cross-fitted MAP, by hand: report-half queries under the weights chosen on the
+    # tuning half, tuning-half queries under those chosen on the report half
+    for b in (1, 2, 3):
+        ap = {}
+        for rows, chosen in ((report, result["settings"]), (tune, crossfit["settings_on_report_half"])):
+            params = beyond.RocchioParams(**chosen["rocchio_tuned"][b])
+            run = beyond.rocchio_rounds(queries, documents, judge, rounds=3, k=beyond.K, params=params)
+            ap.update(zip(rows.tolist(), beyond._ap(run.round_vectors[b - 1], documents, labels, None)[rows]))
+        assert crossfit["map"]["rocchio_tuned"][b] == pytest.approx(np.mean(list(ap.values())), abs=1e-12)
+    # the settings for the tuning half's queries are chosen on the report half alone: scrambling the
+    # tuning half's labels leaves them
+    scrambled = labels.copy()
+    scrambled[tune] = labels[tune][:, ::-1]
+    again = beyond.run_dataset(queries, documents, scrambled, None, judge)
+    assert again["crossfit"]["settings_on_report_half"] == crossfit["settings_on_report_half"]
+    assert again["crossfit"]["map"] != crossfit["map"]
+
+
+def test_the_goal_is_counted_from_the_tests(beyond) -> None:
+    def test(delta: float, p: float, p_loss: float = 1.0) -> dict:
+        return {"delta": delta, "p_bh": p, "p_loss_bh": p_loss, "wins": 1, "ties": 0, "losses": 0}
+
+    tests = {}
+    for method in beyond.NEW_METHODS:
+        tests[f"{method} vs rerank_only @1"] = test(0.2, 0.001)
+        tests[f"{method} vs rocchio_tuned @1"] = test(0.01, 0.01)
+        tests[f"{method} vs rocchio_tuned @2"] = test(-0.02, 0.9, 0.01)
+        tests[f"{method} vs rocchio_tuned @3"] = test(0.0, 0.5)
+    result = {"toy": {"1.0": {"tests": tests, "crossfit": {"tests": tests}}}}
+    summary = beyond.goal_summary(result)
+    assert summary["rocchio_kl"] == {
+        "comparisons": 3,
+        "at_or_above": 2,
+        "significant_gains": 1,
+        "significant_losses": 1,
+        "largest_loss": -0.02,
+        "rerank_comparisons": 1,
+        "above_rerank": 1,
+    }
+
+
+def test_a_combined_method_keeps_its_own_name_in_the_tables(beyond) -> None:
+    # "pull" inside "rocchio_kl_pull" once became "Rocchio → KL + refined + pull" in docs/results.md
+    assert beyond._test_label("rocchio_kl_pull vs rocchio_tuned @2") == "Rocchio → KL + pull vs tuned Rocchio at 2"
+    assert beyond._test_label("pull vs rerank_only @1") == "refined + pull vs rerank-only at 1"
