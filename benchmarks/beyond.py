@@ -42,7 +42,7 @@ from refine_core.feedback import select_feedback
 from refine_core.metrics import evaluate_rankings
 from refine_core.refinement import RefineConfig
 from refine_core.rounds import refine_rounds, rocchio_rounds
-from refine_core.statistics import benjamini_hochberg, paired_ttest, win_tie_loss
+from refine_core.statistics import paired_ttest, win_tie_loss
 
 ACCURACIES = (1.0, 0.9, 0.8)
 ROUNDS = 3
@@ -257,8 +257,10 @@ def adjust_tests(cells: list[dict]) -> None:
     family of their own (``p_loss_bh``)."""
     adjust_sweep_pvalues(cells)
     losses = [test for cell in cells for test in cell["tests"].values() if "pvalue_loss" in test]
-    for test, p in zip(losses, benjamini_hochberg([t["pvalue_loss"] for t in losses]) if losses else []):
-        test["p_loss_bh"] = float(p)
+    family = {"tests": {i: {"pvalue": test["pvalue_loss"]} for i, test in enumerate(losses)}}
+    adjust_sweep_pvalues([family])
+    for i, test in enumerate(losses):
+        test["p_loss_bh"] = family["tests"][i].get("pvalue_bh", float("nan"))
     for cell in cells:
         for test in cell["tests"].values():
             test["p_bh"] = test.pop("pvalue_bh", float("nan"))

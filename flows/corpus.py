@@ -21,6 +21,7 @@ from prefect import flow, task
 
 from evaluations.config import BenchmarkSpec, JudgeSpec
 from flows.execution import fan_out
+from refine_core.baselines import RocchioParams
 from refine_core.corpus import (
     CorpusIndex,
     best_threshold_f1,
@@ -152,8 +153,11 @@ def classify_corpus_flow(
     score_chunk: int = 262_144,
     pull: float = 0.0,
     start: str = "query",
+    rocchio_beta: float = 0.75,
+    rocchio_gamma: float = 0.15,
 ) -> dict:
-    """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``."""
+    """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``
+    (``rocchio_beta``/``rocchio_gamma``: Rocchio's weights with ``start="rocchio"``, default SMART)."""
     opened = CorpusIndex.open(index)
     result = classify(
         opened,
@@ -168,6 +172,7 @@ def classify_corpus_flow(
         ledger=JudgmentLedger(ledger_url()),
         concurrency=judge.concurrency,
         start=start,
+        rocchio=RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
     )
     name = digest(
         "classify",
@@ -181,6 +186,7 @@ def classify_corpus_flow(
         instruction,
         pull,
         start,
+        *((rocchio_beta, rocchio_gamma) if start == "rocchio" else ()),
     )
     vector = save_array(f"classify-{name}-vector", result.refinement.refined)
     judged = np.where(result.judged, result.judge_scores, np.nan).astype(np.float32)
@@ -238,6 +244,8 @@ def evaluate_classification(
     tracking: str | None = None,
     pull: float = 0.0,
     start: str = "query",
+    rocchio_beta: float = 0.75,
+    rocchio_gamma: float = 0.15,
 ) -> dict:
     """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
 
@@ -292,6 +300,7 @@ def evaluate_classification(
                 judge_instruction=bench.judge_instruction,
                 optimise=optimise,
                 start=start,
+                rocchio=RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
             )
             for name, value in binary_metrics(result.labels, gold).items():
                 row[f"{prefix}_{name}"] = value
@@ -335,6 +344,7 @@ def evaluate_classification(
                 "lr": lr,
                 "pull": pull,
                 "start": start,
+                **({"rocchio.beta": rocchio_beta, "rocchio.gamma": rocchio_gamma} if start == "rocchio" else {}),
                 **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None},
             },
         )

@@ -19,11 +19,38 @@ JUDGE_HELP = (
     "local-lm:smollm2-135m, openai-compatible:MODEL (with --base-url), cross-encoder:MODEL"
 )
 # the refinement's options, shared by search, classify and evaluate-classification
-LrOption = Annotated[float, typer.Option(help="learning rate of the refinement")]
+LrOption = Annotated[
+    float | None,
+    typer.Option(
+        help="learning rate of the refinement (default: 3e-4 with --start rocchio, 1e-4, the paper's, with query)"
+    ),
+]
 PullOption = Annotated[float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")]
 StartOption = Annotated[
-    str, typer.Option(help="refine from the query (the paper) or from the Rocchio vector: query or rocchio")
+    str,
+    typer.Option(
+        help="refine from the Rocchio vector (Rocchio → KL, the best measured) or from the query (the paper): "
+        "rocchio or query"
+    ),
 ]
+BetaOption = Annotated[float, typer.Option(help="Rocchio's weight of the judged-positive centroid (--start rocchio)")]
+GammaOption = Annotated[float, typer.Option(help="Rocchio's weight of the judged-negative centroid (--start rocchio)")]
+
+
+def refinement_settings(start: str, lr: float | None, pull: float, beta: float, gamma: float):
+    """The refinement the options ask for: ``(RefineConfig, RocchioParams)``, the lr defaulting to
+    the start's (:data:`refine_core.corpus.RECOMMENDED_LR`); an unknown start is a user error."""
+    from refine_core.baselines import RocchioParams
+    from refine_core.corpus import RECOMMENDED_LR, CorpusError
+    from refine_core.refinement import RefineConfig
+
+    if start not in RECOMMENDED_LR:
+        raise CorpusError(f"--start must be one of {', '.join(RECOMMENDED_LR)}, got {start!r}")
+    if beta < 0 or gamma < 0:
+        raise CorpusError(f"--rocchio-beta and --rocchio-gamma must be >= 0, got {beta:g} and {gamma:g}")
+    return RefineConfig(lr=RECOMMENDED_LR[start] if lr is None else lr, pull=pull), RocchioParams(
+        beta=beta, gamma=gamma
+    )
 
 
 def index_folder(name_or_path: str) -> Path:
@@ -206,9 +233,11 @@ def register(app: typer.Typer) -> None:
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
         top: Annotated[int, typer.Option(help="results to print")] = 10,
-        lr: LrOption = 1e-4,
+        lr: LrOption = None,
         pull: PullOption = 0.0,
-        start: StartOption = "query",
+        start: StartOption = "rocchio",
+        rocchio_beta: BetaOption = 1.5,
+        rocchio_gamma: GammaOption = 0.5,
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -229,9 +258,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from refine_core.corpus import search
-        from refine_core.refinement import RefineConfig
 
         try:
+            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma)
             opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
             result = search(
                 opened,
@@ -241,13 +270,14 @@ def register(app: typer.Typer) -> None:
                 k=k,
                 rounds=rounds,
                 top=top,
-                config=RefineConfig(lr=lr, pull=pull),
+                config=config,
                 instruction=instruction,
                 ledger=ledger,
                 concurrency=spec.concurrency,
                 use_ann=use_ann,
                 check_ann=check_ann,
                 start=start,
+                rocchio=rocchio,
             )
         except user_errors() as exc:
             fail(str(exc))
@@ -295,9 +325,11 @@ def register(app: typer.Typer) -> None:
                 "the positive count and set the threshold from it"
             ),
         ] = 0,
-        lr: LrOption = 1e-4,
+        lr: LrOption = None,
         pull: PullOption = 0.0,
-        start: StartOption = "query",
+        start: StartOption = "rocchio",
+        rocchio_beta: BetaOption = 1.5,
+        rocchio_gamma: GammaOption = 0.5,
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -309,13 +341,13 @@ def register(app: typer.Typer) -> None:
 
         configure_environment()
         from refine_core.corpus import CorpusError, classify, write_labels
-        from refine_core.refinement import RefineConfig
 
         try:
             if out.suffix.lower() != ".parquet":
                 raise CorpusError(f"--out {out}: labels are written as parquet; give a path ending in .parquet")
             if out.parent.exists() and not out.parent.is_dir():
                 raise CorpusError(f"--out {out}: {out.parent} is not a folder")
+            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma)
             opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
             result = classify(
                 opened,
@@ -325,11 +357,12 @@ def register(app: typer.Typer) -> None:
                 k=k,
                 rounds=rounds,
                 calibrate=calibrate,
-                config=RefineConfig(lr=lr, pull=pull),
+                config=config,
                 instruction=instruction,
                 ledger=ledger,
                 concurrency=spec.concurrency,
                 start=start,
+                rocchio=rocchio,
             )
             path = write_labels(result, opened, out)
         except user_errors() as exc:
@@ -367,9 +400,11 @@ def register(app: typer.Typer) -> None:
         k: Annotated[int, typer.Option(help="documents judged per round")] = 20,
         rounds: Annotated[int, typer.Option(help="judge-and-refine rounds")] = 1,
         calibrate: Annotated[int, typer.Option(help="extra documents judged, sampled across the ranking")] = 0,
-        lr: LrOption = 1e-4,
+        lr: LrOption = None,
         pull: PullOption = 0.0,
-        start: StartOption = "query",
+        start: StartOption = "rocchio",
+        rocchio_beta: BetaOption = 1.5,
+        rocchio_gamma: GammaOption = 0.5,
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
         """Classification mode on a labelled benchmark: P/R/F1 of the chosen threshold vs the best and vs
@@ -395,6 +430,7 @@ def register(app: typer.Typer) -> None:
                     raise ConfigError(f"--judge {judge}: give the flip rate as noisy-oracle:0.2") from None
             else:
                 spec = judge_spec(judge, base_url, 4)
+            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma)
             bench_spec = BenchmarkSpec(name=benchmark, queries=queries, max_documents=max_documents)
             from evaluations.registry import load_benchmark
 
@@ -406,7 +442,17 @@ def register(app: typer.Typer) -> None:
         try:
             ready()
             result = evaluate_classification(
-                bench_spec, spec, model=model, k=k, rounds=rounds, calibrate=calibrate, lr=lr, pull=pull, start=start
+                bench_spec,
+                spec,
+                model=model,
+                k=k,
+                rounds=rounds,
+                calibrate=calibrate,
+                lr=config.lr,
+                pull=pull,
+                start=start,
+                rocchio_beta=rocchio.beta,
+                rocchio_gamma=rocchio.gamma,
             )
         except user_errors() as exc:
             fail(str(exc))

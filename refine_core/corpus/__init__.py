@@ -47,12 +47,21 @@ from refine_core.corpus.index import (
     read_corpus,
     read_vectors,
 )
-from refine_core.corpus.query import Refinement, refine_query
+from refine_core.corpus.query import (
+    RECOMMENDED_LR,
+    RECOMMENDED_ROCCHIO,
+    RECOMMENDED_START,
+    Refinement,
+    refine_query,
+)
 from refine_core.corpus.search import SearchHit, SearchResult, search
 
 __all__ = [
     "ANN_CANDIDATES",
     "INDEX_FORMAT",
+    "RECOMMENDED_LR",
+    "RECOMMENDED_ROCCHIO",
+    "RECOMMENDED_START",
     "SCORE_CHUNK",
     "Classification",
     "CorpusError",

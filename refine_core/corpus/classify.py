@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refine_core.baselines import RocchioParams
 from refine_core.calibration import (
     choose_threshold,
     label_documents,
@@ -68,6 +69,7 @@ class Classification:
             "cost_usd": r.cost,
             "judgments_paid": r.judged,
             "judgments_from_ledger": r.from_ledger,
+            "refinement": dict(self.refinement.settings),
             "judge_failed": int(r.failed),
             "warnings": list(self.warnings),
         }
@@ -91,6 +93,7 @@ def classify(
     seed: int = 0,
     optimise: bool = True,
     start: str = "query",
+    rocchio: RocchioParams | None = None,
 ) -> Classification:
     """Label every document of ``index`` for ``criterion`` (see the module docs).
 
@@ -105,6 +108,7 @@ def classify(
         optimise: False labels with the unrefined query vector (same judging and threshold rule).
         start: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector; see
             :func:`refine_core.corpus.query.refine_query`).
+        rocchio: Rocchio's weights for ``start="rocchio"`` (default SMART).
     """
     if calibrate < 0:
         raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
@@ -124,6 +128,7 @@ def classify(
         judge_instruction=judge_instruction,
         optimise=optimise,
         start=start,
+        rocchio=rocchio,
     )
     scores = corpus_scores(index.vectors(), ref.refined)
     if ref.judged_ok.sum() == 0:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refine_core.ann import exact_top
+from refine_core.baselines import RocchioParams
 from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
 from refine_core.corpus.query import Refinement, refine_query
 from refine_core.embedders import SentenceTransformerEmbedder
@@ -70,6 +71,7 @@ class SearchResult:
             "judge_output_tokens": r.usage.output_tokens,
             "judgments_paid": r.judged,
             "judgments_from_ledger": r.from_ledger,
+            "refinement": dict(self.refinement.settings),
             **({"ann": self.ann} if self.ann is not None else {}),
         }
 
@@ -97,14 +99,15 @@ def search(
     use_ann: bool = True,
     check_ann: bool = False,
     start: str = "query",
+    rocchio: RocchioParams | None = None,
 ) -> SearchResult:
     """The top ``top`` documents for ``query`` after judged refinement (see the module docs).
 
     An index with an ANN structure (:func:`build_ann`) is searched through it: candidates from
     the ANN, exact cosine on them; ``check_ann`` also scores the whole corpus once and reports
     the recall of the ANN top list for this query. ``use_ann=False`` forces brute force.
-    ``start``: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector; see
-    :func:`refine_core.corpus.query.refine_query`)."""
+    ``start``: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector, with
+    Rocchio's weights ``rocchio``, default SMART; see :func:`refine_core.corpus.query.refine_query`)."""
     if top < 1:
         raise CorpusError(f"top must be >= 1, got {top}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
@@ -121,6 +124,7 @@ def search(
         concurrency=concurrency,
         use_ann=use_ann,
         start=start,
+        rocchio=rocchio,
     )
     vectors = index.vectors()
     ids, texts = index.documents()
