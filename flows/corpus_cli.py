@@ -37,6 +37,17 @@ BetaOption = Annotated[float, typer.Option(help="Rocchio's weight of the judged-
 GammaOption = Annotated[float, typer.Option(help="Rocchio's weight of the judged-negative centroid (--start rocchio)")]
 
 
+def describe_refinement(settings: dict) -> str:
+    """What ran, in words: ``Rocchio → KL (β 1.5, γ 0.5), lr 0.0003`` or ``the paper's refinement, lr 0.0001``."""
+    method = (
+        f"Rocchio → KL (β {settings['rocchio_beta']:g}, γ {settings['rocchio_gamma']:g})"
+        if settings.get("start") == "rocchio"
+        else "the paper's refinement"
+    )
+    pull = f", pull {settings['pull']:g}" if settings.get("pull") else ""
+    return f"{method}, lr {settings['lr']:g}{pull}"
+
+
 def refinement_settings(start: str, lr: float | None, pull: float, beta: float, gamma: float):
     """The refinement the options ask for: ``(RefineConfig, RocchioParams)``, the lr defaulting to
     the start's (:data:`refine_core.corpus.RECOMMENDED_LR`); an unknown start is a user error."""
@@ -301,7 +312,8 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"{len(out['moved_in'])} of the top {top} moved in because of refinement; "
             f"{out['judged']} documents judged ({out['judgments_paid']} paid, {out['judgments_from_ledger']} "
-            f"from the ledger, {out['judge_failed']} failed); cost ${out['cost_usd']:.4f}"
+            f"from the ledger, {out['judge_failed']} failed); cost ${out['cost_usd']:.4f}; "
+            f"refined with {describe_refinement(out['refinement'])}"
         )
 
     @app.command("classify")
@@ -379,7 +391,7 @@ def register(app: typer.Typer) -> None:
             f"estimated positives {result.estimate:.0f} (90% interval {result.interval[0]}-{result.interval[1]}, "
             f"from {source}); "
             f"threshold {result.threshold:.4f}; {summary['judged']} judged, cost ${summary['cost_usd']:.4f}; "
-            f"labels in {path}",
+            f"refined with {describe_refinement(summary['refinement'])}; labels in {path}",
             highlight=False,
         )
         for warning in result.warnings:

@@ -485,3 +485,16 @@ def test_labels_follow_the_threshold_except_where_the_judge_gave_a_verdict() -> 
     assert label_documents(scores, 0.5, judge, positive_at=0.7).tolist() == [True, False, True, False, False]
     # any slice of the corpus gives the labels of that slice
     assert label_documents(scores[1:4], 0.5, judge[1:4], 0.7).tolist() == [False, True, False]
+
+
+def test_the_commands_say_which_refinement_ran() -> None:
+    from flows.corpus_cli import describe_refinement
+
+    assert (
+        describe_refinement({"start": "rocchio", "lr": 3e-4, "pull": 0.0, "rocchio_beta": 1.5, "rocchio_gamma": 0.5})
+        == "Rocchio → KL (β 1.5, γ 0.5), lr 0.0003"
+    )
+    assert (
+        describe_refinement({"start": "query", "lr": 1e-4, "pull": 0.1})
+        == "the paper's refinement, lr 0.0001, pull 0.1"
+    )
