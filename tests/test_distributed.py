@@ -116,15 +116,18 @@ def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(
     assert_same_numbers(a["tests"], b["tests"])
     assert a["metrics"]["refined"]["map"] > a["metrics"]["baseline"]["map"]
 
-    # Four corpus chunks, two judge calls, 2 x 4 refinement blocks, and 2 rounds x 4 selection shards and
-    # 4 evaluation shards (1,600 documents in shards of 500) ran on the cluster, on both workers.
+    # rocchio_kl, a sweep's default method, is computed on the cluster too, with the same numbers
+    assert "rocchio_kl" in a["metrics"] and a["metrics"]["rocchio_kl"] == pytest.approx(b["metrics"]["rocchio_kl"])
+    # Four corpus chunks, two judge calls, 2 x 4 refinement blocks and 4 more for rocchio_kl, and 2 rounds
+    # x 4 selection shards and 4 evaluation shards (1,600 documents in shards of 500) ran on the cluster,
+    # on both workers.
     by_worker: dict[str, list[str]] = {}
     for record in stream:
         by_worker.setdefault(record["worker"], []).append(str(record["key"]))
     assert len(by_worker) == 2, by_worker
     keys = [k for ks in by_worker.values() for k in ks]
     assert sum(k.startswith("embed_corpus_chunk_task-") for k in keys) == 4, keys
-    assert sum(k.startswith("refine_block_task-") for k in keys) == 8, keys
+    assert sum(k.startswith("refine_block_task-") for k in keys) == 12, keys
     assert sum(k.startswith("judge_task-") for k in keys) == 2, keys
     assert sum(k.startswith("select_shard_task-") for k in keys) == 8, keys
     assert sum(k.startswith("evaluate_shard_task-") for k in keys) == 4, keys
