@@ -53,10 +53,11 @@ def refinement_settings(start: str, lr: float | None, pull: float, beta: float, 
     the start's (:data:`refine_core.corpus.RECOMMENDED_LR`); an unknown start is a user error."""
     from refine_core.baselines import RocchioParams
     from refine_core.corpus import RECOMMENDED_LR, CorpusError
+    from refine_core.corpus.query import STARTS
     from refine_core.refinement import RefineConfig
 
-    if start not in RECOMMENDED_LR:
-        raise CorpusError(f"--start must be one of {', '.join(RECOMMENDED_LR)}, got {start!r}")
+    if start not in STARTS:
+        raise CorpusError(f"--start must be one of {', '.join(STARTS)}, got {start!r}")
     if beta < 0 or gamma < 0:
         raise CorpusError(f"--rocchio-beta and --rocchio-gamma must be >= 0, got {beta:g} and {gamma:g}")
     return RefineConfig(lr=RECOMMENDED_LR[start] if lr is None else lr, pull=pull), RocchioParams(
