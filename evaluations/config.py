@@ -35,7 +35,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float setting is finite (inf and nan are refused before anything is paid)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class VectorsSpec(_Strict):
@@ -134,13 +135,20 @@ class HydeSpec(_Strict):
         return self.kind in PAID_KINDS
 
 
+# The largest value each positive float axis accepts: beyond it a value is a typo, not a setting
+# (Adam with lr > 1 leaves the unit sphere in one step; a temperature of 1e4 makes every softmax flat).
+_UPPER = {"lr": 1.0, "score_temperature": 1000.0, "similarity_temperature": 1000.0}
+
+
 def _positive_list(name: str):
     def check(values: list[float]) -> list[float]:
         if not values:
             raise ValueError(f"{name} must list at least one value")
+        top = _UPPER.get(name, math.inf)
         for v in values:
-            if not v > 0:
-                raise ValueError(f"{name} values must be > 0, got {v}")
+            if not (math.isfinite(v) and 0 < v <= top):
+                bound = f"in (0, {top:g}]" if math.isfinite(top) else "finite and > 0"
+                raise ValueError(f"{name} values must be {bound}, got {v}")
         return values
 
     return check
@@ -393,10 +401,14 @@ def parse_config(data: object, *, source: str = "config") -> SweepConfig:
 def load_config(path: str | Path) -> SweepConfig:
     """Read and validate a YAML sweep config."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder: give the sweep's YAML file")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_config(data, source=str(p))

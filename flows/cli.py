@@ -47,11 +47,12 @@ def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
 
 
 def _preflight(config) -> None:
-    """Fail fast, before anything is paid: datasets, models, judges, tracking store."""
+    """Fail fast, before anything is paid: the stores first (seconds), then datasets, models, judges."""
     from evaluations.registry import load_benchmark
     from refine_core.embedders import check_model
     from tasks.judging import build_judge
 
+    check_tracking_store()
     benches = {}
     for spec in {c.benchmark for c in config.cells()}:
         benches[spec] = load_benchmark(
@@ -98,23 +99,16 @@ def _preflight(config) -> None:
 
         require_prefect_dask()
         check_scheduler(config.runner)
-    check_tracking_store()
 
 
-def check_tracking_store() -> None:
-    """The tracking store answers within a few seconds, or a ValueError naming it."""
-    from flows.tracking import check_reachable, tracking_uri
+def check_tracking_store(*, run: bool = True) -> None:
+    """Every store the command needs (tracking, ledger, a Prefect API of the user's, an S3
+    artifact endpoint) answers within a few seconds, or one ValueError naming the first that
+    does not, its URI redacted (see :mod:`flows.stores`)."""
+    from flows.stores import check_stores
+    from flows.tracking import tracking_uri
 
-    uri = tracking_uri()
-    try:
-        check_reachable(uri, timeout=5.0)
-    except ValueError:
-        raise  # already one line naming the store
-    except Exception as exc:
-        raise ValueError(
-            f"MLflow tracking URI {uri} is unreachable: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        ) from None
+    check_stores(tracking_uri(), ledger=run, prefect=run, artifacts=run)
 
 
 def _results_table(title: str, cells: list[dict]) -> Table:
@@ -592,7 +586,7 @@ def compare(
     if layout == "paper" and fmt not in ("table", "markdown", "latex"):
         fail(f"--format with --layout paper must be markdown or latex, got {fmt!r}")
     try:
-        check_tracking_store()
+        check_tracking_store(run=False)
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -650,10 +644,20 @@ def experiments(
     from flows.environment import configure_environment
 
     configure_environment()
+    from flows.stores import NothingLogged
     from flows.tracking import Tracker
 
     try:
-        check_tracking_store()
+        check_tracking_store(run=False)
+    except NothingLogged as exc:  # a new home: an empty list, not an error
+        if as_json:
+            from flows.tracking import tracking_uri
+            from tasks.redaction import redact
+
+            print(json.dumps({"tracking_uri": redact(tracking_uri()), "experiments": []}))
+        else:
+            console.print(str(exc), highlight=False)
+        return
     except ValueError as exc:
         fail(str(exc))
     tracker = Tracker()
@@ -683,7 +687,9 @@ def experiments(
             }
         )
     if as_json:
-        print(json.dumps({"tracking_uri": tracker.uri, "experiments": rows}))
+        from tasks.redaction import redact
+
+        print(json.dumps({"tracking_uri": redact(tracker.uri), "experiments": rows}))
         return
     table = Table(title=f"experiments in {tracker.uri}")
     for column in ("experiment", "sweeps", "cells", "last run", "best refined MAP", "best cell"):
@@ -957,11 +963,51 @@ def main() -> None:
         os._exit(outcome["code"])
 
     atexit.register(exit_now)  # registered first, so it runs last
+    from tasks.redaction import install_log_redaction, install_stream_redaction
+
+    install_stream_redaction()  # print(), tracebacks and warnings: no secret reaches the terminal
+    install_log_redaction()
+    outcome["code"] = _run_app()
+    sys.exit(outcome["code"])
+
+
+def _run_app() -> int:
+    """Run the Typer app and return the exit status. A usage error (an unknown option, a missing
+    argument) is one line naming the command, not Typer's box; an exception that escapes a
+    command prints its traceback with every secret redacted (status 1)."""
+    import traceback
+
+    try:  # Typer 0.29 carries its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - older Typer uses click itself
+        from click import exceptions as click_errors
+
     try:
-        app()
+        value = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        return exc.exit_code
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "refine"
+        err_console.print(
+            f"[bold red]error:[/] {where}: {exc.format_message()} (see `{where} --help`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 2
+    except typer.Abort:
+        err_console.print("aborted", highlight=False)
+        return 1
     except SystemExit as exc:
-        outcome["code"] = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        raise
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:  # a bug: its traceback, but never a secret from its message
+        from tasks.redaction import redact
+
+        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        return 1
+    return value if isinstance(value, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

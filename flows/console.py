@@ -1,21 +1,56 @@
 """What every ``refine`` command module shares: the consoles, the one-line failure and the
-errors that count as the user's (bad input), so command modules need not import each other."""
+errors that count as the user's (bad input), so command modules need not import each other.
+
+Both consoles write through :class:`RedactedStream`: no URI password or secret of the
+environment reaches the terminal, whatever a message quotes (see :mod:`tasks.redaction`)."""
 
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import typer
 from rich.console import Console
 
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+from tasks.redaction import redact
+
+
+class RedactedStream:
+    """A text stream that redacts what is written before passing it to ``sys.stdout`` or
+    ``sys.stderr`` (looked up at each write, so pytest's capture and redirections still work)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def target(self) -> TextIO:
+        return getattr(sys, self.name)
+
+    def write(self, text: str) -> int:
+        self.target.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.target, "encoding", "utf-8")
+
+
+console = Console(file=RedactedStream("stdout"), width=None if sys.stdout.isatty() else 160)
+err_console = Console(file=RedactedStream("stderr"), width=None if sys.stderr.isatty() else 200)
 
 
 def fail(message: str) -> NoReturn:
     """One line on stderr, exit code 2."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

@@ -38,6 +38,9 @@ def configure_environment(state: Path | None = None) -> Path:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    from tasks.redaction import install_log_redaction
+
+    install_log_redaction()  # no secret in any log line, here or in the Prefect API's logs
     # A server kept running by `refine server start` replaces the per-command ephemeral one.
     from flows.local_server import use_if_running
 

@@ -45,13 +45,27 @@ class Tracker:
     """Thin wrapper over MlflowClient for the sweep's parent and child runs."""
 
     def __init__(self, uri: str | None = None) -> None:
+        from flows.stores import ensure_tracking_store
+
         self.uri = uri or tracking_uri()
+        ensure_tracking_store(self.uri)  # a new store's schema is created once, under a lock
         self.client = MlflowClient(self.uri)
 
     def experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._create_experiment(name)
+        except MlflowException:  # another command created it a moment ago
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _create_experiment(self, name: str) -> str:
         location = None
         if self.uri.startswith("sqlite:") or self.uri.startswith("file:") or "://" not in self.uri:
             folder = state_dir() / "mlartifacts" / re.sub(r"[^0-9A-Za-z_.-]", "_", name)
@@ -213,25 +227,6 @@ def prefect_run_url() -> str | None:
 
 def ui_base() -> str:
     return os.environ.get("REFINE_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Raise ValueError within about ``timeout`` seconds when an HTTP tracking server does not
-    answer (MLflow's own client retries for minutes); SQLite and file stores are opened directly."""
-    if not uri.startswith(("http://", "https://")):
-        MlflowClient(uri).search_experiments(max_results=1)
-        return
-    import httpx
-
-    try:
-        response = httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ValueError(
-            f"MLflow tracking URI {uri} is unreachable: the server does not answer within "
-            f"{timeout:g} s ({type(exc).__name__})"
-        ) from None
-    if response.status_code != 200:
-        raise ValueError(f"MLflow tracking URI {uri} is unreachable: /health answered HTTP {response.status_code}")
 
 
 def _alive(pid: int) -> bool:
