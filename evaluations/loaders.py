@@ -396,7 +396,11 @@ def load_user_files(folder: Path) -> Benchmark:
             if path.is_file():
                 if suffix == ".jsonl":
                     return [(f"{path}: line {n}", row) for n, row in read_jsonl_lines(path, columns)]
-                frame = pl.read_parquet(path)
+                try:
+                    frame = pl.read_parquet(path)
+                except (OSError, pl.exceptions.PolarsError) as exc:
+                    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                    raise DatasetError(f"{path}: not a readable parquet file ({first})") from None
                 missing = [c for c in columns if c not in frame.columns]
                 if missing:
                     raise DatasetError(f"{path}: missing column(s) {missing}; it has {frame.columns}")

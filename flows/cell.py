@@ -445,7 +445,8 @@ def evaluate_cell(
             tracker.log_artifact(run_id, path, where)
         timings["mlflow"] = time.perf_counter() - t
         tracker.log_metrics(run_id, {"time.mlflow_s": timings["mlflow"]})
-        failed_queries = sum(j.failed_queries for j in judgments)
+        # distinct queries: the rounds of a cell judge the same queries (rows) again
+        failed_queries = len({row for j in judgments for row in j.failed_rows})
         errors: dict[str, int] = {}
         for j in judgments:
             for reason, count in j.errors.items():
@@ -482,6 +483,7 @@ def evaluate_cell(
         "metrics": {m: evaluation.metrics[m] for m in evaluation.metrics},
         "tests": evaluation.tests,
         "judge_usage": judge_metrics,
+        "hyde_usage": hyde_metrics,
         "failed_queries": failed_queries,
         "fallback_queries": sum(j.fallback_queries for j in judgments),
         "judgments_failed": sum(errors.values()),

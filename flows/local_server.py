@@ -147,6 +147,7 @@ def start_ephemeral() -> str | None:
 
     # The command binds the port and hands the socket to uvicorn (--fd): no other process can
     # take the port between choosing it and the server's start.
+    _wait_for_first_start()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -186,6 +187,39 @@ def start_ephemeral() -> str | None:
     return api
 
 
+def _database_ready_marker() -> Path:
+    return state_dir() / "prefect" / "database.ready"
+
+
+def _wait_for_first_start() -> None:
+    """On a home whose Prefect database was never migrated, take the home's start lock (waiting
+    while another command holds it) until this command's server answers: Prefect migrates the
+    database as its server starts, and two servers migrating one new SQLite file at once fail
+    ("the local Prefect server exited with status 3"). Once one server has answered, the marker
+    file says the database is ready and later commands start without the lock."""
+    import fcntl
+
+    marker = _database_ready_marker()
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(marker.with_name("database.lock"), "a+b")  # noqa: SIM115 - held until ready()
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    if marker.exists():  # another command finished the first start while this one waited
+        handle.close()
+        return
+    _EPHEMERAL["first_start_lock"] = handle
+
+
+def _release_first_start(succeeded: bool) -> None:
+    handle = _EPHEMERAL.pop("first_start_lock", None)
+    if handle is None:
+        return
+    if succeeded:
+        _database_ready_marker().touch()
+    handle.close()  # closing the file ends the lock
+
+
 def ready(timeout: float | None = None) -> None:
     """Wait until the server :func:`start_ephemeral` started answers (no-op without one).
 
@@ -212,13 +246,16 @@ def ready(timeout: float | None = None) -> None:
                 if proc.poll() is not None
                 else f"did not answer in {limit:.0f} s"
             )
+            _release_first_start(False)
             raise RuntimeError(f"the local Prefect server {why} (log {log}){': ' + ' | '.join(tail) if tail else ''}")
         time.sleep(0.1)
+    _release_first_start(True)
     _EPHEMERAL["ready"] = True
 
 
 def stop_ephemeral() -> None:
     """Stop the server :func:`start_ephemeral` started (no-op without one)."""
+    _release_first_start(False)
     proc = _EPHEMERAL.get("proc")
     if isinstance(proc, subprocess.Popen):
         from flows.watchdog import stop_process_group

@@ -207,6 +207,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         max_items=config.budget.max_judgments,
         max_cost=config.budget.max_cost_usd,
     )
+    account.start_run()  # a retried run asks again for what an earlier attempt found failing
     started = time.perf_counter()
     results: list[dict] = []
     failures: list[str] = []
@@ -368,7 +369,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         "shared_timings": timings,
         "bh_adjusted": adjusted,
         "budget": spend.as_dict(),
-        "budget_line": spend.line(),
+        "budget_line": budget_line(spend, results),
         "columns": cell_rows(results)[0] if results else [],
     }
     if judgment_failures:
@@ -377,6 +378,28 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             log.error("%s", line)
         raise JudgmentsFailed("judgments failed in " + "; ".join(lines), result)
     return result
+
+
+def budget_line(spend, results: list[dict]) -> str:
+    """The account's line, then what was not paid for and why: judgments that failed, judgments
+    and HyDE passages held back by the budget, judgments not asked because the judge was stopped."""
+    from refine_core.judges.breaker import OPEN_ERROR
+
+    def errors_like(prefix: str) -> int:
+        return sum(n for r in results for e, n in (r.get("judge_errors") or {}).items() if e.startswith(prefix))
+
+    held, stopped = errors_like("BudgetExceeded"), errors_like(OPEN_ERROR)
+    failed = sum(int(r.get("judgments_failed", 0)) for r in results) - held - stopped
+    hyde_held = sum(int((r.get("hyde_usage") or {}).get("hyde_generations_not_submitted", 0)) for r in results)
+    hyde_failed = sum(int((r.get("hyde_usage") or {}).get("hyde_generations_failed", 0)) for r in results)
+    extra = [
+        f"{failed} judgments failed" if failed else "",
+        f"{held} judgments held back by the budget" if held else "",
+        f"{stopped} judgments not asked (the judge was stopped)" if stopped else "",
+        f"{hyde_failed} HyDE passages failed" if hyde_failed else "",
+        f"{hyde_held} HyDE passages held back by the budget" if hyde_held else "",
+    ]
+    return "; ".join([spend.line(), *(x for x in extra if x)])
 
 
 _HINTS = (
@@ -405,8 +428,18 @@ def hint(error: str) -> str:
 
 
 def failure_lines(results: list[dict]) -> list[str]:
-    """One line per cell with failed judgments: how many, the commonest reason and what to do."""
+    """One line per judge whose breaker opened (the run stopped asking it, and why), then one
+    line per cell with failed judgments: how many, the commonest reason and what to do."""
+    from refine_core.judges.breaker import OPEN_ERROR
+
     lines = []
+    stopped: dict[str, str] = {}
+    for r in results:
+        for error in r.get("judge_errors") or {}:
+            if error.startswith(f"{OPEN_ERROR}: "):
+                stopped.setdefault(r["judge"], error.removeprefix(f"{OPEN_ERROR}: "))
+    for judge, reason in stopped.items():
+        lines.append(f"judge {judge} stopped: {reason}; no cell of this run asked it again: {hint(reason)}")
     for r in results:
         errors = r.get("judge_errors") or {}
         if not errors:

@@ -103,14 +103,19 @@ def run_tags() -> list[str]:
 
 def crash_orphaned_flow_runs() -> list[str]:
     """Mark CRASHED the RUNNING or PENDING flow runs tagged with this host and a pid that no
-    longer exists (left by a killed command); returns their names."""
+    longer exists (left by a killed command), and their task runs still RUNNING or PENDING;
+    returns the flow runs' names."""
     import psutil
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
+        FlowRunFilterId,
         FlowRunFilterState,
         FlowRunFilterStateType,
         FlowRunFilterTags,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
@@ -131,10 +136,16 @@ def crash_orphaned_flow_runs() -> list[str]:
             pids = [t.removeprefix(PID_TAG) for t in run.tags if t.startswith(PID_TAG)]
             if not pids or not pids[0].isdigit() or psutil.pid_exists(int(pids[0])):
                 continue
-            client.set_flow_run_state(
-                run.id, Crashed(message=f"the refine process {pids[0]} that ran it is gone"), force=True
-            )
+            why = f"the refine process {pids[0]} that ran it is gone"
+            client.set_flow_run_state(run.id, Crashed(message=why), force=True)
             crashed.append(run.name)
+            unfinished = TaskRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+            for task_run in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=unfinished)),
+                limit=200,
+            ):
+                client.set_task_run_state(task_run.id, Crashed(message=why), force=True)
     return crashed
 
 

@@ -94,6 +94,8 @@ class JudgmentsRef:
     seconds: float = 0.0
     errors: dict = field(default_factory=dict)  # failure reason -> how many judgments
     fallback_queries: int = 0  # queries with no judgment at all (they keep the baseline ranking)
+    failed_rows: tuple[int, ...] = ()  # the benchmark rows of those queries (rounds of a cell share rows)
+    stopped: str | None = None  # why the run stopped asking the judge (its breaker opened), if it did
 
     @property
     def failed_judgments(self) -> int:
@@ -443,6 +445,8 @@ def judge_task(
         seconds=time.perf_counter() - start,
         errors=errors,
         fallback_queries=fallback_queries,
+        failed_rows=tuple(int(r) for r in np.flatnonzero(missing.any(axis=1))),
+        stopped=report.stopped,
     )
 
 

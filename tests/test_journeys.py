@@ -403,8 +403,9 @@ def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_cra
     finally:
         if proc.poll() is None:
             proc.kill()
+    # By id: the re-run names its sub-flows as the killed run did, so names would mix the two.
     with sqlite3.connect(tmp_path / "refine" / "prefect" / "prefect.db") as db:
-        left = db.execute("select name from flow_run where state_type = 'RUNNING'").fetchall()
+        left = [row[0] for row in db.execute("select id from flow_run where state_type = 'RUNNING'")]
     assert left, "the killed command's flow runs are still RUNNING in the database"
 
     again = subprocess.run(
@@ -412,8 +413,13 @@ def test_a_killed_run_leaves_no_process_and_the_next_run_marks_its_flow_runs_cra
     )
     assert again.returncode == 0, again.stderr[-2000:]
     with sqlite3.connect(tmp_path / "refine" / "prefect" / "prefect.db") as db:
-        states = dict(db.execute("select name, state_type from flow_run").fetchall())
-    assert all(states[name] == "CRASHED" for (name,) in left), states
+        states = dict(db.execute("select id, state_type from flow_run").fetchall())
+        marks = ",".join("?" * len(left))
+        tasks_left = db.execute(
+            f"select name from task_run where flow_run_id in ({marks}) and state_type in ('RUNNING', 'PENDING')", left
+        ).fetchall()
+    assert all(states[run] == "CRASHED" for run in left), states
+    assert not tasks_left, f"task runs of the killed flow runs still unfinished: {tasks_left}"
     runs = MlflowClient(f"sqlite:///{mlflow_db}").search_runs(
         [e.experiment_id for e in MlflowClient(f"sqlite:///{mlflow_db}").search_experiments()], ""
     )

@@ -196,6 +196,14 @@ class AnthropicJudge:
     def __repr__(self) -> str:  # never show the client (it holds the key)
         return f"AnthropicJudge(model={self.model!r}, scheme={self.scheme!r})"
 
+    def with_max_retries(self, retries: int) -> AnthropicJudge:
+        """The same judge (same identity, same ledger answers) whose client retries at most ``retries`` times."""
+        import copy
+
+        probe = copy.copy(self)
+        probe.client = self.client.with_options(max_retries=min(retries, self.client.max_retries))
+        return probe
+
     # ---- request bodies --------------------------------------------------------------------
     def _prefix(self, query: str, task_instruction: str | None) -> dict[str, object]:
         block: dict[str, object] = {"type": "text", "text": query_block(query, task_instruction)}

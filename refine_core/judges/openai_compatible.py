@@ -115,6 +115,14 @@ class OpenAICompatibleJudge:
             return Judgment.failure("NoYesNoToken", str(pairs)[:500]), usage
         return Judgment(score=score, raw=str(pairs[:5])), usage
 
+    def with_max_retries(self, retries: int) -> OpenAICompatibleJudge:
+        """The same judge (same identity, same ledger answers) that retries at most ``retries`` times."""
+        import copy
+
+        probe = copy.copy(self)
+        probe.max_retries = min(retries, self.max_retries)
+        return probe
+
     def judge(self, *, query: str, documents: Sequence[str], task_instruction: str | None) -> JudgeResponse:
         usage = Usage()
         verdicts = []

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from refine_core.judges.base import Judge, JudgeCrashed, JudgeResponse, Judgment, Usage, check_scores, truncate_document
+from refine_core.judges.breaker import CircuitBreaker, open_verdict
 from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
 
 if TYPE_CHECKING:
@@ -78,6 +79,8 @@ class RunReport:
     truncated_documents: int = 0
     max_in_flight: int = 0
     paid_twice: int = 0
+    failed_earlier: int = 0  # failed earlier in the same run (another cell): not asked again
+    stopped: str | None = None  # why the run stopped asking this judge (its breaker opened)
 
     def as_metrics(self) -> dict[str, float]:
         return {
@@ -92,6 +95,8 @@ class RunReport:
             "judgments_not_submitted": float(self.not_submitted),
             "documents_truncated_for_judge": float(self.truncated_documents),
             "judgments_paid_twice": float(self.paid_twice),
+            "judgments_failed_earlier_in_run": float(self.failed_earlier),
+            "judge_stopped": float(self.stopped is not None),
         }
 
 
@@ -111,6 +116,7 @@ def run_judge(
     account: SpendAccount | None = None,
     claim_ttl: float = 600.0,
     claim_poll_s: float = 0.2,
+    breaker: CircuitBreaker | None = None,
 ) -> RunReport:
     """Judge every document of every request, paying only for what the ledger lacks.
 
@@ -131,6 +137,9 @@ def run_judge(
             has claimed is not sent but waited for (its answer is read from the ledger), unless
             that claim is older than this many seconds (its process may be gone).
         claim_poll_s: how often to look for the answers of pairs another process is judging.
+        breaker: the run's :class:`~refine_core.judges.breaker.CircuitBreaker` (default a new
+            one): once it opens no call is sent, here or, through ``account``, in any later cell
+            of the run. With ``account``, pairs that failed earlier in the run are not asked again.
 
     Returns:
         A :class:`RunReport`. Calls never submitted because of the budget yield failed
@@ -144,12 +153,21 @@ def run_judge(
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     key = judge.identity.key
     report = RunReport(judgments=[[Judgment.failure("NotJudged")] * len(r.documents) for r in requests])
+    breaker = breaker if breaker is not None else CircuitBreaker()
+    if account is not None and not breaker.open:
+        breaker.reason = account.stopped(key)  # an earlier cell of this run stopped asking this judge
+    # A probe (a call sent before any call of the run succeeded) goes alone and with few retries.
+    with_retries = getattr(judge, "with_max_retries", None)
+    probe_judge: Judge = with_retries(breaker.policy.probe_retries) if callable(with_retries) else judge
     hashes = [(query_hash(r.query, r.task_instruction), [doc_hash(d) for d in r.documents]) for r in requests]
     if ledger is not None:
         wanted = [(qh, dh) for qh, dhs in hashes for dh in dhs]
         stored = ledger.lookup(key, wanted)
     else:
         stored = {}
+    failed_earlier: dict[tuple[str, str], str] = {}
+    if account is not None:
+        failed_earlier = account.failed_pairs(key, [(qh, dh) for qh, dhs in hashes for dh in dhs if (qh, dh) not in stored])
     # Plan the calls: (request index, document positions).
     calls: list[tuple[int, list[int]]] = []
     per_call = judge.documents_per_request
@@ -160,6 +178,10 @@ def run_judge(
             if (qh, dh) in stored:
                 report.judgments[i][j] = Judgment(score=stored[(qh, dh)], raw="ledger")
                 report.from_ledger += 1
+            elif (qh, dh) in failed_earlier:
+                report.judgments[i][j] = Judgment.failure(failed_earlier[(qh, dh)])
+                report.failed_earlier += 1
+                report.failed += 1
             elif dh in seen:
                 continue  # duplicate document within a query: judged once, copied below
             else:
@@ -186,7 +208,7 @@ def run_judge(
                         report.truncated_documents += 1
             # Judges turn transport and answer errors into failed verdicts; an exception here is
             # a bug: it propagates (the loop below drains the calls in flight, then raises).
-            response = judge.judge(
+            response = (probe_judge if breaker.probing else judge).judge(
                 query=requests[i].query, documents=docs, task_instruction=requests[i].task_instruction
             )
             if len(response.judgments) != len(docs):
@@ -249,7 +271,7 @@ def run_judge(
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
         while queue or pending or deferred:
-            while crash is None and queue and len(pending) < concurrency:
+            while crash is None and not breaker.open and queue and len(pending) < (1 if breaker.probing else concurrency):
                 i, positions = queue[-1]
                 if ledger is not None:
                     # Another process sharing this ledger may be paying for these pairs, or have
@@ -279,7 +301,7 @@ def run_judge(
                 submitted_docs += len(positions)
                 pending[pool.submit(one_call, i, positions)] = (i, positions)
             if not pending:
-                if crash is None and not queue and deferred:
+                if crash is None and not breaker.open and not queue and deferred:
                     # Wait for the other processes' answers (or for their claims to lapse), then look again.
                     time.sleep(claim_poll_s)
                     queue.extend(reversed(deferred))
@@ -313,6 +335,12 @@ def run_judge(
                     ledger.release(key, pairs_of(i, positions), owner)
                 report.usage.add(response.usage)
                 report.cost += cost
+                if breaker.record(response.judgments) and account is not None:
+                    account.stop(key, str(breaker.reason))
+                if account is not None:
+                    account.note_failures(
+                        key, [(qh, dhs[j], v.error or "unknown") for j, v in zip(positions, response.judgments) if not v.ok]
+                    )
                 for j, verdict in zip(positions, response.judgments):
                     report.judgments[i][j] = verdict
                     if verdict.ok:
@@ -322,9 +350,11 @@ def run_judge(
                 done += 1
                 if progress is not None:
                     progress(min(done, len(calls)), len(calls))
+    left = open_verdict(str(breaker.reason)) if breaker.open else Judgment.failure("BudgetExceeded")
+    report.stopped = breaker.reason
     for i, positions in deferred:  # left when the run stopped early: take what the other process stored
         for j in from_ledger_now(i, positions):
-            report.judgments[i][j] = Judgment.failure("BudgetExceeded" if crash is None else "NotJudged")
+            report.judgments[i][j] = left if crash is None else Judgment.failure("NotJudged")
             report.not_submitted += 1
     if crash is not None:
         raise JudgeCrashed(
@@ -333,7 +363,7 @@ def run_judge(
         ) from crash
     for i, positions in queue:
         for j in positions:
-            report.judgments[i][j] = Judgment.failure("BudgetExceeded")
+            report.judgments[i][j] = left
             report.not_submitted += 1
     # Copy verdicts to duplicate documents of the same query.
     for i, (_, dhs) in enumerate(hashes):

@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Column, Float, Integer, String, Table, and_, insert, or_, select, update
+from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from refine_core.judges.base import Usage
-from refine_core.judges.ledger import METADATA, open_engine
+from refine_core.judges.ledger import METADATA, insert_new, open_engine
 
 spend_table = Table(
     "spend_accounts",
@@ -37,6 +37,27 @@ spend_table = Table(
     Column("spent_cost", Float, nullable=False, default=0.0),
     Column("refused", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
+)
+
+# What a run learned about its judges, shared by every cell and process of the run: the breaker
+# that opened (the run stops asking that judge) and the pairs that failed (a later cell of the
+# same run does not ask for them again; the next run does). Cleared when a run (re)starts.
+stops_table = Table(
+    "account_stops",
+    METADATA,
+    Column("account", String(200), primary_key=True),
+    Column("judge_key", String(64), primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+run_failures_table = Table(
+    "account_failures",
+    METADATA,
+    Column("account", String(200), primary_key=True),
+    Column("judge_key", String(64), primary_key=True),
+    Column("query_hash", String(64), primary_key=True),
+    Column("doc_hash", String(64), primary_key=True),
+    Column("error", Text, nullable=False),
 )
 
 # Characters per token in the estimate (low: English averages about 4) and the prompt's own size.
@@ -90,7 +111,7 @@ class SpendStatus:
     def line(self) -> str:
         """``spent 40 of 100 paid items and $0.0123 of $5.00; left 60 and $4.99``."""
         if self.max_items is None and self.max_cost is None and self.items == 0:
-            return "none set; nothing paid (local judges are free)"
+            return "none set; nothing paid"
         items = f"{self.items}" + (f" of {self.max_items}" if self.max_items is not None else "")
         cost = f"${self.cost:.4f}" + (f" of ${self.max_cost:.2f}" if self.max_cost is not None else "")
         left = []
@@ -202,3 +223,56 @@ class SpendAccount:
             None if row.max_cost is None else float(row.max_cost),
             int(row.refused),
         )
+
+    # ---- what the run learned about its judges --------------------------------------------------
+    def stop(self, judge_key: str, reason: str) -> None:
+        """Record that this run stops asking the judge ``judge_key`` (its breaker opened)."""
+        with self.engine.begin() as conn:
+            insert_new(
+                conn,
+                stops_table,
+                [{"account": self.account, "judge_key": judge_key, "reason": reason, "created_at": time.time()}],
+            )
+
+    def stopped(self, judge_key: str) -> str | None:
+        """Why this run stopped asking ``judge_key``, or None while it may ask."""
+        t = stops_table
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(t.c.reason).where(and_(t.c.account == self.account, t.c.judge_key == judge_key))
+            ).scalar()
+
+    def note_failures(self, judge_key: str, failures: Sequence[tuple[str, str, str]]) -> None:
+        """Record ``(query hash, doc hash, error)`` pairs that failed in this run."""
+        rows = [
+            {"account": self.account, "judge_key": judge_key, "query_hash": q, "doc_hash": d, "error": e}
+            for q, d, e in failures
+        ]
+        if rows:
+            with self.engine.begin() as conn:
+                insert_new(conn, run_failures_table, rows)
+
+    def failed_pairs(self, judge_key: str, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The pairs of ``pairs`` that failed earlier in this run, with their error."""
+        t = run_failures_table
+        found: dict[tuple[str, str], str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(pairs), 500):
+                chunk = list(pairs[start : start + 500])
+                rows = conn.execute(
+                    select(t.c.query_hash, t.c.doc_hash, t.c.error).where(
+                        and_(
+                            t.c.account == self.account,
+                            t.c.judge_key == judge_key,
+                            tuple_(t.c.query_hash, t.c.doc_hash).in_(chunk),
+                        )
+                    )
+                )
+                found.update({(q, d): e for q, d, e in rows})
+        return found
+
+    def start_run(self) -> None:
+        """Forget what an earlier attempt of this run learned (a retried run asks again), keep the spending."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(stops_table).where(stops_table.c.account == self.account))
+            conn.execute(delete(run_failures_table).where(run_failures_table.c.account == self.account))
