@@ -203,7 +203,7 @@ def _wait_for_first_start() -> None:
     if marker.exists():
         return
     marker.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(marker.with_name("database.lock"), "a+b")  # noqa: SIM115 - held until ready()
+    handle = open(marker.with_name("database.lock"), "a+b")  # held until ready() or stop_ephemeral()
     fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
     if marker.exists():  # another command finished the first start while this one waited
         handle.close()

@@ -36,10 +36,12 @@ def _sqlite_path(uri: str) -> Path | None:
     """The file of a ``sqlite:///`` URI (None for in-memory or non-SQLite URIs)."""
     if not uri.startswith("sqlite:"):
         return None
-    rest = uri.split(":", 1)[1].lstrip("/")
-    if not rest or rest.startswith(":memory:"):
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    if not database or database == ":memory:":
         return None
-    return Path("/" + rest.split("?", 1)[0])
+    return Path(database).expanduser().resolve()
 
 
 def _is_database(uri: str) -> bool:

@@ -444,9 +444,14 @@ def failure_lines(results: list[dict]) -> list[str]:
         errors = r.get("judge_errors") or {}
         if not errors:
             continue
-        reason, _ = max(errors.items(), key=lambda kv: kv[1])
+        # the commonest reason the judge gave; pairs not asked once it was stopped are counted apart
+        asked = {e: n for e, n in errors.items() if not e.startswith(f"{OPEN_ERROR}: ")}
+        not_asked = sum(errors.values()) - sum(asked.values())
+        reason, _ = max((asked or errors).items(), key=lambda kv: kv[1])
         total = r["judgments_failed"]
-        others = f" (and {len(errors) - 1} other reasons)" if len(errors) > 1 else ""
+        others = f" (and {len(asked) - 1} other reasons)" if len(asked) > 1 else ""
+        if asked and not_asked:
+            others += f" ({not_asked} not asked once the judge was stopped)"
         queries = r["failed_queries"]
         lines.append(
             f"{r['benchmark']} · {r['judge']} · lr {r['params']['lr']:g}: {total} judgment"

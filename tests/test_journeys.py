@@ -317,15 +317,23 @@ def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-wrong-key")
         failed = runner.invoke(app, ["run", str(config), "--json"])
         assert failed.exit_code == 3, failed.output
+        # the breaker: the first calls go one at a time, and two refused in a row stop the run asking
+        assert claude.stats.requests == 2 and claude.stats.status[401] == 2
         stderr = failed.stderr
         lines = [line for line in stderr.splitlines() if line.startswith("judgments failed:")]
-        assert len(lines) == 1, stderr
-        assert "20 judgments failed in 4 queries" in lines[0] and "HTTP 401 authentication_error" in lines[0]
-        assert "ANTHROPIC_API_KEY" in lines[0]
+        assert len(lines) == 2, stderr
+        stopped, cell_line = lines
+        assert "stopped: the service refused 2 calls in a row" in stopped and "HTTP 401" in stopped
+        assert "ANTHROPIC_API_KEY" in stopped
+        assert "20 judgments failed in 4 queries" in cell_line and "HTTP 401 authentication_error" in cell_line
+        assert "10 not asked once the judge was stopped" in cell_line and "ANTHROPIC_API_KEY" in cell_line
         assert f"refine run {config}" in stderr
         out = json.loads(failed.stdout.strip().splitlines()[-1])
-        assert out["judgment_failures"] == [lines[0].removeprefix("judgments failed: ")]
-        assert out["cells"][0]["judge_errors"] == {"AuthenticationError: HTTP 401 authentication_error": 20}
+        assert out["judgment_failures"] == [line.removeprefix("judgments failed: ") for line in lines]
+        errors = out["cells"][0]["judge_errors"]
+        assert errors.pop("AuthenticationError: HTTP 401 authentication_error") == 10
+        ((not_asked, count),) = errors.items()
+        assert not_asked.startswith("CircuitOpen: the service refused 2 calls in a row") and count == 10
 
         monkeypatch.setenv("ANTHROPIC_API_KEY", SENTINEL_KEY)
         claude.reset_stats()
@@ -509,7 +517,8 @@ def test_an_unreachable_tracking_server_is_reported_within_seconds(tmp_path: Pat
         [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=120
     )
     elapsed = time.perf_counter() - started
-    assert result.returncode == 2 and "does not answer" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "MLflow tracking store http://127.0.0.1:" in result.stderr and "unreachable" in result.stderr
     assert elapsed < 45, f"took {elapsed:.0f} s (process start and imports included)"
 
 

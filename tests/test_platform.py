@@ -298,7 +298,7 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
         ("name: x\nbenchmarks: [{name: clinc150}]\nmethods: [rochio_kl]\n", "methods.0: Input should be 'rocchio_kl'"),
         (
             "name: x\nbenchmarks: [{name: clinc150}]\ngrid: {lr: [-0.1]}\n",
-            "grid.lr: Value error, lr values must be > 0",
+            "grid.lr: Value error, lr values must be in (0, 1], got -0.1",
         ),
         ("name: x\nbenchmarks: [{name: clinc150}]\ngrid: {steps: [0]}\n", "steps values must be integers >= 1"),
         (

@@ -154,5 +154,5 @@ def test_unreachable_tracking_uri_is_a_one_line_error(tmp_path: Path, data_root:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert res.returncode == 2, res.stderr
-    assert "MLflow tracking URI http://127.0.0.1:9/ is unreachable" in res.stderr
+    assert "MLflow tracking store http://127.0.0.1:9/ is unreachable" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

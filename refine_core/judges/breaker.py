@@ -118,9 +118,7 @@ class CircuitBreaker:
             self._last_error = error
             limit = self.policy.down_after_success if self.succeeded else self.policy.down_after
             if self._fatal >= self.policy.fatal_after:
-                self.reason = (
-                    f"the service refused {self._fatal} calls in a row ({error}); asking again cannot help"
-                )
+                self.reason = f"the service refused {self._fatal} calls in a row ({error}); asking again cannot help"
             elif self._down >= limit:
                 self.reason = f"the service failed {self._down} calls in a row after retries ({error}); it looks down"
             return self.open

@@ -167,7 +167,9 @@ def run_judge(
         stored = {}
     failed_earlier: dict[tuple[str, str], str] = {}
     if account is not None:
-        failed_earlier = account.failed_pairs(key, [(qh, dh) for qh, dhs in hashes for dh in dhs if (qh, dh) not in stored])
+        failed_earlier = account.failed_pairs(
+            key, [(qh, dh) for qh, dhs in hashes for dh in dhs if (qh, dh) not in stored]
+        )
     # Plan the calls: (request index, document positions).
     calls: list[tuple[int, list[int]]] = []
     per_call = judge.documents_per_request
@@ -271,7 +273,9 @@ def run_judge(
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
         while queue or pending or deferred:
-            while crash is None and not breaker.open and queue and len(pending) < (1 if breaker.probing else concurrency):
+            while (
+                crash is None and not breaker.open and queue and len(pending) < (1 if breaker.probing else concurrency)
+            ):
                 i, positions = queue[-1]
                 if ledger is not None:
                     # Another process sharing this ledger may be paying for these pairs, or have
@@ -339,7 +343,8 @@ def run_judge(
                     account.stop(key, str(breaker.reason))
                 if account is not None:
                     account.note_failures(
-                        key, [(qh, dhs[j], v.error or "unknown") for j, v in zip(positions, response.judgments) if not v.ok]
+                        key,
+                        [(qh, dhs[j], v.error or "unknown") for j, v in zip(positions, response.judgments) if not v.ok],
                     )
                 for j, verdict in zip(positions, response.judgments):
                     report.judgments[i][j] = verdict
