@@ -23,6 +23,7 @@ from tasks.redaction import redact
 from tasks.storage import file_lock, ledger_url, state_dir
 
 CONNECT_TIMEOUT_S = 5.0
+ANSWER_TIMEOUT_S = 30.0
 # pg_advisory_lock key of MLflow's schema creation (any constant the project owns).
 _MLFLOW_SCHEMA_LOCK = 7_303_117_281
 _READY: set[str] = set()
@@ -91,13 +92,20 @@ def check_database(name: str, uri: str, timeout: float = CONNECT_TIMEOUT_S) -> N
 def check_http(
     name: str, url: str, path: str = "", timeout: float = CONNECT_TIMEOUT_S, any_status: bool = False
 ) -> None:
-    """GET ``url + path`` within ``timeout`` seconds; HTTP 200 (any status with ``any_status``)."""
+    """GET ``url + path``: the connection must open within ``timeout`` seconds (a closed port or a
+    host that does not answer fails fast); a server that accepted it may take up to
+    :data:`ANSWER_TIMEOUT_S` to answer (a loaded server is slow, not gone). HTTP 200 (any status
+    with ``any_status``)."""
     import httpx
 
     try:
-        response = httpx.get(url.rstrip("/") + path, timeout=timeout)
-    except httpx.TimeoutException:
+        response = httpx.get(url.rstrip("/") + path, timeout=httpx.Timeout(ANSWER_TIMEOUT_S, connect=timeout))
+    except httpx.ConnectTimeout:
         raise StoreUnreachable(f"{name} {redact(url)} does not answer within {timeout:g} s") from None
+    except httpx.TimeoutException:
+        raise StoreUnreachable(
+            f"{name} {redact(url)} accepted the connection but did not answer within {ANSWER_TIMEOUT_S:g} s"
+        ) from None
     except httpx.HTTPError as exc:
         raise StoreUnreachable(f"{name} {redact(url)} is unreachable: {_cause(exc)}") from None
     if not any_status and response.status_code != 200:
