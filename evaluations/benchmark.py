@@ -206,6 +206,44 @@ class Benchmark:
         how = {"max_documents": max_documents, "corpus_seed": seed}
         return replace(self, documents=documents, labels=labels, subset={**self.subset, **how})
 
+    def sparse(self, *, seed: int = 0) -> Benchmark:
+        """The *sparse* variant: every query keeps one relevant document and loses the others.
+
+        The usual retrieval shape (one or two relevant documents per query, as in MS MARCO- or
+        BEIR-style data), made from a benchmark with many. For each query, among its relevant
+        documents of the highest grade, the one kept is the first in the order of
+        ``sha256(seed, query_id, doc_id)``: a seeded rule that depends on nothing else (not the
+        other queries, the table order or the subset). The query's other relevant documents are
+        dropped from *its* pool, so they are neither relevant nor in the way; every other document
+        stays, including the ones relevant to other queries (for an intent set: every other
+        intent's utterances). The result is a ``"per-query"`` benchmark whose labels list each
+        query's pool (1 for the kept document, 0 for the rest) and whose name ends in ``-sparse``.
+        A query without a relevant document keeps the whole corpus as its pool.
+        """
+        relevant = self.labels.filter(pl.col("label") == 1)
+        if relevant.height == 0:
+            raise DatasetError(f"{self.name}: no relevant pairs to thin out; a sparse variant needs some")
+        if self.pool != "corpus":
+            raise DatasetError(f"{self.name}: the sparse variant is built from shared-corpus benchmarks only")
+        ranked = relevant.with_columns(
+            pl.col("score").fill_null(1.0).alias("_grade"),
+            pl.concat_str([pl.lit(str(seed)), pl.col("query_id"), pl.col("doc_id")], separator="\x00")
+            .map_elements(lambda key: hashlib.sha256(key.encode()).hexdigest(), return_dtype=pl.String)
+            .alias("_order"),
+        ).sort(["query_id", "_grade", "_order"], descending=[False, True, False])
+        kept = ranked.group_by("query_id", maintain_order=True).first().drop("_grade", "_order")
+        dropped = relevant.join(kept.select("query_id", "doc_id"), on=["query_id", "doc_id"], how="anti")
+        pairs = self.queries.select("query_id").join(self.documents.select("doc_id"), how="cross")
+        pairs = pairs.join(dropped.select("query_id", "doc_id"), on=["query_id", "doc_id"], how="anti")
+        labels = (
+            pairs.join(kept, on=["query_id", "doc_id"], how="left")
+            .with_columns(pl.col("label").fill_null(0).cast(pl.Int8), pl.col("score").fill_null(0.0))
+            .select(list(LABEL_SCHEMA))
+        )
+        name = self.name if self.name.endswith("-sparse") else f"{self.name}-sparse"
+        how = {"sparse": "one relevant document per query", "sparse_seed": seed}
+        return replace(self, name=name, labels=labels, pool="per-query", subset={**self.subset, **how})
+
     # ---- persistence (parquet + a small JSON of metadata) -------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write the tables as parquet plus ``benchmark.json``; returns the folder."""

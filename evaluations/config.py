@@ -10,6 +10,7 @@ x optimizer x normalize``; each point is one *cell*. Example::
     judges:
       - {kind: oracle}
       - {kind: noisy-oracle, flip_rate: 0.2}
+      - {kind: noisy-oracle, false_positive_rate: 0.3, false_negative_rate: 0.1}  # asymmetric
       - {kind: anthropic, model: claude-haiku-4-5, scheme: listwise}
     grid:
       lr: [1.0e-4, 1.0e-3]
@@ -71,6 +72,10 @@ class JudgeSpec(_Strict):
     model: str | None = None
     scheme: Literal["pointwise", "listwise"] = "listwise"
     flip_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    # noisy-oracle only: an asymmetric judge's rate of a wrong "relevant" on a non-relevant pair and
+    # of a missed relevant pair; each defaults to flip_rate (refine_core.judges.oracle.error_rates)
+    false_positive_rate: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    false_negative_rate: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     seed: int = 0
     base_url: str | None = None
     concurrency: Annotated[int, Field(ge=1, le=256)] = 4
@@ -79,8 +84,12 @@ class JudgeSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> JudgeSpec:
-        if self.kind == "noisy-oracle" and self.flip_rate == 0:
-            raise ValueError("noisy-oracle needs flip_rate > 0")
+        rates = (self.flip_rate, self.false_positive_rate or 0.0, self.false_negative_rate or 0.0)
+        if self.kind == "noisy-oracle" and not any(rates):
+            raise ValueError("noisy-oracle needs flip_rate > 0 (or false_positive_rate / false_negative_rate > 0)")
+        asymmetric = self.false_positive_rate is not None or self.false_negative_rate is not None
+        if asymmetric and self.kind != "noisy-oracle":
+            raise ValueError("false_positive_rate and false_negative_rate belong to the noisy-oracle judge")
         if self.kind in ("openai-compatible",) and not self.base_url:
             raise ValueError(f"{self.kind} needs base_url")
         if self.kind in ("openai-compatible", "local-lm", "cross-encoder") and not self.model:
@@ -92,10 +101,18 @@ class JudgeSpec(_Strict):
         if self.kind == "oracle":
             return "oracle"
         if self.kind == "noisy-oracle":
-            return f"noisy-oracle-{self.flip_rate:g}"
+            fpr, fnr = self.error_rates
+            return f"noisy-oracle-{fpr:g}" if fpr == fnr else f"noisy-oracle-fp{fpr:g}-fn{fnr:g}"
         return f"{self.kind}:{self.model or 'default'}" + (
             f"/{self.scheme}" if self.kind.startswith("anthropic") else ""
         )
+
+    @property
+    def error_rates(self) -> tuple[float, float]:
+        """A noisy oracle's (false-positive rate, false-negative rate)."""
+        fpr = self.flip_rate if self.false_positive_rate is None else self.false_positive_rate
+        fnr = self.flip_rate if self.false_negative_rate is None else self.false_negative_rate
+        return fpr, fnr
 
     @property
     def paid(self) -> bool:
@@ -232,7 +249,7 @@ def check_runner(value: str) -> str:
     raise ValueError(f"runner {value!r} is not known; use {RUNNER_HELP}")
 
 
-ExtraMethod = Literal["rocchio_kl"]
+ExtraMethod = Literal["recommended", "rocchio_kl"]
 """A method a sweep can add beside baseline, rerank-only, Rocchio and refined (README, Results)."""
 
 
@@ -247,9 +264,11 @@ class SweepConfig(_Strict):
     execution: ExecutionSpec = ExecutionSpec()
     hyde: HydeSpec | None = None
     # Methods beyond the paper's, scored in every cell on the same judgments (no extra judge calls):
-    # "rocchio_kl", the KL refinement started from the Rocchio vector — on by default, as the method
-    # that held up best (README, Results); `methods: []` scores the paper's methods only.
-    methods: list[ExtraMethod] = ["rocchio_kl"]
+    # "recommended", exactly what `refine search` / `classify` run by default, with their settings
+    # (refine_core.recommended.RECOMMENDED, whatever the cell's grid says); "rocchio_kl", the KL
+    # refinement started from the Rocchio vector (SMART weights, the cell's lr). Both on by default;
+    # `methods: []` scores the paper's methods only.
+    methods: list[ExtraMethod] = ["recommended", "rocchio_kl"]
     # Per model, the string its queries are embedded as ({instruction}, {query}); default: the
     # paper's "Instruct: {instruction}\nQuery: {query}" (or the model's own convention).
     query_templates: dict[str, str] = {}

@@ -34,6 +34,9 @@ from evaluations.loaders import (
     load_user_files,
 )
 
+SPARSE_SEED = 0
+"""The seed of every registered ``-sparse`` variant (:meth:`Benchmark.sparse`)."""
+
 
 def data_dir() -> Path:
     """The configured data directory (it need not exist)."""
@@ -134,6 +137,45 @@ REGISTRY: dict[str, DatasetSpec] = {
             "ArgKP-21 key-point matching, dev+train: each key point over its labelled arguments",
             "IBM ArgKP-2021 kpm_data (arguments_*, key_points_*, labels_*.csv)",
             "CC BY-SA 3.0 (IBM Debater)",
+        ),
+        *(
+            DatasetSpec(
+                f"{base}-sparse",
+                base,
+                files,
+                lambda p, loader=loader: loader(p).sparse(seed=SPARSE_SEED),
+                f"{base} with one relevant document per query (Benchmark.sparse, seed {SPARSE_SEED}): "
+                "each query's other relevant documents leave its pool",
+                origin,
+                licence,
+                None if hub_loader is None else (lambda hub_loader=hub_loader: hub_loader().sparse(seed=SPARSE_SEED)),
+            )
+            for base, files, loader, origin, licence, hub_loader in (
+                (
+                    "nfcorpus",
+                    ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"),
+                    load_nfcorpus,
+                    "BEIR nfcorpus.zip",
+                    "see the BEIR / NFCorpus terms (non-commercial research)",
+                    hub.nfcorpus,
+                ),
+                (
+                    "banking77",
+                    ("train.csv", "test.csv"),
+                    load_banking77,
+                    "PolyAI-LDN/task-specific-datasets",
+                    "CC BY 4.0",
+                    hub.banking77,
+                ),
+                (
+                    "clinc150",
+                    ("data_full.json", "clinc150_intent_mapping.csv"),
+                    load_clinc150,
+                    "clinc/oos-eval data_full.json + IBM/task-aware-embedding-refinement clinc150_intent_mapping.csv",
+                    "CC BY 3.0 (data), Apache-2.0 (intent descriptions)",
+                    None,
+                ),
+            )
         ),
         *(
             DatasetSpec(

@@ -44,6 +44,7 @@ from tasks.core import (
     judge_task,
     load_benchmark_task,
     query_blocks,
+    recommended_task,
     refine_block_task,
     refine_extras,
     refined_digest,
@@ -230,6 +231,10 @@ def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
         params.update({f"hyde.{k}": v for k, v in cell.hyde.model_dump().items() if v is not None})
     if cell.methods:
         params["methods"] = ",".join(cell.methods)
+    if "recommended" in cell.methods:
+        from refine_core.recommended import RECOMMENDED
+
+        params.update({f"recommended.{k}": v for k, v in RECOMMENDED.params().items()})
     params.update(
         {
             "benchmark.name": bench.name,
@@ -356,6 +361,11 @@ def evaluate_cell(
                 extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"], execution
             )
             timings["hyde_refine"] = time.perf_counter() - t
+        if "recommended" in cell.methods:
+            # what `refine search` runs by default, on the first round's judgments, with its own settings
+            t = time.perf_counter()
+            extra["recommended"] = recommended_task(queries, docs, feedback[0], judgments[0])
+            timings["recommended"] = time.perf_counter() - t
         if "rocchio_kl" in cell.methods:
             # the KL refinement started from the Rocchio vector, on the first round's judgments
             t = time.perf_counter()

@@ -155,6 +155,7 @@ def classify_corpus_flow(
     start: str = "query",
     rocchio_beta: float = 0.75,
     rocchio_gamma: float = 0.15,
+    min_positives: int = 0,
 ) -> dict:
     """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``
     (``rocchio_beta``/``rocchio_gamma``: Rocchio's weights with ``start="rocchio"``, default SMART)."""
@@ -173,6 +174,7 @@ def classify_corpus_flow(
         concurrency=judge.concurrency,
         start=start,
         rocchio=RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
+        min_positives=min_positives,
     )
     name = digest(
         "classify",
@@ -187,6 +189,7 @@ def classify_corpus_flow(
         pull,
         start,
         *((rocchio_beta, rocchio_gamma) if start == "rocchio" else ()),
+        *((min_positives,) if min_positives else ()),
     )
     vector = save_array(f"classify-{name}-vector", result.refinement.refined)
     judged = np.where(result.judged, result.judge_scores, np.nan).astype(np.float32)
@@ -246,6 +249,7 @@ def evaluate_classification(
     start: str = "query",
     rocchio_beta: float = 0.75,
     rocchio_gamma: float = 0.15,
+    min_positives: int = 0,
 ) -> dict:
     """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
 
@@ -301,6 +305,7 @@ def evaluate_classification(
                 optimise=optimise,
                 start=start,
                 rocchio=RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
+                min_positives=min_positives,
             )
             for name, value in binary_metrics(result.labels, gold).items():
                 row[f"{prefix}_{name}"] = value
@@ -344,6 +349,7 @@ def evaluate_classification(
                 "lr": lr,
                 "pull": pull,
                 "start": start,
+                "min_positives": min_positives,
                 **({"rocchio.beta": rocchio_beta, "rocchio.gamma": rocchio_gamma} if start == "rocchio" else {}),
                 **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None},
             },

@@ -29,8 +29,17 @@ PullOption = Annotated[float, typer.Option(help="pull toward the judged-positive
 StartOption = Annotated[
     str,
     typer.Option(
-        help="refine from the Rocchio vector (Rocchio → KL, the best measured) or from the query (the paper): "
-        "rocchio or query"
+        help="refine from the query (the paper's step; safe on every data shape measured) or from the Rocchio "
+        "vector (Rocchio → KL: far better on data with many relevant documents per query, worse than "
+        "rerank-only with one or two and a judge that errs): query or rocchio"
+    ),
+]
+VerdictsOption = Annotated[
+    bool,
+    typer.Option(
+        "--keep-verdicts/--no-keep-verdicts",
+        help="rank the documents the judge called relevant first and refine only when it called one relevant "
+        "(the default, refine_core.recommended); --no-keep-verdicts: the refined vector's ranking alone, as the paper",
     ),
 ]
 BetaOption = Annotated[float, typer.Option(help="Rocchio's weight of the judged-positive centroid (--start rocchio)")]
@@ -38,14 +47,16 @@ GammaOption = Annotated[float, typer.Option(help="Rocchio's weight of the judged
 
 
 def describe_refinement(settings: dict) -> str:
-    """What ran, in words: ``Rocchio → KL (β 1.5, γ 0.5), lr 0.0003`` or ``the paper's refinement, lr 0.0001``."""
+    """What ran, in words: ``Rocchio → KL (β 1.5, γ 0.5), lr 0.0003`` or ``the paper's refinement, lr
+    0.0001, judged-relevant documents first``."""
     method = (
         f"Rocchio → KL (β {settings['rocchio_beta']:g}, γ {settings['rocchio_gamma']:g})"
         if settings.get("start") == "rocchio"
         else "the paper's refinement"
     )
     pull = f", pull {settings['pull']:g}" if settings.get("pull") else ""
-    return f"{method}, lr {settings['lr']:g}{pull}"
+    kept = ", judged-relevant documents first" if settings.get("verdicts_first") else ""
+    return f"{method}, lr {settings['lr']:g}{pull}{kept}"
 
 
 def refinement_settings(start: str, lr: float | None, pull: float, beta: float, gamma: float):
@@ -247,9 +258,10 @@ def register(app: typer.Typer) -> None:
         top: Annotated[int, typer.Option(help="results to print")] = 10,
         lr: LrOption = None,
         pull: PullOption = 0.0,
-        start: StartOption = "rocchio",
+        start: StartOption = "query",
         rocchio_beta: BetaOption = 1.5,
         rocchio_gamma: GammaOption = 0.5,
+        keep_verdicts: VerdictsOption = True,
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -290,6 +302,8 @@ def register(app: typer.Typer) -> None:
                 check_ann=check_ann,
                 start=start,
                 rocchio=rocchio,
+                min_positives=int(keep_verdicts),
+                verdicts_first=keep_verdicts,
             )
         except user_errors() as exc:
             fail(str(exc))
@@ -316,6 +330,8 @@ def register(app: typer.Typer) -> None:
             f"from the ledger, {out['judge_failed']} failed); cost ${out['cost_usd']:.4f}; "
             f"refined with {describe_refinement(out['refinement'])}"
         )
+        for warning in out["warnings"]:
+            err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
     @app.command("classify")
     def classify_cmd(
@@ -340,9 +356,10 @@ def register(app: typer.Typer) -> None:
         ] = 0,
         lr: LrOption = None,
         pull: PullOption = 0.0,
-        start: StartOption = "rocchio",
+        start: StartOption = "query",
         rocchio_beta: BetaOption = 1.5,
         rocchio_gamma: GammaOption = 0.5,
+        keep_verdicts: VerdictsOption = True,
         instruction: Annotated[
             str | None, typer.Option(help="task instruction for the query template and the judge")
         ] = None,
@@ -376,6 +393,7 @@ def register(app: typer.Typer) -> None:
                 concurrency=spec.concurrency,
                 start=start,
                 rocchio=rocchio,
+                min_positives=int(keep_verdicts),
             )
             path = write_labels(result, opened, out)
         except user_errors() as exc:
@@ -415,9 +433,10 @@ def register(app: typer.Typer) -> None:
         calibrate: Annotated[int, typer.Option(help="extra documents judged, sampled across the ranking")] = 0,
         lr: LrOption = None,
         pull: PullOption = 0.0,
-        start: StartOption = "rocchio",
+        start: StartOption = "query",
         rocchio_beta: BetaOption = 1.5,
         rocchio_gamma: GammaOption = 0.5,
+        keep_verdicts: VerdictsOption = True,
         as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
     ) -> None:
         """Classification mode on a labelled benchmark: P/R/F1 of the chosen threshold vs the best and vs
@@ -466,6 +485,7 @@ def register(app: typer.Typer) -> None:
                 start=start,
                 rocchio_beta=rocchio.beta,
                 rocchio_gamma=rocchio.gamma,
+                min_positives=int(keep_verdicts),
             )
         except user_errors() as exc:
             fail(str(exc))

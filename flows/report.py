@@ -32,9 +32,10 @@ PAPER_METHODS: tuple[tuple[str, str], ...] = (
     ("hyde", "HyDE"),
     ("hyde_refined", "HyDE-refined"),
     ("rocchio_kl", "Rocchio → KL"),
+    ("recommended", "Recommended"),
 )
 # Every method a cell can log besides refined_rN (MLflow metric keys are "<method>.<measure>").
-LOGGED_METHODS = ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined", "rocchio_kl")
+LOGGED_METHODS = ("baseline", "rerank_only", "rocchio", "hyde", "hyde_refined", "rocchio_kl", "recommended")
 
 
 class ReportError(ValueError):

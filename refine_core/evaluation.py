@@ -31,6 +31,7 @@ from refine_core.metrics import (
     unit_documents,
 )
 from refine_core.qrels import Qrels, as_qrels
+from refine_core.recommended import LIFT, RECOMMENDED, judged_positive_idx, lift_judged_positives
 from refine_core.refinement import RefineConfig
 from refine_core.rounds import JudgeFn, refine_rounds, remembering, rocchio_rounds
 from refine_core.shards import (
@@ -208,6 +209,15 @@ def variant_vectors(
     return out
 
 
+VERDICTS_FIRST = ("recommended",)
+"""Methods that rank the judge's relevant verdicts first (:func:`refine_core.recommended.lift_judged_positives`),
+the rest by their vector."""
+
+
+def _positive_idx(feedback_idx: np.ndarray, judge_scores: np.ndarray, judge_mask: np.ndarray) -> np.ndarray:
+    return judged_positive_idx(feedback_idx, judge_scores, judge_mask, RECOMMENDED.threshold)
+
+
 BlockVisitor = Callable[[int, int, dict[str, np.ndarray]], None]
 """``visit(lo, hi, scores)``: sees every method's ``(hi - lo, N)`` ranking scores of queries ``lo:hi``."""
 
@@ -276,6 +286,7 @@ def method_score_blocks(
         scores = cosine_block(v, docs_unit)
         return scores if in_pool is None else np.where(in_pool, scores, -np.inf)
 
+    lifted = _positive_idx(feedback_idx, judge_scores, judge_mask)
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         in_pool = pool.pool_block(lo, hi) if pool is not None else None  # None for corpus qrels
@@ -287,6 +298,8 @@ def method_score_blocks(
         for name, v in vectors.items():
             if name != "baseline":
                 blocks[name] = ranking(v[lo:hi], in_pool)
+                if name in VERDICTS_FIRST:
+                    blocks[name] = lift_judged_positives(blocks[name], lifted[lo:hi])
         yield lo, hi, blocks
 
 
@@ -418,14 +431,19 @@ class ShardInputs:
         vectors: method -> ``(n, d)`` query vectors of the methods that rank by cosine.
         specials: method -> :class:`~refine_core.shards.Specials` (every method, ``rerank_only`` included).
         order: the methods, in the order :func:`method_score_blocks` yields them.
+        positive_idx: ``(n, K)`` the judged-positive documents (``-1`` elsewhere) that the
+            :data:`VERDICTS_FIRST` methods rank first.
     """
 
     vectors: dict[str, np.ndarray]
     specials: dict[str, Specials]
     order: tuple[str, ...]
+    positive_idx: np.ndarray | None = None
 
     def arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"order": np.array(self.order)}
+        if self.positive_idx is not None:
+            out["positive_idx"] = self.positive_idx
         for name, v in self.vectors.items():
             out[f"vectors.{name}"] = v
         for name, sp in self.specials.items():
@@ -436,7 +454,8 @@ class ShardInputs:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ShardInputs:
         order = tuple(str(x) for x in arrays["order"])
         vectors = {name: arrays[f"vectors.{name}"] for name in order if f"vectors.{name}" in arrays}
-        return cls(vectors, {name: Specials.from_arrays(arrays, f"specials.{name}") for name in order}, order)
+        specials = {name: Specials.from_arrays(arrays, f"specials.{name}") for name in order}
+        return cls(vectors, specials, order, arrays.get("positive_idx"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -498,8 +517,15 @@ def shard_inputs(
     relevant_qrels = qrels.relevant()
     rows, docs = relevant_qrels.row_ids(), relevant_qrels.docs
     specials: dict[str, Specials] = {}
+    lifted = _positive_idx(feedback_idx, judge_scores, judge_mask)
+    # a relevant document the judge called relevant: its score lifted as the shards lift it
+    n_docs = int(np.shape(doc_vectors)[0])
+    lifted_pair = np.isin(rows * n_docs + docs, (np.arange(lifted.shape[0])[:, None] * n_docs + lifted)[lifted >= 0])
     for name, v in vectors.items():
-        specials[name] = relevant_specials(relevant_qrels, pair_scores(v, doc_vectors, rows, docs))
+        scores = pair_scores(v, doc_vectors, rows, docs)
+        if name in VERDICTS_FIRST:
+            scores = np.where(lifted_pair, (scores.astype(np.float32) + np.float32(LIFT)).astype(np.float64), scores)
+        specials[name] = relevant_specials(relevant_qrels, scores)
         if name == "baseline":
             idx = np.asarray(feedback_idx, dtype=np.int64)
             r, c = np.nonzero(idx >= 0)
@@ -509,7 +535,7 @@ def shard_inputs(
                 specials["baseline"], idx, judge_scores, judge_mask, judged_base, pool=qrels if qrels.pooled else None
             )
     order = ("baseline", "rerank_only", *[m for m in vectors if m != "baseline"])
-    return ShardInputs(vectors, {m: specials[m] for m in order}, order)
+    return ShardInputs(vectors, {m: specials[m] for m in order}, order, lifted)
 
 
 def score_shard(
@@ -545,6 +571,8 @@ def score_shard(
                 scores = cosine_block(vec[lo:hi], docs_unit)
                 if name == "baseline":
                     baseline_scores = scores
+                if name in VERDICTS_FIRST and inputs.positive_idx is not None:
+                    scores = lift_judged_positives(scores, inputs.positive_idx[lo:hi], offset)
             parts[name].append(count_shard(scores, offset, block, inputs.specials[name].rows(lo, hi)))
             if name in room and room[name] > 0:
                 negative = block.negative_block(0, hi - lo, (offset, offset + width))

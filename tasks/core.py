@@ -624,6 +624,42 @@ def rocchio_start_task(queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, ju
     return ArrayRef(save_array(f"rocchio-{name}", vectors), name, time.perf_counter() - t0)
 
 
+def _recommended_key(context, parameters) -> str:
+    from refine_core.recommended import RECOMMENDED
+
+    return task_key(
+        "recommended",
+        RECOMMENDED.params(),
+        parameters["queries"].digest,
+        parameters["docs"].digest,
+        parameters["feedback"].digest,
+        parameters["judgments"].digest,
+    )
+
+
+@task(name="recommended", cache_key_fn=_recommended_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
+def recommended_task(queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, judgments: JudgmentsRef) -> ArrayRef:
+    """The query vectors of the ``recommended`` method (:data:`refine_core.recommended.RECOMMENDED`,
+    what ``refine search`` runs by default) from the first round's judgments."""
+    from refine_core.recommended import recommended_vectors
+
+    t0 = time.perf_counter()
+    idx = load_arrays(feedback.path)["idx"]
+    judged = load_arrays(judgments.path)
+    rows, local = np.unique(np.maximum(idx, 0), return_inverse=True)  # only the judged rows are read
+    vectors = recommended_vectors(
+        np.asarray(load_array(queries.path)),
+        np.asarray(load_array(docs.path)[rows]),
+        np.where(idx >= 0, local.reshape(idx.shape), -1),
+        judged["scores"],
+        judged["mask"] & (idx >= 0),
+    )
+    name = digest(
+        _recommended_key(None, {"queries": queries, "docs": docs, "feedback": feedback, "judgments": judgments})
+    )
+    return ArrayRef(save_array(f"recommended-{name}", vectors), name, time.perf_counter() - t0)
+
+
 @task(name="refine", cache_key_fn=_join_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
 def join_refined_blocks_task(name: str, parts: list[ArrayRef]) -> ArrayRef:
     """Refined vectors of every query (and their loss curves) from the blocks, in query order."""

@@ -38,7 +38,13 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
                 f"the {spec.kind} judge reads gold labels and only works on a benchmark; "
                 "for your own corpus use anthropic, openai-compatible, local-lm or cross-encoder"
             )
-        return OracleJudge(bench.relevant_texts(), flip_rate=spec.flip_rate, seed=spec.seed)
+        return OracleJudge(
+            bench.relevant_texts(),
+            flip_rate=spec.flip_rate,
+            seed=spec.seed,
+            false_positive_rate=spec.false_positive_rate,
+            false_negative_rate=spec.false_negative_rate,
+        )
     if spec.kind in ("anthropic", "anthropic-batch"):
         from refine_core.judges.anthropic_judge import DEFAULT_CLAUDE_MODEL, AnthropicJudge
 

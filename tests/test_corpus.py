@@ -196,10 +196,12 @@ def test_search_from_the_rocchio_vector_is_rocchio_then_the_kl_refinement(corpus
         "start": "rocchio",
         "lr": 1e-3,
         "pull": 0.0,
+        "min_positives": 0,
         "rocchio_beta": 1.5,
         "rocchio_gamma": 0.5,
+        "verdicts_first": False,
     }
-    assert plain.settings == {"start": "query", "lr": 1e-3, "pull": 0.0}
+    assert plain.settings == {"start": "query", "lr": 1e-3, "pull": 0.0, "min_positives": 0, "verdicts_first": False}
     with pytest.raises(CorpusError, match="Rocchio's weights must be >= 0, got beta -1, gamma 0.5"):
         search(
             index, criterion, judge=judge, embedder=minilm, start="rocchio", rocchio=RocchioParams(beta=-1, gamma=0.5)
@@ -367,46 +369,45 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
         assert res.exit_code == 0, res.output
         found = json.loads(res.output.strip().splitlines()[-1])
         assert len(found["results"]) == 5 and found["judged"] == 10 and found["cost_usd"] > 0
-        # the commands' default is Rocchio → KL at the setting measured on unseen data (README, Results)
-        from refine_core.corpus import RECOMMENDED_LR, RECOMMENDED_ROCCHIO, RECOMMENDED_START
+        # the commands' default is refine_core.recommended.RECOMMENDED, the safe default (README, Results)
+        from refine_core.recommended import RECOMMENDED
 
         assert found["refinement"] == {
-            "start": RECOMMENDED_START,
-            "lr": RECOMMENDED_LR["rocchio"],
-            "pull": 0.0,
-            "rocchio_beta": RECOMMENDED_ROCCHIO.beta,
-            "rocchio_gamma": RECOMMENDED_ROCCHIO.gamma,
+            "start": RECOMMENDED.start,
+            "lr": RECOMMENDED.lr,
+            "pull": RECOMMENDED.pull,
+            "min_positives": RECOMMENDED.min_positives,
+            "verdicts_first": RECOMMENDED.verdicts_first,
         }
-        assert (RECOMMENDED_START, RECOMMENDED_LR["rocchio"], RECOMMENDED_ROCCHIO.beta, RECOMMENDED_ROCCHIO.gamma) == (
-            "rocchio",
-            3e-4,
-            1.5,
-            0.5,
+        assert (RECOMMENDED.start, RECOMMENDED.lr, RECOMMENDED.min_positives, RECOMMENDED.verdicts_first) == (
+            "query",
+            1e-4,
+            1,
+            True,
         )
-        paper = runner.invoke(
-            app,
-            [
-                "search",
-                "tickets",
-                criterion,
-                "--base-url",
-                server.base_url,
-                "--k",
-                "10",
-                "--top",
-                "5",
-                "--start",
-                "query",
-                "--json",
-            ],
-        )
+        # the judge's relevant verdicts come first, in the refined order
+        judged_relevant = [r["judge_score"] is not None and r["judge_score"] >= 0.5 for r in found["results"]]
+        assert judged_relevant == sorted(judged_relevant, reverse=True)
+        if not any(judged_relevant):  # nothing called relevant: no move, the original ranking, and a warning
+            assert [r["original_rank"] for r in found["results"]] == [1, 2, 3, 4, 5]
+            assert "none of the 10 judged documents relevant" in " ".join(found["warnings"])
+        base = ["search", "tickets", criterion, "--base-url", server.base_url, "--k", "10", "--top", "5", "--json"]
+        paper = runner.invoke(app, [*base, "--start", "query", "--no-keep-verdicts"])
         assert paper.exit_code == 0, paper.output
         paper_found = json.loads(paper.output.strip().splitlines()[-1])
-        assert paper_found["refinement"] == {"start": "query", "lr": 1e-4, "pull": 0.0}
+        assert paper_found["refinement"] == {
+            "start": "query",
+            "lr": 1e-4,
+            "pull": 0.0,
+            "min_positives": 0,
+            "verdicts_first": False,
+        }
         assert paper_found["judgments_paid"] == 0  # the same ten documents: the ledger answers
-        assert [r["id"] for r in paper_found["results"]] != [r["id"] for r in found["results"]] or [
-            r["score"] for r in paper_found["results"]
-        ] != [r["score"] for r in found["results"]]
+        rocchio = runner.invoke(app, [*base, "--start", "rocchio", "--no-keep-verdicts"])
+        assert rocchio.exit_code == 0, rocchio.output
+        rocchio_found = json.loads(rocchio.output.strip().splitlines()[-1])
+        assert rocchio_found["refinement"]["lr"] == 3e-4 and rocchio_found["refinement"]["rocchio_beta"] == 1.5
+        assert [r["score"] for r in rocchio_found["results"]] != [r["score"] for r in paper_found["results"]]
         assert {"id", "rank", "score", "original_rank", "moved_in", "judge_score", "text"} <= found["results"][0].keys()
         requests_after_search = server.stats.message_requests
         out = tmp_path / "labels.parquet"
@@ -497,4 +498,8 @@ def test_the_commands_say_which_refinement_ran() -> None:
     assert (
         describe_refinement({"start": "query", "lr": 1e-4, "pull": 0.1})
         == "the paper's refinement, lr 0.0001, pull 0.1"
+    )
+    assert (
+        describe_refinement({"start": "query", "lr": 1e-4, "pull": 0.0, "verdicts_first": True})
+        == "the paper's refinement, lr 0.0001, judged-relevant documents first"
     )

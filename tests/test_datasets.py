@@ -67,6 +67,55 @@ def test_snips_has_seven_intents(data_root: Path) -> None:
 
 
 @pytest.mark.data
+@pytest.mark.parametrize("name", ["nfcorpus", "banking77", "clinc150"])
+def test_sparse_variants_keep_one_relevant_document_per_query(data_root: Path, name: str) -> None:
+    dense = load_raw(name)
+    sparse = load_raw(f"{name}-sparse")
+    assert sparse.name == f"{name}-sparse" and sparse.pool == "per-query"
+    counts = sparse.counts()
+    assert counts["positives"] == dense.n_queries - dense.counts()["queries_without_positives"]
+    assert counts["mean_positives_per_query"] == 1.0 and sparse.n_documents == dense.n_documents
+    relevant = dense.labels.filter(pl.col("label") == 1)
+    kept = sparse.labels.filter(pl.col("label") == 1)
+    # the kept document is one of the query's relevant ones, of its highest grade
+    best = relevant.group_by("query_id").agg(pl.col("score").max().alias("best"))
+    joined = kept.join(relevant, on=["query_id", "doc_id"], how="inner", suffix="_dense").join(best, on="query_id")
+    assert joined.height == kept.height and (joined["score_dense"] == joined["best"]).all()
+    # the others left the query's pool; every other document is in it
+    pool_sizes = sparse.labels.group_by("query_id").len()
+    per_query = relevant.group_by("query_id").len().rename({"len": "relevant"})
+    sizes = pool_sizes.join(per_query, on="query_id")
+    assert (sizes["len"] == dense.n_documents - sizes["relevant"] + 1).all()
+    # the rule is seeded and depends on nothing else: a query subset keeps the same documents
+    again = load_raw(f"{name}-sparse")
+    assert again.content_hash == sparse.content_hash
+    other = dense.sparse(seed=1).labels.filter(pl.col("label") == 1)
+    assert other.join(kept, on=["query_id", "doc_id"], how="anti").height > 0 or relevant.height == kept.height
+    small = dense.subset_queries(5, seed=3).sparse(seed=0).labels.filter(pl.col("label") == 1)
+    assert small.join(kept, on=["query_id", "doc_id"], how="anti").height == 0
+
+
+def test_sparse_variant_rules() -> None:
+    from evaluations.benchmark import Benchmark, make_tables
+
+    tables = make_tables(
+        [("q1", "one"), ("q2", "two")],
+        [("a", "A"), ("b", "B"), ("c", "C"), ("d", "D")],
+        [("q1", "a", 1, 1.0), ("q1", "b", 1, 2.0), ("q1", "c", 1, 2.0), ("q2", "a", 1, 1.0)],
+    )
+    bench = Benchmark("toy", "1", *tables, embed_instruction="", judge_instruction=None, pool="corpus")
+    sparse = bench.sparse(seed=0)
+    rows = {(q, d): label for q, d, label, _ in sparse.labels.iter_rows()}
+    kept_q1 = [d for (q, d), label in rows.items() if q == "q1" and label == 1]
+    assert kept_q1 in (["b"], ["c"])  # grade 2 wins over grade 1
+    assert ("q1", "a") not in rows and ("q1", "d") in rows and rows[("q1", "d")] == 0
+    assert {d for (q, d) in rows if q == "q2"} == {"a", "b", "c", "d"}  # q2's only relevant document stays
+    assert sparse.name == "toy-sparse" and sparse.pool == "per-query"
+    with pytest.raises(DatasetError, match="shared-corpus"):
+        sparse.sparse(seed=0)
+
+
+@pytest.mark.data
 def test_hash_is_stable_and_subsetting_changes_it(data_root: Path) -> None:
     a = load_benchmark("banking77", root=data_root)
     assert load_benchmark("banking77", root=data_root).content_hash == a.content_hash

@@ -126,6 +126,8 @@ def test_a_sweep_cell_on_two_dask_workers_equals_the_local_runner(
     assert set(a["metrics"]) == set(b["metrics"]) and set(a["tests"]) == set(b["tests"])
     assert "rocchio_kl" in a["metrics"] and a["metrics"]["rocchio_kl"] == pytest.approx(b["metrics"]["rocchio_kl"])
     assert a["tests"]["rocchio_kl"] == pytest.approx(b["tests"]["rocchio_kl"], rel=1e-3)
+    # recommended, the other default method, likewise (its lifted judged positives in every shard)
+    assert a["metrics"]["recommended"] == pytest.approx(b["metrics"]["recommended"])
     # Four corpus chunks, two judge calls, 2 x 4 refinement blocks and 4 more for rocchio_kl, and 2 rounds
     # x 4 selection shards and 4 evaluation shards (1,600 documents in shards of 500) ran on the cluster,
     # on both workers.

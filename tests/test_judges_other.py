@@ -347,6 +347,52 @@ def test_oracle_and_noisy_oracle_judges(tmp_path: Path) -> None:
         OracleJudge(relevant, flip_rate=1.5)
 
 
+def test_asymmetric_noisy_oracle_errs_on_each_class_at_its_own_rate(tmp_path: Path) -> None:
+    from evaluations.config import JudgeSpec
+    from refine_core.judges import noisy_oracle_scores
+    from refine_core.judges.oracle import asymmetric_rates
+
+    relevant = {"q": {f"pos{i}" for i in range(1000)}}
+    docs = [f"pos{i}" for i in range(1000)] + [f"neg{i}" for i in range(1000)]
+    judge = OracleJudge(relevant, flip_rate=0.2, seed=1, false_positive_rate=0.3, false_negative_rate=0.1)
+    scores = [v.score for v in judge.judge(query="q", documents=docs, task_instruction=None).judgments]
+    missed, wrongly_relevant = scores[:1000].count(0.0), scores[1000:].count(1.0)
+    assert 70 < missed < 130 and 250 < wrongly_relevant < 350  # 10% and 30% of 1000
+    # the same draws as the symmetric judge: a pair flipped at rate 0.1 is flipped at 0.2 too
+    sym = [
+        v.score
+        for v in OracleJudge(relevant, flip_rate=0.2, seed=1)
+        .judge(query="q", documents=docs, task_instruction=None)
+        .judgments
+    ]
+    assert all(s == 0.0 for s, a in zip(sym[:1000], scores[:1000]) if a == 0.0)
+    # the array form gives the same verdicts
+    labels = np.array([[1.0] * 1000 + [0.0] * 1000], dtype=np.float32)
+    arrays, _ = noisy_oracle_scores(
+        labels,
+        np.arange(2000)[None, :],
+        flip_rate=0.2,
+        seed=1,
+        query_texts=["q"],
+        document_texts=docs,
+        false_positive_rate=0.3,
+        false_negative_rate=0.1,
+    )
+    assert arrays[0].tolist() == scores
+    # its own identity (ledger key), the symmetric judge keeps its old one
+    assert judge.identity.key != OracleJudge(relevant, flip_rate=0.2, seed=1).identity.key
+    assert dict(judge.identity.params)["false_positive_rate"] == "0.3"
+    assert "false_positive_rate" not in dict(OracleJudge(relevant, flip_rate=0.2, seed=1).identity.params)
+    spec = JudgeSpec(kind="noisy-oracle", false_positive_rate=0.3, false_negative_rate=0.1)
+    assert spec.label == "noisy-oracle-fp0.3-fn0.1" and spec.error_rates == (0.3, 0.1)
+    assert JudgeSpec(kind="noisy-oracle", flip_rate=0.2).label == "noisy-oracle-0.2"
+    with pytest.raises(ValueError, match="belong to the noisy-oracle judge"):
+        JudgeSpec(kind="oracle", false_positive_rate=0.3)
+    with pytest.raises(ValueError, match="false_negative_rate must be in"):
+        OracleJudge(relevant, false_negative_rate=1.2)
+    assert asymmetric_rates(0.8) == pytest.approx((0.3, 0.1)) and asymmetric_rates(1.0) == (0.0, 0.0)
+
+
 def test_one_noisy_oracle_in_every_round_command_and_report() -> None:
     """The verdict of a pair is a function of (seed, query, document) only: the judge protocol
     (refine run, corpus commands), the array form (refine demo, evaluation rounds) and

@@ -295,7 +295,10 @@ def test_cli_run_json_shape_and_compare(platform: Path, tmp_path: Path) -> None:
     "yaml_text,message",
     [
         ("name: x\nbenchmarks: [{name: clinc150}]\nbogus: 1\n", "unknown key 'bogus'"),
-        ("name: x\nbenchmarks: [{name: clinc150}]\nmethods: [rochio_kl]\n", "methods.0: Input should be 'rocchio_kl'"),
+        (
+            "name: x\nbenchmarks: [{name: clinc150}]\nmethods: [rochio_kl]\n",
+            "methods.0: Input should be 'recommended' or 'rocchio_kl'",
+        ),
         (
             "name: x\nbenchmarks: [{name: clinc150}]\ngrid: {lr: [-0.1]}\n",
             "grid.lr: Value error, lr values must be in (0, 1], got -0.1",
@@ -468,7 +471,7 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
         benchmarks=[SUBSET],
         judges=[JudgeSpec(kind="oracle")],
         grid=Grid(lr=[1e-3], rounds=[3], k=[10], pull=[0.0, 0.1]),
-        methods=["rocchio_kl"],
+        methods=["recommended", "rocchio_kl"],
     )
     cells = sweep(config)["cells"]
     assert [c["params"]["pull"] for c in cells] == [0.0, 0.1]
@@ -495,7 +498,25 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     paper = {"baseline", "rerank_only", "rocchio", "refined", "refined_r2", "refined_r3"}
     assert set(direct.metrics) == paper | {"rocchio_kl", "rocchio_kl_r2", "rocchio_kl_r3"}
     # the platform adds the one-round variant only (later rounds of it would need judgments of their own)
-    assert set(cell["metrics"]) == paper | {"rocchio_kl"}
+    assert set(cell["metrics"]) == paper | {"rocchio_kl", "recommended"}
+    # `recommended` is what `refine search` runs (refine_core.recommended), whatever the cell's lr and pull
+    from refine_core.evaluation import score_methods
+    from refine_core.recommended import recommended_vectors
+
+    first = (direct.feedback_idx[:, :10], np.nan_to_num(direct.judge_scores[:, :10]), direct.judge_mask[:, :10])
+    mine, _ = score_methods(
+        queries,
+        docs,
+        labels,
+        feedback_idx=first[0],
+        judge_scores=first[1],
+        judge_mask=first[2],
+        round_vectors=[queries],
+        extra_vectors={"recommended": recommended_vectors(queries, docs, *first)},
+    )
+    for c in cells:
+        assert c["metrics"]["recommended"]["map"] == pytest.approx(mine["recommended"].means["map"], abs=1e-6)
+        assert "recommended" in c["tests"]
     for method in paper | {"rocchio_kl"}:
         result = direct.metrics[method]
         for name in ("map", "ndcg@10", "roc_auc"):
@@ -511,7 +532,8 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     from flows.tracking import tracking_uri
 
     run = MlflowClient(tracking_uri()).get_run(cell["run_id"])
-    assert run.data.params["methods"] == "rocchio_kl"
+    assert run.data.params["methods"] == "recommended,rocchio_kl"
+    assert run.data.params["recommended.lr"] == "0.0001" and run.data.params["recommended.start"] == "query"
     pulled_run = MlflowClient(tracking_uri()).get_run(cells[1]["run_id"])
     assert pulled_run.data.params["pull"] == "0.1" and pulled_run.info.run_name.startswith("pull=0.1 · ")
     assert metrics_from_run(run)["rocchio_kl"]["map"] == pytest.approx(

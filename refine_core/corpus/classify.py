@@ -94,6 +94,7 @@ def classify(
     optimise: bool = True,
     start: str = "query",
     rocchio: RocchioParams | None = None,
+    min_positives: int = 0,
 ) -> Classification:
     """Label every document of ``index`` for ``criterion`` (see the module docs).
 
@@ -109,6 +110,7 @@ def classify(
         start: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector; see
             :func:`refine_core.corpus.query.refine_query`).
         rocchio: Rocchio's weights for ``start="rocchio"`` (default SMART).
+        min_positives: refine only with at least this many positive verdicts (the commands: 1).
     """
     if calibrate < 0:
         raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
@@ -129,6 +131,7 @@ def classify(
         optimise=optimise,
         start=start,
         rocchio=rocchio,
+        min_positives=min_positives,
     )
     scores = corpus_scores(index.vectors(), ref.refined)
     if ref.judged_ok.sum() == 0:
@@ -137,7 +140,7 @@ def classify(
             "(the judgments that did succeed are kept in the ledger)"
         )
     order = np.argsort(-scores, kind="stable")
-    added, method, warnings = 0, "threshold", []
+    added, method, warnings = 0, "threshold", list(ref.warnings()) if optimise else []
     if calibrate:
         judged_mask = np.zeros(scores.size, dtype=bool)
         judged_mask[ref.judged_idx] = True

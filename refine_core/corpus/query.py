@@ -15,21 +15,22 @@ from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, c
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.judges.ledger import JudgmentLedger
 from refine_core.judges.runner import JudgeRequest, RunReport, run_judge
+from refine_core.recommended import RECOMMENDED, positives
 from refine_core.refinement import RefineConfig, refine
 
 STARTS = ("query", "rocchio")
 """Where each round's refinement starts: the current vector (the paper) or the Rocchio vector."""
 
-RECOMMENDED_START = "rocchio"
-"""What ``refine search`` and ``refine classify`` run unless told otherwise: Rocchio → KL, the
-method that held up best with settings chosen on other queries (cross-fitted over the five
-benchmarks: at or above tuned Rocchio in 42 of 45 comparisons, 29 significantly, no significant
-loss) and with fixed settings on data no choice looked at (benchmarks/unseen.py: 26 of 27)."""
-RECOMMENDED_ROCCHIO = RocchioParams(beta=1.5, gamma=0.5)
-"""Rocchio's weights of that setting: the pair the tuning halves chose most often (benchmarks/beyond.py)."""
-RECOMMENDED_LR = {"query": 1e-4, "rocchio": 3e-4}
+RECOMMENDED_START = RECOMMENDED.start
+"""What ``refine search`` and ``refine classify`` run unless told otherwise
+(:data:`refine_core.recommended.RECOMMENDED`: the judge's relevant verdicts first, the rest by the
+paper's refinement from the query, no move without a relevant verdict)."""
+RECOMMENDED_ROCCHIO = RocchioParams(beta=RECOMMENDED.rocchio_beta, gamma=RECOMMENDED.rocchio_gamma)
+"""Rocchio's weights for ``--start rocchio``: the pair the tuning halves chose most often (benchmarks/beyond.py)."""
+RECOMMENDED_LR = {"query": RECOMMENDED.lr, "rocchio": 3e-4}
 """The commands' lr for each start: the paper's from the query; from the Rocchio vector, the lr
-the unseen-data check measured with :data:`RECOMMENDED_ROCCHIO`."""
+the unseen-data check measured with :data:`RECOMMENDED_ROCCHIO` (dense data only: on the sparse
+variants Rocchio → KL falls below rerank-only, docs/results.md section 10)."""
 
 
 @dataclass
@@ -47,6 +48,43 @@ class Refinement:
     @property
     def judged_ok(self) -> np.ndarray:
         return np.isfinite(self.judged_scores)
+
+    @property
+    def judged_positive(self) -> np.ndarray:
+        """The document rows the judge called relevant."""
+        return self.judged_idx[positives(self.judged_scores, self.judged_ok, RECOMMENDED.threshold)]
+
+    def warnings(self, top: int | None = None) -> list[str]:
+        """What the judge's answers say about trusting this refinement (empty when nothing stands out).
+
+        The case measured to hurt (docs/results.md section 10): few relevant verdicts, spread down the
+        original ranking, which on one-relevant-document data are mostly the judge's mistakes.
+        """
+        judged = int(self.judged_ok.sum())
+        if judged == 0:
+            return ["the judge answered no judgment: the ranking is the original one"]
+        found = self.judged_positive
+        if found.size == 0:
+            return [
+                f"the judge called none of the {judged} judged documents relevant: the query vector was "
+                "not refined (nothing to refine from); the ranking is the original one"
+            ]
+        out: list[str] = []
+        order = {int(j): r for r, j in enumerate(self.judged_idx[: min(judged, self.judged_idx.size)])}
+        ranks = np.array([order.get(int(j), judged) for j in found], dtype=float)
+        if found.size <= max(1, round(0.15 * judged)) and (found.size > 1 or ranks.min() >= judged / 2):
+            out.append(
+                f"only {found.size} of {judged} judged documents were called relevant, spread down the ranking "
+                f"(original ranks {', '.join(str(int(r) + 1) for r in np.sort(ranks))}): with one or two "
+                "relevant documents per query and a judge that errs, such verdicts are often wrong and moving "
+                "the query toward them hurts; "
+                + (
+                    "--start rocchio moves it far (it fell below rerank-only on such data); the default does not"
+                    if self.settings.get("start") == "rocchio"
+                    else "the default keeps them first and moves the query only a little"
+                )
+            )
+        return out
 
 
 def check_text(value: str, what: str) -> str:
@@ -98,6 +136,7 @@ def refine_query(
     use_ann: bool = True,
     start: str = "query",
     rocchio: RocchioParams | None = None,
+    min_positives: int = 0,
 ) -> Refinement:
     """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine.
 
@@ -111,6 +150,8 @@ def refine_query(
     (default: the same text). ``optimise=False`` judges the same way but keeps the query vector
     (the control the evaluation compares with). With an ANN structure in the index (and
     ``use_ann``), each round's top ``k`` is chosen by exact cosine among ANN candidates.
+    ``min_positives``: refine only once the judgments hold that many relevant verdicts (the
+    commands: :data:`refine_core.recommended.RECOMMENDED`'s 1; the paper: 0).
     """
     check_text(query, what)
     if k < 2:
@@ -126,7 +167,7 @@ def refine_query(
     rocchio = rocchio or RocchioParams()
     if start == "rocchio" and (rocchio.beta < 0 or rocchio.gamma < 0):
         raise CorpusError(f"Rocchio's weights must be >= 0, got beta {rocchio.beta:g}, gamma {rocchio.gamma:g}")
-    settings: dict = {"start": start, "lr": config.lr, "pull": config.pull}
+    settings: dict = {"start": start, "lr": config.lr, "pull": config.pull, "min_positives": min_positives}
     if start == "rocchio":
         settings.update(rocchio_beta=rocchio.beta, rocchio_gamma=rocchio.gamma)
     vectors = index.vectors()
@@ -150,7 +191,8 @@ def refine_query(
         judged_idx = np.concatenate([judged_idx, top])
         judged_scores = np.concatenate([judged_scores, scores])
         ok = np.isfinite(judged_scores)
-        if ok.sum() < 2 or not optimise:
+        found = int(positives(judged_scores, ok, RECOMMENDED.threshold).sum())
+        if ok.sum() < 2 or not optimise or found < min_positives:
             continue  # nothing to learn from (or asked not to): keep the current vector
         origin = current
         if start == "rocchio":

@@ -12,6 +12,7 @@ from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, c
 from refine_core.corpus.query import Refinement, refine_query
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.judges.ledger import JudgmentLedger
+from refine_core.recommended import LIFT
 from refine_core.refinement import RefineConfig
 
 
@@ -72,6 +73,7 @@ class SearchResult:
             "judgments_paid": r.judged,
             "judgments_from_ledger": r.from_ledger,
             "refinement": dict(self.refinement.settings),
+            "warnings": self.refinement.warnings(),
             **({"ann": self.ann} if self.ann is not None else {}),
         }
 
@@ -100,6 +102,8 @@ def search(
     check_ann: bool = False,
     start: str = "query",
     rocchio: RocchioParams | None = None,
+    min_positives: int = 0,
+    verdicts_first: bool = False,
 ) -> SearchResult:
     """The top ``top`` documents for ``query`` after judged refinement (see the module docs).
 
@@ -107,7 +111,10 @@ def search(
     the ANN, exact cosine on them; ``check_ann`` also scores the whole corpus once and reports
     the recall of the ANN top list for this query. ``use_ann=False`` forces brute force.
     ``start``: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector, with
-    Rocchio's weights ``rocchio``, default SMART; see :func:`refine_core.corpus.query.refine_query`)."""
+    Rocchio's weights ``rocchio``, default SMART; see :func:`refine_core.corpus.query.refine_query`).
+    ``verdicts_first`` ranks the documents the judge called relevant above all others (in the
+    refined order), ``min_positives`` refines only with that many of them: the commands use
+    :data:`refine_core.recommended.RECOMMENDED`'s settings."""
     if top < 1:
         raise CorpusError(f"top must be >= 1, got {top}")
     embedder = embedder or SentenceTransformerEmbedder(index.model)
@@ -125,7 +132,9 @@ def search(
         use_ann=use_ann,
         start=start,
         rocchio=rocchio,
+        min_positives=min_positives,
     )
+    ref.settings["verdicts_first"] = verdicts_first
     vectors = index.vectors()
     ids, texts = index.documents()
     judged = {int(j): float(s) for j, s in zip(ref.judged_idx, ref.judged_scores) if np.isfinite(s)}
@@ -135,7 +144,10 @@ def search(
     if ann is None:
         before = _ranks(corpus_scores(vectors, ref.original))
         after_scores = corpus_scores(vectors, ref.refined)
-        order = np.argsort(-after_scores, kind="stable")[:top]
+        lifted = after_scores.copy()
+        if verdicts_first:
+            lifted[ref.judged_positive] += LIFT
+        order = np.argsort(-lifted, kind="stable")[:top]
         hits = [
             SearchHit(
                 id=ids[j],
@@ -156,7 +168,13 @@ def search(
         orig_order, _ = exact_top(vectors, ref.original, orig_cands[0], c)
         orig_rank = {int(j): r + 1 for r, j in enumerate(orig_order)}
         new_cands, _ = ann[0].search(ref.refined, c)
-        order, after = exact_top(vectors, ref.refined, new_cands[0], top)
+        cands = new_cands[0]
+        if verdicts_first:  # the judged-positive documents are candidates wherever the ANN puts them
+            cands = np.union1d(cands[cands >= 0], ref.judged_positive)
+        order, after = exact_top(vectors, ref.refined, cands, cands.size if verdicts_first else top)
+        if verdicts_first:
+            first = np.argsort(-(after + LIFT * np.isin(order, ref.judged_positive)), kind="stable")[:top]
+            order, after = order[first], after[first]
         hits = [
             SearchHit(
                 id=ids[j],

@@ -1,0 +1,179 @@
+"""The default refinement (refine_core.recommended): one definition, what it ranks, the same in
+every scoring path, and the sparse data it was chosen to be safe on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refine_core.evaluation import (
+    finish_shards,
+    method_rankings,
+    score_methods,
+    score_shard,
+    shard_bounds,
+    shard_inputs,
+)
+from refine_core.feedback import select_feedback
+from refine_core.metrics import cosine_scores, evaluate_rankings
+from refine_core.qrels import Qrels
+from refine_core.recommended import (
+    LIFT,
+    RECOMMENDED,
+    Recommended,
+    judged_positive_idx,
+    lift_judged_positives,
+    recommended_vectors,
+)
+from refine_core.refinement import refine
+
+
+def _data(seed: int = 0, n: int = 12, n_docs: int = 300, d: int = 16):
+    rng = np.random.default_rng(seed)
+    queries = rng.normal(size=(n, d)).astype(np.float32)
+    docs = rng.normal(size=(n_docs, d)).astype(np.float32)
+    labels = np.zeros((n, n_docs), dtype=np.float32)
+    for i in range(n):  # a few relevant documents near each query
+        near = np.argsort(-cosine_scores(queries[i : i + 1], docs)[0])[rng.integers(0, 40, size=3)]
+        labels[i, near] = 1.0
+    feedback = select_feedback(cosine_scores(queries, docs), k=10)
+    return queries, docs, labels, feedback
+
+
+def test_recommended_vectors_refine_from_the_query_only_with_a_relevant_verdict() -> None:
+    queries, docs, labels, feedback = _data()
+    scores = np.take_along_axis(labels, feedback, axis=1)
+    scores[:3] = 0.0  # three queries whose judge found nothing relevant
+    mask = np.ones(feedback.shape, dtype=bool)
+    got = recommended_vectors(queries, docs, feedback, scores, mask)
+    want = refine(queries, feedback, scores, mask=mask, documents=docs, lr=RECOMMENDED.lr).vectors
+    found = (scores >= 0.5).any(axis=1)
+    assert not found[:3].any() and found.sum() >= 5
+    np.testing.assert_array_equal(got[~found], queries[~found])  # no relevant verdict: no move
+    np.testing.assert_allclose(got[found], want[found], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(got[found], queries[found])
+    # from the Rocchio vector when asked, and more than one positive required when asked
+    rocchio = recommended_vectors(queries, docs, feedback, scores, mask, Recommended(start="rocchio", lr=3e-4))
+    assert not np.allclose(rocchio[found], got[found])
+    strict = recommended_vectors(queries, docs, feedback, scores, mask, Recommended(min_positives=50))
+    np.testing.assert_array_equal(strict, queries)
+
+
+def test_the_judges_relevant_verdicts_rank_first_in_the_refined_order() -> None:
+    scores = np.array([[0.9, 0.1, 0.5, 0.3, -np.inf]], dtype=np.float32)
+    positive = judged_positive_idx(np.array([[3, 1, 4]]), np.array([[1.0, 0.0, 1.0]]), np.ones((1, 3), bool))
+    assert positive.tolist() == [[3, -1, 4]]
+    lifted = lift_judged_positives(scores, positive)
+    assert np.argsort(-lifted[0], kind="stable").tolist()[:2] == [3, 0]  # 3 first; 4 is outside the pool
+    assert lifted[0, 3] == pytest.approx(0.3 + LIFT) and lifted[0, 4] == -np.inf
+    # a block of documents 2..4 lifts only the ones it holds
+    block = lift_judged_positives(scores[:, 2:], positive, offset=2)
+    assert block[0].tolist() == pytest.approx([0.5, 0.3 + LIFT, -np.inf])
+
+
+def test_recommended_is_rerank_only_where_nothing_was_called_relevant_and_the_same_in_every_scoring_path() -> None:
+    queries, docs, labels, feedback = _data(seed=1, n=20, n_docs=400)
+    scores = np.take_along_axis(labels, feedback, axis=1)
+    scores[::2] = 0.0  # half the queries: no relevant verdict
+    mask = np.ones(feedback.shape, dtype=bool)
+    extra = {"recommended": recommended_vectors(queries, docs, feedback, scores, mask)}
+    inputs = {
+        "feedback_idx": feedback,
+        "judge_scores": scores,
+        "judge_mask": mask,
+        "round_vectors": [queries],
+        "extra_vectors": extra,
+    }
+    rankings = method_rankings(queries, docs, **inputs)
+    ap = {m: evaluate_rankings(r, labels, ks=(10,)).per_query["ap"] for m, r in rankings.items()}
+    np.testing.assert_allclose(ap["recommended"][::2], ap["rerank_only"][::2], atol=1e-12)
+    for i in range(1, 20, 2):  # judged positives first
+        found = feedback[i][scores[i] >= 0.5]
+        top = np.argsort(-rankings["recommended"][i], kind="stable")[: found.size]
+        assert set(top.tolist()) == set(found.tolist())
+    qrels = Qrels.from_dense(labels)
+    metrics, tests = score_methods(queries, docs, qrels, **inputs)
+    assert metrics["recommended"].means["map"] == pytest.approx(float(np.mean(ap["recommended"])), abs=1e-12)
+    assert "recommended" in tests
+    # the corpus in shards (the platform's distributed path) gives the same numbers
+    prepared = shard_inputs(queries, docs, qrels, **inputs)
+    shards = [score_shard(prepared, docs[lo:hi], lo, qrels) for lo, hi in shard_bounds(docs.shape[0], 130)]
+    sharded, _, _ = finish_shards(prepared, shards, qrels)
+    for name in ("map", "ndcg@10", "recall@50"):
+        assert sharded["recommended"].means[name] == pytest.approx(metrics["recommended"].means[name], abs=1e-9)
+
+
+def test_one_definition_for_the_commands_and_the_sweep() -> None:
+    from evaluations.config import SweepConfig
+    from flows.cell import cell_params
+    from refine_core.corpus import RECOMMENDED_LR, RECOMMENDED_START
+
+    assert RECOMMENDED_START == RECOMMENDED.start and RECOMMENDED_LR[RECOMMENDED.start] == RECOMMENDED.lr
+    config = SweepConfig.model_validate({"benchmarks": [{"name": "clinc150"}]})
+    assert "recommended" in config.methods
+    cell = config.cells()[0]
+
+    class Bench:
+        name, hash = "clinc150", "h"
+        counts = {"version": "1", "queries": 1, "documents": 1, "subset": {}}
+
+    params = cell_params(cell, Bench())  # type: ignore[arg-type]
+    assert params["recommended.lr"] == RECOMMENDED.lr and params["recommended.start"] == RECOMMENDED.start
+    assert params["recommended.min_positives"] == 1 and params["recommended.verdicts_first"] is True
+
+
+def test_the_commands_warn_when_the_verdicts_look_like_the_case_where_refinement_hurts() -> None:
+    from refine_core.corpus.query import Refinement
+
+    def refinement(scores: list[float], start: str = "query") -> Refinement:
+        v = np.ones(4, dtype=np.float32)
+        return Refinement(
+            query="q",
+            original=v,
+            refined=v,
+            judged_idx=np.arange(len(scores)),
+            judged_scores=np.array(scores, dtype=np.float32),
+            settings={"start": start},
+        )
+
+    many = refinement([1.0] * 8 + [0.0] * 12)
+    assert many.warnings() == []  # many relevant verdicts: nothing stands out
+    spread = refinement([0.0] * 12 + [1.0] + [0.0] * 4 + [1.0] + [0.0] * 2)
+    (warning,) = spread.warnings()
+    assert (
+        "only 2 of 20" in warning and "original ranks 13, 18" in warning and "moves the query only a little" in warning
+    )
+    assert "--start rocchio moves it far" in refinement(list(spread.judged_scores), "rocchio").warnings()[0]
+    assert "none of the 20 judged documents relevant" in refinement([0.0] * 20).warnings()[0]
+    assert refinement([1.0] + [0.0] * 19).warnings() == []  # one relevant verdict at the top: the usual shape
+    assert "no judgment" in refinement([np.nan] * 5).warnings()[0]
+
+
+@pytest.fixture
+def safe():
+    from conftest import benchmark_script
+
+    yield from benchmark_script("safe_default")
+
+
+def test_the_safe_default_benchmark_cross_fits_the_choice_and_counts_losses(safe) -> None:
+    ROCCHIO_GRID, halves = safe.ROCCHIO_GRID, safe.halves
+    n = 40
+    a, b = halves(n)
+    ap = {
+        "baseline": np.full(n, 0.2),
+        "rerank_only": np.full(n, 0.3),
+        "recommended": np.full(n, 0.35),
+        "rocchio_kl": np.where(np.isin(np.arange(n), a), 0.5, 0.1),  # good on one half only
+        "rocchio_grid": {p: np.full(n, 0.25 + 0.01 * i) for i, p in enumerate(ROCCHIO_GRID)},
+    }
+    crossed = safe.crossfit(ap)
+    # chosen on half a (Rocchio → KL wins there), reported on b where it is bad, and the other way round
+    np.testing.assert_allclose(crossed["either"][b], 0.1)
+    np.testing.assert_allclose(crossed["either"][a], 0.35)
+    np.testing.assert_allclose(crossed["rocchio_tuned"], 0.25 + 0.01 * (len(ROCCHIO_GRID) - 1))
+    tests = safe.tests_of(crossed)
+    assert tests["recommended vs rerank_only"]["delta"] == pytest.approx(0.05)
+    assert tests["either vs rerank_only"]["pvalue_loss"] < 0.05  # the loss on half b is seen
+    assert safe.judge_rates("asymmetric", 0.8) == pytest.approx((0.3, 0.1))
+    assert safe.judge_label("asymmetric", 0.8) == "0.8 asym (0.3/0.1)"
