@@ -25,7 +25,15 @@ everything measured, plain lrs and pull settings alike (``loss_all``).
 The target of issue 17 item 3: within 0.01 MAP of the hindsight-best in at least 90 % of the
 settings and never more than 0.03 below it.
 
-    REFINE_DATA_DIR=... python benchmarks/lr_rules.py [--datasets clinc150 ...] [--json]
+``--shapes`` asks the same of the commands' default (:data:`refine_core.recommended.RECOMMENDED`,
+the judge's relevant verdicts first) over the 30 settings of ``benchmarks/safe_default.py``:
+NFCorpus, Banking77, CLINC150 and their one-relevant-document ``-sparse`` variants × the noisy
+oracle at 1.0, 0.9, 0.8 symmetric and 0.9, 0.8 asymmetric (seed 3); the MAP of each lr is the
+recommended ranking's, and the out-of-fold AUC rules are computed on the queries the default
+refines (those with a relevant verdict). Two more rules there use the verdicts alone, per query:
+lr 3e-4 where the judge called at least 30% (50%) of the judged documents relevant, else 1e-4.
+
+    REFINE_DATA_DIR=... python benchmarks/lr_rules.py [--datasets clinc150 ...] [--shapes] [--json]
 """
 
 from __future__ import annotations
@@ -148,14 +156,111 @@ def run(data: dict) -> dict:
     return {"settings": settings, "summary": summary}
 
 
+def run_shapes(data: dict) -> dict:
+    """The lr rules for the recommended ranking over dense/sparse data and symmetric/asymmetric judges."""
+    from dataclasses import replace
+
+    from quality import LR_GRID, first_feedback
+    from safe_default import JUDGE_SEED, JUDGES, judge_label, judge_rates
+
+    from refine_core.judges.oracle import noisy_oracle_scores
+    from refine_core.metrics import evaluate_rankings
+    from refine_core.recommended import (
+        RECOMMENDED,
+        judged_positive_idx,
+        lift_judged_positives,
+        recommended_vectors,
+        refinement_mask,
+    )
+
+    def recommended_ap(q, d, labels, pool, fb, scores, mask, lr: float) -> np.ndarray:
+        from quality import pooled_scores
+
+        vectors = recommended_vectors(q, d, fb, scores, mask, replace(RECOMMENDED, lr=lr))
+        ranking = lift_judged_positives(pooled_scores(vectors, d, pool), judged_positive_idx(fb, scores, mask))
+        return evaluate_rankings(ranking, labels, pool=pool, ks=(10,)).per_query["ap"]
+
+    settings = []
+    for name, (q, d, labels, pool, _, texts) in data.items():
+        fb = first_feedback(q, d, pool, 20)
+        for kind, acc in JUDGES:
+            fpr, fnr = judge_rates(kind, acc)
+            scores, mask = noisy_oracle_scores(
+                labels,
+                fb,
+                flip_rate=0.0,
+                seed=JUDGE_SEED,
+                query_texts=texts[0],
+                document_texts=texts[1],
+                false_positive_rate=fpr,
+                false_negative_rate=fnr,
+            )
+            used = refinement_mask(scores, mask)
+            per_query = {lr: recommended_ap(q, d, labels, pool, fb, scores, mask, lr) for lr in LR_GRID}
+            grid = {lr: float(np.nanmean(ap)) for lr, ap in per_query.items()}
+            # a per-query rule from the verdicts alone: the larger step where the judge called many documents relevant
+            share = (np.asarray(scores) >= 0.5).sum(axis=1) / fb.shape[1]
+            shares = {
+                f"share >= {t:g}: 3e-4, else 1e-4": np.where(share >= t, per_query[3e-4], per_query[1e-4])
+                for t in (0.3, 0.5)
+            }
+            auc = {lr: out_of_fold_auc(q, d, np.maximum(fb, 0), scores, used, lr) for lr in LR_GRID}
+            picks = {f"fixed {lr:g}": lr for lr in LR_GRID}
+            picks["select_lr"] = select_lr(q, d, fb, scores, used, candidates=LR_GRID, seed=0).lr
+            picks["4-fold AUC"] = pick_best(auc)
+            picks["4-fold AUC, one-SE"] = pick_one_se(auc)
+            best = max(grid.values())
+            loss = {rule: best - grid[lr] for rule, lr in picks.items()}
+            loss.update({rule: best - float(np.nanmean(ap)) for rule, ap in shares.items()})
+            settings.append(
+                {
+                    "dataset": name,
+                    "judge": judge_label(kind, acc),
+                    "map": {f"{lr:g}": v for lr, v in grid.items()},
+                    "picks": {rule: f"{lr:g}" for rule, lr in picks.items()},
+                    "loss": loss,
+                }
+            )
+            print(f"{name} {judge_label(kind, acc)}: best lr {max(grid, key=grid.get):g}", flush=True)
+    summary = {}
+    for rule in settings[0]["loss"]:
+        losses = np.array([s["loss"][rule] for s in settings])
+        summary[rule] = {
+            "within": int((losses <= WITHIN + 1e-12).sum()),
+            "settings": len(settings),
+            "max_loss": float(losses.max()),
+            "over_limit": int((losses > NEVER_MORE_THAN).sum()),
+            "meets_target": bool((losses <= WITHIN + 1e-12).mean() >= 0.9 and losses.max() <= NEVER_MORE_THAN),
+        }
+    return {"settings": settings, "summary": summary}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="*", default=None)
+    parser.add_argument("--shapes", action="store_true", help="the recommended ranking, dense and sparse, both noises")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from quality import DATASETS, load_data
 
     started = time.perf_counter()
+    if args.shapes:
+        from safe_default import DATASETS as SHAPES
+
+        names = tuple(f"{n}{v}" for n in (args.datasets or SHAPES) for v in ("", "-sparse"))
+        result = run_shapes(load_data(names)[0])
+        print(f"\nlabel-free lr rules for the recommended ranking over {len(result['settings'])} settings:")
+        print_table(
+            ["rule", f"within {WITHIN}", "max loss", f"loss > {NEVER_MORE_THAN}", "meets the target"],
+            [
+                [rule, f"{s['within']}/{s['settings']}", f"{s['max_loss']:.3f}", s["over_limit"], s["meets_target"]]
+                for rule, s in result["summary"].items()
+            ],
+        )
+        print(f"({time.perf_counter() - started:.0f} s)")
+        if args.json:
+            emit_json(result)
+        return
     data, _ = load_data(tuple(args.datasets or DATASETS))
     result = run(data)
     print(

@@ -16,6 +16,8 @@ accuracy, and the local SmolLM2 judge. Sections:
 7. The paper's query template against the bare query on this (not instruction-tuned) model.
 8. Beyond the paper (benchmarks/beyond.py): every method at 20/40/60 judgments, settings chosen
    on a seeded half of the queries and reported on the other half.
+9. Unseen data (benchmarks/unseen.py); 10. safe by default (benchmarks/safe_default.py): the
+   commands' default on dense and one-relevant-document data, symmetric and asymmetric judges.
 
     REFINE_DATA_DIR=... python benchmarks/quality.py [--out docs] [--quick] [--json]
 """
@@ -484,6 +486,10 @@ def render(results: dict, out: Path, meta: dict) -> str:
         from unseen import render_unseen
 
         lines += render_unseen(results["unseen"])
+    if "safe" in results:
+        from safe_default import render_safe
+
+        lines += render_safe(results["safe"])
     text = "\n".join(lines)
     (out / "results.md").write_text(text, encoding="utf-8")
     return text
@@ -603,6 +609,11 @@ def main() -> None:
 
     results["unseen"] = run_unseen(UNSEEN, data_dir())
     print(f"section 9 done ({time.perf_counter() - started:.0f} s)", flush=True)
+    from safe_default import DATASETS as SAFE
+    from safe_default import run as run_safe
+
+    results["safe"] = run_safe(SAFE)
+    print(f"section 10 done ({time.perf_counter() - started:.0f} s)", flush=True)
     commit = (
         subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent

@@ -181,6 +181,16 @@ class Grid(_Strict):
     optimizer: list[Literal["adam", "sgd"]] = ["adam"]
     normalize: list[Literal["none", "minmax"]] = ["none"]
     pull: list[float] = [0.0]
+    # Rocchio's weights (SMART defaults) for the `rocchio` method and the start of `rocchio_kl`
+    rocchio_beta: list[float] = [0.75]
+    rocchio_gamma: list[float] = [0.15]
+
+    @field_validator("rocchio_beta", "rocchio_gamma")
+    @classmethod
+    def _weights(cls, values: list[float], info) -> list[float]:
+        if not values or any(not math.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"{info.field_name} values must be finite numbers >= 0, got {values}")
+        return values
 
     @field_validator("lr", "score_temperature", "similarity_temperature")
     @classmethod
@@ -318,7 +328,7 @@ class SweepConfig(_Strict):
         """Every point of the grid, in a stable order."""
         g = self.grid
         out = []
-        for bench, model, judge, lr, steps, k, ts, tc, rounds, opt, norm, pull in itertools.product(
+        for bench, model, judge, lr, steps, k, ts, tc, rounds, opt, norm, pull, beta, gamma in itertools.product(
             self.benchmarks,
             self.models,
             self.judges,
@@ -331,6 +341,8 @@ class SweepConfig(_Strict):
             g.optimizer,
             g.normalize,
             g.pull,
+            g.rocchio_beta,
+            g.rocchio_gamma,
         ):
             out.append(
                 CellSpec(
@@ -346,6 +358,8 @@ class SweepConfig(_Strict):
                     optimizer=opt,
                     normalize=norm,
                     pull=pull,
+                    rocchio_beta=beta,
+                    rocchio_gamma=gamma,
                     hyde=self.hyde,
                     query_template=self.query_templates.get(model),
                     methods=list(self.methods),
@@ -369,6 +383,8 @@ class CellSpec(_Strict):
     optimizer: Literal["adam", "sgd"] = "adam"
     normalize: Literal["none", "minmax"] = "none"
     pull: float = 0.0
+    rocchio_beta: float = 0.75
+    rocchio_gamma: float = 0.15
     hyde: HydeSpec | None = None
     query_template: str | None = None
     methods: list[ExtraMethod] = []
@@ -384,7 +400,14 @@ class CellSpec(_Strict):
             "optimizer": self.optimizer,
             "normalize": self.normalize,
             "pull": self.pull,
+            "rocchio_beta": self.rocchio_beta,
+            "rocchio_gamma": self.rocchio_gamma,
         }
+
+    @property
+    def smart_rocchio(self) -> bool:
+        """Rocchio's weights are the SMART defaults (the evaluation computes that Rocchio itself)."""
+        return (self.rocchio_beta, self.rocchio_gamma) == (0.75, 0.15)
 
 
 def default_config() -> SweepConfig:

@@ -194,9 +194,10 @@ def judge_feedback(
 
 def cell_label(cell: CellSpec) -> str:
     """Every coordinate of the cell, for logs and files (MLflow run names lead with what varies)."""
+    rocchio = "" if cell.smart_rocchio else f" · Rocchio β {cell.rocchio_beta:g} γ {cell.rocchio_gamma:g}"
     return (
         f"{short_benchmark(cell.benchmark.name)} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k}"
-        f" · r {cell.rounds}"
+        f" · r {cell.rounds}{rocchio}"
     )
 
 
@@ -366,10 +367,17 @@ def evaluate_cell(
             t = time.perf_counter()
             extra["recommended"] = recommended_task(queries, docs, feedback[0], judgments[0])
             timings["recommended"] = time.perf_counter() - t
+        start = None
+        if not cell.smart_rocchio:
+            # Rocchio with the cell's weights (grid rocchio_beta / rocchio_gamma) replaces the SMART one
+            t = time.perf_counter()
+            start = rocchio_start_task(queries, docs, feedback[0], judgments[0], cell.rocchio_beta, cell.rocchio_gamma)
+            extra["rocchio"] = start
+            timings["rocchio"] = time.perf_counter() - t
         if "rocchio_kl" in cell.methods:
             # the KL refinement started from the Rocchio vector, on the first round's judgments
             t = time.perf_counter()
-            start = rocchio_start_task(queries, docs, feedback[0], judgments[0])
+            start = start or rocchio_start_task(queries, docs, feedback[0], judgments[0])
             extra["rocchio_kl"] = refine_queries(
                 start, docs, [feedback[0]], [judgments[0]], config, bench.counts["queries"], execution
             )

@@ -55,6 +55,8 @@ CELL_COORDINATES = (
     "score_temperature",
     "similarity_temperature",
     "pull",
+    "rocchio_beta",
+    "rocchio_gamma",
 )
 METHOD_ORDER = ("baseline", "rerank_only", "rocchio", "refined")
 

@@ -124,6 +124,8 @@ def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
         "score_temperature": f"τs={cell.score_temperature:g}",
         "similarity_temperature": f"τc={cell.similarity_temperature:g}",
         "pull": f"pull={cell.pull:g}",
+        "rocchio_beta": f"β={cell.rocchio_beta:g}",
+        "rocchio_gamma": f"γ={cell.rocchio_gamma:g}",
     }
     lead = [short[n] for n in differing]
     rest = [short[n] for n in ("judge", "lr", "benchmark", "model") if n not in differing]

@@ -233,7 +233,9 @@ def method_vectors(
     rocchio_params: RocchioParams | None = None,
     extra_vectors: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The query vector ``(n, d)`` of every method that ranks by cosine (all but ``rerank_only``)."""
+    """The query vector ``(n, d)`` of every method that ranks by cosine (all but ``rerank_only``);
+    ``extra_vectors`` adds methods, and may give ``rocchio``'s vectors (other weights) in place of
+    the ones computed here."""
     fb_vectors = document_array(doc_vectors)[np.maximum(feedback_idx, 0)]
     vectors: dict[str, np.ndarray] = {
         "baseline": np.asarray(query_vectors),
@@ -243,9 +245,9 @@ def method_vectors(
     for r in range(2, len(round_vectors) + 1):
         vectors[f"refined_r{r}"] = np.asarray(round_vectors[r - 1])
     for name, extra in (extra_vectors or {}).items():
-        if name in vectors or name == "rerank_only":
+        if (name in vectors and name != "rocchio") or name == "rerank_only":
             raise ValueError(f"extra method {name!r} clashes with a built-in method")
-        vectors[name] = np.asarray(extra)
+        vectors[name] = np.asarray(extra)  # "rocchio": Rocchio with other weights than rocchio_params
     return vectors
 
 

@@ -24,7 +24,7 @@ from evaluations.benchmark import Benchmark
 from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, HydeSpec, JudgeSpec, VectorsSpec
 from evaluations.errors import DatasetError
 from evaluations.registry import load_benchmark
-from refine_core.baselines import rocchio_vectors
+from refine_core.baselines import RocchioParams, rocchio_vectors
 from refine_core.embedders import SentenceTransformerEmbedder
 from refine_core.embedding_cache import EmbeddingCache
 from refine_core.evaluation import (
@@ -598,18 +598,28 @@ def refine_block_task(
 
 
 def _rocchio_key(context, parameters) -> str:
+    weights = (parameters.get("beta", 0.75), parameters.get("gamma", 0.15))
     return task_key(
         "rocchio-start",
         parameters["queries"].digest,
         parameters["docs"].digest,
         parameters["feedback"].digest,
         parameters["judgments"].digest,
+        *(() if weights == (0.75, 0.15) else weights),  # SMART keeps its old key
     )
 
 
 @task(name="rocchio-start", cache_key_fn=_rocchio_key, persist_result=True, cache_expiration=CACHE_EXPIRATION)
-def rocchio_start_task(queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, judgments: JudgmentsRef) -> ArrayRef:
-    """The Rocchio vectors (SMART weights) of the first round's judgments: the start of ``rocchio_kl``."""
+def rocchio_start_task(
+    queries: ArrayRef,
+    docs: ArrayRef,
+    feedback: ArrayRef,
+    judgments: JudgmentsRef,
+    beta: float = 0.75,
+    gamma: float = 0.15,
+) -> ArrayRef:
+    """The Rocchio vectors (weights ``beta``, ``gamma``; SMART by default) of the first round's
+    judgments: the ``rocchio`` method of a cell with other weights, and the start of ``rocchio_kl``."""
     t0 = time.perf_counter()
     idx = load_arrays(feedback.path)["idx"]
     judged = load_arrays(judgments.path)
@@ -619,8 +629,10 @@ def rocchio_start_task(queries: ArrayRef, docs: ArrayRef, feedback: ArrayRef, ju
         np.asarray(load_array(docs.path)[rows])[local.reshape(idx.shape)],
         judged["scores"],
         judged["mask"] & (idx >= 0),
+        RocchioParams(beta=beta, gamma=gamma),
     )
-    name = digest("rocchio-start", queries.digest, docs.digest, feedback.digest, judgments.digest)
+    weights = () if (beta, gamma) == (0.75, 0.15) else (beta, gamma)  # SMART keeps its old name
+    name = digest("rocchio-start", queries.digest, docs.digest, feedback.digest, judgments.digest, *weights)
     return ArrayRef(save_array(f"rocchio-{name}", vectors), name, time.perf_counter() - t0)
 
 

@@ -539,3 +539,54 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     assert metrics_from_run(run)["rocchio_kl"]["map"] == pytest.approx(
         direct.metrics["rocchio_kl"].means["map"], abs=1e-6
     )
+
+
+def test_rocchios_weights_are_grid_keys(platform: Path) -> None:
+    """``grid: {rocchio_beta, rocchio_gamma}``: the cell's ``rocchio`` method and the start of
+    ``rocchio_kl`` use those weights (logged as params, in the cell's label), not SMART's."""
+    from mlflow import MlflowClient
+
+    from evaluations.registry import load_benchmark
+    from flows.sweep import sweep
+    from flows.tracking import tracking_uri
+    from refine_core import RefineConfig
+    from refine_core.baselines import RocchioParams
+    from refine_core.embedders import SentenceTransformerEmbedder
+    from refine_core.embedding_cache import EmbeddingCache
+    from refine_core.evaluation import evaluate_cell_arrays
+    from refine_core.judges import oracle_scores
+
+    config = SweepConfig(
+        name="rocchio-weights",
+        benchmarks=[SUBSET],
+        judges=[JudgeSpec(kind="oracle")],
+        grid=Grid(lr=[1e-3], k=[10], rocchio_beta=[1.5], rocchio_gamma=[0.5]),
+        methods=["rocchio_kl"],
+    )
+    (cell,) = sweep(config)["cells"]
+    bench = load_benchmark("clinc150", queries=12, max_documents=1500)
+    embedder = SentenceTransformerEmbedder()
+    cache = EmbeddingCache(platform / "embeddings")
+    docs = embedder.embed_documents(bench.document_texts(), cache=cache)
+    queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
+    labels, _ = bench.label_matrix()
+    outcomes = {
+        weights: evaluate_cell_arrays(
+            queries,
+            docs,
+            labels,
+            lambda r, i: oracle_scores(labels[r], i),
+            k=10,
+            config=RefineConfig(lr=1e-3),
+            rocchio_params=RocchioParams(beta=weights[0], gamma=weights[1]),
+            variants=("rocchio_kl",),
+        )
+        for weights in ((1.5, 0.5), (0.75, 0.15))
+    }
+    for method in ("rocchio", "rocchio_kl"):
+        want = outcomes[(1.5, 0.5)].metrics[method].means["map"]
+        assert cell["metrics"][method]["map"] == pytest.approx(want, abs=1e-6), method
+        assert want != pytest.approx(outcomes[(0.75, 0.15)].metrics[method].means["map"], abs=1e-6)
+    run = MlflowClient(tracking_uri()).get_run(cell["run_id"])
+    assert run.data.params["rocchio_beta"] == "1.5" and run.data.params["rocchio_gamma"] == "0.5"
+    assert "Rocchio β 1.5 γ 0.5" in run.data.tags["refine.cell"]

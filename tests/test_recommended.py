@@ -177,3 +177,13 @@ def test_the_safe_default_benchmark_cross_fits_the_choice_and_counts_losses(safe
     assert tests["either vs rerank_only"]["pvalue_loss"] < 0.05  # the loss on half b is seen
     assert safe.judge_rates("asymmetric", 0.8) == pytest.approx((0.3, 0.1))
     assert safe.judge_label("asymmetric", 0.8) == "0.8 asym (0.3/0.1)"
+    # section 10's prose counts what the table holds
+    cell = {"queries": n, "relevant_per_query": 1.0, "map": {m: float(np.mean(v)) for m, v in crossed.items()}}
+    cell["tests"] = tests
+    result = {"toy": {"oracle": dict(cell, relevant_per_query=5.0)}, "toy-sparse": {"0.8 sym": cell}}
+    from beyond import adjust_tests
+
+    adjust_tests([c for per in result.values() for c in per.values()])
+    text = "\n".join(safe.render_safe(result))
+    assert text.startswith(safe.SECTION) and "| toy-sparse | 1.0 | 0.8 sym |" in text
+    assert "significantly below tuned Rocchio in 0 of 1 dense cells" in text
