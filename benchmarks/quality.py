@@ -306,7 +306,9 @@ def render(results: dict, out: Path, meta: dict) -> str:
         f"Embedding model: bundled {MODEL} (384-d) for every row. Judges: the **oracle** (gold labels of the judged "
         "documents, the ceiling of any judge), **noisy oracles** (each verdict flipped with probability 1 − accuracy, "
         "the same flip for the same pair), and the local **SmolLM2-135M** judge. Refinement: the paper's settings "
-        "(K = 20 top documents, Adam, lr 1e-4, 100 steps) unless a table says otherwise.",
+        "(K = 20 top documents, Adam, lr 1e-4, 100 steps) unless a table says otherwise. Sections 1–9: five "
+        "benchmarks with many relevant documents per query and a symmetric noisy judge; section 10: one relevant "
+        "document per query and an asymmetric judge too.",
         "",
         "## 1. Methods with the oracle judge",
         "",

@@ -59,6 +59,14 @@ def describe_refinement(settings: dict) -> str:
     return f"{method}, lr {settings['lr']:g}{pull}{kept}"
 
 
+def kept_positives(keep_verdicts: bool) -> int:
+    """``min_positives`` of the default refinement (:data:`refine_core.recommended.RECOMMENDED`) with
+    ``--keep-verdicts``, 0 (the paper: always refine) without."""
+    from refine_core.recommended import RECOMMENDED
+
+    return RECOMMENDED.min_positives if keep_verdicts else 0
+
+
 def refinement_settings(start: str, lr: float | None, pull: float, beta: float, gamma: float):
     """The refinement the options ask for: ``(RefineConfig, RocchioParams)``, the lr defaulting to
     the start's (:data:`refine_core.corpus.RECOMMENDED_LR`); an unknown start is a user error."""
@@ -302,7 +310,7 @@ def register(app: typer.Typer) -> None:
                 check_ann=check_ann,
                 start=start,
                 rocchio=rocchio,
-                min_positives=int(keep_verdicts),
+                min_positives=kept_positives(keep_verdicts),
                 verdicts_first=keep_verdicts,
             )
         except user_errors() as exc:
@@ -393,7 +401,7 @@ def register(app: typer.Typer) -> None:
                 concurrency=spec.concurrency,
                 start=start,
                 rocchio=rocchio,
-                min_positives=int(keep_verdicts),
+                min_positives=kept_positives(keep_verdicts),
             )
             path = write_labels(result, opened, out)
         except user_errors() as exc:
@@ -485,7 +493,7 @@ def register(app: typer.Typer) -> None:
                 start=start,
                 rocchio_beta=rocchio.beta,
                 rocchio_gamma=rocchio.gamma,
-                min_positives=int(keep_verdicts),
+                min_positives=kept_positives(keep_verdicts),
             )
         except user_errors() as exc:
             fail(str(exc))

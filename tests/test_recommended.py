@@ -187,3 +187,16 @@ def test_the_safe_default_benchmark_cross_fits_the_choice_and_counts_losses(safe
     text = "\n".join(safe.render_safe(result))
     assert text.startswith(safe.SECTION) and "| toy-sparse | 1.0 | 0.8 sym |" in text
     assert "significantly below tuned Rocchio in 0 of 1 dense cells" in text
+
+
+def test_the_commands_defaults_are_the_recommended_settings() -> None:
+    import typer
+
+    from flows.cli import app
+
+    group = typer.main.get_command(app)
+    for name in ("search", "classify", "evaluate-classification"):
+        params = {p.name: p for p in group.commands[name].params}  # type: ignore[attr-defined]
+        assert params["start"].default == RECOMMENDED.start, name
+        assert params["keep_verdicts"].default is RECOMMENDED.verdicts_first, name
+        assert params["lr"].default is None  # the start's lr: RECOMMENDED_LR[start], RECOMMENDED.lr from the query
