@@ -430,7 +430,11 @@ def register(app: typer.Typer) -> None:
     def evaluate_classification_cmd(
         benchmark: Annotated[str, typer.Argument(help="a labelled benchmark (see `refine datasets`)")],
         judge: Annotated[
-            str, typer.Option(help="oracle, noisy-oracle:FLIP_RATE, or any judge of `refine search`")
+            str,
+            typer.Option(
+                help="oracle, noisy-oracle:FLIP_RATE, noisy-oracle:FP_RATE/FN_RATE (asymmetric), "
+                "or any judge of `refine search`"
+            ),
         ] = "oracle",
         base_url: Annotated[str | None, typer.Option(help="judge endpoint")] = None,
         queries: Annotated[int | None, typer.Option(help="first N queries only")] = None,
@@ -465,9 +469,18 @@ def register(app: typer.Typer) -> None:
                 spec = JudgeSpec(kind="oracle")
             elif kind == "noisy-oracle":
                 try:
-                    spec = JudgeSpec(kind="noisy-oracle", flip_rate=float(arg))
+                    if "/" in arg:  # an asymmetric judge: false-positive / false-negative rate
+                        fp, _, fn = arg.partition("/")
+                        spec = JudgeSpec(
+                            kind="noisy-oracle", false_positive_rate=float(fp), false_negative_rate=float(fn)
+                        )
+                    else:
+                        spec = JudgeSpec(kind="noisy-oracle", flip_rate=float(arg))
                 except ValueError:
-                    raise ConfigError(f"--judge {judge}: give the flip rate as noisy-oracle:0.2") from None
+                    raise ConfigError(
+                        f"--judge {judge}: give the flip rate as noisy-oracle:0.2, or the false-positive and "
+                        "false-negative rates as noisy-oracle:0.3/0.1 (each in [0, 1])"
+                    ) from None
             else:
                 spec = judge_spec(judge, base_url, 4)
             config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma)

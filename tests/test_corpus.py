@@ -436,6 +436,7 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
             (["classify", "tickets", "x", "--rocchio-gamma", "-0.5"], "must be >= 0, got 1.5 and -0.5"),
             (["evaluate-classification", "nope"], "unknown dataset 'nope'"),
             (["evaluate-classification", "clinc150", "--judge", "noisy-oracle:lots"], "give the flip rate"),
+            (["evaluate-classification", "clinc150", "--judge", "noisy-oracle:0.3/1.5"], "noisy-oracle:0.3/0.1"),
         ]:
             res = runner.invoke(app, args)
             assert res.exit_code == 2, (args, res.output)
