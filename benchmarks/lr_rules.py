@@ -84,6 +84,9 @@ def out_of_fold_auc(q, d, fb, scores, mask, lr: float, seed: int = 0) -> np.ndar
 
 
 def pick_best(auc: dict[float, np.ndarray]) -> float:
+    """The lr of the best mean out-of-fold AUC (the smallest on ties, or when no query has one)."""
+    if not any(np.isfinite(a).any() for a in auc.values()):
+        return min(auc)  # no query was refined: every lr gives the same ranking
     means = {lr: float(np.nanmean(a)) for lr, a in auc.items()}
     top = max(means.values())
     return min(lr for lr, m in means.items() if m >= top - 1e-12)
@@ -177,7 +180,8 @@ def run_shapes(data: dict) -> dict:
         from quality import pooled_scores
 
         vectors = recommended_vectors(q, d, fb, scores, mask, replace(RECOMMENDED, lr=lr))
-        ranking = lift_judged_positives(pooled_scores(vectors, d, pool), judged_positive_idx(fb, scores, mask))
+        positive = judged_positive_idx(fb, scores, mask)
+        ranking = lift_judged_positives(pooled_scores(vectors, d, pool), positive, original=pooled_scores(q, d, pool))
         return evaluate_rankings(ranking, labels, pool=pool, ks=(10,)).per_query["ap"]
 
     settings = []

@@ -489,9 +489,11 @@ def render(results: dict, out: Path, meta: dict) -> str:
 
         lines += render_unseen(results["unseen"])
     if "safe" in results:
-        from safe_default import render_safe
+        from safe_default import render_safe, render_unseen
 
         lines += render_safe(results["safe"])
+        if "safe_unseen" in results:
+            lines += render_unseen(results["safe_unseen"])
     text = "\n".join(lines)
     (out / "results.md").write_text(text, encoding="utf-8")
     return text
@@ -612,9 +614,12 @@ def main() -> None:
     results["unseen"] = run_unseen(UNSEEN, data_dir())
     print(f"section 9 done ({time.perf_counter() - started:.0f} s)", flush=True)
     from safe_default import DATASETS as SAFE
+    from safe_default import UNSEEN as SAFE_UNSEEN
     from safe_default import run as run_safe
+    from safe_default import unseen_data
 
     results["safe"] = run_safe(SAFE)
+    results["safe_unseen"] = run_safe(SAFE_UNSEEN, unseen_data(SAFE_UNSEEN))
     print(f"section 10 done ({time.perf_counter() - started:.0f} s)", flush=True)
     commit = (
         subprocess.run(

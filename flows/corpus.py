@@ -156,6 +156,7 @@ def classify_corpus_flow(
     rocchio_beta: float = 0.75,
     rocchio_gamma: float = 0.15,
     min_positives: int = 0,
+    min_share: float = 0.0,
 ) -> dict:
     """Judge, refine and choose the threshold, then label the corpus in chunks into ``out``
     (``rocchio_beta``/``rocchio_gamma``: Rocchio's weights with ``start="rocchio"``, default SMART)."""
@@ -175,6 +176,7 @@ def classify_corpus_flow(
         start=start,
         rocchio=RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
         min_positives=min_positives,
+        min_share=min_share,
     )
     name = digest(
         "classify",
@@ -189,7 +191,7 @@ def classify_corpus_flow(
         pull,
         start,
         *((rocchio_beta, rocchio_gamma) if start == "rocchio" else ()),
-        *((min_positives,) if min_positives else ()),
+        *((min_positives, min_share) if min_positives or min_share else ()),
     )
     vector = save_array(f"classify-{name}-vector", result.refinement.refined)
     judged = np.where(result.judged, result.judge_scores, np.nan).astype(np.float32)
@@ -250,6 +252,7 @@ def evaluate_classification(
     rocchio_beta: float = 0.75,
     rocchio_gamma: float = 0.15,
     min_positives: int = 0,
+    min_share: float = 0.0,
 ) -> dict:
     """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
 
@@ -306,6 +309,7 @@ def evaluate_classification(
                 start=start,
                 rocchio=RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
                 min_positives=min_positives,
+                min_share=min_share,
             )
             for name, value in binary_metrics(result.labels, gold).items():
                 row[f"{prefix}_{name}"] = value
@@ -350,6 +354,7 @@ def evaluate_classification(
                 "pull": pull,
                 "start": start,
                 "min_positives": min_positives,
+                "min_share": min_share,
                 **({"rocchio.beta": rocchio_beta, "rocchio.gamma": rocchio_gamma} if start == "rocchio" else {}),
                 **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None},
             },

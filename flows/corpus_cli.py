@@ -22,7 +22,7 @@ JUDGE_HELP = (
 LrOption = Annotated[
     float | None,
     typer.Option(
-        help="learning rate of the refinement (default: 3e-4 with --start rocchio, 1e-4, the paper's, with query)"
+        help="learning rate of the refinement (default: 3e-4; 1e-4, the paper's, with --start query --no-keep-verdicts)"
     ),
 ]
 PullOption = Annotated[float, typer.Option(help="pull toward the judged-positive centroid (0 = the paper's objective)")]
@@ -67,21 +67,34 @@ def kept_positives(keep_verdicts: bool) -> int:
     return RECOMMENDED.min_positives if keep_verdicts else 0
 
 
-def refinement_settings(start: str, lr: float | None, pull: float, beta: float, gamma: float):
+def kept_share(keep_verdicts: bool) -> float:
+    """``min_share`` of the default refinement with ``--keep-verdicts``, 0 without."""
+    from refine_core.recommended import RECOMMENDED
+
+    return RECOMMENDED.min_share if keep_verdicts else 0.0
+
+
+def refinement_settings(
+    start: str, lr: float | None, pull: float, beta: float, gamma: float, keep_verdicts: bool = False
+):
     """The refinement the options ask for: ``(RefineConfig, RocchioParams)``, the lr defaulting to
-    the start's (:data:`refine_core.corpus.RECOMMENDED_LR`); an unknown start is a user error."""
+    the default refinement's (:data:`refine_core.recommended.RECOMMENDED`) with ``--keep-verdicts``
+    from its start, else to the start's (:data:`refine_core.corpus.RECOMMENDED_LR`: the paper's 1e-4
+    from the query); an unknown start is a user error."""
     from refine_core.baselines import RocchioParams
     from refine_core.corpus import RECOMMENDED_LR, CorpusError
     from refine_core.corpus.query import STARTS
+    from refine_core.recommended import RECOMMENDED
     from refine_core.refinement import RefineConfig
+
+    if lr is None:
+        lr = RECOMMENDED.lr if keep_verdicts and start == RECOMMENDED.start else RECOMMENDED_LR.get(start)
 
     if start not in STARTS:
         raise CorpusError(f"--start must be one of {', '.join(STARTS)}, got {start!r}")
     if beta < 0 or gamma < 0:
         raise CorpusError(f"--rocchio-beta and --rocchio-gamma must be >= 0, got {beta:g} and {gamma:g}")
-    return RefineConfig(lr=RECOMMENDED_LR[start] if lr is None else lr, pull=pull), RocchioParams(
-        beta=beta, gamma=gamma
-    )
+    return RefineConfig(lr=lr, pull=pull), RocchioParams(beta=beta, gamma=gamma)
 
 
 def index_folder(name_or_path: str) -> Path:
@@ -292,7 +305,7 @@ def register(app: typer.Typer) -> None:
         from refine_core.corpus import search
 
         try:
-            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma)
+            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma, keep_verdicts)
             opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
             result = search(
                 opened,
@@ -311,6 +324,7 @@ def register(app: typer.Typer) -> None:
                 start=start,
                 rocchio=rocchio,
                 min_positives=kept_positives(keep_verdicts),
+                min_share=kept_share(keep_verdicts),
                 verdicts_first=keep_verdicts,
             )
         except user_errors() as exc:
@@ -385,7 +399,7 @@ def register(app: typer.Typer) -> None:
                 raise CorpusError(f"--out {out}: labels are written as parquet; give a path ending in .parquet")
             if out.parent.exists() and not out.parent.is_dir():
                 raise CorpusError(f"--out {out}: {out.parent} is not a folder")
-            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma)
+            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma, keep_verdicts)
             opened, embedder, judge_obj, ledger, spec = _open(index, model, judge, base_url, concurrency)
             result = classify(
                 opened,
@@ -402,6 +416,7 @@ def register(app: typer.Typer) -> None:
                 start=start,
                 rocchio=rocchio,
                 min_positives=kept_positives(keep_verdicts),
+                min_share=kept_share(keep_verdicts),
             )
             path = write_labels(result, opened, out)
         except user_errors() as exc:
@@ -483,7 +498,7 @@ def register(app: typer.Typer) -> None:
                     ) from None
             else:
                 spec = judge_spec(judge, base_url, 4)
-            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma)
+            config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma, keep_verdicts)
             bench_spec = BenchmarkSpec(name=benchmark, queries=queries, max_documents=max_documents)
             from evaluations.registry import load_benchmark
 
@@ -507,6 +522,7 @@ def register(app: typer.Typer) -> None:
                 rocchio_beta=rocchio.beta,
                 rocchio_gamma=rocchio.gamma,
                 min_positives=kept_positives(keep_verdicts),
+                min_share=kept_share(keep_verdicts),
             )
         except user_errors() as exc:
             fail(str(exc))

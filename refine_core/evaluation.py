@@ -300,8 +300,8 @@ def method_score_blocks(
         for name, v in vectors.items():
             if name != "baseline":
                 blocks[name] = ranking(v[lo:hi], in_pool)
-                if name in VERDICTS_FIRST:
-                    blocks[name] = lift_judged_positives(blocks[name], lifted[lo:hi])
+                if name in VERDICTS_FIRST:  # the judged positives first, in the original order
+                    blocks[name] = lift_judged_positives(blocks[name], lifted[lo:hi], original=base)
         yield lo, hi, blocks
 
 
@@ -523,10 +523,12 @@ def shard_inputs(
     # a relevant document the judge called relevant: its score lifted as the shards lift it
     n_docs = int(np.shape(doc_vectors)[0])
     lifted_pair = np.isin(rows * n_docs + docs, (np.arange(lifted.shape[0])[:, None] * n_docs + lifted)[lifted >= 0])
+    original = pair_scores(vectors["baseline"], doc_vectors, rows, docs)
     for name, v in vectors.items():
-        scores = pair_scores(v, doc_vectors, rows, docs)
-        if name in VERDICTS_FIRST:
-            scores = np.where(lifted_pair, (scores.astype(np.float32) + np.float32(LIFT)).astype(np.float64), scores)
+        scores = original if name == "baseline" else pair_scores(v, doc_vectors, rows, docs)
+        if name in VERDICTS_FIRST:  # as the shards lift them: the original score + LIFT, in float32
+            lifted_score = (original.astype(np.float32) + np.float32(LIFT)).astype(np.float64)
+            scores = np.where(lifted_pair, lifted_score, scores)
         specials[name] = relevant_specials(relevant_qrels, scores)
         if name == "baseline":
             idx = np.asarray(feedback_idx, dtype=np.int64)
@@ -574,7 +576,7 @@ def score_shard(
                 if name == "baseline":
                     baseline_scores = scores
                 if name in VERDICTS_FIRST and inputs.positive_idx is not None:
-                    scores = lift_judged_positives(scores, inputs.positive_idx[lo:hi], offset)
+                    scores = lift_judged_positives(scores, inputs.positive_idx[lo:hi], offset, original=baseline_scores)
             parts[name].append(count_shard(scores, offset, block, inputs.specials[name].rows(lo, hi)))
             if name in room and room[name] > 0:
                 negative = block.negative_block(0, hi - lo, (offset, offset + width))

@@ -377,11 +377,12 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
             "lr": RECOMMENDED.lr,
             "pull": RECOMMENDED.pull,
             "min_positives": RECOMMENDED.min_positives,
+            "min_share": RECOMMENDED.min_share,
             "verdicts_first": RECOMMENDED.verdicts_first,
         }
         assert (RECOMMENDED.start, RECOMMENDED.lr, RECOMMENDED.min_positives, RECOMMENDED.verdicts_first) == (
             "query",
-            1e-4,
+            3e-4,
             1,
             True,
         )

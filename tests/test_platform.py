@@ -501,7 +501,7 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     assert set(cell["metrics"]) == paper | {"rocchio_kl", "recommended"}
     # `recommended` is what `refine search` runs (refine_core.recommended), whatever the cell's lr and pull
     from refine_core.evaluation import score_methods
-    from refine_core.recommended import recommended_vectors
+    from refine_core.recommended import RECOMMENDED, recommended_vectors
 
     first = (direct.feedback_idx[:, :10], np.nan_to_num(direct.judge_scores[:, :10]), direct.judge_mask[:, :10])
     mine, _ = score_methods(
@@ -533,7 +533,7 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
 
     run = MlflowClient(tracking_uri()).get_run(cell["run_id"])
     assert run.data.params["methods"] == "recommended,rocchio_kl"
-    assert run.data.params["recommended.lr"] == "0.0001" and run.data.params["recommended.start"] == "query"
+    assert run.data.params["recommended.lr"] == str(RECOMMENDED.lr) and run.data.params["recommended.start"] == "query"
     pulled_run = MlflowClient(tracking_uri()).get_run(cells[1]["run_id"])
     assert pulled_run.data.params["pull"] == "0.1" and pulled_run.info.run_name.startswith("pull=0.1 · ")
     assert metrics_from_run(run)["rocchio_kl"]["map"] == pytest.approx(

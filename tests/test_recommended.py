@@ -44,11 +44,13 @@ def test_recommended_vectors_refine_from_the_query_only_with_a_relevant_verdict(
     queries, docs, labels, feedback = _data()
     scores = np.take_along_axis(labels, feedback, axis=1)
     scores[:3] = 0.0  # three queries whose judge found nothing relevant
+    scores[3:7, :5] = 1.0  # four whose judge called half of them relevant
     mask = np.ones(feedback.shape, dtype=bool)
     got = recommended_vectors(queries, docs, feedback, scores, mask)
     want = refine(queries, feedback, scores, mask=mask, documents=docs, lr=RECOMMENDED.lr).vectors
-    found = (scores >= 0.5).any(axis=1)
-    assert not found[:3].any() and found.sum() >= 5
+    share = (scores >= 0.5).sum(axis=1) / scores.shape[1]
+    found = share >= RECOMMENDED.min_share  # enough relevant verdicts to move
+    assert not found[:3].any() and found.sum() >= 3 and (~found[3:]).any()
     np.testing.assert_array_equal(got[~found], queries[~found])  # no relevant verdict: no move
     np.testing.assert_allclose(got[found], want[found], rtol=1e-6, atol=1e-7)
     assert not np.allclose(got[found], queries[found])
@@ -57,6 +59,10 @@ def test_recommended_vectors_refine_from_the_query_only_with_a_relevant_verdict(
     assert not np.allclose(rocchio[found], got[found])
     strict = recommended_vectors(queries, docs, feedback, scores, mask, Recommended(min_positives=50))
     np.testing.assert_array_equal(strict, queries)
+    # without the share gate, one relevant verdict is enough
+    loose = recommended_vectors(queries, docs, feedback, scores, mask, Recommended(min_share=0.0))
+    one = (scores >= 0.5).any(axis=1)
+    assert not np.allclose(loose[one & ~found], queries[one & ~found])
 
 
 def test_the_judges_relevant_verdicts_rank_first_in_the_refined_order() -> None:
@@ -69,14 +75,20 @@ def test_the_judges_relevant_verdicts_rank_first_in_the_refined_order() -> None:
     # a block of documents 2..4 lifts only the ones it holds
     block = lift_judged_positives(scores[:, 2:], positive, offset=2)
     assert block[0].tolist() == pytest.approx([0.5, 0.3 + LIFT, -np.inf])
+    # in the original ranking's order: the lifted value is the original score's
+    original = np.array([[0.1, 0.2, 0.3, 0.8, 0.0]], dtype=np.float32)
+    assert lift_judged_positives(scores, positive, original=original)[0, 3] == pytest.approx(0.8 + LIFT)
 
 
 def test_recommended_is_rerank_only_where_nothing_was_called_relevant_and_the_same_in_every_scoring_path() -> None:
     queries, docs, labels, feedback = _data(seed=1, n=20, n_docs=400)
     scores = np.take_along_axis(labels, feedback, axis=1)
     scores[::2] = 0.0  # half the queries: no relevant verdict
+    scores[1::4, :5] = 1.0  # a quarter: half of the judged called relevant (moves)
     mask = np.ones(feedback.shape, dtype=bool)
     extra = {"recommended": recommended_vectors(queries, docs, feedback, scores, mask)}
+    moved = (scores >= 0.5).sum(axis=1) >= RECOMMENDED.min_share * scores.shape[1]
+    assert moved.sum() >= 5 and (~moved).sum() >= 10
     inputs = {
         "feedback_idx": feedback,
         "judge_scores": scores,
@@ -86,11 +98,13 @@ def test_recommended_is_rerank_only_where_nothing_was_called_relevant_and_the_sa
     }
     rankings = method_rankings(queries, docs, **inputs)
     ap = {m: evaluate_rankings(r, labels, ks=(10,)).per_query["ap"] for m, r in rankings.items()}
-    np.testing.assert_allclose(ap["recommended"][::2], ap["rerank_only"][::2], atol=1e-12)
-    for i in range(1, 20, 2):  # judged positives first
+    # too few relevant verdicts: rerank-only's ranking, exactly
+    np.testing.assert_allclose(ap["recommended"][~moved], ap["rerank_only"][~moved], atol=1e-12)
+    assert not np.allclose(ap["recommended"][moved], ap["rerank_only"][moved])
+    for i in range(1, 20, 2):  # judged positives first, in the original order (rerank-only's)
         found = feedback[i][scores[i] >= 0.5]
         top = np.argsort(-rankings["recommended"][i], kind="stable")[: found.size]
-        assert set(top.tolist()) == set(found.tolist())
+        assert top.tolist() == np.argsort(-rankings["rerank_only"][i], kind="stable")[: found.size].tolist()
     qrels = Qrels.from_dense(labels)
     metrics, tests = score_methods(queries, docs, qrels, **inputs)
     assert metrics["recommended"].means["map"] == pytest.approx(float(np.mean(ap["recommended"])), abs=1e-12)
@@ -106,9 +120,14 @@ def test_recommended_is_rerank_only_where_nothing_was_called_relevant_and_the_sa
 def test_one_definition_for_the_commands_and_the_sweep() -> None:
     from evaluations.config import SweepConfig
     from flows.cell import cell_params
+    from flows.corpus_cli import refinement_settings
     from refine_core.corpus import RECOMMENDED_LR, RECOMMENDED_START
 
-    assert RECOMMENDED_START == RECOMMENDED.start and RECOMMENDED_LR[RECOMMENDED.start] == RECOMMENDED.lr
+    assert RECOMMENDED_START == RECOMMENDED.start
+    # the commands' lr: the default's with --keep-verdicts, the paper's 1e-4 from the query without
+    assert refinement_settings(RECOMMENDED.start, None, 0.0, 1.5, 0.5, True)[0].lr == RECOMMENDED.lr
+    assert refinement_settings("query", None, 0.0, 1.5, 0.5, False)[0].lr == RECOMMENDED_LR["query"] == 1e-4
+    assert refinement_settings("rocchio", None, 0.0, 1.5, 0.5, True)[0].lr == RECOMMENDED_LR["rocchio"]
     config = SweepConfig.model_validate({"benchmarks": [{"name": "clinc150"}]})
     assert "recommended" in config.methods
     cell = config.cells()[0]
@@ -120,12 +139,13 @@ def test_one_definition_for_the_commands_and_the_sweep() -> None:
     params = cell_params(cell, Bench())  # type: ignore[arg-type]
     assert params["recommended.lr"] == RECOMMENDED.lr and params["recommended.start"] == RECOMMENDED.start
     assert params["recommended.min_positives"] == 1 and params["recommended.verdicts_first"] is True
+    assert params["recommended.min_share"] == 0.35
 
 
 def test_the_commands_warn_when_the_verdicts_look_like_the_case_where_refinement_hurts() -> None:
     from refine_core.corpus.query import Refinement
 
-    def refinement(scores: list[float], start: str = "query") -> Refinement:
+    def refinement(scores: list[float], start: str = "query", min_share: float = 0.35) -> Refinement:
         v = np.ones(4, dtype=np.float32)
         return Refinement(
             query="q",
@@ -133,16 +153,16 @@ def test_the_commands_warn_when_the_verdicts_look_like_the_case_where_refinement
             refined=v,
             judged_idx=np.arange(len(scores)),
             judged_scores=np.array(scores, dtype=np.float32),
-            settings={"start": start},
+            settings={"start": start, "min_share": min_share},
         )
 
     many = refinement([1.0] * 8 + [0.0] * 12)
     assert many.warnings() == []  # many relevant verdicts: nothing stands out
     spread = refinement([0.0] * 12 + [1.0] + [0.0] * 4 + [1.0] + [0.0] * 2)
     (warning,) = spread.warnings()
-    assert (
-        "only 2 of 20" in warning and "original ranks 13, 18" in warning and "moves the query only a little" in warning
-    )
+    assert "only 2 of 20" in warning and "original ranks 13, 18" in warning
+    assert "was not moved (fewer than 35%" in warning
+    assert "the default would have kept it" in refinement(list(spread.judged_scores), min_share=0.0).warnings()[0]
     assert "--start rocchio moves it far" in refinement(list(spread.judged_scores), "rocchio").warnings()[0]
     assert "none of the 20 judged documents relevant" in refinement([0.0] * 20).warnings()[0]
     assert refinement([1.0] + [0.0] * 19).warnings() == []  # one relevant verdict at the top: the usual shape

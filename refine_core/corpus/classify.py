@@ -95,6 +95,7 @@ def classify(
     start: str = "query",
     rocchio: RocchioParams | None = None,
     min_positives: int = 0,
+    min_share: float = 0.0,
 ) -> Classification:
     """Label every document of ``index`` for ``criterion`` (see the module docs).
 
@@ -110,7 +111,8 @@ def classify(
         start: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector; see
             :func:`refine_core.corpus.query.refine_query`).
         rocchio: Rocchio's weights for ``start="rocchio"`` (default SMART).
-        min_positives: refine only with at least this many positive verdicts (the commands: 1).
+        min_positives, min_share: refine only with at least this many positive verdicts, making at
+            least this share of the valid ones (the commands: RECOMMENDED's).
     """
     if calibrate < 0:
         raise CorpusError(f"calibrate must be >= 0, got {calibrate}")
@@ -132,6 +134,7 @@ def classify(
         start=start,
         rocchio=rocchio,
         min_positives=min_positives,
+        min_share=min_share,
     )
     scores = corpus_scores(index.vectors(), ref.refined)
     if ref.judged_ok.sum() == 0:

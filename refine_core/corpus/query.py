@@ -27,10 +27,11 @@ RECOMMENDED_START = RECOMMENDED.start
 paper's refinement from the query, no move without a relevant verdict)."""
 RECOMMENDED_ROCCHIO = RocchioParams(beta=RECOMMENDED.rocchio_beta, gamma=RECOMMENDED.rocchio_gamma)
 """Rocchio's weights for ``--start rocchio``: the pair the tuning halves chose most often (benchmarks/beyond.py)."""
-RECOMMENDED_LR = {"query": RECOMMENDED.lr, "rocchio": 3e-4}
-"""The commands' lr for each start: the paper's from the query; from the Rocchio vector, the lr
-the unseen-data check measured with :data:`RECOMMENDED_ROCCHIO` (dense data only: on the sparse
-variants Rocchio → KL falls below rerank-only, docs/results.md section 10)."""
+RECOMMENDED_LR = {"query": 1e-4, "rocchio": 3e-4}
+"""The commands' lr for each start without ``--keep-verdicts`` (with it, the default's own
+:data:`refine_core.recommended.RECOMMENDED` lr): the paper's from the query; from the Rocchio
+vector, the lr the unseen-data check measured with :data:`RECOMMENDED_ROCCHIO` (dense data only: on
+the sparse variants Rocchio → KL falls below rerank-only, docs/results.md section 10)."""
 
 
 @dataclass
@@ -81,7 +82,13 @@ class Refinement:
                 + (
                     "--start rocchio moves it far (it fell below rerank-only on such data); the default does not"
                     if self.settings.get("start") == "rocchio"
-                    else "the default keeps them first and moves the query only a little"
+                    else (
+                        "the query was not moved (fewer than "
+                        f"{self.settings['min_share']:.0%} of the judged documents called relevant): the judged "
+                        "relevant documents come first, the rest in the original order"
+                        if found.size < self.settings.get("min_share", 0.0) * judged
+                        else "the query was moved toward them; the default would have kept it (--keep-verdicts)"
+                    )
                 )
             )
         return out
@@ -137,6 +144,7 @@ def refine_query(
     start: str = "query",
     rocchio: RocchioParams | None = None,
     min_positives: int = 0,
+    min_share: float = 0.0,
 ) -> Refinement:
     """Embed ``query``, then ``rounds`` times: judge the top ``k`` unjudged documents and refine.
 
@@ -150,8 +158,9 @@ def refine_query(
     (default: the same text). ``optimise=False`` judges the same way but keeps the query vector
     (the control the evaluation compares with). With an ANN structure in the index (and
     ``use_ann``), each round's top ``k`` is chosen by exact cosine among ANN candidates.
-    ``min_positives``: refine only once the judgments hold that many relevant verdicts (the
-    commands: :data:`refine_core.recommended.RECOMMENDED`'s 1; the paper: 0).
+    ``min_positives`` / ``min_share``: refine only once the judgments hold that many relevant
+    verdicts, making at least that share of the valid ones (the commands:
+    :data:`refine_core.recommended.RECOMMENDED`'s; the paper: 0, always refine).
     """
     check_text(query, what)
     if k < 2:
@@ -168,6 +177,8 @@ def refine_query(
     if start == "rocchio" and (rocchio.beta < 0 or rocchio.gamma < 0):
         raise CorpusError(f"Rocchio's weights must be >= 0, got beta {rocchio.beta:g}, gamma {rocchio.gamma:g}")
     settings: dict = {"start": start, "lr": config.lr, "pull": config.pull, "min_positives": min_positives}
+    if min_share:
+        settings["min_share"] = min_share
     if start == "rocchio":
         settings.update(rocchio_beta=rocchio.beta, rocchio_gamma=rocchio.gamma)
     vectors = index.vectors()
@@ -192,7 +203,7 @@ def refine_query(
         judged_scores = np.concatenate([judged_scores, scores])
         ok = np.isfinite(judged_scores)
         found = int(positives(judged_scores, ok, RECOMMENDED.threshold).sum())
-        if ok.sum() < 2 or not optimise or found < min_positives:
+        if ok.sum() < 2 or not optimise or found < min_positives or found < min_share * ok.sum():
             continue  # nothing to learn from (or asked not to): keep the current vector
         origin = current
         if start == "rocchio":

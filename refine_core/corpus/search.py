@@ -103,6 +103,7 @@ def search(
     start: str = "query",
     rocchio: RocchioParams | None = None,
     min_positives: int = 0,
+    min_share: float = 0.0,
     verdicts_first: bool = False,
 ) -> SearchResult:
     """The top ``top`` documents for ``query`` after judged refinement (see the module docs).
@@ -113,7 +114,7 @@ def search(
     ``start``: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector, with
     Rocchio's weights ``rocchio``, default SMART; see :func:`refine_core.corpus.query.refine_query`).
     ``verdicts_first`` ranks the documents the judge called relevant above all others (in the
-    refined order), ``min_positives`` refines only with that many of them: the commands use
+    original order), ``min_positives`` / ``min_share`` refine only with that many of them: the commands use
     :data:`refine_core.recommended.RECOMMENDED`'s settings."""
     if top < 1:
         raise CorpusError(f"top must be >= 1, got {top}")
@@ -133,6 +134,7 @@ def search(
         start=start,
         rocchio=rocchio,
         min_positives=min_positives,
+        min_share=min_share,
     )
     ref.settings["verdicts_first"] = verdicts_first
     vectors = index.vectors()
@@ -142,11 +144,12 @@ def search(
     ann = index.ann() if use_ann else None
     ann_info: dict | None = None
     if ann is None:
-        before = _ranks(corpus_scores(vectors, ref.original))
+        original_scores = corpus_scores(vectors, ref.original)
+        before = _ranks(original_scores)
         after_scores = corpus_scores(vectors, ref.refined)
         lifted = after_scores.copy()
-        if verdicts_first:
-            lifted[ref.judged_positive] += LIFT
+        if verdicts_first:  # the judged positives first, in the original order
+            lifted[ref.judged_positive] = original_scores[ref.judged_positive] + LIFT
         order = np.argsort(-lifted, kind="stable")[:top]
         hits = [
             SearchHit(
@@ -172,8 +175,10 @@ def search(
         if verdicts_first:  # the judged-positive documents are candidates wherever the ANN puts them
             cands = np.union1d(cands[cands >= 0], ref.judged_positive)
         order, after = exact_top(vectors, ref.refined, cands, cands.size if verdicts_first else top)
-        if verdicts_first:
-            first = np.argsort(-(after + LIFT * np.isin(order, ref.judged_positive)), kind="stable")[:top]
+        if verdicts_first:  # the judged positives first, in the original order
+            positive = np.isin(order, ref.judged_positive)
+            original = np.asarray(vectors[order], dtype=np.float32) @ (ref.original / np.linalg.norm(ref.original))
+            first = np.argsort(-np.where(positive, original + LIFT, after), kind="stable")[:top]
             order, after = order[first], after[first]
         hits = [
             SearchHit(
