@@ -14,8 +14,10 @@ What it does with one round of judgments (K documents per query):
    ``benchmarks/lr_rules.py --shapes``).
 3. **Few positives, no move**: a query whose judge called fewer than ``min_positives`` documents,
    or less than ``min_share`` of the judged ones, relevant keeps its vector, and its ranking is
-   then rerank-only's, exactly. With one or two relevant documents per query most relevant
-   verdicts of a judge that errs are its mistakes, and moving toward them lost to rerank-only.
+   then rerank-only's (exactly, with one round and every judgment answered: a failed judgment is
+   unjudged to both, but rerank-only ranks it below the judged ones). With one or two relevant
+   documents per query most relevant verdicts of a judge that errs are its mistakes, and moving
+   toward them lost to rerank-only.
 
 Why this and not Rocchio → KL (the previous default): on the sparse variants (one relevant
 document per query) with a judge that is wrong 10–20% of the time, most judged positives are
