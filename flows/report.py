@@ -262,8 +262,17 @@ def filter_cells(cells: list[dict], where: list[str]) -> list[dict]:
             except (TypeError, ValueError):
                 return str(value) == wanted
 
-        out = [c for c in out if matches(c)]
+        kept = [c for c in out if matches(c)]
+        if out and not kept:
+            raise ReportError(f"--where {item!r}: no cell matches; {present_values(out, name)}")
+        out = kept
     return out
+
+
+def present_values(cells: list[dict], name: str) -> str:
+    """``the cells have lr 0.0001, 0.001``: the values of a coordinate among ``cells``, for an error."""
+    values = sorted({_fmt(coordinate(c, name)) for c in cells})
+    return f"the cells have {name} {', '.join(values)}"
 
 
 def paper_table(cells: list[dict]) -> PaperTable:
@@ -425,5 +434,13 @@ def cells_from_mlflow(
         [exp.experiment_id], query, order_by=["attributes.start_time ASC"], max_results=5000
     )
     cells = [cell_from_run(r) for r in runs]
-    cells = [c for c in cells if (not benchmark or c["benchmark"] == benchmark) and (not judge or judge in c["judge"])]
+    for option, name, keep in (
+        (benchmark, "benchmark", lambda c: c["benchmark"] == benchmark),
+        (judge, "judge", lambda c: judge in c["judge"]),
+    ):
+        if option:
+            kept = [c for c in cells if keep(c)]
+            if cells and not kept:
+                raise ReportError(f"--{name} {option}: no cell matches; {present_values(cells, name)}")
+            cells = kept
     return exp.experiment_id, parent, filter_cells(cells, list(where or []))

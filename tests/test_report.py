@@ -82,6 +82,14 @@ def test_duplicate_cells_are_refused() -> None:
     with pytest.raises(ReportError, match="differ in lr: pick one with --where lr=0.0001"):
         paper_table(grid)
     assert len(paper_table(filter_cells(grid, ["lr=1e-4"])).rows) == 6
+    # a filter that matches nothing is an error that lists what there is
+    with pytest.raises(ReportError, match=r"--where 'lr=0.0003': no cell matches; the cells have lr 0.0001, 0.001"):
+        filter_cells(grid, ["lr=0.0003"])
+    for c in grid:
+        c["judge"] = "noisy-oracle-0.2"
+    with pytest.raises(ReportError, match="no cell matches; the cells have judge noisy-oracle-0.2"):
+        filter_cells(grid, ["judge=noisy-oracle"])
+    assert filter_cells([], ["lr=0.0003"]) == []  # nothing to filter: nothing to say
     with pytest.raises(ReportError, match="no finished cells"):
         paper_table([])
 
