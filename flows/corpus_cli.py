@@ -38,8 +38,9 @@ VerdictsOption = Annotated[
     bool,
     typer.Option(
         "--keep-verdicts/--no-keep-verdicts",
-        help="rank the documents the judge called relevant first and refine only when it called one relevant "
-        "(the default, refine_core.recommended); --no-keep-verdicts: the refined vector's ranking alone, as the paper",
+        help="rank the documents the judge called relevant first and refine only when it called at least 35% of "
+        "the judged ones relevant (the default, refine_core.recommended); --no-keep-verdicts: the refined "
+        "vector's ranking alone, always refined, as the paper",
     ),
 ]
 BetaOption = Annotated[float, typer.Option(help="Rocchio's weight of the judged-positive centroid (--start rocchio)")]
