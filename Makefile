@@ -16,7 +16,7 @@ ifeq ($(origin REFINE_DATA_DIR), undefined)
   endif
 endif
 
-.PHONY: install run test test-fast bench clean constraints
+.PHONY: install run lint test test-fast docs bench clean constraints
 
 # constraints.txt pins every package to the version CI tested (the Dockerfile uses it too).
 $(STAMP): pyproject.toml constraints.txt
@@ -39,6 +39,14 @@ install: $(STAMP)
 ## The main job: the built-in default sweep (Prefect flow, MLflow tracking) on CLINC150.
 run: $(STAMP)
 	$(VENV)/bin/refine run
+
+## The code's own checks, first in CI: lint and format (ruff), types (mypy: every package, the
+## numeric core strict) and the import contracts (import-linter). Settings in pyproject.toml.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 ## The full test suite (set REFINE_DATA_DIR to the raw datasets to run the data-backed tests).
 test: $(STAMP)

@@ -7,7 +7,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def _numba_threads() -> int | None:
@@ -18,11 +19,11 @@ def _numba_threads() -> int | None:
     return numba.get_num_threads()
 
 
-def machine_info() -> dict[str, object]:
+def machine_info() -> dict[str, Any]:
     """Thread settings and load the numbers were measured under."""
     import torch
 
-    info: dict[str, object] = {
+    info: dict[str, Any] = {
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -50,7 +51,7 @@ def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
-def print_table(headers: list[str], rows: list[list[object]]) -> None:
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     print(" | ".join(str(h).rjust(w) for h, w in zip(headers, widths)))
     print("-+-".join("-" * w for w in widths))
@@ -58,6 +59,6 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
         print(" | ".join(str(c).rjust(w) for c, w in zip(row, widths)))
 
 
-def emit_json(payload: dict[str, object]) -> None:
+def emit_json(payload: dict[str, Any]) -> None:
     """The last line of a ``--json`` run: one JSON object."""
     print(json.dumps(payload, sort_keys=True))

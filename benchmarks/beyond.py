@@ -27,15 +27,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json
-
+from benchmarks._common import emit_json
 from flows.report import adjust_sweep_pvalues
 from refine_core.baselines import RocchioParams, rerank_only_scores
 from refine_core.feedback import select_feedback
@@ -65,13 +62,13 @@ def halves(n: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[: n // 2]), np.sort(order[n // 2 :])
 
 
-def _ap(vectors: np.ndarray, d: np.ndarray, labels: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
-    from quality import pooled_scores
+def per_query_ap(vectors: np.ndarray, d: np.ndarray, labels: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
+    from benchmarks.harness import pooled_scores
 
     return evaluate_rankings(pooled_scores(vectors, d, pool), labels, pool=pool, ks=(10,)).per_query["ap"]
 
 
-def _mean(ap: np.ndarray, rows: np.ndarray) -> float:
+def _mean(ap: np.ndarray, rows: np.ndarray | slice) -> float:
     values = ap[rows]
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
@@ -81,30 +78,30 @@ def one_setting(q, d, labels, pool, judge) -> dict:
     n = q.shape[0]
     rows = np.arange(n)
     runs: dict[str, dict] = {}
-    from quality import pooled_scores
+    from benchmarks.harness import pooled_scores
 
     base_scores = pooled_scores(q, d, pool)
     fb = select_feedback(base_scores, k=K)
     scores, mask = judge(rows, fb)
     rerank = rerank_only_scores(base_scores, fb, np.nan_to_num(scores), mask=mask)
-    runs["baseline"] = {None: {0: _ap(q, d, labels, pool)}}
+    runs["baseline"] = {None: {0: per_query_ap(q, d, labels, pool)}}
     runs["rerank_only"] = {None: {1: evaluate_rankings(rerank, labels, pool=pool, ks=(10,)).per_query["ap"]}}
     runs["rocchio"] = {}
     for params in ROCCHIO_GRID:
         res = rocchio_rounds(q, d, judge, rounds=ROUNDS, k=K, pool=pool, params=params)
-        runs["rocchio"][params] = {r + 1: _ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
+        runs["rocchio"][params] = {r + 1: per_query_ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
     runs["refined"] = {}
     for lr in LR_GRID:
         res = refine_rounds(q, d, judge, rounds=ROUNDS, k=K, pool=pool, config=RefineConfig(lr=lr))
-        runs["refined"][lr] = {r + 1: _ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
+        runs["refined"][lr] = {r + 1: per_query_ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
     runs["pull"] = {}
     for lr, pull in PULL_GRID:
         res = refine_rounds(q, d, judge, rounds=ROUNDS, k=K, pool=pool, config=RefineConfig(lr=lr, pull=pull))
-        runs["pull"][(lr, pull)] = {r + 1: _ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
+        runs["pull"][(lr, pull)] = {r + 1: per_query_ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
     return runs
 
 
-def choose(runs: dict, tune: np.ndarray) -> dict[int, object]:
+def choose(runs: dict, tune: np.ndarray) -> dict[int, Any]:
     """For each budget, the setting with the best MAP on the tuning half (ties: first in the grid)."""
     budgets = sorted({b for per in runs.values() for b in per})
     out = {}
@@ -205,7 +202,7 @@ def from_rocchio(
                     params=params,
                     then_refine=RefineConfig(lr=lr, pull=pull),
                 )
-                started[key] = {r + 1: _ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
+                started[key] = {r + 1: per_query_ap(res.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
             runs[key] = {b: ap for b, ap in started[key].items() if rocchio_choice[b] == params}
     choice = {}
     for b in range(1, ROUNDS + 1):
@@ -216,7 +213,7 @@ def from_rocchio(
 
 def section_beyond(data: dict) -> dict:
     """Every dataset of ``data`` (quality.py's tuples) at every accuracy of :data:`ACCURACIES`."""
-    from quality import judge_of
+    from benchmarks.harness import judge_of
 
     out: dict = {}
     for name, (q, d, labels, pool, _, texts) in data.items():
@@ -357,7 +354,8 @@ def goal_summary(result: dict, part: str = "crossfit") -> dict[str, dict]:
     against rerank-only."""
     out: dict[str, dict] = {}
     for method in NEW_METHODS:
-        rocchio, rerank = [], []
+        rocchio: list[dict] = []
+        rerank: list[dict] = []
         for per in result.values():
             for cell in per.values():
                 tests = cell["crossfit"]["tests"] if part == "crossfit" else cell["tests"]
@@ -429,7 +427,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from quality import DATASETS, load_data
+    from benchmarks.harness import DATASETS, load_data
 
     started = time.perf_counter()
     data, _ = load_data(tuple(args.datasets or DATASETS))

@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "tests")]
-from _common import emit_json, machine_info, print_table  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # the fake Messages API of the tests
 from fakes.anthropic_server import FakeAnthropic  # noqa: E402
+
+from benchmarks._common import emit_json, machine_info, print_table  # noqa: E402
 
 KEY = "sk-ant-crash-resume-key"
 

@@ -9,17 +9,13 @@ served from the content-addressed cache (memory-mapped .npy). Also prints the ca
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info, print_table
-
+from benchmarks._common import emit_json, machine_info, print_table
+from embedders.cache import EmbeddingCache
+from embedders.models import SentenceTransformerEmbedder
 from evaluations import load_benchmark
-from refine_core.embedders import SentenceTransformerEmbedder
-from refine_core.embedding_cache import EmbeddingCache
 
 
 def main() -> None:

@@ -40,15 +40,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, print_table
-
+from benchmarks._common import emit_json, print_table
 from refine_core.lr_selection import select_lr
 from refine_core.refinement import RefineConfig, refine
 
@@ -105,7 +101,7 @@ def pick_one_se(auc: dict[float, np.ndarray]) -> float:
 
 
 def run(data: dict) -> dict:
-    from quality import LR_ACCURACIES, LR_GRID, first_feedback, judge_of, refined_map
+    from benchmarks.harness import LR_ACCURACIES, LR_GRID, first_feedback, judge_of, refined_map
 
     settings = []
     for name, (q, d, labels, pool, _, texts) in data.items():
@@ -163,10 +159,9 @@ def run_shapes(data: dict) -> dict:
     """The lr rules for the recommended ranking over dense/sparse data and symmetric/asymmetric judges."""
     from dataclasses import replace
 
-    from quality import LR_GRID, first_feedback
-    from safe_default import JUDGE_SEED, JUDGES, judge_label, judge_rates
-
-    from refine_core.judges.oracle import noisy_oracle_scores
+    from benchmarks.harness import LR_GRID, first_feedback
+    from benchmarks.safe_default import JUDGE_SEED, JUDGES, judge_label, judge_rates
+    from judging.oracle import noisy_oracle_scores
     from refine_core.metrics import evaluate_rankings
     from refine_core.recommended import (
         RECOMMENDED,
@@ -177,7 +172,7 @@ def run_shapes(data: dict) -> dict:
     )
 
     def recommended_ap(q, d, labels, pool, fb, scores, mask, lr: float) -> np.ndarray:
-        from quality import pooled_scores
+        from benchmarks.harness import pooled_scores
 
         vectors = recommended_vectors(q, d, fb, scores, mask, replace(RECOMMENDED, lr=lr))
         positive = judged_positive_idx(fb, scores, mask)
@@ -225,7 +220,7 @@ def run_shapes(data: dict) -> dict:
                     "loss": loss,
                 }
             )
-            print(f"{name} {judge_label(kind, acc)}: best lr {max(grid, key=grid.get):g}", flush=True)
+            print(f"{name} {judge_label(kind, acc)}: best lr {max(grid, key=lambda lr: grid[lr]):g}", flush=True)
     summary = {}
     for rule in settings[0]["loss"]:
         losses = np.array([s["loss"][rule] for s in settings])
@@ -245,11 +240,11 @@ def main() -> None:
     parser.add_argument("--shapes", action="store_true", help="the recommended ranking, dense and sparse, both noises")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from quality import DATASETS, load_data
+    from benchmarks.harness import DATASETS, load_data
 
     started = time.perf_counter()
     if args.shapes:
-        from safe_default import DATASETS as SHAPES
+        from benchmarks.safe_default import DATASETS as SHAPES
 
         names = tuple(f"{n}{v}" for n in (args.datasets or SHAPES) for v in ("", "-sparse"))
         result = run_shapes(load_data(names)[0])

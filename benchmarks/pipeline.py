@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info, print_table
+from benchmarks._common import emit_json, machine_info, print_table
 
 
 def main() -> None:
@@ -54,7 +53,8 @@ def main() -> None:
     t0 = time.perf_counter()
     from prefect.testing.utilities import prefect_test_harness  # noqa: F401 - import cost counted below
 
-    rows, results = [], {}
+    rows: list[list[object]] = []
+    results: dict[str, dict[str, Any]] = {}
     for label in ("cold", "warm"):
         start = time.perf_counter()
         out = sweep(config)

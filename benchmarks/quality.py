@@ -29,30 +29,34 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info
-
-from evaluations import load_benchmark
+from benchmarks._common import emit_json, machine_info
+from benchmarks.harness import (
+    DATASETS,
+    LR_ACCURACIES,
+    LR_GRID,
+    MODEL,
+    first_feedback,
+    judge_of,
+    load_data,
+    map_of,
+    pooled_scores,
+    refined_map,
+)
 from flows.report import adjust_sweep_pvalues
+from judging.oracle import oracle_scores
 from refine_core.evaluation import evaluate_cell_arrays
 from refine_core.feedback import select_feedback
-from refine_core.judges.oracle import noisy_oracle_scores, oracle_scores
 from refine_core.lr_selection import select_lr
-from refine_core.metrics import cosine_scores, evaluate_rankings
-from refine_core.refinement import RefineConfig, refine
+from refine_core.metrics import evaluate_rankings
 
-DATASETS = ("clinc150", "clinc150-names", "banking77", "nfcorpus", "snips")
-MODEL = "all-MiniLM-L6-v2"
 MEASURES = (("map", "MAP"), ("ndcg@10", "nDCG@10"), ("recall@50", "R@50"), ("roc_auc", "ROC-AUC"))
 ACCURACIES = (0.55, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-LR_ACCURACIES = (0.6, 0.7, 0.8, 0.9, 1.0)
 K_GRID = (5, 10, 20, 50, 100)
 STEPS_GRID = (50, 100, 200)
 # The paper's MAP, Qwen3-Embedding-0.6B with Mistral-Small-3.2-24B as judge: original, refined, rerank-only.
@@ -60,80 +64,9 @@ PAPER = {"clinc150": (0.59, 0.74, 0.60), "banking77": (0.53, 0.60, 0.53), "nfcor
 PAPER_E5 = {"clinc150": (0.69, 0.78), "banking77": (0.55, 0.58), "nfcorpus": (0.21, 0.24)}
 
 
-# ---- judges as array functions -------------------------------------------------------------------
-def judge_of(labels: np.ndarray, texts: tuple[list[str], list[str]], accuracy: float = 1.0, seed: int = 0):
-    """The project's noisy oracle (refine_core.judges.oracle, as `refine run` uses it) at this
-    accuracy: each (query, document) verdict flipped with probability 1 - accuracy."""
-    query_texts, document_texts = texts
-
-    def judge(rows: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return noisy_oracle_scores(
-            labels[rows],
-            idx,
-            flip_rate=1.0 - accuracy,
-            seed=seed,
-            query_texts=[query_texts[r] for r in rows],
-            document_texts=document_texts,
-        )
-
-    return judge
-
-
-# ---- data -------------------------------------------------------------------------------------------
-def embed(bench, cache_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
-
-    embedder = SentenceTransformerEmbedder(MODEL, threads=2)
-    cache = EmbeddingCache(cache_root)
-    docs = embedder.embed_documents(bench.document_texts(), cache=cache)
-    queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
-    return queries, docs
-
-
-def pooled_scores(vectors: np.ndarray, d: np.ndarray, pool: np.ndarray | None) -> np.ndarray:
-    """Cosine scores with documents outside a query's pool ranked last."""
-    s = cosine_scores(vectors, d)
-    return s if pool is None else np.where(pool, s, -np.inf)
-
-
-def map_of(vectors: np.ndarray, d: np.ndarray, labels: np.ndarray, pool: np.ndarray | None) -> float:
-    return evaluate_rankings(pooled_scores(vectors, d, pool), labels, pool=pool, ks=(10,)).means["map"]
-
-
-def refined_map(q, d, labels, pool, fb, scores, mask, lr: float, steps: int = 100, pull: float = 0.0) -> float:
-    config = RefineConfig(lr=lr, steps=steps, pull=pull)
-    vectors = refine(q, np.maximum(fb, 0), scores, mask=mask, documents=d, config=config).vectors
-    return map_of(vectors, d, labels, pool)
-
-
-def first_feedback(q, d, pool, k: int) -> np.ndarray:
-    return select_feedback(pooled_scores(q, d, pool), k=k)
-
-
-def load_data(names: tuple[str, ...], started: float | None = None) -> tuple[dict, dict]:
-    """Each benchmark's embedded queries and documents, labels, pool, mean document tokens and
-    texts (``data``), and the benchmark objects beside the arrays (``raw``)."""
-    from tasks.storage import state_dir
-
-    started = time.perf_counter() if started is None else started
-    data, raw = {}, {}
-    for name in names:
-        bench = load_benchmark(name)
-        q, d = embed(bench, state_dir() / "embeddings")
-        labels, pool = bench.label_matrix()
-        doc_tokens = int(np.mean([len(t) for t in bench.document_texts()]) / 4)
-        data[name] = (q, d, labels, pool, doc_tokens, (bench.query_texts(), bench.document_texts()))
-        raw[name] = (bench, q, d, labels, pool)
-        print(
-            f"{name}: {q.shape[0]} queries x {d.shape[0]} documents ({time.perf_counter() - started:.0f} s)", flush=True
-        )
-    return data, raw
-
-
 # ---- sections -------------------------------------------------------------------------------------------
 def section_main(data: dict) -> dict:
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, (q, d, labels, pool, _, texts) in data.items():
         outcome = evaluate_cell_arrays(q, d, labels, judge_of(labels, texts), pool=pool, k=20, rounds=3)
         out[name] = {
@@ -216,9 +149,9 @@ def section_budget(data: dict, names: tuple[str, ...]) -> dict:
 
 
 def section_smollm2(data_root_benches: dict, n_queries: int) -> dict:
-    from refine_core.judges import JudgmentLedger, run_judge
-    from refine_core.judges.local_lm import LocalLMJudge
-    from refine_core.judges.runner import JudgeRequest
+    from judging import JudgmentLedger, run_judge
+    from judging.local_lm import LocalLMJudge
+    from judging.runner import JudgeRequest
     from tasks.storage import ledger_url
 
     judge = LocalLMJudge("smollm2-135m")
@@ -272,8 +205,8 @@ def section_smollm2(data_root_benches: dict, n_queries: int) -> dict:
 
 def section_template(raw: dict) -> dict:
     """Baseline MAP with the paper's query template and with the bare query (MiniLM is not instruction-tuned)."""
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from tasks.storage import state_dir
 
     embedder = SentenceTransformerEmbedder(MODEL, threads=2)
@@ -481,15 +414,15 @@ def render(results: dict, out: Path, meta: dict) -> str:
         )
     lines.append("")
     if "beyond" in results:
-        from beyond import render_beyond
+        from benchmarks.beyond import render_beyond
 
         lines += render_beyond(results["beyond"])
     if "unseen" in results:
-        from unseen import render_unseen
+        from benchmarks.unseen import render_unseen
 
         lines += render_unseen(results["unseen"])
     if "safe" in results:
-        from safe_default import render_safe, render_unseen
+        from benchmarks.safe_default import render_safe, render_unseen
 
         lines += render_safe(results["safe"])
         if "safe_unseen" in results:
@@ -530,13 +463,13 @@ def plots(results: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         grid = results["lr"][name]["grid"]
-        values = np.array([[grid[acc][lr] for lr in LR_GRID] for acc in LR_ACCURACIES])
-        image = ax.imshow(values, aspect="auto", cmap="viridis", origin="lower")
+        heat = np.array([[grid[acc][lr] for lr in LR_GRID] for acc in LR_ACCURACIES])
+        image = ax.imshow(heat, aspect="auto", cmap="viridis", origin="lower")
         ax.set_xticks(range(len(LR_GRID)), [f"{lr:g}" for lr in LR_GRID], rotation=45, fontsize=7)
         ax.set_yticks(range(len(LR_ACCURACIES)), [f"{a:g}" for a in LR_ACCURACIES], fontsize=7)
-        for i, acc in enumerate(LR_ACCURACIES):
-            j = LR_GRID.index(results["lr"][name]["auto"][acc]["lr"])
-            ax.plot(j, i, marker="x", color="red")
+        for row, accuracy in enumerate(LR_ACCURACIES):
+            column = LR_GRID.index(results["lr"][name]["auto"][accuracy]["lr"])
+            ax.plot(column, row, marker="x", color="red")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("lr (x: auto)", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046)
@@ -602,21 +535,20 @@ def main() -> None:
     )
     print(f"section 5 done ({time.perf_counter() - started:.0f} s)", flush=True)
     results["template"] = section_template(raw)
-    from beyond import section_beyond
+    from benchmarks.beyond import section_beyond
 
     results["beyond"] = section_beyond(data)
     print(f"section 8 done ({time.perf_counter() - started:.0f} s)", flush=True)
-    from unseen import DATASETS as UNSEEN
-    from unseen import run as run_unseen
-
+    from benchmarks.unseen import DATASETS as UNSEEN
+    from benchmarks.unseen import run as run_unseen
     from evaluations.registry import data_dir
 
     results["unseen"] = run_unseen(UNSEEN, data_dir())
     print(f"section 9 done ({time.perf_counter() - started:.0f} s)", flush=True)
-    from safe_default import DATASETS as SAFE
-    from safe_default import UNSEEN as SAFE_UNSEEN
-    from safe_default import run as run_safe
-    from safe_default import unseen_data
+    from benchmarks.safe_default import DATASETS as SAFE
+    from benchmarks.safe_default import UNSEEN as SAFE_UNSEEN
+    from benchmarks.safe_default import run as run_safe
+    from benchmarks.safe_default import unseen_data
 
     results["safe"] = run_safe(SAFE)
     results["safe_unseen"] = run_safe(SAFE_UNSEEN, unseen_data(SAFE_UNSEEN))

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of, emit_json, machine_info, print_table
-
+from benchmarks._common import best_of, emit_json, machine_info, print_table
 from refine_core import refine
 
 
@@ -68,10 +65,8 @@ def main() -> None:
         # Interleave the two sides so that load changes hit both.
         batched_times, naive_times = [], []
         for _ in range(args.repeats):
-            batched_times.append(best_of(lambda q=q, fb=fb, s=s: refine(q, fb, s, steps=args.steps), 1)[0])
-            naive_times.append(
-                best_of(lambda q=q, fb=fb, s=s, m=m: naive_loop(q[:m], fb[:m], s[:m], lr=1e-4, steps=args.steps), 1)[0]
-            )
+            batched_times.append(best_of(partial(refine, q, fb, s, steps=args.steps), 1)[0])
+            naive_times.append(best_of(partial(naive_loop, q[:m], fb[:m], s[:m], lr=1e-4, steps=args.steps), 1)[0])
         batched_ms = 1000 * min(batched_times) / args.n
         naive_ms = 1000 * min(naive_times) / m
         agree = np.abs(

@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info, print_table
+from benchmarks._common import emit_json, machine_info, print_table
 
 BIN = Path(sys.executable).parent
 GRID = """name: rerun-grid

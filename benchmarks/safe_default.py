@@ -6,7 +6,7 @@ registered ``-sparse`` variants (one relevant document per query, :meth:`Benchma
 Judges (the project's noisy oracle, seed 3): accuracy 1.0, 0.9, 0.8 *symmetric* (every verdict
 flipped with probability 1 - accuracy) and 0.9, 0.8 *asymmetric* (balanced accuracy, a wrong
 "relevant" three times as likely as a miss: false-positive / false-negative rates 0.15 / 0.05 and
-0.3 / 0.1, :func:`refine_core.judges.oracle.asymmetric_rates`). K = 20, one round.
+0.3 / 0.1, :func:`judging.oracle.asymmetric_rates`). K = 20, one round.
 
 Methods, per query AP:
 
@@ -33,19 +33,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json
-from beyond import ROCCHIO_GRID, TIE, _ap, adjust_tests, choose, halves
-
+from benchmarks._common import emit_json
+from benchmarks.beyond import ROCCHIO_GRID, TIE, adjust_tests, choose, halves, per_query_ap
+from judging.oracle import asymmetric_rates, noisy_oracle_scores
 from refine_core.baselines import rerank_only_scores, rocchio_vectors
 from refine_core.feedback import select_feedback
-from refine_core.judges.oracle import asymmetric_rates, noisy_oracle_scores
 from refine_core.metrics import evaluate_rankings
 from refine_core.recommended import RECOMMENDED, Recommended, judged_positive_idx, lift_judged_positives
 from refine_core.statistics import paired_ttest, win_tie_loss
@@ -80,7 +77,7 @@ def judge_label(kind: str, accuracy: float) -> str:
 
 def method_ap(q, d, labels, pool, texts, rates) -> dict[str, np.ndarray]:
     """Per-query AP of every method (the cross-fitted ones finished in :func:`crossfit`)."""
-    from quality import pooled_scores
+    from benchmarks.harness import pooled_scores
 
     base = pooled_scores(q, d, pool)
     fb = select_feedback(base, k=K)
@@ -95,7 +92,7 @@ def method_ap(q, d, labels, pool, texts, rates) -> dict[str, np.ndarray]:
         false_negative_rate=rates[1],
     )
     out = {
-        "baseline": _ap(q, d, labels, pool),
+        "baseline": per_query_ap(q, d, labels, pool),
         "rerank_only": evaluate_rankings(
             rerank_only_scores(base, fb, scores, mask=mask), labels, pool=pool, ks=(10,)
         ).per_query["ap"],
@@ -108,7 +105,8 @@ def method_ap(q, d, labels, pool, texts, rates) -> dict[str, np.ndarray]:
             ranking = lift_judged_positives(ranking, positive, original=base)
         out[name] = evaluate_rankings(ranking, labels, pool=pool, ks=(10,)).per_query["ap"]
     out["rocchio_grid"] = {  # type: ignore[assignment]
-        p: _ap(rocchio_vectors(q, d[np.maximum(fb, 0)], scores, mask, p), d, labels, pool) for p in ROCCHIO_GRID
+        p: per_query_ap(rocchio_vectors(q, d[np.maximum(fb, 0)], scores, mask, p), d, labels, pool)
+        for p in ROCCHIO_GRID
     }
     return out
 
@@ -159,10 +157,9 @@ queries, CLINC150's test utterances) and SNIPS, each dense and sparse."""
 
 def unseen_data(names: tuple[str, ...]) -> dict:
     """quality.load_data's tuples for :data:`UNSEEN` sets and their sparse variants."""
-    from quality import embed
-    from unseen import DATASETS as FROM_UNSEEN
-    from unseen import unseen_benchmark
-
+    from benchmarks.harness import embed
+    from benchmarks.unseen import DATASETS as FROM_UNSEEN
+    from benchmarks.unseen import unseen_benchmark
     from evaluations.registry import SPARSE_SEED, data_dir, load_benchmark
     from tasks.storage import state_dir
 
@@ -178,7 +175,7 @@ def unseen_data(names: tuple[str, ...]) -> dict:
 
 
 def run(names: tuple[str, ...], data: dict | None = None) -> dict:
-    from quality import load_data
+    from benchmarks.harness import load_data
 
     if data is None:
         data, _ = load_data(tuple(f"{n}{v}" for n in names for v in ("", "-sparse")))
@@ -353,7 +350,7 @@ def main() -> None:
         names = tuple(args.datasets or UNSEEN) if args.unseen else UNSEEN
         unseen = run(names, unseen_data(names))
         print("\n".join(render(unseen)))
-    result = unseen if args.unseen else run(tuple(args.datasets or DATASETS))
+    result = unseen if unseen is not None and args.unseen else run(tuple(args.datasets or DATASETS))
     if not args.unseen:
         print("\n".join(render(result)))
     print(f"({time.perf_counter() - started:.0f} s)")

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of, emit_json, machine_info, print_table
+from benchmarks._common import best_of, emit_json, machine_info, print_table
 
 # The projection's job.
 CORPUS = 10_000_000
@@ -133,7 +132,7 @@ def per_query_costs(dim: int) -> dict[str, float]:
 def projection(
     texts_per_s: float, costs: dict[int, dict[str, float]], doc_tokens: int, prompt_tokens: int
 ) -> list[list[str]]:
-    from refine_core.judges.runner import DEFAULT_PRICES
+    from judging.runner import DEFAULT_PRICES
 
     rows = []
     hours = CORPUS / texts_per_s / 3600
@@ -259,12 +258,12 @@ def synthetic(n_docs: int, n_queries: int, dim: int = 384, seed: int = 0):
     return UnitDocuments(docs), queries, qrels
 
 
-def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -> list[dict[str, object]]:
+def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -> list[dict[str, Any]]:
     """The select stage through FAISS: build, then ANN candidates (10·k) rescored by exact cosine;
     recall@k of the selection against the brute-force selection of the same run."""
     import numpy as np
 
-    from refine_core.ann import AnnIndex, AnnSettings, exact_top
+    from corpus.ann import AnnIndex, AnnSettings, exact_top
 
     rows = []
     for kind in kinds:
@@ -295,11 +294,11 @@ def ann_side_by_side(docs, queries, brute_idx, k: int, kinds: tuple[str, ...]) -
 REAL_DATASETS = ("clinc150", "banking77", "nfcorpus", "snips")
 
 
-def real_ann(kinds: tuple[str, ...], names: tuple[str, ...] = REAL_DATASETS) -> dict[str, object]:
+def real_ann(kinds: tuple[str, ...], names: tuple[str, ...] = REAL_DATASETS) -> dict[str, Any]:
     """ANN recall on real embeddings: the documents of ``names`` as one corpus, all their queries."""
     import numpy as np
-    from quality import load_data
 
+    from benchmarks.harness import load_data
     from refine_core.feedback import select_feedback_blocks
     from refine_core.metrics import UnitDocuments
 
@@ -325,18 +324,18 @@ def one_cell(
     ann_kinds: tuple[str, ...] = (),
     corpus_shard: int | None = None,
     one_pass: bool = False,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Time and peak RSS of each stage of one cell on a synthetic corpus; with ``corpus_shard``, the
     evaluate stage once more over corpus shards of that size (counts merged, as Dask workers do)."""
     import numpy as np
 
+    from judging import oracle_scores
     from refine_core.evaluation import score_methods
     from refine_core.feedback import select_feedback_blocks
-    from refine_core.judges import oracle_scores
     from refine_core.refinement import refine
 
     stages: dict[str, tuple[float, float]] = {}
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
 
     def timed(name: str, fn):
         _peak_reset()
@@ -423,7 +422,7 @@ def growth(
     ann_kinds: tuple[str, ...] = (),
     corpus_shard: int | None = None,
     one_pass: bool = False,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     import gc
 
     one_cell(5_000, 50, corpus_shard=1_000 if corpus_shard else None)  # compile the kernels first
@@ -543,7 +542,7 @@ def main() -> None:
 
     info = machine_info()
     print(f"machine: {info}")
-    result: dict[str, object] = {"machine": info}
+    result: dict[str, Any] = {"machine": info}
     if args.real:
         real = real_ann(tuple(args.ann) or ("flat", "ivf", "hnsw"))
         print(

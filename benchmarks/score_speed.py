@@ -10,15 +10,11 @@ the query vectors against the whole corpus, then AP, nDCG/recall/precision at
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json, machine_info, print_table
-
+from benchmarks._common import emit_json, machine_info, print_table
 from refine_core import cosine_scores, evaluate_rankings
 
 

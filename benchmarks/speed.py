@@ -20,11 +20,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # the fake Messages API of the tests
 import numpy as np  # noqa: E402
-from _common import emit_json, machine_info, print_table  # noqa: E402
+
+from benchmarks._common import emit_json, machine_info, print_table  # noqa: E402
 
 # The paper's Table 2 (A100, Qwen3-Embedding-8B, d = 4096), per query.
 PAPER_MS = {"query embedding": 86.0, "initial ranking": 1.4, "refinement, d=384": 79.0, "refinement, d=4096": 79.0}
@@ -44,10 +46,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from evaluations import load_benchmark
     from refine_core import refine
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
     from refine_core.feedback import select_feedback
     from refine_core.metrics import cosine_scores, evaluate_rankings
 
@@ -55,7 +57,7 @@ def main() -> None:
     bench = load_benchmark("clinc150")
     texts = bench.document_texts()[: args.documents]
     rows: list[list[object]] = []
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
 
     def record(stage: str, unit: str, cold: float, warm: float) -> None:
         paper = PAPER_MS.get(stage)
@@ -130,8 +132,8 @@ def main() -> None:
 def judge_stage(bench, fb: np.ndarray, n: int, latency: float) -> dict[str, float]:
     from fakes.anthropic_server import FakeAnthropic
 
-    from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
-    from refine_core.judges.anthropic_judge import AnthropicJudge
+    from judging import JudgeRequest, JudgmentLedger, run_judge
+    from judging.anthropic_judge import AnthropicJudge
 
     relevant = bench.relevant_texts()
     texts, queries = bench.document_texts(), bench.query_texts()

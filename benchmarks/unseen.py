@@ -32,16 +32,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit_json
-from beyond import ROUNDS, TIE, K, _ap, adjust_tests, judge_label, new_method_tests
-
+from benchmarks._common import emit_json
+from benchmarks.beyond import ROUNDS, TIE, K, adjust_tests, judge_label, new_method_tests, per_query_ap
 from refine_core.baselines import RocchioParams, rerank_only_scores
 from refine_core.feedback import select_feedback
 from refine_core.metrics import evaluate_rankings
@@ -100,7 +97,7 @@ def unseen_benchmark(name: str, root: Path):
 
 def run_setting(q, d, labels, pool, judge) -> dict[str, dict[int, np.ndarray]]:
     """Per-query AP of every method at every budget (1..ROUNDS rounds), on all queries."""
-    from quality import pooled_scores
+    from benchmarks.harness import pooled_scores
 
     rows = np.arange(q.shape[0])
     base_scores = pooled_scores(q, d, pool)
@@ -109,10 +106,10 @@ def run_setting(q, d, labels, pool, judge) -> dict[str, dict[int, np.ndarray]]:
     rerank = rerank_only_scores(base_scores, fb, np.nan_to_num(scores), mask=mask)
 
     def per_round(result) -> dict[int, np.ndarray]:
-        return {r + 1: _ap(result.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
+        return {r + 1: per_query_ap(result.round_vectors[r], d, labels, pool) for r in range(ROUNDS)}
 
     return {
-        "baseline": {0: _ap(q, d, labels, pool)},
+        "baseline": {0: per_query_ap(q, d, labels, pool)},
         "rerank_only": {1: evaluate_rankings(rerank, labels, pool=pool, ks=(10,)).per_query["ap"]},
         "rocchio": per_round(rocchio_rounds(q, d, judge, rounds=ROUNDS, k=K, pool=pool, params=ROCCHIO)),
         "refined_paper": per_round(refine_rounds(q, d, judge, rounds=ROUNDS, k=K, pool=pool, config=RefineConfig())),
@@ -136,8 +133,7 @@ def compare(ap: dict[str, dict[int, np.ndarray]]) -> dict:
 
 
 def run(names: tuple[str, ...], root: Path) -> dict:
-    from quality import embed, judge_of
-
+    from benchmarks.harness import embed, judge_of
     from tasks.storage import state_dir
 
     out: dict = {}

@@ -23,7 +23,7 @@ import itertools
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,7 +73,7 @@ class JudgeSpec(_Strict):
     scheme: Literal["pointwise", "listwise"] = "listwise"
     flip_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     # noisy-oracle only: an asymmetric judge's rate of a wrong "relevant" on a non-relevant pair and
-    # of a missed relevant pair; each defaults to flip_rate (refine_core.judges.oracle.error_rates)
+    # of a missed relevant pair; each defaults to flip_rate (judging.oracle.error_rates)
     false_positive_rate: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     false_negative_rate: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     seed: int = 0
@@ -326,46 +326,38 @@ class SweepConfig(_Strict):
 
     def cells(self) -> list[CellSpec]:
         """Every point of the grid, in a stable order."""
-        g = self.grid
+        # the grid's axes, each named as CellSpec's field, in the order the cells vary (last fastest)
+        axes: dict[str, list[Any]] = {name: list(getattr(self.grid, name)) for name in GRID_AXES}
         out = []
-        for bench, model, judge, lr, steps, k, ts, tc, rounds, opt, norm, pull, beta, gamma in itertools.product(
-            self.benchmarks,
-            self.models,
-            self.judges,
-            g.lr,
-            g.steps,
-            g.k,
-            g.score_temperature,
-            g.similarity_temperature,
-            g.rounds,
-            g.optimizer,
-            g.normalize,
-            g.pull,
-            g.rocchio_beta,
-            g.rocchio_gamma,
-        ):
-            out.append(
-                CellSpec(
-                    benchmark=bench,
-                    model=model,
-                    judge=judge,
-                    lr=lr,
-                    steps=steps,
-                    k=k,
-                    score_temperature=ts,
-                    similarity_temperature=tc,
-                    rounds=rounds,
-                    optimizer=opt,
-                    normalize=norm,
-                    pull=pull,
-                    rocchio_beta=beta,
-                    rocchio_gamma=gamma,
-                    hyde=self.hyde,
-                    query_template=self.query_templates.get(model),
-                    methods=list(self.methods),
+        for bench, model, judge in itertools.product(self.benchmarks, self.models, self.judges):
+            for values in itertools.product(*axes.values()):
+                out.append(
+                    CellSpec(
+                        benchmark=bench,
+                        model=model,
+                        judge=judge,
+                        **dict(zip(axes, values)),
+                        hyde=self.hyde,
+                        query_template=self.query_templates.get(model),
+                        methods=list(self.methods),
+                    )
                 )
-            )
         return out
+
+
+GRID_AXES = (
+    "lr",
+    "steps",
+    "k",
+    "score_temperature",
+    "similarity_temperature",
+    "rounds",
+    "optimizer",
+    "normalize",
+    "pull",
+    "rocchio_beta",
+    "rocchio_gamma",
+)
 
 
 class CellSpec(_Strict):

@@ -513,11 +513,11 @@ def load_realscholarquery(folder: Path, *, questions: int = 50, corpus_size: int
                 f"{folder / 'RealScholarQuery' / 'test.jsonl'}: line {n + 1}: 'answer_arxiv_id' must be a list"
             )
         for arxiv_id in dict.fromkeys(str(a) for a in answers):
-            key = key_of_id.get(arxiv_id)
-            if key is None or key not in papers:
+            paper = key_of_id.get(arxiv_id)
+            if paper is None or paper not in papers:
                 dropped += 1
                 continue
-            labels_rows.append((qid, key))
+            labels_rows.append((qid, paper))
     gold = list(dict.fromkeys(key for _, key in labels_rows))
     others = sorted(set(papers) - set(gold))
     room = max(corpus_size - len(gold), 0)

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from evaluations.errors import DatasetError, DatasetNotFound
 
@@ -59,14 +60,14 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
-def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict[str, object]]:
+def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict[str, Any]]:
     """Objects of a JSON-lines file, each holding ``keys``."""
     return [row for _, row in read_jsonl_lines(path, keys)]
 
 
-def read_jsonl_lines(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict[str, object]]]:
+def read_jsonl_lines(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) of a JSON-lines file, each object holding ``keys``."""
-    rows: list[tuple[int, dict[str, object]]] = []
+    rows: list[tuple[int, dict[str, Any]]] = []
     for line_no, line in enumerate(_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
@@ -113,7 +114,7 @@ def read_lines(path: Path) -> list[str]:
     return [line.rstrip() for line in _lines(_read_text(path))]
 
 
-def read_json(path: Path) -> object:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as exc:

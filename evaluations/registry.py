@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from evaluations import hub
@@ -66,6 +67,18 @@ class DatasetSpec:
     def missing_files(self, root: Path | None = None) -> list[Path]:
         folder = self.path(root)
         return [folder / f for f in self.files if not (folder / f).is_file()]
+
+
+def _sparse(loader: Callable[[Path], Benchmark], path: Path) -> Benchmark:
+    return loader(path).sparse(seed=SPARSE_SEED)
+
+
+def _sparse_hub(hub_loader: Callable[[], Benchmark]) -> Benchmark:
+    return hub_loader().sparse(seed=SPARSE_SEED)
+
+
+def _followir(sub: str, path: Path) -> Benchmark:
+    return load_followir_folder(path, name=f"followir-{sub}")
 
 
 REGISTRY: dict[str, DatasetSpec] = {
@@ -143,12 +156,12 @@ REGISTRY: dict[str, DatasetSpec] = {
                 f"{base}-sparse",
                 base,
                 files,
-                lambda p, loader=loader: loader(p).sparse(seed=SPARSE_SEED),
+                partial(_sparse, loader),
                 f"{base} with one relevant document per query (Benchmark.sparse, seed {SPARSE_SEED}): "
                 "each query's other relevant documents leave its pool",
                 origin,
                 licence,
-                None if hub_loader is None else (lambda hub_loader=hub_loader: hub_loader().sparse(seed=SPARSE_SEED)),
+                None if hub_loader is None else partial(_sparse_hub, hub_loader),
             )
             for base, files, loader, origin, licence, hub_loader in (
                 (
@@ -182,11 +195,11 @@ REGISTRY: dict[str, DatasetSpec] = {
                 f"followir-{sub}",
                 f"followir/{sub}",
                 ("corpus.jsonl", "queries.jsonl", "qrels_og.jsonl", "top_ranked.jsonl"),
-                lambda p, sub=sub: load_followir_folder(p, name=f"followir-{sub}"),
+                partial(_followir, sub),
                 f"FollowIR {sub} (MTEB InstructionRetrieval): query + instruction over per-query pools",
                 f"Hugging Face Hub jhu-clsp/{sub}-instructions-mteb",
                 "see the dataset card",
-                lambda sub=sub: hub.followir(sub),
+                partial(hub.followir, sub),
             )
             for sub in ("core17", "robust04", "news21")
         ),

@@ -81,9 +81,9 @@ def invalidate_task_cache(key: str) -> bool:
 
     storage = get_default_result_storage()
     if isinstance(storage, RemoteFileSystem):
-        path = storage._resolve_path(key)
-        if storage.filesystem.exists(path):
-            storage.filesystem.rm(path)
+        remote = storage._resolve_path(key)
+        if storage.filesystem.exists(remote):
+            storage.filesystem.rm(remote)
             return True
         return False
     if isinstance(storage, LocalFileSystem):
@@ -414,8 +414,8 @@ def evaluate_cell(
                 )
                 for label, count in zip(("queries_improved", "queries_unchanged", "queries_hurt"), outcomes[method]):
                     flat[f"{method}.{label}"] = count
-        judged = [int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments]
-        judge_metrics = _judge_usage(judgments, judged, judge_cached)
+        judged_counts = [int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments]
+        judge_metrics = _judge_usage(judgments, judged_counts, judge_cached)
         flat.update(judge_metrics)
         flat.update(hyde_metrics)
         flat["queries_without_positives"] = evaluation.n_without_positives
@@ -517,7 +517,7 @@ def evaluate_cell(
         and not hyde_metrics.get("hyde_generations_not_submitted")
     ):
         # Nothing failed: an identical cell of a later sweep is logged from this record.
-        usage = _judge_usage(judgments, judged, [True] * len(judgments))
+        usage = _judge_usage(judgments, judged_counts, [True] * len(judgments))
         save_outcome(
             outcome,
             {

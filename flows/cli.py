@@ -34,8 +34,8 @@ app.add_typer(server_app, name="server")
 def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
     """A benchmark's own document vectors: the file is there, in a known format, one row per
     document (a header is read, not the matrix; the dimension is checked when the sweep runs)."""
+    from embedders.vector_files import VectorFileError, vector_rows
     from evaluations.errors import DatasetError
-    from refine_core.vector_files import VectorFileError, vector_rows
 
     where = f"benchmark {name}: document_vectors {path}"
     try:
@@ -48,8 +48,8 @@ def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
 
 def _preflight(config) -> None:
     """Fail fast, before anything is paid: the stores first (seconds), then datasets, models, judges."""
+    from embedders.models import check_model
     from evaluations.registry import load_benchmark
-    from refine_core.embedders import check_model
     from tasks.judging import build_judge
 
     check_tracking_store()
@@ -70,22 +70,24 @@ def _preflight(config) -> None:
     first = next(iter(benches.values()))
     for judge in config.judges:
         if judge.kind == "local-lm":  # checked without loading the weights (that happens once, when judging)
-            from refine_core.judges.local_lm import check_local_model
+            from judging.local_lm import check_local_model
 
             check_local_model(judge.model or "")
         elif judge.kind == "cross-encoder":
-            from refine_core.judges.cross_encoder import check_cross_encoder_model
+            from judging.cross_encoder import check_cross_encoder_model
 
             check_cross_encoder_model(judge.model or "")
         else:
             build_judge(judge, first)
     if config.hyde is not None and config.hyde.kind == "local-lm":
-        from refine_core.judges.local_lm import check_local_model
+        from judging.local_lm import check_local_model
 
         check_local_model(config.hyde.model or "")
     for spec, bench in benches.items():
         smallest = (
-            bench.n_documents if bench.pool == "corpus" else int(bench.labels.group_by("query_id").len()["len"].min())
+            bench.n_documents
+            if bench.pool == "corpus"
+            else int(bench.labels.group_by("query_id").len()["len"].to_numpy().min())
         )
         for k in config.grid.k:
             for rounds in config.grid.rounds:
@@ -180,10 +182,10 @@ def datasets_list(
         table.add_column(column)
     for row in rows:
         table.add_row(
-            row["name"],
+            str(row["name"]),
             "[green]present[/]" if row["present"] else "[yellow]missing[/]",
             "yes" if row["hub"] else "-",
-            row["description"],
+            str(row["description"]),
         )
     console.print(table)
     console.print("Also: " + ", ".join(f"{k}:<folder>" for k in PARAMETRIC) + "  (see README: Datasets)")
@@ -241,13 +243,13 @@ def demo(
     """
     import numpy as np
 
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from evaluations.registry import load_benchmark
     from flows.report import adjust_sweep_pvalues
+    from judging import noisy_oracle_scores
     from refine_core import RefineConfig
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
     from refine_core.evaluation import evaluate_cell_arrays
-    from refine_core.judges import noisy_oracle_scores
 
     try:
         config = RefineConfig(lr=lr, steps=steps, pull=pull)
@@ -386,14 +388,14 @@ def run(
         if runner:
             config = parse_config({**config.model_dump(mode="json"), "runner": runner}, source="--runner")
         _preflight(config)
-    except (ConfigError, *_user_errors()) as exc:
+    except (ConfigError, *_user_errors()) as exc:  # type: ignore[misc]  # a tuple built at run time
         fail(str(exc))
     n_cells = len(config.cells())
     console.print(f"sweep [bold]{config.name}[/]: {n_cells} cells; state in {state_dir()}")
     if dry_run:
         _dry_run(config, as_json)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     from flows.sweep import run_sweep
     from tasks import progress as task_progress
@@ -408,7 +410,7 @@ def run(
         console=console,
         transient=False,
     ) as bars:
-        handles: dict[str, object] = {}
+        handles: dict[str, TaskID] = {}
 
         def show(stage: str, done: int, total: int) -> None:
             if stage not in handles:
@@ -696,12 +698,12 @@ def experiments(
         table.add_column(column, justify="right" if column in ("sweeps", "cells", "best refined MAP") else "left")
     for r in rows:
         table.add_row(
-            r["name"],
+            str(r["name"]),
             str(r["sweeps"]),
             str(r["cells"]),
-            r["last_run"],
+            str(r["last_run"]),
             "–" if r["best_refined_map"] is None else f"{r['best_refined_map']:.4f}",
-            r["best_run"] or "–",
+            str(r["best_run"] or "–"),
         )
     console.print(table)
     if not rows:
@@ -980,7 +982,7 @@ def _run_app() -> int:
     try:  # Typer 0.29 carries its own copy of click
         from typer._click import exceptions as click_errors
     except ImportError:  # pragma: no cover - older Typer uses click itself
-        from click import exceptions as click_errors
+        from click import exceptions as click_errors  # type: ignore[no-redef]
 
     try:
         value = app(standalone_mode=False)

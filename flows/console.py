@@ -7,7 +7,7 @@ environment reaches the terminal, whatever a message quotes (see :mod:`tasks.red
 from __future__ import annotations
 
 import sys
-from typing import NoReturn, TextIO
+from typing import IO, NoReturn, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -44,8 +44,8 @@ class RedactedStream:
         return getattr(self.target, "encoding", "utf-8")
 
 
-console = Console(file=RedactedStream("stdout"), width=None if sys.stdout.isatty() else 160)
-err_console = Console(file=RedactedStream("stderr"), width=None if sys.stderr.isatty() else 200)
+console = Console(file=cast(IO[str], RedactedStream("stdout")), width=None if sys.stdout.isatty() else 160)
+err_console = Console(file=cast(IO[str], RedactedStream("stderr")), width=None if sys.stderr.isatty() else 200)
 
 
 def fail(message: str) -> NoReturn:
@@ -56,8 +56,8 @@ def fail(message: str) -> NoReturn:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported in one line with exit 2, never a traceback."""
+    from embedders.models import EmbeddingModelError
     from evaluations.errors import DatasetError
-    from refine_core.embedders import EmbeddingModelError
-    from refine_core.judges import JudgeConfigError
+    from judging import JudgeConfigError
 
     return (DatasetError, EmbeddingModelError, JudgeConfigError, ValueError, FileNotFoundError, PermissionError)

@@ -19,10 +19,7 @@ import numpy as np
 import polars as pl
 from prefect import flow, task
 
-from evaluations.config import BenchmarkSpec, JudgeSpec
-from flows.execution import fan_out
-from refine_core.baselines import RocchioParams
-from refine_core.corpus import (
+from corpus import (
     CorpusIndex,
     best_threshold_f1,
     binary_metrics,
@@ -33,8 +30,11 @@ from refine_core.corpus import (
     label_documents,
     read_corpus,
 )
-from refine_core.embedding_cache import EmbeddingCache
-from refine_core.judges import JudgmentLedger
+from embedders.cache import EmbeddingCache
+from evaluations.config import BenchmarkSpec, JudgeSpec
+from flows.execution import fan_out
+from judging import JudgmentLedger
+from refine_core.baselines import RocchioParams
 from refine_core.refinement import RefineConfig
 from tasks.core import CACHE_EXPIRATION, corpus_chunks, embedder_for, task_key
 from tasks.judging import build_judge
@@ -256,7 +256,7 @@ def evaluate_classification(
 ) -> dict:
     """Classification mode on every query of a labelled benchmark, logged as one MLflow run.
 
-    For each query (the criterion) the corpus is labelled by :func:`refine_core.corpus.classify`
+    For each query (the criterion) the corpus is labelled by :func:`corpus.classify`
     (``refined``) and by the same procedure without the optimisation (``baseline``: same
     judging, same threshold rule, unrefined scores); ``*.best_f1`` is the best F1 any threshold
     on those scores reaches (the ceiling). Metrics are means over queries; ``*.interval_coverage``
@@ -320,17 +320,15 @@ def evaluate_classification(
         rows.append(row)
     frame = pl.DataFrame(rows)
     metrics = {
-        c.replace("_", ".", 1): float(frame[c].mean())
+        c.replace("_", ".", 1): _mean(frame[c])
         for c in frame.columns
         if c.startswith(("refined_", "baseline_")) and not c.endswith(("_estimate", "_low", "_high"))
     }
     for prefix in ("refined", "baseline"):
         gold_count = frame["positives_gold"]
         inside = (gold_count >= frame[f"{prefix}_interval_low"]) & (gold_count <= frame[f"{prefix}_interval_high"])
-        metrics[f"{prefix}.interval_coverage"] = float(inside.mean())
-        metrics[f"{prefix}.count_relative_error"] = float(
-            ((frame[f"{prefix}_estimate"] - gold_count).abs() / gold_count).mean()
-        )
+        metrics[f"{prefix}.interval_coverage"] = _mean(inside)
+        metrics[f"{prefix}.count_relative_error"] = _mean((frame[f"{prefix}_estimate"] - gold_count).abs() / gold_count)
     metrics["queries"] = float(frame.height)
     metrics["time.total_s"] = time.perf_counter() - started
     tracker = Tracker(tracking)
@@ -372,3 +370,9 @@ def evaluate_classification(
         "judge": judge.label,
         "metrics": metrics,
     }
+
+
+def _mean(series: pl.Series) -> float:
+    """A numeric column's mean as a float (NaN for no values; polars types it as any literal)."""
+    value = series.mean()
+    return float("nan") if value is None else float(value)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """``refine index`` / ``refine search`` / ``refine classify``: refinement on a user's own corpus.
 
-Thin wrappers around :mod:`refine_core.corpus`: indexes live under ``$REFINE_HOME/indexes/<name>``
+Thin wrappers around :mod:`corpus`: indexes live under ``$REFINE_HOME/indexes/<name>``
 (or any folder given as INDEX), embeddings go through the shared embedding cache and every
 judgment through the judgment ledger, so nothing is embedded or paid for twice.
 """
@@ -80,19 +80,18 @@ def refinement_settings(
 ):
     """The refinement the options ask for: ``(RefineConfig, RocchioParams)``, the lr defaulting to
     the default refinement's (:data:`refine_core.recommended.RECOMMENDED`) with ``--keep-verdicts``
-    from its start, else to the start's (:data:`refine_core.corpus.RECOMMENDED_LR`: the paper's 1e-4
+    from its start, else to the start's (:data:`corpus.RECOMMENDED_LR`: the paper's 1e-4
     from the query); an unknown start is a user error."""
+    from corpus import RECOMMENDED_LR, CorpusError
+    from corpus.query import STARTS
     from refine_core.baselines import RocchioParams
-    from refine_core.corpus import RECOMMENDED_LR, CorpusError
-    from refine_core.corpus.query import STARTS
     from refine_core.recommended import RECOMMENDED
     from refine_core.refinement import RefineConfig
 
-    if lr is None:
-        lr = RECOMMENDED.lr if keep_verdicts and start == RECOMMENDED.start else RECOMMENDED_LR.get(start)
-
     if start not in STARTS:
         raise CorpusError(f"--start must be one of {', '.join(STARTS)}, got {start!r}")
+    if lr is None:
+        lr = RECOMMENDED.lr if keep_verdicts and start == RECOMMENDED.start else RECOMMENDED_LR[start]
     if beta < 0 or gamma < 0:
         raise CorpusError(f"--rocchio-beta and --rocchio-gamma must be >= 0, got {beta:g} and {gamma:g}")
     return RefineConfig(lr=lr, pull=pull), RocchioParams(beta=beta, gamma=gamma)
@@ -134,8 +133,8 @@ ANN_AUTO_FROM = 200_000
 
 def ann_kind(text: str, documents: int) -> str | None:
     """The ANN kind ``--ann`` asks for (None: no ANN structure); a bad value is a user error."""
-    from refine_core.ann import ANN_KINDS
-    from refine_core.corpus import CorpusError
+    from corpus import CorpusError
+    from corpus.ann import ANN_KINDS
 
     value = text.strip().lower()
     if value == "auto":
@@ -149,8 +148,8 @@ def ann_kind(text: str, documents: int) -> str | None:
 
 def ensure_ann(index, kind: str | None) -> dict | None:
     """The index's ANN record, building the structure when ``kind`` asks for one it does not have yet."""
-    from refine_core.ann import AnnSettings
-    from refine_core.corpus import build_ann
+    from corpus import build_ann
+    from corpus.ann import AnnSettings
 
     if kind is None:
         return None
@@ -195,9 +194,9 @@ def register(app: typer.Typer) -> None:
         from flows.environment import configure_environment
 
         configure_environment()
-        from refine_core.corpus import build_index, read_corpus, read_vectors
-        from refine_core.embedders import SentenceTransformerEmbedder
-        from refine_core.embedding_cache import EmbeddingCache
+        from corpus import build_index, read_corpus, read_vectors
+        from embedders.cache import EmbeddingCache
+        from embedders.models import SentenceTransformerEmbedder
         from tasks.storage import state_dir, torch_threads
 
         started = time.perf_counter()
@@ -252,9 +251,9 @@ def register(app: typer.Typer) -> None:
             )
 
     def _open(index: str, model: str | None, judge: str, base_url: str | None, concurrency: int):
-        from refine_core.corpus import CorpusIndex
-        from refine_core.embedders import SentenceTransformerEmbedder
-        from refine_core.judges import JudgmentLedger
+        from corpus import CorpusIndex
+        from embedders.models import SentenceTransformerEmbedder
+        from judging import JudgmentLedger
         from tasks.judging import build_judge
         from tasks.storage import ledger_url, torch_threads
 
@@ -303,7 +302,7 @@ def register(app: typer.Typer) -> None:
         configure_environment()
         from rich.table import Table
 
-        from refine_core.corpus import search
+        from corpus import search
 
         try:
             config, rocchio = refinement_settings(start, lr, pull, rocchio_beta, rocchio_gamma, keep_verdicts)
@@ -393,7 +392,7 @@ def register(app: typer.Typer) -> None:
         from flows.environment import configure_environment
 
         configure_environment()
-        from refine_core.corpus import CorpusError, classify, write_labels
+        from corpus import CorpusError, classify, write_labels
 
         try:
             if out.suffix.lower() != ".parquet":

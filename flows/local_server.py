@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, cast
 
 import httpx
 
@@ -212,7 +213,7 @@ def _wait_for_first_start() -> None:
 
 
 def _release_first_start(succeeded: bool) -> None:
-    handle = _EPHEMERAL.pop("first_start_lock", None)
+    handle = cast("IO[bytes] | None", _EPHEMERAL.pop("first_start_lock", None))
     if handle is None:
         return
     if succeeded:

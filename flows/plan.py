@@ -6,17 +6,19 @@ first round's feedback selection. For every paid judge (a remote service) the fi
 nothing; later rounds and the HyDE-refined round depend on judgments not yet made, so they are
 counted as their most (every query x k). HyDE passages are looked up in the generation store.
 The estimate uses the same high token estimate as the budget (see
-:mod:`refine_core.judges.spend`). Local judges (oracle, local LM, cross-encoder) are free.
+:mod:`judging.spend`). Local judges (oracle, local LM, cross-encoder) are free.
 """
 
 # No ``from __future__ import annotations``: Prefect resolves the flow's parameter annotations.
+from typing import Any
+
 from prefect import flow
 
 from evaluations.config import SweepConfig
 from flows.cell import embed_corpus
-from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
-from refine_core.judges.runner import estimate_cost
-from refine_core.judges.spend import estimate_call_cost, estimate_usage
+from judging.ledger import JudgmentLedger, doc_hash, query_hash
+from judging.runner import estimate_cost
+from judging.spend import estimate_call_cost, estimate_usage
 from tasks.core import embed_queries_task, load_benchmark_task, select_feedback_task
 from tasks.storage import ledger_url, load_arrays
 
@@ -35,7 +37,7 @@ def _call_estimate(
 @flow(name="plan-sweep", flow_run_name="plan {config.name}", log_prints=False)
 def plan_sweep(config: SweepConfig) -> dict:
     """Per cell: the judgments and HyDE generations still to pay and their estimated cost."""
-    from refine_core.hyde import GenerationStore, hyde_prompt, prompt_hash
+    from generators.hyde import GenerationStore, hyde_prompt, prompt_hash
     from tasks.judging import build_generator, build_judge
 
     ledger = JudgmentLedger(ledger_url())
@@ -55,7 +57,7 @@ def plan_sweep(config: SweepConfig) -> dict:
     for cell in cells:
         bench, ref = loaded[cell.benchmark], benches[cell.benchmark]
         n_queries = bench.n_queries
-        row = {
+        row: dict[str, Any] = {
             "cell": f"{cell.benchmark.name} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k} · "
             f"r {cell.rounds}",
             "paid": cell.judge.paid,
@@ -104,8 +106,8 @@ def plan_sweep(config: SweepConfig) -> dict:
         if cell.hyde is not None and cell.hyde.paid:
             generator = build_generator(cell.hyde)
             prompts = [hyde_prompt(q, ref.embed_instruction) for q in bench.query_texts()]
-            stored = GenerationStore(ledger_url()).lookup(generator.identity.key, prompts, cell.hyde.seed)
-            missing = [p for p in prompts if prompt_hash(p) not in stored]
+            generated = GenerationStore(ledger_url()).lookup(generator.identity.key, prompts, cell.hyde.seed)
+            missing = [p for p in prompts if prompt_hash(p) not in generated]
             row["hyde_to_pay"] = len(missing)
             cost = sum(
                 estimate_cost(generator.identity.model, estimate_usage(len(p), 1, cell.hyde.max_tokens))

@@ -74,7 +74,7 @@ def adjust_sweep_pvalues(cells: list[dict]) -> list[float]:
         for test in c.get("tests", {}).values()
         if test.get("pvalue") is not None and np.isfinite(test["pvalue"])
     ]
-    adjusted = benjamini_hochberg([test["pvalue"] for test in tested]) if tested else []
+    adjusted = benjamini_hochberg([test["pvalue"] for test in tested]) if tested else np.zeros(0)
     for test, p in zip(tested, adjusted):
         test["pvalue_bh"] = float(p)
     return [float(p) for p in adjusted]
@@ -146,7 +146,9 @@ def summary_markdown(cells: list[dict], *, title: str | None = None) -> str:
         p = r["p (BH)"]
         lines.append(
             "| "
-            + " | ".join(str(r[c]) + (" *" if c == "p (BH)" and p != "–" and float(p) < 0.05 else "") for c in columns)
+            + " | ".join(
+                str(r[c]) + (" *" if c == "p (BH)" and p != "–" and float(str(p)) < 0.05 else "") for c in columns
+            )
             + " |"
         )
     lines += [
@@ -317,16 +319,16 @@ def paper_table(cells: list[dict]) -> PaperTable:
         for method, label in present:
             entries: dict[str, Entry] = {}
             for bench in benchmarks:
-                c = by_key.get((model, bench))
-                if c is None or method not in c["metrics"]:
+                cell = by_key.get((model, bench))
+                if cell is None or method not in cell["metrics"]:
                     continue
-                value = float(c["metrics"][method]["map"])
+                value = float(cell["metrics"][method]["map"])
                 if method == "baseline":
                     entries[bench] = Entry(value, None, None)
                     continue
-                original = float(c["metrics"]["baseline"]["map"])
+                original = float(cell["metrics"]["baseline"]["map"])
                 relative = (value - original) / original if original > 0 else None
-                p = c.get("tests", {}).get(method, {}).get("pvalue_bh")
+                p = cell.get("tests", {}).get(method, {}).get("pvalue_bh")
                 entries[bench] = Entry(value, relative, None if p is None else float(p))
             if entries:
                 rows.append((model, label, entries))

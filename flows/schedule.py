@@ -3,6 +3,8 @@ server will validate it, before anything is registered."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 
 class ScheduleError(ValueError):
     """A schedule the Prefect server would refuse; the message names it and says why."""
@@ -58,7 +60,8 @@ def deploy_to_pool(parameters: dict, *, name: str, pool: str, cron: str | None, 
     root = Path(__file__).resolve().parents[1]
     # A module entrypoint, not "flows/sweep.py:sweep": loaded from a file path the flow's module
     # would be "sweep", and functions it sends to a Dask cluster would not unpickle there.
-    flow = Flow.from_source(source=str(root), entrypoint="flows.sweep.sweep")
+    # from_source is sync-compatible: outside an event loop it returns the Flow itself
+    flow = cast("Flow[..., Any]", Flow.from_source(source=str(root), entrypoint="flows.sweep.sweep"))
     deployment_id = flow.deploy(
         name=name,
         work_pool_name=pool,

@@ -35,7 +35,7 @@ from flows.cell import (
 from flows.execution import dask_cluster, with_runner
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
-from refine_core.judges.spend import SpendAccount
+from judging.spend import SpendAccount
 from tasks.core import (
     ArrayRef,
     BenchmarkRef,
@@ -254,6 +254,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             else:
                 log.info("corpus of %s embedded with %s: stored (%s), not embedded again", spec.name, model, docs.path)
             timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
+            assert docs is not None  # given vectors always make one; a missing stored corpus was embedded
             t = time.perf_counter()
             shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model, config.query_templates.get(model)))
             timings["embed_queries"] = timings.get("embed_queries", 0.0) + time.perf_counter() - t
@@ -385,7 +386,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
 def budget_line(spend, results: list[dict]) -> str:
     """The account's line, then what was not paid for and why: judgments that failed, judgments
     and HyDE passages held back by the budget, judgments not asked because the judge was stopped."""
-    from refine_core.judges.breaker import OPEN_ERROR
+    from judging.breaker import OPEN_ERROR
 
     def errors_like(prefix: str) -> int:
         return sum(n for r in results for e, n in (r.get("judge_errors") or {}).items() if e.startswith(prefix))
@@ -432,7 +433,7 @@ def hint(error: str) -> str:
 def failure_lines(results: list[dict]) -> list[str]:
     """One line per judge whose breaker opened (the run stopped asking it, and why), then one
     line per cell with failed judgments: how many, the commonest reason and what to do."""
-    from refine_core.judges.breaker import OPEN_ERROR
+    from judging.breaker import OPEN_ERROR
 
     lines = []
     stopped: dict[str, str] = {}

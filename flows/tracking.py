@@ -128,7 +128,7 @@ class Tracker:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_json(self, run_id: str, name: str, payload: object) -> None:
-        self.client.log_dict(run_id, payload, name)
+        self.client.log_dict(run_id, payload, name)  # type: ignore[arg-type]  # a list is fine too
 
     def log_text(self, run_id: str, name: str, text: str) -> None:
         self.client.log_text(run_id, text, name)
@@ -144,7 +144,7 @@ class Tracker:
         with warnings.catch_warnings():  # the local-path source is registered twice inside MLflow
             warnings.simplefilter("ignore", UserWarning)
             origin = resolve_dataset_source(str(source), candidate_sources=None)
-        dataset = MetaDataset(origin, name=str(counts["name"]), digest=str(counts["hash"]))
+        dataset = MetaDataset(origin, name=str(counts["name"]), digest=str(counts["hash"]))  # type: ignore[abstract]
         entity = dataset._to_mlflow_entity()
         self.client.log_inputs(
             run_id,

@@ -32,19 +32,19 @@ N_STATS = 5
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def special_counts(
-    scores,
-    offset,
-    use_all,
-    cand_indptr,
-    cand_docs,
-    sp_indptr,
-    sp_docs,
-    sp_scores,
-    out_greater,
-    out_equal,
-    out_before,
-    out_stats,
-):
+    scores: np.ndarray,
+    offset: int,
+    use_all: bool,
+    cand_indptr: np.ndarray,
+    cand_docs: np.ndarray,
+    sp_indptr: np.ndarray,
+    sp_docs: np.ndarray,
+    sp_scores: np.ndarray,
+    out_greater: np.ndarray,
+    out_equal: np.ndarray,
+    out_before: np.ndarray,
+    out_stats: np.ndarray,
+) -> None:
     """Fill the per-special counts and the per-query statistics of the other candidates.
 
     ``scores`` ``(B, S)`` holds the columns ``offset .. offset+S-1`` of the corpus; with

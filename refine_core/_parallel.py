@@ -16,6 +16,6 @@ import threading
 import numba
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]  # set at run time, not in the stubs
 
 KERNEL_LOCK = threading.Lock()

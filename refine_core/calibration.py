@@ -1,6 +1,6 @@
 """Deciding labels from a ranking: the threshold, the number of positives and its interval.
 
-The statistics behind ``refine classify`` (:func:`refine_core.corpus.classify`), on arrays only:
+The statistics behind ``refine classify`` (:func:`corpus.classify`), on arrays only:
 
 * :func:`choose_threshold`: the similarity that best separates the judged documents (balanced
   accuracy; one class judged: just past it);

@@ -35,10 +35,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from refine_core._validation import MIN_NORM
+from refine_core.cosine import UnitDocuments as UnitDocuments  # re-exported: scoring's public names
+from refine_core.cosine import cosine_block as cosine_block
+from refine_core.cosine import document_array as document_array
+from refine_core.cosine import unit_documents as unit_documents
 from refine_core.measures import DEFAULT_KS as DEFAULT_KS  # re-exported: the cut-offs every caller defaults to
 from refine_core.measures import ranking_measures
 from refine_core.qrels import Qrels, as_qrels
+from refine_core.shards import count_shard, measures, relevant_specials
 
 if TYPE_CHECKING:
     import polars as pl
@@ -89,55 +93,6 @@ class MetricsResult:
         rule = "|" + "---|" * len(names)
         row = "| " + " | ".join(f"{means[n]:.4f}" for n in names) + " |"
         return "\n".join([header, rule, row])
-
-
-class UnitDocuments:
-    """A corpus already scaled to unit length (float32): scoring uses it as it is, with no copy.
-
-    Wrap a large corpus once (:func:`unit_documents` of the raw vectors, or vectors known to be
-    unit length) and pass the wrapper wherever ``doc_vectors``/``documents`` is scored.
-    """
-
-    __slots__ = ("vectors",)
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        v = np.asarray(vectors)
-        if v.ndim != 2 or v.dtype != np.float32:
-            raise ValueError(f"UnitDocuments needs a 2-D float32 array, got {v.dtype} {v.shape}")
-        self.vectors = v
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.vectors.shape
-
-
-def document_array(documents: np.ndarray | UnitDocuments) -> np.ndarray:
-    """The document vectors behind ``documents`` (the wrapped array for :class:`UnitDocuments`)."""
-    return documents.vectors if isinstance(documents, UnitDocuments) else np.asarray(documents)
-
-
-def unit_documents(documents: np.ndarray | UnitDocuments) -> np.ndarray:
-    """Documents scaled to unit length, float32 (once per corpus, then :func:`cosine_block` per query block)."""
-    if isinstance(documents, UnitDocuments):
-        return documents.vectors
-    docs = np.asarray(documents, dtype=np.float32)
-    if docs.ndim != 2:
-        raise ValueError(f"documents must be 2-D (documents, dimension), got shape {docs.shape}")
-    d_norm = np.linalg.norm(docs, axis=1, keepdims=True)
-    if (d_norm < MIN_NORM).any():
-        raise ValueError(f"documents contains a zero vector at row {int(np.flatnonzero(d_norm < MIN_NORM)[0])}")
-    return docs / d_norm
-
-
-def cosine_block(vectors: np.ndarray, docs_unit: np.ndarray) -> np.ndarray:
-    """Cosine of each query vector with every unit document, ``(b, N)`` float32."""
-    q = np.asarray(vectors, dtype=np.float32)
-    if q.ndim != 2 or q.shape[1] != docs_unit.shape[1]:
-        raise ValueError(f"vectors {q.shape} and documents {docs_unit.shape} must be 2-D with the same dimension")
-    q_norm = np.linalg.norm(q, axis=1, keepdims=True)
-    if (q_norm < MIN_NORM).any():
-        raise ValueError(f"vectors contains a zero vector at row {int(np.flatnonzero(q_norm < MIN_NORM)[0])}")
-    return (q / q_norm) @ docs_unit.T
 
 
 # Queries scored at once. A (block, N) float64 array stays within 256 MiB, and up to 1,024 queries
@@ -210,8 +165,6 @@ def rank_metrics(scores: np.ndarray, qrels: Qrels, ks: tuple[int, ...] = DEFAULT
     each query's pool columns of ``scores`` are read (the rest may hold anything, e.g. -inf).
     This is the one-shard case of :mod:`refine_core.shards`.
     """
-    from refine_core.shards import count_shard, measures, relevant_specials
-
     s = _check_scores(scores, qrels.n_queries)
     if s.shape[1] != qrels.n_documents:
         raise ValueError(f"scores has {s.shape[1]} columns for {qrels.n_documents} documents of labels")

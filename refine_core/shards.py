@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refine_core._metric_kernels import M2_OTHER, MAX_OTHER, MEAN_OTHER, N_OTHER, N_STATS, NON_FINITE
+from refine_core.cosine import unit_documents
 from refine_core.measures import ranking_measures
 from refine_core.qrels import Qrels
 
@@ -126,8 +127,6 @@ def pair_scores(
     out = np.empty(rows.size, dtype=np.float64)
     if rows.size == 0:
         return out
-    from refine_core.metrics import unit_documents
-
     q = unit_documents(query_vectors)
     wanted, inverse = np.unique(docs, return_inverse=True)
     d = unit_documents(np.asarray(documents[wanted]))

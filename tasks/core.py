@@ -20,13 +20,15 @@ import numpy as np
 from prefect import task
 from prefect.tasks import exponential_backoff
 
+from embedders.cache import EmbeddingCache
+from embedders.models import SentenceTransformerEmbedder
 from evaluations.benchmark import Benchmark
 from evaluations.config import BenchmarkSpec, BudgetSpec, CellSpec, HydeSpec, JudgeSpec, VectorsSpec
 from evaluations.errors import DatasetError
 from evaluations.registry import load_benchmark
+from judging import Budget, JudgeCrashed, JudgeRequest, JudgmentLedger, run_judge
+from judging.spend import SpendAccount
 from refine_core.baselines import RocchioParams, rocchio_vectors
-from refine_core.embedders import SentenceTransformerEmbedder
-from refine_core.embedding_cache import EmbeddingCache
 from refine_core.evaluation import (
     ScoreSamples,
     ShardInputs,
@@ -38,8 +40,6 @@ from refine_core.evaluation import (
     shard_inputs,
 )
 from refine_core.feedback import select_feedback_blocks, top_k_shard
-from refine_core.judges import Budget, JudgeCrashed, JudgeRequest, JudgmentLedger, run_judge
-from refine_core.judges.spend import SpendAccount
 from refine_core.refinement import RefineConfig, refine
 from refine_core.shards import merge_top_k
 from tasks import progress
@@ -198,7 +198,7 @@ def provided_corpus(bench: BenchmarkRef, vectors: VectorsSpec) -> ArrayRef:
     ``.parquet`` (``doc_id`` + list column ``vector``) is put in the benchmark's order once and
     stored. Checked: the file exists and reads, one finite, non-zero row per document, and the
     dimension of ``vectors.model`` (the model that embeds the queries)."""
-    from refine_core.vector_files import VectorFileError, check_vectors, read_vectors
+    from embedders.vector_files import VectorFileError, check_vectors, read_vectors
 
     t0 = time.perf_counter()
     path = Path(vectors.path).expanduser()
@@ -395,7 +395,7 @@ def judge_task(
     ]
     ledger = JudgmentLedger(ledger_url())
     if judge.kind == "anthropic-batch":
-        from refine_core.judges.batches import run_judge_batches
+        from judging.batches import run_judge_batches
 
         report = run_judge_batches(
             judge_obj,  # type: ignore[arg-type]  # an AnthropicJudge: build_judge makes one for this kind
@@ -482,7 +482,7 @@ def generate_hyde_task(
     Each paid generation reserves from the run's spend ``account`` first (see :func:`judge_task`)."""
     import polars as pl
 
-    from refine_core.hyde import GenerationStore, run_generator
+    from generators.hyde import GenerationStore, run_generator
     from tasks.judging import build_generator
 
     b = bench.load()
@@ -582,13 +582,13 @@ def refine_block_task(
     scores = np.concatenate([p["scores"][lo:hi] for p in parts], axis=1)
     mask = np.concatenate([p["mask"][lo:hi] for p in parts], axis=1) & (idx >= 0)
     # only the judged documents' rows are read from the (memory-mapped) corpus
-    rows, local = np.unique(np.maximum(idx, 0), return_inverse=True)
+    judged_rows, local = np.unique(np.maximum(idx, 0), return_inverse=True)
     result = refine(
         np.asarray(load_array(start.path)[lo:hi]),
         local.reshape(idx.shape),
         scores,
         mask=mask,
-        documents=np.asarray(load_array(docs.path)[rows]),
+        documents=np.asarray(load_array(docs.path)[judged_rows]),
         config=RefineConfig(**config),
         query_ids=[f"#{i} of the benchmark" for i in range(lo, hi)],
     )
@@ -823,6 +823,8 @@ def evaluate_task(
     qrels = b.qrels()
     arrays = _evaluation_inputs(queries, feedback, judgments, refined, extra)
     if shards:
+        if inputs is None:
+            raise ValueError("evaluating corpus shards needs their inputs (shard_inputs_task)")
         metrics, tests, sample_arrays = finish_shards(
             ShardInputs.from_arrays(load_arrays(inputs.path)),
             [ShardScores.from_arrays(load_arrays(s.path)) for s in shards],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from evaluations.benchmark import Benchmark
 from evaluations.config import HydeSpec, JudgeSpec
-from refine_core.judges import Judge, OracleJudge
+from judging import Judge, OracleJudge
 
 
 def answers_fingerprint(kind: str, model: str | None) -> str | None:
@@ -13,11 +13,11 @@ def answers_fingerprint(kind: str, model: str | None) -> str | None:
     served from the task cache. None for API judges (the spec names model, base_url and prompt
     settings, and the ledger keys each answer by the judge's full identity) and the oracles."""
     if kind == "local-lm":
-        from refine_core.judges.local_lm import model_fingerprint
+        from judging.local_lm import model_fingerprint
 
         return model_fingerprint(model or "")
     if kind == "cross-encoder":
-        from refine_core.judges.cross_encoder import weights_fingerprint
+        from judging.cross_encoder import weights_fingerprint
 
         return weights_fingerprint(model or "")
     return None
@@ -32,7 +32,7 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
     """
     if spec.kind in ("oracle", "noisy-oracle"):
         if bench is None:
-            from refine_core.judges import JudgeConfigError
+            from judging import JudgeConfigError
 
             raise JudgeConfigError(
                 f"the {spec.kind} judge reads gold labels and only works on a benchmark; "
@@ -46,7 +46,7 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
             false_negative_rate=spec.false_negative_rate,
         )
     if spec.kind in ("anthropic", "anthropic-batch"):
-        from refine_core.judges.anthropic_judge import DEFAULT_CLAUDE_MODEL, AnthropicJudge
+        from judging.anthropic_judge import DEFAULT_CLAUDE_MODEL, AnthropicJudge
 
         return AnthropicJudge(
             spec.model or DEFAULT_CLAUDE_MODEL,
@@ -56,17 +56,17 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
             base_url=spec.base_url,
         )
     if spec.kind == "openai-compatible":
-        from refine_core.judges.openai_compatible import OpenAICompatibleJudge
+        from judging.openai_compatible import OpenAICompatibleJudge
 
         return OpenAICompatibleJudge(
             spec.model or "", base_url=spec.base_url or "", max_retries=spec.max_retries, timeout=spec.timeout_s
         )
     if spec.kind == "local-lm":
-        from refine_core.judges.local_lm import LocalLMJudge
+        from judging.local_lm import LocalLMJudge
 
         return LocalLMJudge(spec.model or "")
     if spec.kind == "cross-encoder":
-        from refine_core.judges.cross_encoder import CrossEncoderJudge
+        from judging.cross_encoder import CrossEncoderJudge
 
         return CrossEncoderJudge(spec.model or "")
     raise ValueError(f"unknown judge kind {spec.kind!r}")
@@ -74,7 +74,7 @@ def build_judge(spec: JudgeSpec, bench: Benchmark | None = None) -> Judge:
 
 def build_generator(spec: HydeSpec):
     """The HyDE passage generator a :class:`HydeSpec` describes."""
-    from refine_core import hyde
+    from generators import hyde
 
     if spec.kind == "anthropic":
         return hyde.ClaudeGenerator(

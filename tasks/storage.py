@@ -126,7 +126,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 def save_arrays(name: str, **arrays: np.ndarray) -> str:
     """Write named arrays to ``arrays/<name>.npz`` atomically; returns the path."""
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as its own flags
     path = arrays_dir() / f"{name}.npz"
     atomic_write(path, buffer.getvalue())
     return str(path)

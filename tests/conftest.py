@@ -15,25 +15,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def benchmark_script(name: str):
-    """Yield the module of ``benchmarks/<name>.py``, with ``benchmarks/`` importable while it is used
-    (the scripts import each other, e.g. ``from quality import ...``)."""
-    import importlib.util
-    import sys
-
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The raw datasets (REFINE_DATA_DIR); data-backed tests skip only when it is unset."""
@@ -48,7 +29,7 @@ def data_root() -> Path:
 @pytest.fixture(scope="session")
 def minilm():
     """The bundled all-MiniLM-L6-v2 (offline)."""
-    from refine_core.embedders import SentenceTransformerEmbedder
+    from embedders.models import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder("all-MiniLM-L6-v2", threads=2)
 

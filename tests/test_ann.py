@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from refine_core.ann import AnnIndex, AnnSettings, exact_top, recall_at
+from corpus.ann import AnnIndex, AnnSettings, exact_top, recall_at
 from refine_core.feedback import top_k_indices
 from refine_core.metrics import cosine_block
 
@@ -56,10 +56,10 @@ def test_exact_rescoring_of_candidates() -> None:
 
 @pytest.mark.data
 def test_search_through_an_ann_index_equals_brute_force_with_flat(data_root: Path, minilm, tmp_path: Path) -> None:
+    from corpus import build_ann, build_index, search
+    from embedders.cache import EmbeddingCache
     from evaluations.registry import load_benchmark
-    from refine_core.corpus import build_ann, build_index, search
-    from refine_core.embedding_cache import EmbeddingCache
-    from refine_core.judges import OracleJudge
+    from judging import OracleJudge
 
     bench = load_benchmark("clinc150", queries=2, max_documents=1200, corpus_seed=3)
     index = build_index(
@@ -119,10 +119,10 @@ def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(
 ) -> None:
     import polars as pl
 
+    from corpus import CorpusError, build_index, read_vectors, search
+    from embedders.cache import EmbeddingCache
     from evaluations.registry import load_benchmark
-    from refine_core.corpus import CorpusError, build_index, read_vectors, search
-    from refine_core.embedding_cache import EmbeddingCache
-    from refine_core.judges import OracleJudge
+    from judging import OracleJudge
 
     bench = load_benchmark("clinc150", queries=2, max_documents=700, corpus_seed=6)
     ids, texts = bench.documents["doc_id"].to_list(), bench.document_texts()
@@ -154,7 +154,7 @@ def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(
 def test_one_reader_of_vector_files_names_what_is_wrong(tmp_path: Path) -> None:
     import polars as pl
 
-    from refine_core.vector_files import VectorFileError, check_vectors, read_vectors, vector_rows
+    from embedders.vector_files import VectorFileError, check_vectors, read_vectors, vector_rows
 
     v = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
     np.save(tmp_path / "v.npy", v)

@@ -6,14 +6,15 @@ holds: what the report half's labels say cannot change any chosen setting.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
-from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def beyond():
-    yield from benchmark_script("beyond")
+    return importlib.import_module("benchmarks.beyond")
 
 
 def test_the_split_is_seeded_disjoint_and_complete(beyond) -> None:
@@ -90,7 +91,7 @@ def test_report_half_labels_cannot_move_a_chosen_setting(beyond) -> None:
             then_refine=beyond.RefineConfig(lr=chosen["lr"], pull=chosen["pull"]),
         )
         tune, _ = beyond.halves(12)
-        ap = beyond._ap(by_hand.round_vectors[b - 1], documents, labels, None)
+        ap = beyond.per_query_ap(by_hand.round_vectors[b - 1], documents, labels, None)
         assert result["map"]["rocchio_kl_pull"][b]["tune"] == pytest.approx(beyond._mean(ap, tune), abs=1e-12)
     # scramble the report half's labels (the judge still sees the true ones): every setting and
     # every tuning-half number stays, the report half's numbers move
@@ -128,7 +129,7 @@ def test_cross_fitting_reports_every_query_under_settings_from_the_other_half(be
         for rows, chosen in ((report, result["settings"]), (tune, crossfit["settings_on_report_half"])):
             params = beyond.RocchioParams(**chosen["rocchio_tuned"][b])
             run = beyond.rocchio_rounds(queries, documents, judge, rounds=3, k=beyond.K, params=params)
-            ap.update(zip(rows.tolist(), beyond._ap(run.round_vectors[b - 1], documents, labels, None)[rows]))
+            ap.update(zip(rows.tolist(), beyond.per_query_ap(run.round_vectors[b - 1], documents, labels, None)[rows]))
         assert crossfit["map"]["rocchio_tuned"][b] == pytest.approx(np.mean(list(ap.values())), abs=1e-12)
     # the settings for the tuning half's queries are chosen on the report half alone: scrambling the
     # tuning half's labels leaves them

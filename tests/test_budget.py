@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from fakes.anthropic_server import FakeAnthropic
 
-from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
-from refine_core.judges.spend import SpendAccount
+from judging import JudgeRequest, JudgmentLedger, run_judge
+from judging.spend import SpendAccount
 
 KEY = "sk-test-budget-key-0000"
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def server():
 
 
 def _claude(server: FakeAnthropic, scheme: str = "pointwise"):
-    from refine_core.judges.anthropic_judge import AnthropicJudge
+    from judging.anthropic_judge import AnthropicJudge
 
     return AnthropicJudge(scheme=scheme, base_url=server.base_url, max_retries=1, timeout=5.0)
 
@@ -85,7 +85,7 @@ def test_many_processes_never_overspend_one_account(tmp_path: Path) -> None:
     script = (
         "import os, sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from refine_core.judges.spend import SpendAccount\n"
+        "from judging.spend import SpendAccount\n"
         f"account = SpendAccount({str(url)!r}, 'shared')\n"
         f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"  # start together
         "print(sum(account.reserve(1, 0.0) for _ in range(40)))\n"
@@ -119,7 +119,7 @@ def test_judge_calls_share_one_account_across_calls(server: FakeAnthropic, tmp_p
 
 
 def test_a_message_batch_holds_only_what_the_account_allows(server: FakeAnthropic, tmp_path: Path) -> None:
-    from refine_core.judges.batches import run_judge_batches
+    from judging.batches import run_judge_batches
 
     ledger = JudgmentLedger(tmp_path / "l.sqlite")
     account = SpendAccount(tmp_path / "l.sqlite", "run", max_items=4)
@@ -131,7 +131,7 @@ def test_a_message_batch_holds_only_what_the_account_allows(server: FakeAnthropi
 
 
 def test_hyde_generations_reserve_from_the_account(server: FakeAnthropic, tmp_path: Path) -> None:
-    from refine_core.hyde import ClaudeGenerator, GenerationStore, run_generator
+    from generators.hyde import ClaudeGenerator, GenerationStore, run_generator
 
     account = SpendAccount(tmp_path / "l.sqlite", "run", max_items=2)
     report = run_generator(

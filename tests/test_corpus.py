@@ -11,7 +11,7 @@ import pytest
 from fakes.anthropic_server import FakeAnthropic
 from typer.testing import CliRunner
 
-from refine_core.corpus import (
+from corpus import (
     CorpusError,
     CorpusIndex,
     best_threshold_f1,
@@ -28,8 +28,8 @@ from refine_core.corpus import (
     tail_warning,
     write_labels,
 )
-from refine_core.embedding_cache import EmbeddingCache
-from refine_core.judges import OracleJudge
+from embedders.cache import EmbeddingCache
+from judging import OracleJudge
 
 pytestmark = pytest.mark.data
 KEY = "sk-ant-corpus-test-0000"
@@ -86,7 +86,7 @@ def test_read_corpus_formats_and_errors(tmp_path: Path) -> None:
 
 
 def test_index_is_content_addressed_and_resumes_after_an_interruption(corpus, minilm, tmp_path: Path) -> None:
-    from refine_core.embedders import SentenceTransformerEmbedder
+    from embedders.models import SentenceTransformerEmbedder
 
     _, ids, texts = corpus
     ids, texts = ids[:300], texts[:300]
@@ -182,8 +182,8 @@ def test_search_from_the_rocchio_vector_is_rocchio_then_the_kl_refinement(corpus
     with pytest.raises(CorpusError, match="start must be one of query, rocchio, got 'centroid'"):
         search(index, criterion, judge=judge, embedder=minilm, start="centroid")
     # Rocchio's weights are the caller's: the recommended pair moves the start, and the result says what ran
+    from corpus import RECOMMENDED_ROCCHIO
     from refine_core.baselines import RocchioParams
-    from refine_core.corpus import RECOMMENDED_ROCCHIO
 
     weighted = search(
         index, criterion, judge=judge, embedder=minilm, config=config, start="rocchio", rocchio=RECOMMENDED_ROCCHIO
@@ -479,7 +479,7 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
 
 
 def test_labels_follow_the_threshold_except_where_the_judge_gave_a_verdict() -> None:
-    from refine_core.corpus import label_documents
+    from corpus import label_documents
 
     scores = np.array([0.9, 0.8, 0.3, 0.2, 0.1])
     judge = np.array([np.nan, 0.6, 0.9, np.nan, 0.4])  # not judged / judged 0.6 / 0.9 / failed / 0.4

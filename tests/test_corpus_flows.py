@@ -33,11 +33,11 @@ def _task_states_since(t0: float) -> list[tuple[str, str]]:
 def test_index_and_classify_flows_match_the_library(
     platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, minilm
 ) -> None:
+    from corpus import CorpusIndex, classify
     from evaluations.registry import load_benchmark
     from flows.corpus import classify_corpus_flow, index_corpus_flow
-    from refine_core.corpus import CorpusIndex, classify
-    from refine_core.judges import JudgmentLedger
-    from refine_core.judges.anthropic_judge import AnthropicJudge
+    from judging import JudgmentLedger
+    from judging.anthropic_judge import AnthropicJudge
     from refine_core.refinement import RefineConfig
     from tasks.storage import ledger_url
 

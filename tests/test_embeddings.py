@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refine_core.embedders import EmbeddingModelError, SentenceTransformerEmbedder, resolve_model
-from refine_core.embedding_cache import EmbeddingCache
+from embedders.cache import EmbeddingCache
+from embedders.models import EmbeddingModelError, SentenceTransformerEmbedder, resolve_model
 
 
 def test_default_alias_resolves_offline_to_the_bundled_copy() -> None:

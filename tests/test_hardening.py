@@ -15,11 +15,11 @@ import pytest
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
 from servers import BIN, base_env
 
-from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
-from refine_core.judges.anthropic_judge import AnthropicJudge
-from refine_core.judges.base import Judgment
-from refine_core.judges.breaker import BreakerPolicy, CircuitBreaker, failure_kind
-from refine_core.judges.spend import SpendAccount
+from judging import JudgeRequest, JudgmentLedger, run_judge
+from judging.anthropic_judge import AnthropicJudge
+from judging.base import Judgment
+from judging.breaker import BreakerPolicy, CircuitBreaker, failure_kind
+from judging.spend import SpendAccount
 
 KEY = "sk-ant-hardening-key-7781"
 CONCURRENCY = 4
@@ -299,7 +299,7 @@ def test_failed_queries_count_distinct_queries_over_rounds() -> None:
 
 def test_the_budget_line_says_what_failed_and_what_was_held_back() -> None:
     from flows.sweep import budget_line
-    from refine_core.judges.spend import SpendStatus
+    from judging.spend import SpendStatus
 
     status = SpendStatus("a", 0, 0.0, None, None, 0)
     cells = [

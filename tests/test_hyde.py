@@ -9,7 +9,7 @@ import pytest
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
 
 from evaluations.config import BenchmarkSpec, Grid, HydeSpec, JudgeSpec, SweepConfig
-from refine_core.hyde import ClaudeGenerator, GenerationStore, hyde_prompt, run_generator
+from generators.hyde import ClaudeGenerator, GenerationStore, hyde_prompt, run_generator
 
 KEY = "sk-ant-hyde-test-0000"
 
@@ -123,7 +123,7 @@ def test_hyde_and_hyde_refined_in_a_sweep_cell(
 
 @pytest.mark.slow
 def test_local_lm_generator_is_seeded() -> None:
-    from refine_core.hyde import LocalLMGenerator
+    from generators.hyde import LocalLMGenerator
 
     generator = LocalLMGenerator("smollm2-135m", max_tokens=12)
     prompt = hyde_prompt("how do I reset my password")

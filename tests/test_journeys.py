@@ -492,9 +492,9 @@ def test_missing_local_judge_models_fail_before_anything_is_embedded(
 
 
 def test_an_embedding_model_that_is_not_here_fails_in_preflight(data_root: Path) -> None:
+    from embedders.models import EmbeddingModelError
     from evaluations.config import parse_config
     from flows.cli import _preflight
-    from refine_core.embedders import EmbeddingModelError
 
     config = parse_config(
         {"name": "x", "benchmarks": [{"name": f"files:{USERDATA}"}], "models": ["nobody/no-such-model"]}

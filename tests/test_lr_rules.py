@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
-from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def rules():
-    yield from benchmark_script("lr_rules")
+    return importlib.import_module("benchmarks.lr_rules")
 
 
 def test_best_mean_wins_and_ties_go_to_the_smaller_lr(rules) -> None:

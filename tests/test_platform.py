@@ -40,14 +40,14 @@ def _task_states_since(t0: float) -> list[tuple[str, str]]:
 def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     from mlflow import MlflowClient
 
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from evaluations.registry import load_benchmark
     from flows.sweep import sweep
     from flows.tracking import tracking_uri
+    from judging import oracle_scores
     from refine_core import RefineConfig
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
     from refine_core.evaluation import evaluate_cell_arrays
-    from refine_core.judges import oracle_scores
 
     config = default_config().model_copy(update={"benchmarks": [SUBSET], "name": "platform-test"})
     assert len(config.cells()) == 4  # oracle + noisy oracle at lr 1e-4 and 1e-3
@@ -380,11 +380,11 @@ def test_judge_cache_invalidation_works_on_local_and_remote_result_storage(
 def test_a_per_model_query_template_reaches_the_query_embeddings(platform: Path) -> None:
     from mlflow import MlflowClient
 
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from evaluations.registry import load_benchmark
     from flows.sweep import sweep
     from flows.tracking import tracking_uri
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
     from refine_core.metrics import cosine_scores, evaluate_rankings
 
     config = SweepConfig(
@@ -415,11 +415,11 @@ def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_cor
 ) -> None:
     """Vectors computed elsewhere (.npy in document order, or parquet by doc_id) give the figures the
     sweep gets when it embeds the corpus itself; bad files are named before anything runs."""
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from evaluations.config import VectorsSpec
     from evaluations.registry import load_benchmark
     from flows.sweep import run_sweep
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
 
     spec = BenchmarkSpec(name="clinc150", queries=4, max_documents=500, corpus_seed=11)
     bench = load_benchmark("clinc150", queries=4, max_documents=500, corpus_seed=11)
@@ -458,13 +458,13 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     process. Both must give the same numbers for every round's method, and for ``rocchio_kl``
     (the sweep's ``methods``: refinement from the Rocchio vector on the first round's judgments),
     with the paper's objective and with the pull toward the judged-positive centroid (grid ``pull``)."""
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from evaluations.registry import load_benchmark
     from flows.sweep import sweep
+    from judging import oracle_scores
     from refine_core import RefineConfig
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
     from refine_core.evaluation import evaluate_cell_arrays
-    from refine_core.judges import oracle_scores
 
     config = SweepConfig(
         name="rounds-vs-library",
@@ -546,15 +546,15 @@ def test_rocchios_weights_are_grid_keys(platform: Path) -> None:
     ``rocchio_kl`` use those weights (logged as params, in the cell's label), not SMART's."""
     from mlflow import MlflowClient
 
+    from embedders.cache import EmbeddingCache
+    from embedders.models import SentenceTransformerEmbedder
     from evaluations.registry import load_benchmark
     from flows.sweep import sweep
     from flows.tracking import tracking_uri
+    from judging import oracle_scores
     from refine_core import RefineConfig
     from refine_core.baselines import RocchioParams
-    from refine_core.embedders import SentenceTransformerEmbedder
-    from refine_core.embedding_cache import EmbeddingCache
     from refine_core.evaluation import evaluate_cell_arrays
-    from refine_core.judges import oracle_scores
 
     config = SweepConfig(
         name="rocchio-weights",

@@ -118,10 +118,10 @@ def test_recommended_is_rerank_only_where_nothing_was_called_relevant_and_the_sa
 
 
 def test_one_definition_for_the_commands_and_the_sweep() -> None:
+    from corpus import RECOMMENDED_LR, RECOMMENDED_START
     from evaluations.config import SweepConfig
     from flows.cell import cell_params
     from flows.corpus_cli import refinement_settings
-    from refine_core.corpus import RECOMMENDED_LR, RECOMMENDED_START
 
     assert RECOMMENDED_START == RECOMMENDED.start
     # the commands' lr: the default's with --keep-verdicts, the paper's 1e-4 from the query without
@@ -143,7 +143,7 @@ def test_one_definition_for_the_commands_and_the_sweep() -> None:
 
 
 def test_the_commands_warn_when_the_verdicts_look_like_the_case_where_refinement_hurts() -> None:
-    from refine_core.corpus.query import Refinement
+    from corpus.query import Refinement
 
     def refinement(scores: list[float], start: str = "query", min_share: float = 0.35) -> Refinement:
         v = np.ones(4, dtype=np.float32)
@@ -171,9 +171,9 @@ def test_the_commands_warn_when_the_verdicts_look_like_the_case_where_refinement
 
 @pytest.fixture
 def safe():
-    from conftest import benchmark_script
+    import benchmarks.safe_default
 
-    yield from benchmark_script("safe_default")
+    return benchmarks.safe_default
 
 
 def test_the_safe_default_benchmark_cross_fits_the_choice_and_counts_losses(safe) -> None:

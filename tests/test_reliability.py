@@ -39,7 +39,7 @@ def _per_query(result: dict) -> dict[str, pl.DataFrame]:
 def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from evaluations.registry import load_benchmark
     from flows.sweep import run_sweep, sweep
-    from refine_core.judges import JudgmentLedger
+    from judging import JudgmentLedger
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     # Three cells over three different random sets of 30 queries: each cell's failures stay
@@ -110,8 +110,8 @@ def test_fault_soak(platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_long_documents_are_truncated_for_the_judge_and_counted(tmp_path: Path) -> None:
-    from refine_core.judges import JudgeRequest, JudgmentLedger, run_judge
-    from refine_core.judges.anthropic_judge import AnthropicJudge
+    from judging import JudgeRequest, JudgmentLedger, run_judge
+    from judging.anthropic_judge import AnthropicJudge
 
     os.environ.setdefault("ANTHROPIC_API_KEY", KEY)
     huge = "card " * 200_000  # 1 MB

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embedders.cache import EmbeddingCache
 from evaluations import load_benchmark
+from judging import noisy_oracle_scores, oracle_scores
 from refine_core import RefineConfig
-from refine_core.embedding_cache import EmbeddingCache
 from refine_core.evaluation import evaluate_cell_arrays
-from refine_core.judges import noisy_oracle_scores, oracle_scores
 
 
 @pytest.fixture(scope="module")

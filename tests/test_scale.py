@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from reference_metrics import dense_reference
 
+from judging import oracle_scores
 from refine_core.evaluation import ScoreSamples, evaluate_cell_arrays, method_rankings, score_methods
 from refine_core.feedback import TopK, TopKPlusRandom, select_feedback, select_feedback_blocks, top_k_indices
-from refine_core.judges import oracle_scores
 from refine_core.metrics import cosine_scores, evaluate_rankings, rank_metrics
 from refine_core.qrels import Qrels
 from refine_core.rounds import refine_rounds

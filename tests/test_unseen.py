@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def unseen():
-    yield from benchmark_script("unseen")
+    return importlib.import_module("benchmarks.unseen")
 
 
 def test_the_nfcorpus_sets_hold_other_queries_over_the_same_corpus(unseen, data_root: Path) -> None:

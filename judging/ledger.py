@@ -39,7 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from refine_core.judges.base import Judgment
+from judging.base import Judgment
 
 METADATA = MetaData()
 judgments_table = Table(

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from refine_core.judges.base import JudgeIdentity, JudgeResponse, Judgment, Usage
+from judging.base import JudgeIdentity, JudgeResponse, Judgment, Usage
 from refine_core.qrels import Qrels
 
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refine_core.ann import exact_top
+from corpus.ann import exact_top
+from corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
+from corpus.query import Refinement, refine_query
+from embedders.models import SentenceTransformerEmbedder
+from judging.ledger import JudgmentLedger
 from refine_core.baselines import RocchioParams
-from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
-from refine_core.corpus.query import Refinement, refine_query
-from refine_core.embedders import SentenceTransformerEmbedder
-from refine_core.judges.ledger import JudgmentLedger
 from refine_core.recommended import LIFT
 from refine_core.refinement import RefineConfig
 
@@ -112,7 +112,7 @@ def search(
     the ANN, exact cosine on them; ``check_ann`` also scores the whole corpus once and reports
     the recall of the ANN top list for this query. ``use_ann=False`` forces brute force.
     ``start``: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector, with
-    Rocchio's weights ``rocchio``, default SMART; see :func:`refine_core.corpus.query.refine_query`).
+    Rocchio's weights ``rocchio``, default SMART; see :func:`corpus.query.refine_query`).
     ``verdicts_first`` ranks the documents the judge called relevant above all others (in the
     original order), ``min_positives`` / ``min_share`` refine only with that many of them: the commands use
     :data:`refine_core.recommended.RECOMMENDED`'s settings."""

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from refine_core.judges.base import JudgeConfigError, JudgeIdentity, JudgeResponse, Judgment, Usage
+from judging.base import JudgeConfigError, JudgeIdentity, JudgeResponse, Judgment, Usage
 
 
 def check_cross_encoder_model(model: str) -> None:
@@ -124,7 +124,7 @@ def weights_fingerprint(model: str) -> str:
     Hub id, its snapshot folder in the local cache (whose path names the revision)."""
     from pathlib import Path
 
-    from refine_core.embedders import model_fingerprint
+    from embedders.models import model_fingerprint
 
     folder = Path(model).expanduser()
     if not folder.is_dir():

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from refine_core.judges.base import (
+from judging.base import (
     PAPER_PROMPT_VERSION,
     JudgeConfigError,
     JudgeIdentity,
@@ -25,8 +25,8 @@ from refine_core.judges.base import (
     Usage,
     paper_prompt,
 )
-from refine_core.judges.http_retry import post_with_retries
-from refine_core.judges.yes_no import yes_probability
+from judging.http_retry import post_with_retries
+from judging.yes_no import yes_probability
 
 
 class OpenAICompatibleJudge:

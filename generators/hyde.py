@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, select
 
-from refine_core.judges.base import JudgeConfigError, JudgeIdentity, Usage
-from refine_core.judges.http_retry import post_with_retries
-from refine_core.judges.ledger import METADATA, insert_new, open_engine
-from refine_core.judges.runner import DEFAULT_PRICES, estimate_cost
+from judging.base import JudgeConfigError, JudgeIdentity, Usage
+from judging.http_retry import post_with_retries
+from judging.ledger import METADATA, insert_new, open_engine
+from judging.runner import DEFAULT_PRICES, estimate_cost
 
 if TYPE_CHECKING:
-    from refine_core.judges.spend import SpendAccount
+    from judging.spend import SpendAccount
 
 PROMPT_VERSION = "hyde-v1"
 DEFAULT_MAX_TOKENS = 256
@@ -180,7 +180,7 @@ def run_generator(
     def work(i: int) -> None:
         estimate = 0.0
         if account is not None:
-            from refine_core.judges.spend import estimate_usage
+            from judging.spend import estimate_usage
 
             estimate = estimate_cost(
                 generator.identity.model,
@@ -236,7 +236,7 @@ class ClaudeGenerator:
     ) -> None:
         import anthropic
 
-        from refine_core.judges.anthropic_judge import read_api_key
+        from judging.anthropic_judge import read_api_key
 
         self.model = model
         self.max_tokens = max_tokens
@@ -352,7 +352,7 @@ class LocalLMGenerator:
         temperature: float = DEFAULT_TEMPERATURE,
         device: str | None = None,
     ) -> None:
-        from refine_core.judges.local_lm import load_causal_lm
+        from judging.local_lm import load_causal_lm
 
         self.tokenizer, self.model, self.device, name = load_causal_lm(model, device, role="generator")
         self.max_tokens = max_tokens

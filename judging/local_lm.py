@@ -2,7 +2,7 @@
 
 The paper's prompt goes through the model's chat template; the score is
 P(yes)/(P(yes)+P(no)) summed over every vocabulary token that normalises to "yes" or "no"
-(see :mod:`refine_core.judges.yes_no`), read from the next-token distribution. Documents of
+(see :mod:`judging.yes_no`), read from the next-token distribution. Documents of
 a query are scored in batches (left padding). Works offline with a local model folder or a
 GGUF file (transformers dequantises it; needs the ``gguf`` package), on CPU or GPU.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refine_core.judges.base import (
+from judging.base import (
     PAPER_PROMPT_VERSION,
     JudgeConfigError,
     JudgeIdentity,
@@ -28,7 +28,7 @@ from refine_core.judges.base import (
     Usage,
     paper_prompt,
 )
-from refine_core.judges.yes_no import is_no, is_yes
+from judging.yes_no import is_no, is_yes
 
 
 def smollm2_gguf() -> Path | None:
@@ -106,7 +106,7 @@ def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"
             f"local {role} model {model!r} could not be loaded: {type(exc).__name__}: {exc}"
         ) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm.to(device).eval()
+    lm.to(device).eval()  # type: ignore[arg-type]  # transformers types .to as its own wrapper
     return tokenizer, lm, device, gguf or folder.name
 
 

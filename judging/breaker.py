@@ -26,7 +26,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from refine_core.judges.base import Judgment
+from judging.base import Judgment
 
 FATAL_STATUS = frozenset({400, 401, 403, 404, 405, 410, 422})
 DOWN_STATUS = frozenset({500, 502, 503, 504, 529})

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from corpus.index import CorpusError, CorpusIndex, corpus_scores
+from corpus.query import Refinement, judge_rows, refine_query
+from embedders.models import SentenceTransformerEmbedder
+from judging.ledger import JudgmentLedger
 from refine_core.baselines import RocchioParams
 from refine_core.calibration import (
     choose_threshold,
@@ -21,10 +25,6 @@ from refine_core.calibration import (
     stratified_sample,
     tail_warning,
 )
-from refine_core.corpus.index import CorpusError, CorpusIndex, corpus_scores
-from refine_core.corpus.query import Refinement, judge_rows, refine_query
-from refine_core.embedders import SentenceTransformerEmbedder
-from refine_core.judges.ledger import JudgmentLedger
 from refine_core.refinement import RefineConfig
 
 
@@ -109,7 +109,7 @@ def classify(
         seed: the calibration sample's seed.
         optimise: False labels with the unrefined query vector (same judging and threshold rule).
         start: ``"query"`` (the paper) or ``"rocchio"`` (refine from the Rocchio vector; see
-            :func:`refine_core.corpus.query.refine_query`).
+            :func:`corpus.query.refine_query`).
         rocchio: Rocchio's weights for ``start="rocchio"`` (default SMART).
         min_positives, min_share: refine only with at least this many positive verdicts, making at
             least this share of the valid ones (the commands: RECOMMENDED's).

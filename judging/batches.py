@@ -7,15 +7,20 @@ waiting picks the same batch up on the next run instead of paying again.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from anthropic.types.messages.batch_create_params import Request
+
 import json
 import time
 from collections.abc import Callable, Sequence
 
-from refine_core.judges.anthropic_judge import AnthropicJudge
-from refine_core.judges.base import Judgment, Usage
-from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
-from refine_core.judges.runner import JudgeRequest, RunReport, estimate_cost
-from refine_core.judges.spend import SpendAccount, estimate_call_cost
+from judging.anthropic_judge import AnthropicJudge
+from judging.base import Judgment, Usage
+from judging.ledger import JudgmentLedger, doc_hash, query_hash
+from judging.runner import JudgeRequest, RunReport, estimate_cost
+from judging.spend import SpendAccount, estimate_call_cost
 
 
 def _collect(
@@ -85,11 +90,12 @@ def run_judge_batches(
     """
     key = judge.identity.key
     usage = Usage()
-    for batch_id, payload in ledger.open_batches(key):  # resume what an earlier run submitted
-        usage.add(_collect(judge, ledger, batch_id, json.loads(payload), poll_interval, max_wait, sleep))
+    for batch_id, saved in ledger.open_batches(key):  # resume what an earlier run submitted
+        usage.add(_collect(judge, ledger, batch_id, json.loads(saved), poll_interval, max_wait, sleep))
     hashes = [(query_hash(r.query, r.task_instruction), [doc_hash(d) for d in r.documents]) for r in requests]
     stored = ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])
-    batch_requests, payload = [], {}
+    batch_requests: list[dict[str, Any]] = []
+    payload: dict[str, list[Any]] = {}
     reserved = [0, 0.0]  # items, estimated USD taken from the account for this batch
     refused: set[int] = set()
 
@@ -132,13 +138,13 @@ def run_judge_batches(
             batch_requests.append({"custom_id": custom_id, "params": _batch_params(params)})
     answered_before = len(ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs]))
     if batch_requests:
-        batch = judge.client.messages.batches.create(requests=batch_requests)
+        batch = judge.client.messages.batches.create(requests=cast("list[Request]", batch_requests))
         ledger.save_batch(batch.id, key, json.dumps(payload))
         new_usage = _collect(judge, ledger, batch.id, payload, poll_interval, max_wait, sleep)
         usage.add(new_usage)
         if account is not None:
             answered = len(ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])) - answered_before
-            account.settle(reserved[0], reserved[1], answered, estimate_cost(judge.model, new_usage) / 2)
+            account.settle(int(reserved[0]), reserved[1], answered, estimate_cost(judge.model, new_usage) / 2)
     stored = ledger.lookup(key, [(qh, dh) for qh, dhs in hashes for dh in dhs])
     report = RunReport(
         judgments=[

@@ -6,7 +6,7 @@ pointwise or listwise, optional Message Batches), any OpenAI-compatible server
 (:class:`CrossEncoderJudge`) and the gold-label oracles — plus the durable
 :class:`JudgmentLedger` and :func:`run_judge`, which never pays twice for a judgment.
 
-Heavy implementations are imported lazily (``from refine_core.judges import AnthropicJudge``
+Heavy implementations are imported lazily (``from judging import AnthropicJudge``
 loads the SDK only then).
 """
 
@@ -14,23 +14,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from refine_core.judges.base import Judge, JudgeConfigError, JudgeCrashed, JudgeIdentity, JudgeResponse, Judgment, Usage
-from refine_core.judges.ledger import JudgmentLedger
-from refine_core.judges.oracle import OracleJudge, noisy_oracle_scores, oracle_scores
-from refine_core.judges.runner import Budget, JudgeRequest, RunReport, estimate_cost, run_judge
+from judging.base import Judge, JudgeConfigError, JudgeCrashed, JudgeIdentity, JudgeResponse, Judgment, Usage
+from judging.ledger import JudgmentLedger
+from judging.oracle import OracleJudge, noisy_oracle_scores, oracle_scores
+from judging.runner import Budget, JudgeRequest, RunReport, estimate_cost, run_judge
 
 if TYPE_CHECKING:
-    from refine_core.judges.anthropic_judge import AnthropicJudge
-    from refine_core.judges.cross_encoder import CrossEncoderJudge
-    from refine_core.judges.local_lm import LocalLMJudge
-    from refine_core.judges.openai_compatible import OpenAICompatibleJudge
+    from judging.anthropic_judge import AnthropicJudge
+    from judging.cross_encoder import CrossEncoderJudge
+    from judging.local_lm import LocalLMJudge
+    from judging.openai_compatible import OpenAICompatibleJudge
 
 _LAZY = {
-    "AnthropicJudge": "refine_core.judges.anthropic_judge",
-    "CrossEncoderJudge": "refine_core.judges.cross_encoder",
-    "LocalLMJudge": "refine_core.judges.local_lm",
-    "OpenAICompatibleJudge": "refine_core.judges.openai_compatible",
-    "run_judge_batches": "refine_core.judges.batches",
+    "AnthropicJudge": "judging.anthropic_judge",
+    "CrossEncoderJudge": "judging.cross_encoder",
+    "LocalLMJudge": "judging.local_lm",
+    "OpenAICompatibleJudge": "judging.openai_compatible",
+    "run_judge_batches": "judging.batches",
 }
 
 

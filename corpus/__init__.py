@@ -13,7 +13,7 @@ Three operations, no Prefect needed:
   and labels every document, with an estimate of the number of positives and an interval.
 
 Example:
-    >>> from refine_core.corpus import build_index, search
+    >>> from corpus import build_index, search
     >>> index = build_index(["a cat", "a dog"], ids=["1", "2"], folder="idx", embedder=embedder)  # doctest: +SKIP
     >>> search(index, "kittens", judge=judge, k=2).top_ids  # doctest: +SKIP
 """
@@ -22,17 +22,8 @@ Example:
 # refinement loop on one query), search, classify. Everything is importable from here, as before
 # the split; the calibration statistics are refine_core.calibration's, re-exported because they
 # were part of this module's API.
-from refine_core.calibration import best_threshold_f1 as best_threshold_f1
-from refine_core.calibration import binary_metrics as binary_metrics
-from refine_core.calibration import choose_threshold as choose_threshold
-from refine_core.calibration import label_documents as label_documents
-from refine_core.calibration import positive_interval as positive_interval
-from refine_core.calibration import rank_bands as rank_bands
-from refine_core.calibration import stratified_estimate as stratified_estimate
-from refine_core.calibration import stratified_sample as stratified_sample
-from refine_core.calibration import tail_warning as tail_warning
-from refine_core.corpus.classify import Classification, classify, write_labels
-from refine_core.corpus.index import (
+from corpus.classify import Classification, classify, write_labels
+from corpus.index import (
     ANN_CANDIDATES,
     INDEX_FORMAT,
     SCORE_CHUNK,
@@ -47,14 +38,23 @@ from refine_core.corpus.index import (
     read_corpus,
     read_vectors,
 )
-from refine_core.corpus.query import (
+from corpus.query import (
     RECOMMENDED_LR,
     RECOMMENDED_ROCCHIO,
     RECOMMENDED_START,
     Refinement,
     refine_query,
 )
-from refine_core.corpus.search import SearchHit, SearchResult, search
+from corpus.search import SearchHit, SearchResult, search
+from refine_core.calibration import best_threshold_f1 as best_threshold_f1
+from refine_core.calibration import binary_metrics as binary_metrics
+from refine_core.calibration import choose_threshold as choose_threshold
+from refine_core.calibration import label_documents as label_documents
+from refine_core.calibration import positive_interval as positive_interval
+from refine_core.calibration import rank_bands as rank_bands
+from refine_core.calibration import stratified_estimate as stratified_estimate
+from refine_core.calibration import stratified_sample as stratified_sample
+from refine_core.calibration import tail_warning as tail_warning
 
 __all__ = [
     "ANN_CANDIDATES",

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from refine_core.judges.base import Judge, JudgeConfigError, JudgeIdentity, JudgeResponse, Judgment, Usage
+from judging.base import Judge, JudgeConfigError, JudgeIdentity, JudgeResponse, Judgment, Usage
 
 Scheme = Literal["pointwise", "listwise"]
 DEFAULT_CLAUDE_MODEL = "claude-haiku-4-5"

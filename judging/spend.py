@@ -24,8 +24,9 @@ from pathlib import Path
 from sqlalchemy import Column, Float, Integer, String, Table, Text, and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
-from refine_core.judges.base import Usage
-from refine_core.judges.ledger import METADATA, insert_new, open_engine
+from judging.base import Usage
+from judging.ledger import METADATA, insert_new, open_engine
+from judging.prices import estimate_cost
 
 spend_table = Table(
     "spend_accounts",
@@ -83,8 +84,6 @@ def estimate_call_cost(
     prices: dict[str, tuple[float, float]] | None = None,
 ) -> float:
     """High estimate of the USD of one judge call on ``documents`` for ``query`` (see the module)."""
-    from refine_core.judges.runner import estimate_cost
-
     chars = len(query) + len(instruction or "") + sum(len(d) for d in documents)
     return estimate_cost(model, estimate_usage(chars, len(documents)), prices)
 

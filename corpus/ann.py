@@ -20,6 +20,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def _faiss():
 class AnnIndex:
     """A FAISS index over unit document vectors (row ``i`` of the corpus is id ``i``)."""
 
-    def __init__(self, index: object, settings: AnnSettings) -> None:
+    def __init__(self, index: Any, settings: AnnSettings) -> None:  # a faiss index (faiss ships no types)
         self.index = index
         self.settings = settings
 

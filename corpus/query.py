@@ -1,6 +1,6 @@
 """The refinement loop on one query of an index: embed, judge the top ``k``, refine, repeat.
 
-Shared by :func:`refine_core.corpus.search` and :func:`refine_core.corpus.classify`.
+Shared by :func:`corpus.search` and :func:`corpus.classify`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refine_core.ann import exact_top
+from corpus.ann import exact_top
+from corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
+from embedders.models import SentenceTransformerEmbedder
+from judging.ledger import JudgmentLedger
+from judging.runner import JudgeRequest, RunReport, run_judge
 from refine_core.baselines import RocchioParams, rocchio_vectors
-from refine_core.corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
-from refine_core.embedders import SentenceTransformerEmbedder
-from refine_core.judges.ledger import JudgmentLedger
-from refine_core.judges.runner import JudgeRequest, RunReport, run_judge
 from refine_core.recommended import RECOMMENDED, positives
 from refine_core.refinement import RefineConfig, refine
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from refine_core.ann import AnnIndex, AnnSettings
-from refine_core.embedders import SentenceTransformerEmbedder
-from refine_core.embedding_cache import EmbeddingCache
+from corpus.ann import AnnIndex, AnnSettings
+from embedders.cache import EmbeddingCache
+from embedders.models import SentenceTransformerEmbedder
 
 INDEX_FORMAT = 1
 SCORE_CHUNK = 262_144  # documents scored per matrix product (bounds memory on large corpora)
@@ -256,8 +256,8 @@ def build_index(
 
 
 def check_vectors(vectors: np.ndarray, count: int, dimension: int, model: str) -> None:
-    """Vectors computed elsewhere fit the corpus and the model (:func:`refine_core.vector_files.check_vectors`)."""
-    from refine_core import vector_files
+    """Vectors computed elsewhere fit the corpus and the model (:func:`embedders.vector_files.check_vectors`)."""
+    from embedders import vector_files
 
     try:
         vector_files.check_vectors(vectors, count, dimension, model)
@@ -268,7 +268,7 @@ def check_vectors(vectors: np.ndarray, count: int, dimension: int, model: str) -
 def read_vectors(path: str | os.PathLike[str], ids: Sequence[str]) -> np.ndarray:
     """Document vectors from ``.npy`` (rows in corpus order; memory-mapped) or ``.parquet``
     (columns ``id`` and list ``vector``, matched to ``ids``)."""
-    from refine_core import vector_files
+    from embedders import vector_files
 
     try:
         return vector_files.read_vectors(path, ids, id_column="id")
@@ -282,7 +282,7 @@ def build_ann(index: CorpusIndex, settings: AnnSettings | None = None, *, sample
     document excluded from both lists). Returns the record kept in ``ann.json``."""
     import time
 
-    from refine_core.ann import recall_at
+    from corpus.ann import recall_at
 
     vectors = index.vectors()
     started = time.perf_counter()

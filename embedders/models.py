@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from refine_core.embedding_cache import EmbeddingCache, ProgressFn
+from embedders.cache import EmbeddingCache, ProgressFn
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"

@@ -19,33 +19,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from refine_core.judges.base import Judge, JudgeCrashed, JudgeResponse, Judgment, Usage, check_scores, truncate_document
-from refine_core.judges.breaker import CircuitBreaker, open_verdict
-from refine_core.judges.ledger import JudgmentLedger, doc_hash, query_hash
+from judging.base import Judge, JudgeCrashed, JudgeResponse, Judgment, Usage, check_scores, truncate_document
+from judging.breaker import CircuitBreaker, open_verdict
+from judging.ledger import JudgmentLedger, doc_hash, query_hash
+from judging.prices import DEFAULT_PRICES as DEFAULT_PRICES  # re-exported: judging's cost names
+from judging.prices import estimate_cost as estimate_cost
+from judging.spend import estimate_call_cost
 
 if TYPE_CHECKING:
-    from refine_core.judges.spend import SpendAccount
-
-# USD per million tokens: (input, output). Cache reads cost 0.1x input, cache writes 1.25x.
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "claude-haiku-4-5": (1.0, 5.0),
-    "claude-sonnet-4-5": (3.0, 15.0),
-    "claude-opus-4-1": (15.0, 75.0),
-}
-
-
-def estimate_cost(model: str, usage: Usage, prices: dict[str, tuple[float, float]] | None = None) -> float:
-    """Estimated USD of ``usage`` under the price table (0 for models not in it)."""
-    table = DEFAULT_PRICES if prices is None else prices
-    if model not in table:
-        return 0.0
-    p_in, p_out = table[model]
-    return (
-        usage.input_tokens * p_in
-        + usage.output_tokens * p_out
-        + usage.cache_read_tokens * p_in * 0.1
-        + usage.cache_write_tokens * p_in * 1.25
-    ) / 1e6
+    from judging.spend import SpendAccount
 
 
 @dataclass(frozen=True)
@@ -121,7 +103,7 @@ def run_judge(
     """Judge every document of every request, paying only for what the ledger lacks.
 
     Args:
-        judge: any :class:`~refine_core.judges.base.Judge`.
+        judge: any :class:`~judging.base.Judge`.
         requests: one per query.
         ledger: durable store consulted first and written after every call.
         concurrency: maximum calls in flight.
@@ -130,14 +112,14 @@ def run_judge(
         max_document_chars: documents are cut to this length before they reach the judge
             (the count is reported); their identity in the ledger is the full text.
         progress: called with (calls done, calls planned).
-        account: a :class:`~refine_core.judges.spend.SpendAccount` shared by the whole run
+        account: a :class:`~judging.spend.SpendAccount` shared by the whole run
             (every cell, round and process): each call reserves its documents and estimated
             cost there before it is sent and settles after; a refused call is not sent.
         claim_ttl: with a ledger, each call first claims its pairs there; a pair another process
             has claimed is not sent but waited for (its answer is read from the ledger), unless
             that claim is older than this many seconds (its process may be gone).
         claim_poll_s: how often to look for the answers of pairs another process is judging.
-        breaker: the run's :class:`~refine_core.judges.breaker.CircuitBreaker` (default a new
+        breaker: the run's :class:`~judging.breaker.CircuitBreaker` (default a new
             one): once it opens no call is sent, here or, through ``account``, in any later cell
             of the run. With ``account``, pairs that failed earlier in the run are not asked again.
 
@@ -236,8 +218,6 @@ def run_judge(
     def reserve(i: int, positions: list[int]) -> bool:
         if account is None:
             return True
-        from refine_core.judges.spend import estimate_call_cost
-
         request = requests[i]
         estimate = estimate_call_cost(
             judge.identity.model,
