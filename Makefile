@@ -56,6 +56,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+## The documentation site from docs/ (mkdocs.yml; strict: a broken link fails) into build/site.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --quiet
+
 bench: $(STAMP)
 	$(PY) benchmarks/refine_speed.py
 	$(PY) benchmarks/score_speed.py

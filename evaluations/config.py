@@ -260,7 +260,7 @@ def check_runner(value: str) -> str:
 
 
 ExtraMethod = Literal["recommended", "rocchio_kl"]
-"""A method a sweep can add beside baseline, rerank-only, Rocchio and refined (README, Results)."""
+"""A method a sweep can add beside baseline, rerank-only, Rocchio and refined (docs/findings.md)."""
 
 
 class SweepConfig(_Strict):

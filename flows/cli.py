@@ -188,7 +188,7 @@ def datasets_list(
             str(row["description"]),
         )
     console.print(table)
-    console.print("Also: " + ", ".join(f"{k}:<folder>" for k in PARAMETRIC) + "  (see README: Datasets)")
+    console.print("Also: " + ", ".join(f"{k}:<folder>" for k in PARAMETRIC) + "  (see docs/datasets.md)")
 
 
 @datasets_app.command("show")

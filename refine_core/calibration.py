@@ -127,7 +127,7 @@ def tail_warning(strata: list[tuple[int, int, int]], estimate: float, *, share: 
     refined ranking (the two deepest bands, or the only one) holds few true positives, so what the
     judge accepts there is mostly its false positives; at that rate over every band sampled from,
     a judge that accepts one negative in five adds about a fifth of the corpus to the estimate
-    (measured in the README: counts 14–32 times too high). With a correct judge the bottom's sample
+    (measured in docs/corpus.md: counts 14–32 times too high). With a correct judge the bottom's sample
     is almost always empty and nothing is said.
     """
     if not strata or estimate <= 0:

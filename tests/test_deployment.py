@@ -191,6 +191,12 @@ def test_one_constraints_file_for_the_makefile_ci_and_the_image() -> None:
     assert "COPY constraints.txt" in docker and docker.count("-c constraints.txt") >= 2
     # dependencies are installed before the code is copied (a code change keeps the dependency layers)
     assert docker.index('".[team]"') < docker.index("COPY refine_core")
+    # every package the project installs is in the image
+    import tomllib
+
+    included = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in (p.rstrip("*") for p in included):
+        assert f"COPY {package} ./{package}" in docker, package
 
 
 def test_compose_and_the_rehearsal_describe_the_same_stack(compose: dict) -> None:

@@ -94,3 +94,35 @@ def test_the_readme_sweep_config_parses_and_its_benchmarks_load_as_written(data_
             assert bench.n_documents == spec.max_documents
         if spec.queries:
             assert bench.n_queries == spec.queries
+
+
+def test_every_sweep_config_in_the_docs_parses() -> None:
+    """Each complete sweep config written in the README or a docs page (a yaml block with a name
+    and benchmarks) is valid as written."""
+    import re
+
+    import yaml
+
+    from evaluations.config import parse_config
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = 0
+    for page in pages:
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S):
+            raw = yaml.safe_load(block)
+            if isinstance(raw, dict) and {"name", "benchmarks"} <= set(raw):
+                parse_config(raw, source=str(page.relative_to(ROOT)))
+                found += 1
+    assert found >= 1
+
+
+def test_the_readmes_links_reach_files() -> None:
+    """The README is read on its own (the docs site checks the pages' links): every relative link
+    in it names a file of the checkout."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    targets = [t for t in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme) if "://" not in t]
+    assert targets, "the README links to its docs pages"
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing, missing
