@@ -48,13 +48,16 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m mypy
 
-## The full test suite (set REFINE_DATA_DIR to the raw datasets to run the data-backed tests).
+## The full test suite (set REFINE_DATA_DIR to the raw datasets to run the data-backed tests), in
+## TEST_WORKERS processes: most of the slow tests wait on servers and subprocesses, so three
+## processes keep two cores busy (one file per process at a time: its module fixtures run once).
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-## Everything but the slow tests.
+## The fast tier for whoever changes the code: no server, no model, no browser (tests/conftest.py).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m "not slow and not integration and not model" $(PYTEST_ARGS)
 
 ## The documentation site from docs/ (mkdocs.yml; strict: a broken link fails) into build/site.
 docs: $(STAMP)

@@ -74,13 +74,13 @@ def first_feedback(q, d, pool, k: int) -> np.ndarray:
 def load_data(names: tuple[str, ...], started: float | None = None) -> tuple[dict, dict]:
     """Each benchmark's embedded queries and documents, labels, pool, mean document tokens and
     texts (``data``), and the benchmark objects beside the arrays (``raw``)."""
-    from tasks.storage import state_dir
+    from tasks.storage import embedding_cache_dir
 
     started = time.perf_counter() if started is None else started
     data, raw = {}, {}
     for name in names:
         bench = load_benchmark(name)
-        q, d = embed(bench, state_dir() / "embeddings")
+        q, d = embed(bench, embedding_cache_dir())
         labels, pool = bench.label_matrix()
         doc_tokens = int(np.mean([len(t) for t in bench.document_texts()]) / 4)
         data[name] = (q, d, labels, pool, doc_tokens, (bench.query_texts(), bench.document_texts()))

@@ -207,10 +207,10 @@ def section_template(raw: dict) -> dict:
     """Baseline MAP with the paper's query template and with the bare query (MiniLM is not instruction-tuned)."""
     from embedders.cache import EmbeddingCache
     from embedders.models import SentenceTransformerEmbedder
-    from tasks.storage import state_dir
+    from tasks.storage import embedding_cache_dir
 
     embedder = SentenceTransformerEmbedder(MODEL, threads=2)
-    cache = EmbeddingCache(state_dir() / "embeddings")
+    cache = EmbeddingCache(embedding_cache_dir())
     out = {}
     for name, (bench, q, d, labels, pool) in raw.items():
         bare = embedder.embed_queries(bench.query_texts(), instruction=None, cache=cache)

@@ -161,12 +161,12 @@ def unseen_data(names: tuple[str, ...]) -> dict:
     from benchmarks.unseen import DATASETS as FROM_UNSEEN
     from benchmarks.unseen import unseen_benchmark
     from evaluations.registry import SPARSE_SEED, data_dir, load_benchmark
-    from tasks.storage import state_dir
+    from tasks.storage import embedding_cache_dir
 
     data = {}
     for name in names:
         dense = unseen_benchmark(name, data_dir()) if name in FROM_UNSEEN else load_benchmark(name)
-        q, d = embed(dense, state_dir() / "embeddings")
+        q, d = embed(dense, embedding_cache_dir())
         for bench in (dense, dense.sparse(seed=SPARSE_SEED)):
             labels, pool = bench.label_matrix()
             data[bench.name] = (q, d, labels, pool, 0, (bench.query_texts(), bench.document_texts()))

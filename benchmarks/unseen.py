@@ -134,12 +134,12 @@ def compare(ap: dict[str, dict[int, np.ndarray]]) -> dict:
 
 def run(names: tuple[str, ...], root: Path) -> dict:
     from benchmarks.harness import embed, judge_of
-    from tasks.storage import state_dir
+    from tasks.storage import embedding_cache_dir
 
     out: dict = {}
     for name in names:
         bench = unseen_benchmark(name, root)
-        q, d = embed(bench, state_dir() / "embeddings")
+        q, d = embed(bench, embedding_cache_dir())
         labels, pool = bench.label_matrix()
         texts = (bench.query_texts(), bench.document_texts())
         print(f"{name}: {q.shape[0]} queries x {d.shape[0]} documents", flush=True)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from flows.console import console, err_console, fail
 from flows.console import user_errors as _user_errors
-from tasks.storage import state_dir
+from tasks.storage import embedding_cache_dir, state_dir
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="LLM-guided test-time query refinement: evaluate and use it."
@@ -261,7 +261,7 @@ def demo(
             raise ValueError(f"--flip-rate must be in [0, 1], got {flip_rate}")
         benchmark = load_benchmark(dataset, queries=queries)
         embedder = SentenceTransformerEmbedder(model, threads=threads)
-        cache = EmbeddingCache(state_dir() / "embeddings")
+        cache = EmbeddingCache(embedding_cache_dir())
         t0 = time.perf_counter()
         with console.status(f"embedding {benchmark.n_documents} documents with {embedder.model_id} ..."):
             docs = embedder.embed_documents(benchmark.document_texts(), cache=cache)
@@ -317,7 +317,7 @@ def demo(
         )
     console.print(table)
     console.print(
-        f"embedding {t_embed:.1f} s (cache: {state_dir() / 'embeddings'}), judging + refinement + "
+        f"embedding {t_embed:.1f} s (cache: {embedding_cache_dir()}), judging + refinement + "
         f"scoring {t_eval:.1f} s; {int(outcome.judge_mask.sum())} judgments"
     )
     if as_json:
@@ -770,6 +770,7 @@ SHARED_SETTINGS = (
     "REFINE_DATA_DIR",
     "REFINE_LEDGER_URL",
     "REFINE_LEDGER_PASSWORD_FILE",
+    "REFINE_EMBEDDING_CACHE",
     "MLFLOW_TRACKING_URI",
     "REFINE_MLFLOW_UI_URL",
     "HF_HUB_OFFLINE",

@@ -38,7 +38,7 @@ from refine_core.baselines import RocchioParams
 from refine_core.refinement import RefineConfig
 from tasks.core import CACHE_EXPIRATION, corpus_chunks, embedder_for, task_key
 from tasks.judging import build_judge
-from tasks.storage import digest, ledger_url, save_array, state_dir
+from tasks.storage import digest, embedding_cache_dir, ledger_url, save_array, state_dir
 
 
 # ---- index ------------------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def _texts_chunk_key(context, parameters) -> str:
 def embed_texts_chunk_task(table: str, documents: str, model: str, start: int, stop: int) -> int:
     """Embed rows ``start:stop`` of a documents table into the embedding cache; returns the count."""
     texts = pl.scan_parquet(table).slice(start, stop - start).select("text").collect()["text"].to_list()
-    embedder_for(model).embed_documents(texts, cache=EmbeddingCache(state_dir() / "embeddings"))
+    embedder_for(model).embed_documents(texts, cache=EmbeddingCache(embedding_cache_dir()))
     return len(texts)
 
 
@@ -96,7 +96,7 @@ def index_corpus_flow(
         ids=ids,
         folder=state_dir() / "indexes" / (name or Path(corpus).stem),
         embedder=embedder_for(model),
-        cache=EmbeddingCache(state_dir() / "embeddings"),
+        cache=EmbeddingCache(embedding_cache_dir()),
         chunk_size=chunk_size,
     )
     return {
@@ -232,7 +232,7 @@ def _benchmark_index(bench, model: str) -> CorpusIndex:
         ids=bench.documents["doc_id"].to_list(),
         folder=folder,
         embedder=embedder,
-        cache=EmbeddingCache(state_dir() / "embeddings"),
+        cache=EmbeddingCache(embedding_cache_dir()),
     )
 
 

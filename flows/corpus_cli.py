@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         from corpus import build_index, read_corpus, read_vectors
         from embedders.cache import EmbeddingCache
         from embedders.models import SentenceTransformerEmbedder
-        from tasks.storage import state_dir, torch_threads
+        from tasks.storage import embedding_cache_dir, state_dir, torch_threads
 
         started = time.perf_counter()
         try:
@@ -212,7 +212,7 @@ def register(app: typer.Typer) -> None:
                 ids=ids,
                 folder=folder,
                 embedder=embedder,
-                cache=EmbeddingCache(state_dir() / "embeddings"),
+                cache=EmbeddingCache(embedding_cache_dir()),
                 chunk_size=chunk_size,
                 progress=lambda done, total: console.print(
                     f"{'copied' if given is not None else 'embedded'} {done}/{total}", highlight=False

@@ -47,6 +47,7 @@ from tasks.judging import answers_fingerprint, build_judge
 from tasks.storage import (
     code_version,
     digest,
+    embedding_cache_dir,
     ledger_url,
     load_array,
     load_arrays,
@@ -172,7 +173,7 @@ def embed_corpus_chunk_task(bench: BenchmarkRef, model: str, start: int, stop: i
     texts = bench.load().document_texts()[start:stop]
     vectors = embedder.embed_documents(
         texts,
-        cache=EmbeddingCache(state_dir() / "embeddings"),
+        cache=EmbeddingCache(embedding_cache_dir()),
         progress=progress.callback(f"embedding {bench.name} documents {start}-{stop}"),
     )
     name = digest("docs-chunk", bench.documents_hash, embedder.cache_key, start, stop)
@@ -240,7 +241,7 @@ def embed_queries_task(bench: BenchmarkRef, model: str, query_template: str | No
     vectors = embedder.embed_queries(
         bench.load().query_texts(),
         instruction=bench.embed_instruction,
-        cache=EmbeddingCache(state_dir() / "embeddings"),
+        cache=EmbeddingCache(embedding_cache_dir()),
         progress=progress.callback(f"embedding {bench.name} queries"),
     )
     name = digest("queries", bench.hash, embedder.cache_key, embedder.query_template)
@@ -532,7 +533,7 @@ def embed_hyde_task(
     vectors = embedder.embed_queries(
         [t if t is not None else q for t, q in zip(texts, queries)],
         instruction=bench.embed_instruction,
-        cache=EmbeddingCache(state_dir() / "embeddings"),
+        cache=EmbeddingCache(embedding_cache_dir()),
     )
     name = digest("hyde-vectors", passages.digest, embedder.cache_key, embedder.query_template)
     return ArrayRef(save_array(f"hyde-{name}", vectors), name, time.perf_counter() - start)

@@ -4,7 +4,7 @@ Everything lives under the state directory (``$REFINE_HOME``, default ``./.refin
 
     .refine/arrays/        task outputs (.npy / .npz / parquet), content-addressed names
     .refine/benchmarks/    benchmark tables as parquet, one folder per content hash
-    .refine/embeddings/    the embedding cache
+    .refine/embeddings/    the embedding cache (or $REFINE_EMBEDDING_CACHE, e.g. one folder for many homes)
     .refine/judgments.sqlite  the judgment ledger (or $REFINE_LEDGER_URL)
     .refine/prefect/       Prefect home, database and persisted task results
     .refine/mlflow.db, .refine/mlartifacts/   MLflow tracking store and artifacts
@@ -27,6 +27,15 @@ import numpy as np
 
 def state_dir() -> Path:
     return Path(os.environ.get("REFINE_HOME") or Path.cwd() / ".refine").resolve()
+
+
+def embedding_cache_dir() -> Path:
+    """The embedding cache: ``$REFINE_EMBEDDING_CACHE``, else ``embeddings/`` in the state folder.
+
+    Embeddings depend only on the model and the exact text, so one cache can serve many state
+    folders (a team's homes, every test of a session) and a corpus is embedded once for all."""
+    configured = os.environ.get("REFINE_EMBEDDING_CACHE")
+    return Path(configured).resolve() if configured else state_dir() / "embeddings"
 
 
 def torch_threads() -> int:

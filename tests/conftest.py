@@ -56,6 +56,21 @@ def platform(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
             os.environ[k] = v
 
 
+# --- The fast tier ---------------------------------------------------------------------------
+# `make test-fast` runs what needs no server, no model and no browser: `-m "not slow and not
+# integration and not model"`. Tests that take the Prefect harness (`platform`) are integration
+# tests and tests that take the embedding model (`minilm`) are model tests, whatever their own
+# marks say, so a new test is placed by what it uses.
+_TIER_OF_FIXTURE = {"platform": "integration", "minilm": "model"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in _TIER_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
 # --- In CI a skip is a failure -----------------------------------------------------------------
 # CI (CI=true) has the datasets, the Compose schema, Chromium and Linux: a test that would skip
 # there means something is missing, and a green run with untested parts would be a false claim.

@@ -83,6 +83,7 @@ def test_search_through_an_ann_index_equals_brute_force_with_flat(data_root: Pat
     assert served.as_dict()["ann"]["candidates"] >= 1000 and "ann" not in brute.as_dict()
 
 
+@pytest.mark.integration
 @pytest.mark.data
 def test_cli_index_builds_the_ann_it_is_asked_for_and_names_a_bad_kind(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -68,6 +68,7 @@ def test_missing_files_exit_2_and_say_where(tmp_path: Path) -> None:
     assert str(tmp_path / "empty" / "banking77") in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.model
 def test_demo_runs_end_to_end_on_a_user_dataset(tmp_path: Path) -> None:
     res = run(["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--k", "5", "--lr", "0.01", "--json"], tmp_path)
     assert res.returncode == 0, res.stderr

@@ -347,6 +347,7 @@ def test_bad_requests_name_the_problem(corpus, index: CorpusIndex, minilm, tmp_p
 
 
 # ---- the CLI with the real anthropic SDK against the fake Messages API ------------------------------
+@pytest.mark.integration
 def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.cli import app
 

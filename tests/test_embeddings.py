@@ -113,3 +113,17 @@ def test_fingerprint_changes_with_the_weights(tmp_path: Path) -> None:
     cfg = copy / "config.json"
     cfg.write_text(cfg.read_text() + "\n")
     assert SentenceTransformerEmbedder(str(copy)).fingerprint != a
+
+
+def test_the_embedding_cache_is_in_the_home_unless_one_is_named(tmp_path, monkeypatch) -> None:
+    """``REFINE_EMBEDDING_CACHE`` names one cache for many homes (and deployments pass it on);
+    without it the cache is the home's ``embeddings/``."""
+    from flows.cli import SHARED_SETTINGS
+    from tasks.storage import embedding_cache_dir
+
+    monkeypatch.setenv("REFINE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("REFINE_EMBEDDING_CACHE", raising=False)
+    assert embedding_cache_dir() == (tmp_path / "home" / "embeddings").resolve()
+    monkeypatch.setenv("REFINE_EMBEDDING_CACHE", str(tmp_path / "team-cache"))
+    assert embedding_cache_dir() == (tmp_path / "team-cache").resolve()
+    assert "REFINE_EMBEDDING_CACHE" in SHARED_SETTINGS

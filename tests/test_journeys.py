@@ -27,6 +27,8 @@ from fakes.anthropic_server import FakeAnthropic, FaultPlan
 from servers import BIN, PrefectAPI, base_env, free_port, prefect_server, process, wait_for
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.integration  # every journey runs real servers or the refine command
+
 SENTINEL_KEY = "sk-ant-SENTINEL-journeys-0c4d"
 USERDATA = FIXTURES / "userdata"
 

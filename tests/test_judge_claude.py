@@ -223,6 +223,7 @@ def test_budget_stops_cleanly_and_keeps_what_was_paid(server: FakeAnthropic, tmp
     assert {v.error for row in report.judgments for v in row if not v.ok} == {"BudgetExceeded"}
 
 
+@pytest.mark.integration
 def test_killing_the_process_mid_run_loses_no_completed_judgment(server: FakeAnthropic, tmp_path: Path) -> None:
     server.latency = 0.05
     db = tmp_path / "ledger.sqlite"

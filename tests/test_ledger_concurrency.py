@@ -19,6 +19,8 @@ import pytest
 from fakes.anthropic_server import FakeAnthropic
 from servers import postgres_server
 
+pytestmark = pytest.mark.integration  # processes racing on a ledger, and a PostgreSQL server
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-test-ledger-race-0000"
 

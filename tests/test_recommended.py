@@ -201,7 +201,7 @@ def test_the_safe_default_benchmark_cross_fits_the_choice_and_counts_losses(safe
     cell = {"queries": n, "relevant_per_query": 1.0, "map": {m: float(np.mean(v)) for m, v in crossed.items()}}
     cell["tests"] = tests
     result = {"toy": {"oracle": dict(cell, relevant_per_query=5.0)}, "toy-sparse": {"0.8 sym": cell}}
-    from beyond import adjust_tests
+    from benchmarks.beyond import adjust_tests
 
     adjust_tests([c for per in result.values() for c in per.values()])
     text = "\n".join(safe.render_safe(result))

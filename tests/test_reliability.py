@@ -135,6 +135,7 @@ def json_text(body: dict) -> str:
     return json.dumps(body)
 
 
+@pytest.mark.integration
 def test_unreachable_tracking_uri_is_a_one_line_error(tmp_path: Path, data_root: Path) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text("name: x\nbenchmarks: [{name: clinc150, queries: 2}]\n")
