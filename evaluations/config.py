@@ -29,6 +29,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluations.errors import DatasetError
+from refine_core.baselines import RocchioParams
+from refine_core.refinement import PAPER, RefineConfig
+
+# The defaults of a cell are the library's, written once: the paper's refinement and SMART's
+# Rocchio weights (refine_core.refinement.PAPER, refine_core.baselines.RocchioParams).
+SMART = RocchioParams()
 
 
 class ConfigError(ValueError):
@@ -172,18 +178,18 @@ def _positive_list(name: str):
 
 
 class Grid(_Strict):
-    lr: list[float] = [1e-4]
-    steps: list[int] = [100]
+    lr: list[float] = [PAPER.lr]
+    steps: list[int] = [PAPER.steps]
     k: list[int] = [20]
-    score_temperature: list[float] = [1.0]
-    similarity_temperature: list[float] = [1.0]
+    score_temperature: list[float] = [PAPER.score_temperature]
+    similarity_temperature: list[float] = [PAPER.similarity_temperature]
     rounds: list[int] = [1]
-    optimizer: list[Literal["adam", "sgd"]] = ["adam"]
-    normalize: list[Literal["none", "minmax"]] = ["none"]
-    pull: list[float] = [0.0]
+    optimizer: list[Literal["adam", "sgd"]] = [PAPER.optimizer]
+    normalize: list[Literal["none", "minmax"]] = [PAPER.normalize]
+    pull: list[float] = [PAPER.pull]
     # Rocchio's weights (SMART defaults) for the `rocchio` method and the start of `rocchio_kl`
-    rocchio_beta: list[float] = [0.75]
-    rocchio_gamma: list[float] = [0.15]
+    rocchio_beta: list[float] = [SMART.beta]
+    rocchio_gamma: list[float] = [SMART.gamma]
 
     @field_validator("rocchio_beta", "rocchio_gamma")
     @classmethod
@@ -366,17 +372,17 @@ class CellSpec(_Strict):
     benchmark: BenchmarkSpec
     model: str
     judge: JudgeSpec
-    lr: float = 1e-4
-    steps: int = 100
+    lr: float = PAPER.lr
+    steps: int = PAPER.steps
     k: int = 20
-    score_temperature: float = 1.0
-    similarity_temperature: float = 1.0
+    score_temperature: float = PAPER.score_temperature
+    similarity_temperature: float = PAPER.similarity_temperature
     rounds: int = 1
-    optimizer: Literal["adam", "sgd"] = "adam"
-    normalize: Literal["none", "minmax"] = "none"
-    pull: float = 0.0
-    rocchio_beta: float = 0.75
-    rocchio_gamma: float = 0.15
+    optimizer: Literal["adam", "sgd"] = PAPER.optimizer
+    normalize: Literal["none", "minmax"] = PAPER.normalize
+    pull: float = PAPER.pull
+    rocchio_beta: float = SMART.beta
+    rocchio_gamma: float = SMART.gamma
     hyde: HydeSpec | None = None
     query_template: str | None = None
     methods: list[ExtraMethod] = []
@@ -399,7 +405,24 @@ class CellSpec(_Strict):
     @property
     def smart_rocchio(self) -> bool:
         """Rocchio's weights are the SMART defaults (the evaluation computes that Rocchio itself)."""
-        return (self.rocchio_beta, self.rocchio_gamma) == (0.75, 0.15)
+        return (self.rocchio_beta, self.rocchio_gamma) == (SMART.beta, SMART.gamma)
+
+    def refine_settings(self) -> dict[str, Any]:
+        """The cell's refinement hyperparameters, as the refinement tasks take them (a mapping
+        that caches well) — :meth:`refine_config` is the same as the library's object."""
+        return {
+            "lr": self.lr,
+            "steps": self.steps,
+            "optimizer": self.optimizer,
+            "score_temperature": self.score_temperature,
+            "similarity_temperature": self.similarity_temperature,
+            "normalize": self.normalize,
+            "pull": self.pull,
+        }
+
+    def refine_config(self) -> RefineConfig:
+        """The cell's refinement as :class:`refine_core.refinement.RefineConfig`."""
+        return RefineConfig(**self.refine_settings())
 
 
 def default_config() -> SweepConfig:

@@ -316,15 +316,7 @@ def evaluate_cell(
         judge_cached: list[bool] = []
         refined: list[ArrayRef] = []
         current = queries
-        config = {
-            "lr": cell.lr,
-            "steps": cell.steps,
-            "optimizer": cell.optimizer,
-            "score_temperature": cell.score_temperature,
-            "similarity_temperature": cell.similarity_temperature,
-            "normalize": cell.normalize,
-            "pull": cell.pull,
-        }
+        config = cell.refine_settings()
         for _ in range(cell.rounds):
             t = time.perf_counter()
             fb = select_feedback(bench, current, docs, cell.k, list(feedback), execution)

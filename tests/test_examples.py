@@ -126,3 +126,19 @@ def test_the_readmes_links_reach_files() -> None:
     assert targets, "the README links to its docs pages"
     missing = [t for t in targets if not (ROOT / t).exists()]
     assert not missing, missing
+
+
+def test_a_cells_defaults_are_the_librarys() -> None:
+    """A cell with nothing set refines as the library's paper setup and weighs Rocchio as SMART;
+    the grid's defaults are the same values (each written once, in refine_core)."""
+    from evaluations.config import BenchmarkSpec, CellSpec, Grid, JudgeSpec
+    from refine_core.baselines import RocchioParams
+    from refine_core.refinement import PAPER, RefineConfig
+
+    cell = CellSpec(benchmark=BenchmarkSpec(name="clinc150"), model="m", judge=JudgeSpec(kind="oracle"))
+    assert cell.refine_config() == PAPER and cell.smart_rocchio
+    assert (cell.rocchio_beta, cell.rocchio_gamma) == (RocchioParams().beta, RocchioParams().gamma)
+    grid = Grid()
+    assert [grid.lr, grid.steps, grid.pull] == [[PAPER.lr], [PAPER.steps], [PAPER.pull]]
+    moved = CellSpec(**{**cell.model_dump(), "lr": 3e-4, "pull": 0.1, "normalize": "minmax"})
+    assert moved.refine_config() == RefineConfig(lr=3e-4, pull=0.1, normalize="minmax")
