@@ -59,7 +59,10 @@ def read_corpus(
     except CorpusError:
         raise
     except Exception as exc:
-        raise CorpusError(f"corpus {p}: cannot be read as {suffix[1:]} ({str(exc).splitlines()[0][:200]})") from None
+        where = _bad_jsonl_line(p, id_column, text_column) if suffix in (".jsonl", ".ndjson") else None
+        raise CorpusError(
+            where or f"corpus {p}: cannot be read as {suffix[1:]} ({str(exc).splitlines()[0][:200]})"
+        ) from None
     if frame.height == 0:
         raise CorpusError(f"corpus {p} is empty: it has no documents")
     for column in (id_column, text_column):
@@ -68,6 +71,30 @@ def read_corpus(
     ids = [None if v is None else str(v) for v in frame[id_column].to_list()]
     texts = [None if v is None else str(v) for v in frame[text_column].to_list()]
     return check_corpus(ids, texts, source=str(p), id_column=id_column, text_column=text_column)
+
+
+def _bad_jsonl_line(path: Path, id_column: str, text_column: str) -> str | None:
+    """The first line of a JSON-lines corpus that is not one JSON object, as an error message
+    that says what each line must hold; None when every line parses (the reader failed otherwise)."""
+    import json
+
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problem = f"not valid JSON ({exc.msg} at character {exc.pos})"
+            else:
+                if isinstance(value, dict):
+                    continue
+                problem = f"a JSON {type(value).__name__}, not an object"
+            return (
+                f"corpus {path}: line {number}: {problem}; each line must be one JSON object with "
+                f"{id_column!r} and {text_column!r} fields (--id-column / --text-column name others)"
+            )
+    return None
 
 
 def check_corpus(

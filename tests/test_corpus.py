@@ -506,3 +506,24 @@ def test_the_commands_say_which_refinement_ran() -> None:
         describe_refinement({"start": "query", "lr": 1e-4, "pull": 0.0, "verdicts_first": True})
         == "the paper's refinement, lr 0.0001, judged-relevant documents first"
     )
+
+
+@pytest.mark.parametrize(
+    "lines,problem",
+    [
+        ('{"id": "1", "text": "a"}\n{"id": "2", "text": "b"}\n{"id": "3", "text": \n', "line 3: not valid JSON"),
+        ('{"id": "1", "text": "a"}\n\n["x"]\n', "line 3: a JSON list, not an object"),
+    ],
+)
+def test_a_bad_jsonl_line_is_named_with_what_a_line_must_hold(tmp_path: Path, lines: str, problem: str) -> None:
+    """`refine index` on a JSON-lines corpus with a broken line says which line and what each line
+    must be (it said "ExpectedNull at character 0", with no line)."""
+    from corpus.index import CorpusError, read_corpus
+
+    path = tmp_path / "tickets.jsonl"
+    path.write_text(lines)
+    with pytest.raises(CorpusError) as caught:
+        read_corpus(path, id_column="id", text_column="text")
+    message = str(caught.value)
+    assert problem in message and str(path) in message
+    assert "'id' and 'text'" in message and "--id-column" in message
