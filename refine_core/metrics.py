@@ -42,7 +42,6 @@ from refine_core.cosine import unit_documents as unit_documents
 from refine_core.measures import DEFAULT_KS as DEFAULT_KS  # re-exported: the cut-offs every caller defaults to
 from refine_core.measures import ranking_measures
 from refine_core.qrels import Qrels, as_qrels
-from refine_core.shards import count_shard, measures, relevant_specials
 
 if TYPE_CHECKING:
     import polars as pl
@@ -165,6 +164,8 @@ def rank_metrics(scores: np.ndarray, qrels: Qrels, ks: tuple[int, ...] = DEFAULT
     each query's pool columns of ``scores`` are read (the rest may hold anything, e.g. -inf).
     This is the one-shard case of :mod:`refine_core.shards`.
     """
+    from refine_core.shards import count_shard, measures, relevant_specials  # numba: loaded when first scored
+
     s = _check_scores(scores, qrels.n_queries)
     if s.shape[1] != qrels.n_documents:
         raise ValueError(f"scores has {s.shape[1]} columns for {qrels.n_documents} documents of labels")
