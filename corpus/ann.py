@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from refine_core.cosine import cosine_one
+
 ANN_KINDS = ("flat", "ivf", "hnsw")
 
 
@@ -132,9 +134,7 @@ def exact_top(
     cand = np.unique(candidates[candidates >= 0])
     if exclude is not None and exclude.size:
         cand = cand[~np.isin(cand, exclude)]
-    q = np.asarray(query, dtype=np.float32)
-    q = q / max(float(np.linalg.norm(q)), 1e-30)
-    scores = np.asarray(vectors[cand], dtype=np.float32) @ q
+    scores = cosine_one(vectors[cand], query)
     order = np.lexsort((cand, -scores))[:k]
     return cand[order], scores[order]
 

@@ -22,6 +22,7 @@ import numpy as np
 from corpus.ann import AnnIndex, AnnSettings
 from embedders.cache import EmbeddingCache
 from embedders.models import SentenceTransformerEmbedder
+from refine_core.cosine import cosine_one
 
 INDEX_FORMAT = 1
 SCORE_CHUNK = 262_144  # documents scored per matrix product (bounds memory on large corpora)
@@ -338,10 +339,6 @@ ANN_CANDIDATES = 1000
 
 
 def corpus_scores(vectors: np.ndarray, query: np.ndarray, *, chunk: int = SCORE_CHUNK) -> np.ndarray:
-    """Cosine similarity of one query vector with every (unit-norm) document, chunk by chunk."""
-    q = np.asarray(query, dtype=np.float32)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
-    out = np.empty(vectors.shape[0], dtype=np.float32)
-    for start in range(0, vectors.shape[0], chunk):
-        out[start : start + chunk] = np.asarray(vectors[start : start + chunk]) @ q
-    return out
+    """Cosine similarity of one query vector with every (unit-norm) document, chunk by chunk
+    (:func:`refine_core.cosine.cosine_one` on the index's memory-mapped vectors)."""
+    return cosine_one(vectors, query, chunk=chunk)

@@ -5,6 +5,7 @@ Shared by :func:`corpus.search` and :func:`corpus.classify`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,9 +15,12 @@ from corpus.index import ANN_CANDIDATES, CorpusError, CorpusIndex, corpus_scores
 from embedders.models import SentenceTransformerEmbedder
 from judging.ledger import JudgmentLedger
 from judging.runner import JudgeRequest, RunReport, run_judge
-from refine_core.baselines import RocchioParams, rocchio_vectors
+from refine_core.baselines import RocchioParams
+from refine_core.feedback import top_k_indices
 from refine_core.recommended import RECOMMENDED, positives
 from refine_core.refinement import RefineConfig, refine
+from refine_core.rocchio_kl import rocchio_kl
+from refine_core.rounds import run_rounds
 
 STARTS = ("query", "rocchio")
 """Where each round's refinement starts: the current vector (the paper) or the Rocchio vector."""
@@ -184,45 +188,37 @@ def refine_query(
     vectors = index.vectors()
     _, texts = index.documents()
     original = embedder.embed_queries([query], instruction=instruction)[0]
-    current = original.copy()
-    judged_idx = np.empty(0, dtype=np.int64)
-    judged_scores = np.empty(0, dtype=np.float32)
     report = RunReport(judgments=[])
     ann = index.ann() if use_ann else None
-    for _ in range(rounds):
+
+    def select(current: np.ndarray, earlier: Sequence[np.ndarray]) -> np.ndarray:
+        judged = np.concatenate(earlier) if earlier else np.empty(0, dtype=np.int64)
         if ann is not None:  # ANN candidates, exact cosine on them
-            cands, _ = ann[0].search(current, max(ANN_CANDIDATES, 10 * k + judged_idx.size))
-            top, _ = exact_top(vectors, current, cands[0], k, exclude=judged_idx)
-        else:
-            sims = corpus_scores(vectors, current)
-            sims[judged_idx] = -np.inf
-            top = np.argpartition(-sims, k - 1)[:k]
-            top = top[np.argsort(-sims[top], kind="stable")]
-        scores = judge_rows(judge, query, top, texts, judge_instruction or instruction, ledger, concurrency, report)
-        judged_idx = np.concatenate([judged_idx, top])
-        judged_scores = np.concatenate([judged_scores, scores])
+            cands, _ = ann[0].search(current, max(ANN_CANDIDATES, 10 * k + judged.size))
+            return exact_top(vectors, current, cands[0], k, exclude=judged)[0]
+        sims = corpus_scores(vectors, current)
+        sims[judged] = -np.inf
+        return top_k_indices(sims[None, :], k)[0]
+
+    def judge_top(top: np.ndarray) -> np.ndarray:
+        return judge_rows(judge, query, top, texts, judge_instruction or instruction, ledger, concurrency, report)
+
+    def update(current: np.ndarray, chosen: Sequence[np.ndarray], verdicts: Sequence[np.ndarray]) -> np.ndarray:
+        judged_idx, judged_scores = np.concatenate(chosen), np.concatenate(verdicts)
         ok = np.isfinite(judged_scores)
         found = int(positives(judged_scores, ok, RECOMMENDED.threshold).sum())
         if ok.sum() < 2 or not optimise or found < min_positives or found < min_share * ok.sum():
-            continue  # nothing to learn from (or asked not to): keep the current vector
-        origin = current
+            return current  # nothing to learn from (or asked not to): keep the current vector
+        one = (judged_idx[None, :], np.nan_to_num(judged_scores)[None, :], ok[None, :])
         if start == "rocchio":
-            origin = rocchio_vectors(
-                original[None, :],
-                np.asarray(vectors[judged_idx])[None, :, :],
-                np.nan_to_num(judged_scores)[None, :],
-                ok[None, :],
-                rocchio,
-            )[0]
-        result = refine(
-            origin[None, :],
-            judged_idx[None, :],
-            np.nan_to_num(judged_scores)[None, :],
-            mask=ok[None, :],
-            documents=np.asarray(vectors),
-            config=config,
-        )
-        current = result.vectors[0]
+            _, result = rocchio_kl(original[None, :], np.asarray(vectors), *one, rocchio=rocchio, config=config)
+        else:
+            result = refine(current[None, :], one[0], one[1], mask=one[2], documents=np.asarray(vectors), config=config)
+        return result.vectors[0]
+
+    went = run_rounds(original.copy(), rounds, select=select, judge=judge_top, update=update)
+    current = went.states[-1]
+    judged_idx, judged_scores = np.concatenate(went.chosen), np.concatenate(went.verdicts)
     return Refinement(
         query=query,
         original=original,

@@ -12,6 +12,7 @@ from corpus.query import Refinement, refine_query
 from embedders.models import SentenceTransformerEmbedder
 from judging.ledger import JudgmentLedger
 from refine_core.baselines import RocchioParams
+from refine_core.cosine import cosine_one
 from refine_core.recommended import LIFT
 from refine_core.refinement import RefineConfig
 
@@ -177,7 +178,7 @@ def search(
         order, after = exact_top(vectors, ref.refined, cands, cands.size if verdicts_first else top)
         if verdicts_first:  # the judged positives first, in the original order
             positive = np.isin(order, ref.judged_positive)
-            original = np.asarray(vectors[order], dtype=np.float32) @ (ref.original / np.linalg.norm(ref.original))
+            original = cosine_one(vectors[order], ref.original)
             first = np.argsort(-np.where(positive, original + LIFT, after), kind="stable")[:top]
             order, after = order[first], after[first]
         hits = [

@@ -19,6 +19,7 @@ x optimizer x normalize``; each point is one *cell*. Example::
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -29,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evaluations.errors import DatasetError
+from judging.kinds import JUDGE_KINDS, JudgeKind, judge_kind
 from refine_core.baselines import RocchioParams
 from refine_core.refinement import PAPER, RefineConfig
 
@@ -68,13 +70,11 @@ class BenchmarkSpec(_Strict):
 
 
 # Judges and generators that call a remote service (every call is paid and budgeted).
-PAID_KINDS = ("anthropic", "anthropic-batch", "openai-compatible")
+PAID_KINDS = tuple(name for name, kind in JUDGE_KINDS.items() if kind.paid)
 
 
 class JudgeSpec(_Strict):
-    kind: Literal[
-        "oracle", "noisy-oracle", "anthropic", "anthropic-batch", "openai-compatible", "local-lm", "cross-encoder"
-    ]
+    kind: str  # a name of judging.kinds.JUDGE_KINDS
     model: str | None = None
     scheme: Literal["pointwise", "listwise"] = "listwise"
     flip_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
@@ -88,6 +88,12 @@ class JudgeSpec(_Strict):
     max_retries: Annotated[int, Field(ge=0, le=20)] = 4
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        judge_kind(value)  # a ValueError lists the kinds
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> JudgeSpec:
         rates = (self.flip_rate, self.false_positive_rate or 0.0, self.false_negative_rate or 0.0)
@@ -96,11 +102,16 @@ class JudgeSpec(_Strict):
         asymmetric = self.false_positive_rate is not None or self.false_negative_rate is not None
         if asymmetric and self.kind != "noisy-oracle":
             raise ValueError("false_positive_rate and false_negative_rate belong to the noisy-oracle judge")
-        if self.kind in ("openai-compatible",) and not self.base_url:
+        if self.registered.needs_base_url and not self.base_url:
             raise ValueError(f"{self.kind} needs base_url")
-        if self.kind in ("openai-compatible", "local-lm", "cross-encoder") and not self.model:
+        if self.registered.needs_model and not self.model:
             raise ValueError(f"{self.kind} needs model")
         return self
+
+    @property
+    def registered(self) -> JudgeKind:
+        """This kind's entry in :data:`judging.kinds.JUDGE_KINDS`."""
+        return JUDGE_KINDS[self.kind]
 
     @property
     def label(self) -> str:
@@ -123,7 +134,7 @@ class JudgeSpec(_Strict):
     @property
     def paid(self) -> bool:
         """A remote LLM service: its calls count against the budget (local judges are free)."""
-        return self.kind in PAID_KINDS
+        return self.registered.paid
 
 
 class HydeSpec(_Strict):
@@ -388,41 +399,21 @@ class CellSpec(_Strict):
     methods: list[ExtraMethod] = []
 
     def hyperparameters(self) -> dict[str, object]:
-        return {
-            "lr": self.lr,
-            "steps": self.steps,
-            "k": self.k,
-            "score_temperature": self.score_temperature,
-            "similarity_temperature": self.similarity_temperature,
-            "rounds": self.rounds,
-            "optimizer": self.optimizer,
-            "normalize": self.normalize,
-            "pull": self.pull,
-            "rocchio_beta": self.rocchio_beta,
-            "rocchio_gamma": self.rocchio_gamma,
-        }
+        """The cell's grid coordinates (:data:`GRID_AXES`), as logged."""
+        return {name: getattr(self, name) for name in GRID_AXES}
 
     @property
     def smart_rocchio(self) -> bool:
         """Rocchio's weights are the SMART defaults (the evaluation computes that Rocchio itself)."""
         return (self.rocchio_beta, self.rocchio_gamma) == (SMART.beta, SMART.gamma)
 
-    def refine_settings(self) -> dict[str, Any]:
-        """The cell's refinement hyperparameters, as the refinement tasks take them (a mapping
-        that caches well) — :meth:`refine_config` is the same as the library's object."""
-        return {
-            "lr": self.lr,
-            "steps": self.steps,
-            "optimizer": self.optimizer,
-            "score_temperature": self.score_temperature,
-            "similarity_temperature": self.similarity_temperature,
-            "normalize": self.normalize,
-            "pull": self.pull,
-        }
-
     def refine_config(self) -> RefineConfig:
-        """The cell's refinement as :class:`refine_core.refinement.RefineConfig`."""
-        return RefineConfig(**self.refine_settings())
+        """The cell's refinement as the library's typed settings (the grid axes that are
+        :class:`refine_core.refinement.RefineConfig` fields; the rest keeps the paper's)."""
+        return RefineConfig(**{name: getattr(self, name) for name in GRID_AXES if name in _REFINE_FIELDS})
+
+
+_REFINE_FIELDS = frozenset(f.name for f in dataclasses.fields(RefineConfig))
 
 
 def default_config() -> SweepConfig:

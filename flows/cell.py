@@ -14,6 +14,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,8 @@ from flows import plots
 from flows.execution import fan_out, fan_out_states, with_runner
 from flows.tracking import Tracker, prefect_run_url
 from refine_core.evaluation import shard_bounds
+from refine_core.refinement import RefineConfig
+from refine_core.rounds import run_rounds
 from refine_core.statistics import win_tie_loss
 from tasks.core import (
     ArrayRef,
@@ -112,7 +117,7 @@ def refine_queries(
     docs: ArrayRef,
     feedback: list[ArrayRef],
     judgments: list[JudgmentsRef],
-    config: dict,
+    config: RefineConfig,
     n_queries: int,
     execution: ExecutionSpec,
 ) -> ArrayRef:
@@ -262,6 +267,117 @@ def cell_tags(cell: CellSpec, prefect_url: str | None) -> dict[str, str]:
     }
 
 
+class Clock(dict[str, float]):
+    """Seconds per stage of a cell (``time.<stage>_s`` metrics); a stage met twice adds up."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[name] = self.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class JudgedRounds:
+    """The cell's rounds as cached task results: what each round chose, the judge's answer (and
+    whether it came from the task cache) and the refined vectors after it; HyDE-refined's
+    judgments are appended to ``verdicts`` when the cell has HyDE."""
+
+    chosen: list[ArrayRef]
+    verdicts: list[JudgmentsRef]
+    cached: list[bool]
+    states: list[ArrayRef]
+
+
+def _judged_rounds(
+    cell: CellSpec,
+    bench: BenchmarkRef,
+    queries: ArrayRef,
+    docs: ArrayRef,
+    budget: BudgetSpec | None,
+    account: str | None,
+    execution: ExecutionSpec,
+    clock: Clock,
+) -> JudgedRounds:
+    """The library's round loop (:func:`refine_core.rounds.run_rounds`) with the cached tasks as
+    its steps: select the top ``k`` not judged yet, judge them, refine from the last round's
+    vectors on every judgment so far."""
+    config = cell.refine_config()
+    cached: list[bool] = []
+
+    def select(current: ArrayRef, earlier: Sequence[ArrayRef]) -> ArrayRef:
+        with clock.stage("select"):
+            return select_feedback(bench, current, docs, cell.k, list(earlier), execution)
+
+    def judge(chosen: ArrayRef) -> JudgmentsRef:
+        with clock.stage("judge"):
+            judged, from_cache = judge_feedback(bench, chosen, cell, budget, account)
+        cached.append(from_cache)
+        return judged
+
+    def update(current: ArrayRef, chosen: Sequence[ArrayRef], verdicts: Sequence[JudgmentsRef]) -> ArrayRef:
+        with clock.stage("refine"):
+            return refine_queries(
+                current, docs, list(chosen), list(verdicts), config, bench.counts["queries"], execution
+            )
+
+    went = run_rounds(queries, cell.rounds, select=select, judge=judge, update=update)
+    return JudgedRounds(went.chosen, went.verdicts, cached, went.states)
+
+
+def _extra_methods(
+    cell: CellSpec,
+    bench: BenchmarkRef,
+    queries: ArrayRef,
+    docs: ArrayRef,
+    went: JudgedRounds,
+    budget: BudgetSpec | None,
+    account: str | None,
+    execution: ExecutionSpec,
+    clock: Clock,
+) -> tuple[dict[str, ArrayRef], dict[str, float]]:
+    """The vectors of the cell's methods beyond the rounds (HyDE and HyDE-refined, ``recommended``,
+    Rocchio with the cell's weights, ``rocchio_kl``) and HyDE's usage metrics."""
+    extra: dict[str, ArrayRef] = {}
+    hyde_metrics: dict[str, float] = {}
+    config = cell.refine_config()
+    n = bench.counts["queries"]
+    first = (went.chosen[0], went.verdicts[0])
+    if cell.hyde is not None:
+        with clock.stage("hyde_generate"):
+            passages = generate_hyde_task(bench, cell.hyde, budget, account)
+            if passages.failed:
+                # Stored passages stay stored; a re-run asks only for the failed ones.
+                invalidate_task_cache(hyde_cache_key(None, {"spec": cell.hyde, "bench": bench}))
+            hyde_metrics = dict(passages.metrics)
+            extra["hyde"] = embed_hyde_task(bench, cell.model, passages, cell.query_template)
+        with clock.stage("hyde_refine"):
+            # HyDE-refined: feedback from the HyDE ranking, judged against the original query.
+            fb = select_feedback(bench, extra["hyde"], docs, cell.k, [], execution)
+            judged, cached = judge_feedback(bench, fb, cell, budget, account)
+            went.verdicts.append(judged)
+            went.cached.append(cached)
+            extra["hyde_refined"] = refine_queries(extra["hyde"], docs, [fb], [judged], config, n, execution)
+    if "recommended" in cell.methods:
+        # what `refine search` runs by default, on the first round's judgments, with its own settings
+        with clock.stage("recommended"):
+            extra["recommended"] = recommended_task(queries, docs, *first)
+    start = None
+    if not cell.smart_rocchio:
+        # Rocchio with the cell's weights (grid rocchio_beta / rocchio_gamma) replaces the SMART one
+        with clock.stage("rocchio"):
+            start = rocchio_start_task(queries, docs, *first, cell.rocchio_beta, cell.rocchio_gamma)
+            extra["rocchio"] = start
+    if "rocchio_kl" in cell.methods:
+        # Rocchio -> KL: the refinement started from the Rocchio vector, on the first round's judgments
+        with clock.stage("rocchio_kl"):
+            start = start or rocchio_start_task(queries, docs, *first)
+            extra["rocchio_kl"] = refine_queries(start, docs, [first[0]], [first[1]], config, n, execution)
+    return extra, hyde_metrics
+
+
 @flow(name="evaluate-cell", flow_run_name=_cell_flow_run_name, log_prints=False)
 def evaluate_cell(
     cell: CellSpec,
@@ -293,98 +409,37 @@ def evaluate_cell(
     log.info("cell %s: MLflow run %s", cell_label(cell), run_id)
     if account is None and budget is not None and (budget.max_judgments or budget.max_cost_usd):
         account = f"cell-{runtime.flow_run.id or run_id}"
-    timings: dict[str, float] = {}
+    clock = Clock()
     with tracker.ends_run_on_error(run_id):
         if bench is None:
-            t = time.perf_counter()
-            bench = load_benchmark_task(cell.benchmark)
-            timings["load"] = time.perf_counter() - t
+            with clock.stage("load"):
+                bench = load_benchmark_task(cell.benchmark)
         min_pool = bench.counts["documents"] if bench.counts["pool"] == "corpus" else None
         if min_pool is not None and cell.k * cell.rounds > min_pool:
             raise ValueError(f"k={cell.k} x rounds={cell.rounds} exceeds the pool of {min_pool} documents")
         # A sweep embeds once for all its cells and logs those timings on its parent run.
         if docs is None:
-            t = time.perf_counter()
-            docs = embed_corpus(bench, cell.model, execution)
-            timings["embed_corpus"] = time.perf_counter() - t
+            with clock.stage("embed_corpus"):
+                docs = embed_corpus(bench, cell.model, execution)
         if queries is None:
-            t = time.perf_counter()
-            queries = embed_queries_task(bench, cell.model, cell.query_template)
-            timings["embed_queries"] = time.perf_counter() - t
-        feedback: list[ArrayRef] = []
-        judgments: list[JudgmentsRef] = []
-        judge_cached: list[bool] = []
-        refined: list[ArrayRef] = []
-        current = queries
-        config = cell.refine_settings()
-        for _ in range(cell.rounds):
-            t = time.perf_counter()
-            fb = select_feedback(bench, current, docs, cell.k, list(feedback), execution)
-            timings["select"] = timings.get("select", 0.0) + time.perf_counter() - t
-            t = time.perf_counter()
-            judged, cached = judge_feedback(bench, fb, cell, budget, account)
-            timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - t
-            feedback.append(fb)
-            judgments.append(judged)
-            judge_cached.append(cached)
-            t = time.perf_counter()
-            current = refine_queries(
-                current, docs, list(feedback), list(judgments), config, bench.counts["queries"], execution
+            with clock.stage("embed_queries"):
+                queries = embed_queries_task(bench, cell.model, cell.query_template)
+        went = _judged_rounds(cell, bench, queries, docs, budget, account, execution, clock)
+        extra, hyde_metrics = _extra_methods(cell, bench, queries, docs, went, budget, account, execution, clock)
+        feedback, judgments, refined = went.chosen, went.verdicts, went.states
+        judge_cached = went.cached
+        with clock.stage("evaluate"):
+            eval_state = evaluate(
+                bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None, execution
             )
-            timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t
-            refined.append(current)
-        extra: dict[str, ArrayRef] = {}
-        hyde_metrics: dict[str, float] = {}
-        if cell.hyde is not None:
-            t = time.perf_counter()
-            passages = generate_hyde_task(bench, cell.hyde, budget, account)
-            if passages.failed:
-                # Stored passages stay stored; a re-run asks only for the failed ones.
-                invalidate_task_cache(hyde_cache_key(None, {"spec": cell.hyde, "bench": bench}))
-            hyde_metrics = dict(passages.metrics)
-            extra["hyde"] = embed_hyde_task(bench, cell.model, passages, cell.query_template)
-            timings["hyde_generate"] = time.perf_counter() - t
-            t = time.perf_counter()
-            # HyDE-refined: feedback from the HyDE ranking, judged against the original query.
-            fb = select_feedback(bench, extra["hyde"], docs, cell.k, [], execution)
-            judged, cached = judge_feedback(bench, fb, cell, budget, account)
-            judgments.append(judged)
-            judge_cached.append(cached)
-            extra["hyde_refined"] = refine_queries(
-                extra["hyde"], docs, [fb], [judged], config, bench.counts["queries"], execution
-            )
-            timings["hyde_refine"] = time.perf_counter() - t
-        if "recommended" in cell.methods:
-            # what `refine search` runs by default, on the first round's judgments, with its own settings
-            t = time.perf_counter()
-            extra["recommended"] = recommended_task(queries, docs, feedback[0], judgments[0])
-            timings["recommended"] = time.perf_counter() - t
-        start = None
-        if not cell.smart_rocchio:
-            # Rocchio with the cell's weights (grid rocchio_beta / rocchio_gamma) replaces the SMART one
-            t = time.perf_counter()
-            start = rocchio_start_task(queries, docs, feedback[0], judgments[0], cell.rocchio_beta, cell.rocchio_gamma)
-            extra["rocchio"] = start
-            timings["rocchio"] = time.perf_counter() - t
-        if "rocchio_kl" in cell.methods:
-            # the KL refinement started from the Rocchio vector, on the first round's judgments
-            t = time.perf_counter()
-            start = start or rocchio_start_task(queries, docs, feedback[0], judgments[0])
-            extra["rocchio_kl"] = refine_queries(
-                start, docs, [feedback[0]], [judgments[0]], config, bench.counts["queries"], execution
-            )
-            timings["rocchio_kl"] = time.perf_counter() - t
-        t = time.perf_counter()
-        eval_state = evaluate(bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None, execution)
-        evaluation = eval_state.result()
-        timings["evaluate"] = time.perf_counter() - t
+            evaluation = eval_state.result()
         # The same inputs, code and settings give the same numbers: the key links re-runs.
         content_key = digest("cell", cell.model_dump(mode="json"), code_version(), evaluation.per_query_path)
         original = (
             None if eval_state.name != "Cached" else tracker.find_cell(experiment_id, content_key, exclude=run_id)
         )
 
-        t = time.perf_counter()
+        mlflow_start = time.perf_counter()
         params = cell_params(cell, bench)
         params["prefect.flow_run_id"] = str(runtime.flow_run.id or "")
         tracker.log_params(run_id, params)
@@ -411,7 +466,7 @@ def evaluate_cell(
         flat.update(judge_metrics)
         flat.update(hyde_metrics)
         flat["queries_without_positives"] = evaluation.n_without_positives
-        flat.update({f"time.{stage}_s": seconds for stage, seconds in timings.items()})
+        flat.update({f"time.{stage}_s": seconds for stage, seconds in clock.items()})
         tracker.log_metrics(run_id, flat)
         tracker.log_benchmark(run_id, bench.counts, bench.source or bench.folder)
         extras = refine_extras(refined[0])
@@ -453,8 +508,8 @@ def evaluate_cell(
         ]
         for path, where in artifacts:
             tracker.log_artifact(run_id, path, where)
-        timings["mlflow"] = time.perf_counter() - t
-        tracker.log_metrics(run_id, {"time.mlflow_s": timings["mlflow"]})
+        clock["mlflow"] = time.perf_counter() - mlflow_start
+        tracker.log_metrics(run_id, {"time.mlflow_s": clock["mlflow"]})
         # distinct queries: the rounds of a cell judge the same queries (rows) again
         failed_queries = len({row for j in judgments for row in j.failed_rows})
         errors: dict[str, int] = {}
@@ -501,7 +556,7 @@ def evaluate_cell(
         "win_tie_loss": outcomes,
         "cached": eval_state.name == "Cached",
         "original_run_id": original,
-        "timings": timings,
+        "timings": dict(clock),
     }
     if (
         not errors

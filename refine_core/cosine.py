@@ -1,6 +1,7 @@
 """Cosine similarity against a corpus: documents scaled to unit length once (:func:`unit_documents`,
 or :class:`UnitDocuments` for a corpus known to be), then one product per block of queries
-(:func:`cosine_block`). The scoring of :mod:`refine_core.metrics` and :mod:`refine_core.shards`."""
+(:func:`cosine_block`), or one query at a time (:func:`cosine_one`). The one cosine of the project:
+the scoring of :mod:`refine_core.metrics` and :mod:`refine_core.shards`, and of the corpus commands."""
 
 from __future__ import annotations
 
@@ -56,3 +57,26 @@ def cosine_block(vectors: np.ndarray, docs_unit: np.ndarray) -> np.ndarray:
     if (q_norm < MIN_NORM).any():
         raise ValueError(f"vectors contains a zero vector at row {int(np.flatnonzero(q_norm < MIN_NORM)[0])}")
     return (q / q_norm) @ docs_unit.T
+
+
+def unit_query(query: np.ndarray) -> np.ndarray:
+    """One query vector ``(d,)`` scaled to unit length, float32 (a ``ValueError`` for a zero vector)."""
+    q = np.asarray(query, dtype=np.float32)
+    if q.ndim != 1:
+        raise ValueError(f"query must be one vector (d,), got shape {q.shape}")
+    norm = float(np.linalg.norm(q))
+    if norm < MIN_NORM:
+        raise ValueError("query is a zero vector: it has no direction to rank by")
+    return q / norm
+
+
+def cosine_one(docs_unit: np.ndarray, query: np.ndarray, *, chunk: int = 262_144) -> np.ndarray:
+    """Cosine of one query with every unit document ``(N,)`` float32, ``chunk`` documents per product:
+    ``docs_unit`` may be a memory-mapped corpus larger than memory (the corpus commands' index)."""
+    q = unit_query(query)
+    if docs_unit.ndim != 2 or docs_unit.shape[1] != q.shape[0]:
+        raise ValueError(f"documents {docs_unit.shape} and query {q.shape} must have the same dimension")
+    out = np.empty(docs_unit.shape[0], dtype=np.float32)
+    for start in range(0, docs_unit.shape[0], chunk):
+        out[start : start + chunk] = np.asarray(docs_unit[start : start + chunk], dtype=np.float32) @ q
+    return out

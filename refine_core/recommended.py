@@ -35,8 +35,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from refine_core.baselines import RocchioParams, rocchio_vectors
+from refine_core.baselines import RocchioParams
 from refine_core.refinement import RefineConfig, refine
+from refine_core.rocchio_kl import rocchio_kl
 
 LIFT = 4.0
 """Added to the cosine of a judged-positive document: above any cosine (at most 1) of the rest."""
@@ -111,10 +112,13 @@ def recommended_vectors(
     valid = np.asarray(mask, dtype=bool) & (idx >= 0)
     scores = np.nan_to_num(np.asarray(judge_scores, dtype=np.float32))
     start = np.asarray(queries, dtype=np.float32)
-    if settings.start == "rocchio":
-        start = rocchio_vectors(start, np.asarray(documents)[np.maximum(idx, 0)], scores, valid, settings.rocchio())
     used = refinement_mask(scores, valid, settings)
-    result = refine(start, np.maximum(idx, 0), scores, mask=used, documents=documents, config=settings.config())
+    if settings.start == "rocchio":
+        start, result = rocchio_kl(
+            start, documents, idx, scores, valid, rocchio=settings.rocchio(), config=settings.config(), refine_mask=used
+        )
+    else:
+        result = refine(start, np.maximum(idx, 0), scores, mask=used, documents=documents, config=settings.config())
     return np.where(used.any(axis=1, keepdims=True), result.vectors, start).astype(np.float32)
 
 

@@ -38,7 +38,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -182,28 +182,33 @@ def pull_weights(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(ok, (s - np.where(np.isfinite(lo), lo, 0.0)) / np.where(ok, span, 1.0), 0.0)
 
 
+def _settings(config: RefineConfig | None, hyperparameters: dict[str, Any]) -> RefineConfig:
+    """``config``, or the paper's settings with ``hyperparameters`` (RefineConfig fields) changed."""
+    unknown = sorted(set(hyperparameters) - set(RefineConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(
+            f"refine() got unknown hyperparameter(s) {', '.join(unknown)}; "
+            f"RefineConfig has {', '.join(RefineConfig.__dataclass_fields__)}"
+        )
+    if config is not None and hyperparameters:
+        raise ValueError("pass hyperparameters either as config or as keywords, not both")
+    if "betas" in hyperparameters:
+        hyperparameters = {**hyperparameters, "betas": tuple(hyperparameters["betas"])}
+    return config if config is not None else replace(PAPER, **hyperparameters)
+
+
 def refine(
     queries: np.ndarray,
     feedback: np.ndarray,
     scores: np.ndarray,
     *,
     mask: np.ndarray | None = None,
-    lr: float = 1e-4,
-    steps: int = 100,
-    optimizer: Optimizer = "adam",
-    score_temperature: float = 1.0,
-    similarity_temperature: float = 1.0,
-    normalize: Normalization = "none",
-    kl_eps: float = 1e-8,
-    betas: tuple[float, float] = (0.9, 0.999),
-    adam_eps: float = 1e-8,
-    momentum: float = 0.0,
-    pull: float = 0.0,
     documents: np.ndarray | None = None,
-    block_size: int | None = None,
     config: RefineConfig | None = None,
+    block_size: int | None = None,
     query_ids: Sequence[str] | None = None,
     implementation: Implementation | None = None,
+    **hyperparameters: Any,
 ) -> RefineResult:
     """Refine query vectors so their cosine ranking of the feedback agrees with the judge.
 
@@ -219,18 +224,14 @@ def refine(
         mask: ``(n, K)`` bool, True where a judgment exists. Missing judgments are left out
             of both softmaxes. A query with fewer than two valid judgments is skipped (it
             keeps its vector and is flagged in ``RefineResult.skipped``).
-        lr, steps, optimizer, betas, adam_eps, momentum: optimiser settings (paper: Adam,
-            lr 1e-4, 100 steps).
-        score_temperature, similarity_temperature: divide judge scores / similarities.
-        normalize: ``"minmax"`` rescales both score vectors to [0, 1] per query (ReFIT).
-        kl_eps: the epsilon in the KL term.
-        pull: weight of the pull toward the judged-positive centroid (module docstring); 0, the
-            default, is the paper's objective.
         documents: ``(N, d)`` document matrix when ``feedback`` holds indices.
+        config: the hyperparameters, a :class:`RefineConfig` (default :data:`PAPER`; ``REFIT`` is
+            the ReFIT-style preset).
+        **hyperparameters: or any :class:`RefineConfig` field by name instead (``lr=1e-3,
+            steps=50``: the paper's settings with those changed); not together with ``config``.
         block_size: queries handed to the kernel at once (bounds the per-block buffers).
             Feedback given by index is never gathered into an ``(n, K, d)`` tensor: memory
             stays at the document matrix plus ``O(block_size * (d + steps))``.
-        config: a :class:`RefineConfig` (e.g. ``REFIT``) to use instead of the keywords.
         query_ids: names of the ``n`` queries, used in error messages (default: row numbers).
         implementation: ``"kernel"`` (compiled, the default) or ``"reference"``
             (:mod:`refine_core.refinement_reference`: plain numpy, one query at a time, for
@@ -257,23 +258,7 @@ def refine(
         >>> bool(result.losses[0, -1] < result.losses[0, 0])
         True
     """
-    keywords = RefineConfig(
-        lr=lr,
-        steps=steps,
-        optimizer=optimizer,
-        score_temperature=score_temperature,
-        similarity_temperature=similarity_temperature,
-        normalize=normalize,
-        kl_eps=kl_eps,
-        betas=tuple(betas),  # type: ignore[arg-type]
-        adam_eps=adam_eps,
-        momentum=momentum,
-        pull=pull,
-    )
-    if config is None:
-        config = keywords
-    elif keywords != RefineConfig():
-        raise ValueError("pass hyperparameters either as config or as keywords, not both")
+    config = _settings(config, hyperparameters)
     q = as_float_array(queries, "queries", ndim=2)
     n, d = q.shape
     if n == 0:

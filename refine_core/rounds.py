@@ -1,6 +1,9 @@
 """Multi-round refinement: judge, refine, look again, judge more.
 
-One loop (:func:`feedback_rounds`) for every multi-round method; they differ in the update.
+One loop, :func:`run_rounds`, for everything that runs rounds: the array methods here
+(:func:`feedback_rounds` and the methods built on it, which differ only in their update), the
+platform's cell flow (its select / judge / refine are cached Prefect tasks) and the corpus
+commands (one query against an index, with a real judge). Each passes its own three steps.
 
 Round 1 is exactly the paper: the top-K documents of the original vector are judged and the
 vector is refined from the original. Round r >= 2 ranks the pool with the current refined
@@ -10,17 +13,62 @@ vector using every score gathered so far.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from refine_core._validation import as_float_array, check_positive_int
-from refine_core.baselines import RocchioParams, rocchio_vectors
+from refine_core.baselines import RocchioParams
 from refine_core.feedback import FeedbackStrategy, TopK, select_feedback_blocks
 from refine_core.metrics import UnitDocuments, document_array
 from refine_core.qrels import Qrels
 from refine_core.refinement import RefineConfig, refine
+from refine_core.rocchio_kl import rocchio_kl, rocchio_start
+
+State = TypeVar("State")
+Chosen = TypeVar("Chosen")
+Verdicts = TypeVar("Verdicts")
+
+
+@dataclass
+class Rounds(Generic[State, Chosen, Verdicts]):
+    """What :func:`run_rounds` went through: the state after each round, what each round chose
+    and the judge's answer to it, in round order."""
+
+    states: list[State] = field(default_factory=list)
+    chosen: list[Chosen] = field(default_factory=list)
+    verdicts: list[Verdicts] = field(default_factory=list)
+
+
+def run_rounds(
+    start: State,
+    rounds: int,
+    *,
+    select: Callable[[State, Sequence[Chosen]], Chosen],
+    judge: Callable[[Chosen], Verdicts],
+    update: Callable[[State, Sequence[Chosen], Sequence[Verdicts]], State],
+) -> Rounds[State, Chosen, Verdicts]:
+    """The feedback-round loop, on whatever the caller's state and judgments are.
+
+    Each of ``rounds`` rounds: ``select(current, chosen_before)`` picks what to judge (never what
+    an earlier round chose: those are passed to exclude), ``judge(chosen)`` answers, and
+    ``update(current, every_chosen, every_verdict)`` gives the next state from everything judged
+    so far. Round 1 from ``start`` with nothing excluded is the paper's single round.
+    """
+    check_positive_int(rounds, "rounds")
+    out: Rounds[State, Chosen, Verdicts] = Rounds()
+    current = start
+    for _ in range(rounds):
+        chosen = select(current, tuple(out.chosen))
+        verdicts = judge(chosen)
+        out.chosen.append(chosen)
+        out.verdicts.append(verdicts)
+        current = update(current, tuple(out.chosen), tuple(out.verdicts))
+        out.states.append(current)
+    return out
+
 
 JudgeFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 """``judge(query_rows, doc_idx)`` -> ``(scores, mask)``, all ``(n, k)``.
@@ -137,27 +185,29 @@ def feedback_rounds(
         raise ValueError(f"pool must cover {(n, docs.shape[0])} (queries, documents), got {pool.shape}")
     strategy = strategy or TopK()
     rows = np.arange(n)
-    all_idx = np.empty((n, 0), dtype=np.int64)
-    all_scores = np.empty((n, 0), dtype=np.float32)
-    all_mask = np.empty((n, 0), dtype=bool)
-    current = q0
-    history: list[np.ndarray] = []
     losses: list[np.ndarray] = []
-    for _ in range(rounds):
-        idx = select_feedback_blocks(current, documents, k=k, strategy=strategy, pool=pool, exclude_idx=all_idx)
-        scores, mask = ask_judge(judge, rows, idx)
-        all_idx = np.concatenate([all_idx, idx], axis=1)
-        all_scores = np.concatenate([all_scores, np.where(mask, scores, np.nan)], axis=1)
-        all_mask = np.concatenate([all_mask, mask], axis=1)
-        current, round_losses = update(current, np.maximum(all_idx, 0), np.where(all_mask, all_scores, 0.0), all_mask)
-        history.append(current)
+
+    def select(current: np.ndarray, earlier: Sequence[np.ndarray]) -> np.ndarray:
+        exclude = np.concatenate(earlier, axis=1) if earlier else np.empty((n, 0), dtype=np.int64)
+        return select_feedback_blocks(current, documents, k=k, strategy=strategy, pool=pool, exclude_idx=exclude)
+
+    def step(
+        current: np.ndarray, chosen: Sequence[np.ndarray], verdicts: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        idx = np.concatenate(chosen, axis=1)
+        mask = np.concatenate([m for _, m in verdicts], axis=1)
+        scores = np.concatenate([np.where(m, s, 0.0) for s, m in verdicts], axis=1)
+        vectors, round_losses = update(current, np.maximum(idx, 0), scores, mask)
         losses.append(round_losses)
+        return vectors
+
+    went = run_rounds(q0, rounds, select=select, judge=lambda idx: ask_judge(judge, rows, idx), update=step)
     return RoundsResult(
-        vectors=current,
-        feedback_idx=all_idx,
-        scores=all_scores,
-        mask=all_mask,
-        round_vectors=np.stack(history),
+        vectors=went.states[-1],
+        feedback_idx=np.concatenate(went.chosen, axis=1),
+        scores=np.concatenate([np.where(m, s, np.nan) for s, m in went.verdicts], axis=1),
+        mask=np.concatenate([m for _, m in went.verdicts], axis=1),
+        round_vectors=np.stack(went.states),
         losses=losses,
     )
 
@@ -229,10 +279,10 @@ def rocchio_rounds(
     def update(
         current: np.ndarray, idx: np.ndarray, scores: np.ndarray, mask: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        moved = rocchio_vectors(queries, docs[idx], scores, mask, rp)
         if then_refine is None:
+            moved = rocchio_start(queries, docs, idx, scores, mask, rp)
             return moved, np.zeros((moved.shape[0], 0), dtype=np.float32)
-        result = refine(moved, idx, scores, mask=mask, documents=docs, config=then_refine)
+        _, result = rocchio_kl(queries, docs, idx, scores, mask, rocchio=rp, config=then_refine)
         return result.vectors, result.losses
 
     return feedback_rounds(queries, documents, judge, update, rounds=rounds, k=k, pool=pool, strategy=strategy)

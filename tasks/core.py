@@ -28,7 +28,7 @@ from evaluations.errors import DatasetError
 from evaluations.registry import load_benchmark
 from judging import Budget, JudgeCrashed, JudgeRequest, JudgmentLedger, run_judge
 from judging.spend import SpendAccount
-from refine_core.baselines import RocchioParams, rocchio_vectors
+from refine_core.baselines import RocchioParams
 from refine_core.evaluation import (
     ScoreSamples,
     ShardInputs,
@@ -41,6 +41,7 @@ from refine_core.evaluation import (
 )
 from refine_core.feedback import select_feedback_blocks, top_k_shard
 from refine_core.refinement import RefineConfig, refine
+from refine_core.rocchio_kl import rocchio_start
 from refine_core.shards import merge_top_k
 from tasks import progress
 from tasks.judging import answers_fingerprint, build_judge
@@ -395,7 +396,7 @@ def judge_task(
         for i, row in enumerate(idx)
     ]
     ledger = JudgmentLedger(ledger_url())
-    if judge.kind == "anthropic-batch":
+    if judge.registered.batches:
         from judging.batches import run_judge_batches
 
         report = run_judge_batches(
@@ -547,10 +548,17 @@ def query_blocks(n_queries: int, block: int) -> list[tuple[int, int]]:
     return [(start, min(start + block, n_queries)) for start in range(0, n_queries, block)]
 
 
-def refined_digest(start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list, config: dict) -> str:
+def refined_digest(
+    start: ArrayRef, docs: ArrayRef, feedback: list[ArrayRef], judgments: list, config: RefineConfig
+) -> str:
     """Names refined vectors by their inputs, not by how the queries were split into blocks."""
     return digest(
-        "refined", start.digest, docs.digest, [f.digest for f in feedback], [j.digest for j in judgments], config
+        "refined",
+        start.digest,
+        docs.digest,
+        [f.digest for f in feedback],
+        [j.digest for j in judgments],
+        config.as_params(),
     )
 
 
@@ -561,7 +569,7 @@ def _refine_key(context, parameters) -> str:
         parameters["docs"].digest,
         [f.digest for f in parameters["feedback"]],
         [j.digest for j in parameters["judgments"]],
-        parameters["config"],
+        parameters["config"].as_params(),
         parameters["rows"],
     )
 
@@ -572,7 +580,7 @@ def refine_block_task(
     docs: ArrayRef,
     feedback: list[ArrayRef],
     judgments: list[ArrayRef | JudgmentsRef],
-    config: dict,
+    config: RefineConfig,
     rows: tuple[int, int],
 ) -> ArrayRef:
     """Refine queries ``rows[0]:rows[1]`` from ``start`` using every round's judgments so far."""
@@ -590,7 +598,7 @@ def refine_block_task(
         scores,
         mask=mask,
         documents=np.asarray(load_array(docs.path)[judged_rows]),
-        config=RefineConfig(**config),
+        config=config,
         query_ids=[f"#{i} of the benchmark" for i in range(lo, hi)],
     )
     name = digest(refined_digest(start, docs, feedback, judgments, config), lo, hi)
@@ -625,9 +633,10 @@ def rocchio_start_task(
     idx = load_arrays(feedback.path)["idx"]
     judged = load_arrays(judgments.path)
     rows, local = np.unique(np.maximum(idx, 0), return_inverse=True)  # only the judged rows are read
-    vectors = rocchio_vectors(
+    vectors = rocchio_start(
         np.asarray(load_array(queries.path)),
-        np.asarray(load_array(docs.path)[rows])[local.reshape(idx.shape)],
+        np.asarray(load_array(docs.path)[rows]),
+        local.reshape(idx.shape),
         judged["scores"],
         judged["mask"] & (idx >= 0),
         RocchioParams(beta=beta, gamma=gamma),

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from refine_core import REFIT, RefineConfig, refine
-from refine_core.refinement import pull_weights, target_distribution
+from refine_core.refinement import PAPER, pull_weights, target_distribution
 
 
 def reference_refine(
@@ -259,6 +259,15 @@ def test_config_object_and_keywords_agree() -> None:
     a = refine(q, fb, s, config=RefineConfig(lr=3e-3, steps=7))
     b = refine(q, fb, s, lr=3e-3, steps=7)
     np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
+def test_each_hyperparameter_keyword_is_a_config_field_with_the_papers_default() -> None:
+    """The keywords are RefineConfig's fields (one list, one set of defaults): no keyword means
+    PAPER, a misspelt one is named with the fields there are."""
+    q, fb, s = _inputs(2, 4, 6, seed=13)
+    np.testing.assert_array_equal(refine(q, fb, s).vectors, refine(q, fb, s, config=PAPER).vectors)
+    with pytest.raises(TypeError, match=r"unknown hyperparameter\(s\) learning_rate; RefineConfig has lr, steps"):
+        refine(q, fb, s, learning_rate=1e-3)
 
 
 def test_config_and_keywords_together_are_rejected() -> None:
