@@ -50,7 +50,7 @@ def _preflight(config) -> None:
     """Fail fast, before anything is paid: the stores first (seconds), then datasets, models, judges."""
     from embedders.models import check_model
     from evaluations.registry import load_benchmark
-    from tasks.judging import build_judge
+    from judging.kinds import judge_kind
 
     check_tracking_store()
     benches = {}
@@ -68,17 +68,8 @@ def _preflight(config) -> None:
     for model in config.models:
         check_model(model)  # without loading it: a cached run never needs the weights
     first = next(iter(benches.values()))
-    for judge in config.judges:
-        if judge.kind == "local-lm":  # checked without loading the weights (that happens once, when judging)
-            from judging.local_lm import check_local_model
-
-            check_local_model(judge.model or "")
-        elif judge.kind == "cross-encoder":
-            from judging.cross_encoder import check_cross_encoder_model
-
-            check_cross_encoder_model(judge.model or "")
-        else:
-            build_judge(judge, first)
+    for judge in config.judges:  # local models are checked without loading the weights (that happens when judging)
+        judge_kind(judge.kind).preflight(judge, first)
     if config.hyde is not None and config.hyde.kind == "local-lm":
         from judging.local_lm import check_local_model
 

@@ -76,7 +76,7 @@ def plan_sweep(config: SweepConfig) -> dict:
             docs, queries = shared[(cell.benchmark, cell.model)]
             idx = load_arrays(select_feedback_task(ref, queries, docs, cell.k).path)["idx"]
             texts, qtexts = bench.document_texts(), bench.query_texts()
-            batch = cell.judge.kind == "anthropic-batch"
+            batch = cell.judge.registered.batches
             per_request = judge.documents_per_request  # type: ignore[attr-defined]
             model = judge.identity.model  # type: ignore[attr-defined]
             jkey = judge.identity.key  # type: ignore[attr-defined]

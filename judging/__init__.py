@@ -15,17 +15,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from judging.base import Judge, JudgeConfigError, JudgeCrashed, JudgeIdentity, JudgeResponse, Judgment, Usage
-from judging.ledger import JudgmentLedger
 from judging.oracle import OracleJudge, noisy_oracle_scores, oracle_scores
-from judging.runner import Budget, JudgeRequest, RunReport, estimate_cost, run_judge
 
 if TYPE_CHECKING:
     from judging.anthropic_judge import AnthropicJudge
     from judging.cross_encoder import CrossEncoderJudge
+    from judging.ledger import JudgmentLedger
     from judging.local_lm import LocalLMJudge
     from judging.openai_compatible import OpenAICompatibleJudge
+    from judging.runner import Budget, JudgeRequest, RunReport, estimate_cost, run_judge
 
 _LAZY = {
+    # the ledger and the runner load SQLAlchemy: only where judgments are stored or asked for
+    "JudgmentLedger": "judging.ledger",
+    "Budget": "judging.runner",
+    "JudgeRequest": "judging.runner",
+    "RunReport": "judging.runner",
+    "estimate_cost": "judging.runner",
+    "run_judge": "judging.runner",
     "AnthropicJudge": "judging.anthropic_judge",
     "CrossEncoderJudge": "judging.cross_encoder",
     "LocalLMJudge": "judging.local_lm",

@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from judging.base import Judge, JudgeConfigError, JudgeIdentity, JudgeResponse, Judgment, Usage
 
@@ -310,3 +310,14 @@ class AnthropicJudge:
 
 
 _: type[Judge] = AnthropicJudge  # structural check: AnthropicJudge satisfies the protocol
+
+
+def from_spec(spec: Any, bench: Any = None) -> AnthropicJudge:
+    """Claude as a config's judge spec describes it (``anthropic`` and ``anthropic-batch``)."""
+    return AnthropicJudge(
+        spec.model or DEFAULT_CLAUDE_MODEL,
+        scheme=spec.scheme,
+        max_retries=spec.max_retries,
+        timeout=spec.timeout_s,
+        base_url=spec.base_url,
+    )

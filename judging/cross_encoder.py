@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -133,3 +134,8 @@ def weights_fingerprint(model: str) -> str:
         config = try_to_load_from_cache(model, "config.json")
         folder = Path(config).parent if isinstance(config, str) else folder
     return model_fingerprint(folder if folder.is_dir() else None, model)
+
+
+def from_spec(spec: Any, bench: Any = None) -> CrossEncoderJudge:
+    """The cross-encoder judge of a config's judge spec."""
+    return CrossEncoderJudge(spec.model or "")

@@ -16,6 +16,7 @@ import importlib.util
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -231,3 +232,8 @@ class LocalLMJudge:
                     verdict = Judgment(score=verdict.score, raw=f"{verdict.raw} (document cut by {cut} tokens)")
                 verdicts.append(verdict)
         return JudgeResponse(verdicts, usage)
+
+
+def from_spec(spec: Any, bench: Any = None) -> LocalLMJudge:
+    """The local causal-LM judge of a config's judge spec."""
+    return LocalLMJudge(spec.model or "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
@@ -138,3 +139,10 @@ class OpenAICompatibleJudge:
             usage.add(u)
             verdicts.append(verdict)
         return JudgeResponse(verdicts, usage)
+
+
+def from_spec(spec: Any, bench: Any = None) -> OpenAICompatibleJudge:
+    """The OpenAI-compatible judge of a config's judge spec."""
+    return OpenAICompatibleJudge(
+        spec.model or "", base_url=spec.base_url or "", max_retries=spec.max_retries, timeout=spec.timeout_s
+    )

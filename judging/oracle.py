@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from judging.base import JudgeIdentity, JudgeResponse, Judgment, Usage
+from judging.base import JudgeConfigError, JudgeIdentity, JudgeResponse, Judgment, Usage
 from refine_core.qrels import Qrels
 
 
@@ -179,3 +180,19 @@ class OracleJudge:
                 label = not label
             verdicts.append(Judgment(score=1.0 if label else 0.0, raw="gold"))
         return JudgeResponse(verdicts, Usage())
+
+
+def from_spec(spec: Any, bench: Any = None) -> OracleJudge:
+    """The oracle (or noisy oracle) of a config's judge spec, reading ``bench``'s gold labels."""
+    if bench is None:
+        raise JudgeConfigError(
+            f"the {spec.kind} judge reads gold labels and only works on a benchmark; "
+            "for your own corpus use anthropic, openai-compatible, local-lm or cross-encoder"
+        )
+    return OracleJudge(
+        bench.relevant_texts(),
+        flip_rate=spec.flip_rate,
+        seed=spec.seed,
+        false_positive_rate=spec.false_positive_rate,
+        false_negative_rate=spec.false_negative_rate,
+    )
