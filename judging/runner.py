@@ -133,228 +133,301 @@ def run_judge(
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    key = judge.identity.key
-    report = RunReport(judgments=[[Judgment.failure("NotJudged")] * len(r.documents) for r in requests])
-    breaker = breaker if breaker is not None else CircuitBreaker()
-    if account is not None and not breaker.open:
-        breaker.reason = account.stopped(key)  # an earlier cell of this run stopped asking this judge
-    # A probe (a call sent before any call of the run succeeded) goes alone and with few retries.
-    with_retries = getattr(judge, "with_max_retries", None)
-    probe_judge: Judge = with_retries(breaker.policy.probe_retries) if callable(with_retries) else judge
-    hashes = [(query_hash(r.query, r.task_instruction), [doc_hash(d) for d in r.documents]) for r in requests]
-    if ledger is not None:
-        wanted = [(qh, dh) for qh, dhs in hashes for dh in dhs]
-        stored = ledger.lookup(key, wanted)
-    else:
-        stored = {}
-    failed_earlier: dict[tuple[str, str], str] = {}
-    if account is not None:
-        failed_earlier = account.failed_pairs(
-            key, [(qh, dh) for qh, dhs in hashes for dh in dhs if (qh, dh) not in stored]
-        )
-    # Plan the calls: (request index, document positions).
-    calls: list[tuple[int, list[int]]] = []
-    per_call = judge.documents_per_request
-    for i, (qh, dhs) in enumerate(hashes):
-        todo: list[int] = []
-        seen: dict[str, int] = {}
-        for j, dh in enumerate(dhs):
-            if (qh, dh) in stored:
-                report.judgments[i][j] = Judgment(score=stored[(qh, dh)], raw="ledger")
-                report.from_ledger += 1
-            elif (qh, dh) in failed_earlier:
-                report.judgments[i][j] = Judgment.failure(failed_earlier[(qh, dh)])
-                report.failed_earlier += 1
-                report.failed += 1
-            elif dh in seen:
-                continue  # duplicate document within a query: judged once, copied below
-            else:
-                seen[dh] = j
-                todo.append(j)
-        size = per_call or max(len(todo), 1)
-        calls.extend((i, todo[s : s + size]) for s in range(0, len(todo), size))
+    run = _JudgeRun(
+        judge,
+        requests,
+        ledger=ledger,
+        concurrency=concurrency,
+        budget=budget,
+        prices=prices,
+        max_document_chars=max_document_chars,
+        progress=progress,
+        account=account,
+        claim_ttl=claim_ttl,
+        claim_poll_s=claim_poll_s,
+        breaker=breaker if breaker is not None else CircuitBreaker(),
+    )
+    return run.run()
 
-    in_flight = 0
-    lock = threading.Lock()
 
-    def one_call(i: int, positions: list[int]) -> JudgeResponse:
-        nonlocal in_flight
-        with lock:
-            in_flight += 1
-            report.max_in_flight = max(report.max_in_flight, in_flight)
-        try:
-            docs = []
-            for j in positions:
-                text, cut = truncate_document(requests[i].documents[j], max_document_chars)
-                docs.append(text)
-                if cut:
-                    with lock:
-                        report.truncated_documents += 1
-            # Judges turn transport and answer errors into failed verdicts; an exception here is
-            # a bug: it propagates (the loop below drains the calls in flight, then raises).
-            response = (probe_judge if breaker.probing else judge).judge(
-                query=requests[i].query, documents=docs, task_instruction=requests[i].task_instruction
-            )
-            if len(response.judgments) != len(docs):
-                response = JudgeResponse([Judgment.failure("WrongNumberOfVerdicts")] * len(docs), response.usage)
-            check_scores(response.judgments)
-            return response
-        finally:
-            with lock:
-                in_flight -= 1
+Call = tuple[int, list[int]]
+"""One call to the judge: (request index, positions of the documents it judges)."""
 
-    def over_budget(extra: int) -> bool:
+
+@dataclass
+class _JudgeRun:
+    """The state of one :func:`run_judge`: the plan, the calls in flight, the report."""
+
+    judge: Judge
+    requests: Sequence[JudgeRequest]
+    ledger: JudgmentLedger | None
+    concurrency: int
+    budget: Budget | None
+    prices: dict[str, tuple[float, float]] | None
+    max_document_chars: int
+    progress: ProgressFn | None
+    account: SpendAccount | None
+    claim_ttl: float
+    claim_poll_s: float
+    breaker: CircuitBreaker
+    report: RunReport = field(init=False)
+    key: str = field(init=False)
+    hashes: list[tuple[str, list[str]]] = field(init=False)
+    probe_judge: Judge = field(init=False)
+    calls: list[Call] = field(init=False, default_factory=list)
+    queue: list[Call] = field(init=False, default_factory=list)
+    deferred: list[Call] = field(init=False, default_factory=list)
+    pending: dict[Future[JudgeResponse], Call] = field(init=False, default_factory=dict)
+    reserved: dict[tuple[int, int], float] = field(
+        init=False, default_factory=dict
+    )  # (request, first position) -> estimate
+    submitted_docs: int = 0
+    done: int = 0
+    in_flight: int = 0
+    crash: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.key = self.judge.identity.key
+        self.report = RunReport(judgments=[[Judgment.failure("NotJudged")] * len(r.documents) for r in self.requests])
+        if self.account is not None and not self.breaker.open:
+            self.breaker.reason = self.account.stopped(self.key)  # an earlier cell of this run stopped asking
+        # A probe (a call sent before any call of the run succeeded) goes alone and with few retries.
+        with_retries = getattr(self.judge, "with_max_retries", None)
+        self.probe_judge = with_retries(self.breaker.policy.probe_retries) if callable(with_retries) else self.judge
+        self.hashes = [
+            (query_hash(r.query, r.task_instruction), [doc_hash(d) for d in r.documents]) for r in self.requests
+        ]
+        self.lock = threading.Lock()
+        # Claims: this run's mark on the pairs it is paying for, so another process sharing the ledger
+        # waits for the answer instead of paying again (and takes over a claim left to expire).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    # ---- the plan ---------------------------------------------------------------------------------
+    def plan(self) -> None:
+        """Serve what the ledger holds (and what failed earlier in the run), then split the rest
+        into calls of ``judge.documents_per_request`` documents."""
+        report, pairs = self.report, [(qh, dh) for qh, dhs in self.hashes for dh in dhs]
+        stored = self.ledger.lookup(self.key, pairs) if self.ledger is not None else {}
+        failed_earlier: dict[tuple[str, str], str] = {}
+        if self.account is not None:
+            failed_earlier = self.account.failed_pairs(self.key, [p for p in pairs if p not in stored])
+        per_call = self.judge.documents_per_request
+        for i, (qh, dhs) in enumerate(self.hashes):
+            todo: list[int] = []
+            seen: set[str] = set()
+            for j, dh in enumerate(dhs):
+                if (qh, dh) in stored:
+                    report.judgments[i][j] = Judgment(score=stored[(qh, dh)], raw="ledger")
+                    report.from_ledger += 1
+                elif (qh, dh) in failed_earlier:
+                    report.judgments[i][j] = Judgment.failure(failed_earlier[(qh, dh)])
+                    report.failed_earlier += 1
+                    report.failed += 1
+                elif dh not in seen:  # a duplicate document within a query is judged once, copied at the end
+                    seen.add(dh)
+                    todo.append(j)
+            size = per_call or max(len(todo), 1)
+            self.calls.extend((i, todo[s : s + size]) for s in range(0, len(todo), size))
+        self.queue = list(reversed(self.calls))
+
+    def pairs_of(self, i: int, positions: list[int]) -> list[tuple[str, str]]:
+        return [(self.hashes[i][0], self.hashes[i][1][j]) for j in positions]
+
+    def from_ledger_now(self, i: int, positions: list[int]) -> list[int]:
+        """Fill what the ledger holds now; the positions still to judge."""
+        now = self.ledger.lookup(self.key, self.pairs_of(i, positions)) if self.ledger is not None else {}
+        qh, dhs = self.hashes[i]
+        for j in positions:
+            if (qh, dhs[j]) in now:
+                self.report.judgments[i][j] = Judgment(score=now[(qh, dhs[j])], raw="ledger")
+                self.report.from_ledger += 1
+        return [j for j in positions if (qh, dhs[j]) not in now]
+
+    # ---- sending ----------------------------------------------------------------------------------
+    def claim_next(self) -> list[int]:
+        """Claim the pairs of the next call in the ledger and return the positions this run must
+        judge (possibly none: the rest is deferred to another process or already answered)."""
+        i, positions = self.queue[-1]
+        if self.ledger is None:
+            return positions
+        # Another process sharing this ledger may be paying for these pairs, or have paid since the
+        # plan was made. Claim them first (pairs claimed elsewhere are deferred), then look in the
+        # ledger: an answer stored before our claim is seen, and none can be stored after it (its
+        # writer would need the claim).
+        claimed = self.ledger.claim(self.key, self.pairs_of(i, positions), self.owner, self.claim_ttl)
+        qh, dhs = self.hashes[i]
+        waiting = [j for j in positions if (qh, dhs[j]) not in claimed]
+        if waiting:
+            self.deferred.append((i, waiting))
+        mine = [j for j in positions if (qh, dhs[j]) in claimed]
+        positions = self.from_ledger_now(i, mine)
+        answered = [j for j in mine if j not in positions]
+        if answered:
+            self.ledger.release(self.key, self.pairs_of(i, answered), self.owner)
+        self.queue[-1] = (i, positions)
+        return positions
+
+    def over_budget(self, extra: int) -> bool:
+        budget, report = self.budget, self.report
         if budget is None:
             return False
         if budget.max_judgments is not None and report.judged + report.failed + extra > budget.max_judgments:
             return True
         return budget.max_cost is not None and report.cost >= budget.max_cost
 
-    done = 0
-    crash: BaseException | None = None
-    pending: dict[Future[JudgeResponse], tuple[int, list[int]]] = {}
-    reserved: dict[tuple[int, int], float] = {}  # (request, first position) -> estimated cost reserved
-
-    def reserve(i: int, positions: list[int]) -> bool:
-        if account is None:
+    def reserve(self, i: int, positions: list[int]) -> bool:
+        """Reserve the call's documents and estimated cost in the run's spend account."""
+        if self.account is None:
             return True
-        request = requests[i]
+        request = self.requests[i]
         estimate = estimate_call_cost(
-            judge.identity.model,
+            self.judge.identity.model,
             request.query,
             request.task_instruction,
-            [request.documents[j][:max_document_chars] for j in positions],
-            prices,
+            [request.documents[j][: self.max_document_chars] for j in positions],
+            self.prices,
         )
-        if not account.reserve(len(positions), estimate):
+        if not self.account.reserve(len(positions), estimate):
             return False
-        reserved[(i, positions[0])] = estimate
+        self.reserved[(i, positions[0])] = estimate
         return True
 
-    queue = list(reversed(calls))
-    submitted_docs = 0
-    # Claims: this run's mark on the pairs it is paying for, so another process sharing the ledger
-    # waits for the answer instead of paying again (and takes over a claim left to expire).
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    deferred: list[tuple[int, list[int]]] = []
+    def may_send(self) -> bool:
+        """Room for one more call: none crashed, the breaker is closed (a probe goes alone)."""
+        limit = 1 if self.breaker.probing else self.concurrency
+        return self.crash is None and not self.breaker.open and bool(self.queue) and len(self.pending) < limit
 
-    def pairs_of(i: int, positions: list[int]) -> list[tuple[str, str]]:
-        return [(hashes[i][0], hashes[i][1][j]) for j in positions]
+    def fill(self, pool: ThreadPoolExecutor) -> None:
+        """Submit calls while there is room, work and budget."""
+        while self.may_send():
+            i, _ = self.queue[-1]
+            positions = self.claim_next()
+            if not positions:
+                self.queue.pop()
+                continue
+            in_flight_docs = self.submitted_docs - self.report.judged - self.report.failed
+            if self.over_budget(in_flight_docs + len(positions)) or not self.reserve(i, positions):
+                if self.ledger is not None:
+                    self.ledger.release(self.key, self.pairs_of(i, positions), self.owner)
+                return
+            self.queue.pop()
+            self.submitted_docs += len(positions)
+            self.pending[pool.submit(self.one_call, i, positions)] = (i, positions)
 
-    def from_ledger_now(i: int, positions: list[int]) -> list[int]:
-        """Fill what the ledger holds now; the positions still to judge."""
-        now = ledger.lookup(key, pairs_of(i, positions)) if ledger is not None else {}
-        qh, dhs = hashes[i]
-        for j in positions:
-            if (qh, dhs[j]) in now:
-                report.judgments[i][j] = Judgment(score=now[(qh, dhs[j])], raw="ledger")
-                report.from_ledger += 1
-        return [j for j in positions if (qh, dhs[j]) not in now]
+    def one_call(self, i: int, positions: list[int]) -> JudgeResponse:
+        with self.lock:
+            self.in_flight += 1
+            self.report.max_in_flight = max(self.report.max_in_flight, self.in_flight)
+        try:
+            docs = []
+            for j in positions:
+                text, cut = truncate_document(self.requests[i].documents[j], self.max_document_chars)
+                docs.append(text)
+                if cut:
+                    with self.lock:
+                        self.report.truncated_documents += 1
+            # Judges turn transport and answer errors into failed verdicts; an exception here is
+            # a bug: it propagates (run() drains the calls in flight, then raises).
+            response = (self.probe_judge if self.breaker.probing else self.judge).judge(
+                query=self.requests[i].query, documents=docs, task_instruction=self.requests[i].task_instruction
+            )
+            if len(response.judgments) != len(docs):
+                response = JudgeResponse([Judgment.failure("WrongNumberOfVerdicts")] * len(docs), response.usage)
+            check_scores(response.judgments)
+            return response
+        finally:
+            with self.lock:
+                self.in_flight -= 1
 
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="judge") as pool:
-        while queue or pending or deferred:
-            while (
-                crash is None and not breaker.open and queue and len(pending) < (1 if breaker.probing else concurrency)
-            ):
-                i, positions = queue[-1]
-                if ledger is not None:
-                    # Another process sharing this ledger may be paying for these pairs, or have
-                    # paid since the plan was made. Claim them first (pairs claimed elsewhere are
-                    # deferred), then look in the ledger: an answer stored before our claim is seen,
-                    # and none can be stored after it (its writer would need the claim).
-                    claimed = ledger.claim(key, pairs_of(i, positions), owner, claim_ttl)
-                    waiting = [j for j in positions if (hashes[i][0], hashes[i][1][j]) not in claimed]
-                    if waiting:
-                        deferred.append((i, waiting))
-                    mine = [j for j in positions if (hashes[i][0], hashes[i][1][j]) in claimed]
-                    positions = from_ledger_now(i, mine)
-                    answered = [j for j in mine if j not in positions]
-                    if answered:
-                        ledger.release(key, pairs_of(i, answered), owner)
-                    if not positions:
-                        queue.pop()
+    # ---- answers ----------------------------------------------------------------------------------
+    def settle(self, i: int, positions: list[int], response: JudgeResponse) -> None:
+        """Store a call's verdicts (ledger first), settle its cost, feed the breaker, report."""
+        report, account, key = self.report, self.account, self.key
+        cost = estimate_cost(self.judge.identity.model, response.usage, self.prices)
+        qh, dhs = self.hashes[i]
+        if account is not None:  # failed verdicts go back to the account; the estimate becomes the cost
+            ok_count = sum(j.ok for j in response.judgments)
+            account.settle(len(positions), self.reserved.pop((i, positions[0])), ok_count, cost)
+        if self.ledger is not None:
+            ok = sum(j.ok for j in response.judgments)
+            # pairs another process stored while this call was in flight: paid twice, reported
+            report.paid_twice += self.ledger.record(
+                key,
+                [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
+                cost_each=cost / ok if ok else 0.0,
+            )
+            self.ledger.release(key, self.pairs_of(i, positions), self.owner)
+        report.usage.add(response.usage)
+        report.cost += cost
+        if self.breaker.record(response.judgments) and account is not None:
+            account.stop(key, str(self.breaker.reason))
+        if account is not None:
+            failures = [(qh, dhs[j], v.error or "unknown") for j, v in zip(positions, response.judgments) if not v.ok]
+            account.note_failures(key, failures)
+        for j, verdict in zip(positions, response.judgments):
+            report.judgments[i][j] = verdict
+            if verdict.ok:
+                report.judged += 1
+            else:
+                report.failed += 1
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done, len(self.calls)), len(self.calls))
+
+    def collect(self) -> None:
+        """Wait for at least one call in flight and settle what finished."""
+        finished, _ = wait(self.pending, return_when=FIRST_COMPLETED)
+        for future in finished:
+            i, positions = self.pending.pop(future)
+            try:
+                response = future.result()
+            except Exception as exc:
+                self.crash = self.crash or exc
+                if self.ledger is not None:
+                    self.ledger.release(self.key, self.pairs_of(i, positions), self.owner)
+                continue
+            self.settle(i, positions, response)
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def run(self) -> RunReport:
+        self.plan()
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
+            while self.queue or self.pending or self.deferred:
+                self.fill(pool)
+                if not self.pending:
+                    if self.crash is None and not self.breaker.open and not self.queue and self.deferred:
+                        # Wait for the other processes' answers (or for their claims to lapse), then look again.
+                        time.sleep(self.claim_poll_s)
+                        self.queue.extend(reversed(self.deferred))
+                        self.deferred = []
                         continue
-                    queue[-1] = (i, positions)
-                if over_budget(submitted_docs - report.judged - report.failed + len(positions)) or not reserve(
-                    i, positions
-                ):
-                    if ledger is not None:
-                        ledger.release(key, pairs_of(i, positions), owner)
-                    break
-                queue.pop()
-                submitted_docs += len(positions)
-                pending[pool.submit(one_call, i, positions)] = (i, positions)
-            if not pending:
-                if crash is None and not breaker.open and not queue and deferred:
-                    # Wait for the other processes' answers (or for their claims to lapse), then look again.
-                    time.sleep(claim_poll_s)
-                    queue.extend(reversed(deferred))
-                    deferred = []
-                    continue
-                break  # budget reached or a call crashed: leave the rest unsubmitted
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                i, positions = pending.pop(future)
-                try:
-                    response = future.result()
-                except Exception as exc:
-                    crash = crash or exc
-                    if ledger is not None:
-                        ledger.release(key, pairs_of(i, positions), owner)
-                    continue
-                cost = estimate_cost(judge.identity.model, response.usage, prices)
-                qh, dhs = hashes[i]
-                if account is not None:  # failed verdicts go back to the account; the estimate becomes the cost
-                    account.settle(
-                        len(positions), reserved.pop((i, positions[0])), sum(j.ok for j in response.judgments), cost
-                    )
-                if ledger is not None:
-                    ok = sum(j.ok for j in response.judgments)
-                    # pairs another process stored while this call was in flight: paid twice, reported
-                    report.paid_twice += ledger.record(
-                        key,
-                        [(qh, dhs[j], v) for j, v in zip(positions, response.judgments)],
-                        cost_each=cost / ok if ok else 0.0,
-                    )
-                    ledger.release(key, pairs_of(i, positions), owner)
-                report.usage.add(response.usage)
-                report.cost += cost
-                if breaker.record(response.judgments) and account is not None:
-                    account.stop(key, str(breaker.reason))
-                if account is not None:
-                    account.note_failures(
-                        key,
-                        [(qh, dhs[j], v.error or "unknown") for j, v in zip(positions, response.judgments) if not v.ok],
-                    )
-                for j, verdict in zip(positions, response.judgments):
-                    report.judgments[i][j] = verdict
-                    if verdict.ok:
-                        report.judged += 1
-                    else:
-                        report.failed += 1
-                done += 1
-                if progress is not None:
-                    progress(min(done, len(calls)), len(calls))
-    left = open_verdict(str(breaker.reason)) if breaker.open else Judgment.failure("BudgetExceeded")
-    report.stopped = breaker.reason
-    for i, positions in deferred:  # left when the run stopped early: take what the other process stored
-        for j in from_ledger_now(i, positions):
-            report.judgments[i][j] = left if crash is None else Judgment.failure("NotJudged")
-            report.not_submitted += 1
-    if crash is not None:
-        raise JudgeCrashed(
-            f"judge {judge.identity.kind} ({judge.identity.model}) raised {type(crash).__name__}: {crash} — a bug in "
-            f"the judge, not a failed call; {report.judged} verdicts paid before it are in the ledger"
-        ) from crash
-    for i, positions in queue:
-        for j in positions:
-            report.judgments[i][j] = left
-            report.not_submitted += 1
-    # Copy verdicts to duplicate documents of the same query.
-    for i, (_, dhs) in enumerate(hashes):
-        first: dict[str, int] = {}
-        for j, dh in enumerate(dhs):
-            if dh in first and report.judgments[i][j].error == "NotJudged":
-                report.judgments[i][j] = report.judgments[i][first[dh]]
-            first.setdefault(dh, j)
-    return report
+                    break  # budget reached or a call crashed: leave the rest unsubmitted
+                self.collect()
+        return self.finish()
+
+    def finish(self) -> RunReport:
+        """Mark what was never sent (and why), raise for a crashed judge, copy duplicates' verdicts."""
+        report = self.report
+        left = open_verdict(str(self.breaker.reason)) if self.breaker.open else Judgment.failure("BudgetExceeded")
+        report.stopped = self.breaker.reason
+        for i, positions in self.deferred:  # left when the run stopped early: take what the other process stored
+            for j in self.from_ledger_now(i, positions):
+                report.judgments[i][j] = left if self.crash is None else Judgment.failure("NotJudged")
+                report.not_submitted += 1
+        if self.crash is not None:
+            identity = self.judge.identity
+            raise JudgeCrashed(
+                f"judge {identity.kind} ({identity.model}) raised {type(self.crash).__name__}: {self.crash} — a bug "
+                f"in the judge, not a failed call; {report.judged} verdicts paid before it are in the ledger"
+            ) from self.crash
+        for i, positions in self.queue:
+            for j in positions:
+                report.judgments[i][j] = left
+                report.not_submitted += 1
+        for i, (_, dhs) in enumerate(self.hashes):  # copy verdicts to duplicate documents of the same query
+            first: dict[str, int] = {}
+            for j, dh in enumerate(dhs):
+                if dh in first and report.judgments[i][j].error == "NotJudged":
+                    report.judgments[i][j] = report.judgments[i][first[dh]]
+                first.setdefault(dh, j)
+        return report
