@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger, runtime
@@ -378,6 +379,52 @@ def _extra_methods(
     return extra, hyde_metrics
 
 
+@dataclass
+class ComputedCell:
+    """A cell's inputs and results as cached task results, before anything is logged."""
+
+    bench: BenchmarkRef
+    docs: ArrayRef
+    queries: ArrayRef
+    rounds: JudgedRounds
+    hyde_metrics: dict[str, float]
+    state: Any  # the evaluate task's final state (its name says whether it came from the cache)
+    evaluation: Any
+
+
+def _compute_cell(
+    cell: CellSpec,
+    bench: BenchmarkRef | None,
+    docs: ArrayRef | None,
+    queries: ArrayRef | None,
+    budget: BudgetSpec | None,
+    account: str | None,
+    execution: ExecutionSpec,
+    clock: Clock,
+) -> ComputedCell:
+    """Load and embed what the sweep did not pass, run the rounds and the other methods, evaluate."""
+    if bench is None:
+        with clock.stage("load"):
+            bench = load_benchmark_task(cell.benchmark)
+    min_pool = bench.counts["documents"] if bench.counts["pool"] == "corpus" else None
+    if min_pool is not None and cell.k * cell.rounds > min_pool:
+        raise ValueError(f"k={cell.k} x rounds={cell.rounds} exceeds the pool of {min_pool} documents")
+    # A sweep embeds once for all its cells and logs those timings on its parent run.
+    if docs is None:
+        with clock.stage("embed_corpus"):
+            docs = embed_corpus(bench, cell.model, execution)
+    if queries is None:
+        with clock.stage("embed_queries"):
+            queries = embed_queries_task(bench, cell.model, cell.query_template)
+    went = _judged_rounds(cell, bench, queries, docs, budget, account, execution, clock)
+    extra, hyde_metrics = _extra_methods(cell, bench, queries, docs, went, budget, account, execution, clock)
+    with clock.stage("evaluate"):
+        first = (went.chosen[0], went.verdicts[0])
+        state = evaluate(bench, queries, docs, *first, went.states, cell, extra or None, execution)
+        evaluation = state.result()
+    return ComputedCell(bench, docs, queries, went, hyde_metrics, state, evaluation)
+
+
 @flow(name="evaluate-cell", flow_run_name=_cell_flow_run_name, log_prints=False)
 def evaluate_cell(
     cell: CellSpec,
@@ -411,182 +458,246 @@ def evaluate_cell(
         account = f"cell-{runtime.flow_run.id or run_id}"
     clock = Clock()
     with tracker.ends_run_on_error(run_id):
-        if bench is None:
-            with clock.stage("load"):
-                bench = load_benchmark_task(cell.benchmark)
-        min_pool = bench.counts["documents"] if bench.counts["pool"] == "corpus" else None
-        if min_pool is not None and cell.k * cell.rounds > min_pool:
-            raise ValueError(f"k={cell.k} x rounds={cell.rounds} exceeds the pool of {min_pool} documents")
-        # A sweep embeds once for all its cells and logs those timings on its parent run.
-        if docs is None:
-            with clock.stage("embed_corpus"):
-                docs = embed_corpus(bench, cell.model, execution)
-        if queries is None:
-            with clock.stage("embed_queries"):
-                queries = embed_queries_task(bench, cell.model, cell.query_template)
-        went = _judged_rounds(cell, bench, queries, docs, budget, account, execution, clock)
-        extra, hyde_metrics = _extra_methods(cell, bench, queries, docs, went, budget, account, execution, clock)
-        feedback, judgments, refined = went.chosen, went.verdicts, went.states
-        judge_cached = went.cached
-        with clock.stage("evaluate"):
-            eval_state = evaluate(
-                bench, queries, docs, feedback[0], judgments[0], refined, cell, extra or None, execution
-            )
-            evaluation = eval_state.result()
-        # The same inputs, code and settings give the same numbers: the key links re-runs.
-        content_key = digest("cell", cell.model_dump(mode="json"), code_version(), evaluation.per_query_path)
-        original = (
-            None if eval_state.name != "Cached" else tracker.find_cell(experiment_id, content_key, exclude=run_id)
-        )
-
-        mlflow_start = time.perf_counter()
-        params = cell_params(cell, bench)
-        params["prefect.flow_run_id"] = str(runtime.flow_run.id or "")
-        tracker.log_params(run_id, params)
-        flat: dict[str, float] = {}
-        for method, means in evaluation.metrics.items():
-            for name, value in means.items():
-                flat[f"{method}.{name}"] = value
-        import polars as pl
-
-        per_query = pl.read_parquet(evaluation.per_query_path)
-        outcomes: dict[str, tuple[int, int, int]] = {}
-        for method, test in evaluation.tests.items():
-            flat[f"{method}.delta_map"] = test["delta_map"]
-            flat[f"{method}.relative_gain"] = test["relative_gain"]
-            flat[f"{method}.p_raw"] = test["pvalue"]
-            if f"ap_{method}" in per_query.columns:
-                outcomes[method] = win_tie_loss(
-                    per_query["ap_baseline"].to_numpy(), per_query[f"ap_{method}"].to_numpy()
-                )
-                for label, count in zip(("queries_improved", "queries_unchanged", "queries_hurt"), outcomes[method]):
-                    flat[f"{method}.{label}"] = count
-        judged_counts = [int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments]
-        judge_metrics = _judge_usage(judgments, judged_counts, judge_cached)
-        flat.update(judge_metrics)
-        flat.update(hyde_metrics)
-        flat["queries_without_positives"] = evaluation.n_without_positives
-        flat.update({f"time.{stage}_s": seconds for stage, seconds in clock.items()})
-        tracker.log_metrics(run_id, flat)
-        tracker.log_benchmark(run_id, bench.counts, bench.source or bench.folder)
-        extras = refine_extras(refined[0])
-        finite = extras["losses"][np.isfinite(extras["losses"]).all(axis=1)]
-        series = {"refine.mean_loss": finite.mean(axis=0).tolist()} if finite.size else {}
-        tracker.log_batch(run_id, series=series)
-        # The files a re-run logs again without computing anything (see replay_cell).
-        outcome = outcome_key(cell, bench, docs, queries)
-        folder = outcome_folder(outcome)
-        # The same table as CSV, which the MLflow UI previews (lists joined with ';').
-        flat_table = per_query.with_columns(
-            [
-                pl.col(c).cast(pl.List(pl.String)).list.join(";")
-                for c, dtype in per_query.schema.items()
-                if isinstance(dtype, pl.List)
-            ]
-        )
-        csv_path = folder / (Path(evaluation.per_query_path).stem + ".csv")
-        atomic_write(csv_path, flat_table.write_csv().encode())
-        cell_json = folder / "cell.json"
-        atomic_write(
-            cell_json,
-            json.dumps(
-                {
-                    "cell": cell.model_dump(mode="json"),
-                    "benchmark": bench.counts,
-                    "tests": evaluation.tests,
-                    "judge_key": judgments[0].judge_key,
-                },
-                indent=2,
-                default=_plain,
-            ).encode(),
-        )
-        artifacts = [
-            (str(evaluation.per_query_path), "per_query"),
-            (str(csv_path), "per_query"),
-            *((str(png), "plots") for png in _plots(cell, per_query, evaluation.arrays_path)),
-            (str(cell_json), None),
-        ]
-        for path, where in artifacts:
-            tracker.log_artifact(run_id, path, where)
-        clock["mlflow"] = time.perf_counter() - mlflow_start
-        tracker.log_metrics(run_id, {"time.mlflow_s": clock["mlflow"]})
-        # distinct queries: the rounds of a cell judge the same queries (rows) again
-        failed_queries = len({row for j in judgments for row in j.failed_rows})
-        errors: dict[str, int] = {}
-        for j in judgments:
-            for reason, count in j.errors.items():
-                errors[reason] = errors.get(reason, 0) + count
-        tags = {
-            "refine.failed_queries": str(failed_queries),
-            "refine.content_key": content_key,
-            "refine.cached": str(eval_state.name == "Cached").lower(),
-        }
-        if original is not None:
-            tags["refine.original_run_id"] = original
-        tracker.set_tags(run_id, tags)
+        done = _compute_cell(cell, bench, docs, queries, budget, account, execution, clock)
+        logged = _log_cell(tracker, experiment_id, run_id, cell, done, clock)
         tracker.finish(run_id, "FINISHED")
     link_mlflow_run(tracker, experiment_id, run_id, cell_label(cell))
-    if errors:
+    if logged.errors:
         log.warning(
             "cell %s: %d judgments failed (%s); a re-run asks only for those",
             cell_label(cell),
-            sum(errors.values()),
-            ", ".join(f"{k} x{v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])),
+            sum(logged.errors.values()),
+            ", ".join(f"{k} x{v}" for k, v in sorted(logged.errors.items(), key=lambda kv: -kv[1])),
         )
+    metrics = done.evaluation.metrics
     log.info(
         "cell %s: MAP baseline %.4f, refined %.4f",
         cell_label(cell),
-        evaluation.metrics["baseline"]["map"],
-        evaluation.metrics["refined"]["map"],
+        metrics["baseline"]["map"],
+        metrics["refined"]["map"],
     )
-    result = {
-        "run_id": run_id,
-        "benchmark": bench.name,
+    result = _cell_result(cell, done, logged, clock)
+    hyde = done.hyde_metrics
+    if not logged.errors and not hyde.get("hyde_generations_failed") and not hyde.get("hyde_generations_not_submitted"):
+        _store_outcome(tracker, done, logged, result)  # an identical cell of a later sweep is logged from it
+    return result
+
+
+@dataclass
+class LoggedCell:
+    """What :func:`_log_cell` wrote to the cell's MLflow run."""
+
+    run_id: str
+    content_key: str
+    original: str | None  # the earlier run with the same content (a cached re-run), if any
+    params: dict[str, object]
+    flat: dict[str, float]
+    outcomes: dict[str, tuple[int, int, int]]
+    judge_metrics: dict[str, float]
+    judged_counts: list[int]
+    series: dict[str, list[float]]
+    outcome: str
+    artifacts: list[tuple[str, str | None]]
+    tags: dict[str, str]
+    failed_queries: int
+    errors: dict[str, int]
+
+
+def _log_cell(
+    tracker: Tracker, experiment_id: str, run_id: str, cell: CellSpec, done: ComputedCell, clock: Clock
+) -> LoggedCell:
+    """Params, metrics, the benchmark, the loss curve, the files and the tags of the cell's run."""
+    import polars as pl
+
+    bench, evaluation, judgments = done.bench, done.evaluation, done.rounds.verdicts
+    # The same inputs, code and settings give the same numbers: the key links re-runs.
+    content_key = digest("cell", cell.model_dump(mode="json"), code_version(), evaluation.per_query_path)
+    cached = done.state.name == "Cached"
+    original = tracker.find_cell(experiment_id, content_key, exclude=run_id) if cached else None
+    mlflow_start = time.perf_counter()
+    params = cell_params(cell, bench)
+    params["prefect.flow_run_id"] = str(runtime.flow_run.id or "")
+    tracker.log_params(run_id, params)
+    per_query = pl.read_parquet(evaluation.per_query_path)
+    flat, outcomes = _method_metrics(evaluation, per_query)
+    judged_counts = [int(np.asarray(load_arrays(j.path)["mask"]).sum()) for j in judgments]
+    judge_metrics = _judge_usage(judgments, judged_counts, done.rounds.cached)
+    flat.update(judge_metrics)
+    flat.update(done.hyde_metrics)
+    flat["queries_without_positives"] = evaluation.n_without_positives
+    flat.update({f"time.{stage}_s": seconds for stage, seconds in clock.items()})
+    tracker.log_metrics(run_id, flat)
+    tracker.log_benchmark(run_id, bench.counts, bench.source or bench.folder)
+    extras = refine_extras(done.rounds.states[0])
+    finite = extras["losses"][np.isfinite(extras["losses"]).all(axis=1)]
+    series = {"refine.mean_loss": finite.mean(axis=0).tolist()} if finite.size else {}
+    tracker.log_batch(run_id, series=series)
+    # The files a re-run logs again without computing anything (see replay_cell).
+    outcome = outcome_key(cell, bench, done.docs, done.queries)
+    artifacts = _cell_files(cell, bench, evaluation, per_query, judgments[0].judge_key, outcome_folder(outcome))
+    for path, where in artifacts:
+        tracker.log_artifact(run_id, path, where)
+    clock["mlflow"] = time.perf_counter() - mlflow_start
+    tracker.log_metrics(run_id, {"time.mlflow_s": clock["mlflow"]})
+    failed_queries, errors = _judge_failures(judgments)
+    tags = {
+        "refine.failed_queries": str(failed_queries),
+        "refine.content_key": content_key,
+        "refine.cached": str(cached).lower(),
+    }
+    if original is not None:
+        tags["refine.original_run_id"] = original
+    tracker.set_tags(run_id, tags)
+    return LoggedCell(
+        run_id,
+        content_key,
+        original,
+        params,
+        flat,
+        outcomes,
+        judge_metrics,
+        judged_counts,
+        series,
+        outcome,
+        artifacts,
+        tags,
+        failed_queries,
+        errors,
+    )
+
+
+def _cell_result(cell: CellSpec, done: ComputedCell, logged: LoggedCell, clock: Clock) -> dict:
+    """What :func:`evaluate_cell` returns (and a sweep reports)."""
+    evaluation = done.evaluation
+    return {
+        "run_id": logged.run_id,
+        "benchmark": done.bench.name,
         "model": cell.model,
         "judge": cell.judge.label,
-        "params": {k: v for k, v in params.items() if not k.startswith("prefect.")},
+        "params": {k: v for k, v in logged.params.items() if not k.startswith("prefect.")},
         "metrics": {m: evaluation.metrics[m] for m in evaluation.metrics},
         "tests": evaluation.tests,
-        "judge_usage": judge_metrics,
-        "hyde_usage": hyde_metrics,
-        "failed_queries": failed_queries,
-        "fallback_queries": sum(j.fallback_queries for j in judgments),
-        "judgments_failed": sum(errors.values()),
-        "judge_errors": errors,
-        "win_tie_loss": outcomes,
-        "cached": eval_state.name == "Cached",
-        "original_run_id": original,
+        "judge_usage": logged.judge_metrics,
+        "hyde_usage": done.hyde_metrics,
+        "failed_queries": logged.failed_queries,
+        "fallback_queries": sum(j.fallback_queries for j in done.rounds.verdicts),
+        "judgments_failed": sum(logged.errors.values()),
+        "judge_errors": logged.errors,
+        "win_tie_loss": logged.outcomes,
+        "cached": done.state.name == "Cached",
+        "original_run_id": logged.original,
         "timings": dict(clock),
     }
-    if (
-        not errors
-        and not hyde_metrics.get("hyde_generations_failed")
-        and not hyde_metrics.get("hyde_generations_not_submitted")
-    ):
-        # Nothing failed: an identical cell of a later sweep is logged from this record.
-        usage = _judge_usage(judgments, judged_counts, [True] * len(judgments))
-        save_outcome(
-            outcome,
-            {
-                # the store's digest, not its URI: a URI may carry a password, and records are plain files
-                "tracking": digest("tracking", tracker.uri),
-                "original_run_id": original or run_id,
-                "content_key": content_key,
-                "params": {k: v for k, v in params.items() if not k.startswith("prefect.")},
-                "metrics": {k: v for k, v in flat.items() if not k.startswith("time.")}
-                | usage
-                | _hyde_as_stored(hyde_metrics),
-                "series": series,
-                "tags": {k: v for k, v in tags.items() if k != "refine.original_run_id"},
-                "benchmark": {"counts": bench.counts, "source": bench.source or bench.folder},
-                "artifacts": artifacts,
-                "result": {
-                    k: v for k, v in result.items() if k not in ("run_id", "timings", "original_run_id", "cached")
-                }
-                | {"judge_usage": usage},
-            },
-        )
-    return result
+
+
+def _store_outcome(tracker: Tracker, done: ComputedCell, logged: LoggedCell, result: dict) -> None:
+    """Keep the cell's outcome, so an identical cell of a later sweep is logged without running."""
+    judgments = done.rounds.verdicts
+    usage = _judge_usage(judgments, logged.judged_counts, [True] * len(judgments))
+    bench = done.bench
+    record = _outcome_record(
+        tracker,
+        logged.original or logged.run_id,
+        logged.content_key,
+        logged.params,
+        logged.flat,
+        usage,
+        done.hyde_metrics,
+    )
+    save_outcome(
+        logged.outcome,
+        record
+        | {
+            "series": logged.series,
+            "tags": {k: v for k, v in logged.tags.items() if k != "refine.original_run_id"},
+            "benchmark": {"counts": bench.counts, "source": bench.source or bench.folder},
+            "artifacts": logged.artifacts,
+            "result": {k: v for k, v in result.items() if k not in ("run_id", "timings", "original_run_id", "cached")}
+            | {"judge_usage": usage},
+        },
+    )
+
+
+def _method_metrics(evaluation, per_query) -> tuple[dict[str, float], dict[str, tuple[int, int, int]]]:
+    """Each method's mean measures, its test against the baseline and its win / tie / loss counts,
+    as flat MLflow metrics (``<method>.<name>``), and the counts by method."""
+    flat: dict[str, float] = {}
+    for method, means in evaluation.metrics.items():
+        for name, value in means.items():
+            flat[f"{method}.{name}"] = value
+    outcomes: dict[str, tuple[int, int, int]] = {}
+    for method, test in evaluation.tests.items():
+        flat[f"{method}.delta_map"] = test["delta_map"]
+        flat[f"{method}.relative_gain"] = test["relative_gain"]
+        flat[f"{method}.p_raw"] = test["pvalue"]
+        if f"ap_{method}" in per_query.columns:
+            outcomes[method] = win_tie_loss(per_query["ap_baseline"].to_numpy(), per_query[f"ap_{method}"].to_numpy())
+            for label, count in zip(("queries_improved", "queries_unchanged", "queries_hurt"), outcomes[method]):
+                flat[f"{method}.{label}"] = count
+    return flat, outcomes
+
+
+def _cell_files(
+    cell: CellSpec, bench: BenchmarkRef, evaluation, per_query, judge_key: str, folder: Path
+) -> list[tuple[str, str | None]]:
+    """The cell's files for MLflow, (path, artifact folder): the per-query table as parquet and as
+    CSV (which the MLflow UI previews; lists joined with ';'), the plots and cell.json."""
+    import polars as pl
+
+    flat_table = per_query.with_columns(
+        [
+            pl.col(c).cast(pl.List(pl.String)).list.join(";")
+            for c, dtype in per_query.schema.items()
+            if isinstance(dtype, pl.List)
+        ]
+    )
+    csv_path = folder / (Path(evaluation.per_query_path).stem + ".csv")
+    atomic_write(csv_path, flat_table.write_csv().encode())
+    cell_json = folder / "cell.json"
+    record = {
+        "cell": cell.model_dump(mode="json"),
+        "benchmark": bench.counts,
+        "tests": evaluation.tests,
+        "judge_key": judge_key,
+    }
+    atomic_write(cell_json, json.dumps(record, indent=2, default=_plain).encode())
+    return [
+        (str(evaluation.per_query_path), "per_query"),
+        (str(csv_path), "per_query"),
+        *((str(png), "plots") for png in _plots(cell, per_query, evaluation.arrays_path)),
+        (str(cell_json), None),
+    ]
+
+
+def _judge_failures(judgments: list[JudgmentsRef]) -> tuple[int, dict[str, int]]:
+    """Queries with a failed judgment (distinct: the rounds of a cell judge the same queries again)
+    and the failed judgments by reason."""
+    failed_queries = len({row for j in judgments for row in j.failed_rows})
+    errors: dict[str, int] = {}
+    for j in judgments:
+        for reason, count in j.errors.items():
+            errors[reason] = errors.get(reason, 0) + count
+    return failed_queries, errors
+
+
+def _outcome_record(
+    tracker: Tracker,
+    original_run_id: str,
+    content_key: str,
+    params: dict[str, object],
+    flat: dict[str, float],
+    usage: dict[str, float],
+    hyde_metrics: dict[str, float],
+) -> dict:
+    """What a stored outcome says about the run it came from (see :func:`replay_cell`)."""
+    return {
+        # the store's digest, not its URI: a URI may carry a password, and records are plain files
+        "tracking": digest("tracking", tracker.uri),
+        "original_run_id": original_run_id,
+        "content_key": content_key,
+        "params": {k: v for k, v in params.items() if not k.startswith("prefect.")},
+        "metrics": {k: v for k, v in flat.items() if not k.startswith("time.")} | usage | _hyde_as_stored(hyde_metrics),
+    }
 
 
 # ---- cell outcomes: an unchanged cell is logged again without running its flow ----------------

@@ -23,6 +23,7 @@ from prefect import flow, runtime
 
 from evaluations.config import CellSpec, ExecutionSpec, SweepConfig
 from flows.cell import (
+    Clock,
     embed_corpus,
     link_mlflow_run,
     load_outcome,
@@ -173,6 +174,166 @@ def _description(config: SweepConfig, cells: list[CellSpec], differing: list[str
     )
 
 
+def _parent_params(config: SweepConfig, cells: list[CellSpec], differing: list[str]) -> dict[str, object]:
+    return {
+        "config.name": config.name,
+        "cells": len(cells),
+        "code_version": code_version(),
+        "runner": config.runner,
+        "execution.chunk_size": config.execution.chunk_size,
+        "execution.query_block": config.execution.query_block,
+        "cells_differ_in": ",".join(differing) or "-",
+        "prefect.flow_run_id": str(runtime.flow_run.id or ""),
+    }
+
+
+def _shared_inputs(config: SweepConfig, cells: list[CellSpec], address: str | None, clock: Clock) -> tuple[dict, dict]:
+    """Each benchmark loaded once, each (benchmark, model) corpus and query set embedded once
+    (a corpus stored by an earlier sweep, or given as vectors, is not embedded)."""
+    log = run_logger()
+    with clock.stage("load"):
+        benches = {spec: load_benchmark_task(spec) for spec in {c.benchmark for c in cells}}
+    shared = {}
+    for spec, model in {(c.benchmark, c.model) for c in cells}:
+        with clock.stage("embed_corpus"):
+            if spec.document_vectors:
+                docs = provided_corpus(benches[spec], spec.document_vectors)
+                log.info(
+                    "corpus of %s: the vectors of %s (model %s), not embedded",
+                    spec.name,
+                    spec.document_vectors.path,
+                    model,
+                )
+            else:
+                stored = stored_corpus(benches[spec], model, config.execution)
+                if stored is None:
+                    docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
+                else:
+                    docs = stored
+                    log.info(
+                        "corpus of %s embedded with %s: stored (%s), not embedded again", spec.name, model, docs.path
+                    )
+        with clock.stage("embed_queries"):
+            shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model, config.query_templates.get(model)))
+    return benches, shared
+
+
+class _CellRunner:
+    """Runs a sweep's cells as child runs of its parent: a cell whose outcome is stored is logged
+    from it, any other runs as an ``evaluate-cell`` subflow; a cell that fails is reported, the
+    others go on."""
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        tracker: Tracker,
+        experiment_id: str,
+        parent: str,
+        prefect_url: str | None,
+        account: str,
+        address: str | None,
+    ) -> None:
+        self.config, self.tracker, self.experiment_id, self.parent = config, tracker, experiment_id, parent
+        self.prefect_url, self.account, self.address = prefect_url, account, address
+        self.log = run_logger()
+
+    def every(self, cells: list[CellSpec], differing: list[str], benches: dict, shared: dict) -> tuple[list, list]:
+        results: list[dict] = []
+        failures: list[str] = []
+        for cell in cells:
+            docs, queries = shared[(cell.benchmark, cell.model)]
+            name = mlflow_run_name(cell, differing)
+            bench = benches[cell.benchmark]
+            replayed = self.replay(cell, name, bench, docs, queries)
+            if replayed is not None:
+                results.append(replayed)
+                continue
+            try:
+                results.append(self.run(cell, name, bench, docs, queries))
+            except Exception as exc:
+                failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
+                self.log.error("cell %s failed: %s: %s", name, type(exc).__name__, exc)
+        return results, failures
+
+    def replay(self, cell: CellSpec, name: str, bench, docs, queries) -> dict | None:
+        """The cell logged from its stored outcome, or None (none stored, or not usable)."""
+        try:
+            record = load_outcome(outcome_key(cell, bench, docs, queries))
+        except Exception as exc:
+            self.log.warning("cell %s: no stored outcome looked up (%s: %s)", name, type(exc).__name__, exc)
+            return None
+        if record is None:
+            return None
+        try:
+            result = replay_cell(
+                record,
+                cell,
+                self.tracker,
+                self.experiment_id,
+                parent_run_id=self.parent,
+                run_name=name,
+                prefect_url=self.prefect_url,
+            )
+        except Exception as exc:
+            self.log.warning(
+                "cell %s: stored outcome not usable (%s: %s); running the cell", name, type(exc).__name__, exc
+            )
+            return None
+        self.log.info(
+            "cell %s: unchanged since MLflow run %s; logged from its stored outcome", name, record["original_run_id"]
+        )
+        return result
+
+    def run(self, cell: CellSpec, name: str, bench, docs, queries) -> dict:
+        return run_cell(
+            cell,
+            self.experiment_id,
+            address=self.address,
+            parent_run_id=self.parent,
+            tracking_uri=self.tracker.uri,
+            budget=self.config.budget,
+            account=self.account,
+            bench=bench,
+            docs=docs,
+            queries=queries,
+            execution=self.config.execution,
+            run_name=name,
+        )
+
+
+def _report(
+    config: SweepConfig, tracker: Tracker, parent: str, results: list, failures: list, differing: list, account
+):
+    """The sweep's one Benjamini-Hochberg family (``<method>.p_bh`` on every child), the summary
+    table on the parent (json, markdown, csv) and the budget's metrics."""
+    log = run_logger()
+    adjusted = adjust_sweep_pvalues(results)
+    for cell_result in results:
+        stored = {f"{m}.p_bh": t["pvalue_bh"] for m, t in cell_result.get("tests", {}).items() if "pvalue_bh" in t}
+        if stored:
+            tracker.log_metrics(cell_result["run_id"], stored)
+    rows, markdown = summary_table(results)
+    caption = (
+        f"**{config.name}** — {len(results)} cells"
+        + (f", {len(failures)} failed" if failures else "")
+        + f"; cells differ in {', '.join(differing) or 'nothing'}.\n\n"
+    )
+    tracker.log_json(parent, "summary.json", rows)
+    tracker.log_text(parent, "summary.md", caption + markdown)
+    if rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "summary.csv"
+            pl.DataFrame(rows).write_csv(path)
+            tracker.log_artifact(parent, path)
+    spend = account.status()
+    log.info("budget: %s", spend.line())
+    budget = spend.as_dict().items()
+    tracker.log_metrics(
+        parent, {f"budget.{k}": float(v) for k, v in budget if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    )
+    return adjusted, rows, markdown, spend
+
+
 @flow(name="refine-sweep", flow_run_name=_sweep_flow_run_name, log_prints=False)
 def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict:
     """Run every cell of ``config``; returns experiment id, parent run id and per-cell results.
@@ -211,138 +372,18 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
     )
     account.start_run()  # a retried run asks again for what an earlier attempt found failing
     started = time.perf_counter()
-    results: list[dict] = []
-    failures: list[str] = []
-    timings: dict[str, float] = {}
+    clock = Clock()
     with tracker.ends_run_on_error(parent):
-        tracker.log_params(
-            parent,
-            {
-                "config.name": config.name,
-                "cells": len(cells),
-                "code_version": code_version(),
-                "runner": config.runner,
-                "execution.chunk_size": config.execution.chunk_size,
-                "execution.query_block": config.execution.query_block,
-                "cells_differ_in": ",".join(differing) or "-",
-                "prefect.flow_run_id": str(runtime.flow_run.id or ""),
-            },
-        )
+        tracker.log_params(parent, _parent_params(config, cells, differing))
         tracker.log_text(parent, "config.yaml", _yaml(config))
-        benches = {}
-        shared = {}
-        t = time.perf_counter()
-        for spec in {c.benchmark for c in cells}:
-            benches[spec] = load_benchmark_task(spec)
-        timings["load"] = time.perf_counter() - t
-        for spec, model in {(c.benchmark, c.model) for c in cells}:
-            t = time.perf_counter()
-            docs = (
-                provided_corpus(benches[spec], spec.document_vectors)
-                if spec.document_vectors
-                else stored_corpus(benches[spec], model, config.execution)
-            )
-            if spec.document_vectors:
-                log.info(
-                    "corpus of %s: the vectors of %s (model %s), not embedded",
-                    spec.name,
-                    spec.document_vectors.path,
-                    model,
-                )
-            elif docs is None:
-                docs = with_runner(embed_corpus_flow, address)(benches[spec], model, config.execution)
-            else:
-                log.info("corpus of %s embedded with %s: stored (%s), not embedded again", spec.name, model, docs.path)
-            timings["embed_corpus"] = timings.get("embed_corpus", 0.0) + time.perf_counter() - t
-            assert docs is not None  # given vectors always make one; a missing stored corpus was embedded
-            t = time.perf_counter()
-            shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model, config.query_templates.get(model)))
-            timings["embed_queries"] = timings.get("embed_queries", 0.0) + time.perf_counter() - t
-        t = time.perf_counter()
-        for cell in cells:
-            docs, queries = shared[(cell.benchmark, cell.model)]
-            name = mlflow_run_name(cell, differing)
-            try:
-                record = load_outcome(outcome_key(cell, benches[cell.benchmark], docs, queries))
-            except Exception as exc:
-                record = None
-                log.warning("cell %s: no stored outcome looked up (%s: %s)", name, type(exc).__name__, exc)
-            if record is not None:
-                try:
-                    results.append(
-                        replay_cell(
-                            record,
-                            cell,
-                            tracker,
-                            experiment_id,
-                            parent_run_id=parent,
-                            run_name=name,
-                            prefect_url=prefect_url,
-                        )
-                    )
-                    log.info(
-                        "cell %s: unchanged since MLflow run %s; logged from its stored outcome",
-                        name,
-                        record["original_run_id"],
-                    )
-                    continue
-                except Exception as exc:
-                    log.warning(
-                        "cell %s: stored outcome not usable (%s: %s); running the cell", name, type(exc).__name__, exc
-                    )
-            try:
-                results.append(
-                    run_cell(
-                        cell,
-                        experiment_id,
-                        address=address,
-                        parent_run_id=parent,
-                        tracking_uri=tracker.uri,
-                        budget=config.budget,
-                        account=account.account,
-                        bench=benches[cell.benchmark],
-                        docs=docs,
-                        queries=queries,
-                        execution=config.execution,
-                        run_name=name,
-                    )
-                )
-            except Exception as exc:
-                failures.append(f"{cell.benchmark.name}/{cell.judge.label}/lr={cell.lr:g}: {type(exc).__name__}: {exc}")
-                log.error("cell %s failed: %s: %s", name, type(exc).__name__, exc)
-        timings["cells"] = time.perf_counter() - t
-        t = time.perf_counter()
-        adjusted = adjust_sweep_pvalues(results)
-        for cell_result in results:
-            stored = {f"{m}.p_bh": t["pvalue_bh"] for m, t in cell_result.get("tests", {}).items() if "pvalue_bh" in t}
-            if stored:
-                tracker.log_metrics(cell_result["run_id"], stored)
-        rows, markdown = summary_table(results)
-        caption = (
-            f"**{config.name}** — {len(results)} cells"
-            + (f", {len(failures)} failed" if failures else "")
-            + f"; cells differ in {', '.join(differing) or 'nothing'}.\n\n"
-        )
-        tracker.log_json(parent, "summary.json", rows)
-        tracker.log_text(parent, "summary.md", caption + markdown)
-        if rows:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "summary.csv"
-                pl.DataFrame(rows).write_csv(path)
-                tracker.log_artifact(parent, path)
-        spend = account.status()
-        log.info("budget: %s", spend.line())
-        tracker.log_metrics(
-            parent,
-            {
-                f"budget.{k}": float(v)
-                for k, v in spend.as_dict().items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            },
-        )
-        refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
+        benches, shared = _shared_inputs(config, cells, address, clock)
+        with clock.stage("cells"):
+            run = _CellRunner(config, tracker, experiment_id, parent, prefect_url, account.account, address)
+            results, failures = run.every(cells, differing, benches, shared)
+        with clock.stage("report"):
+            adjusted, rows, markdown, spend = _report(config, tracker, parent, results, failures, differing, account)
         judgment_failures = [r for r in results if r.get("judgments_failed")]
-        timings["report"] = time.perf_counter() - t
+        refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
         tracker.log_metrics(
             parent,
             {
@@ -353,7 +394,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                 "judgments_paid": sum(r["judge_usage"].get("judgments_paid", 0) for r in results),
                 "judge_cost_usd": sum(r["judge_usage"].get("judge_cost_usd", 0) for r in results),
                 "mean_delta_map_refined": float(np.mean(refined)) if refined else float("nan"),
-                **{f"time.{k}_s": v for k, v in timings.items()},
+                **{f"time.{k}_s": v for k, v in clock.items()},
                 "time.sweep_s": time.perf_counter() - started,
             },
         )
@@ -369,7 +410,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         "cells": results,
         "failures": failures,
         "summary_markdown": markdown,
-        "shared_timings": timings,
+        "shared_timings": dict(clock),
         "bh_adjusted": adjusted,
         "budget": spend.as_dict(),
         "budget_line": budget_line(spend, results),
