@@ -138,67 +138,72 @@ def search(
         min_share=min_share,
     )
     ref.settings["verdicts_first"] = verdicts_first
-    vectors = index.vectors()
+    ann = index.ann() if use_ann else None
+    if ann is None:
+        order, scores, original_rank = _exact_order(index, ref, top, verdicts_first)
+        ann_info: dict | None = None
+    else:
+        order, scores, original_rank, ann_info = _ann_order(index, ref, ann, top, verdicts_first, check_ann)
     ids, texts = index.documents()
     judged = {int(j): float(s) for j, s in zip(ref.judged_idx, ref.judged_scores) if np.isfinite(s)}
-    top_n = min(top, index.count)
-    ann = index.ann() if use_ann else None
-    ann_info: dict | None = None
-    if ann is None:
-        original_scores = corpus_scores(vectors, ref.original)
-        before = _ranks(original_scores)
-        after_scores = corpus_scores(vectors, ref.refined)
-        lifted = after_scores.copy()
-        if verdicts_first:  # the judged positives first, in the original order
-            lifted[ref.judged_positive] = original_scores[ref.judged_positive] + LIFT
-        order = np.argsort(-lifted, kind="stable")[:top]
-        hits = [
-            SearchHit(
-                id=ids[j],
-                text=texts[j],
-                score=float(after_scores[j]),
-                rank=r + 1,
-                original_rank=int(before[j]),
-                judge_score=judged.get(int(j)),
-                top_n=top_n,
-            )
-            for r, j in enumerate(order)
-        ]
-    else:
-        # exact cosine on ANN candidates; an original rank beyond the candidates is reported as
-        # candidates + 1 (it was not among the original query's first `candidates` documents)
-        c = max(ANN_CANDIDATES, 10 * top)
-        orig_cands, _ = ann[0].search(ref.original, c)
-        orig_order, _ = exact_top(vectors, ref.original, orig_cands[0], c)
-        orig_rank = {int(j): r + 1 for r, j in enumerate(orig_order)}
-        new_cands, _ = ann[0].search(ref.refined, c)
-        cands = new_cands[0]
-        if verdicts_first:  # the judged-positive documents are candidates wherever the ANN puts them
-            cands = np.union1d(cands[cands >= 0], ref.judged_positive)
-        order, after = exact_top(vectors, ref.refined, cands, cands.size if verdicts_first else top)
-        if verdicts_first:  # the judged positives first, in the original order
-            positive = np.isin(order, ref.judged_positive)
-            original = cosine_one(vectors[order], ref.original)
-            first = np.argsort(-np.where(positive, original + LIFT, after), kind="stable")[:top]
-            order, after = order[first], after[first]
-        hits = [
-            SearchHit(
-                id=ids[j],
-                text=texts[j],
-                score=float(s),
-                rank=r + 1,
-                original_rank=orig_rank.get(int(j), c + 1),
-                judge_score=judged.get(int(j)),
-                top_n=top_n,
-            )
-            for r, (j, s) in enumerate(zip(order, after))
-        ]
-        ann_info = {
-            "kind": ann[0].settings.kind,
-            "candidates": c,
-            **{key: ann[1][key] for key in ("recall@10", "recall@20", "recall@100") if key in ann[1]},
-        }
-        if check_ann:  # measure this query: the ANN top list against brute force
-            exact = np.argsort(-corpus_scores(vectors, ref.refined), kind="stable")[:top]
-            ann_info["recall_this_query"] = round(float(np.intersect1d(exact, order).size) / max(1, exact.size), 4)
+    hits = [
+        SearchHit(
+            id=ids[j],
+            text=texts[j],
+            score=float(s),
+            rank=r + 1,
+            original_rank=o,
+            judge_score=judged.get(int(j)),
+            top_n=min(top, index.count),
+        )
+        for r, (j, s, o) in enumerate(zip(order, scores, original_rank))
+    ]
     return SearchResult(query=query, hits=hits, refinement=ref, ann=ann_info)
+
+
+def _exact_order(
+    index: CorpusIndex, ref: Refinement, top: int, verdicts_first: bool
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The ``top`` documents by the refined vector over the whole corpus (the judged positives
+    first, in the original order, with ``verdicts_first``): indices, refined cosines, original ranks."""
+    vectors = index.vectors()
+    original_scores = corpus_scores(vectors, ref.original)
+    before = _ranks(original_scores)
+    after_scores = corpus_scores(vectors, ref.refined)
+    lifted = after_scores.copy()
+    if verdicts_first:
+        lifted[ref.judged_positive] = original_scores[ref.judged_positive] + LIFT
+    order = np.argsort(-lifted, kind="stable")[:top]
+    return order, after_scores[order], [int(before[j]) for j in order]
+
+
+def _ann_order(
+    index: CorpusIndex, ref: Refinement, ann, top: int, verdicts_first: bool, check_ann: bool
+) -> tuple[np.ndarray, np.ndarray, list[int], dict]:
+    """As :func:`_exact_order`, by exact cosine on the ANN's candidates; an original rank beyond
+    the candidates is reported as candidates + 1 (it was not among the original query's first
+    ``candidates`` documents). Also what the ANN was (and, with ``check_ann``, its recall here)."""
+    vectors = index.vectors()
+    c = max(ANN_CANDIDATES, 10 * top)
+    orig_cands, _ = ann[0].search(ref.original, c)
+    orig_order, _ = exact_top(vectors, ref.original, orig_cands[0], c)
+    orig_rank = {int(j): r + 1 for r, j in enumerate(orig_order)}
+    new_cands, _ = ann[0].search(ref.refined, c)
+    cands = new_cands[0]
+    if verdicts_first:  # the judged-positive documents are candidates wherever the ANN puts them
+        cands = np.union1d(cands[cands >= 0], ref.judged_positive)
+    order, after = exact_top(vectors, ref.refined, cands, cands.size if verdicts_first else top)
+    if verdicts_first:  # the judged positives first, in the original order
+        positive = np.isin(order, ref.judged_positive)
+        original = cosine_one(vectors[order], ref.original)
+        first = np.argsort(-np.where(positive, original + LIFT, after), kind="stable")[:top]
+        order, after = order[first], after[first]
+    info = {
+        "kind": ann[0].settings.kind,
+        "candidates": c,
+        **{key: ann[1][key] for key in ("recall@10", "recall@20", "recall@100") if key in ann[1]},
+    }
+    if check_ann:  # measure this query: the ANN top list against brute force
+        exact = np.argsort(-corpus_scores(vectors, ref.refined), kind="stable")[:top]
+        info["recall_this_query"] = round(float(np.intersect1d(exact, order).size) / max(1, exact.size), 4)
+    return order, after, [orig_rank.get(int(j), c + 1) for j in order], info

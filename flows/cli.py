@@ -287,26 +287,11 @@ def demo(
     adjust_sweep_pvalues([{"tests": tests}])  # the project's one family: here every method of this one cell
     adjusted = {m: t["pvalue_bh"] for m, t in tests.items() if "pvalue_bh" in t}
     judge_name = "oracle" if flip_rate == 0 else f"noisy-oracle (flip {flip_rate:g})"
-    table = Table(
-        title=f"{benchmark.name}: {benchmark.n_queries} queries x {benchmark.n_documents} documents, "
+    title = (
+        f"{benchmark.name}: {benchmark.n_queries} queries x {benchmark.n_documents} documents, "
         f"{embedder.model_id}, judge {judge_name}, K={k}, lr={lr:g}, steps={steps}"
     )
-    for column in ("method", "MAP", "nDCG@10", "R@50", "ROC-AUC", "ΔMAP", "p (BH)"):
-        table.add_column(column, justify="right" if column != "method" else "left")
-    base_map = outcome.metrics["baseline"].means["map"]
-    for method in methods:
-        m = outcome.metrics[method].means
-        p = adjusted.get(method)
-        table.add_row(
-            method,
-            f"{m['map']:.4f}",
-            f"{m['ndcg@10']:.4f}",
-            f"{m['recall@50']:.4f}",
-            f"{m['roc_auc']:.4f}",
-            "" if method == "baseline" else f"{m['map'] - base_map:+.4f}",
-            "" if p is None else f"{p:.2g}",
-        )
-    console.print(table)
+    console.print(_demo_table(title, outcome.metrics, adjusted))
     console.print(
         f"embedding {t_embed:.1f} s (cache: {embedding_cache_dir()}), judging + refinement + "
         f"scoring {t_eval:.1f} s; {int(outcome.judge_mask.sum())} judgments"
@@ -325,6 +310,27 @@ def demo(
                 default=float,
             )
         )
+
+
+def _demo_table(title: str, metrics: dict, adjusted: dict[str, float]) -> Table:
+    """``refine demo``'s table: each method's measures, ΔMAP and BH-corrected p against the baseline."""
+    table = Table(title=title)
+    for column in ("method", "MAP", "nDCG@10", "R@50", "ROC-AUC", "ΔMAP", "p (BH)"):
+        table.add_column(column, justify="right" if column != "method" else "left")
+    base_map = metrics["baseline"].means["map"]
+    for method, result in metrics.items():
+        m = result.means
+        p = adjusted.get(method)
+        table.add_row(
+            method,
+            f"{m['map']:.4f}",
+            f"{m['ndcg@10']:.4f}",
+            f"{m['recall@50']:.4f}",
+            f"{m['roc_auc']:.4f}",
+            "" if method == "baseline" else f"{m['map'] - base_map:+.4f}",
+            "" if p is None else f"{p:.2g}",
+        )
+    return table
 
 
 # ---------------------------------------------------------------------------------------
@@ -386,13 +392,21 @@ def run(
     if dry_run:
         _dry_run(config, as_json)
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-
-    from flows.sweep import run_sweep
-    from tasks import progress as task_progress
-
     started = time.perf_counter()
     console.print(f"running {n_cells} cells (the local Prefect server takes a while to start the first time) ...")
+    result = _sweep_with_progress(config)
+    _report_sweep(result, config.name, config_path, runner, time.perf_counter() - started, as_json)
+
+
+def _sweep_with_progress(config) -> dict:
+    """``run_sweep(config)`` with a progress bar per stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from evaluations.config import ConfigError
+    from flows.sweep import run_sweep
+    from flows.watchdog import guard
+    from tasks import progress as task_progress
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -411,23 +425,28 @@ def run(
         task_progress.install(show)
         guard()  # ends the Prefect server and Dask workers if this process is killed
         try:
-            result = run_sweep(config)
+            return run_sweep(config)
         except ConfigError as exc:
             fail(str(exc))
         finally:
             task_progress.install(None)
-    elapsed = time.perf_counter() - started
+
+
+def _report_sweep(
+    result: dict, name: str, config_path: Path | None, runner: str | None, elapsed: float, as_json: bool
+) -> None:
+    """The results table, what was paid, the MLflow links, the failures and how to retry; the
+    exit status (1 a cell failed, 3 judgments failed)."""
     from flows.report import BH_FAMILY
+    from flows.tracking import Tracker
 
     console.print(
         _results_table(
-            f"{config.name}: MAP per method; p (BH): one-sided paired t-test of refined vs "
+            f"{name}: MAP per method; p (BH): one-sided paired t-test of refined vs "
             f"baseline, Benjamini-Hochberg corrected over {BH_FAMILY}",
             result["cells"],
         )
     )
-    from flows.tracking import Tracker
-
     tracker = Tracker()
     cached = sum(bool(c.get("cached")) for c in result["cells"])
     paid = sum(c.get("judge_usage", {}).get("judgments_paid", 0) for c in result["cells"])
@@ -459,19 +478,15 @@ def run(
             soft_wrap=True,
         )
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "experiment_id": result["experiment_id"],
-                    "parent_run_id": result["parent_run_id"],
-                    "cells": _public(result["cells"]),
-                    "failures": result["failures"],
-                    "judgment_failures": judgment_failures,
-                    "budget": result.get("budget"),
-                },
-                default=float,
-            )
-        )
+        public = {
+            "experiment_id": result["experiment_id"],
+            "parent_run_id": result["parent_run_id"],
+            "cells": _public(result["cells"]),
+            "failures": result["failures"],
+            "judgment_failures": judgment_failures,
+            "budget": result.get("budget"),
+        }
+        print(json.dumps(public, default=float))
     if result["failures"]:
         raise typer.Exit(code=1)
     if judgment_failures:

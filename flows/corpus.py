@@ -284,51 +284,25 @@ def evaluate_classification(
     ledger = JudgmentLedger(ledger_url())
     qrels = bench.qrels()
     embedder = embedder_for(model)
-    rows = []
-    for qi, criterion in enumerate(bench.query_texts()):
-        gold = np.zeros(bench.n_documents, dtype=bool)
-        lo, hi = qrels.indptr[qi], qrels.indptr[qi + 1]
-        gold[qrels.docs[lo:hi][qrels.gains[lo:hi] > 0]] = True
-        if not gold.any():
-            continue
-        row: dict[str, object] = {"query_id": bench.queries["query_id"][qi], "positives_gold": int(gold.sum())}
-        for prefix, optimise in (("refined", True), ("baseline", False)):
-            result = classify(
-                index,
-                criterion,
-                judge=judge_obj,
-                embedder=embedder,
-                k=k,
-                rounds=rounds,
-                calibrate=calibrate,
-                config=RefineConfig(lr=lr, pull=pull),
-                instruction=bench.embed_instruction,
-                ledger=ledger,
-                judge_instruction=bench.judge_instruction,
-                optimise=optimise,
-                start=start,
-                rocchio=RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
-                min_positives=min_positives,
-                min_share=min_share,
-            )
-            for name, value in binary_metrics(result.labels, gold).items():
-                row[f"{prefix}_{name}"] = value
-            row[f"{prefix}_best_f1"] = best_threshold_f1(result.scores, gold)["f1"]
-            row[f"{prefix}_estimate"] = result.estimate
-            row[f"{prefix}_interval_low"], row[f"{prefix}_interval_high"] = result.interval
-            row[f"{prefix}_warned"] = float(bool(result.warnings))
-        rows.append(row)
-    frame = pl.DataFrame(rows)
-    metrics = {
-        c.replace("_", ".", 1): _mean(frame[c])
-        for c in frame.columns
-        if c.startswith(("refined_", "baseline_")) and not c.endswith(("_estimate", "_low", "_high"))
+    settings = {
+        "judge": judge_obj,
+        "embedder": embedder,
+        "k": k,
+        "rounds": rounds,
+        "calibrate": calibrate,
+        "config": RefineConfig(lr=lr, pull=pull),
+        "instruction": bench.embed_instruction,
+        "ledger": ledger,
+        "judge_instruction": bench.judge_instruction,
+        "start": start,
+        "rocchio": RocchioParams(beta=rocchio_beta, gamma=rocchio_gamma),
+        "min_positives": min_positives,
+        "min_share": min_share,
     }
-    for prefix in ("refined", "baseline"):
-        gold_count = frame["positives_gold"]
-        inside = (gold_count >= frame[f"{prefix}_interval_low"]) & (gold_count <= frame[f"{prefix}_interval_high"])
-        metrics[f"{prefix}.interval_coverage"] = _mean(inside)
-        metrics[f"{prefix}.count_relative_error"] = _mean((frame[f"{prefix}_estimate"] - gold_count).abs() / gold_count)
+    criteria = bench.query_texts()
+    rows = [r for qi, text in enumerate(criteria) if (r := _classify_query(bench, index, qrels, qi, text, settings))]
+    frame = pl.DataFrame(rows)
+    metrics = _classification_metrics(frame)
     metrics["queries"] = float(frame.height)
     metrics["time.total_s"] = time.perf_counter() - started
     tracker = Tracker(tracking)
@@ -370,6 +344,41 @@ def evaluate_classification(
         "judge": judge.label,
         "metrics": metrics,
     }
+
+
+def _classify_query(bench, index, qrels, qi: int, criterion: str, settings: dict) -> dict[str, object] | None:
+    """One criterion (query ``qi``) labelled with and without the refinement, scored against its
+    gold labels; None for a query without a relevant document."""
+    gold = np.zeros(bench.n_documents, dtype=bool)
+    lo, hi = qrels.indptr[qi], qrels.indptr[qi + 1]
+    gold[qrels.docs[lo:hi][qrels.gains[lo:hi] > 0]] = True
+    if not gold.any():
+        return None
+    row: dict[str, object] = {"query_id": bench.queries["query_id"][qi], "positives_gold": int(gold.sum())}
+    for prefix, optimise in (("refined", True), ("baseline", False)):
+        result = classify(index, criterion, optimise=optimise, **settings)
+        for name, value in binary_metrics(result.labels, gold).items():
+            row[f"{prefix}_{name}"] = value
+        row[f"{prefix}_best_f1"] = best_threshold_f1(result.scores, gold)["f1"]
+        row[f"{prefix}_estimate"] = result.estimate
+        row[f"{prefix}_interval_low"], row[f"{prefix}_interval_high"] = result.interval
+        row[f"{prefix}_warned"] = float(bool(result.warnings))
+    return row
+
+
+def _classification_metrics(frame: pl.DataFrame) -> dict[str, float]:
+    """Means over the criteria, the 90% interval's coverage of the true count and the count's error."""
+    metrics = {
+        c.replace("_", ".", 1): _mean(frame[c])
+        for c in frame.columns
+        if c.startswith(("refined_", "baseline_")) and not c.endswith(("_estimate", "_low", "_high"))
+    }
+    for prefix in ("refined", "baseline"):
+        gold_count = frame["positives_gold"]
+        inside = (gold_count >= frame[f"{prefix}_interval_low"]) & (gold_count <= frame[f"{prefix}_interval_high"])
+        metrics[f"{prefix}.interval_coverage"] = _mean(inside)
+        metrics[f"{prefix}.count_relative_error"] = _mean((frame[f"{prefix}_estimate"] - gold_count).abs() / gold_count)
+    return metrics
 
 
 def _mean(series: pl.Series) -> float:

@@ -197,6 +197,56 @@ def _settings(config: RefineConfig | None, hyperparameters: dict[str, Any]) -> R
     return config if config is not None else replace(PAPER, **hyperparameters)
 
 
+def _feedback_documents(
+    feedback: np.ndarray, documents: np.ndarray | None, n: int, d: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The document matrix the kernel reads, each query's rows in it ``(n, K)`` and the name errors
+    use: ``documents`` with ``feedback`` as indices, or the ``(n, K, d)`` tensor viewed as one."""
+    fb_array = np.asarray(feedback)
+    if documents is not None:
+        if not np.issubdtype(fb_array.dtype, np.integer):
+            raise ValueError("feedback must hold integer document indices when documents is given")
+        docs = as_float_array(documents, "documents", ndim=2)
+        if fb_array.ndim != 2 or fb_array.shape[0] != n:
+            raise ValueError(f"feedback indices must have shape (n, K) with n={n}, got {fb_array.shape}")
+        if docs.shape[1] != d:
+            raise ValueError(f"documents must have dimension {d} like queries, got {docs.shape[1]}")
+        if fb_array.size and (fb_array.min() < 0 or fb_array.max() >= docs.shape[0]):
+            raise ValueError(
+                f"feedback indices must lie in [0, {docs.shape[0]}), got range [{fb_array.min()}, {fb_array.max()}]"
+            )
+        doc_idx = fb_array.astype(np.int64)
+        name = "documents (selected as feedback)"
+    else:
+        fb_array = as_float_array(fb_array, "feedback", ndim=3)
+        if fb_array.shape[0] != n or fb_array.shape[2] != d:
+            raise ValueError(f"feedback must have shape (n, K, d) = ({n}, K, {d}), got {fb_array.shape}")
+        k = fb_array.shape[1]
+        # View the tensor as a document matrix with one row per (query, slot): no copy.
+        docs = np.ascontiguousarray(fb_array).reshape(n * k, d)
+        doc_idx = np.arange(n * k, dtype=np.int64).reshape(n, k)
+        name = "feedback"
+    if doc_idx.shape[1] < 2:
+        raise ValueError(f"feedback must hold at least K=2 documents per query, got K={doc_idx.shape[1]}")
+    return docs, doc_idx, name
+
+
+def _checked_scores(scores: np.ndarray, mask: np.ndarray | None, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The judge scores as float32 and the mask of valid judgments (finite where valid)."""
+    raw_scores = np.asarray(scores, dtype=np.float32)
+    if raw_scores.shape != (n, k):
+        raise ValueError(f"scores must have shape (n, K) = ({n}, {k}), got {raw_scores.shape}")
+    if mask is None:
+        valid = np.ones((n, k), dtype=bool)
+        if not np.isfinite(raw_scores).all():
+            raise ValueError("scores contains NaN or inf; pass mask=False for missing judgments")
+    else:
+        valid = as_mask(mask, "mask", shape=(n, k))
+        if not np.isfinite(raw_scores[valid]).all():
+            raise ValueError("scores contains NaN or inf where mask is True")
+    return raw_scores, valid
+
+
 def refine(
     queries: np.ndarray,
     feedback: np.ndarray,
@@ -267,44 +317,9 @@ def refine(
     if query_ids is not None and len(query_ids) != n:
         raise ValueError(f"query_ids has {len(query_ids)} names for {n} queries")
 
-    fb_array = np.asarray(feedback)
-    if documents is not None:
-        if not np.issubdtype(fb_array.dtype, np.integer):
-            raise ValueError("feedback must hold integer document indices when documents is given")
-        docs = as_float_array(documents, "documents", ndim=2)
-        if fb_array.ndim != 2 or fb_array.shape[0] != n:
-            raise ValueError(f"feedback indices must have shape (n, K) with n={n}, got {fb_array.shape}")
-        if docs.shape[1] != d:
-            raise ValueError(f"documents must have dimension {d} like queries, got {docs.shape[1]}")
-        if fb_array.size and (fb_array.min() < 0 or fb_array.max() >= docs.shape[0]):
-            raise ValueError(
-                f"feedback indices must lie in [0, {docs.shape[0]}), got range [{fb_array.min()}, {fb_array.max()}]"
-            )
-        k = fb_array.shape[1]
-        doc_idx = fb_array.astype(np.int64)
-        feedback_name = "documents (selected as feedback)"
-    else:
-        fb_array = as_float_array(fb_array, "feedback", ndim=3)
-        if fb_array.shape[0] != n or fb_array.shape[2] != d:
-            raise ValueError(f"feedback must have shape (n, K, d) = ({n}, K, {d}), got {fb_array.shape}")
-        k = fb_array.shape[1]
-        # View the tensor as a document matrix with one row per (query, slot): no copy.
-        docs = np.ascontiguousarray(fb_array).reshape(n * k, d)
-        doc_idx = np.arange(n * k, dtype=np.int64).reshape(n, k)
-        feedback_name = "feedback"
-    if k < 2:
-        raise ValueError(f"feedback must hold at least K=2 documents per query, got K={k}")
-    raw_scores = np.asarray(scores, dtype=np.float32)
-    if raw_scores.shape != (n, k):
-        raise ValueError(f"scores must have shape (n, K) = ({n}, {k}), got {raw_scores.shape}")
-    if mask is None:
-        valid = np.ones((n, k), dtype=bool)
-        if not np.isfinite(raw_scores).all():
-            raise ValueError("scores contains NaN or inf; pass mask=False for missing judgments")
-    else:
-        valid = as_mask(mask, "mask", shape=(n, k))
-        if not np.isfinite(raw_scores[valid]).all():
-            raise ValueError("scores contains NaN or inf where mask is True")
+    docs, doc_idx, feedback_name = _feedback_documents(feedback, documents, n, d)
+    k = doc_idx.shape[1]
+    raw_scores, valid = _checked_scores(scores, mask, n, k)
     if block_size is not None:
         check_positive_int(block_size, "block_size")
     else:
@@ -314,7 +329,6 @@ def refine(
     vectors = q.copy()
     losses = np.full((n, config.steps), np.nan, dtype=np.float32)
     reference = chosen_implementation(implementation) == "reference"
-    from refine_core._parallel import KERNEL_LOCK
 
     active = np.flatnonzero(~skipped)
     target = target_distribution(raw_scores, valid, temperature=config.score_temperature, normalize=config.normalize)
@@ -325,43 +339,8 @@ def refine(
         out_z = block_vectors[: rows.size]
         out_loss = np.empty((rows.size, config.steps), dtype=np.float64)
         out_norms = np.empty((rows.size, k), dtype=np.float64)
-        if reference:
-            _reference_block(
-                q[rows],
-                docs,
-                doc_idx[rows],
-                target[rows],
-                valid[rows],
-                weights[rows],
-                config,
-                out_z,
-                out_loss,
-                out_norms,
-            )
-        else:
-            with KERNEL_LOCK:  # see refine_core._parallel
-                sys.modules[__name__].refine_kernel(  # imported on first use (see __getattr__)
-                    np.ascontiguousarray(q[rows]),
-                    docs,
-                    np.ascontiguousarray(doc_idx[rows]),
-                    np.ascontiguousarray(target[rows]),
-                    np.ascontiguousarray(valid[rows]),
-                    np.ascontiguousarray(weights[rows]),
-                    float(config.pull),
-                    config.lr,
-                    config.steps,
-                    config.optimizer == "adam",
-                    config.similarity_temperature,
-                    config.normalize == "minmax",
-                    config.kl_eps,
-                    config.betas[0],
-                    config.betas[1],
-                    config.adam_eps,
-                    config.momentum,
-                    out_z,
-                    out_loss,
-                    out_norms,
-                )
+        step = _reference_block if reference else _kernel_block
+        step(q[rows], docs, doc_idx[rows], target[rows], valid[rows], weights[rows], config, out_z, out_loss, out_norms)
         zero = (out_norms == 0) & valid[rows]
         if zero.any():
             r, c = np.argwhere(zero)[0]
@@ -377,6 +356,46 @@ def refine(
         vectors[rows] = out_z
         losses[rows] = out_loss
     return RefineResult(vectors=vectors, losses=losses, skipped=skipped, config=config)
+
+
+def _kernel_block(
+    q: np.ndarray,
+    docs: np.ndarray,
+    doc_idx: np.ndarray,
+    target: np.ndarray,
+    valid: np.ndarray,
+    weights: np.ndarray,
+    config: RefineConfig,
+    out_z: np.ndarray,
+    out_loss: np.ndarray,
+    out_norms: np.ndarray,
+) -> None:
+    """One block of queries through the compiled kernel (the same arguments as :func:`_reference_block`)."""
+    from refine_core._parallel import KERNEL_LOCK
+
+    with KERNEL_LOCK:  # see refine_core._parallel
+        sys.modules[__name__].refine_kernel(  # imported on first use (see __getattr__)
+            np.ascontiguousarray(q),
+            docs,
+            np.ascontiguousarray(doc_idx),
+            np.ascontiguousarray(target),
+            np.ascontiguousarray(valid),
+            np.ascontiguousarray(weights),
+            float(config.pull),
+            config.lr,
+            config.steps,
+            config.optimizer == "adam",
+            config.similarity_temperature,
+            config.normalize == "minmax",
+            config.kl_eps,
+            config.betas[0],
+            config.betas[1],
+            config.adam_eps,
+            config.momentum,
+            out_z,
+            out_loss,
+            out_norms,
+        )
 
 
 def _reference_block(
