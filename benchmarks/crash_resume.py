@@ -48,13 +48,30 @@ def stores(home: Path) -> dict[str, str]:
     return out
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=60.0, help="latest kill, seconds after start")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _runs_by_status(db: Path) -> dict[str, int]:
+    """The crash-resume experiment's MLflow runs counted by status (none may be left RUNNING)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("crash-resume")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
+    by_status: dict[str, int] = {}
+    for run in runs:
+        by_status[run.info.status] = by_status.get(run.info.status, 0) + 1
+    return by_status
+
+
+def main() -> None:
+    args = _arguments()
 
     from evaluations.registry import load_benchmark
 
@@ -105,14 +122,7 @@ def main() -> None:
         result = {}
     else:
         result = json.loads(final.stdout.strip().splitlines()[-1])
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{home / '.refine' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("crash-resume")
-    runs = client.search_runs([experiment.experiment_id], max_results=1000) if experiment else []
-    by_status: dict[str, int] = {}
-    for run in runs:
-        by_status[run.info.status] = by_status.get(run.info.status, 0) + 1
+    by_status = _runs_by_status(home / ".refine" / "mlflow.db")
     if by_status.get("RUNNING"):
         problems.append(f"{by_status['RUNNING']} runs left RUNNING")
     info = machine_info()

@@ -31,13 +31,53 @@ def rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judgments", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _print_load(m: dict, latency: float) -> None:
+    """The load test's one-row table."""
+    print_table(
+        [
+            "judgments",
+            "concurrency",
+            "latency ms",
+            "seconds",
+            "judgments/s",
+            "max in flight (server)",
+            "stored in ledger",
+            "failed",
+            "answered twice",
+            "RSS start MB",
+            "RSS early/late max MB",
+            "peak RSS MB",
+        ],
+        [
+            [
+                m["judgments"],
+                m["concurrency"],
+                f"{latency * 1000:.0f}",
+                f"{m['seconds']:.1f}",
+                f"{m['judgments'] / m['seconds']:.0f}",
+                m["max_in_flight"],
+                m["stored"],
+                m["failed"],
+                m["answered_twice"],
+                f"{m['rss_start_mb']:.0f}",
+                f"{m['rss_early_max_mb']:.0f}/{m['rss_late_max_mb']:.0f}",
+                f"{m['peak_rss_mb']:.0f}",
+            ]
+        ],
+    )
+
+
+def main() -> None:
+    args = _arguments()
 
     os.environ.setdefault("ANTHROPIC_API_KEY", "load-test-key")
     k = 20
@@ -78,59 +118,24 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     info = machine_info()
     print(f"machine: {info}")
-    print_table(
-        [
-            "judgments",
-            "concurrency",
-            "latency ms",
-            "seconds",
-            "judgments/s",
-            "max in flight (server)",
-            "stored in ledger",
-            "failed",
-            "answered twice",
-            "RSS start MB",
-            "RSS early/late max MB",
-            "peak RSS MB",
-        ],
-        [
-            [
-                n,
-                args.concurrency,
-                f"{args.latency * 1000:.0f}",
-                f"{elapsed:.1f}",
-                f"{n / elapsed:.0f}",
-                max_in_flight,
-                stored,
-                report.failed,
-                answered_twice,
-                f"{before:.0f}",
-                f"{early:.0f}/{late:.0f}",
-                f"{peak:.0f}",
-            ]
-        ],
-    )
+    measured = {
+        "judgments": n,
+        "concurrency": args.concurrency,
+        "seconds": elapsed,
+        "max_in_flight": max_in_flight,
+        "stored": stored,
+        "failed": report.failed,
+        "answered_twice": answered_twice,
+        "rss_start_mb": before,
+        "rss_early_max_mb": early,
+        "rss_late_max_mb": late,
+        "peak_rss_mb": peak,
+    }
+    _print_load(measured, args.latency)
     ok = max_in_flight <= args.concurrency and stored == n and report.failed == 0 and answered_twice == 0
     print("bound held, nothing lost, nothing paid twice" if ok else "CHECK FAILED")
     if args.json:
-        emit_json(
-            {
-                "benchmark": "judge_load",
-                "machine": info,
-                "judgments": n,
-                "concurrency": args.concurrency,
-                "seconds": elapsed,
-                "max_in_flight": max_in_flight,
-                "stored": stored,
-                "failed": report.failed,
-                "answered_twice": answered_twice,
-                "rss_start_mb": before,
-                "rss_early_max_mb": early,
-                "rss_late_max_mb": late,
-                "peak_rss_mb": peak,
-                "ok": ok,
-            }
-        )
+        emit_json({"benchmark": "judge_load", "machine": info, **measured, "ok": ok})
     if not ok:
         raise SystemExit(1)
 

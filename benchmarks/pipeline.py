@@ -22,7 +22,7 @@ from typing import Any
 from benchmarks._common import emit_json, machine_info, print_table
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=None, help="subset of CLINC150 queries (default: all 150)")
     parser.add_argument(
@@ -32,7 +32,36 @@ def main() -> None:
         help="copy this embedding cache in first (measures the pipeline without the model)",
     )
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+STAGE_COLUMNS = ("embed_corpus", "embed_queries", "judge", "refine", "evaluate", "mlflow")
+
+
+def _timed_sweep(sweep, config) -> tuple[dict[str, Any], list[object]]:
+    """One sweep: its wall time and the stages' seconds as the flow saw them (summed over cells),
+    and the table row of it."""
+    start = time.perf_counter()
+    out = sweep(config)
+    wall = time.perf_counter() - start
+    stages: dict[str, float] = dict(out["shared_timings"])
+    for cell in out["cells"]:
+        for stage, seconds in cell["timings"].items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    work = sum(stages.values())
+    result = {
+        "wall_s": wall,
+        "stages_s": stages,
+        "stage_sum_s": work,
+        "overhead_s": wall - work,
+        "cells": len(out["cells"]),
+    }
+    row = [len(out["cells"]), f"{wall:.1f}", f"{work:.1f}", f"{wall - work:.1f}"]
+    return result, row + [f"{stages.get(s, 0.0):.2f}" for s in STAGE_COLUMNS]
+
+
+def main() -> None:
+    args = _arguments()
 
     home = Path(tempfile.mkdtemp(prefix="refine-pipeline-"))
     if args.reuse_embeddings:
@@ -56,34 +85,8 @@ def main() -> None:
     rows: list[list[object]] = []
     results: dict[str, dict[str, Any]] = {}
     for label in ("cold", "warm"):
-        start = time.perf_counter()
-        out = sweep(config)
-        wall = time.perf_counter() - start
-        stages: dict[str, float] = dict(out["shared_timings"])
-        for cell in out["cells"]:
-            for stage, seconds in cell["timings"].items():
-                stages[stage] = stages.get(stage, 0.0) + seconds
-        work = sum(stages.values())
-        results[label] = {
-            "wall_s": wall,
-            "stages_s": stages,
-            "stage_sum_s": work,
-            "overhead_s": wall - work,
-            "cells": len(out["cells"]),
-        }
-        rows.append(
-            [
-                label,
-                len(out["cells"]),
-                f"{wall:.1f}",
-                f"{work:.1f}",
-                f"{wall - work:.1f}",
-                *(
-                    f"{stages.get(s, 0.0):.2f}"
-                    for s in ("embed_corpus", "embed_queries", "judge", "refine", "evaluate", "mlflow")
-                ),
-            ]
-        )
+        results[label], row = _timed_sweep(sweep, config)
+        rows.append([label, *row])
     info = machine_info()
     print(f"machine: {info}")
     print(f"sweep: {len(config.cells())} cells on clinc150 ({args.queries or 150} queries); state in {home}")

@@ -230,7 +230,7 @@ def _p(p: float) -> str:
     return f"{p:.2g}{' *' if p < 0.05 else ''}"
 
 
-def render(results: dict, out: Path, meta: dict) -> str:
+def _methods_section(results: dict, meta: dict) -> list[str]:
     lines = [
         "# refine-eval: measured quality",
         "",
@@ -273,6 +273,11 @@ def render(results: dict, out: Path, meta: dict) -> str:
                 + f" | {'' if p is None else _p(p)} |"
             )
         lines.append("")
+    return lines
+
+
+def _accuracy_section(results: dict) -> list[str]:
+    lines: list[str] = []
     lines += [
         "## 2. How good must the judge be?",
         "",
@@ -291,6 +296,11 @@ def render(results: dict, out: Path, meta: dict) -> str:
         paying = [p["accuracy"] for p in r["points"] if p["refined_lr0.0001"] - p["rerank_only"] > 0]
         crossings.append(f"{name}: {min(paying):g}" if paying else f"{name}: never")
     lines += ["", "Lowest accuracy at which refinement (lr 1e-4) beats rerank-only: " + "; ".join(crossings) + ".", ""]
+    return lines
+
+
+def _lr_section(results: dict) -> list[str]:
+    lines: list[str] = []
     lines += [
         "## 3. Learning rate × judge accuracy",
         "",
@@ -331,6 +341,11 @@ def render(results: dict, out: Path, meta: dict) -> str:
         f"is {best_fixed:g}.",
         "",
     ]
+    return lines
+
+
+def _budget_section(results: dict) -> list[str]:
+    lines: list[str] = []
     lines += [
         "## 4. Feedback budget",
         "",
@@ -355,6 +370,11 @@ def render(results: dict, out: Path, meta: dict) -> str:
                 f"| {k} | {row[0]['cost_per_query_usd']:.4f} | " + " | ".join(f"{p['map']:.4f}" for p in row) + " |"
             )
         lines.append("")
+    return lines
+
+
+def _smollm2_section(results: dict) -> list[str]:
+    lines: list[str] = []
     lines += [
         "## 5. A small local judge (SmolLM2-135M, GGUF, on CPU)",
         "",
@@ -378,6 +398,11 @@ def render(results: dict, out: Path, meta: dict) -> str:
         "result — it is here to exercise the local-judge path, not as a quality claim.",
         "",
     ]
+    return lines
+
+
+def _paper_section(results: dict) -> list[str]:
+    lines: list[str] = []
     lines += [
         "## 6. Beside the paper",
         "",
@@ -398,6 +423,11 @@ def render(results: dict, out: Path, meta: dict) -> str:
             f"{results['accuracy'][name]['baseline']:.3f} → {acc08['refined_lr0.0001']:.3f} [{acc08['rerank_only']:.3f}] |"
         )
     lines.append("")
+    return lines
+
+
+def _template_section(results: dict) -> list[str]:
+    lines: list[str] = []
     lines += [
         "## 7. The query template on a model without instruction tuning",
         "",
@@ -413,6 +443,17 @@ def render(results: dict, out: Path, meta: dict) -> str:
             f"| {name} | {r['instruction']} | {r['template']:.4f} | {r['bare']:.4f} | {r['bare_refined']:.4f} |"
         )
     lines.append("")
+    return lines
+
+
+def render(results: dict, out: Path, meta: dict) -> str:
+    lines = _methods_section(results, meta)
+    lines += _accuracy_section(results)
+    lines += _lr_section(results)
+    lines += _budget_section(results)
+    lines += _smollm2_section(results)
+    lines += _paper_section(results)
+    lines += _template_section(results)
     if "beyond" in results:
         from benchmarks.beyond import render_beyond
 

@@ -40,7 +40,7 @@ def naive_loop(q: np.ndarray, fb: np.ndarray, s: np.ndarray, *, lr: float, steps
     return out
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="queries for the batched engine")
     parser.add_argument("--naive-n", type=int, default=30, help="queries for the naive loop")
@@ -50,7 +50,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--json", action="store_true", help="end with one JSON object")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     torch.set_num_threads(args.threads)
 
     info = machine_info()

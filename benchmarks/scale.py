@@ -493,7 +493,7 @@ def growth(
     }
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sizes",
@@ -538,7 +538,11 @@ def main() -> None:
     parser.add_argument("--doc-tokens", type=int, default=150, help="assumed tokens per judged document")
     parser.add_argument("--prompt-tokens", type=int, default=400, help="assumed prompt + query tokens per judge call")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
 
     info = machine_info()
     print(f"machine: {info}")

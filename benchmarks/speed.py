@@ -38,13 +38,31 @@ def timed(fn):
     return time.perf_counter() - start, value
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=3000, help="CLINC150 documents for the embedding stage")
     parser.add_argument("--judge-queries", type=int, default=16)
     parser.add_argument("--judge-latency", type=float, default=0.8, help="seconds per fake Messages API call")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _refine_4096(scores: np.ndarray) -> tuple[float, float]:
+    """Seconds (cold, warm) to refine 200 synthetic queries of d=4096 (the paper's dimension)
+    against 20,000 documents, with ``scores`` (one query's) for each."""
+    from refine_core import refine
+
+    rng = np.random.default_rng(0)
+    big_docs = rng.standard_normal((20_000, 4096), dtype=np.float32)
+    big_q = rng.standard_normal((200, 4096), dtype=np.float32)
+    big_fb = rng.integers(0, big_docs.shape[0], size=(200, 20))
+    cold, _ = timed(lambda: refine(big_q, big_fb, scores.repeat(200, axis=0), documents=big_docs))
+    warm, _ = timed(lambda: refine(big_q, big_fb, scores.repeat(200, axis=0), documents=big_docs))
+    return cold, warm
+
+
+def main() -> None:
+    args = _arguments()
 
     from embedders.cache import EmbeddingCache
     from embedders.models import SentenceTransformerEmbedder
@@ -52,6 +70,7 @@ def main() -> None:
     from refine_core import refine
     from refine_core.feedback import select_feedback
     from refine_core.metrics import cosine_scores, evaluate_rankings
+    from tasks.storage import embedding_cache_dir
 
     info = machine_info()
     bench = load_benchmark("clinc150")
@@ -79,8 +98,7 @@ def main() -> None:
     batch, q_vectors = timed(lambda: embedder.embed_queries(queries, instruction=bench.embed_instruction))
     record("query embedding, batched", "ms/query", 1000 * batch / len(queries), 1000 * batch / len(queries))
 
-    cache_dir = Path(os.environ.get("REFINE_HOME") or ROOT / ".refine") / "embeddings"
-    d_vectors = embedder.embed_documents(bench.document_texts(), cache=EmbeddingCache(cache_dir))
+    d_vectors = embedder.embed_documents(bench.document_texts(), cache=EmbeddingCache(embedding_cache_dir()))
     labels, _ = bench.label_matrix()
 
     def ranking() -> np.ndarray:
@@ -107,12 +125,7 @@ def main() -> None:
     cold, _ = timed(lambda: refine(q_vectors, fb, scores, documents=d_vectors))
     warm, refined = timed(lambda: refine(q_vectors, fb, scores, documents=d_vectors))
     record("refinement, d=384", "ms/query", 1000 * cold / len(queries), 1000 * warm / len(queries))
-    rng = np.random.default_rng(0)
-    big_docs = rng.standard_normal((20_000, 4096), dtype=np.float32)
-    big_q = rng.standard_normal((200, 4096), dtype=np.float32)
-    big_fb = rng.integers(0, big_docs.shape[0], size=(200, 20))
-    cold, _ = timed(lambda: refine(big_q, big_fb, scores[:1].repeat(200, axis=0), documents=big_docs))
-    warm, _ = timed(lambda: refine(big_q, big_fb, scores[:1].repeat(200, axis=0), documents=big_docs))
+    cold, warm = _refine_4096(scores[:1])
     record("refinement, d=4096", "ms/query (synthetic vectors)", 1000 * cold / 200, 1000 * warm / 200)
 
     def scoring() -> float:

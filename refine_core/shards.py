@@ -372,7 +372,6 @@ def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict
     rel = specials.gains > 0
     rel_rows = sp_rows[rel]
     gains = specials.gains[rel]
-    t_rel = specials.scores[rel]
     rank = 1.0 + greater_all[rel] + before_all[rel]
     avg_asc = (n_pool[rel_rows] - greater_all[rel] - equal_all[rel]) + (equal_all[rel] + 1) / 2.0
     rel_indptr = np.zeros(b + 1, dtype=np.int64)
@@ -406,19 +405,7 @@ def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict
         by_name["Rprec"] = per_query((rank_o <= n_pos[rows_o]).astype(np.float64)) / n_pos
         rank_sum = np.bincount(rel_rows, weights=avg_asc, minlength=b)
         by_name["ROC-AUC"] = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-        # separation: relevant scores against the rest (other candidates and non-relevant specials)
-        mean_pos = np.bincount(rel_rows, weights=t_rel, minlength=b) / n_pos
-        ss_pos = np.bincount(rel_rows, weights=(t_rel - mean_pos[rel_rows]) ** 2, minlength=b)
-        neg_sp = ~rel
-        ns_rows = sp_rows[neg_sp]
-        n_sn = np.bincount(ns_rows, minlength=b).astype(np.float64)
-        mean_sn = np.bincount(ns_rows, weights=specials.scores[neg_sp], minlength=b) / np.maximum(n_sn, 1)
-        m2_sn = np.bincount(ns_rows, weights=(specials.scores[neg_sp] - mean_sn[ns_rows]) ** 2, minlength=b)
-        _, mean_neg, ss_neg = _merge_moments(
-            stats[:, N_OTHER], stats[:, MEAN_OTHER], stats[:, M2_OTHER], n_sn, mean_sn, m2_sn
-        )
-        pooled_sd = np.sqrt((ss_pos + ss_neg) / (n_pos + n_neg - 2))
-        by_name["separation"] = (mean_pos - mean_neg) / pooled_sd
+        by_name["separation"] = _separation(stats, specials, rel, n_pos, n_neg)
     undefined = n_pos == 0
     no_neg = n_neg == 0
     out: dict[str, np.ndarray] = {}
@@ -429,6 +416,28 @@ def measures(merged: ShardPart, specials: Specials, ks: tuple[int, ...]) -> dict
             values[no_neg] = np.nan
         out[measure.key] = values
     return out
+
+
+def _separation(
+    stats: np.ndarray, specials: Specials, rel: np.ndarray, n_pos: np.ndarray, n_neg: np.ndarray
+) -> np.ndarray:
+    """Per query, the relevant documents' scores against the rest's (the other candidates and the
+    non-relevant specials): difference of means over the pooled standard deviation."""
+    b = specials.n_queries
+    sp_rows = specials.row_ids()
+    rel_rows, t_rel = sp_rows[rel], specials.scores[rel]
+    mean_pos = np.bincount(rel_rows, weights=t_rel, minlength=b) / n_pos
+    ss_pos = np.bincount(rel_rows, weights=(t_rel - mean_pos[rel_rows]) ** 2, minlength=b)
+    neg_sp = ~rel
+    ns_rows = sp_rows[neg_sp]
+    n_sn = np.bincount(ns_rows, minlength=b).astype(np.float64)
+    mean_sn = np.bincount(ns_rows, weights=specials.scores[neg_sp], minlength=b) / np.maximum(n_sn, 1)
+    m2_sn = np.bincount(ns_rows, weights=(specials.scores[neg_sp] - mean_sn[ns_rows]) ** 2, minlength=b)
+    _, mean_neg, ss_neg = _merge_moments(
+        stats[:, N_OTHER], stats[:, MEAN_OTHER], stats[:, M2_OTHER], n_sn, mean_sn, m2_sn
+    )
+    pooled_sd = np.sqrt((ss_pos + ss_neg) / (n_pos + n_neg - 2))
+    return (mean_pos - mean_neg) / pooled_sd
 
 
 def merge_top_k(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
