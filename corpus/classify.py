@@ -158,12 +158,7 @@ def classify(
             ref.judged_idx = np.concatenate([ref.judged_idx, extra])
             ref.judged_scores = np.concatenate([ref.judged_scores, extra_scores])
             added = int(extra.size)
-            strata, at = [], 0
-            for rows, size in sample:
-                got = extra_scores[at : at + rows.size]
-                at += rows.size
-                ok = np.isfinite(got)  # a failed judgment is dropped from its band's sample
-                strata.append((size, int(ok.sum()), int((got[ok] >= positive_at).sum())))
+            strata = _strata(sample, extra_scores, positive_at)
             estimate, interval = stratified_estimate(known, strata, total=scores.size)
             if (warning := tail_warning(strata, estimate)) is not None:
                 warnings.append(warning)
@@ -195,6 +190,18 @@ def classify(
         positive_at=positive_at,
         warnings=tuple(warnings),
     )
+
+
+def _strata(sample: list[tuple[np.ndarray, int]], scores: np.ndarray, positive_at: float) -> list[tuple[int, int, int]]:
+    """Per band of the calibration sample: (band size, judgments that succeeded, positives among
+    them); a failed judgment is dropped from its band's sample."""
+    strata, at = [], 0
+    for rows, size in sample:
+        got = scores[at : at + rows.size]
+        at += rows.size
+        ok = np.isfinite(got)
+        strata.append((size, int(ok.sum()), int((got[ok] >= positive_at).sum())))
+    return strata
 
 
 def write_labels(result: Classification, index: CorpusIndex, path: str | os.PathLike[str]) -> Path:

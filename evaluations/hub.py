@@ -128,7 +128,7 @@ def realscholarquery() -> Benchmark:
 
     from huggingface_hub import hf_hub_download
 
-    from evaluations.loaders import RSQ_FILES, load_realscholarquery
+    from evaluations.realscholarquery import RSQ_FILES, load_realscholarquery
 
     paths = [Path(hf_hub_download("CarlanLark/pasa-dataset", f, repo_type="dataset")) for f in RSQ_FILES]
     # hf_hub_download keeps the repository's folders: the root is two levels above the zip.

@@ -22,7 +22,6 @@ from evaluations import hub
 from evaluations.benchmark import Benchmark
 from evaluations.errors import DatasetError, DatasetNotFound
 from evaluations.loaders import (
-    RSQ_FILES,
     load_argkp21,
     load_banking77,
     load_beir,
@@ -30,10 +29,10 @@ from evaluations.loaders import (
     load_followir_folder,
     load_intent_csv,
     load_nfcorpus,
-    load_realscholarquery,
     load_snips,
-    load_user_files,
 )
+from evaluations.realscholarquery import RSQ_FILES, load_realscholarquery
+from evaluations.user_files import load_user_files
 
 SPARSE_SEED = 0
 """The seed of every registered ``-sparse`` variant (:meth:`Benchmark.sparse`)."""

@@ -313,24 +313,13 @@ def evaluate_classification(
         tags={"refine.kind": "classification"},
     )
     with tracker.ends_run_on_error(run_id):
-        tracker.log_params(
-            run_id,
-            {
-                "benchmark.name": bench.name,
-                "benchmark.hash": bench.content_hash,
-                "model": model,
-                "k": k,
-                "rounds": rounds,
-                "calibrate": calibrate,
-                "lr": lr,
-                "pull": pull,
-                "start": start,
-                "min_positives": min_positives,
-                "min_share": min_share,
-                **({"rocchio.beta": rocchio_beta, "rocchio.gamma": rocchio_gamma} if start == "rocchio" else {}),
-                **{f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None},
-            },
-        )
+        params: dict[str, object] = {"benchmark.name": bench.name, "benchmark.hash": bench.content_hash, "model": model}
+        params |= {"k": k, "rounds": rounds, "calibrate": calibrate, "lr": lr, "pull": pull, "start": start}
+        params |= {"min_positives": min_positives, "min_share": min_share}
+        if start == "rocchio":
+            params |= {"rocchio.beta": rocchio_beta, "rocchio.gamma": rocchio_gamma}
+        params |= {f"judge.{key}": v for key, v in judge.model_dump().items() if v is not None}
+        tracker.log_params(run_id, params)
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "per_query_classification.parquet"

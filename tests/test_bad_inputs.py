@@ -151,7 +151,7 @@ def test_a_parquet_label_that_is_not_0_or_1_names_the_file_and_row(tmp_path: Pat
     import polars as pl
 
     from evaluations.errors import DatasetError
-    from evaluations.loaders import load_user_files
+    from evaluations.user_files import load_user_files
 
     folder = dataset(tmp_path, labels__jsonl=None)
     pl.DataFrame({"query_id": ["q1", "q2"], "doc_id": ["d1", "d2"], "label": [1.0, 0.5]}).write_parquet(

@@ -1,9 +1,11 @@
 """The code's own checks that are tests: the layer contracts catch a crossing import, no private
-name crosses a module, the old import paths of the services still work. Lint, format, types and
+name crosses a module, the rooms stay small (modules, function bodies), the old import paths of
+the services still work. Lint, format, types and
 the contracts themselves run in `make lint` (first in CI); their settings live in pyproject.toml."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -65,8 +67,6 @@ def test_the_layers_hold_and_a_crossing_import_breaks_them(tmp_path: Path, viola
 def test_no_private_name_is_imported_from_another_module() -> None:
     """``from m import _name`` reaches into another module's internals; a private submodule of a
     package (``from refine_core import _parallel``) is the package's own business and allowed."""
-    import ast
-
     found = []
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
@@ -78,6 +78,52 @@ def test_no_private_name_is_imported_from_another_module() -> None:
                         if private and not submodule:
                             found.append(f"{path.relative_to(ROOT)}: from {node.module} import {alias.name}")
     assert not found, found
+
+
+MAX_MODULE_LINES = 500
+MAX_BODY_LINES = 80
+# The compiled kernels stay one function each (the reason is beside ruff's exemption in
+# pyproject.toml): numba compiles a function as one unit and LLVM vectorises its loops together.
+KERNELS = {("refine_core/_kernels.py", "_refine_one"), ("refine_core/_metric_kernels.py", "special_counts")}
+
+
+def _sources() -> list[Path]:
+    return [path for package in (*PACKAGES, "deploy") for path in sorted((ROOT / package).rglob("*.py"))]
+
+
+def test_no_module_is_over_500_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n for p in _sources() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, f"split these modules (at most {MAX_MODULE_LINES} lines): {long}"
+
+
+def body_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from the first statement after the docstring to the function's end."""
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return 0 if not body else (function.end_lineno or body[0].lineno) - body[0].lineno + 1
+
+
+def test_no_function_body_is_over_80_lines() -> None:
+    long = {}
+    for path in _sources():
+        where = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (where, node.name) not in KERNELS:
+                if (n := body_lines(node)) > MAX_BODY_LINES:
+                    long[f"{where}:{node.name}"] = n
+    assert not long, f"split these functions (at most {MAX_BODY_LINES} lines of body): {long}"
+
+
+def test_the_size_checks_count_what_they_say(tmp_path: Path) -> None:
+    """A body of 81 statement lines after a docstring is too long; 80 is not."""
+    for lines, too_long in ((80, False), (81, True)):
+        source = 'def f():\n    """Doc."""\n' + "    x = 1\n" * lines
+        (function,) = ast.parse(source).body
+        assert isinstance(function, ast.FunctionDef)
+        assert (body_lines(function) > MAX_BODY_LINES) is too_long
 
 
 def test_the_services_old_import_paths_give_the_same_modules() -> None:

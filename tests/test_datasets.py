@@ -12,7 +12,8 @@ import pytest
 from conftest import FIXTURES
 
 from evaluations import DatasetError, DatasetNotFound, load_benchmark, load_raw
-from evaluations.loaders import load_argkp21, load_beir, load_followir_folder, load_intent_csv, load_user_files
+from evaluations.loaders import load_argkp21, load_beir, load_followir_folder, load_intent_csv
+from evaluations.user_files import load_user_files
 
 
 # ---- real files ----------------------------------------------------------------------
@@ -309,7 +310,7 @@ def test_the_paper_datasets_use_the_papers_instructions(data_root: Path, tmp_pat
     datasets (CLINC150, Banking77, ArgKP21) and nothing for the search datasets."""
     from test_realscholarquery import write_pasa
 
-    from evaluations.loaders import load_realscholarquery
+    from evaluations.realscholarquery import load_realscholarquery
 
     loaded = {
         "clinc150": load_raw("clinc150", root=data_root),

@@ -33,7 +33,7 @@ def test_every_example_parses_and_preflights(
     path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from evaluations.config import load_config
-    from flows.cli import _preflight
+    from flows.cli import preflight
     from flows.schedule import check_cron
 
     monkeypatch.chdir(ROOT)
@@ -47,10 +47,10 @@ def test_every_example_parses_and_preflights(
         check_cron(config.schedule)
     if path.name in NEEDS_OUTSIDE:
         with pytest.raises(ValueError) as caught:
-            _preflight(config)
+            preflight(config)
         assert NEEDS_OUTSIDE[path.name] in str(caught.value) and "\n" not in str(caught.value)
     else:
-        _preflight(config)
+        preflight(config)
 
 
 @pytest.mark.integration

@@ -277,7 +277,7 @@ def test_a_config_path_that_is_a_folder_is_named_as_such(tmp_path: Path) -> None
 
 def test_a_corrupt_parquet_file_is_a_dataset_error_naming_it(tmp_path: Path) -> None:
     from evaluations.errors import DatasetError
-    from evaluations.loaders import load_user_files
+    from evaluations.user_files import load_user_files
 
     (tmp_path / "queries.jsonl").write_text('{"query_id": "q1", "text": "a query"}\n')
     (tmp_path / "documents.parquet").write_bytes(b"not parquet at all")

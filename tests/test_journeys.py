@@ -496,7 +496,7 @@ def test_missing_local_judge_models_fail_before_anything_is_embedded(
 def test_an_embedding_model_that_is_not_here_fails_in_preflight(data_root: Path) -> None:
     from embedders.models import EmbeddingModelError
     from evaluations.config import parse_config
-    from flows.cli import _preflight
+    from flows.cli import preflight
 
     config = parse_config(
         {"name": "x", "benchmarks": [{"name": f"files:{USERDATA}"}], "models": ["nobody/no-such-model"]}
@@ -504,7 +504,7 @@ def test_an_embedding_model_that_is_not_here_fails_in_preflight(data_root: Path)
     with pytest.raises(
         EmbeddingModelError, match="'nobody/no-such-model': not a folder and not in the local Hugging Face"
     ):
-        _preflight(config)
+        preflight(config)
 
 
 def test_an_unreachable_tracking_server_is_reported_within_seconds(tmp_path: Path, data_root: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evaluations.errors import DatasetError
-from evaluations.loaders import load_realscholarquery
+from evaluations.realscholarquery import load_realscholarquery
 
 
 def write_pasa(root: Path, n_papers: int = 40, questions: int = 3) -> Path:

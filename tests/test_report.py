@@ -158,5 +158,5 @@ def test_one_function_applies_benjamini_hochberg() -> None:
         if "benjamini_hochberg(" in f.read_text()
     }
     assert callers == {"flows/report.py", "refine_core/statistics.py"}, callers
-    for module in ("flows/cli.py", "flows/sweep.py", "benchmarks/quality.py", "benchmarks/beyond.py"):
+    for module in ("flows/cli_run.py", "flows/sweep.py", "benchmarks/quality.py", "benchmarks/beyond.py"):
         assert "adjust_sweep_pvalues(" in (root / module).read_text(), module

@@ -1,0 +1,1 @@
+"""The team deployment: compose's topology rehearsed natively (``python deploy/rehearse.py``)."""

@@ -1,0 +1,228 @@
+"""``refine compare``, ``refine experiments`` and ``refine ui``: what a sweep measured, from MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Annotated, NoReturn
+
+import typer
+from rich.table import Table
+
+from flows.cli_run import check_tracking_store, public_cells, results_table
+from flows.console import console, fail
+
+
+def compare(
+    filters: Annotated[list[str] | None, typer.Argument(metavar="[NAME=VALUE]...", help="more --where filters")] = None,
+    experiment: Annotated[str, typer.Option(help="experiment (sweep config name)")] = "default-sweep",
+    parent: Annotated[str | None, typer.Option(help="parent run id (default: the latest sweep)")] = None,
+    all_sweeps: Annotated[bool, typer.Option("--all", help="every finished cell of the experiment")] = False,
+    benchmark: Annotated[str | None, typer.Option(help="only this benchmark")] = None,
+    judge: Annotated[str | None, typer.Option(help="only judges whose label contains this")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option(help="keep cells with this coordinate, e.g. lr=1e-4 rounds=1 (repeatable)")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, csv or markdown (--layout paper: markdown or latex; default both)")
+    ] = "table",
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="'cells' (one row per cell) or 'paper' (model x method rows, one "
+            "column per benchmark, as in the paper)"
+        ),
+    ] = "cells",
+    as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
+) -> None:
+    """Compare cells from MLflow: MAP per method, ΔMAP and significance as stored by the sweep.
+
+    p (BH) is the value the sweep stored (its one Benjamini–Hochberg family); filtering the
+    cells shown never changes it.
+    """
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows.report import ReportError, cells_from_mlflow
+    from flows.tracking import Tracker
+
+    if layout not in ("cells", "paper"):
+        fail(f"--layout must be cells or paper, got {layout!r}")
+    if layout == "cells" and fmt not in ("table", "csv", "markdown"):
+        fail(f"--format must be table, csv or markdown, got {fmt!r}")
+    if layout == "paper" and fmt not in ("table", "markdown", "latex"):
+        fail(f"--format with --layout paper must be markdown or latex, got {fmt!r}")
+    try:
+        check_tracking_store(run=False)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        experiment_id, parent, cells = cells_from_mlflow(
+            Tracker(),
+            experiment,
+            parent=parent,
+            all_sweeps=all_sweeps,
+            benchmark=benchmark,
+            judge=judge,
+            where=[*(where or []), *(filters or [])],
+        )
+    except ReportError as exc:
+        fail(str(exc))
+    if layout == "paper":
+        from flows.report import paper_table
+
+        try:
+            table = paper_table(cells)
+        except ReportError as exc:
+            fail(str(exc))
+        if fmt in ("table", "markdown"):
+            print(table.markdown())
+        if fmt == "table":
+            print()
+        if fmt in ("table", "latex"):
+            print(table.latex())
+    elif fmt == "table":
+        console.print(
+            results_table(f"{experiment}: {len(cells)} cells" + (f" of sweep {parent}" if parent else ""), cells)
+        )
+    else:
+        from flows.sweep import summary_table
+
+        rows, markdown = summary_table(cells)
+        if fmt == "markdown":
+            print(markdown)
+        else:
+            import polars as pl
+
+            print(pl.DataFrame(rows).write_csv() if rows else "")
+    if as_json:
+        print(
+            json.dumps(
+                {"experiment_id": experiment_id, "parent_run_id": parent, "cells": public_cells(cells)}, default=float
+            )
+        )
+
+
+def experiments(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """List the experiments: sweeps and cells logged, the last run, the best refined MAP."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows.stores import NothingLogged
+    from flows.tracking import Tracker
+
+    try:
+        check_tracking_store(run=False)
+    except NothingLogged as exc:  # a new home: an empty list, not an error
+        if as_json:
+            from flows.tracking import tracking_uri
+            from tasks.redaction import redact
+
+            print(json.dumps({"tracking_uri": redact(tracking_uri()), "experiments": []}))
+        else:
+            console.print(str(exc), highlight=False)
+        return
+    except ValueError as exc:
+        fail(str(exc))
+    tracker = Tracker()
+    rows = []
+    for exp in tracker.client.search_experiments(order_by=["last_update_time DESC"]):
+        runs = tracker.client.search_runs(
+            [exp.experiment_id],
+            "attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=5000,
+        )
+        cells = [r for r in runs if r.data.tags.get("refine.kind") == "cell"]
+        sweeps = [r for r in runs if r.data.tags.get("refine.kind") == "sweep"]
+        if not cells and not sweeps:
+            continue
+        best = max(cells, key=lambda r: r.data.metrics.get("refined.map", float("-inf")), default=None)
+        rows.append(
+            {
+                "name": exp.name,
+                "experiment_id": exp.experiment_id,
+                "sweeps": len(sweeps),
+                "cells": len(cells),
+                "last_run": time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[0].info.start_time / 1000)),
+                "best_refined_map": None if best is None else best.data.metrics.get("refined.map"),
+                "best_run": None if best is None else best.info.run_name,
+                "url": tracker.runs_table_url(exp.experiment_id),
+            }
+        )
+    if as_json:
+        from tasks.redaction import redact
+
+        print(json.dumps({"tracking_uri": redact(tracker.uri), "experiments": rows}))
+        return
+    table = Table(title=f"experiments in {tracker.uri}")
+    for column in ("experiment", "sweeps", "cells", "last run", "best refined MAP", "best cell"):
+        table.add_column(column, justify="right" if column in ("sweeps", "cells", "best refined MAP") else "left")
+    for r in rows:
+        table.add_row(
+            str(r["name"]),
+            str(r["sweeps"]),
+            str(r["cells"]),
+            str(r["last_run"]),
+            "–" if r["best_refined_map"] is None else f"{r['best_refined_map']:.4f}",
+            str(r["best_run"] or "–"),
+        )
+    console.print(table)
+    if not rows:
+        console.print("no sweeps logged yet: `refine run` runs the default sweep")
+
+
+def ui(
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 over the same tracking store and print its URL.
+
+    The server runs in its own process group and is stopped with everything it started when
+    this command ends (Ctrl-C or a termination signal).
+    """
+    import signal
+    import subprocess
+
+    from flows.environment import configure_environment
+
+    configure_environment()
+    from flows.tracking import Tracker, tracking_uri
+
+    uri = tracking_uri()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    os.environ["REFINE_MLFLOW_UI_URL"] = f"http://127.0.0.1:{port}"
+    tracker = Tracker(uri)
+    found = tracker.client.search_experiments(order_by=["last_update_time DESC"], max_results=1)
+    where = tracker.runs_table_url(found[0].experiment_id) if found else f"http://127.0.0.1:{port}"
+    console.print(f"MLflow UI: {where}  (store: {uri}; Ctrl-C stops it)", soft_wrap=True)
+    server = subprocess.Popen(command, start_new_session=True)
+
+    def stop(*_: object) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    code = 0
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        from flows.watchdog import stop_process_group
+
+        stop_process_group(server, timeout=10)
+    raise typer.Exit(code=code)
