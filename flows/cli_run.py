@@ -32,13 +32,21 @@ def _check_vectors_file(name: str, path: str, n_documents: int) -> None:
         raise DatasetError(f"{where}: {rows} rows for the benchmark's {n_documents} documents")
 
 
-def preflight(config) -> None:
-    """Fail fast, before anything is paid: the stores first (seconds), then datasets, models, judges."""
+def preflight(config, *, stores: bool = True) -> None:
+    """Fail fast, before anything is paid: datasets, models, judges and pools, then (``stores``)
+    the tracking store, the ledger and the rest (:func:`check_tracking_store`, seconds)."""
+    check_inputs(config)
+    if stores:
+        check_tracking_store()
+
+
+def check_inputs(config) -> None:
+    """The config's datasets, document vectors, models, judges, pool sizes and runner, each
+    checked without loading model weights or starting anything."""
     from embedders.models import check_model
     from evaluations.registry import load_benchmark
     from judging.kinds import judge_kind
 
-    check_tracking_store()
     benches = {}
     for spec in {c.benchmark for c in config.cells()}:
         benches[spec] = load_benchmark(
@@ -282,21 +290,21 @@ def run(
     from flows.environment import configure_environment
 
     configure_environment()
-    from flows.local_server import start_ephemeral
-    from flows.watchdog import guard
-
-    if start_ephemeral():  # its start-up overlaps the imports and checks below
-        guard()  # ends that server if this process is killed from now on
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from evaluations.config import ConfigError, default_config, load_config, parse_config
+    from flows.local_server import start_ephemeral
+    from flows.watchdog import guard
 
     try:
         config = load_config(config_path) if config_path else default_config()
         if runner:
             config = parse_config({**config.model_dump(mode="json"), "runner": runner}, source="--runner")
-        preflight(config)
+        check_inputs(config)  # a bad config costs no Prefect server: it fails in about a second
+        if start_ephemeral():  # its start-up overlaps the stores' check and the sweep's imports
+            guard()  # ends that server if this process is killed from now on
+        check_tracking_store()
     except (ConfigError, *_user_errors()) as exc:  # type: ignore[misc]  # a tuple built at run time
         fail(str(exc))
     n_cells = len(config.cells())

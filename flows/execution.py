@@ -46,10 +46,12 @@ def check_scheduler(runner: str, timeout: float = 5.0) -> None:
 
 
 def require_prefect_dask() -> None:
-    try:
-        import prefect_dask  # noqa: F401
-    except ImportError:
-        raise ConfigError("the Dask runner needs the 'dask' extra: pip install 'refine-eval[dask]'") from None
+    """The Dask runner's packages are installed (found, not imported: importing them imports Prefect,
+    whose settings must not be read before the command has chosen its Prefect server)."""
+    from importlib.util import find_spec
+
+    if find_spec("prefect_dask") is None or find_spec("distributed") is None:
+        raise ConfigError("the Dask runner needs the 'dask' extra: pip install 'refine-eval[dask]'")
 
 
 @contextmanager

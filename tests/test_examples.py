@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,38 @@ def test_every_example_parses_and_preflights(
         assert NEEDS_OUTSIDE[path.name] in str(caught.value) and "\n" not in str(caught.value)
     else:
         preflight(config)
+
+
+def test_checking_a_config_reads_no_prefect_setting(data_root: Path, tmp_path: Path) -> None:
+    """`refine run` checks the config before it starts its Prefect server; Prefect reads its settings
+    when it is imported, so no check may import it (the server would then not be used). Each example
+    and the Dask runner are checked in a process of their own, and Prefect must not be imported."""
+    import subprocess
+    import sys
+
+    configs = [str(p) for p in EXAMPLES if p.name not in NEEDS_OUTSIDE]
+    dask = tmp_path / "dask.yaml"
+    dask.write_text("name: x\nbenchmarks: [{name: clinc150, queries: 5}]\nrunner: dask\n")
+    script = (
+        "import sys\n"
+        "from evaluations.config import load_config\n"
+        "from flows.cli_run import check_inputs\n"
+        "for path in sys.argv[1:]:\n"
+        "    check_inputs(load_config(path))\n"
+        "print('prefect' in sys.modules, 'mlflow' in sys.modules)\n"
+    )
+    env = os.environ | {"REFINE_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    env |= {"ANTHROPIC_API_KEY": "sk-ant-example-preflight"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, *configs, str(dask)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"], done.stdout
 
 
 @pytest.mark.integration
