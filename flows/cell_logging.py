@@ -23,12 +23,49 @@ from tasks.storage import atomic_write, code_version, digest, load_arrays, state
 
 
 def cell_label(cell: CellSpec) -> str:
-    """Every coordinate of the cell, for logs and files (MLflow run names lead with what varies)."""
-    rocchio = "" if cell.smart_rocchio else f" · Rocchio β {cell.rocchio_beta:g} γ {cell.rocchio_gamma:g}"
-    return (
-        f"{short_benchmark(cell.benchmark.name)} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k}"
-        f" · r {cell.rounds}{rocchio}"
-    )
+    """Every coordinate of the cell, for logs, tags, plot titles, flow-run names and the dry run:
+    benchmark (with its subset), model, judge, lr, k, rounds, then every other grid axis that is
+    not the paper's default (``pull 0.1``, ``steps 50``, ``Rocchio β 1.5 γ 0.5``, ...), so two
+    cells of one sweep never read the same (MLflow run names lead with what varies)."""
+    parts = [benchmark_label(cell.benchmark), cell.model, cell.judge.label, f"lr {cell.lr:g}", f"k {cell.k}"]
+    parts.append(f"r {cell.rounds}")
+    parts += [f"{AXIS_SHORT[axis]} {value}" for axis, value in off_default(cell)]
+    if not cell.smart_rocchio:
+        parts.append(f"Rocchio β {cell.rocchio_beta:g} γ {cell.rocchio_gamma:g}")
+    return " · ".join(parts)
+
+
+AXIS_SHORT = {
+    "steps": "steps",
+    "optimizer": "optimizer",
+    "normalize": "normalize",
+    "score_temperature": "τs",
+    "similarity_temperature": "τc",
+    "pull": "pull",
+}
+"""The grid axes beyond lr, k, rounds and Rocchio's weights, as labels name them."""
+
+
+def off_default(cell: CellSpec) -> list[tuple[str, str]]:
+    """The axes of :data:`AXIS_SHORT` whose value is not the paper's, formatted."""
+    defaults = CellSpec.model_fields
+    return [
+        (axis, f"{value:g}" if isinstance(value, float) else str(value))
+        for axis in AXIS_SHORT
+        if (value := getattr(cell, axis)) != defaults[axis].default
+    ]
+
+
+def benchmark_label(spec) -> str:
+    """The benchmark's short name with its subset: ``clinc150 (30 queries, seed 1, 3100 documents)``."""
+    subset = []
+    if spec.queries is not None:
+        subset.append(f"{spec.queries} queries" + (f", seed {spec.query_seed}" if spec.query_seed is not None else ""))
+    if spec.max_documents is not None:
+        subset.append(
+            f"{spec.max_documents} documents" + (f", seed {spec.corpus_seed}" if spec.corpus_seed != 42 else "")
+        )
+    return short_benchmark(spec.name) + (f" ({', '.join(subset)})" if subset else "")
 
 
 def short_benchmark(name: str) -> str:
@@ -43,7 +80,7 @@ def cell_flow_run_name() -> str:
         cell = CellSpec.model_validate(cell)
     if not isinstance(cell, CellSpec):
         return "evaluate-cell"
-    return f"{short_benchmark(cell.benchmark.name)} · {cell.judge.label} · lr {cell.lr:g} · r {cell.rounds}"
+    return cell_label(cell)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -85,7 +122,8 @@ def cell_tags(cell: CellSpec, prefect_url: str | None) -> dict[str, str]:
         "refine.kind": "cell",
         "refine.judge": cell.judge.label,
         "refine.cell": cell_label(cell),
-        "mlflow.note.content": f"Cell {cell_label(cell)} (benchmark · model · judge · lr · k · rounds). "
+        "mlflow.note.content": f"Cell {cell_label(cell)} (benchmark · model · judge · lr · k · rounds, then "
+        "every other setting that is not the paper's). "
         "`*.p_raw`: one-sided paired t-test vs baseline; "
         "`*.p_bh`: Benjamini–Hochberg corrected over the sweep.",
         **({"refine.prefect_flow_run_url": prefect_url} if prefect_url else {}),

@@ -16,6 +16,7 @@ from prefect import flow
 
 from evaluations.config import SweepConfig
 from flows.cell import embed_corpus
+from flows.cell_logging import cell_label
 from judging.ledger import JudgmentLedger, doc_hash, query_hash
 from judging.runner import estimate_cost
 from judging.spend import estimate_call_cost, estimate_usage
@@ -42,8 +43,7 @@ def plan_sweep(config: SweepConfig) -> dict:
     rows = []
     for cell in cells:
         row: dict[str, Any] = {
-            "cell": f"{cell.benchmark.name} · {cell.model} · {cell.judge.label} · lr {cell.lr:g} · k {cell.k} · "
-            f"r {cell.rounds}",
+            "cell": cell_label(cell),
             "paid": cell.judge.paid,
             "judgments_to_pay": 0,
             "judgments_in_ledger": 0,

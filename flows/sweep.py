@@ -15,13 +15,15 @@ everything but the failed judgments comes from the task cache and the ledger.
 # pickle, and Prefect must resolve its parameter annotations (SweepConfig) at run time.
 import tempfile
 import time
+from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from prefect import flow, runtime
 
-from evaluations.config import CellSpec, ExecutionSpec, SweepConfig
+from evaluations.config import GRID_AXES, CellSpec, ExecutionSpec, SweepConfig
 from flows.cell import (
     Clock,
     embed_corpus,
@@ -31,10 +33,10 @@ from flows.cell import (
     replay_cell,
     run_cell,
     run_logger,
-    short_benchmark,
 )
+from flows.cell_logging import benchmark_label
 from flows.execution import dask_cluster, with_runner
-from flows.failures import budget_line, failure_lines, hint  # noqa: F401 - hint: its old home
+from flows.failures import budget_line, failure_lines, hint, judgment_counts  # noqa: F401 - hint: its old home
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
 from judging.spend import SpendAccount
@@ -88,24 +90,13 @@ def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
 
 
 def varying(cells: list[CellSpec]) -> list[str]:
-    """The coordinates that differ between a sweep's cells, in the order run names show them."""
-    coords = {
-        "benchmark": lambda c: (
-            c.benchmark.name
-            if c.benchmark.queries is None and c.benchmark.max_documents is None
-            else c.benchmark.model_dump_json()
-        ),
-        "model": lambda c: c.model,
+    """The coordinates that differ between a sweep's cells (benchmark with its subset, model,
+    judge and every grid axis), in the order run names show them."""
+    coords: dict[str, Callable[[CellSpec], object]] = {
+        "benchmark": lambda c: c.benchmark.model_dump_json(),
+        "model": attrgetter("model"),
         "judge": lambda c: c.judge.label,
-        "lr": lambda c: c.lr,
-        "k": lambda c: c.k,
-        "rounds": lambda c: c.rounds,
-        "steps": lambda c: c.steps,
-        "optimizer": lambda c: c.optimizer,
-        "normalize": lambda c: c.normalize,
-        "score_temperature": lambda c: c.score_temperature,
-        "similarity_temperature": lambda c: c.similarity_temperature,
-        "pull": lambda c: c.pull,
+        **{axis: attrgetter(axis) for axis in GRID_AXES},
     }
     return [name for name, get in coords.items() if len({str(get(c)) for c in cells}) > 1]
 
@@ -114,7 +105,7 @@ def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
     """``lr=0.001 · noisy-oracle-0.2 · clinc150 · all-MiniLM-L6-v2``: what differs between the
     sweep's cells first, then judge, lr, benchmark and model where they do not differ."""
     short = {
-        "benchmark": short_benchmark(cell.benchmark.name),
+        "benchmark": benchmark_label(cell.benchmark),
         "model": cell.model.rsplit("/", 1)[-1],
         "judge": cell.judge.label,
         "lr": f"lr={cell.lr:g}",
@@ -384,6 +375,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         with clock.stage("report"):
             adjusted, rows, markdown, spend = _report(config, tracker, parent, results, failures, differing, account)
         judgment_failures = [r for r in results if r.get("judgments_failed")]
+        counts = judgment_counts(results)
         refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
         tracker.log_metrics(
             parent,
@@ -392,8 +384,10 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
                 "cells_failed": len(failures),
                 "cells_with_failed_judgments": len(judgment_failures),
                 "cells_cached": sum(bool(r.get("cached")) for r in results),
-                "judgments_paid": sum(r["judge_usage"].get("judgments_paid", 0) for r in results),
-                "judge_cost_usd": sum(r["judge_usage"].get("judge_cost_usd", 0) for r in results),
+                **{f"judgments_{k}": v for k, v in counts.items() if k in ("paid", "free", "failed", "held_back")},
+                "judgments_asked": counts["paid"] + counts["free"],  # answered by a judge in this run
+                "judge_requests_paid": counts["requests"],
+                "judge_cost_usd": counts["cost_usd"],
                 "mean_delta_map_refined": float(np.mean(refined)) if refined else float("nan"),
                 **{f"time.{k}_s": v for k, v in clock.items()},
                 "time.sweep_s": time.perf_counter() - started,
@@ -403,7 +397,9 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             tracker.log_text(parent, "failures.txt", "\n".join(failures))
         if judgment_failures:
             tracker.log_text(parent, "judge_failures.txt", "\n".join(failure_lines(results)))
-        tracker.finish(parent, "FAILED" if failures and not results else "FINISHED")
+        # FAILED when a cell failed or judgments failed: the sweep's results are not complete (its
+        # complete cells stay FINISHED and usable; `refine experiments` and `compare` leave the rest out)
+        tracker.finish(parent, "FAILED" if failures or judgment_failures else "FINISHED")
     link_mlflow_run(tracker, experiment_id, parent, f"sweep {config.name}")
     result = {
         "experiment_id": experiment_id,

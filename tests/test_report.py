@@ -160,3 +160,57 @@ def test_one_function_applies_benjamini_hochberg() -> None:
     assert callers == {"flows/report.py", "refine_core/statistics.py"}, callers
     for module in ("flows/cli_run.py", "flows/sweep.py", "benchmarks/quality.py", "benchmarks/beyond.py"):
         assert "adjust_sweep_pvalues(" in (root / module).read_text(), module
+
+
+def test_cells_that_differ_in_any_coordinate_never_read_the_same() -> None:
+    """Labels (logs, tags, plot titles, Prefect sub-flow names, dry-run rows) and MLflow run names
+    carry every coordinate in which a sweep's cells differ: here only pull, only Rocchio's beta, or
+    only the query sample's seed (issue 32: `pull: [0, 0.1]` gave two cells one name)."""
+    from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig
+    from flows.cell_logging import cell_label
+    from flows.sweep import mlflow_run_name, varying
+
+    grids = [
+        ([BenchmarkSpec(name="clinc150")], Grid(pull=[0.0, 0.1])),
+        ([BenchmarkSpec(name="clinc150")], Grid(rocchio_beta=[0.75, 1.5])),
+        ([BenchmarkSpec(name="clinc150", queries=30, query_seed=s) for s in (1, 2)], Grid()),
+    ]
+    for benchmarks, grid in grids:
+        cells = SweepConfig(name="x", benchmarks=benchmarks, judges=[JudgeSpec(kind="oracle")], grid=grid).cells()
+        assert len(cells) == 2
+        differing = varying(cells)
+        assert len(differing) == 1, differing
+        labels = [cell_label(c) for c in cells]
+        names = [mlflow_run_name(c, differing) for c in cells]
+        assert labels[0] != labels[1] and names[0] != names[1], (labels, names)
+    paper = SweepConfig(name="x", benchmarks=[BenchmarkSpec(name="clinc150")]).cells()[0]
+    assert cell_label(paper) == "clinc150 · all-MiniLM-L6-v2 · oracle · lr 0.0001 · k 20 · r 1"  # nothing else
+
+
+def test_the_run_says_what_was_paid_free_failed_and_sent_apart() -> None:
+    """Issue 32: an oracle sweep reported its 1,200 free verdicts as paid, and a run whose 60
+    requests all failed (a wrong key) said "0 judgments asked"."""
+    from flows.failures import judgment_counts, judgments_line
+
+    oracle = {"params": {"judge.kind": "oracle"}, "judge_usage": {"judgments_free": 1200.0, "judge_requests": 60.0}}
+    wrong_key = {
+        "params": {"judge.kind": "anthropic"},
+        "judge_usage": {"judgments_paid": 0.0, "judge_requests": 60.0, "judge_cost_usd": 0.0},
+        "judgments_failed": 80,
+        "judge_errors": {"AuthenticationError: HTTP 401": 60, "BudgetExceeded": 20},
+    }
+    counts = judgment_counts([oracle, wrong_key])
+    assert counts == {"paid": 0, "free": 1200, "failed": 60, "held_back": 20, "requests": 60, "cost_usd": 0.0}
+    assert judgments_line([oracle, wrong_key]) == (
+        "judgments in this run: 0 paid, 1,200 free (local judges), 60 failed, 20 held back by the budget; "
+        "60 requests sent to paid judges, estimated $0.00"
+    )
+
+
+def test_a_free_judges_verdicts_are_not_counted_as_paid(tmp_path: Path) -> None:
+    from judging import JudgeRequest, JudgmentLedger, OracleJudge, run_judge
+
+    judge = OracleJudge({"q": {"a"}})
+    report = run_judge(judge, [JudgeRequest("q", ("a", "b"))], ledger=JudgmentLedger(tmp_path / "l.sqlite"))
+    metrics = report.as_metrics()
+    assert (metrics["judgments_paid"], metrics["judgments_free"]) == (0.0, 2.0) and report.judged == 2
