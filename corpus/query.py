@@ -126,6 +126,7 @@ def judge_rows(
     report.judged += result.judged
     report.from_ledger += result.from_ledger
     report.failed += result.failed
+    report.free = result.free
     return np.array([v.score if v.ok else np.nan for v in result.judgments[0]], dtype=np.float32)
 
 

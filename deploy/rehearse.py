@@ -348,7 +348,7 @@ class Topology:
             "dask_tasks_per_worker": sorted(self.executed.values()),
             "sweeps": [
                 {
-                    "judgments_paid": s.data.metrics.get("judgments_paid"),
+                    "judgments_asked": s.data.metrics.get("judgments_asked"),
                     "cells_cached": s.data.metrics.get("cells_cached"),
                     "cells": s.data.params.get("cells"),
                 }
@@ -368,10 +368,10 @@ class Topology:
         )
         checks["artifacts are in the bucket"] = measured["artifacts_in_bucket"] > 0
         checks["judgments are in the PostgreSQL ledger"] = measured["judgments_in_ledger"] > 0
-        checks["the first run paid for its judgments"] = (
-            bool(sweeps) and (sweeps[0].data.metrics.get("judgments_paid") or 0) > 0
+        checks["the first run asked the judge"] = (
+            bool(sweeps) and (sweeps[0].data.metrics.get("judgments_asked") or 0) > 0
         )
-        checks["the second run paid nothing"] = len(sweeps) == 2 and sweeps[1].data.metrics.get("judgments_paid") == 0
+        checks["the second run asked nothing"] = len(sweeps) == 2 and sweeps[1].data.metrics.get("judgments_asked") == 0
         stored = subprocess.run(
             ["grep", "-rl", self.password, str(self.state / "refine"), str(self.logs)], capture_output=True, text=True
         )

@@ -372,6 +372,7 @@ def _cell_result(cell: CellSpec, done: ComputedCell, logged: LoggedCell, clock: 
     evaluation = done.evaluation
     return {
         "run_id": logged.run_id,
+        "label": cell_label(cell),
         "benchmark": done.bench.name,
         "model": cell.model,
         "judge": cell.judge.label,

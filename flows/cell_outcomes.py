@@ -30,6 +30,7 @@ PAID_METRICS = (
     "judge_cache_read_tokens",
     "judge_cost_usd",
     "judgments_paid",
+    "judgments_free",
     "judgments_from_ledger",
     "judgments_failed",
     "judgments_not_submitted",

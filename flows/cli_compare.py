@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from flows.cli_run import check_tracking_store, public_cells, results_table
-from flows.console import console, fail
+from flows.console import console, err_console, fail
 
 
 def compare(
@@ -35,12 +35,19 @@ def compare(
             "column per benchmark, as in the paper)"
         ),
     ] = "cells",
+    show_degraded: Annotated[
+        bool,
+        typer.Option(
+            "--degraded", help="also show cells whose judgments are incomplete (marked; they are not results)"
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="end with one JSON object")] = False,
 ) -> None:
     """Compare cells from MLflow: MAP per method, ΔMAP and significance as stored by the sweep.
 
     p (BH) is the value the sweep stored (its one Benjamini–Hochberg family); filtering the
-    cells shown never changes it.
+    cells shown never changes it. A cell whose judgments are incomplete (failed, held back by the
+    budget) is not a result: it is left out, and counted, unless --degraded asks for it.
     """
     from flows.environment import configure_environment
 
@@ -70,6 +77,7 @@ def compare(
         )
     except ReportError as exc:
         fail(str(exc))
+    cells, left_out = _complete(cells, show_degraded)
     if layout == "paper":
         from flows.report import paper_table
 
@@ -98,11 +106,34 @@ def compare(
 
             print(pl.DataFrame(rows).write_csv() if rows else "")
     if as_json:
-        print(
-            json.dumps(
-                {"experiment_id": experiment_id, "parent_run_id": parent, "cells": public_cells(cells)}, default=float
-            )
+        out = {"experiment_id": experiment_id, "parent_run_id": parent, "cells": public_cells(cells)}
+        print(json.dumps(out | {"degraded_cells": public_cells(left_out)}, default=float))
+
+
+def _complete(cells: list[dict], show_degraded: bool) -> tuple[list[dict], list[dict]]:
+    """(cells to show, degraded cells left out); says on stderr what was left out and why, and
+    marks the degraded cells shown with --degraded."""
+    from flows.report import degraded
+
+    bad = [c for c in cells if degraded(c)]
+    if not bad:
+        return cells, []
+    failed = sum(int(c.get("judgments_failed") or 0) for c in bad)
+    if show_degraded:
+        err_console.print(
+            f"[bold yellow]{len(bad)} of these cells are incomplete[/] ({failed} judgments failed or held back): "
+            "marked 'incomplete'; they are not results until `refine run` completes them",
+            highlight=False,
+            soft_wrap=True,
         )
+        return [c | {"judge": f"{c['judge']} (incomplete)"} if degraded(c) else c for c in cells], []
+    err_console.print(
+        f"[bold yellow]{len(bad)} cells left out:[/] their judgments are incomplete ({failed} failed or held back); "
+        "the same `refine run` asks only for those; --degraded shows them, marked",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return [c for c in cells if not degraded(c)], bad
 
 
 def experiments(
@@ -141,13 +172,15 @@ def experiments(
         sweeps = [r for r in runs if r.data.tags.get("refine.kind") == "sweep"]
         if not cells and not sweeps:
             continue
-        best = max(cells, key=lambda r: r.data.metrics.get("refined.map", float("-inf")), default=None)
+        complete = [r for r in cells if not _incomplete(r)]  # a cell with failed judgments is no result
+        best = max(complete, key=lambda r: r.data.metrics.get("refined.map", float("-inf")), default=None)
         rows.append(
             {
                 "name": exp.name,
                 "experiment_id": exp.experiment_id,
                 "sweeps": len(sweeps),
                 "cells": len(cells),
+                "incomplete_cells": len(cells) - len(complete),
                 "last_run": time.strftime("%Y-%m-%d %H:%M", time.localtime(runs[0].info.start_time / 1000)),
                 "best_refined_map": None if best is None else best.data.metrics.get("refined.map"),
                 "best_run": None if best is None else best.info.run_name,
@@ -166,7 +199,7 @@ def experiments(
         table.add_row(
             str(r["name"]),
             str(r["sweeps"]),
-            str(r["cells"]),
+            str(r["cells"]) + (f" ({r['incomplete_cells']} incomplete)" if r["incomplete_cells"] else ""),
             str(r["last_run"]),
             "–" if r["best_refined_map"] is None else f"{r['best_refined_map']:.4f}",
             str(r["best_run"] or "–"),
@@ -226,3 +259,9 @@ def ui(
 
         stop_process_group(server, timeout=10)
     raise typer.Exit(code=code)
+
+
+def _incomplete(run) -> bool:
+    """A cell run whose judgments are incomplete (see :func:`flows.report.degraded`)."""
+    metrics = run.data.metrics
+    return bool(metrics.get("judge_failed_queries") or metrics.get("judgments_failed"))

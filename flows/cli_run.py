@@ -14,6 +14,7 @@ from rich.table import Table
 
 from flows.console import console, err_console, fail
 from flows.console import user_errors as _user_errors
+from flows.failures import judgments_line
 from tasks.storage import embedding_cache_dir, state_dir
 
 
@@ -119,7 +120,7 @@ def results_table(title: str, cells: list[dict]) -> Table:
 
 def public_cells(cells: list[dict]) -> list[dict]:
     keys = ("run_id", "benchmark", "model", "judge", "params", "metrics")
-    extra = ("judgments_failed", "judge_errors", "win_tie_loss", "cached", "original_run_id")
+    extra = ("label", "judgments_failed", "judge_errors", "win_tie_loss", "cached", "original_run_id")
     return [
         {k: c[k] for k in keys}
         | {"tests": c.get("tests", {}), "failed_queries": c.get("failed_queries", 0)}
@@ -369,12 +370,8 @@ def _report_sweep(
     )
     tracker = Tracker()
     cached = sum(bool(c.get("cached")) for c in result["cells"])
-    paid = sum(c.get("judge_usage", {}).get("judgments_paid", 0) for c in result["cells"])
-    cost = sum(c.get("judge_usage", {}).get("judge_cost_usd", 0) for c in result["cells"])
-    console.print(
-        f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache; {int(paid)} judgments asked "
-        f"of the judges in this run, estimated ${cost:.2f})"
-    )
+    console.print(f"{len(result['cells'])} cells in {elapsed:.1f} s ({cached} from cache)")
+    console.print(judgments_line(result["cells"]), highlight=False)
     if result.get("budget_line"):
         console.print(f"budget: {result['budget_line']}", highlight=False)
     console.print(f"MLflow runs table: {tracker.runs_table_url(result['experiment_id'])}", soft_wrap=True)

@@ -51,8 +51,8 @@ def _deployment_inputs(config_path: Path | None, cron: str | None, runner: str |
 def _require_prefect_server(command: str) -> None:
     if not os.environ.get("PREFECT_API_URL"):
         fail(
-            f"refine {command} needs a Prefect server: start one with `prefect server start` (or the compose stack) "
-            "and set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api"
+            f"refine {command} needs a Prefect server: start one with `refine server start` (kept for this "
+            "REFINE_HOME and found by every later command), or set PREFECT_API_URL to a team server's API"
         )
 
 
@@ -63,7 +63,7 @@ def serve(
     cron: Annotated[
         str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")
     ] = None,
-    name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
+    name: Annotated[str | None, typer.Option(help="deployment name (default: the config's name)")] = None,
     runner: Annotated[
         str | None,
         typer.Option(
@@ -71,6 +71,9 @@ def serve(
             "cells on that Dask scheduler (overrides the config)"
         ),
     ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="take over a deployment of this name that runs another config")
+    ] = False,
 ) -> None:
     """Serve the sweep flow as a Prefect deployment on a cron schedule (needs a Prefect server).
 
@@ -82,12 +85,15 @@ def serve(
     configure_environment()
     parameters, chosen = _deployment_inputs(config_path, cron, runner)
     _require_prefect_server("serve")
+    name = _free_name(name, parameters, replace)
     from flows.sweep import sweep
 
     console.print(
-        f"serving deployment {name!r} of flow refine-sweep, cron {chosen!r}, sweep "
-        f"{parameters['config']['name']!r}"
+        f"serving deployment refine-sweep/{name} of sweep {parameters['config']['name']!r}, cron {chosen!r}"
         + (f", Dask scheduler {parameters['address']}" if parameters["address"] else "")
+        + f"; run it now from another shell with: refine trigger {name}",
+        highlight=False,
+        soft_wrap=True,
     )
     sweep.serve(name=name, cron=chosen, parameters=parameters)
 
@@ -100,8 +106,11 @@ def deploy(
     cron: Annotated[
         str | None, typer.Option(help="cron schedule (default: the config's schedule, else '0 3 * * *')")
     ] = None,
-    name: Annotated[str, typer.Option(help="deployment name")] = "refine-sweep",
+    name: Annotated[str | None, typer.Option(help="deployment name (default: the config's name)")] = None,
     runner: Annotated[str | None, typer.Option(help="'dask://host:port' for the sweeps' embedding and cells")] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="take over a deployment of this name that runs another config")
+    ] = False,
 ) -> None:
     """Register the sweep as a deployment of a work pool: `prefect worker start --pool POOL`
     processes (on any machine that has this checkout and the shared state) run its sweeps.
@@ -115,6 +124,7 @@ def deploy(
     configure_environment()
     parameters, chosen = _deployment_inputs(config_path, cron, runner)
     _require_prefect_server("deploy")
+    name = _free_name(name, parameters, replace)
     from flows.schedule import deploy_to_pool
 
     env = {key: os.environ[key] for key in SHARED_SETTINGS if os.environ.get(key)}
@@ -132,8 +142,64 @@ def deploy(
         fail(f"could not register the deployment with {os.environ['PREFECT_API_URL']}: {type(exc).__name__}: {exc}")
     console.print(
         f"deployment refine-sweep/{name} ({deployment_id}) in work pool {pool!r}, cron {chosen!r}; start "
-        f"workers with: prefect worker start --pool {pool}"
+        f"workers with: refine worker --pool {pool}; run it now with: refine trigger {name}",
+        highlight=False,
+        soft_wrap=True,
     )
+
+
+def _free_name(name: str | None, parameters: dict, replace: bool) -> str:
+    """The deployment's name (default: the config's), never one that runs another config unless
+    ``replace``; fails with one line otherwise."""
+    from flows.schedule import ScheduleError, check_deployment_free, deployment_name
+
+    config_name = parameters["config"]["name"]
+    chosen = name or deployment_name(config_name)
+    try:
+        check_deployment_free(chosen, config_name, replace=replace)
+    except ScheduleError as exc:
+        fail(str(exc))
+    return chosen
+
+
+def trigger(
+    name: Annotated[str, typer.Argument(help="deployment name (`refine serve`/`deploy` printed it), or FLOW/NAME")],
+) -> None:
+    """Run a deployment now, on the Prefect server of this REFINE_HOME (`refine server start`) or
+    PREFECT_API_URL; the server (or a worker) runs it."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    _require_prefect_server("trigger")
+    from flows.schedule import ScheduleError, trigger
+
+    try:
+        run_id, run_name = trigger(name)
+    except ScheduleError as exc:
+        fail(str(exc))
+    console.print(f"flow run {run_name} ({run_id}) of {name} scheduled now", highlight=False)
+
+
+def worker(
+    pool: Annotated[str, typer.Option(help="the work pool `refine deploy --pool` registered")] = "refine",
+) -> None:
+    """Start a Prefect worker for a work pool, on the Prefect server of this REFINE_HOME or
+    PREFECT_API_URL, with this shell's shared settings: `prefect worker start --pool POOL` as it
+    would need to be started by hand."""
+    from flows.environment import configure_environment
+
+    configure_environment()
+    _require_prefect_server("worker")
+    import subprocess
+    import sys
+
+    console.print(f"worker for pool {pool!r} on {os.environ['PREFECT_API_URL']} (Ctrl-C stops it)", highlight=False)
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
+    try:
+        code = subprocess.call(command, env=os.environ.copy())
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code=code)
 
 
 # ---------------------------------------------------------------------------------------

@@ -219,7 +219,7 @@ def search_cmd(
     console.print(table)
     console.print(
         f"{len(out['moved_in'])} of the top {top} moved in because of refinement; "
-        f"{out['judged']} documents judged ({out['judgments_paid']} paid, {out['judgments_from_ledger']} "
+        f"{out['judged']} documents judged ({out['judgments_paid']} paid, {out['judgments_free']} free, {out['judgments_from_ledger']} "
         f"from the ledger, {out['judge_failed']} failed); cost ${out['cost_usd']:.4f}; "
         f"refined with {describe_refinement(out['refinement'])}"
     )

@@ -4,6 +4,42 @@ with the commonest reason, and what the user can do about each reason."""
 from __future__ import annotations
 
 
+def judgment_counts(results: list[dict]) -> dict[str, float]:
+    """What the sweep's judges did in this run, each count apart: verdicts paid for (remote
+    judges), verdicts of free local judges, judgments failed, held back by the budget, and the
+    requests sent to paid judges (a failed request is sent, and may be charged, too)."""
+    from judging.kinds import JUDGE_KINDS
+
+    def usage(r: dict, key: str) -> float:
+        return float((r.get("judge_usage") or {}).get(key, 0))
+
+    def paid_judge(r: dict) -> bool:
+        kind = JUDGE_KINDS.get(str((r.get("params") or {}).get("judge.kind", "")))
+        return kind is None or kind.paid
+
+    held = sum(n for r in results for e, n in (r.get("judge_errors") or {}).items() if e.startswith("BudgetExceeded"))
+    return {
+        "paid": sum(usage(r, "judgments_paid") for r in results),
+        "free": sum(usage(r, "judgments_free") for r in results),
+        "failed": sum(float(r.get("judgments_failed", 0)) for r in results) - held,
+        "held_back": float(held),
+        "requests": sum(usage(r, "judge_requests") for r in results if paid_judge(r)),
+        "cost_usd": sum(usage(r, "judge_cost_usd") for r in results),
+    }
+
+
+def judgments_line(results: list[dict]) -> str:
+    """``judgments: 60 paid, 1,200 free (local judges), 0 failed; 6 requests to paid judges, est. $0.01``."""
+    n = judgment_counts(results)
+    parts = [f"{int(n['paid']):,} paid", f"{int(n['free']):,} free (local judges)", f"{int(n['failed']):,} failed"]
+    if n["held_back"]:
+        parts.append(f"{int(n['held_back']):,} held back by the budget")
+    return (
+        f"judgments in this run: {', '.join(parts)}; {int(n['requests']):,} requests sent to paid judges, "
+        f"estimated ${n['cost_usd']:.2f}"
+    )
+
+
 def budget_line(spend, results: list[dict]) -> str:
     """The account's line, then what was not paid for and why: judgments that failed, judgments
     and HyDE passages held back by the budget, judgments not asked because the judge was stopped."""
@@ -78,7 +114,8 @@ def failure_lines(results: list[dict]) -> list[str]:
             others += f" ({not_asked} not asked once the judge was stopped)"
         queries = r["failed_queries"]
         lines.append(
-            f"{r['benchmark']} · {r['judge']} · lr {r['params']['lr']:g}: {total} judgment"
+            f"{r.get('label') or r['benchmark'] + ' · ' + r['judge'] + ' · lr ' + format(r['params']['lr'], 'g')}: "
+            f"{total} judgment"
             f"{'s' if total != 1 else ''} failed in {queries} quer{'ies' if queries != 1 else 'y'}: "
             f"{reason}{others}: {hint(reason)}"
         )

@@ -397,7 +397,14 @@ def cell_from_run(run) -> dict:
         "tests": tests,
         "win_tie_loss": outcomes,
         "failed_queries": int(run.data.metrics.get("judge_failed_queries", 0)),
+        "judgments_failed": int(run.data.metrics.get("judgments_failed", 0)),
     }
+
+
+def degraded(cell: dict) -> bool:
+    """A cell whose judgments are incomplete (failed, held back by the budget, or not asked once
+    the judge was stopped): its numbers are not a result; the same command completes it."""
+    return bool(cell.get("failed_queries") or cell.get("judgments_failed"))
 
 
 def cells_from_mlflow(

@@ -74,3 +74,48 @@ def deploy_to_pool(parameters: dict, *, name: str, pool: str, cron: str | None, 
         description=f"refine sweep {parameters['config'].get('name')}",
     )
     return str(deployment_id)
+
+
+def deployment_name(config_name: str) -> str:
+    """The deployment name a sweep config gets by default: its name (``nightly``), so two configs
+    never share one deployment unless told to."""
+    return config_name
+
+
+def check_deployment_free(name: str, config_name: str, *, replace: bool) -> None:
+    """Raise :class:`ScheduleError` when ``refine-sweep/<name>`` exists and runs another sweep config
+    (``replace`` allows it); the same config may be deployed again (its settings are updated)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_deployment_by_name(f"refine-sweep/{name}")
+        except ObjectNotFound:
+            return
+    other = ((existing.parameters or {}).get("config") or {}).get("name")
+    if other != config_name and not replace:
+        raise ScheduleError(
+            f"deployment refine-sweep/{name} already runs sweep {other!r}, not {config_name!r}: give another "
+            "--name, or --replace to make it run this config"
+        )
+
+
+def trigger(name: str) -> tuple[str, str]:
+    """Start a flow run of deployment ``refine-sweep/<name>`` (or ``FLOW/NAME``) now; returns its
+    (id, name). Raises :class:`ScheduleError` naming the deployments there are when none is called so."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    full = name if "/" in name else f"refine-sweep/{name}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(full)
+        except ObjectNotFound:
+            names = sorted(d.name for d in client.read_deployments())
+            raise ScheduleError(
+                f"no deployment {full} on this Prefect server; deployments of refine-sweep: "
+                + (", ".join(names) if names else "none (`refine serve` or `refine deploy` registers one)")
+            ) from None
+        run = client.create_flow_run_from_deployment(deployment.id)
+    return str(run.id), str(run.name)

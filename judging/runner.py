@@ -63,8 +63,16 @@ class RunReport:
     paid_twice: int = 0
     failed_earlier: int = 0  # failed earlier in the same run (another cell): not asked again
     stopped: str | None = None  # why the run stopped asking this judge (its breaker opened)
+    free: bool = False  # a local judge (oracle, local LM, cross-encoder): its verdicts cost nothing
+
+    @property
+    def paid(self) -> int:
+        """Verdicts a paid judge gave in this run (0 for a free judge)."""
+        return 0 if self.free else self.judged
 
     def as_metrics(self) -> dict[str, float]:
+        """``judgments_paid`` counts only a paid judge's verdicts; a free judge's are
+        ``judgments_free``."""
         return {
             "judge_requests": float(self.usage.requests),
             "judge_input_tokens": float(self.usage.input_tokens),
@@ -72,7 +80,8 @@ class RunReport:
             "judge_cache_read_tokens": float(self.usage.cache_read_tokens),
             "judge_cost_usd": self.cost,
             "judgments_from_ledger": float(self.from_ledger),
-            "judgments_paid": float(self.judged),
+            "judgments_paid": float(self.paid),
+            "judgments_free": float(self.judged - self.paid),
             "judgments_failed": float(self.failed),
             "judgments_not_submitted": float(self.not_submitted),
             "documents_truncated_for_judge": float(self.truncated_documents),
@@ -189,6 +198,7 @@ class _JudgeRun:
     def __post_init__(self) -> None:
         self.key = self.judge.identity.key
         self.report = RunReport(judgments=[[Judgment.failure("NotJudged")] * len(r.documents) for r in self.requests])
+        self.report.free = judge_is_free(self.judge)
         if self.account is not None and not self.breaker.open:
             self.breaker.reason = self.account.stopped(self.key)  # an earlier cell of this run stopped asking
         # A probe (a call sent before any call of the run succeeded) goes alone and with few retries.
@@ -431,3 +441,12 @@ class _JudgeRun:
                     report.judgments[i][j] = report.judgments[i][first[dh]]
                 first.setdefault(dh, j)
         return report
+
+
+def judge_is_free(judge: Judge) -> bool:
+    """Whether ``judge`` is a registered free kind (:data:`judging.kinds.JUDGE_KINDS`); a judge of a
+    kind not registered counts as paid."""
+    from judging.kinds import JUDGE_KINDS
+
+    kind = JUDGE_KINDS.get(judge.identity.kind)
+    return kind is not None and not kind.paid

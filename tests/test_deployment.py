@@ -270,3 +270,47 @@ def test_interpolation_helper() -> None:
     assert interpolate("${A}-${B:-x}-${E:-y}-${E-z}-$$HOME", env) == "1-x-y--$HOME"
     with pytest.raises(KeyError, match="B is used"):
         interpolate("${B}", env)
+
+
+def test_deployments_are_named_by_their_config_never_replaced_silently_and_triggered_by_name(
+    platform: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 32: `refine serve` and `refine deploy` both defaulted to the name `refine-sweep`, so
+    deploying one config took over another's deployment; no `refine` command started a deployment
+    (the printed `prefect deployment run` needed PREFECT_API_URL exported)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+    from typer.testing import CliRunner
+
+    from evaluations.config import BenchmarkSpec, SweepConfig
+    from flows.cli import app
+    from flows.schedule import ScheduleError, check_deployment_free, deploy_to_pool, trigger
+
+    def parameters(name: str) -> dict:
+        return {"config": SweepConfig(name=name, benchmarks=[BenchmarkSpec(name="clinc150")]).model_dump(mode="json")}
+
+    deploy_to_pool(parameters("alpha"), name="alpha", pool="named-pool", cron=None, env={})
+    check_deployment_free("alpha", "alpha", replace=False)  # the same config again: an update
+    check_deployment_free("beta", "beta", replace=False)  # a new name
+    with pytest.raises(ScheduleError, match=r"refine-sweep/alpha already runs sweep 'alpha', not 'beta'"):
+        check_deployment_free("alpha", "beta", replace=False)
+    check_deployment_free("alpha", "beta", replace=True)
+
+    run_id, _ = trigger("alpha")
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+    assert run.state is not None and run.state.type.value == "SCHEDULED"
+    with pytest.raises(ScheduleError, match=r"no deployment refine-sweep/gamma .* alpha"):
+        trigger("gamma")
+
+    # the commands: deploy takes the config's name, refuses another config's, triggers by name
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+    config = tmp_path / "beta.yaml"
+    config.write_text("name: alpha-other\nbenchmarks: [{name: clinc150, queries: 5}]\n")
+    taken = CliRunner().invoke(app, ["deploy", str(config), "--pool", "named-pool", "--name", "alpha"])
+    assert taken.exit_code == 2 and "already runs sweep 'alpha'" in taken.stderr, taken.output
+    named = CliRunner().invoke(app, ["deploy", str(config), "--pool", "named-pool"])
+    assert named.exit_code == 0, named.output
+    assert "refine-sweep/alpha-other" in named.stdout and "refine trigger alpha-other" in named.stdout
+    now = CliRunner().invoke(app, ["trigger", "alpha-other"])
+    assert now.exit_code == 0 and "scheduled now" in now.stdout, now.output

@@ -193,7 +193,9 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
         [experiment.experiment_id], "tags.`refine.kind` = 'sweep'", order_by=["attributes.start_time ASC"]
     )
     assert len(sweeps) == 2 and all(s.info.status == "FINISHED" for s in sweeps)
-    assert sweeps[0].data.metrics["judgments_paid"] == 20 and sweeps[1].data.metrics["judgments_paid"] == 0
+    # the oracle is free: its 20 verdicts are judgments_free, nothing paid; the second run asks nothing
+    assert sweeps[0].data.metrics["judgments_free"] == 20 and sweeps[0].data.metrics["judgments_paid"] == 0
+    assert sweeps[1].data.metrics["judgments_asked"] == 0
     assert sweeps[1].data.metrics["cells_cached"] == 1
     # the config's extra method ran on the workers, on the refinement's own judgments (20 paid above)
     cells = mlflow.search_runs([experiment.experiment_id], "tags.`refine.kind` = 'cell'")
@@ -351,7 +353,10 @@ def test_a_wrong_key_exits_3_names_the_cause_and_the_retry_pays_only_what_failed
         same = json.loads(again.stdout.strip().splitlines()[-1])["cells"][0]
         assert same["metrics"] == cell["metrics"] and same["cached"] is True
         assert same["original_run_id"] == cell["run_id"]
-        assert "0 judgments asked of the judges in this run, estimated $0.00" in again.stdout
+        assert (
+            "judgments in this run: 0 paid, 0 free (local judges), 0 failed; 0 requests sent to paid judges, "
+            "estimated $0.00" in again.stdout
+        )
 
     from mlflow import MlflowClient
 

@@ -145,6 +145,7 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
         assert stable(a) == stable(b)
         paid = {
             "judgments_paid",
+            "judgments_free",
             "judgments_cached",
             "judge_requests",
             "judge_input_tokens",
@@ -161,6 +162,7 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
         assert (
             b.data.metrics["judgments_cached"]
             == a.data.metrics["judgments_paid"]
+            + a.data.metrics["judgments_free"]
             + a.data.metrics["judgments_cached"]
             + a.data.metrics["judgments_from_ledger"]
         )
@@ -215,10 +217,31 @@ def test_judge_failures_fall_back_and_a_rerun_judges_only_them(platform: Path, m
         row = per_query.filter(pl.col("judge_failed"))
         assert row["ap_refined"][0] == pytest.approx(row["ap_baseline"][0])
         assert row["ap_rerank_only"][0] == pytest.approx(row["ap_baseline"][0])
+        # an incomplete sweep is no result: its parent run is FAILED, `refine experiments` names no
+        # best cell from it and `refine compare` leaves its cell out (and counts it)
+        from mlflow import MlflowClient
+        from typer.testing import CliRunner
+
+        from flows.cli import app
+        from flows.tracking import tracking_uri
+
+        mlflow = MlflowClient(tracking_uri())
+        assert mlflow.get_run(first["parent_run_id"]).info.status == "FAILED"
+        listed = CliRunner().invoke(app, ["experiments", "--json"])
+        (row_exp,) = [e for e in json.loads(listed.stdout)["experiments"] if e["name"] == "retry-test"]
+        assert row_exp["best_refined_map"] is None and row_exp["incomplete_cells"] == 1
+        shown = CliRunner().invoke(app, ["compare", "--experiment", "retry-test", "--json"])
+        out = json.loads(shown.stdout.strip().splitlines()[-1])
+        assert out["cells"] == [] and [c["run_id"] for c in out["degraded_cells"]] == [cell["run_id"]]
+        assert "1 cells left out: their judgments are incomplete" in shown.stderr
         server.faults = FaultPlan()
         server.reset_stats()
         second = run_sweep(config)
         assert second["cells"][0]["failed_queries"] == 0 and second["judgment_failures"] == []
+        assert mlflow.get_run(second["parent_run_id"]).info.status == "FINISHED"
+        listed = CliRunner().invoke(app, ["experiments", "--json"])
+        (row_exp,) = [e for e in json.loads(listed.stdout)["experiments"] if e["name"] == "retry-test"]
+        assert row_exp["best_refined_map"] == pytest.approx(second["cells"][0]["metrics"]["refined"]["map"])
         assert {q for (q, _) in server.stats.pairs_requested} == {
             broken_query
         }  # only the failed query was judged again

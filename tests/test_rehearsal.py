@@ -41,7 +41,7 @@ def test_the_team_topology_runs_a_sweep_twice_and_the_second_run_pays_nothing(tm
     assert res.returncode == 0 and not failed, (failed, res.stdout[-3000:], res.stderr[-3000:])
     measured = report["measured"]
     assert measured["judgments_in_ledger"] == 4 * 5  # the toy set: 4 queries x k 5, shared by both cells, in PostgreSQL
-    assert [s["judgments_paid"] for s in measured["sweeps"]] == [measured["judgments_in_ledger"], 0]
+    assert [s["judgments_asked"] for s in measured["sweeps"]] == [measured["judgments_in_ledger"], 0]
     assert report["first_run"]["worker"] != report["second_run"]["worker"]
     # every process it started is gone
     leftovers = subprocess.run(["pgrep", "-f", f"{own}/refine-(rehearsal|pg)-"], capture_output=True, text=True)
