@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -60,9 +61,15 @@ def resolve_model(name: str) -> tuple[str, Path | None]:
     candidate = Path(name).expanduser()
     if candidate.is_dir():
         return str(candidate.resolve()), candidate.resolve()
-    if candidate.suffix or name.startswith((".", "/", "~")):
+    if HUB_ID.fullmatch(name):  # org/name, even with a dot in it (Qwen/Qwen3-Embedding-0.6B)
+        return name, None
+    if candidate.suffix or "/" in name or name.startswith((".", "~")):
         raise EmbeddingModelError(f"embedding model {name!r}: no such folder")
     return name, None
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+"""A Hugging Face Hub model id: ``organisation/name``."""
 
 
 def check_model(name: str) -> str:

@@ -43,50 +43,87 @@ def preflight(config, *, stores: bool = True) -> None:
 
 def check_inputs(config) -> None:
     """The config's datasets, document vectors, models, judges, pool sizes and runner, each
-    checked without loading model weights or starting anything."""
-    from embedders.models import check_model
-    from evaluations.registry import load_benchmark
-    from judging.kinds import judge_kind
-
-    benches = {}
-    for spec in {c.benchmark for c in config.cells()}:
-        benches[spec] = load_benchmark(
-            spec.name,
-            queries=spec.queries,
-            query_seed=spec.query_seed,
-            max_documents=spec.max_documents,
-            corpus_seed=spec.corpus_seed,
-        )
-    for spec, bench in benches.items():
-        if spec.document_vectors is not None:
-            _check_vectors_file(spec.name, spec.document_vectors.path, bench.n_documents)
-    for model in config.models:
-        check_model(model)  # without loading it: a cached run never needs the weights
-    first = next(iter(benches.values()))
-    for judge in config.judges:  # local models are checked without loading the weights (that happens when judging)
-        judge_kind(judge.kind).preflight(judge, first)
-    if config.hyde is not None and config.hyde.kind == "local-lm":
-        from judging.local_lm import check_local_model
-
-        check_local_model(config.hyde.model or "")
+    checked without loading model weights or starting anything. Every problem is found in one
+    pass: one is raised as it is, several as one ``ValueError`` listing them all."""
+    problems: list[str] = []
+    benches = _checked_benchmarks(config, problems)
+    _checked_models_and_judges(config, benches, problems)
     for spec, bench in benches.items():
         smallest = (
             bench.n_documents
             if bench.pool == "corpus"
             else int(bench.labels.group_by("query_id").len()["len"].to_numpy().min())
         )
-        for k in config.grid.k:
-            for rounds in config.grid.rounds:
-                if k * rounds > smallest:
-                    raise ValueError(
-                        f"k={k} x rounds={rounds} is larger than the smallest pool of "
-                        f"{spec.name} ({smallest} documents)"
-                    )
+        too_large = [(k, r) for k in config.grid.k for r in config.grid.rounds if k * r > smallest]
+        if too_large:
+            k, rounds = too_large[0]
+            problems.append(
+                f"k={k} x rounds={rounds} is larger than the smallest pool of {spec.name} ({smallest} documents)"
+            )
     if config.runner != "local":
         from flows.execution import check_scheduler, require_prefect_dask
 
-        require_prefect_dask()
-        check_scheduler(config.runner)
+        _collect(problems, require_prefect_dask)
+        _collect(problems, check_scheduler, config.runner)
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        listed = "".join(f"\n  {i}. {p}" for i, p in enumerate(problems, 1))
+        raise ValueError(f"{len(problems)} problems, to fix before anything runs:{listed}")
+
+
+def _collect(problems: list[str], check, *args):
+    """``check(*args)``, with a user error (bad input) noted in ``problems`` instead of raised."""
+    try:
+        return check(*args)
+    except _user_errors() as exc:
+        problems.append(str(exc))
+        return None
+
+
+def _checked_benchmarks(config, problems: list[str]) -> dict:
+    """Every benchmark the config names that loads (and its document vectors, if given)."""
+    from evaluations.registry import load_benchmark
+
+    benches = {}
+    for spec in dict.fromkeys(c.benchmark for c in config.cells()):
+        bench = _collect(
+            problems,
+            lambda s: load_benchmark(
+                s.name,
+                queries=s.queries,
+                query_seed=s.query_seed,
+                max_documents=s.max_documents,
+                corpus_seed=s.corpus_seed,
+            ),
+            spec,
+        )
+        if bench is None:
+            continue
+        benches[spec] = bench
+        if spec.document_vectors is not None:
+            _collect(problems, _check_vectors_file, spec.name, spec.document_vectors.path, bench.n_documents)
+    return benches
+
+
+def _checked_models_and_judges(config, benches: dict, problems: list[str]) -> None:
+    """The embedding models and local judge or HyDE models exist here (not loaded: a cached run
+    never needs the weights); API judges have their keys; oracles have a benchmark."""
+    from embedders.models import check_model
+    from judging.kinds import judge_kind
+
+    for model in config.models:
+        _collect(problems, check_model, model)
+    first = next(iter(benches.values()), None)
+    for judge in config.judges:
+        kind = judge_kind(judge.kind)
+        if first is None and kind.gold_labels:
+            continue  # no benchmark loaded: its problem is listed already
+        _collect(problems, kind.preflight, judge, first)
+    if config.hyde is not None and config.hyde.kind == "local-lm":
+        from judging.local_lm import check_local_model
+
+        _collect(problems, check_local_model, config.hyde.model or "")
 
 
 def check_tracking_store(*, run: bool = True) -> None:

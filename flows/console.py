@@ -44,8 +44,11 @@ class RedactedStream:
         return getattr(self.target, "encoding", "utf-8")
 
 
-console = Console(file=cast(IO[str], RedactedStream("stdout")), width=None if sys.stdout.isatty() else 160)
-err_console = Console(file=cast(IO[str], RedactedStream("stderr")), width=None if sys.stderr.isatty() else 200)
+# On a terminal, its width. Piped to a file or another program, no wrapping at all: a table is as
+# wide as its content and every message one line (a fixed 160 columns cut wide tables mid-word).
+PIPED_WIDTH = 10_000
+console = Console(file=cast(IO[str], RedactedStream("stdout")), width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err_console = Console(file=cast(IO[str], RedactedStream("stderr")), width=None if sys.stderr.isatty() else PIPED_WIDTH)
 
 
 def fail(message: str) -> NoReturn:

@@ -80,3 +80,23 @@ def test_demo_runs_end_to_end_on_a_user_dataset(tmp_path: Path) -> None:
     # the oracle can only help on this toy set
     assert out["metrics"]["refined"]["map"] >= out["metrics"]["baseline"]["map"]
     assert (tmp_path / ".refine" / "embeddings").is_dir()
+
+
+def test_tables_piped_to_a_file_are_not_wrapped() -> None:
+    """Issue 32: piped output was cut at 160 columns, wrapping wide tables mid-word; piped, a table is
+    as wide as its content (a 300-character cell stays on one line) and so is every message."""
+    import subprocess
+    import sys
+
+    script = (
+        "from rich.table import Table\n"
+        "from flows.console import console\n"
+        "t = Table(title='wide')\n"
+        "t.add_column('cell'); t.add_column('MAP')\n"
+        "t.add_row('x' * 300, '0.5')\n"
+        "console.print(t)\n"
+        "console.print('y' * 400)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
+    assert any("x" * 300 in line and "0.5" in line for line in out.splitlines()), out
+    assert "y" * 400 in out.splitlines()

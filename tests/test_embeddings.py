@@ -95,6 +95,15 @@ def test_cache_rejects_bad_model_output(tmp_path: Path) -> None:
         cache.get_or_compute("../evil", ["a"], lambda t: np.ones((1, 2), dtype=np.float32))
 
 
+def test_a_hub_id_with_a_dot_is_a_hub_id_and_a_path_is_a_path() -> None:
+    from embedders.models import resolve_model
+
+    assert resolve_model("Qwen/Qwen3-Embedding-0.6B") == ("Qwen/Qwen3-Embedding-0.6B", None)
+    for path in ("./models/x", "/no/such/model", "model.bin", "a/b/c", "~/x"):
+        with pytest.raises(EmbeddingModelError, match="no such folder"):
+            resolve_model(path)
+
+
 def test_model_that_does_not_exist_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EmbeddingModelError, match="no such folder"):
         SentenceTransformerEmbedder(str(tmp_path / "nope"))
