@@ -86,7 +86,7 @@ def serve(
     parameters, chosen = _deployment_inputs(config_path, cron, runner)
     _require_prefect_server("serve")
     name = _free_name(name, parameters, replace)
-    from flows.sweep import sweep
+    from flows.sweep import ANNOUNCE, sweep
 
     console.print(
         f"serving deployment refine-sweep/{name} of sweep {parameters['config']['name']!r}, cron {chosen!r}"
@@ -95,6 +95,7 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
+    os.environ[ANNOUNCE] = "1"  # each run's start, end and MLflow link, as they happen
     sweep.serve(name=name, cron=chosen, parameters=parameters)
 
 

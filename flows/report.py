@@ -293,9 +293,12 @@ def paper_table(cells: list[dict]) -> PaperTable:
         if len(group) > 1:
             differ = [n for n in ("judge", *CELL_COORDINATES) if len({str(coordinate(c, n)) for c in group}) > 1]
             example = " ".join(f"{n}={_fmt(coordinate(group[0], n))}" for n in differ)
+            values = "; ".join(
+                f"{n}: {', '.join(dict.fromkeys(_fmt(coordinate(c, n)) for c in group))}" for n in differ
+            )
             raise ReportError(
-                f"{len(group)} cells for model {model!r} on {bench!r} differ in "
-                f"{', '.join(differ) or 'nothing but their sweep (use --parent)'}: pick one with "
+                f"{len(group)} cells for model {model!r} on {bench!r} differ in {', '.join(differ)} ({values}): "
+                f"the paper's layout has one cell per model and benchmark, so fix every one of them, e.g. "
                 f"--where {example}"
                 if differ
                 else f"{len(group)} cells for model {model!r} on {bench!r} come from different sweeps: "

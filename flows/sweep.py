@@ -13,6 +13,7 @@ everything but the failed judgments comes from the task cache and the ledger.
 
 # No ``from __future__ import annotations``: a served or worker-run flow is loaded from a
 # pickle, and Prefect must resolve its parameter annotations (SweepConfig) at run time.
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -326,7 +327,30 @@ def _report(
     return adjusted, rows, markdown, spend
 
 
-@flow(name="refine-sweep", flow_run_name=_sweep_flow_run_name, log_prints=False)
+ANNOUNCE = "REFINE_ANNOUNCE_RUNS"
+"""Set (to 1) by ``refine serve``: the process that runs scheduled sweeps prints a line when each
+starts and ends, with its MLflow link (a command that runs one sweep reports it itself)."""
+
+
+def announce(line: str) -> None:
+    if os.environ.get(ANNOUNCE) == "1":
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
+
+
+def _announce_state(flow, flow_run, state) -> None:
+    announce(f"flow run {flow_run.name!r} ({flow_run.id}): {state.type.value}")
+
+
+@flow(
+    name="refine-sweep",
+    flow_run_name=_sweep_flow_run_name,
+    log_prints=False,
+    on_running=[_announce_state],
+    on_completion=[_announce_state],
+    on_failure=[_announce_state],
+    on_crashed=[_announce_state],
+    on_cancellation=[_announce_state],
+)
 def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict:
     """Run every cell of ``config``; returns experiment id, parent run id and per-cell results.
 
@@ -401,6 +425,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         # complete cells stay FINISHED and usable; `refine experiments` and `compare` leave the rest out)
         tracker.finish(parent, "FAILED" if failures or judgment_failures else "FINISHED")
     link_mlflow_run(tracker, experiment_id, parent, f"sweep {config.name}")
+    announce(f"sweep {config.name}: {len(results)} cells logged; MLflow {tracker.run_url(experiment_id, parent)}")
     result = {
         "experiment_id": experiment_id,
         "parent_run_id": parent,

@@ -93,6 +93,16 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
             log = (tmp_path / "serve.log").read_text(errors="replace")
             assert first["state_type"] == "FAILED", log[-3000:]
             assert first["name"].startswith("nightly 20")  # <config> <time>, not a random name
+            # the serving process says when each run starts and ends, with its MLflow link
+            said = wait_for(
+                lambda: (
+                    (t := (tmp_path / "serve.log").read_text(errors="replace")) and f"({run_id}): FAILED" in t and t
+                ),
+                30,
+                "the serve process's line for the failed run",
+            )
+            assert f"({run_id}): RUNNING" in said and "sweep nightly: 2 cells logged; MLflow http" in said, said[-2000:]
+            assert "run it now from another shell with: refine trigger nightly" in said
             # INFO logs reach Prefect (the API handler sends them in batches: give it a few seconds)
             messages = wait_for(
                 lambda: (
@@ -126,6 +136,11 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
             time.sleep(1)
             second = prefect.wait_final(run_id, 300)
             assert second["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
+            wait_for(
+                lambda: f"({run_id}): COMPLETED" in (tmp_path / "serve.log").read_text(errors="replace"),
+                30,
+                "the serve process's line for the retried run",
+            )
             assert {q for (q, _) in claude.stats.pairs_requested} == {broken}
             assert claude.stats.message_requests == 1  # both cells share the judged feedback
             latest = mlflow.search_runs(
@@ -577,7 +592,11 @@ def test_compare_a_grid_shows_what_varies_and_the_stored_bh_p(platform: Path, tm
 
     ambiguous = runner.invoke(app, ["compare", "--experiment", "journey-grid", "--layout", "paper"])
     assert ambiguous.exit_code == 2
-    assert "differ in judge, lr, rounds: pick one with --where judge=oracle lr=0.01 rounds=1" in ambiguous.output
+    # every axis to fix, with the values present, in one message
+    assert "differ in judge, lr, rounds (judge: oracle, noisy-oracle-0.3; lr: 0.01, 0.001; rounds: 1, 2)" in (
+        ambiguous.output
+    ), ambiguous.output
+    assert "fix every one of them, e.g. --where judge=oracle lr=0.01 rounds=1" in ambiguous.output
     paper = runner.invoke(
         app,
         [

@@ -79,7 +79,7 @@ def test_duplicate_cells_are_refused() -> None:
     grid = _cells() + [dict(_cells()[0], run_id="lr", params={"lr": 1e-3})]
     for c in grid[:-1]:
         c["params"] = {"lr": 1e-4}
-    with pytest.raises(ReportError, match="differ in lr: pick one with --where lr=0.0001"):
+    with pytest.raises(ReportError, match=r"differ in lr \(lr: 0.0001, 0.001\): .* e.g. --where lr=0.0001"):
         paper_table(grid)
     assert len(paper_table(filter_cells(grid, ["lr=1e-4"])).rows) == 6
     # a filter that matches nothing is an error that lists what there is
