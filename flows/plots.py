@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,53 @@ def loss_curves(losses: np.ndarray, path: Path, *, title: str) -> Path:
         ax.legend()
     ax.set(xlabel="step", ylabel="KL(p || q)")
     ax.set_title(_wrap(title, 56), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+SWEEP_METHODS = ("baseline", "rerank_only", "refined", "recommended", "rocchio_kl")
+"""The methods the sweep's plot draws, where present (the rest are in summary.csv)."""
+
+
+def sweep_map(cells: list[dict], differing: list[str], path: Path, *, title: str) -> Path:
+    """MAP per method against the sweep's first varying grid axis (log scale for lr), one panel
+    per combination of the other varying coordinates: what the sweep found, at a glance (the
+    parent run's ``summary_map.png``). Cells that vary in nothing are one point each."""
+    plt = _plt()
+    axis = next((n for n in differing if n not in ("benchmark", "model", "judge")), None)
+
+    def coordinate(cell: dict, name: str) -> Any:
+        return cell[name] if name in ("benchmark", "model", "judge") else cell["params"].get(name)
+
+    others = [n for n in differing if n != axis]
+    panels: dict[str, list[dict]] = {}
+    for cell in cells:
+        key = " · ".join(f"{n} {coordinate(cell, n)}" for n in others) or "all cells"
+        panels.setdefault(key, []).append(cell)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True)
+    for ax, (key, group) in zip(axes[0], panels.items()):
+        values = [coordinate(c, axis) if axis else i for i, c in enumerate(group)]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric:
+            order = np.argsort(np.asarray(values, dtype=float), kind="stable")
+            group, xs = [group[i] for i in order], [float(values[i]) for i in order]
+        else:  # optimizer, normalize: one tick per value
+            xs = [float(i) for i in range(len(group))]
+            ax.set_xticks(xs, [str(v) for v in values])
+        for method in SWEEP_METHODS:
+            ys = [c["metrics"].get(method, {}).get("map") for c in group]
+            if all(y is None for y in ys):
+                continue
+            ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", label=method)
+        if axis == "lr" and numeric:
+            ax.set_xscale("log")
+        ax.set(xlabel=axis or "cell", ylabel="MAP")
+        ax.set_title(_wrap(key, 40), fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(_wrap(title, 90), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

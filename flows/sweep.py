@@ -38,6 +38,7 @@ from flows.cell import (
 from flows.cell_logging import benchmark_label
 from flows.execution import dask_cluster, with_runner
 from flows.failures import budget_line, failure_lines, hint, judgment_counts  # noqa: F401 - hint: its old home
+from flows.plots import sweep_map
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
 from judging.spend import SpendAccount
@@ -318,6 +319,8 @@ def _report(
             path = Path(tmp) / "summary.csv"
             pl.DataFrame(rows).write_csv(path)
             tracker.log_artifact(parent, path)
+            plot = sweep_map(results, differing, Path(tmp) / "summary_map.png", title=f"{config.name}: MAP per method")
+            tracker.log_artifact(parent, plot)
     spend = account.status()
     log.info("budget: %s", spend.line())
     budget = spend.as_dict().items()

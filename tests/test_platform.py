@@ -62,7 +62,11 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     children = client.search_runs([result["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"summary.md", "summary.json", "summary.csv", "config.yaml"} <= parent_artifacts
+    assert {"summary.md", "summary.json", "summary.csv", "summary_map.png", "config.yaml"} <= parent_artifacts
+    # the plot of MAP per method against what varies is a real PNG
+    (platform / "downloads").mkdir(exist_ok=True)
+    png = Path(client.download_artifacts(parent.info.run_id, "summary_map.png", str(platform / "downloads")))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     for child in children:
         assert child.info.status == "FINISHED"
         for method in ("baseline", "rerank_only", "rocchio", "refined"):
