@@ -51,7 +51,7 @@ from tasks.core import (
     load_benchmark_task,
     provided_corpus,
 )
-from tasks.storage import arrays_dir, code_version, ledger_url
+from tasks.storage import arrays_dir, code_version, digest, ledger_url, state_dir
 
 
 class JudgmentsFailed(RuntimeError):
@@ -295,6 +295,22 @@ class _CellRunner:
         )
 
 
+def _summary_plot(name: str, results: list[dict], differing: list[str]) -> Path:
+    """The parent run's ``summary_map.png``, drawn once per content: a re-run whose cells are all
+    unchanged logs the stored file (drawing imports matplotlib: a second of a cached re-run)."""
+    title = f"{name}: MAP per method"
+    content = [
+        (r.get("label"), r["judge"], r["params"], {m: v.get("map") for m, v in r["metrics"].items()}) for r in results
+    ]
+    path = state_dir() / "plots" / digest("sweep-map", title, differing, content) / "summary_map.png"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f"summary_map.{os.getpid()}.png")
+        sweep_map(results, differing, staging, title=title)
+        staging.replace(path)
+    return path
+
+
 def _report(
     config: SweepConfig, tracker: Tracker, parent: str, results: list, failures: list, differing: list, account
 ):
@@ -319,8 +335,7 @@ def _report(
             path = Path(tmp) / "summary.csv"
             pl.DataFrame(rows).write_csv(path)
             tracker.log_artifact(parent, path)
-            plot = sweep_map(results, differing, Path(tmp) / "summary_map.png", title=f"{config.name}: MAP per method")
-            tracker.log_artifact(parent, plot)
+            tracker.log_artifact(parent, _summary_plot(config.name, results, differing))
     spend = account.status()
     log.info("budget: %s", spend.line())
     budget = spend.as_dict().items()
