@@ -386,6 +386,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
     tracker.close_stale_runs(experiment_id)
     cells = config.cells()
     differing = varying(cells)
+    tracker.share_cells_view(experiment_id, differing, ["baseline", "rerank_only", "refined", *config.methods])
     prefect_url = prefect_run_url()
     parent = tracker.start(
         experiment_id,

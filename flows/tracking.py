@@ -41,6 +41,12 @@ def measure_name(key: str) -> str:
     return from_mlflow_key(key)
 
 
+SHARED_VIEW = "refine-cells"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+COORDINATE_COLUMNS = {"benchmark": "params.`benchmark.name`", "model": "params.`model`"}
+"""The runs-table column of each sweep coordinate that is not a grid axis (those are params)."""
+
+
 class Tracker:
     """Thin wrapper over MlflowClient for the sweep's parent and child runs."""
 
@@ -195,8 +201,21 @@ class Tracker:
 
     def runs_table_url(self, experiment_id: str) -> str:
         """The experiment's runs table: MLflow 3 opens an experiment in its GenAI view unless
-        the URL asks for the machine-learning workflow."""
-        return f"{ui_base()}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        the URL asks for the machine-learning workflow; ``viewStateShareKey`` opens it with the
+        columns :meth:`share_cells_view` chose (the UI reads the experiment's tag of that key)."""
+        return f"{ui_base()}/#/experiments/{experiment_id}/runs?viewStateShareKey={SHARED_VIEW}&workflowType=machine_learning"
+
+    def share_cells_view(self, experiment_id: str, coordinates: list[str], methods: list[str]) -> None:
+        """Store the runs table's view for this experiment (MLflow's shared view state: the
+        experiment tag ``mlflow.sharedViewState.<key>``, a JSON of the table's sort and columns):
+        the newest runs first, the judge and every coordinate that varies, MAP of each method,
+        refined ΔMAP and p (BH), failed judgments: a sweep's figures without adding columns."""
+        columns = ["tags.`refine.judge`"]
+        columns += [COORDINATE_COLUMNS.get(c, f"params.`{c}`") for c in coordinates if c != "judge"]
+        columns += [f"metrics.`{m}.map`" for m in methods]
+        columns += ["metrics.`refined.delta_map`", "metrics.`refined.p_bh`", "metrics.`judgments_failed`"]
+        state = {"orderByKey": "attributes.start_time", "orderByAsc": False, "selectedColumns": columns}
+        self.client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + SHARED_VIEW, json.dumps(state))
 
     def find_cell(self, experiment_id: str, content_key: str, *, exclude: str | None = None) -> str | None:
         """The first finished cell run with the same content key (same cell, inputs and code):

@@ -80,6 +80,7 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
     assert ran.returncode == 0, ran.stderr[-3000:]
     (url,) = re.findall(r"MLflow runs table: (\S+)", ran.stdout)
     assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and url.endswith("workflowType=machine_learning")
+    assert "viewStateShareKey=refine-cells" in url
 
     shots = _artifacts()
     with process([str(BIN / "refine"), "ui", "--port", str(port)], env, tmp_path / "ui.log"), sync_playwright() as pw:
@@ -91,7 +92,22 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
             parent = page.locator("a:has-text('browser-sweep 20')")
             parent.first.wait_for(timeout=60_000)
             assert page.get_by_text("Model training").count() >= 1  # the runs table, not the GenAI view
+            # the sweep's figures are columns already (the experiment's shared view that the
+            # printed URL names): MAP per method, refined ΔMAP and p (BH), failed judgments, the
+            # judge and the varying pull; before, a user had to add each column by hand
+            for header in ("refined.map", "rerank_only.map", "rocchio_kl.map", "refined.delta_map", "refined.p_bh"):
+                page.get_by_text(header, exact=True).first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "mlflow-runs-table.png"))
+            assert page.get_by_text("judgments_failed", exact=True).count() >= 1
+            # the judge and the varying pull are columns too, right of the metrics (the grid
+            # renders only the columns in view: scroll it to the end)
+            page.evaluate(
+                "document.querySelectorAll('.ag-body-horizontal-scroll-viewport, .ag-center-cols-viewport,"
+                " .ag-header-viewport').forEach(e => { e.scrollLeft = 100000; })"
+            )
+            page.get_by_text("refine.judge", exact=True).first.wait_for(timeout=15_000)
+            page.get_by_text("pull", exact=True).first.wait_for(timeout=15_000)
+            page.screenshot(path=str(shots / "mlflow-runs-table-right.png"))
             expander = page.locator("button[data-component-id*='runnamecellrenderer']").first
             for _ in range(5):  # the table may re-render once its data arrive: click again until open
                 expander.click()
