@@ -7,11 +7,13 @@ method, the per-query files and plots, the link from its Prefect flow run."""
 import json
 import logging
 import os
+from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
 
 from prefect import get_run_logger, runtime
 
-from evaluations.config import CellSpec
+from evaluations.config import GRID_AXES, CellSpec
 from flows import plots
 from flows.tracking import Tracker
 from refine_core.statistics import win_tie_loss
@@ -253,3 +255,39 @@ def as_json_value(value: object) -> object:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return str(value)
+
+
+def varying(cells: list[CellSpec]) -> list[str]:
+    """The coordinates that differ between a sweep's cells (benchmark with its subset, model,
+    judge and every grid axis), in the order run names show them."""
+    coords: dict[str, Callable[[CellSpec], object]] = {
+        "benchmark": lambda c: c.benchmark.model_dump_json(),
+        "model": attrgetter("model"),
+        "judge": lambda c: c.judge.label,
+        **{axis: attrgetter(axis) for axis in GRID_AXES},
+    }
+    return [name for name, get in coords.items() if len({str(get(c)) for c in cells}) > 1]
+
+
+def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
+    """``lr=0.001 · noisy-oracle-0.2 · clinc150 · all-MiniLM-L6-v2``: what differs between the
+    sweep's cells first, then judge, lr, benchmark and model where they do not differ."""
+    short = {
+        "benchmark": benchmark_label(cell.benchmark),
+        "model": cell.model.rsplit("/", 1)[-1],
+        "judge": cell.judge.label,
+        "lr": f"lr={cell.lr:g}",
+        "k": f"k={cell.k}",
+        "rounds": f"r={cell.rounds}",
+        "steps": f"steps={cell.steps}",
+        "optimizer": cell.optimizer,
+        "normalize": f"norm={cell.normalize}",
+        "score_temperature": f"τs={cell.score_temperature:g}",
+        "similarity_temperature": f"τc={cell.similarity_temperature:g}",
+        "pull": f"pull={cell.pull:g}",
+        "rocchio_beta": f"β={cell.rocchio_beta:g}",
+        "rocchio_gamma": f"γ={cell.rocchio_gamma:g}",
+    }
+    lead = [short[n] for n in differing]
+    rest = [short[n] for n in ("judge", "lr", "benchmark", "model") if n not in differing]
+    return " · ".join(lead + rest)

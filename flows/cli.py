@@ -15,10 +15,11 @@ import typer
 from rich.table import Table
 
 from flows import cli_compare, cli_run, cli_schedule
-from flows.cli_run import EXIT_JUDGMENTS_FAILED, check_tracking_store, preflight  # noqa: F401 - their old home
+from flows.cli_run import EXIT_JUDGMENTS_FAILED  # noqa: F401 - its old home
 from flows.cli_schedule import SHARED_SETTINGS  # noqa: F401 - its old home
 from flows.console import console, err_console, fail
 from flows.console import user_errors as _user_errors
+from flows.preflight import check_tracking_store, preflight  # noqa: F401 - their old home
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="LLM-guided test-time query refinement: evaluate and use it."

@@ -11,8 +11,9 @@ from typing import Annotated, NoReturn
 import typer
 from rich.table import Table
 
-from flows.cli_run import check_tracking_store, public_cells, results_table
+from flows.cli_run import public_cells, results_table
 from flows.console import console, err_console, fail
+from flows.preflight import check_tracking_store
 
 
 def compare(

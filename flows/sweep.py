@@ -16,15 +16,13 @@ everything but the failed judgments comes from the task cache and the ledger.
 import os
 import tempfile
 import time
-from collections.abc import Callable
-from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 from prefect import flow, runtime
 
-from evaluations.config import GRID_AXES, CellSpec, ExecutionSpec, SweepConfig
+from evaluations.config import CellSpec, ExecutionSpec, SweepConfig
 from flows.cell import (
     Clock,
     embed_corpus,
@@ -35,7 +33,7 @@ from flows.cell import (
     run_cell,
     run_logger,
 )
-from flows.cell_logging import benchmark_label
+from flows.cell_logging import mlflow_run_name, varying
 from flows.execution import dask_cluster, with_runner
 from flows.failures import budget_line, failure_lines, hint, judgment_counts  # noqa: F401 - hint: its old home
 from flows.plots import sweep_map
@@ -91,42 +89,6 @@ def summary_table(cells: list[dict]) -> tuple[list[dict], str]:
     return rows, summary_markdown(cells)
 
 
-def varying(cells: list[CellSpec]) -> list[str]:
-    """The coordinates that differ between a sweep's cells (benchmark with its subset, model,
-    judge and every grid axis), in the order run names show them."""
-    coords: dict[str, Callable[[CellSpec], object]] = {
-        "benchmark": lambda c: c.benchmark.model_dump_json(),
-        "model": attrgetter("model"),
-        "judge": lambda c: c.judge.label,
-        **{axis: attrgetter(axis) for axis in GRID_AXES},
-    }
-    return [name for name, get in coords.items() if len({str(get(c)) for c in cells}) > 1]
-
-
-def mlflow_run_name(cell: CellSpec, differing: list[str]) -> str:
-    """``lr=0.001 · noisy-oracle-0.2 · clinc150 · all-MiniLM-L6-v2``: what differs between the
-    sweep's cells first, then judge, lr, benchmark and model where they do not differ."""
-    short = {
-        "benchmark": benchmark_label(cell.benchmark),
-        "model": cell.model.rsplit("/", 1)[-1],
-        "judge": cell.judge.label,
-        "lr": f"lr={cell.lr:g}",
-        "k": f"k={cell.k}",
-        "rounds": f"r={cell.rounds}",
-        "steps": f"steps={cell.steps}",
-        "optimizer": cell.optimizer,
-        "normalize": f"norm={cell.normalize}",
-        "score_temperature": f"τs={cell.score_temperature:g}",
-        "similarity_temperature": f"τc={cell.similarity_temperature:g}",
-        "pull": f"pull={cell.pull:g}",
-        "rocchio_beta": f"β={cell.rocchio_beta:g}",
-        "rocchio_gamma": f"γ={cell.rocchio_gamma:g}",
-    }
-    lead = [short[n] for n in differing]
-    rest = [short[n] for n in ("judge", "lr", "benchmark", "model") if n not in differing]
-    return " · ".join(lead + rest)
-
-
 def _sweep_flow_run_name() -> str:
     config = runtime.flow_run.parameters.get("config")
     name = config.get("name") if isinstance(config, dict) else getattr(config, "name", "sweep")
@@ -178,6 +140,27 @@ def _parent_params(config: SweepConfig, cells: list[CellSpec], differing: list[s
         "execution.query_block": config.execution.query_block,
         "cells_differ_in": ",".join(differing) or "-",
         "prefect.flow_run_id": str(runtime.flow_run.id or ""),
+    }
+
+
+def _parent_metrics(
+    results: list[dict], failures: list[str], counts: dict[str, float], clock: Clock, started: float
+) -> dict[str, float]:
+    """The sweep's totals on its parent run: cells, judgments (paid, free, failed, held back,
+    asked), requests to paid judges, cost, the mean refined delta MAP and the shared timings."""
+    refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
+    return {
+        "cells_completed": len(results),
+        "cells_failed": len(failures),
+        "cells_with_failed_judgments": sum(1 for r in results if r.get("judgments_failed")),
+        "cells_cached": sum(bool(r.get("cached")) for r in results),
+        **{f"judgments_{k}": v for k, v in counts.items() if k in ("paid", "free", "failed", "held_back")},
+        "judgments_asked": counts["paid"] + counts["free"],  # answered by a judge in this run
+        "judge_requests_paid": counts["requests"],
+        "judge_cost_usd": counts["cost_usd"],
+        "mean_delta_map_refined": float(np.mean(refined)) if refined else float("nan"),
+        **{f"time.{k}_s": v for k, v in clock.items()},
+        "time.sweep_s": time.perf_counter() - started,
     }
 
 
@@ -419,23 +402,7 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             adjusted, rows, markdown, spend = _report(config, tracker, parent, results, failures, differing, account)
         judgment_failures = [r for r in results if r.get("judgments_failed")]
         counts = judgment_counts(results)
-        refined = [r["metrics"]["refined"]["map"] - r["metrics"]["baseline"]["map"] for r in results]
-        tracker.log_metrics(
-            parent,
-            {
-                "cells_completed": len(results),
-                "cells_failed": len(failures),
-                "cells_with_failed_judgments": len(judgment_failures),
-                "cells_cached": sum(bool(r.get("cached")) for r in results),
-                **{f"judgments_{k}": v for k, v in counts.items() if k in ("paid", "free", "failed", "held_back")},
-                "judgments_asked": counts["paid"] + counts["free"],  # answered by a judge in this run
-                "judge_requests_paid": counts["requests"],
-                "judge_cost_usd": counts["cost_usd"],
-                "mean_delta_map_refined": float(np.mean(refined)) if refined else float("nan"),
-                **{f"time.{k}_s": v for k, v in clock.items()},
-                "time.sweep_s": time.perf_counter() - started,
-            },
-        )
+        tracker.log_metrics(parent, _parent_metrics(results, failures, counts, clock, started))
         if failures:
             tracker.log_text(parent, "failures.txt", "\n".join(failures))
         if judgment_failures:

@@ -75,7 +75,7 @@ def test_checking_a_config_reads_no_prefect_setting(data_root: Path, tmp_path: P
     script = (
         "import sys\n"
         "from evaluations.config import load_config\n"
-        "from flows.cli_run import check_inputs\n"
+        "from flows.preflight import check_inputs\n"
         "for path in sys.argv[1:]:\n"
         "    check_inputs(load_config(path))\n"
         "print('prefect' in sys.modules, 'mlflow' in sys.modules)\n"
