@@ -23,6 +23,7 @@ from flows.cell_logging import (  # noqa: F401 - names the sweep and the tests i
     cell_files,
     cell_flow_run_name,
     cell_label,
+    cell_note,
     cell_params,
     cell_tags,
     judge_failures,
@@ -345,6 +346,7 @@ def _log_cell(
         "refine.failed_queries": str(failed_queries),
         "refine.content_key": content_key,
         "refine.cached": str(cached).lower(),
+        "mlflow.note.content": cell_note(cell, flat),
     }
     if original is not None:
         tags["refine.original_run_id"] = original

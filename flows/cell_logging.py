@@ -118,6 +118,28 @@ def cell_params(cell: CellSpec, bench: BenchmarkRef) -> dict[str, object]:
     return params
 
 
+def cell_note(cell: CellSpec, flat: dict[str, float]) -> str:
+    """The run's description (shown above its metrics in the MLflow UI): what the cell is and its
+    key figures, so MAP per method, delta MAP and p need no search among the run's metrics."""
+    methods = [m for m in ("baseline", "rerank_only", "rocchio", "refined") if f"{m}.map" in flat]
+    methods += sorted({k.split(".", 1)[0] for k in flat if k.endswith(".map")} - set(methods))
+    rows = ["| method | MAP | ΔMAP | p (one-sided t-test) |", "|---|---|---|---|"]
+    for m in methods:
+        delta, p = flat.get(f"{m}.delta_map"), flat.get(f"{m}.p_raw")
+        rows.append(
+            f"| {m} | {flat[f'{m}.map']:.4f} | {'' if delta is None else f'{delta:+.4f}'} | {'' if p is None else f'{p:.2g}'} |"
+        )
+    failed = int(flat.get("judgments_failed", 0))
+    return (
+        cell_tags(cell, None)["mlflow.note.content"]
+        + "\n\n"
+        + "\n".join(rows)
+        + f"\n\nFailed judgments: {failed}"
+        + (" (not a result until a re-run completes them)" if failed else "")
+        + ". p (BH) per method: the metric `<method>.p_bh`, set when the sweep ends."
+    )
+
+
 def cell_tags(cell: CellSpec, prefect_url: str | None) -> dict[str, str]:
     """The tags a cell's MLflow run starts with."""
     return {

@@ -86,6 +86,12 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
             "time.refine_s",
         ):
             assert name in child.data.metrics
+        # the run's description (above its metrics in the UI) has the key figures: no search among them
+        note = child.data.tags["mlflow.note.content"]
+        assert (
+            f"| refined | {child.data.metrics['refined.map']:.4f} | {child.data.metrics['refined.delta_map']:+.4f} |"
+            in note
+        )
         # the sweep embeds once for all cells: those timings are on the parent, not ~0 on each child
         assert "time.embed_corpus_s" not in child.data.metrics
         assert child.data.metrics["refined.p_bh"] >= child.data.metrics["refined.p_raw"]
