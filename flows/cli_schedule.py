@@ -183,6 +183,7 @@ def trigger(
 
 def worker(
     pool: Annotated[str, typer.Option(help="the work pool `refine deploy --pool` registered")] = "refine",
+    name: Annotated[str | None, typer.Option(help="the worker's name (default: Prefect's)")] = None,
 ) -> None:
     """Start a Prefect worker for a work pool, on the Prefect server of this REFINE_HOME or
     PREFECT_API_URL, with this shell's shared settings: `prefect worker start --pool POOL` as it
@@ -195,7 +196,7 @@ def worker(
     import sys
 
     console.print(f"worker for pool {pool!r} on {os.environ['PREFECT_API_URL']} (Ctrl-C stops it)", highlight=False)
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool]
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, *(["--name", name] if name else [])]
     try:
         code = subprocess.call(command, env=os.environ.copy())
     except KeyboardInterrupt:

@@ -188,7 +188,7 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
         assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["30 2 * * 1-5"]  # the config's schedule
         workers = [
             process(
-                [str(BIN / "prefect"), "worker", "start", "--pool", "team", "--name", f"w{i}"],
+                [str(BIN / "refine"), "worker", "--pool", "team", "--name", f"w{i}"],  # what `refine deploy` prints
                 env | {"PREFECT_HOME": str(tmp_path / f"worker{i}")},
                 tmp_path / f"worker{i}.log",
             )
