@@ -621,7 +621,7 @@ def test_compare_a_grid_shows_what_varies_and_the_stored_bh_p(platform: Path, tm
     (row,) = [r for r in json.loads(listed.stdout)["experiments"] if r["name"] == "journey-grid"]
     assert row["cells"] == 8 and row["sweeps"] == 1
     assert row["best_refined_map"] == pytest.approx(max(c["metrics"]["refined"]["map"] for c in cells))
-    assert row["url"].endswith("/runs?workflowType=machine_learning")
+    assert row["url"].endswith("/runs?viewStateShareKey=refine-cells&workflowType=machine_learning")
 
 
 def test_refine_ui_stops_its_server_when_stopped(tmp_path: Path) -> None:
