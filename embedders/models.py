@@ -28,6 +28,22 @@ MODEL_QUERY_TEMPLATES: dict[str, str] = {
 }
 
 
+def sleeping_openmp_threads() -> None:
+    """Make idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless the
+    user chose a policy. Only effective before torch loads its OpenMP runtime, so the CLI calls it
+    first thing and :class:`SentenceTransformerEmbedder` before its first model load.
+
+    Embedding shares two cores with the Prefect server, the flow's threads, Dask workers or other
+    tests: a spinning OpenMP thread burns the core its siblings need. Measured here (4,000
+    Banking77 texts, 2 torch threads, ``benchmarks/embed_speed.py --busy``): alone the two
+    policies take the same time; beside one busy core, spinning took 33.5 s wall / 43.3 CPU-s and
+    sleeping 25.9 s / 26.0 CPU-s."""
+    import sys
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 class EmbeddingModelError(ValueError):
     """The embedding model cannot be found or loaded."""
 
@@ -198,6 +214,7 @@ class SentenceTransformerEmbedder:
 
     def _load(self):
         if self._model is None:
+            sleeping_openmp_threads()
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 

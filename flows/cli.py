@@ -147,6 +147,9 @@ def main() -> None:
         os._exit(outcome["code"])
 
     atexit.register(exit_now)  # registered first, so it runs last
+    from embedders.models import sleeping_openmp_threads
+
+    sleeping_openmp_threads()  # inherited by the Prefect server, workers and Dask processes it starts
     from tasks.redaction import install_log_redaction, install_stream_redaction
 
     install_stream_redaction()  # print(), tracebacks and warnings: no secret reaches the terminal

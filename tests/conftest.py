@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# As the CLI does (embedders.models.sleeping_openmp_threads): three test processes share two cores, where
+# spinning OpenMP threads burn the CPU time that the other tests need.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# --- One embedding cache for the whole session -------------------------------------------------
+# Embeddings depend only on the model and the exact text, so every test of a session (and every
+# `refine` process it starts: they inherit the variable) shares one cache, as a team's homes do:
+# the CLINC150 corpus that the reproduction, the default sweep, the journeys and the browser test
+# all embed is embedded once per session (about 40 s on 2 cores), not once per test. The folder is
+# made by the first process that imports this file (pytest-xdist's workers inherit it) and removed
+# by that process at the end. Tests of the cache itself give their own folder; a test that needs
+# the home's own cache drops the variable (see test_journeys' "nothing was embedded").
+_SESSION_CACHE_OWNER = "REFINE_EMBEDDING_CACHE" not in os.environ
+if _SESSION_CACHE_OWNER:
+    os.environ["REFINE_EMBEDDING_CACHE"] = tempfile.mkdtemp(prefix="refine-test-embeddings-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SESSION_CACHE_OWNER and not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ["REFINE_EMBEDDING_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

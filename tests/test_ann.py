@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from corpus.ann import AnnIndex, AnnSettings, exact_top, recall_at
 from refine_core.feedback import top_k_indices
 from refine_core.metrics import cosine_block
+from tasks.storage import embedding_cache_dir
 
 
 def _unit(rng: np.random.Generator, n: int, d: int = 32) -> np.ndarray:
@@ -67,7 +68,7 @@ def test_search_through_an_ann_index_equals_brute_force_with_flat(data_root: Pat
         ids=bench.documents["doc_id"].to_list(),
         folder=tmp_path / "idx",
         embedder=minilm,
-        cache=EmbeddingCache(tmp_path / "emb"),
+        cache=EmbeddingCache(embedding_cache_dir()),
     )
     judge = OracleJudge(bench.relevant_texts())
     criterion = bench.query_texts()[0]
@@ -128,7 +129,7 @@ def test_an_index_from_vectors_computed_elsewhere_searches_like_an_embedded_one(
     bench = load_benchmark("clinc150", queries=2, max_documents=700, corpus_seed=6)
     ids, texts = bench.documents["doc_id"].to_list(), bench.document_texts()
     embedded = build_index(
-        texts, ids=ids, folder=tmp_path / "embedded", embedder=minilm, cache=EmbeddingCache(tmp_path / "emb")
+        texts, ids=ids, folder=tmp_path / "embedded", embedder=minilm, cache=EmbeddingCache(embedding_cache_dir())
     )
     np.save(tmp_path / "v.npy", np.asarray(embedded.vectors()))
     pl.DataFrame(

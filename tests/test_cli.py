@@ -70,7 +70,8 @@ def test_missing_files_exit_2_and_say_where(tmp_path: Path) -> None:
 
 @pytest.mark.model
 def test_demo_runs_end_to_end_on_a_user_dataset(tmp_path: Path) -> None:
-    res = run(["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--k", "5", "--lr", "0.01", "--json"], tmp_path)
+    demo = ["demo", "--dataset", f"files:{FIXTURES / 'userdata'}", "--k", "5", "--lr", "0.01", "--json"]
+    res = run(demo, tmp_path, REFINE_EMBEDDING_CACHE="")  # the home's own cache, not the session's
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(out["metrics"]) == {"baseline", "rerank_only", "rocchio", "refined"}

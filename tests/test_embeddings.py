@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,24 @@ def test_the_embedding_cache_is_in_the_home_unless_one_is_named(tmp_path, monkey
     monkeypatch.setenv("REFINE_EMBEDDING_CACHE", str(tmp_path / "team-cache"))
     assert embedding_cache_dir() == (tmp_path / "team-cache").resolve()
     assert "REFINE_EMBEDDING_CACHE" in SHARED_SETTINGS
+
+
+@pytest.mark.parametrize(
+    ("given", "first", "expected"),
+    [(None, "", "PASSIVE"), ("ACTIVE", "", "ACTIVE"), (None, "import torch; ", "None")],
+)
+def test_idle_openmp_threads_sleep_unless_the_user_chose_or_torch_is_loaded(
+    given: str | None, first: str, expected: str
+) -> None:
+    """The CLI and the embedder set OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads
+    slowed embedding beside a busy core: benchmarks/embed_speed.py --openmp); a user's own policy
+    stays, and once torch is loaded the setting could no longer take effect, so it is left alone."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = f"{first}import os; from embedders.models import sleeping_openmp_threads as s; s(); print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

@@ -501,7 +501,7 @@ def test_missing_local_judge_models_fail_before_anything_is_embedded(
 ) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(f"name: x\nbenchmarks: [{{name: 'files:{USERDATA}'}}]\njudges: [{judge}]\n")
-    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
+    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root), "REFINE_EMBEDDING_CACHE": ""}  # the home's cache
     started = time.perf_counter()
     result = subprocess.run(
         [str(BIN / "refine"), "run", str(config)], env=env, capture_output=True, text=True, timeout=120

@@ -17,6 +17,7 @@ from conftest import FIXTURES
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
 
 from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
+from tasks.storage import embedding_cache_dir
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +116,7 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     # MAP equals a direct refine_core computation on the same inputs.
     bench = load_benchmark("clinc150", queries=12, max_documents=1500)
     embedder = SentenceTransformerEmbedder()
-    cache = EmbeddingCache(platform / "embeddings")
+    cache = EmbeddingCache(embedding_cache_dir())
     docs = embedder.embed_documents(bench.document_texts(), cache=cache)
     queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
     assert embedder.forward_calls == 0  # the flow's embeddings are in the cache
@@ -428,7 +429,7 @@ def test_a_per_model_query_template_reaches_the_query_embeddings(platform: Path)
     result = sweep(config)
     bench = load_benchmark("clinc150", queries=5, max_documents=600)
     bare = SentenceTransformerEmbedder(query_template="{query}")
-    cache = EmbeddingCache(platform / "embeddings")
+    cache = EmbeddingCache(embedding_cache_dir())
     direct = evaluate_rankings(
         cosine_scores(
             bare.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache),
@@ -457,7 +458,7 @@ def test_a_benchmark_with_its_own_vectors_is_evaluated_without_embedding_the_cor
     spec = BenchmarkSpec(name="clinc150", queries=4, max_documents=500, corpus_seed=11)
     bench = load_benchmark("clinc150", queries=4, max_documents=500, corpus_seed=11)
     vectors = SentenceTransformerEmbedder().embed_documents(
-        bench.document_texts(), cache=EmbeddingCache(platform / "embeddings")
+        bench.document_texts(), cache=EmbeddingCache(embedding_cache_dir())
     )
     npy = tmp_path / "docs.npy"
     np.save(npy, vectors)
@@ -510,7 +511,7 @@ def test_a_multi_round_cell_of_the_flow_equals_the_librarys_rounds(platform: Pat
     assert [c["params"]["pull"] for c in cells] == [0.0, 0.1]
     bench = load_benchmark("clinc150", queries=12, max_documents=1500)
     embedder = SentenceTransformerEmbedder()
-    cache = EmbeddingCache(platform / "embeddings")
+    cache = EmbeddingCache(embedding_cache_dir())
     docs = embedder.embed_documents(bench.document_texts(), cache=cache)
     queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
     labels, _ = bench.label_matrix()
@@ -599,7 +600,7 @@ def test_rocchios_weights_are_grid_keys(platform: Path) -> None:
     (cell,) = sweep(config)["cells"]
     bench = load_benchmark("clinc150", queries=12, max_documents=1500)
     embedder = SentenceTransformerEmbedder()
-    cache = EmbeddingCache(platform / "embeddings")
+    cache = EmbeddingCache(embedding_cache_dir())
     docs = embedder.embed_documents(bench.document_texts(), cache=cache)
     queries = embedder.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
     labels, _ = bench.label_matrix()

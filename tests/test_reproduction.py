@@ -15,12 +15,13 @@ from evaluations import load_benchmark
 from judging import noisy_oracle_scores, oracle_scores
 from refine_core import RefineConfig
 from refine_core.evaluation import evaluate_cell_arrays
+from tasks.storage import embedding_cache_dir
 
 
 @pytest.fixture(scope="module")
-def clinc(data_root: Path, minilm, tmp_path_factory: pytest.TempPathFactory):
+def clinc(data_root: Path, minilm):
     bench = load_benchmark("clinc150", root=data_root)
-    cache = EmbeddingCache(tmp_path_factory.mktemp("emb"))
+    cache = EmbeddingCache(embedding_cache_dir())  # the session's: the sweeps of other tests reuse it
     docs = minilm.embed_documents(bench.document_texts(), cache=cache)
     queries = minilm.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
     labels, _ = bench.label_matrix()
@@ -74,7 +75,7 @@ def test_small_lr_protects_against_a_noisy_judge(clinc) -> None:
 @pytest.mark.data
 def test_banking77_oracle_matches_reference(data_root: Path, minilm, tmp_path: Path) -> None:
     bench = load_benchmark("banking77", root=data_root)
-    cache = EmbeddingCache(tmp_path / "emb")
+    cache = EmbeddingCache(embedding_cache_dir())
     docs = minilm.embed_documents(bench.document_texts(), cache=cache)
     queries = minilm.embed_queries(bench.query_texts(), instruction=bench.embed_instruction, cache=cache)
     labels, _ = bench.label_matrix()
