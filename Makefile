@@ -49,11 +49,12 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 ## The full test suite (set REFINE_DATA_DIR to the raw datasets to run the data-backed tests), in
-## TEST_WORKERS processes: most of the slow tests wait on servers and subprocesses, so three
-## processes keep two cores busy (one file per process at a time: its module fixtures run once).
-TEST_WORKERS ?= 3
+## TEST_WORKERS processes: most of the slow tests wait on servers and subprocesses, so four
+## processes keep two cores busy (one file per process at a time: its module fixtures run once;
+## the longest files first, see tests/conftest.py).
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 ## The fast tier for whoever changes the code: no server, no model, no browser (tests/conftest.py).
 test-fast: $(STAMP)

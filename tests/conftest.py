@@ -86,11 +86,40 @@ def platform(tmp_path_factory: pytest.TempPathFactory, data_root: Path):
 _TIER_OF_FIXTURE = {"platform": "integration", "minilm": "model"}
 
 
+# --- The longest files first ---------------------------------------------------------------------
+# `make test` hands whole files to its worker processes (`--dist loadfile`), in collection order
+# with `--no-loadscope-reorder` (xdist's own order, most tests first, started the 143 quick tests
+# of test_scale.py first and test_rehearsal.py after 9 minutes), so one worker ran on long after
+# the others were done. These files start first, longest first (seconds of one full run on 2
+# cores, 2026-12-05); every other file keeps its place after them.
+LONGEST_FILES = (
+    "test_journeys.py",  # with test_journeys_schedule.py: 454 in one file, split in two
+    "test_journeys_schedule.py",
+    "test_platform.py",  # 203
+    "test_reproduction.py",  # 195
+    "test_reliability.py",  # 121
+    "test_rehearsal.py",  # 112
+    "test_hardening.py",  # 110
+    "test_budget.py",  # 81
+    "test_examples.py",  # 81
+    "test_judges_other.py",  # 69
+    "test_hyde.py",  # 60
+    "test_browser.py",  # 60
+    "test_distributed.py",  # 53
+)
+
+
+def _file_rank(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for fixture, marker in _TIER_OF_FIXTURE.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
+    items.sort(key=_file_rank)  # stable: tests keep their order within a file
 
 
 # --- In CI a skip is a failure -----------------------------------------------------------------

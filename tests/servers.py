@@ -185,3 +185,22 @@ def postgres_server() -> Iterator[str]:
         pytest.skip("PostgreSQL is not installed (Debian's postgresql package; .ci/run installs it)")
     with rehearse.postgres() as address:
         yield f"postgresql+psycopg2://refine@{address}/postgres"
+
+
+def task_states_since(t0: float, timeout: float = 60.0) -> list[tuple[str, str]]:
+    """(task name, final state name) of the task runs whose state changed since ``t0``.
+
+    Prefect's server records a task run's states from the events its client sends, a moment
+    after the run moved on: right after a sweep, its last task can still read Running (a cached
+    task goes Pending, Running, Cached). So this waits until every state it reads is final."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
+            recent = [r for r in runs if r.state is not None and r.state.timestamp.timestamp() >= t0]
+            if all(r.state.is_final() for r in recent) or time.monotonic() > deadline:
+                return [(r.name.rsplit("-", 1)[0], r.state.name) for r in recent]
+            time.sleep(0.5)

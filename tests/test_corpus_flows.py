@@ -10,24 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 from fakes.anthropic_server import FakeAnthropic
+from servers import task_states_since
 
 from evaluations.config import BenchmarkSpec, JudgeSpec
 
 pytestmark = [pytest.mark.data, pytest.mark.integration]
 KEY = "sk-ant-corpus-flow-0000"
-
-
-def _task_states_since(t0: float) -> list[tuple[str, str]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
-    return [
-        (r.name.rsplit("-", 1)[0], r.state.name)
-        for r in runs
-        if r.state is not None and r.state.timestamp.timestamp() >= t0
-    ]
 
 
 def test_index_and_classify_flows_match_the_library(
@@ -55,11 +43,11 @@ def test_index_and_classify_flows_match_the_library(
     index = CorpusIndex.open(built["index"])
     assert built["documents"] == 500 and index.count == 500
     np.testing.assert_allclose(index.vectors(), minilm.embed_documents(bench.document_texts()), atol=1e-6)
-    chunks = [state for name, state in _task_states_since(t0) if name == "embed-texts-chunk"]
+    chunks = [state for name, state in task_states_since(t0) if name == "embed-texts-chunk"]
     assert len(chunks) == 4
     t1 = time.time()
     assert index_corpus_flow(str(path), name="notes-flow", chunk_size=128)["documents_hash"] == index.documents_hash
-    assert [s for n, s in _task_states_since(t1) if n == "embed-texts-chunk"] == ["Cached"] * 4
+    assert [s for n, s in task_states_since(t1) if n == "embed-texts-chunk"] == ["Cached"] * 4
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     monkeypatch.setenv("REFINE_LEDGER_URL", str(tmp_path / "ledger.sqlite"))  # not shared with other tests

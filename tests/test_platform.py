@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 from conftest import FIXTURES
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
+from servers import task_states_since
 
 from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
 from tasks.storage import embedding_cache_dir
@@ -23,19 +24,6 @@ pytestmark = pytest.mark.integration
 
 SENTINEL_KEY = "sk-ant-SENTINEL-7f3a9c1e-do-not-log"
 SUBSET = BenchmarkSpec(name="clinc150", queries=12, max_documents=1500)
-
-
-def _task_states_since(t0: float) -> list[tuple[str, str]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
-    return [
-        (r.name.rsplit("-", 1)[0], r.state.name)
-        for r in runs
-        if r.state is not None and r.state.timestamp.timestamp() >= t0
-    ]
 
 
 def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
@@ -142,7 +130,7 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     again = sweep(config)
     warm = time.perf_counter() - t_warm
     expensive = {"embed-corpus-chunk", "embed-queries", "judge", "refine-block", "select-feedback", "evaluate"}
-    ran = [s for s in _task_states_since(t0) if s[0] in expensive]
+    ran = [s for s in task_states_since(t0) if s[0] in expensive]
     assert {name for name, _ in ran} <= {"embed-queries"} and all(state == "Cached" for _, state in ran), ran
     assert [c["metrics"] for c in again["cells"]] == [c["metrics"] for c in result["cells"]]
     assert [c["original_run_id"] for c in again["cells"]] == [c["run_id"] for c in result["cells"]]
@@ -193,7 +181,7 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     shutil.rmtree(platform / "cells")
     t0 = time.time()
     third = sweep(config)
-    states = [s for s in _task_states_since(t0) if s[0] in expensive]
+    states = [s for s in task_states_since(t0) if s[0] in expensive]
     assert states and all(state == "Cached" for _, state in states), states
     assert [c["metrics"] for c in third["cells"]] == [c["metrics"] for c in result["cells"]]
     print(f"\ndefault sweep on the subset: cold {cold:.1f} s, fully cached re-run {warm:.1f} s")
