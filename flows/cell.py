@@ -53,6 +53,7 @@ from flows.cell_stages import (  # noqa: F401 - the stages' old home
 )
 from flows.execution import with_runner
 from flows.tracking import Tracker, prefect_run_url
+from flows.watchdog import untagged_tasks
 from refine_core.rounds import run_rounds
 from tasks.core import (
     ArrayRef,
@@ -260,7 +261,8 @@ def evaluate_cell(
         account = f"cell-{runtime.flow_run.id or run_id}"
     clock = Clock()
     with tracker.ends_run_on_error(run_id):
-        done = _compute_cell(cell, bench, docs, queries, budget, account, execution, clock)
+        with untagged_tasks():
+            done = _compute_cell(cell, bench, docs, queries, budget, account, execution, clock)
         logged = _log_cell(tracker, experiment_id, run_id, cell, done, clock)
         tracker.finish(run_id, "FINISHED")
     link_mlflow_run(tracker, experiment_id, run_id, cell_label(cell))

@@ -39,6 +39,7 @@ from flows.failures import budget_line, failure_lines, hint, judgment_counts  # 
 from flows.plots import sweep_map
 from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
+from flows.watchdog import untagged_tasks
 from judging.spend import SpendAccount
 from tasks.core import (
     ArrayRef,
@@ -116,7 +117,8 @@ def stored_corpus(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> 
 @flow(name="corpus-embedding", flow_run_name=_embedding_flow_run_name, log_prints=False)
 def embed_corpus_flow(bench: BenchmarkRef, model: str, execution: ExecutionSpec) -> ArrayRef:
     """The corpus embedding a sweep shares between its cells, as a flow so it can run on Dask."""
-    return embed_corpus(bench, model, execution)
+    with untagged_tasks():
+        return embed_corpus(bench, model, execution)
 
 
 def _description(config: SweepConfig, cells: list[CellSpec], differing: list[str]) -> str:

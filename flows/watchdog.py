@@ -17,6 +17,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 HOST_TAG = "refine-host:"
 PID_TAG = "refine-pid:"
@@ -99,6 +101,21 @@ def watch(pid: int, interval: float = 0.5, grace: float = 5.0) -> list[int]:
 def run_tags() -> list[str]:
     """Tags that let a later run tell whether the process behind a flow run is still alive."""
     return [f"{HOST_TAG}{socket.gethostname()}", f"{PID_TAG}{os.getpid()}"]
+
+
+@contextmanager
+def untagged_tasks() -> Iterator[None]:
+    """Task runs started inside carry none of the flow run's tags (:func:`run_tags`).
+
+    The tags are for flow runs (:func:`crash_orphaned_flow_runs` finds a killed command's flow runs
+    by them; their task runs by flow run). A tagged task run asks the Prefect server for a
+    concurrency slot per tag before it starts, and while the model embeds on both cores the
+    server answered that in up to 2.5 s: the default sweep's first run lost about 10 s between its
+    tasks (``benchmarks/first_run.py``, "between chunk tasks")."""
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
 
 
 def crash_orphaned_flow_runs() -> list[str]:
