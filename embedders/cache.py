@@ -118,7 +118,8 @@ class EmbeddingCache:
             model_key: identity of the model and its settings (see ``Embedder.cache_key``).
             texts: exact strings the model embeds.
             compute: embeds a list of strings, returns ``(len, d)`` float32.
-            progress: called with (texts done, texts to embed) after each chunk.
+            progress: called with (0, texts to embed) before the first chunk, then with (texts
+                done, texts to embed) after each chunk; not called when nothing is to embed.
 
         Returns:
             ``(len(texts), d)`` float32 array.
@@ -131,6 +132,8 @@ class EmbeddingCache:
                 if key not in found and key not in missing:
                     missing[key] = text
             todo = list(missing.items())
+            if progress is not None and todo:
+                progress(0, len(todo))  # before the model starts: a progress bar's clock starts here
             for start in range(0, len(todo), self.chunk_size):
                 chunk = todo[start : start + self.chunk_size]
                 vectors = np.asarray(compute([t for _, t in chunk]), dtype=np.float32)
