@@ -83,12 +83,11 @@ def main() -> None:
     if args.openmp:
         _openmp_policies(args)
         return
+    texts = load_benchmark("clinc150").document_texts()[: args.texts]
     if args.measure_once:
-        texts = load_benchmark("clinc150").document_texts()[: args.texts]
         print(json.dumps(_encode_once(texts, args.threads, args.batch_size)))
         return
 
-    texts = load_benchmark("clinc150").document_texts()[: args.texts]
     embedder = SentenceTransformerEmbedder(threads=args.threads, batch_size=args.batch_size)
     embedder.encode(["warm-up"])  # model load is not part of throughput
     embedder.forward_calls = 0

@@ -46,8 +46,8 @@ def _run(home: Path) -> tuple[float, float]:
 def stages(home: Path, start: float, end: float) -> dict[str, float]:
     """Seconds per stage of the last sweep recorded in ``home`` (started at ``start``, exited at ``end``)."""
     with sqlite3.connect(home / "prefect" / "prefect.db") as db:
-        sweep_id, s0, s1 = db.execute(
-            "select r.id, r.start_time, r.end_time from flow_run r join flow f on f.id = r.flow_id "
+        s0, s1 = db.execute(
+            "select r.start_time, r.end_time from flow_run r join flow f on f.id = r.flow_id "
             "where f.name = 'refine-sweep' order by r.start_time desc limit 1"
         ).fetchone()
         children = db.execute(
@@ -59,7 +59,6 @@ def stages(home: Path, start: float, end: float) -> dict[str, float]:
             "select flow_run_id, task_key, start_time, end_time from task_run where start_time >= ? and end_time is not null",
             (s0,),
         ).fetchall()
-    del sweep_id
     out = {"start-up (imports, config, server, stores)": _epoch(s0) - start}
 
     def task_seconds(prefix: str, flow_ids: set[str] | None = None) -> float:

@@ -13,8 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# As the CLI does (embedders.models.sleeping_openmp_threads): three test processes share two cores, where
-# spinning OpenMP threads burn the CPU time that the other tests need.
+# As the CLI does (embedders.models.sleeping_openmp_threads): `make test`'s four processes share two
+# cores, where spinning OpenMP threads burn the CPU time that the other tests need.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -73,7 +73,7 @@ def test_small_lr_protects_against_a_noisy_judge(clinc) -> None:
 
 @pytest.mark.slow
 @pytest.mark.data
-def test_banking77_oracle_matches_reference(data_root: Path, minilm, tmp_path: Path) -> None:
+def test_banking77_oracle_matches_reference(data_root: Path, minilm) -> None:
     bench = load_benchmark("banking77", root=data_root)
     cache = EmbeddingCache(embedding_cache_dir())
     docs = minilm.embed_documents(bench.document_texts(), cache=cache)
