@@ -162,6 +162,42 @@ def summary_markdown(cells: list[dict], *, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def summary_markdown_by_cell(cells: list[dict], *, caption: str = "") -> str:
+    """:func:`cell_rows` turned on its side for the sweep's ``summary.md``: one column per cell
+    (headed by its number), one row per measure, then the legend.
+
+    MLflow's artifact view gives every header cell about 70 pixels and cuts longer text
+    ("MAP rocchio" and "MAP rocchio_kl" both read "MAP ro…") while body cells wrap; with the
+    cells as columns the headers are numbers, every measure's name is a body cell, and a sweep
+    of up to about seven cells needs no horizontal scrolling. A coordinate every cell shares is
+    said once above the table, not repeated in a row."""
+    columns, rows = cell_rows(cells)
+    coordinates = columns[: next((i for i, c in enumerate(columns) if c.startswith("MAP ")), len(columns))]
+    shared = [c for c in coordinates if len(rows) > 1 and len({str(r[c]) for r in rows}) == 1]
+    lines = [caption.rstrip(), ""] if caption else []
+    if shared:
+        lines += ["Every cell: " + ", ".join(f"{c} {rows[0][c]}" for c in shared) + ".", ""]
+    columns = [c for c in columns if c not in shared]
+    lines += ["| | " + " | ".join(str(i) for i in range(1, len(rows) + 1)) + " |", "|---" * (len(rows) + 1) + "|"]
+    for c in columns:
+        values = []
+        for r in rows:
+            value = str(r[c])
+            if c == "p (BH)" and value != "–" and float(value) < 0.05:
+                value += " *"
+            values.append(value)
+        lines.append(f"| {c} | " + " | ".join(values) + " |")
+    lines += [
+        "",
+        "MAP: over each query's full pool. ΔMAP: refined minus baseline. p (BH): one-sided paired "
+        f"t-test of per-query AP (refined > baseline), Benjamini–Hochberg corrected over {BH_FAMILY}; "
+        "* p < 0.05. +/=/−: queries whose AP refinement raised, left equal, lowered. failed queries: "
+        "queries with at least one failed judgment (refined from the judgments that succeeded; with "
+        "none, the query keeps the baseline ranking). Every cell is a child run of this run.",
+    ]
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Entry:
     map: float

@@ -37,7 +37,7 @@ from flows.cell_logging import mlflow_run_name, varying
 from flows.execution import dask_cluster, with_runner
 from flows.failures import budget_line, failure_lines, hint, judgment_counts  # noqa: F401 - hint: its old home
 from flows.plots import sweep_map
-from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown
+from flows.report import BH_FAMILY, adjust_sweep_pvalues, cell_rows, summary_markdown, summary_markdown_by_cell
 from flows.tracking import Tracker, prefect_run_url, tracking_uri
 from flows.watchdog import untagged_tasks
 from judging.spend import SpendAccount
@@ -314,7 +314,7 @@ def _report(
         + f"; cells differ in {', '.join(differing) or 'nothing'}.\n\n"
     )
     tracker.log_json(parent, "summary.json", rows)
-    tracker.log_text(parent, "summary.md", caption + markdown)
+    tracker.log_text(parent, "summary.md", summary_markdown_by_cell(results, caption=caption))
     if rows:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "summary.csv"

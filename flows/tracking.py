@@ -196,8 +196,9 @@ class Tracker:
         return closed
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
-        """The run's page in the MLflow UI (``$REFINE_MLFLOW_UI_URL``, default the ``refine ui`` address)."""
-        return f"{ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
+        """The run's page in the MLflow UI (``$REFINE_MLFLOW_UI_URL``, default the ``refine ui`` address),
+        in the machine-learning workflow (MLflow 3 otherwise shows a run in its GenAI navigation)."""
+        return f"{ui_base()}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
     def runs_table_url(self, experiment_id: str) -> str:
         """The experiment's runs table: MLflow 3 opens an experiment in its GenAI view unless

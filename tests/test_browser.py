@@ -3,7 +3,8 @@
 A small real sweep runs through the CLI; ``refine ui`` serves its store; headless Chromium
 (Debian's ``chromium``, driven by playwright with ``executable_path``: playwright's own browser
 download does not work offline) opens the runs-table URL that ``refine run`` printed, expands
-the sweep, finds its child runs named apart, opens one and finds ``refined.map`` and the plots.
+the sweep, finds its child runs named apart, opens one and finds ``refined.map`` and the plots,
+then opens the printed sweep-run URL and reads its ``summary.md`` with no header cut.
 Screenshots are kept in ``$REFINE_TEST_ARTIFACTS`` (default ``test-artifacts/`` in the checkout).
 
 Locally the test skips when Chromium or playwright is missing; in CI (``CI=true``) that fails.
@@ -81,6 +82,7 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
     (url,) = re.findall(r"MLflow runs table: (\S+)", ran.stdout)
     assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/") and url.endswith("workflowType=machine_learning")
     assert "viewStateShareKey=refine-cells" in url
+    (sweep_url,) = re.findall(r"MLflow sweep run:\s+(\S+)", ran.stdout)
 
     shots = _artifacts()
     with process([str(BIN / "refine"), "ui", "--port", str(port)], env, tmp_path / "ui.log"), sync_playwright() as pw:
@@ -141,6 +143,23 @@ def test_the_printed_url_opens_the_runs_table_with_named_children_and_a_child_sh
             page.get_by_text("plots").first.click()
             page.get_by_text("ap_before_after.png").first.wait_for(timeout=30_000)
             page.screenshot(path=str(shots / "mlflow-child-artifacts.png"))
+
+            # the printed sweep-run link opens the run in the machine-learning navigation (it
+            # opened the GenAI one), and its summary.md reads whole: MLflow's artifact view cuts
+            # header cells at about 70 px ("MAP ro…" twice), so the cells are the columns
+            page.goto(sweep_url)
+            page.get_by_role("tab", name="Artifacts").click()
+            assert page.get_by_text("Model training").count() >= 1 and page.get_by_text("Evaluation runs").count() == 0
+            page.get_by_text("summary.md").first.click()
+            page.get_by_text("MAP rocchio_kl", exact=True).first.wait_for(timeout=30_000)
+            cut = page.evaluate(
+                "Array.from(document.querySelectorAll('.table-isHeader *')).filter(e =>"
+                " getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth).map(e => e.innerText)"
+            )
+            page.screenshot(path=str(shots / "mlflow-sweep-summary.png"))
+            assert cut == [], f"summary.md headers cut in the MLflow UI: {cut}"
+            for label in ("judge", "pull", "MAP baseline", "ΔMAP", "p (BH)", "failed queries"):
+                assert page.get_by_role("cell", name=label, exact=True).count() == 1, label
         finally:
             browser.close()
     print(f"\nscreenshots in {shots}")

@@ -214,3 +214,43 @@ def test_a_free_judges_verdicts_are_not_counted_as_paid(tmp_path: Path) -> None:
     report = run_judge(judge, [JudgeRequest("q", ("a", "b"))], ledger=JudgmentLedger(tmp_path / "l.sqlite"))
     metrics = report.as_metrics()
     assert (metrics["judgments_paid"], metrics["judgments_free"]) == (0.0, 2.0) and report.judged == 2
+
+
+def test_summary_md_puts_cells_in_columns_so_no_header_is_longer_than_a_number() -> None:
+    """The sweep's summary.md (issue 32): MLflow's artifact view cuts header cells at about 70
+    pixels ("MAP rocchio" and "MAP rocchio_kl" both read "MAP ro…") and wraps body cells, so the
+    cells are the columns, numbered, and every measure's name is a row label."""
+    from flows.report import summary_markdown_by_cell
+
+    cells = [
+        {
+            "benchmark": "clinc150",
+            "judge": judge,
+            "params": {"lr": lr, "k": 20},
+            "metrics": {"baseline": {"map": 0.38}, "rocchio": {"map": 0.65}, "rocchio_kl": {"map": m}},
+            "tests": {"refined": {"delta_map": m - 0.38, "pvalue_bh": p}},
+            "win_tie_loss": {"refined": [3, 1, 2]},
+            "failed_queries": failed,
+        }
+        for judge, lr, m, p, failed in [("oracle", 1e-4, 0.68, 0.001, 0), ("noisy-oracle-0.2", 1e-3, 0.49, 0.58, 4)]
+    ]
+    lines = summary_markdown_by_cell(cells, caption="**s** — 2 cells").splitlines()
+    # what every cell shares is said once, above the table
+    assert lines[:6] == [
+        "**s** — 2 cells",
+        "",
+        "Every cell: benchmark clinc150, k 20.",
+        "",
+        "| | 1 | 2 |",
+        "|---|---|---|",
+    ]
+    cells_of = [[v.strip() for v in line.strip("| ").split(" | ")] for line in lines[6:] if line.startswith("| ")]
+    rows = {label: values for label, *values in cells_of}
+    assert "benchmark" not in rows and "k" not in rows
+    assert rows["judge"] == ["oracle", "noisy-oracle-0.2"] and rows["lr"] == ["0.0001", "0.001"]
+    assert rows["MAP rocchio"] == ["0.6500", "0.6500"] and rows["MAP rocchio_kl"] == ["0.6800", "0.4900"]
+    assert rows["ΔMAP"] == ["+0.3000", "+0.1100"] and rows["p (BH)"] == ["0.001 *", "0.58"]
+    assert rows["+/=/−"] == ["3/1/2", "3/1/2"] and rows["failed queries"] == ["0", "4"]
+    assert lines[-1].startswith("MAP: over each query's full pool.")
+    alone = summary_markdown_by_cell(cells[:1]).splitlines()  # one cell: nothing to share, every row kept
+    assert alone[0] == "| | 1 |" and "| benchmark | clinc150 |" in alone and "| k | 20 |" in alone
