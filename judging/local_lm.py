@@ -12,9 +12,11 @@ tests the mechanics only: at 135M parameters it is no judge at all (DESIGN.md).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,20 @@ def check_local_model(model: str) -> None:
         raise JudgeConfigError(f"local model {model!r}: the folder has no config.json (not a transformers model)")
 
 
+@contextmanager
+def _quiet_gguf_reader() -> Iterator[None]:
+    """Silence the tqdm bar transformers' GGUF reader draws on stderr while it de-quantizes a
+    file (its module calls tqdm directly, so ``disable_progress_bar()`` does not reach it)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
 def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"):
     """(tokenizer, model in eval mode on its device, device, name) for a folder, GGUF file or alias."""
     import torch
@@ -100,8 +116,9 @@ def load_causal_lm(model: str, device: str | None = None, *, role: str = "judge"
     folder, gguf = resolve_local_model(model)
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        with _quiet_gguf_reader():
+            tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            lm = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except Exception as exc:
         raise JudgeConfigError(
             f"local {role} model {model!r} could not be loaded: {type(exc).__name__}: {exc}"

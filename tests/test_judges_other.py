@@ -246,7 +246,7 @@ def test_local_lm_missing_model_is_a_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_local_lm_judge_with_the_bundled_smollm2_gguf() -> None:
+def test_local_lm_judge_with_the_bundled_smollm2_gguf(capfd: pytest.CaptureFixture[str]) -> None:
     from judging.local_lm import LocalLMJudge, smollm2_gguf
 
     if smollm2_gguf() is None:
@@ -258,6 +258,10 @@ def test_local_lm_judge_with_the_bundled_smollm2_gguf() -> None:
     assert all(v.ok and 0 < v.score < 1 for v in res.judgments)
     assert judge.yes_ids.size >= 1 and judge.no_ids.size >= 1
     assert judge.identity.model.endswith(".gguf")
+    # transformers' GGUF reader draws a tqdm bar of its own that disable_progress_bar() misses
+    # (issue 32: "a GGUF progress bar on stderr"); the judge's load keeps the terminal quiet
+    err = capfd.readouterr().err
+    assert "GGUF tensors" not in err and "it/s]" not in err, err[-500:]
 
 
 # ---- cross-encoder --------------------------------------------------------------------------------------
