@@ -216,12 +216,16 @@ def ui(
     """Start the MLflow UI on 127.0.0.1 over the same tracking store and print its URL.
 
     The server runs in its own process group and is stopped with everything it started when
-    this command ends (Ctrl-C or a termination signal).
+    this command ends (Ctrl-C or a termination signal). It is one uvicorn worker (a UI for one
+    person; MLflow's default of four starts four processes) whose output, access log off and
+    start-up warnings included, goes to ``$REFINE_HOME/mlflow-ui.log``; when it fails, the log's
+    last lines are printed.
     """
     import signal
     import subprocess
 
     from flows.environment import configure_environment
+    from tasks.storage import state_dir
 
     configure_environment()
     from flows.tracking import Tracker, tracking_uri
@@ -238,13 +242,22 @@ def ui(
         "127.0.0.1",
         "--port",
         str(port),
+        "--workers",
+        "1",
+        "--uvicorn-opts",
+        "--no-access-log",
     ]
     os.environ["REFINE_MLFLOW_UI_URL"] = f"http://127.0.0.1:{port}"
     tracker = Tracker(uri)
     found = tracker.client.search_experiments(order_by=["last_update_time DESC"], max_results=1)
     where = tracker.runs_table_url(found[0].experiment_id) if found else f"http://127.0.0.1:{port}"
-    console.print(f"MLflow UI: {where}  (store: {uri}; Ctrl-C stops it)", soft_wrap=True)
-    server = subprocess.Popen(command, start_new_session=True)
+    log = state_dir() / "mlflow-ui.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    console.print(f"MLflow UI: {where}  (store: {uri}; server log: {log}; Ctrl-C stops it)", soft_wrap=True)
+    # MLflow's server imports Starlette's deprecated WSGI middleware: a warning per process
+    quiet = os.environ | {"PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
+    with log.open("ab") as handle:
+        server = subprocess.Popen(command, start_new_session=True, stdout=handle, stderr=subprocess.STDOUT, env=quiet)
 
     def stop(*_: object) -> NoReturn:
         raise KeyboardInterrupt
@@ -259,6 +272,10 @@ def ui(
         from flows.watchdog import stop_process_group
 
         stop_process_group(server, timeout=10)
+    if code:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        err_console.print(f"the MLflow UI server exited with status {code}; the end of {log}:", soft_wrap=True)
+        err_console.print("\n".join(tail), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code=code)
 
 

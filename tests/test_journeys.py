@@ -355,6 +355,10 @@ def test_refine_ui_stops_its_server_when_stopped(tmp_path: Path) -> None:
         wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200, 90, "the MLflow UI"
         )
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        # one server process (MLflow's default is four uvicorn workers) besides the mlflow command
+        servers = subprocess.run(["pgrep", "-f", f"uvicorn.*{port}"], capture_output=True, text=True).stdout.split()
+        assert len(servers) == 1, servers
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         wait_for(lambda: port_closed(port), 20, "the UI's port to close")
@@ -363,7 +367,12 @@ def test_refine_ui_stops_its_server_when_stopped(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert f"MLflow UI: http://127.0.0.1:{port}" in proc.stdout.read()
+    shown = proc.stdout.read()
+    assert f"MLflow UI: http://127.0.0.1:{port}" in shown
+    # the user's shell shows the URL, not the server's start-up warnings or access log (issue 32)
+    assert "Deprecation" not in shown and "GET /" not in shown and "Uvicorn running" not in shown, shown
+    log = (tmp_path / "refine" / "mlflow-ui.log").read_text()
+    assert "Application startup complete" in log and "GET /" not in log and "DeprecationWarning" not in log, log[-2000:]
 
 
 def test_metric_keys_sort_as_numbers_and_read_back() -> None:
