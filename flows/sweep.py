@@ -170,7 +170,7 @@ def _shared_inputs(config: SweepConfig, cells: list[CellSpec], address: str | No
     """Each benchmark loaded once, each (benchmark, model) corpus and query set embedded once
     (a corpus stored by an earlier sweep, or given as vectors, is not embedded)."""
     log = run_logger()
-    with clock.stage("load"):
+    with clock.stage("load"), untagged_tasks():
         benches = {spec: load_benchmark_task(spec) for spec in {c.benchmark for c in cells}}
     shared = {}
     for spec, model in {(c.benchmark, c.model) for c in cells}:
@@ -192,7 +192,7 @@ def _shared_inputs(config: SweepConfig, cells: list[CellSpec], address: str | No
                     log.info(
                         "corpus of %s embedded with %s: stored (%s), not embedded again", spec.name, model, docs.path
                     )
-        with clock.stage("embed_queries"):
+        with clock.stage("embed_queries"), untagged_tasks():  # a sub-flow (above) keeps the tags
             shared[(spec, model)] = (docs, embed_queries_task(benches[spec], model, config.query_templates.get(model)))
     return benches, shared
 

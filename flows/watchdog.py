@@ -111,7 +111,9 @@ def untagged_tasks() -> Iterator[None]:
     by them; their task runs by flow run). A tagged task run asks the Prefect server for a
     concurrency slot per tag before it starts, and while the model embeds on both cores the
     server answered that in up to 2.5 s: the default sweep's first run lost about 10 s between its
-    tasks (``benchmarks/first_run.py``, "between chunk tasks")."""
+    tasks (``benchmarks/first_run.py``, "between chunk tasks"), and its cached re-run about 2 s
+    in the sweep's own load and query tasks. Only task calls go inside: a sub-flow started here
+    would be untagged too, and the watchdog could not find it."""
     from prefect.context import TagsContext
 
     with TagsContext(current_tags=set()):

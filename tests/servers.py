@@ -187,8 +187,8 @@ def postgres_server() -> Iterator[str]:
         yield f"postgresql+psycopg2://refine@{address}/postgres"
 
 
-def task_states_since(t0: float, timeout: float = 60.0) -> list[tuple[str, str]]:
-    """(task name, final state name) of the task runs whose state changed since ``t0``.
+def task_runs_since(t0: float, timeout: float = 60.0) -> list:
+    """The task runs (Prefect's ``TaskRun``) whose state changed since ``t0``, once final.
 
     Prefect's server records a task run's states from the events its client sends, a moment
     after the run moved on: right after a sweep, its last task can still read Running (a cached
@@ -202,5 +202,10 @@ def task_states_since(t0: float, timeout: float = 60.0) -> list[tuple[str, str]]
             runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
             recent = [r for r in runs if r.state is not None and r.state.timestamp.timestamp() >= t0]
             if all(r.state.is_final() for r in recent) or time.monotonic() > deadline:
-                return [(r.name.rsplit("-", 1)[0], r.state.name) for r in recent]
+                return recent
             time.sleep(0.5)
+
+
+def task_states_since(t0: float, timeout: float = 60.0) -> list[tuple[str, str]]:
+    """(task name, final state name) of :func:`task_runs_since`."""
+    return [(r.name.rsplit("-", 1)[0], r.state.name) for r in task_runs_since(t0, timeout)]

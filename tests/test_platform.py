@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from conftest import FIXTURES
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
-from servers import task_states_since
+from servers import task_runs_since, task_states_since
 
 from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
 from tasks.storage import embedding_cache_dir
@@ -32,7 +32,7 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     from embedders.cache import EmbeddingCache
     from embedders.models import SentenceTransformerEmbedder
     from evaluations.registry import load_benchmark
-    from flows.sweep import sweep
+    from flows.sweep import run_sweep, sweep
     from flows.tracking import tracking_uri
     from judging import oracle_scores
     from refine_core import RefineConfig
@@ -127,11 +127,18 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     # links to the original and carries the same params, metrics, series, dataset and files.
     t0 = time.time()
     t_warm = time.perf_counter()
-    again = sweep(config)
+    again = run_sweep(config)  # as `refine run` calls it: the flow runs tagged with host and pid
     warm = time.perf_counter() - t_warm
     expensive = {"embed-corpus-chunk", "embed-queries", "judge", "refine-block", "select-feedback", "evaluate"}
-    ran = [s for s in task_states_since(t0) if s[0] in expensive]
+    task_runs = task_runs_since(t0)
+    ran = [(r.name.rsplit("-", 1)[0], r.state.name) for r in task_runs]
+    ran = [s for s in ran if s[0] in expensive]
     assert {name for name, _ in ran} <= {"embed-queries"} and all(state == "Cached" for _, state in ran), ran
+    # task runs carry no tags: a tagged task asks the server for a concurrency slot per tag
+    # before it starts (about 2 s of the default sweep's cached re-run went to the sweep's own
+    # load and query tasks); the command's host and pid tags are on the flow runs
+    assert {r.name.rsplit("-", 1)[0] for r in task_runs} >= {"load-benchmark", "embed-queries"}
+    assert [(r.name, r.tags) for r in task_runs if r.tags] == []
     assert [c["metrics"] for c in again["cells"]] == [c["metrics"] for c in result["cells"]]
     assert [c["original_run_id"] for c in again["cells"]] == [c["run_id"] for c in result["cells"]]
     assert all(c["cached"] and c["judge_usage"]["judgments_paid"] == 0 for c in again["cells"])
