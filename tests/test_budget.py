@@ -186,6 +186,12 @@ def test_a_sweep_budget_caps_requests_across_cells_rounds_and_hyde(
         assert result["judgment_failures"] and all("BudgetExceeded" in line for line in result["judgment_failures"])
         assert "the sweep's budget is spent" in result["judgment_failures"][0]
         assert "paid judgments/passages" in result["budget_line"]
+        # the dry run after it counts what the ledger holds as paid: round 1's 20 judgments are in
+        # it; the HyDE passages the budget left no room for are still to pay
+        after = plan_sweep(config)
+        generated = sum(c["hyde_usage"]["hyde_generations_paid"] for c in result["cells"])
+        assert after["total"]["judgments_to_pay"] == 0 and after["total"]["hyde_to_pay"] == 4 - generated
+        assert server.stats.message_requests == sent
 
         # a new run has a new account: it pays for more, never for what the ledger holds
         second = run_sweep(config)
