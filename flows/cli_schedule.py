@@ -81,13 +81,16 @@ def serve(
     This process runs the scheduled sweeps itself until stopped; for runs picked up by workers
     use `refine deploy --pool`.
     """
-    from flows.environment import configure_environment
+    from flows.environment import ANNOUNCE, configure_environment
 
     configure_environment()
+    # each run's start, end and MLflow link, as they happen (set before flows.sweep is imported:
+    # its state hooks are attached only where runs are announced)
+    os.environ[ANNOUNCE] = "1"
     parameters, chosen = _deployment_inputs(config_path, cron, runner)
     _require_prefect_server("serve")
     name = _free_name(name, parameters, replace)
-    from flows.sweep import ANNOUNCE, sweep
+    from flows.sweep import sweep
 
     console.print(
         f"serving deployment refine-sweep/{name} of sweep {parameters['config']['name']!r}, cron {chosen!r}"
@@ -96,7 +99,6 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    os.environ[ANNOUNCE] = "1"  # each run's start, end and MLflow link, as they happen
     sweep.serve(name=name, cron=chosen, parameters=parameters)
 
 

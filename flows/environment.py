@@ -11,6 +11,10 @@ from pathlib import Path
 
 from tasks.storage import state_dir
 
+ANNOUNCE = "REFINE_ANNOUNCE_RUNS"
+"""Set (to 1) by ``refine serve``: the process that runs scheduled sweeps prints a line when each
+starts and ends, with its MLflow link (a command that runs one sweep reports it itself)."""
+
 
 def configure_environment(state: Path | None = None) -> Path:
     """Point Prefect and MLflow at ``state`` (default ``$REFINE_HOME`` or ``./.refine``)."""

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -34,6 +35,7 @@ from flows.cell import (
     run_logger,
 )
 from flows.cell_logging import mlflow_run_name, varying
+from flows.environment import ANNOUNCE
 from flows.execution import dask_cluster, with_runner
 from flows.failures import budget_line, failure_lines, hint, judgment_counts  # noqa: F401 - hint: its old home
 from flows.plots import sweep_map
@@ -330,11 +332,6 @@ def _report(
     return adjusted, rows, markdown, spend
 
 
-ANNOUNCE = "REFINE_ANNOUNCE_RUNS"
-"""Set (to 1) by ``refine serve``: the process that runs scheduled sweeps prints a line when each
-starts and ends, with its MLflow link (a command that runs one sweep reports it itself)."""
-
-
 def announce(line: str) -> None:
     if os.environ.get(ANNOUNCE) == "1":
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
@@ -344,15 +341,21 @@ def _announce_state(flow, flow_run, state) -> None:
     announce(f"flow run {flow_run.name!r} ({flow_run.id}): {state.type.value}")
 
 
+# The hooks are attached only in a process that announces (``refine serve`` sets the variable
+# before its flow runs import this module): Prefect logs two lines per hook call to the flow
+# run's log, which every other sweep would carry for nothing.
+_HOOKS: list[Any] = [_announce_state] if os.environ.get(ANNOUNCE) == "1" else []
+
+
 @flow(
     name="refine-sweep",
     flow_run_name=_sweep_flow_run_name,
     log_prints=False,
-    on_running=[_announce_state],
-    on_completion=[_announce_state],
-    on_failure=[_announce_state],
-    on_crashed=[_announce_state],
-    on_cancellation=[_announce_state],
+    on_running=_HOOKS,
+    on_completion=_HOOKS,
+    on_failure=_HOOKS,
+    on_crashed=_HOOKS,
+    on_cancellation=_HOOKS,
 )
 def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict:
     """Run every cell of ``config``; returns experiment id, parent run id and per-cell results.

@@ -209,3 +209,24 @@ def task_runs_since(t0: float, timeout: float = 60.0) -> list:
 def task_states_since(t0: float, timeout: float = 60.0) -> list[tuple[str, str]]:
     """(task name, final state name) of :func:`task_runs_since`."""
     return [(r.name.rsplit("-", 1)[0], r.state.name) for r in task_runs_since(t0, timeout)]
+
+
+def flow_run_log(flow_run_id: str, timeout: float = 60.0) -> list[str]:
+    """The messages of a finished flow run's log, once its last line ("Finished in state ...")
+    has reached the server (a client sends its logs in batches, a moment later)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    query = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(query, limit=200)
+            messages = [log.message for log in logs]
+            # the flow run's own last line, not one of its task runs' (they log the same words)
+            done = any(log.task_run_id is None and log.message.startswith("Finished in state") for log in logs)
+            if done or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.5)

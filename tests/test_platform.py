@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from conftest import FIXTURES
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
-from servers import task_runs_since, task_states_since
+from servers import flow_run_log, task_runs_since, task_states_since
 
 from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
 from tasks.storage import embedding_cache_dir
@@ -51,6 +51,10 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     children = client.search_runs([result["experiment_id"]], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # the state hooks that `refine serve` announces runs with are not attached elsewhere: Prefect
+    # logged two lines per hook call into every sweep's flow-run log ("Running hook ...")
+    logs = flow_run_log(parent.data.params["prefect.flow_run_id"])
+    assert not [line for line in logs if "hook" in line.lower()], logs
     assert {"summary.md", "summary.json", "summary.csv", "summary_map.png", "config.yaml"} <= parent_artifacts
     # the plot of MAP per method against what varies is a real PNG
     (platform / "downloads").mkdir(exist_ok=True)
