@@ -89,7 +89,7 @@ def datasets_show(
     try:
         benchmark = load_benchmark(name, queries=queries, query_seed=seed, max_documents=max_documents)
     except _user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
     counts = benchmark.counts()
     if as_json:
         print(json.dumps(counts))

@@ -65,7 +65,7 @@ def compare(
     try:
         check_tracking_store(run=False)
     except ValueError as exc:
-        fail(str(exc))
+        fail(exc)
     try:
         experiment_id, parent, cells = cells_from_mlflow(
             Tracker(),
@@ -77,7 +77,7 @@ def compare(
             where=[*(where or []), *(filters or [])],
         )
     except ReportError as exc:
-        fail(str(exc))
+        fail(exc)
     cells, left_out = _complete(cells, show_degraded)
     if layout == "paper":
         from flows.report import paper_table
@@ -85,7 +85,7 @@ def compare(
         try:
             table = paper_table(cells)
         except ReportError as exc:
-            fail(str(exc))
+            fail(exc)
         if fmt in ("table", "markdown"):
             print(table.markdown())
         if fmt == "table":
@@ -159,7 +159,7 @@ def experiments(
             console.print(str(exc), highlight=False)
         return
     except ValueError as exc:
-        fail(str(exc))
+        fail(exc)
     tracker = Tracker()
     rows = []
     for exp in tracker.client.search_experiments(order_by=["last_update_time DESC"]):

@@ -122,7 +122,7 @@ def demo(
         outcome = evaluate_cell_arrays(qvecs, docs, qrels, judge, k=k, rounds=rounds, config=config)
         t_eval = time.perf_counter() - t1
     except _user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
 
     methods = list(outcome.metrics)
     tests = {m: {"pvalue": outcome.tests[m].pvalue} for m in methods if m in outcome.tests}
@@ -227,7 +227,7 @@ def run(
             guard()  # ends that server if this process is killed from now on
         check_tracking_store()
     except (ConfigError, *_user_errors()) as exc:  # type: ignore[misc]  # a tuple built at run time
-        fail(str(exc))
+        fail(exc)
     n_cells = len(config.cells())
     console.print(f"sweep [bold]{config.name}[/]: {n_cells} cells; state in {state_dir()}")
     if dry_run:
@@ -268,7 +268,7 @@ def _sweep_with_progress(config) -> dict:
         try:
             return run_sweep(config)
         except ConfigError as exc:
-            fail(str(exc))
+            fail(exc)
         finally:
             task_progress.install(None)
 
@@ -342,7 +342,7 @@ def _dry_run(config, as_json: bool) -> None:
     try:
         plan = plan_sweep(config)
     except _user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
     table = Table(title=f"{config.name}: still to pay (ledger and generation store are free)")
     for column in ("cell", "round 1 to pay", "in ledger", "later rounds ≤", "HyDE to pay", "est. USD", "≤ USD"):
         table.add_column(column, justify="left" if column == "cell" else "right")

@@ -45,7 +45,7 @@ def _deployment_inputs(config_path: Path | None, cron: str | None, runner: str |
         address = dask_address(config.runner)
         chosen = check_cron(cron or config.schedule or "0 3 * * *")
     except (ConfigError, ScheduleError) as exc:
-        fail(str(exc))
+        fail(exc)
     return {"config": config.model_dump(mode="json"), "address": address}, chosen
 
 
@@ -162,7 +162,7 @@ def _free_name(name: str | None, parameters: dict, replace: bool) -> str:
     try:
         check_deployment_free(chosen, config_name, replace=replace)
     except ScheduleError as exc:
-        fail(str(exc))
+        fail(exc)
     return chosen
 
 
@@ -180,7 +180,7 @@ def trigger(
     try:
         run_id, run_name = trigger(name)
     except ScheduleError as exc:
-        fail(str(exc))
+        fail(exc)
     console.print(f"flow run {run_name} ({run_id}) of {name} scheduled now", highlight=False)
 
 
@@ -222,7 +222,7 @@ def server_start(
     try:
         record = local_server.start(port)
     except RuntimeError as exc:
-        fail(str(exc))
+        fail(exc)
     verb = "started" if record["started"] else "already running"
     console.print(
         f"Prefect server {verb}: UI {record['ui']}, API {record['api']} (pid {record['pid']}); "

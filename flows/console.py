@@ -51,9 +51,25 @@ console = Console(file=cast(IO[str], RedactedStream("stdout")), width=None if sy
 err_console = Console(file=cast(IO[str], RedactedStream("stderr")), width=None if sys.stderr.isatty() else PIPED_WIDTH)
 
 
-def fail(message: str) -> NoReturn:
-    """One line on stderr, exit code 2."""
-    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
+def describe(exc: BaseException) -> str:
+    """A user error in words. A pydantic ``ValidationError`` (a ValueError, so a user error too)
+    would print three lines ending in a link to pydantic's docs; it reads as each failing
+    field and its reason instead."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        reasons = []
+        for error in errors():
+            where = ".".join(str(p) for p in error.get("loc", ()))
+            reason = str(error.get("msg", "")).removeprefix("Value error, ")
+            reasons.append(f"{where}: {reason}" if where else reason)
+        return f"{exc.title}: " + "; ".join(reasons)  # type: ignore[attr-defined]  # pydantic's own
+    return str(exc)
+
+
+def fail(message: str | BaseException) -> NoReturn:
+    """One line on stderr (an exception as :func:`describe` words it), exit code 2."""
+    text = describe(message) if isinstance(message, BaseException) else message
+    err_console.print(f"[bold red]error:[/] {redact(text)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

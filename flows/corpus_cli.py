@@ -93,7 +93,7 @@ def index_cmd(
         )
         ann_record = ensure_ann(index, kind)
     except user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
     seconds = time.perf_counter() - started
     console.print(
         f"index [bold]{index.folder.name}[/]: {index.count} documents, d={index.dimension}, "
@@ -199,7 +199,7 @@ def search_cmd(
             verdicts_first=keep_verdicts,
         )
     except user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
     out = result.as_dict()
     if as_json:
         print(json.dumps(out))
@@ -291,7 +291,7 @@ def classify_cmd(
         )
         path = write_labels(result, opened, out)
     except user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
     summary = result.as_dict()
     summary["out"] = str(path)
     source = (
@@ -373,7 +373,7 @@ def evaluate_classification_cmd(
 
         load_benchmark(benchmark, queries=queries, max_documents=max_documents)  # unknown names fail here, cheaply
     except user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
     from flows.corpus import evaluate_classification
 
     try:
@@ -394,7 +394,7 @@ def evaluate_classification_cmd(
             min_share=kept_share(keep_verdicts),
         )
     except user_errors() as exc:
-        fail(str(exc))
+        fail(exc)
     m = result["metrics"]
     console.print(
         f"{result['benchmark']} ({int(m['queries'])} criteria), judge {result['judge']}: F1 refined "

@@ -102,6 +102,8 @@ def index_folder(name_or_path: str) -> Path:
 
 
 def judge_spec(text: str, base_url: str | None, concurrency: int):
+    from pydantic import ValidationError
+
     from evaluations.config import ConfigError, JudgeSpec
     from judging.kinds import JUDGE_KINDS, corpus_kinds
 
@@ -115,8 +117,11 @@ def judge_spec(text: str, base_url: str | None, concurrency: int):
         raise ConfigError(f"--judge {text!r}: unknown judge kind {kind!r}; use one of {', '.join(allowed)}")
     try:
         return JudgeSpec(kind=kind, model=model or None, base_url=base_url, concurrency=concurrency)
-    except ValueError as exc:
-        raise ConfigError(f"--judge {text}: {str(exc).splitlines()[-1]}") from None
+    except ValidationError as exc:
+        # pydantic's text ends with a link to its docs; the reason is the error's own message
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        form = f" (write it as {kind}:MODEL, e.g. local-lm:smollm2-135m)" if not model and "model" in reason else ""
+        raise ConfigError(f"--judge {text}: {reason}{form}") from None
 
 
 # `--ann auto` builds an HNSW structure from this corpus size on. The default is none: measured by

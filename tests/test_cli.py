@@ -101,3 +101,24 @@ def test_tables_piped_to_a_file_are_not_wrapped() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60).stdout
     assert any("x" * 300 in line and "0.5" in line for line in out.splitlines()), out
     assert "y" * 400 in out.splitlines()
+
+
+def test_a_validation_error_reads_as_one_line_of_fields_and_reasons() -> None:
+    """pydantic's ValidationError is a ValueError, so the CLI reports it as a user error; its own
+    text is three lines ending in "For further information visit https://errors.pydantic.dev/..."
+    (`refine search --judge local-lm` printed only that last line)."""
+    from evaluations.config import JudgeSpec
+    from flows.console import describe
+
+    with pytest.raises(ValueError) as missing:
+        JudgeSpec(kind="local-lm")
+    assert describe(missing.value) == "JudgeSpec: local-lm needs model"
+    with pytest.raises(ValueError) as two:
+        JudgeSpec(kind="oracle", flip_rate="x", concurrency=0)
+    text = describe(two.value)
+    assert "\n" not in text and "pydantic.dev" not in text
+    assert (
+        text.startswith("JudgeSpec: flip_rate: ")
+        and "; concurrency: Input should be greater than or equal to 1" in text
+    )
+    assert describe(ValueError("lr must be positive")) == "lr must be positive"

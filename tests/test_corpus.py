@@ -429,6 +429,8 @@ def test_cli_index_search_classify_with_claude(corpus, tmp_path: Path, monkeypat
             (["classify", "tickets", "  ", "--base-url", server.base_url], "criterion is empty or whitespace"),
             (["search", "nope", "x"], "no index.json"),
             (["search", "tickets", "x", "--judge", "oracle"], "oracle judges read gold labels"),
+            # the reason, not pydantic's closing "For further information visit ..." line
+            (["search", "tickets", "x", "--judge", "local-lm"], "--judge local-lm: local-lm needs model (write it as"),
             (["search", "tickets", "x", "--model", "/no/such/model"], "no such folder"),
             (["classify", "tickets", "x", "--out", str(tmp_path / "labels.csv")], "written as parquet"),
             (
