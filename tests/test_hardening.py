@@ -321,8 +321,10 @@ _START = """
 import sys
 from flows.environment import configure_environment
 configure_environment()
+prefect = sys.argv[2] == "prefect"
 from flows.local_server import ready, start_ephemeral
-start_ephemeral()
+if prefect:
+    start_ephemeral()
 from flows.cli import check_tracking_store
 check_tracking_store()
 ready()
@@ -332,20 +334,26 @@ experiment = tracker.experiment("same-name")
 run = tracker.start(experiment, "run " + sys.argv[1])
 tracker.log_metrics(run, {"x": 1.0})
 tracker.finish(run)
-from prefect import flow
-@flow(name="start-together")
-def together() -> int:
-    return 1
-assert together() == 1
+if prefect:
+    from prefect import flow
+    @flow(name="start-together")
+    def together() -> int:
+        return 1
+    assert together() == 1
 print("ok")
 """
 
 
-def _start_together(tmp_path: Path, n: int, extra_env: dict[str, str]) -> None:
+def _start_together(tmp_path: Path, n: int, extra_env: dict[str, str], *, prefect: bool) -> None:
     env = base_env(tmp_path) | extra_env
+    flows = "prefect" if prefect else "no-flow"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _START, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", _START, str(i), flows],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(n)
     ]
@@ -361,14 +369,21 @@ def test_four_commands_started_together_on_a_new_home_all_succeed_sqlite_and_pos
     (its database migrated as it starts), the MLflow store (migrated on first open), the same
     experiment created, a Prefect flow run — started at the same moment; on a new home with the
     default SQLite store, then on another new home with a new PostgreSQL tracking database.
-    Before the locks, 6 of 8 such commands failed ("duplicate column name: step")."""
+    Before the locks, 6 of 8 such commands failed ("duplicate column name: step"). The Prefect
+    side is the home's own SQLite database in both; its server and a flow run are started on the
+    first home only (the second would repeat the same start on the same kind of store)."""
     from servers import postgres_server
     from sqlalchemy import create_engine, text
 
-    _start_together(tmp_path / "sqlite", 4, {})
+    _start_together(tmp_path / "sqlite", 4, {}, prefect=True)
     with postgres_server() as url:
         engine = create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(text("create database mlflow_together"))
         engine.dispose()
-        _start_together(tmp_path / "postgresql", 4, {"MLFLOW_TRACKING_URI": url.rsplit("/", 1)[0] + "/mlflow_together"})
+        _start_together(
+            tmp_path / "postgresql",
+            4,
+            {"MLFLOW_TRACKING_URI": url.rsplit("/", 1)[0] + "/mlflow_together"},
+            prefect=False,
+        )
