@@ -55,15 +55,16 @@ def describe(exc: BaseException) -> str:
     """A user error in words. A pydantic ``ValidationError`` (a ValueError, so a user error too)
     would print three lines ending in a link to pydantic's docs; it reads as each failing
     field and its reason instead."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors) and type(exc).__name__ == "ValidationError":
-        reasons = []
-        for error in errors():
-            where = ".".join(str(p) for p in error.get("loc", ()))
-            reason = str(error.get("msg", "")).removeprefix("Value error, ")
-            reasons.append(f"{where}: {reason}" if where else reason)
-        return f"{exc.title}: " + "; ".join(reasons)  # type: ignore[attr-defined]  # pydantic's own
-    return str(exc)
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    reasons = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        reason = error["msg"].removeprefix("Value error, ")
+        reasons.append(f"{where}: {reason}" if where else reason)
+    return f"{exc.title}: " + "; ".join(reasons)
 
 
 def fail(message: str | BaseException) -> NoReturn:
