@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from flows.console import console, fail
+from flows.console import console, fail, user_errors
 
 # The settings a flow run needs to find the same state as the CLI; a deployment passes them on.
 # The task cache is shared through PREFECT_LOCAL_STORAGE_PATH: every worker must read the same one.
@@ -30,10 +30,18 @@ SHARED_SETTINGS = (
 )
 
 
-def _deployment_inputs(config_path: Path | None, cron: str | None, runner: str | None) -> tuple[dict, str]:
-    """(flow parameters, cron) for serve and deploy; fails with one line on bad input."""
+def _deployment_inputs(
+    config_path: Path | None, cron: str | None, runner: str | None, *, runs_here: bool = False
+) -> tuple[dict, str]:
+    """(flow parameters, cron) for serve and deploy; fails with one line on bad input.
+
+    ``runs_here`` (``refine serve``: this process runs the scheduled sweeps) also checks the
+    config's data, models, judges and pool sizes as ``refine run`` does, so a sweep that cannot
+    run fails now, not at its first scheduled time. ``refine deploy`` does not: its workers may
+    see data and models this machine does not."""
     from evaluations.config import ConfigError, default_config, load_config, parse_config
     from flows.execution import dask_address
+    from flows.preflight import check_inputs
     from flows.schedule import ScheduleError, check_cron
 
     try:
@@ -44,7 +52,9 @@ def _deployment_inputs(config_path: Path | None, cron: str | None, runner: str |
             raise ConfigError("a scheduled sweep cannot start its own Dask cluster: give runner: dask://host:port")
         address = dask_address(config.runner)
         chosen = check_cron(cron or config.schedule or "0 3 * * *")
-    except (ConfigError, ScheduleError) as exc:
+        if runs_here:
+            check_inputs(config)
+    except (ConfigError, ScheduleError, *user_errors()) as exc:  # type: ignore[misc]  # a tuple built at run time
         fail(exc)
     return {"config": config.model_dump(mode="json"), "address": address}, chosen
 
@@ -83,11 +93,13 @@ def serve(
     """
     from flows.environment import ANNOUNCE, configure_environment
 
-    configure_environment()
-    # each run's start, end and MLflow link, as they happen (set before flows.sweep is imported:
-    # its state hooks are attached only where runs are announced)
+    # each run's start, end (with the reason of a failure) and MLflow link, as they happen (set
+    # before flows.sweep is imported: its state hooks are attached only where runs are announced);
+    # Prefect's own console lines, tracebacks included, stay in the flow run's log and UI
     os.environ[ANNOUNCE] = "1"
-    parameters, chosen = _deployment_inputs(config_path, cron, runner)
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    configure_environment()
+    parameters, chosen = _deployment_inputs(config_path, cron, runner, runs_here=True)
     _require_prefect_server("serve")
     name = _free_name(name, parameters, replace)
     from flows.sweep import sweep
@@ -99,7 +111,9 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    sweep.serve(name=name, cron=chosen, parameters=parameters)
+    # Prefect's own banner would print `prefect deployment run ...`, which needs PREFECT_API_URL
+    # in the user's shell; the line above says `refine trigger`, which finds the server itself
+    sweep.serve(name=name, cron=chosen, parameters=parameters, print_starting_message=False)
 
 
 def deploy(

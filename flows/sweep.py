@@ -338,7 +338,13 @@ def announce(line: str) -> None:
 
 
 def _announce_state(flow, flow_run, state) -> None:
-    announce(f"flow run {flow_run.name!r} ({flow_run.id}): {state.type.value}")
+    why, where = "", None
+    if state.is_failed() or state.is_crashed():
+        from prefect.utilities.urls import url_for
+
+        why, where = f": {state.message}", url_for("flow-run", obj_id=flow_run.id)
+    link = f"; its log and traceback: {where}" if where else ""
+    announce(f"flow run {flow_run.name!r} ({flow_run.id}): {state.type.value}{why}{link}")
 
 
 # The hooks are attached only in a process that announces (``refine serve`` sets the variable

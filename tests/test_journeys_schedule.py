@@ -77,6 +77,12 @@ def test_a_served_sweep_runs_on_a_real_prefect_server_and_prefect_retry_reasks_o
             )
             assert f"({run_id}): RUNNING" in said and "sweep nightly: 2 cells logged; MLflow http" in said, said[-2000:]
             assert "run it now from another shell with: refine trigger nightly" in said
+            # a failed run's line says why and where its traceback is; the terminal shows no
+            # traceback and no `prefect deployment run` (Prefect's banner: it fails in a shell
+            # without PREFECT_API_URL)
+            failed = next(line for line in said.splitlines() if f"({run_id}): FAILED" in line)
+            assert "JudgmentsFailed" in failed and f"its log and traceback: {api[: -len('/api')]}" in failed, failed
+            assert "Traceback" not in said and "prefect deployment run" not in said, said[-3000:]
             # INFO logs reach Prefect (the API handler sends them in batches: give it a few seconds)
             messages = wait_for(
                 lambda: (
@@ -285,10 +291,39 @@ def test_no_command_server_inside_a_process_that_imported_prefect(monkeypatch: p
     assert not local_server._EPHEMERAL
 
 
-def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path) -> None:
+def test_a_bad_cron_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.cli import app
+    from flows.environment import ANNOUNCE
 
+    # serve sets these for the runs it serves: restored when the test ends
+    monkeypatch.setenv(ANNOUNCE, "0")
+    monkeypatch.setenv(
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", os.environ.get("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    )
     result = CliRunner().invoke(app, ["serve", "--cron", "every night"], env={"PREFECT_API_URL": ""})
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "'every night' is not a valid cron schedule" in lines[0], result.output
+
+
+def test_serve_checks_the_sweep_before_serving_it(tmp_path: Path, data_root: Path) -> None:
+    """`refine serve` runs the scheduled sweeps in its own process, so it checks them as `refine
+    run` does: a config whose corpus cannot hold its positive documents failed at its first
+    scheduled run, with two tracebacks in the serving terminal. It is now one line, exit 2,
+    before any Prefect server is needed."""
+    config = tmp_path / "small.yaml"
+    config.write_text(
+        "name: small\nbenchmarks:\n  - {name: clinc150, queries: 20, max_documents: 1000}\njudges:\n  - kind: oracle\n"
+    )
+    env = base_env(tmp_path) | {"REFINE_DATA_DIR": str(data_root)}
+    ran = subprocess.run(
+        [str(BIN / "refine"), "serve", str(config), "--cron", "0 3 * * *"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    lines = [line for line in ran.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot subsample to 1000 documents" in lines[0], ran.stderr
+    assert "Prefect server" not in ran.stderr and ran.stdout.strip() == ""
