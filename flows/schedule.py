@@ -70,6 +70,7 @@ def deploy_to_pool(parameters: dict, *, name: str, pool: str, cron: str | None, 
         build=False,
         push=False,
         print_next_steps=False,
+        ignore_warnings=True,  # Prefect's advice to use .serve for local work: refine serve is that
         job_variables={"env": env} if env else None,
         description=f"refine sweep {parameters['config'].get('name')}",
     )

@@ -158,6 +158,9 @@ def test_a_work_pool_deployment_runs_on_workers_and_a_second_run_pays_nothing(tm
             timeout=180,
         )
         assert deployed.returncode == 0, deployed.stderr
+        # our line names the next commands; Prefect's advice to use `.serve` instead is not shown
+        assert "start workers with: refine worker --pool team" in deployed.stdout, deployed.stdout
+        assert "Looks like you're deploying" not in deployed.stdout + deployed.stderr
         prefect = PrefectAPI(api)
         deployment = wait_for(
             lambda: (d := prefect.deployment("refine-sweep", "nightly")) and d["schedules"] and d,
