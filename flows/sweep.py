@@ -17,11 +17,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
 from prefect import flow, runtime
+from prefect.states import Failed, State
 
 from evaluations.config import CellSpec, ExecutionSpec, SweepConfig
 from flows.cell import (
@@ -363,16 +364,16 @@ _HOOKS: list[Any] = [_announce_state] if os.environ.get(ANNOUNCE) == "1" else []
     on_crashed=_HOOKS,
     on_cancellation=_HOOKS,
 )
-def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict:
+def sweep(config: SweepConfig, tracking: str | None = None, address: str | None = None) -> dict | State:
     """Run every cell of ``config``; returns experiment id, parent run id and per-cell results.
 
     ``address`` is a Dask scheduler: the corpus embedding and every cell run as subflows with
     the Dask task runner there (a deployment can pass it as a parameter; :func:`run_sweep`
     starts or connects to one from the config). None runs everything in this process.
 
-    Raises:
-        JudgmentsFailed: after everything is logged, when some judgments failed (the Prefect
-            flow run ends FAILED; a retry or re-run asks only for the failed ones).
+    When some judgments failed, after everything is logged, the flow returns a Failed state
+    whose data is a :class:`JudgmentsFailed` (so calling the flow raises it; the Prefect flow
+    run ends FAILED, and a retry or re-run asks only for the failed judgments).
     """
     log = run_logger()
     tracker = Tracker(tracking or tracking_uri())
@@ -439,7 +440,12 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
         lines = failure_lines(results)
         for line in lines:
             log.error("%s", line)
-        raise JudgmentsFailed("judgments failed in " + "; ".join(lines), result)
+        failed = JudgmentsFailed("judgments failed in " + "; ".join(lines), result)
+        # Returned, not raised: the flow run ends FAILED with this message (Prefect's Retry asks
+        # only the failed judgments again), and Prefect logs no traceback for an outcome the lines
+        # above explain, in a worker's or `refine serve`'s terminal or in the UI. Calling the flow
+        # without return_state still raises it.
+        return Failed(message=f"{type(failed).__name__}: {failed}", data=failed)
     return result
 
 
@@ -466,8 +472,9 @@ def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
         return result
     if isinstance(outcome, BaseException):
         raise outcome
-    outcome["judgment_failures"] = []
-    return outcome
+    completed = cast(dict, outcome)  # a completed sweep returns its result, never a state
+    completed["judgment_failures"] = []
+    return completed
 
 
 def _yaml(config: SweepConfig) -> str:
