@@ -442,8 +442,9 @@ def sweep(config: SweepConfig, tracking: str | None = None, address: str | None 
             log.error("%s", line)
         failed = JudgmentsFailed("judgments failed in " + "; ".join(lines), result)
         # Returned, not raised: the flow run ends FAILED with this message (Prefect's Retry asks
-        # only the failed judgments again), and Prefect logs no traceback for an outcome the lines
-        # above explain, in a worker's or `refine serve`'s terminal or in the UI. Calling the flow
+        # only the failed judgments again), and the flow engine logs no "Encountered exception"
+        # traceback for an outcome the lines above explain (a worker's flow-run process still
+        # logs one when its entry point raises the failed run's result). Calling the flow
         # without return_state still raises it.
         return Failed(message=f"{type(failed).__name__}: {failed}", data=failed)
     return result
