@@ -135,6 +135,23 @@ def cell_rows(cells: list[dict]) -> tuple[list[str], list[dict[str, object]]]:
     return columns, rows
 
 
+def _shown(column: str, value: object) -> str:
+    """A table cell's text; a p (BH) below 0.05 is starred."""
+    text = str(value)
+    return text + " *" if column == "p (BH)" and text != "–" and float(text) < 0.05 else text
+
+
+def _legend(map_words: str, changes: str) -> str:
+    """What the numbers of a cell table are (``changes``: the improved/same/hurt column's name)."""
+    return (
+        f"{map_words} ΔMAP: refined minus baseline. p (BH): one-sided paired t-test of per-query AP "
+        f"(refined > baseline), Benjamini–Hochberg corrected over {BH_FAMILY}; * p < 0.05. {changes}: "
+        "queries whose AP refinement raised, left equal, lowered. failed queries: queries with at "
+        "least one failed judgment (refined from the judgments that succeeded; with none, the query "
+        "keeps the baseline ranking)."
+    )
+
+
 def summary_markdown(cells: list[dict], *, title: str | None = None) -> str:
     """:func:`cell_rows` as a markdown table with a caption that says what the numbers are."""
     columns, rows = cell_rows(cells)
@@ -142,23 +159,8 @@ def summary_markdown(cells: list[dict], *, title: str | None = None) -> str:
         "| " + " | ".join(columns).replace("+/=/−", "improved/same/hurt") + " |",
         "|" + "---|" * len(columns),
     ]
-    for r in rows:
-        p = r["p (BH)"]
-        lines.append(
-            "| "
-            + " | ".join(
-                str(r[c]) + (" *" if c == "p (BH)" and p != "–" and float(str(p)) < 0.05 else "") for c in columns
-            )
-            + " |"
-        )
-    lines += [
-        "",
-        "MAP over each query's full pool per method. ΔMAP: refined minus baseline. p (BH): one-sided paired "
-        f"t-test of per-query AP (refined > baseline), Benjamini–Hochberg corrected over {BH_FAMILY}; "
-        "* p < 0.05. improved/same/hurt: queries whose AP refinement raised, left equal, lowered. "
-        "failed queries: queries with at least one failed judgment (refined from the judgments that "
-        "succeeded; with none, the query keeps the baseline ranking).",
-    ]
+    lines += ["| " + " | ".join(_shown(c, r[c]) for c in columns) + " |" for r in rows]
+    lines += ["", _legend("MAP over each query's full pool per method.", "improved/same/hurt")]
     return "\n".join(lines)
 
 
@@ -177,24 +179,9 @@ def summary_markdown_by_cell(cells: list[dict], *, caption: str = "") -> str:
     lines = [caption.rstrip(), ""] if caption else []
     if shared:
         lines += ["Every cell: " + ", ".join(f"{c} {rows[0][c]}" for c in shared) + ".", ""]
-    columns = [c for c in columns if c not in shared]
     lines += ["| | " + " | ".join(str(i) for i in range(1, len(rows) + 1)) + " |", "|---" * (len(rows) + 1) + "|"]
-    for c in columns:
-        values = []
-        for r in rows:
-            value = str(r[c])
-            if c == "p (BH)" and value != "–" and float(value) < 0.05:
-                value += " *"
-            values.append(value)
-        lines.append(f"| {c} | " + " | ".join(values) + " |")
-    lines += [
-        "",
-        "MAP: over each query's full pool. ΔMAP: refined minus baseline. p (BH): one-sided paired "
-        f"t-test of per-query AP (refined > baseline), Benjamini–Hochberg corrected over {BH_FAMILY}; "
-        "* p < 0.05. +/=/−: queries whose AP refinement raised, left equal, lowered. failed queries: "
-        "queries with at least one failed judgment (refined from the judgments that succeeded; with "
-        "none, the query keeps the baseline ranking). Every cell is a child run of this run.",
-    ]
+    lines += [f"| {c} | " + " | ".join(_shown(c, r[c]) for r in rows) + " |" for c in columns if c not in shared]
+    lines += ["", _legend("MAP: over each query's full pool.", "+/=/−") + " Every cell is a child run of this run."]
     return "\n".join(lines)
 
 
