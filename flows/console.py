@@ -7,7 +7,8 @@ environment reaches the terminal, whatever a message quotes (see :mod:`tasks.red
 from __future__ import annotations
 
 import sys
-from typing import IO, NoReturn, TextIO, cast
+from collections.abc import Mapping
+from typing import IO, Any, NoReturn, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -62,9 +63,14 @@ def describe(exc: BaseException) -> str:
     reasons = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error["loc"])
-        reason = error["msg"].removeprefix("Value error, ")
-        reasons.append(f"{where}: {reason}" if where else reason)
+        reasons.append(f"{where}: {reason(error)}" if where else reason(error))
     return f"{exc.title}: " + "; ".join(reasons)
+
+
+def reason(error: Mapping[str, Any]) -> str:
+    """One pydantic error's own words (its ``msg``, without the "Value error, " that pydantic puts
+    before a validator's message)."""
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def fail(message: str | BaseException) -> NoReturn:

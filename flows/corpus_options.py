@@ -105,6 +105,7 @@ def judge_spec(text: str, base_url: str | None, concurrency: int):
     from pydantic import ValidationError
 
     from evaluations.config import ConfigError, JudgeSpec
+    from flows.console import reason
     from judging.kinds import JUDGE_KINDS, corpus_kinds
 
     kind, _, model = text.partition(":")
@@ -119,9 +120,9 @@ def judge_spec(text: str, base_url: str | None, concurrency: int):
         return JudgeSpec(kind=kind, model=model or None, base_url=base_url, concurrency=concurrency)
     except ValidationError as exc:
         # pydantic's text ends with a link to its docs; the reason is the error's own message
-        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        form = f" (write it as {kind}:MODEL, e.g. local-lm:smollm2-135m)" if not model and "model" in reason else ""
-        raise ConfigError(f"--judge {text}: {reason}{form}") from None
+        why = reason(exc.errors()[0])
+        form = f" (write it as {kind}:MODEL, e.g. local-lm:smollm2-135m)" if not model and "model" in why else ""
+        raise ConfigError(f"--judge {text}: {why}{form}") from None
 
 
 # `--ann auto` builds an HNSW structure from this corpus size on. The default is none: measured by
