@@ -219,14 +219,13 @@ def flow_run_log(flow_run_id: str, timeout: float = 60.0) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    deadline = time.monotonic() + timeout
     query = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(flow_run_id)]))
-    with get_client(sync_client=True) as client:
-        while True:
+
+    def finished() -> list[str] | None:
+        with get_client(sync_client=True) as client:
             logs = client.read_logs(query, limit=200)
-            messages = [log.message for log in logs]
-            # the flow run's own last line, not one of its task runs' (they log the same words)
-            done = any(log.task_run_id is None and log.message.startswith("Finished in state") for log in logs)
-            if done or time.monotonic() > deadline:
-                return messages
-            time.sleep(0.5)
+        # the flow run's own last line, not one of its task runs' (they log the same words)
+        done = any(log.task_run_id is None and log.message.startswith("Finished in state") for log in logs)
+        return [log.message for log in logs] if done else None
+
+    return wait_for(finished, timeout, f"the last log line of flow run {flow_run_id}")
