@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import IO, cast
 
@@ -79,6 +82,7 @@ def start(port: int = 4200, timeout: float = 120.0) -> dict:
     port = _free_port(port)
     log = state_dir() / "prefect" / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    _seed_database()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_UI_ENABLED"] = "true"
     env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
@@ -149,6 +153,8 @@ def start_ephemeral() -> str | None:
     # The command binds the port and hands the socket to uvicorn (--fd): no other process can
     # take the port between choosing it and the server's start.
     _wait_for_first_start()
+    if "first_start_lock" in _EPHEMERAL:  # this command starts the home's Prefect database
+        _EPHEMERAL["seeded"] = _seed_database()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -156,7 +162,8 @@ def start_ephemeral() -> str | None:
     port = sock.getsockname()[1]
     log = state_dir() / "prefect" / "ephemeral-server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env = NO_BLOCK_REGISTRATION | os.environ
+    env |= {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     with log.open("wb") as handle:
         proc = subprocess.Popen(
             [
@@ -188,8 +195,96 @@ def start_ephemeral() -> str | None:
     return api
 
 
+# A command's server registers no block types: nothing a command runs reads them, and registering
+# them imports every installed Prefect collection first (about 1.5 s of CPU per start here, 2 s on a
+# new database). The kept server (`refine server start`), whose UI lists them, still does. Both
+# settings: with memoisation on, Prefect would record the skipped registration as done.
+NO_BLOCK_REGISTRATION = {
+    "PREFECT_API_BLOCKS_REGISTER_ON_START": "false",
+    "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+}
+
+
 def _database_ready_marker() -> Path:
     return state_dir() / "prefect" / "database.ready"
+
+
+# ---- a new home's database: migrated once per machine and Prefect version --------------------
+# Prefect migrates a new SQLite database as its server starts: about 6 s of CPU here, in every new
+# home, before the server answers. The first command on a machine whose server migrated a new
+# database keeps a copy of it, taken when the server first answers (nothing in it yet but the
+# schema and its alembic version), in $REFINE_CACHE_DIR (default ~/.cache/refine-eval), one per
+# Prefect version; every later new home starts from a copy of that file. It is only a cache: when
+# it is missing, unreadable or not empty, the server migrates the new database as before.
+
+
+def cache_dir() -> Path:
+    """This machine's cache for what does not belong to one home: ``$REFINE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/refine-eval`` (``~/.cache/refine-eval``)."""
+    configured = os.environ.get("REFINE_CACHE_DIR")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "refine-eval"
+
+
+def database_template() -> Path:
+    """The migrated, empty Prefect database of the installed Prefect version (maybe not made yet)."""
+    from importlib.metadata import version
+
+    return cache_dir() / f"prefect-{version('prefect')}-empty.db"
+
+
+def home_database() -> Path | None:
+    """The home's Prefect SQLite file; None when Prefect's database is elsewhere (PostgreSQL)."""
+    url = os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL") or os.environ.get(
+        "PREFECT_API_DATABASE_CONNECTION_URL"
+    )
+    prefix = "sqlite+aiosqlite:///"
+    if not url or not url.startswith(prefix) or "?" in url or ":memory:" in url:
+        return None
+    return Path(url[len(prefix) :])
+
+
+def _seed_database() -> bool:
+    """Start a new home's database as a copy of the template; True when it did."""
+    database = home_database()
+    if database is None or database.exists():
+        return False
+    try:
+        template = database_template()
+        if not template.is_file():
+            return False
+        database.parent.mkdir(parents=True, exist_ok=True)
+        copy = database.with_name(f".{database.name}.{os.getpid()}.seed")
+        shutil.copyfile(template, copy)
+        try:
+            os.link(copy, database)  # never over a database a server has begun meanwhile
+        finally:
+            copy.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
+def _keep_template(database: Path) -> None:
+    """Copy a database its server has just migrated (and nothing else) to the template."""
+    template = database_template()
+    if template.exists():
+        return
+    copy = template.with_name(f".{template.name}.{os.getpid()}.tmp")
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(copy)) as target:
+            source.backup(target)
+            tables = [row[0] for row in target.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            filled = [t for t in tables if t != "alembic_version" and target.execute(f'SELECT 1 FROM "{t}"').fetchone()]
+            versioned = target.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+        if filled or not versioned:
+            copy.unlink()
+            return
+        os.replace(copy, template)
+    except (OSError, sqlite3.Error):
+        copy.unlink(missing_ok=True)
 
 
 def _wait_for_first_start() -> None:
@@ -217,7 +312,14 @@ def _release_first_start(succeeded: bool) -> None:
     if handle is None:
         return
     if succeeded:
-        _database_ready_marker().touch()
+        database = home_database()
+        if _EPHEMERAL.get("seeded"):
+            how = f"copied from {database_template()}"
+        else:
+            how = "migrated by its first server"
+            if database is not None:
+                _keep_template(database)
+        _database_ready_marker().write_text(how + "\n")
     handle.close()  # closing the file ends the lock
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -238,6 +239,18 @@ def test_a_kept_local_server_serves_later_runs_and_stops(tmp_path: Path, data_ro
     assert not (tmp_path / "refine" / "prefect" / "server.json").exists()
 
 
+def _filled_tables(database: Path) -> dict[str, int]:
+    with sqlite3.connect(database) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        counts = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+    return {t: n for t, n in counts.items() if n}
+
+
+def _alembic_version(database: Path) -> str:
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
 _EPHEMERAL_SCRIPT = """
 import json, os, sys
 from flows.environment import configure_environment
@@ -250,6 +263,8 @@ try:
     local_server.ready(timeout=float(sys.argv[1]))
     import httpx
     out = {"health": httpx.get(api + "/health").status_code}
+    out["flows"] = httpx.post(api + "/flows/", json={"name": "probe"}).status_code // 100 * 100
+    out["database"] = local_server._database_ready_marker().read_text().strip()
 except RuntimeError as exc:
     out = {"error": str(exc)}
 local_server.stop_ephemeral()
@@ -263,13 +278,30 @@ def test_the_command_server_starts_early_answers_and_stops(tmp_path: Path) -> No
     """``refine run``'s own Prefect server (started before the heavy imports, waited for before
     the first API call): it answers, stops with the command and leaves no URL behind; one that
     cannot start is an error that quotes its log."""
-    env = base_env(tmp_path)
+    env = base_env(tmp_path) | {"REFINE_CACHE_DIR": str(tmp_path / "machine-cache")}
     good = subprocess.run(
         [sys.executable, "-c", _EPHEMERAL_SCRIPT, "90"], env=env, capture_output=True, text=True, timeout=180
     )
     assert good.returncode == 0, good.stderr[-2000:]
     out = json.loads(good.stdout.strip().splitlines()[-1])
     assert out["health"] == 200 and out["exit"] is not None and out["api_url_left"] is None, out
+    # The first new home on a machine: its server migrated the database, which is kept (schema and
+    # alembic version only) as the template of later new homes; the command's server registered
+    # no block types (the kept server's UI lists them, a command reads none).
+    assert out["database"] == "migrated by its first server", out
+    (template,) = (tmp_path / "machine-cache").glob("prefect-*-empty.db")
+    assert _filled_tables(template) == {"alembic_version": 1}
+    home_db = tmp_path / "refine" / "prefect" / "prefect.db"
+    assert "flow" in _filled_tables(home_db) and "block_type" not in _filled_tables(home_db)  # the probe only
+    # A second new home starts from a copy: same schema version, a server that answers and serves.
+    second = env | {"REFINE_HOME": str(tmp_path / "second")}
+    copied = subprocess.run(
+        [sys.executable, "-c", _EPHEMERAL_SCRIPT, "90"], env=second, capture_output=True, text=True, timeout=180
+    )
+    assert copied.returncode == 0, copied.stderr[-2000:]
+    out = json.loads(copied.stdout.strip().splitlines()[-1])
+    assert out["health"] == 200 and out["flows"] == 200 and out["database"] == f"copied from {template}", out
+    assert _alembic_version(tmp_path / "second" / "prefect" / "prefect.db") == _alembic_version(template)
     broken = env | {"PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://nobody:x@127.0.0.1:1/none"}
     bad = subprocess.run(
         [sys.executable, "-c", _EPHEMERAL_SCRIPT, "60"], env=broken, capture_output=True, text=True, timeout=180
