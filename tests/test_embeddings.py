@@ -37,6 +37,19 @@ def test_related_texts_are_closer(minilm: SentenceTransformerEmbedder) -> None:
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
 
 
+@pytest.mark.model
+@pytest.mark.data
+def test_the_thread_count_does_not_change_a_vector(data_root: Path) -> None:
+    """Processes with one torch thread (Dask workers, the test suite) and with two (``refine`` on
+    its own) share one embedding cache: their vectors must be the same, to the bit."""
+    from evaluations import load_benchmark
+
+    texts = load_benchmark("banking77", root=data_root).document_texts()[:200]
+    one = SentenceTransformerEmbedder(threads=1).encode(texts)
+    two = SentenceTransformerEmbedder(threads=2).encode(texts)
+    np.testing.assert_array_equal(one, two)
+
+
 def test_cache_hit_does_no_forward_pass(tmp_path: Path) -> None:
     emb = SentenceTransformerEmbedder(threads=2)
     cache = EmbeddingCache(tmp_path, chunk_size=3)
