@@ -375,24 +375,26 @@ def evaluate_classification_cmd(
     except user_errors() as exc:
         fail(exc)
     from flows.corpus import evaluate_classification
+    from flows.watchdog import without_heartbeats
 
     try:
         ready()
-        result = evaluate_classification(
-            bench_spec,
-            spec,
-            model=model,
-            k=k,
-            rounds=rounds,
-            calibrate=calibrate,
-            lr=config.lr,
-            pull=pull,
-            start=start,
-            rocchio_beta=rocchio.beta,
-            rocchio_gamma=rocchio.gamma,
-            min_positives=kept_positives(keep_verdicts),
-            min_share=kept_share(keep_verdicts),
-        )
+        with without_heartbeats():
+            result = evaluate_classification(
+                bench_spec,
+                spec,
+                model=model,
+                k=k,
+                rounds=rounds,
+                calibrate=calibrate,
+                lr=config.lr,
+                pull=pull,
+                start=start,
+                rocchio_beta=rocchio.beta,
+                rocchio_gamma=rocchio.gamma,
+                min_positives=kept_positives(keep_verdicts),
+                min_share=kept_share(keep_verdicts),
+            )
     except user_errors() as exc:
         fail(exc)
     m = result["metrics"]

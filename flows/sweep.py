@@ -459,12 +459,12 @@ def run_sweep(config: SweepConfig, tracking: str | None = None) -> dict:
     from prefect import tags
 
     from flows.local_server import ready
-    from flows.watchdog import crash_orphaned_flow_runs, run_tags
+    from flows.watchdog import crash_orphaned_flow_runs, run_tags, without_heartbeats
 
     ready()  # the CLI's own Prefect server, started early (a no-op otherwise)
     for name in crash_orphaned_flow_runs():
         run_logger().warning("flow run %r was left running by a killed process: marked CRASHED", name)
-    with dask_cluster(config.runner, config.execution.workers) as address, tags(*run_tags()):
+    with dask_cluster(config.runner, config.execution.workers) as address, tags(*run_tags()), without_heartbeats():
         state = sweep(config, tracking, address, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, JudgmentsFailed) and outcome.result is not None:

@@ -104,6 +104,22 @@ def run_tags() -> list[str]:
 
 
 @contextmanager
+def without_heartbeats() -> Iterator[None]:
+    """Flow runs started inside send Prefect no heartbeats.
+
+    Prefect gives every flow run a thread that posts a heartbeat event every 180 s (for automations
+    that call a silent run crashed) and joins it when the run ends, after sleeping in 1 s steps:
+    up to a second at the end of each flow run, 0.8 s of the default sweep's cached re-run of
+    about 9 s (py-spy). A command's flow runs run in the command's own process, where the watchdog
+    (:func:`guard`, :func:`crash_orphaned_flow_runs`) marks a killed one CRASHED. Runs that workers
+    or ``refine serve`` start keep Prefect's heartbeats."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+@contextmanager
 def untagged_tasks() -> Iterator[None]:
     """Task runs started inside carry none of the flow run's tags (:func:`run_tags`).
 

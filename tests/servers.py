@@ -229,3 +229,22 @@ def flow_run_log(flow_run_id: str, timeout: float = 60.0) -> list[str]:
         return [log.message for log in logs] if done else None
 
     return wait_for(finished, timeout, f"the last log line of flow run {flow_run_id}")
+
+
+def flow_run_events(flow_run_id: str, timeout: float = 60.0) -> list[str]:
+    """The names of the events about a flow run (``prefect.flow-run.<id>``), once the event of its
+    final state has been stored: a client sends its events in batches, and the server stores them
+    a moment later, in the order they were sent."""
+    from prefect.settings import PREFECT_API_URL
+
+    api = PrefectAPI(str(PREFECT_API_URL.value()))
+    body = {"filter": {"resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50}
+    final = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Crashed", "Cancelled")}
+
+    def stored() -> list[str] | None:
+        response = api.http.post("/events/filter", json=body)
+        response.raise_for_status()
+        names = [event["event"] for event in response.json()["events"]]
+        return names if final & set(names) else None
+
+    return wait_for(stored, timeout, f"the final state event of flow run {flow_run_id}")

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from conftest import FIXTURES
 from fakes.anthropic_server import FakeAnthropic, FaultPlan
-from servers import flow_run_log, task_runs_since, task_states_since
+from servers import flow_run_events, flow_run_log, task_runs_since, task_states_since
 
 from evaluations.config import BenchmarkSpec, Grid, JudgeSpec, SweepConfig, default_config
 from tasks.storage import embedding_cache_dir
@@ -143,6 +143,14 @@ def test_default_sweep_end_to_end_and_cached_rerun(platform: Path) -> None:
     # load and query tasks); the command's host and pid tags are on the flow runs
     assert {r.name.rsplit("-", 1)[0] for r in task_runs} >= {"load-benchmark", "embed-queries"}
     assert [(r.name, r.tags) for r in task_runs if r.tags] == []
+    # a command's flow runs send Prefect no heartbeats (joining the heartbeat thread cost up to
+    # a second at the end of each flow run; the watchdog marks a killed command's runs): the
+    # sweep called directly above sent one as its run began, the one `refine run` starts none
+    first_events = flow_run_events(parent.data.params["prefect.flow_run_id"])
+    assert "prefect.flow-run.heartbeat" in first_events, first_events
+    again_run = client.get_run(again["parent_run_id"]).data.params["prefect.flow_run_id"]
+    again_events = flow_run_events(again_run)
+    assert "prefect.flow-run.Completed" in again_events and "prefect.flow-run.heartbeat" not in again_events
     assert [c["metrics"] for c in again["cells"]] == [c["metrics"] for c in result["cells"]]
     assert [c["original_run_id"] for c in again["cells"]] == [c["run_id"] for c in result["cells"]]
     assert all(c["cached"] and c["judge_usage"]["judgments_paid"] == 0 for c in again["cells"])
