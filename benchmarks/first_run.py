@@ -115,19 +115,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="refine-first-run-") as folder:
         home = Path(folder) / "home"
         cold = stages(home, *_run(home))
+        # a new home's Prefect database: migrated by its server (the machine's first new home) or
+        # copied from the machine's template (REFINE_CACHE_DIR), about 6 s of one core apart
+        database = (home / "prefect" / "database.ready").read_text().strip()
         cached_runs = [stages(home, *_run(home)) for _ in range(args.cached_runs)]
     cached = {name: statistics.median(run[name] for run in cached_runs) for name in cold} if cached_runs else {}
     floor = model_floor() if args.floor else {}
 
     print(f"machine: {machine_info()}")
     print(f"`refine run` (the default sweep), a new home; cached: median of {len(cached_runs)} re-runs in it")
+    print(f"the new home's Prefect database: {database}")
     rows = [[name, f"{seconds:.1f}", f"{cached[name]:.1f}" if cached else "-"] for name, seconds in cold.items()]
     print_table(["stage", "first run s", "cached re-run s"], rows)
     if floor:
         print("the model alone, in one process, no cache:")
         print_table(["step", "s"], [[name, f"{seconds:.1f}"] for name, seconds in floor.items()])
     if args.json:
-        emit_json({"benchmark": "first_run", "machine": machine_info(), "cold": cold, "cached": cached, "floor": floor})
+        emit_json(
+            {
+                "benchmark": "first_run",
+                "machine": machine_info(),
+                "database": database,
+                "cold": cold,
+                "cached": cached,
+                "floor": floor,
+            }
+        )
 
 
 if __name__ == "__main__":
