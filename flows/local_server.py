@@ -245,6 +245,22 @@ def home_database() -> Path | None:
     return Path(url[len(prefix) :])
 
 
+def _usable_template(template: Path) -> bool:
+    """The template is a sound SQLite database with one alembic version (a damaged one is removed,
+    so that the next new home's server migrates and keeps a new one)."""
+    if not template.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as db:
+            sound = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+            sound = sound and db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+    except sqlite3.Error:
+        sound = False
+    if not sound:
+        template.unlink(missing_ok=True)
+    return sound
+
+
 def _seed_database() -> bool:
     """Start a new home's database as a copy of the template; True when it did."""
     database = home_database()
@@ -252,7 +268,7 @@ def _seed_database() -> bool:
         return False
     try:
         template = database_template()
-        if not template.is_file():
+        if not _usable_template(template):
             return False
         database.parent.mkdir(parents=True, exist_ok=True)
         copy = database.with_name(f".{database.name}.{os.getpid()}.seed")
@@ -261,14 +277,17 @@ def _seed_database() -> bool:
             os.link(copy, database)  # never over a database a server has begun meanwhile
         finally:
             copy.unlink(missing_ok=True)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: Path.home() without a home directory
         return False
     return True
 
 
 def _keep_template(database: Path) -> None:
     """Copy a database its server has just migrated (and nothing else) to the template."""
-    template = database_template()
+    try:
+        template = database_template()
+    except RuntimeError:  # Path.home() without a home directory: no machine cache
+        return
     if template.exists():
         return
     copy = template.with_name(f".{template.name}.{os.getpid()}.tmp")
@@ -276,6 +295,7 @@ def _keep_template(database: Path) -> None:
         template.parent.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(copy)) as target:
             source.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")  # read without -wal/-shm files (Prefect sets WAL)
             tables = [row[0] for row in target.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             filled = [t for t in tables if t != "alembic_version" and target.execute(f'SELECT 1 FROM "{t}"').fetchone()]
             versioned = target.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1

@@ -387,3 +387,36 @@ def test_four_commands_started_together_on_a_new_home_all_succeed_sqlite_and_pos
             {"MLFLOW_TRACKING_URI": url.rsplit("/", 1)[0] + "/mlflow_together"},
             prefect=False,
         )
+
+
+def test_the_prefect_database_template_is_only_a_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new home's Prefect database starts as a copy of the machine's template only when the
+    template is sound: one cut short (a full disk, an interrupted copy) is dropped, so this home's
+    server migrates and the next keeps a new template; never over an existing database, and
+    never for a database that is not a SQLite file of the home's."""
+    import sqlite3
+    from contextlib import closing
+
+    from flows import local_server
+
+    monkeypatch.setenv("REFINE_CACHE_DIR", str(tmp_path / "cache"))
+    home_db = tmp_path / "home" / "prefect" / "prefect.db"
+    monkeypatch.delenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", raising=False)
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{home_db}")
+    template = local_server.database_template()
+    template.parent.mkdir(parents=True)
+    template.write_bytes(b"SQLite format 3\x00" + bytes(84))  # a copy cut short
+    assert not local_server._seed_database()
+    assert not home_db.exists() and not template.exists()
+
+    with closing(sqlite3.connect(template)) as db, db:  # the schema and its alembic version
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES ('27d8f4e1a6c9')")
+        db.execute("CREATE TABLE flow (id CHAR(36))")
+    assert local_server._seed_database()
+    assert home_db.read_bytes() == template.read_bytes()
+    home_db.write_bytes(b"a database some server began")
+    assert not local_server._seed_database() and home_db.read_bytes() == b"a database some server began"
+
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://prefect@db/prefect")
+    assert local_server.home_database() is None and not local_server._seed_database()
