@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import emit_json, print_table
+from flows.local_server import NO_BLOCK_REGISTRATION
 
 _PROBE = """
 import json, os, sys, time
@@ -40,7 +41,8 @@ local_server.stop_ephemeral()
 print(json.dumps({"wall": wall, "cpu": cpu, "database": local_server._database_ready_marker().read_text().strip()}))
 """
 
-_REGISTER = {"PREFECT_API_BLOCKS_REGISTER_ON_START": "true", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "true"}
+# Prefect's own defaults, which a user's setting restores (the command's server turns both off)
+_REGISTER = dict.fromkeys(NO_BLOCK_REGISTRATION, "true")
 
 
 def _start(home: Path, cache: Path, extra: dict[str, str] | None = None) -> dict:

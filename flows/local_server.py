@@ -245,15 +245,25 @@ def home_database() -> Path | None:
     return Path(url[len(prefix) :])
 
 
+def _empty_schema(db: sqlite3.Connection) -> bool:
+    """The database is sound and holds a migrated schema only: one alembic version, no other row.
+    Checked when the template is kept and again before a new home copies it."""
+    if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+        return False
+    tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    if "alembic_version" not in tables or db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] != 1:
+        return False
+    return not any(db.execute(f'SELECT 1 FROM "{t}"').fetchone() for t in tables if t != "alembic_version")
+
+
 def _usable_template(template: Path) -> bool:
-    """The template is a sound SQLite database with one alembic version (a damaged one is removed,
-    so that the next new home's server migrates and keeps a new one)."""
+    """The template is usable (a damaged one is removed, so that the next new home's server
+    migrates and keeps a new one)."""
     if not template.is_file():
         return False
     try:
         with closing(sqlite3.connect(f"file:{template}?mode=ro", uri=True)) as db:
-            sound = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-            sound = sound and db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+            sound = _empty_schema(db)
     except sqlite3.Error:
         sound = False
     if not sound:
@@ -296,10 +306,8 @@ def _keep_template(database: Path) -> None:
         with closing(sqlite3.connect(database)) as source, closing(sqlite3.connect(copy)) as target:
             source.backup(target)
             target.execute("PRAGMA journal_mode=DELETE")  # read without -wal/-shm files (Prefect sets WAL)
-            tables = [row[0] for row in target.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            filled = [t for t in tables if t != "alembic_version" and target.execute(f'SELECT 1 FROM "{t}"').fetchone()]
-            versioned = target.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
-        if filled or not versioned:
+            empty = _empty_schema(target)
+        if not empty:
             copy.unlink()
             return
         os.replace(copy, template)
@@ -332,11 +340,11 @@ def _release_first_start(succeeded: bool) -> None:
     if handle is None:
         return
     if succeeded:
-        database = home_database()
         if _EPHEMERAL.get("seeded"):
             how = f"copied from {database_template()}"
         else:
             how = "migrated by its first server"
+            database = home_database()
             if database is not None:
                 _keep_template(database)
         _database_ready_marker().write_text(how + "\n")
