@@ -18,8 +18,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # One torch thread per process embeds (REFINE_TORCH_THREADS, inherited by every `refine` process a
 # test starts): the four processes already keep both cores busy, and beside a busy core a second
-# thread only adds work (2,000 Banking77 texts: 12.6 CPU-s and 12.5 s with two threads, 11.1 CPU-s
-# and 11.2 s with one). The vectors are the same to the bit whatever the thread count.
+# thread only adds work (`benchmarks/embed_speed.py --openmp --texts 2000`, beside a busy core:
+# 9.0 CPU-s and 9.1 s with two threads, 7.8 and 7.8 s with one). The vectors are the same to the
+# bit whatever the thread count.
 os.environ.setdefault("REFINE_TORCH_THREADS", "1")
 
 FIXTURES = Path(__file__).parent / "fixtures"
